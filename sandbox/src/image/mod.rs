@@ -1,0 +1,7 @@
+//! Images: references, and pulling artifacts from OCI registries into the content store.
+
+mod pull;
+mod reference;
+
+pub use pull::{PullError, PulledImage, RegistryPuller, WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE};
+pub use reference::{DEFAULT_REGISTRY, ImageRef, InvalidImageRef, RegistryRef};

@@ -1,0 +1,121 @@
+//! Ember's sandboxes.
+//!
+//! A [`Sandbox`] turns a workload (a revision's artifact plus its limits) into a
+//! [`PreparedWorkload`] ahead of time, and a prepared workload starts
+//! [`Instance`]s quickly: the cold-start path. Instances serve HTTP requests.
+//! This crate knows nothing of routing, users or persistent state.
+#![deny(missing_docs)]
+
+pub mod blob_store;
+pub mod digest;
+pub mod image;
+pub mod wasm;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use blob_store::{BlobError, BlobStore};
+pub use digest::Digest;
+
+/// Boxed error carried by HTTP bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type requests and responses carry through a sandbox.
+pub type HttpBody = UnsyncBoxBody<Bytes, BoxError>;
+/// A boxed, sendable future (the trait methods below are object-safe through it).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which sandbox runs a workload; decided by the image's media types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    /// A WebAssembly component exporting `wasi:http/incoming-handler`.
+    Wasm,
+    /// An OCI container image.
+    Oci,
+}
+
+impl WorkloadKind {
+    /// The label used in metrics (`kind="wasm"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Wasm => "wasm",
+            WorkloadKind::Oci => "oci",
+        }
+    }
+}
+
+/// Everything a sandbox needs to know to run one revision.
+#[derive(Debug, Clone)]
+pub struct WorkloadSpec {
+    /// Human-readable name, used in logs and as `argv[0]`.
+    pub name: String,
+    /// The runnable blob in the content store.
+    pub artifact: Digest,
+    /// Memory an instance may use, in bytes.
+    pub memory_limit_bytes: u64,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+    /// Arguments after `argv[0]`.
+    pub args: Vec<String>,
+    /// Longest time one request may run before it is cut.
+    pub request_timeout: Duration,
+}
+
+/// Errors of the sandboxes.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The artifact is not a runnable workload of this kind.
+    #[error("invalid workload: {0}")]
+    InvalidWorkload(String),
+    /// Compiling or loading the artifact failed.
+    #[error("preparing the workload failed: {0}")]
+    Prepare(String),
+    /// Starting an instance failed.
+    #[error("starting an instance failed: {0}")]
+    Start(String),
+    /// The request ran past its deadline and was cut.
+    #[error("the request ran longer than {0:?} and was stopped")]
+    Timeout(Duration),
+    /// The guest failed while handling the request.
+    #[error("the workload failed to handle the request: {0}")]
+    Guest(String),
+    /// The content store failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+/// A kind of sandbox: wasm on wasmtime, or OCI on libcontainer.
+pub trait Sandbox: Send + Sync + 'static {
+    /// The kind of workload this sandbox runs.
+    fn kind(&self) -> WorkloadKind;
+
+    /// Does all the work that can be done before the first request (compiling,
+    /// caching) and checks that the workload is runnable.
+    fn prepare(
+        &self,
+        spec: WorkloadSpec,
+    ) -> BoxFuture<'_, Result<Arc<dyn PreparedWorkload>, SandboxError>>;
+}
+
+/// A revision made ready to start; cheap to keep while a container is at zero.
+pub trait PreparedWorkload: Send + Sync {
+    /// Starts one instance: this is the cold-start path.
+    fn start(&self) -> BoxFuture<'_, Result<Arc<dyn Instance>, SandboxError>>;
+}
+
+/// One running sandbox that serves requests.
+pub trait Instance: Send + Sync {
+    /// Serves one request. Bodies stream both ways.
+    fn handle(
+        &self,
+        request: http::Request<HttpBody>,
+    ) -> BoxFuture<'_, Result<http::Response<HttpBody>, SandboxError>>;
+
+    /// Stops the instance and frees what it holds. Requests already in flight finish first
+    /// where the kind allows it.
+    fn stop(&self) -> BoxFuture<'_, ()>;
+}

@@ -1,0 +1,178 @@
+//! The wasmtime engine, its linker and the prepare step.
+
+use super::cache::CompiledCache;
+use super::guest::GuestState;
+use super::instance::PreparedComponent;
+use crate::blob_store::{BlobStore, write_atomically};
+use crate::{
+    BoxFuture, PreparedWorkload, Sandbox, SandboxError, WorkloadKind, WorkloadSpec,
+};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// How often the epoch advances; request deadlines are counted in these ticks.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Settings of the wasm sandbox.
+#[derive(Debug, Clone)]
+pub struct WasmConfig {
+    /// Where compiled code is cached.
+    pub cache_dir: PathBuf,
+    /// Component instances that may exist at once (one per request in flight).
+    pub max_concurrent_instances: u32,
+    /// Largest linear memory any guest may grow to; a container's `ram` lowers it.
+    pub max_memory_bytes: usize,
+}
+
+/// The wasm sandbox: one engine and linker shared by every wasm workload.
+pub struct WasmSandbox {
+    engine: Engine,
+    linker: Arc<Linker<GuestState>>,
+    blobs: BlobStore,
+    cache: CompiledCache,
+}
+
+impl WasmSandbox {
+    /// Builds the engine and starts its epoch ticker.
+    pub fn new(config: &WasmConfig, blobs: BlobStore) -> Result<Self, SandboxError> {
+        let engine = build_engine(config).map_err(|e| SandboxError::Prepare(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        // All of WASI 0.2 beside wasi:http, so that components made by
+        // componentize-py or componentize-js (which import cli, filesystem, ...) link.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+            .map_err(|e| SandboxError::Prepare(format!("linking WASI: {e:#}")))?;
+        let cache = CompiledCache::open(&config.cache_dir, &engine)
+            .map_err(|e| SandboxError::Prepare(format!("opening the compile cache: {e}")))?;
+        spawn_epoch_ticker(&engine);
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            blobs,
+            cache,
+        })
+    }
+
+    /// Compiles the artifact unless its compiled code is cached, and returns the path of the
+    /// compiled code.
+    async fn ensure_compiled(&self, spec: &WorkloadSpec) -> Result<PathBuf, SandboxError> {
+        let path = self.cache.path(&spec.artifact);
+        if path.is_file() {
+            return Ok(path);
+        }
+        let wasm = self.blobs.read(&spec.artifact)?;
+        let engine = self.engine.clone();
+        let target = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let compiled = engine
+                .precompile_component(&wasm)
+                .map_err(|e| SandboxError::InvalidWorkload(format!("{e:#}")))?;
+            write_atomically(&target, &compiled)
+                .map_err(|e| SandboxError::Prepare(format!("writing compiled code: {e}")))
+        })
+        .await
+        .map_err(|e| SandboxError::Prepare(e.to_string()))??;
+        tracing::info!(artifact = %spec.artifact, "compiled wasm component");
+        Ok(path)
+    }
+
+    /// Loads cached compiled code; a file this engine cannot load is recompiled once.
+    async fn load(&self, spec: &WorkloadSpec) -> Result<Component, SandboxError> {
+        let path = self.ensure_compiled(spec).await?;
+        match load_compiled(&self.engine, &path) {
+            Ok(component) => Ok(component),
+            Err(first) => {
+                tracing::warn!(path = %path.display(), error = %first, "cached code did not load; recompiling");
+                let _ = std::fs::remove_file(&path);
+                let path = self.ensure_compiled(spec).await?;
+                load_compiled(&self.engine, &path)
+            }
+        }
+    }
+}
+
+/// Loads compiled code from the cache.
+pub(crate) fn load_compiled(
+    engine: &Engine,
+    path: &std::path::Path,
+) -> Result<Component, SandboxError> {
+    // SAFETY: the file was written by `precompile_component` of an engine with the same
+    // compatibility hash, into a directory only this runtime writes.
+    unsafe { Component::deserialize_file(engine, path) }
+        .map_err(|e| SandboxError::Prepare(format!("loading compiled code: {e:#}")))
+}
+
+/// Checks that the component links and exports `wasi:http/incoming-handler`.
+pub(crate) fn pre_instantiate(
+    linker: &Linker<GuestState>,
+    component: &Component,
+) -> Result<ProxyPre<GuestState>, SandboxError> {
+    let pre = linker.instantiate_pre(component).map_err(|e| {
+        SandboxError::InvalidWorkload(format!("the component's imports cannot be satisfied: {e:#}"))
+    })?;
+    ProxyPre::new(pre).map_err(|e| {
+        SandboxError::InvalidWorkload(format!(
+            "the component does not export wasi:http/incoming-handler: {e:#}"
+        ))
+    })
+}
+
+impl Sandbox for WasmSandbox {
+    fn kind(&self) -> WorkloadKind {
+        WorkloadKind::Wasm
+    }
+
+    fn prepare(
+        &self,
+        spec: WorkloadSpec,
+    ) -> BoxFuture<'_, Result<Arc<dyn PreparedWorkload>, SandboxError>> {
+        Box::pin(async move {
+            let component = self.load(&spec).await?;
+            // Fail at deploy time, not at the first request, if it cannot serve HTTP.
+            pre_instantiate(&self.linker, &component)?;
+            let prepared = PreparedComponent::new(
+                self.engine.clone(),
+                self.linker.clone(),
+                self.cache.path(&spec.artifact),
+                spec,
+            );
+            Ok(Arc::new(prepared) as Arc<dyn PreparedWorkload>)
+        })
+    }
+}
+
+fn build_engine(config: &WasmConfig) -> wasmtime::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    let instances = config.max_concurrent_instances.max(1);
+    pool.total_component_instances(instances)
+        // Components built by componentize-py hold several core instances, memories
+        // and tables each.
+        .total_core_instances(instances.saturating_mul(4))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
+        .max_memory_size(config.max_memory_bytes);
+    let mut wasm = Config::new();
+    wasm.epoch_interruption(true)
+        .memory_init_cow(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&wasm)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("ember-wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}

@@ -1,0 +1,15 @@
+//! The wasm sandbox: wasi:http components on wasmtime.
+//!
+//! One [`WasmSandbox`] owns the wasmtime engine (pooling allocator with
+//! copy-on-write memory images, epoch interruption) and the on-disk cache of
+//! compiled code. Preparing a workload compiles it once, ever: the compiled code is
+//! kept on disk keyed by the artifact digest and the engine's compatibility key.
+//! Starting an instance loads that code and pre-instantiates it; each request then
+//! gets a fresh store, as `wasmtime serve` does.
+
+mod cache;
+mod engine;
+mod guest;
+mod instance;
+
+pub use engine::{WasmConfig, WasmSandbox};
