@@ -1,1 +1,24 @@
-pub fn x(){}
+//! Ember's engine.
+//!
+//! [`Runtime`] is the handle the API and the CLI use: it keeps state in sled,
+//! deploys revisions through the sandboxes, routes ingress traffic by host name
+//! through the activator, and scales idle containers to zero.
+#![deny(missing_docs)]
+
+mod activator;
+pub mod auth;
+mod clock;
+mod config;
+mod deploy;
+mod error;
+mod ingress;
+mod metrics;
+pub mod model;
+mod routing;
+mod runtime;
+pub mod store;
+
+pub use config::RuntimeConfig;
+pub use error::RuntimeError;
+pub use ingress::serve_ingress;
+pub use runtime::{ContainerView, MAX_BLOB_BYTES, Runtime};

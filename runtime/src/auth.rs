@@ -1,0 +1,104 @@
+//! API tokens: minted at random, stored only as a hash, looked up by that hash.
+
+use crate::error::RuntimeError;
+use crate::model::{Caller, Role, TokenId, UserId};
+use crate::store::{Store, TokenRecord};
+use sha2::{Digest as _, Sha256};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Name of the file under the data dir that holds a generated admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// A new random secret: 32 bytes from the OS, hex-encoded, with a recognisable prefix.
+pub fn generate_secret() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source failed");
+    format!("ember_{}", hex::encode(bytes))
+}
+
+fn hash(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Who a bearer secret belongs to, if anyone. Lookup is by hash, so comparing
+/// secrets never leaks how much of one matched.
+pub fn authenticate(store: &Store, secret: &str) -> Result<Option<Caller>, RuntimeError> {
+    Ok(store.token(&hash(secret))?.map(|t| Caller {
+        user_id: t.user_id,
+        role: t.role,
+    }))
+}
+
+fn register(store: &Store, secret: &str, user_id: UserId, role: Role) -> Result<(), RuntimeError> {
+    store.insert_token(
+        &hash(secret),
+        &TokenRecord {
+            id: TokenId::generate(),
+            user_id,
+            role,
+        },
+    )
+}
+
+/// Makes sure an admin token exists. With `from_env` (`EMBER_ADMIN_TOKEN`) that token is
+/// the admin's; otherwise a token is generated on first start and written to
+/// `<data-dir>/admin.token` with mode 0600. Returns a newly generated secret so the
+/// caller can print it once.
+pub fn bootstrap_admin(
+    store: &Store,
+    data_dir: &Path,
+    from_env: Option<&str>,
+) -> Result<Option<String>, RuntimeError> {
+    let admin = store.admin_user_id()?;
+    if let Some(secret) = from_env {
+        if secret.len() < 16 {
+            return Err(RuntimeError::invalid(
+                "EMBER_ADMIN_TOKEN",
+                "must be at least 16 characters",
+            ));
+        }
+        register(store, secret, admin, Role::Admin)?;
+        return Ok(None);
+    }
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if path.exists() {
+        let secret = std::fs::read_to_string(&path)
+            .map_err(RuntimeError::io(format!("reading {}", path.display())))?;
+        register(store, secret.trim(), admin, Role::Admin)?;
+        return Ok(None);
+    }
+    let secret = generate_secret();
+    register(store, &secret, admin, Role::Admin)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(RuntimeError::io(format!("creating {}", path.display())))?;
+    writeln!(file, "{secret}")
+        .and_then(|()| file.sync_all())
+        .map_err(RuntimeError::io(format!("writing {}", path.display())))?;
+    Ok(Some(secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn generated_admin_token_is_private_and_authenticates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let secret = bootstrap_admin(&store, dir.path(), None).unwrap().unwrap();
+        let file = dir.path().join(ADMIN_TOKEN_FILE);
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        let caller = authenticate(&store, &secret).unwrap().unwrap();
+        assert_eq!(caller.role, Role::Admin);
+        assert!(authenticate(&store, "ember_wrong").unwrap().is_none());
+        // A second start reuses the file and prints nothing.
+        assert!(bootstrap_admin(&store, dir.path(), None).unwrap().is_none());
+    }
+}

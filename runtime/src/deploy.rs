@@ -1,0 +1,88 @@
+//! Deploying a revision: resolve its image to an artifact, then prepare it in its sandbox.
+
+use crate::error::RuntimeError;
+use crate::model::Revision;
+use ember_sandbox::image::{ImageRef, RegistryPuller};
+use ember_sandbox::{
+    BlobStore, PreparedWorkload, Sandbox, SandboxError, WorkloadKind, WorkloadSpec,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything deployment needs: where blobs live, how to pull, and the sandboxes.
+pub(crate) struct Deployer {
+    pub(crate) blobs: BlobStore,
+    pub(crate) puller: RegistryPuller,
+    pub(crate) wasm: Arc<dyn Sandbox>,
+    pub(crate) request_timeout: Duration,
+}
+
+impl Deployer {
+    /// Makes sure the revision's artifact is in the content store, recording what it
+    /// resolved to in `revision` (so a restart never pulls again).
+    pub(crate) async fn resolve(&self, revision: &mut Revision) -> Result<bool, RuntimeError> {
+        if let (Some(artifact), Some(_)) = (&revision.artifact, revision.kind) {
+            if self.blobs.contains(artifact) {
+                return Ok(false);
+            }
+        }
+        let image: ImageRef = revision
+            .spec
+            .image
+            .parse()
+            .map_err(|e: ember_sandbox::image::InvalidImageRef| RuntimeError::invalid("image", e.to_string()))?;
+        let (kind, artifact) = match image {
+            ImageRef::Local(digest) => {
+                if !self.blobs.contains(&digest) {
+                    return Err(RuntimeError::Unprocessable(format!(
+                        "blob {digest} is not in the content store; upload it with POST /v1/blobs first"
+                    )));
+                }
+                (WorkloadKind::Wasm, digest)
+            }
+            ImageRef::Registry(reference) => {
+                let pulled = self
+                    .puller
+                    .pull(&reference)
+                    .await
+                    .map_err(|e| RuntimeError::Unprocessable(e.to_string()))?;
+                (pulled.kind, pulled.artifact)
+            }
+        };
+        revision.artifact = Some(artifact);
+        revision.kind = Some(kind);
+        Ok(true)
+    }
+
+    /// Prepares a resolved revision in the sandbox of its kind.
+    pub(crate) async fn prepare(
+        &self,
+        revision: &Revision,
+    ) -> Result<Arc<dyn PreparedWorkload>, RuntimeError> {
+        let (Some(artifact), Some(kind)) = (&revision.artifact, revision.kind) else {
+            return Err(RuntimeError::Unprocessable("the revision was not resolved".into()));
+        };
+        let sandbox = match kind {
+            WorkloadKind::Wasm => &self.wasm,
+            WorkloadKind::Oci => {
+                return Err(SandboxError::InvalidWorkload(
+                    "OCI container images are not supported by this runtime yet".into(),
+                )
+                .into());
+            }
+        };
+        if kind == WorkloadKind::Wasm && revision.spec.gpu > 0 {
+            return Err(RuntimeError::invalid("gpu", "wasm containers cannot use GPUs"));
+        }
+        let spec = &revision.spec;
+        let workload = WorkloadSpec {
+            name: spec.name.to_string(),
+            artifact: artifact.clone(),
+            memory_limit_bytes: spec.ram.bytes(),
+            env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            args: spec.arguments.clone().unwrap_or_default(),
+            request_timeout: self.request_timeout,
+        };
+        Ok(sandbox.prepare(workload).await?)
+    }
+}

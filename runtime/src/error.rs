@@ -1,0 +1,77 @@
+//! The runtime's error type; the API maps it to HTTP statuses in one place.
+
+/// What can go wrong in a runtime command.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A field of the request is invalid.
+    #[error("{field}: {message}")]
+    InvalidField {
+        /// The field, as the API names it.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The thing does not exist, or the caller may not see it.
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// Kind of thing.
+        what: &'static str,
+        /// Its id as given.
+        id: String,
+    },
+    /// Another container already has this name (and so this URL).
+    #[error("name `{0}` is already used by another container")]
+    NameTaken(String),
+    /// The payload is not acceptable as a whole.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The state store failed.
+    #[error("state store: {0}")]
+    Storage(String),
+    /// The data directory was written by a newer Ember.
+    #[error("the data directory has schema version {found}; this Ember reads up to {supported}")]
+    SchemaTooNew {
+        /// Version on disk.
+        found: u32,
+        /// Newest version this build reads.
+        supported: u32,
+    },
+    /// A sandbox failed.
+    #[error(transparent)]
+    Sandbox(#[from] ember_sandbox::SandboxError),
+    /// I/O outside the store (data dir, sockets).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    /// An invalid-field error.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::InvalidField {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}
+
+impl From<sled::Error> for RuntimeError {
+    fn from(e: sled::Error) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
+impl From<ember_sandbox::BlobError> for RuntimeError {
+    fn from(e: ember_sandbox::BlobError) -> Self {
+        Self::Sandbox(e.into())
+    }
+}

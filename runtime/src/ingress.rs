@@ -1,0 +1,157 @@
+//! The ingress: an HTTP server that routes by `Host` to containers, through the
+//! activator, and streams bodies both ways.
+
+use crate::activator::{ActivationError, Lease};
+use crate::runtime::Runtime;
+use bytes::Bytes;
+use ember_sandbox::{HttpBody, SandboxError};
+use http::{Request, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::net::TcpListener;
+use tracing::{Instrument, field::Empty};
+
+/// Path answered by the ingress itself, on any host, for health checks.
+pub const HEALTH_PATH: &str = "/.well-known/ember/health";
+
+/// Serves the ingress on `listener` until the task is dropped.
+pub async fn serve_ingress(runtime: Runtime, listener: TcpListener) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                tracing::warn!(error = %e, "ingress accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let runtime = runtime.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let runtime = runtime.clone();
+                async move { Ok::<_, Infallible>(route(&runtime, req).await) }
+            });
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn route(runtime: &Runtime, req: Request<Incoming>) -> Response<HttpBody> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("")
+        .to_string();
+    let span = tracing::info_span!(
+        "request",
+        host = %host,
+        method = %req.method(),
+        path = %req.uri().path(),
+        container = Empty,
+        status = Empty,
+    );
+    let response = forward(runtime, &host, req).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
+    runtime.inner().metrics.request_served(response.status());
+    response
+}
+
+async fn forward(runtime: &Runtime, host: &str, req: Request<Incoming>) -> Response<HttpBody> {
+    if req.uri().path() == HEALTH_PATH {
+        return text(StatusCode::OK, "ok\n");
+    }
+    let Some(service) = runtime.inner().routes.lookup(host) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_host",
+            &format!("no container is served at host `{host}`"),
+        );
+    };
+    tracing::Span::current().record("container", tracing::field::display(service.id));
+    let timeout = runtime.config().request_timeout;
+    let lease = match service.acquire(timeout).await {
+        Ok(lease) => lease,
+        Err(e) => {
+            let status = match e {
+                ActivationError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return error(status, "unavailable", &e.to_string());
+        }
+    };
+    let req = req.map(|body| body.map_err(Into::into).boxed_unsync());
+    match lease.instance().handle(req).await {
+        Ok(response) => response.map(|body| LeasedBody { body, _lease: lease }.boxed_unsync()),
+        Err(SandboxError::Timeout(limit)) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            &format!("the request ran longer than {limit:?} and was stopped"),
+        ),
+        Err(e) => error(StatusCode::BAD_GATEWAY, "workload_error", &e.to_string()),
+    }
+}
+
+/// A response body that keeps the instance counted as busy until it has been sent.
+struct LeasedBody {
+    body: HttpBody,
+    _lease: Lease,
+}
+
+impl Body for LeasedBody {
+    type Data = Bytes;
+    type Error = ember_sandbox::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<HttpBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<HttpBody> {
+    let body = serde_json::json!({ "code": code, "message": message }).to_string();
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}

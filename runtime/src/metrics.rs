@@ -1,0 +1,147 @@
+//! Prometheus metrics, kept in atomics and rendered as text on demand.
+
+use ember_sandbox::WorkloadKind;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the cold-start histogram buckets.
+const COLD_START_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Status classes counted by `ember_requests_total`.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; COLD_START_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, value: Duration) {
+        let secs = value.as_secs_f64();
+        for (bound, bucket) in COLD_START_BUCKETS.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(value.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The runtime's metrics.
+#[derive(Default)]
+pub struct Metrics {
+    requests: [AtomicU64; STATUS_CLASSES.len()],
+    cold_starts: [Histogram; 2],
+    scale_downs: AtomicU64,
+}
+
+fn kind_index(kind: WorkloadKind) -> usize {
+    match kind {
+        WorkloadKind::Wasm => 0,
+        WorkloadKind::Oci => 1,
+    }
+}
+
+impl Metrics {
+    /// Counts one request answered through the ingress.
+    pub fn request_served(&self, status: http::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one cold start and how long it took.
+    pub fn cold_start(&self, kind: WorkloadKind, took: Duration) {
+        self.cold_starts[kind_index(kind)].observe(took);
+    }
+
+    /// Counts one instance stopped for idleness.
+    pub fn scaled_down(&self) {
+        self.scale_downs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Renders the Prometheus text exposition format. `gauges` are appended as they are.
+    pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP ember_requests_total Requests answered by the ingress.\n");
+        out.push_str("# TYPE ember_requests_total counter\n");
+        for (class, counter) in STATUS_CLASSES.iter().zip(&self.requests) {
+            let _ = writeln!(
+                out,
+                "ember_requests_total{{code=\"{class}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP ember_cold_starts_total Instances started for waiting requests.\n");
+        out.push_str("# TYPE ember_cold_starts_total counter\n");
+        for kind in [WorkloadKind::Wasm, WorkloadKind::Oci] {
+            let h = &self.cold_starts[kind_index(kind)];
+            let _ = writeln!(
+                out,
+                "ember_cold_starts_total{{kind=\"{}\"}} {}",
+                kind.as_str(),
+                h.count.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP ember_cold_start_seconds Time from a request finding no instance to an instance ready.\n");
+        out.push_str("# TYPE ember_cold_start_seconds histogram\n");
+        for kind in [WorkloadKind::Wasm, WorkloadKind::Oci] {
+            let h = &self.cold_starts[kind_index(kind)];
+            let kind = kind.as_str();
+            for (bound, bucket) in COLD_START_BUCKETS.iter().zip(&h.buckets) {
+                let _ = writeln!(
+                    out,
+                    "ember_cold_start_seconds_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {}",
+                    bucket.load(Ordering::Relaxed)
+                );
+            }
+            let count = h.count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "ember_cold_start_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "ember_cold_start_seconds_sum{{kind=\"{kind}\"}} {}",
+                h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+            );
+            let _ = writeln!(out, "ember_cold_start_seconds_count{{kind=\"{kind}\"}} {count}");
+        }
+        out.push_str("# HELP ember_scale_downs_total Instances stopped after their idle timeout.\n");
+        out.push_str("# TYPE ember_scale_downs_total counter\n");
+        let _ = writeln!(
+            out,
+            "ember_scale_downs_total {}",
+            self.scale_downs.load(Ordering::Relaxed)
+        );
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_buckets() {
+        let m = Metrics::default();
+        m.request_served(http::StatusCode::OK);
+        m.cold_start(WorkloadKind::Wasm, Duration::from_micros(700));
+        let text = m.render(&[("ember_containers", "Containers.", 3)]);
+        assert!(text.contains("ember_requests_total{code=\"2xx\"} 1"), "{text}");
+        assert!(text.contains("ember_cold_starts_total{kind=\"wasm\"} 1"));
+        assert!(text.contains("ember_cold_start_seconds_bucket{kind=\"wasm\",le=\"0.0005\"} 0"));
+        assert!(text.contains("ember_cold_start_seconds_bucket{kind=\"wasm\",le=\"0.001\"} 1"));
+        assert!(text.contains("ember_cold_start_seconds_bucket{kind=\"wasm\",le=\"+Inf\"} 1"));
+        assert!(text.contains("ember_containers 3"));
+    }
+}

@@ -1,0 +1,357 @@
+//! Containers (deployed services), their immutable revisions, and instances.
+
+use super::{ContainerId, ContainerName, InstanceId, Quantity, ServerId, UserId};
+use crate::error::RuntimeError;
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+/// What a container runs and how it scales: everything a revision freezes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSpec {
+    /// Also the first label of the container's ingress host.
+    pub name: ContainerName,
+    /// The image reference as given (validated when set).
+    pub image: String,
+    /// CPUs an instance may use.
+    pub cpu: f64,
+    /// Memory an instance may use.
+    pub ram: Quantity,
+    /// GPUs an instance needs.
+    pub gpu: u32,
+    /// Disk an instance may write.
+    pub ephemeral_storage: Quantity,
+    /// Replaces the image's entrypoint.
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's arguments.
+    pub arguments: Option<Vec<String>>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Port the workload listens on (OCI images).
+    pub port: u16,
+    /// GPU models the container accepts.
+    pub desired_gpus: Option<Vec<String>>,
+    /// Instances kept with no traffic.
+    pub min_instances: u32,
+    /// Instances never exceeded.
+    pub max_instances: u32,
+    /// Seconds without a request before scaling down; `None` takes the runtime's default.
+    pub idle_timeout_seconds: Option<u64>,
+}
+
+/// Default values for fields a create request leaves out.
+impl ContainerSpec {
+    /// CPUs when none are asked for.
+    pub const DEFAULT_CPU: f64 = 1.0;
+    /// Memory when none is asked for (as Cloud Run).
+    pub const DEFAULT_RAM: &str = "512Mi";
+    /// Disk when none is asked for.
+    pub const DEFAULT_EPHEMERAL_STORAGE: &str = "1Gi";
+    /// Port when none is given (as Cloud Run).
+    pub const DEFAULT_PORT: u16 = 8080;
+    /// Upper bound of instances when none is given.
+    pub const DEFAULT_MAX_INSTANCES: u32 = 100;
+}
+
+/// A partial spec: what a create or update request sets. Every value is already
+/// validated on its own; [`ContainerPatch::apply`] checks how they fit together.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerPatch {
+    /// New name.
+    pub name: Option<ContainerName>,
+    /// New image (already checked to parse).
+    pub image: Option<String>,
+    /// New cpu.
+    pub cpu: Option<f64>,
+    /// New ram.
+    pub ram: Option<Quantity>,
+    /// New gpu count.
+    pub gpu: Option<u32>,
+    /// New disk size.
+    pub ephemeral_storage: Option<Quantity>,
+    /// New command (`Some(None)` clears it).
+    pub command: Option<Option<Vec<String>>>,
+    /// New arguments (`Some(None)` clears them).
+    pub arguments: Option<Option<Vec<String>>>,
+    /// New environment.
+    pub env: Option<BTreeMap<String, String>>,
+    /// New port.
+    pub port: Option<u16>,
+    /// New GPU models.
+    pub desired_gpus: Option<Option<Vec<String>>>,
+    /// New minimum.
+    pub min_instances: Option<u32>,
+    /// New maximum.
+    pub max_instances: Option<u32>,
+    /// New idle timeout.
+    pub idle_timeout_seconds: Option<u64>,
+}
+
+impl ContainerPatch {
+    /// Builds a full spec for a new container, with defaults for what is missing.
+    pub fn into_new_spec(self) -> Result<ContainerSpec, RuntimeError> {
+        let name = self.name.clone().ok_or(RuntimeError::invalid("name", "is required"))?;
+        let image = self.image.clone().ok_or(RuntimeError::invalid("image", "is required"))?;
+        let base = ContainerSpec {
+            name,
+            image,
+            cpu: ContainerSpec::DEFAULT_CPU,
+            ram: ContainerSpec::DEFAULT_RAM.parse().expect("valid default"),
+            gpu: 0,
+            ephemeral_storage: ContainerSpec::DEFAULT_EPHEMERAL_STORAGE
+                .parse()
+                .expect("valid default"),
+            command: None,
+            arguments: None,
+            env: BTreeMap::new(),
+            port: ContainerSpec::DEFAULT_PORT,
+            desired_gpus: None,
+            min_instances: 0,
+            max_instances: ContainerSpec::DEFAULT_MAX_INSTANCES,
+            idle_timeout_seconds: None,
+        };
+        self.apply(&base)
+    }
+
+    /// Applies the patch on top of `current`, checking the result as a whole.
+    pub fn apply(self, current: &ContainerSpec) -> Result<ContainerSpec, RuntimeError> {
+        let mut spec = current.clone();
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = self.$field { spec.$field = v; })* };
+        }
+        set!(
+            name,
+            image,
+            cpu,
+            ram,
+            gpu,
+            ephemeral_storage,
+            command,
+            arguments,
+            env,
+            port,
+            desired_gpus,
+            min_instances,
+            max_instances
+        );
+        if let Some(idle) = self.idle_timeout_seconds {
+            spec.idle_timeout_seconds = Some(idle);
+        }
+        if spec.min_instances > spec.max_instances {
+            return Err(RuntimeError::invalid(
+                "minInstances",
+                format!(
+                    "({}) must not exceed maxInstances ({})",
+                    spec.min_instances, spec.max_instances
+                ),
+            ));
+        }
+        Ok(spec)
+    }
+}
+
+/// Where a container is in its deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerStatus {
+    /// The latest revision is being pulled and prepared.
+    Deploying,
+    /// The latest revision serves traffic.
+    Deployed,
+    /// The latest revision could not be deployed (see the reason); an older one may
+    /// still be serving.
+    Failed,
+}
+
+/// A container as stored.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    /// Its id.
+    pub id: ContainerId,
+    /// The latest revision's spec.
+    pub spec: ContainerSpec,
+    /// Who created it.
+    pub created_by: UserId,
+    /// When it was created.
+    pub date_created: SystemTime,
+    /// When its spec last changed.
+    pub date_updated: SystemTime,
+    /// Deployment status of the latest revision.
+    pub status: ContainerStatus,
+    /// Why the latest deployment failed, when it did.
+    pub status_reason: Option<String>,
+    /// Number of the latest revision.
+    pub latest_revision: u32,
+    /// The revision traffic goes to, once one has deployed.
+    pub serving_revision: Option<u32>,
+}
+
+/// An immutable snapshot of a container's spec.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    /// The container.
+    pub container_id: ContainerId,
+    /// 1, 2, 3, ...
+    pub number: u32,
+    /// The spec it froze.
+    pub spec: ContainerSpec,
+    /// When it was made.
+    pub date_created: SystemTime,
+    /// The runnable blob its image resolved to, once pulled.
+    pub artifact: Option<ember_sandbox::Digest>,
+    /// The kind of workload that blob is, once known.
+    pub kind: Option<ember_sandbox::WorkloadKind>,
+}
+
+/// States of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Being started (a cold start in progress).
+    Starting,
+    /// Serving requests.
+    Running,
+}
+
+/// A live instance, as the API reports it.
+#[derive(Debug, Clone)]
+pub struct InstanceInfo {
+    /// Its id.
+    pub id: InstanceId,
+    /// The container it belongs to.
+    pub container_id: ContainerId,
+    /// The server it runs on.
+    pub server_id: ServerId,
+    /// The revision it runs.
+    pub revision: u32,
+    /// Its state.
+    pub state: InstanceState,
+    /// When it entered that state.
+    pub state_changed: SystemTime,
+    /// Requests it is serving now.
+    pub in_flight: u32,
+}
+
+/// Roles a user can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Role {
+    /// May see and change everything.
+    Admin,
+    /// May see and change what they created.
+    User,
+}
+
+/// Who is making a request, once authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The user.
+    pub user_id: UserId,
+    /// Their role.
+    pub role: Role,
+}
+
+impl Caller {
+    /// Whether the caller may see and change `container`.
+    pub fn can_access(&self, container: &Container) -> bool {
+        self.role == Role::Admin || container.created_by == self.user_id
+    }
+}
+
+/// Which page of a list to return (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Page number, from 1.
+    pub page: u32,
+    /// Items per page.
+    pub rows_per_page: u32,
+}
+
+impl PageRequest {
+    /// Items per page when not asked for.
+    pub const DEFAULT_ROWS: u32 = 10;
+    /// Most items per page allowed.
+    pub const MAX_ROWS: u32 = 100;
+
+    /// Cuts one page out of `items`.
+    pub fn slice<T>(&self, items: Vec<T>) -> Page<T> {
+        let total = items.len();
+        let skip = (self.page.saturating_sub(1) as usize).saturating_mul(self.rows_per_page as usize);
+        let items = items
+            .into_iter()
+            .skip(skip)
+            .take(self.rows_per_page as usize)
+            .collect();
+        Page {
+            items,
+            total,
+            page: self.page,
+            rows_per_page: self.rows_per_page,
+        }
+    }
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        Self {
+            page: 1,
+            rows_per_page: Self::DEFAULT_ROWS,
+        }
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// The page's items.
+    pub items: Vec<T>,
+    /// Items in the whole list.
+    pub total: usize,
+    /// The page number.
+    pub page: u32,
+    /// The page size.
+    pub rows_per_page: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patch() -> ContainerPatch {
+        ContainerPatch {
+            name: Some("hello".parse().unwrap()),
+            image: Some("sha256:00".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn new_specs_get_defaults_and_need_name_and_image() {
+        let spec = patch().into_new_spec().unwrap();
+        assert_eq!(spec.ram.bytes(), 512 << 20);
+        assert_eq!(spec.port, 8080);
+        let err = ContainerPatch::default().into_new_spec().unwrap_err();
+        assert!(err.to_string().contains("name"), "{err}");
+    }
+
+    #[test]
+    fn min_may_not_exceed_max() {
+        let mut p = patch();
+        p.min_instances = Some(3);
+        p.max_instances = Some(2);
+        assert!(p.into_new_spec().is_err());
+    }
+
+    #[test]
+    fn pages_are_cut_from_one() {
+        let page = PageRequest {
+            page: 2,
+            rows_per_page: 3,
+        }
+        .slice((1..=7).collect::<Vec<_>>());
+        assert_eq!(page.items, vec![4, 5, 6]);
+        assert_eq!(page.total, 7);
+    }
+}

@@ -1,0 +1,452 @@
+//! The runtime handle: typed commands for the API and CLI.
+
+use crate::activator::{Service, ServingRevision};
+use crate::auth;
+use crate::clock::Clock;
+use crate::config::RuntimeConfig;
+use crate::deploy::Deployer;
+use crate::error::RuntimeError;
+use crate::metrics::Metrics;
+use crate::model::{
+    Caller, Container, ContainerId, ContainerPatch, ContainerStatus, InstanceInfo, Page,
+    PageRequest, Revision, ServerId,
+};
+use crate::routing::RoutingTable;
+use crate::store::Store;
+use ember_sandbox::image::{ImageRef, RegistryPuller};
+use ember_sandbox::wasm::{WasmConfig, WasmSandbox};
+use ember_sandbox::{BlobStore, Digest};
+use ember_scheduler::ScalingPolicy;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// The runtime: cheap to clone, shared by the API, the ingress and background tasks.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    config: RuntimeConfig,
+    store: Store,
+    deployer: Deployer,
+    services: RwLock<HashMap<ContainerId, Arc<Service>>>,
+    pub(crate) routes: RoutingTable,
+    pub(crate) metrics: Arc<Metrics>,
+    clock: Clock,
+    server_id: ServerId,
+    /// Serialises read-modify-write of container records.
+    records: Mutex<()>,
+}
+
+/// A container with the parts of its view the store does not hold.
+#[derive(Debug, Clone)]
+pub struct ContainerView {
+    /// The stored container.
+    pub container: Container,
+    /// Where it is served, once a revision has deployed.
+    pub urls: Option<Vec<String>>,
+}
+
+/// Largest blob the content store takes through the API.
+pub const MAX_BLOB_BYTES: usize = 256 << 20;
+
+impl Runtime {
+    /// Opens the data dir, loads every container and starts serving them (routes,
+    /// deployments, the autoscaler). Returns the runtime and, on the first start, the
+    /// generated admin token to print once.
+    pub async fn start(config: RuntimeConfig) -> Result<(Self, Option<String>), RuntimeError> {
+        let data_dir = &config.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .map_err(RuntimeError::io(format!("creating {}", data_dir.display())))?;
+        let store = Store::open(&data_dir.join("state"))?;
+        let new_admin_token =
+            auth::bootstrap_admin(&store, data_dir, config.admin_token.as_deref())?;
+        let blobs = BlobStore::open(data_dir.join("blobs"))?;
+        let wasm = WasmSandbox::new(
+            &WasmConfig {
+                cache_dir: data_dir.join("compiled"),
+                max_concurrent_instances: config.max_wasm_instances,
+                max_memory_bytes: 4 << 30,
+            },
+            blobs.clone(),
+        )?;
+        let deployer = Deployer {
+            puller: RegistryPuller::new(blobs.clone()),
+            blobs,
+            wasm: Arc::new(wasm),
+            request_timeout: config.request_timeout,
+        };
+        let runtime = Self {
+            inner: Arc::new(Inner {
+                server_id: store.server_id()?,
+                config,
+                store,
+                deployer,
+                services: RwLock::default(),
+                routes: RoutingTable::default(),
+                metrics: Arc::default(),
+                clock: Clock::start(),
+                records: Mutex::new(()),
+            }),
+        };
+        for container in runtime.inner.store.containers()? {
+            let service = runtime.register(&container);
+            let number = container.serving_revision.unwrap_or(container.latest_revision);
+            if container.serving_revision.is_some_and(|n| n != container.latest_revision)
+                && container.status == ContainerStatus::Deploying
+            {
+                // An update was deploying when the runtime stopped: serve the old
+                // revision and carry on with the new one.
+                runtime.spawn_deploy(container.id, container.latest_revision);
+            }
+            runtime.spawn_deploy(container.id, number);
+            drop(service);
+        }
+        runtime.spawn_reconciler();
+        Ok((runtime, new_admin_token))
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    /// Who holds `secret`, if anyone.
+    pub fn authenticate(&self, secret: &str) -> Result<Option<Caller>, RuntimeError> {
+        auth::authenticate(&self.inner.store, secret)
+    }
+
+    /// Creates a container and starts deploying its first revision.
+    pub async fn create_container(
+        &self,
+        caller: &Caller,
+        patch: ContainerPatch,
+    ) -> Result<ContainerView, RuntimeError> {
+        let spec = patch.into_new_spec()?;
+        self.check_image(&spec.image)?;
+        let now = SystemTime::now();
+        let container = Container {
+            id: ContainerId::generate(),
+            spec: spec.clone(),
+            created_by: caller.user_id,
+            date_created: now,
+            date_updated: now,
+            status: ContainerStatus::Deploying,
+            status_reason: None,
+            latest_revision: 1,
+            serving_revision: None,
+        };
+        let revision = Revision {
+            container_id: container.id,
+            number: 1,
+            spec,
+            date_created: now,
+            artifact: None,
+            kind: None,
+        };
+        {
+            let _records = self.inner.records.lock();
+            self.inner.store.insert_container(&container, &revision)?;
+        }
+        self.inner.store.flush().await?;
+        self.register(&container);
+        self.spawn_deploy(container.id, 1);
+        Ok(self.view(container))
+    }
+
+    /// Updates a container: a new revision, deployed while the current one keeps serving.
+    pub async fn update_container(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        patch: ContainerPatch,
+    ) -> Result<ContainerView, RuntimeError> {
+        let (container, old_name) = {
+            let _records = self.inner.records.lock();
+            let mut container = self.accessible(caller, id)?;
+            let spec = patch.apply(&container.spec)?;
+            self.check_image(&spec.image)?;
+            let old_name = container.spec.name.clone();
+            let now = SystemTime::now();
+            container.latest_revision += 1;
+            container.spec = spec.clone();
+            container.date_updated = now;
+            container.status = ContainerStatus::Deploying;
+            container.status_reason = None;
+            let revision = Revision {
+                container_id: id,
+                number: container.latest_revision,
+                spec,
+                date_created: now,
+                artifact: None,
+                kind: None,
+            };
+            self.inner
+                .store
+                .update_container(&container, &old_name, &revision)?;
+            (container, old_name)
+        };
+        self.inner.store.flush().await?;
+        if old_name != container.spec.name {
+            self.inner.routes.remove(&self.host(old_name.as_str()));
+        }
+        self.register(&container);
+        self.spawn_deploy(id, container.latest_revision);
+        Ok(self.view(container))
+    }
+
+    /// Deletes a container: its routes, instances, revisions and record.
+    pub async fn delete_container(&self, caller: &Caller, id: ContainerId) -> Result<(), RuntimeError> {
+        let container = {
+            let _records = self.inner.records.lock();
+            let container = self.accessible(caller, id)?;
+            self.inner.store.remove_container(&container)?;
+            container
+        };
+        self.inner.store.flush().await?;
+        self.inner.routes.remove(&self.host(container.spec.name.as_str()));
+        if let Some(service) = self.inner.services.write().remove(&id) {
+            service.shut_down();
+        }
+        Ok(())
+    }
+
+    /// One container.
+    pub fn get_container(&self, caller: &Caller, id: ContainerId) -> Result<ContainerView, RuntimeError> {
+        self.accessible(caller, id).map(|c| self.view(c))
+    }
+
+    /// The caller's containers (all of them for an admin), oldest first.
+    pub fn list_containers(
+        &self,
+        caller: &Caller,
+        page: PageRequest,
+    ) -> Result<Page<ContainerView>, RuntimeError> {
+        let mut mine: Vec<_> = self
+            .inner
+            .store
+            .containers()?
+            .into_iter()
+            .filter(|c| caller.can_access(c))
+            .collect();
+        mine.sort_by_key(|c| (c.date_created, c.id));
+        let page = page.slice(mine);
+        Ok(Page {
+            items: page.items.into_iter().map(|c| self.view(c)).collect(),
+            total: page.total,
+            page: page.page,
+            rows_per_page: page.rows_per_page,
+        })
+    }
+
+    /// A container's revisions, newest first.
+    pub fn list_revisions(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        page: PageRequest,
+    ) -> Result<Page<Revision>, RuntimeError> {
+        self.accessible(caller, id)?;
+        let mut revisions = self.inner.store.revisions(id)?;
+        revisions.reverse();
+        Ok(page.slice(revisions))
+    }
+
+    /// A container's live instances.
+    pub fn list_instances(&self, caller: &Caller, id: ContainerId) -> Result<Vec<InstanceInfo>, RuntimeError> {
+        self.accessible(caller, id)?;
+        Ok(self
+            .inner
+            .services
+            .read()
+            .get(&id)
+            .map(|s| s.instances())
+            .unwrap_or_default())
+    }
+
+    /// Stores a wasm component in the content store and returns its digest.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest, RuntimeError> {
+        if !is_wasm_component(bytes) {
+            return Err(RuntimeError::invalid(
+                "body",
+                "is not a WebAssembly component (expected the component binary header)",
+            ));
+        }
+        Ok(self.inner.deployer.blobs.put(bytes)?)
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        let services = self.inner.services.read();
+        let instances: usize = services.values().map(|s| s.instance_count()).sum();
+        self.inner.metrics.render(&[
+            ("ember_containers", "Containers deployed.", services.len() as u64),
+            ("ember_instances", "Instances running.", instances as u64),
+        ])
+    }
+
+    /// The runtime's settings.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    fn check_image(&self, image: &str) -> Result<(), RuntimeError> {
+        match image.parse::<ImageRef>() {
+            Err(e) => Err(RuntimeError::invalid("image", e.to_string())),
+            Ok(ImageRef::Local(digest)) if !self.inner.deployer.blobs.contains(&digest) => {
+                Err(RuntimeError::invalid(
+                    "image",
+                    format!("no blob {digest} in the content store; upload it with POST /v1/blobs first"),
+                ))
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// The container, if it exists and the caller may see it; otherwise not found.
+    fn accessible(&self, caller: &Caller, id: ContainerId) -> Result<Container, RuntimeError> {
+        self.inner
+            .store
+            .container(id)?
+            .filter(|c| caller.can_access(c))
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "container",
+                id: id.to_string(),
+            })
+    }
+
+    fn host(&self, name: &str) -> String {
+        format!("{name}.{}", self.inner.config.domain)
+    }
+
+    fn view(&self, container: Container) -> ContainerView {
+        let urls = container.serving_revision.map(|_| {
+            let host = self.host(container.spec.name.as_str());
+            vec![match self.inner.config.ingress_port {
+                80 => host,
+                port => format!("{host}:{port}"),
+            }]
+        });
+        ContainerView { container, urls }
+    }
+
+    fn policy(&self, container: &Container) -> ScalingPolicy {
+        ScalingPolicy {
+            min_instances: container.spec.min_instances,
+            max_instances: container.spec.max_instances,
+            idle_timeout: container
+                .spec
+                .idle_timeout_seconds
+                .map_or(self.inner.config.default_idle_timeout, Duration::from_secs),
+        }
+    }
+
+    /// Makes (or refreshes) the container's service and routes its host to it.
+    fn register(&self, container: &Container) -> Arc<Service> {
+        let service = self
+            .inner
+            .services
+            .write()
+            .entry(container.id)
+            .or_insert_with(|| {
+                Service::new(
+                    container.id,
+                    self.inner.server_id,
+                    self.policy(container),
+                    self.inner.clock,
+                    self.inner.metrics.clone(),
+                )
+            })
+            .clone();
+        self.inner
+            .routes
+            .insert(self.host(container.spec.name.as_str()), service.clone());
+        service
+    }
+
+    fn spawn_deploy(&self, id: ContainerId, number: u32) {
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runtime.deploy(id, number).await {
+                tracing::error!(container = %id, revision = number, error = %e, "recording a deployment failed");
+            }
+        });
+    }
+
+    /// Resolves and prepares revision `number`, then moves traffic to it and records
+    /// the outcome. A revision superseded meanwhile, or a deleted container, is left alone.
+    async fn deploy(&self, id: ContainerId, number: u32) -> Result<(), RuntimeError> {
+        let Some(mut revision) = self.inner.store.revision(id, number)? else {
+            return Ok(());
+        };
+        let outcome = async {
+            if self.inner.deployer.resolve(&mut revision).await? {
+                self.inner.store.save_revision(&revision)?;
+            }
+            self.inner.deployer.prepare(&revision).await
+        }
+        .await;
+
+        let service = self.inner.services.read().get(&id).cloned();
+        let _records = self.inner.records.lock();
+        let (Some(mut container), Some(service)) = (self.inner.store.container(id)?, service)
+        else {
+            return Ok(());
+        };
+        let is_serving = container.serving_revision == Some(number);
+        if container.latest_revision != number && !is_serving {
+            return Ok(());
+        }
+        match outcome {
+            Ok(prepared) => {
+                service.set_policy(self.policy(&container));
+                service.serve(Arc::new(ServingRevision {
+                    number,
+                    kind: revision.kind.unwrap_or(ember_sandbox::WorkloadKind::Wasm),
+                    prepared,
+                }));
+                if container.latest_revision == number {
+                    container.status = ContainerStatus::Deployed;
+                    container.status_reason = None;
+                    container.serving_revision = Some(number);
+                }
+                tracing::info!(container = %id, revision = number, "revision serving");
+            }
+            Err(e) => {
+                tracing::warn!(container = %id, revision = number, error = %e, "deployment failed");
+                container.status = ContainerStatus::Failed;
+                container.status_reason = Some(e.to_string());
+                if container.serving_revision.is_none() || is_serving {
+                    service.make_unavailable(&e.to_string());
+                }
+            }
+        }
+        self.inner.store.save_status(&container)?;
+        drop(_records);
+        self.inner.store.flush().await
+    }
+
+    fn spawn_reconciler(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let interval = self.inner.config.reconcile_interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let services: Vec<_> = inner.services.read().values().cloned().collect();
+                for service in services {
+                    service.reconcile();
+                }
+            }
+        });
+    }
+}
+
+/// A component binary starts with the wasm magic and the component layer's version.
+fn is_wasm_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}

@@ -1,0 +1,282 @@
+//! Persistent state in sled: typed trees under a versioned schema.
+//!
+//! Trees: `meta` (schema version, server id, admin user), `containers`
+//! (id -> container), `names` (name -> id), `revisions` (id ++ number -> revision),
+//! `tokens` (sha256 of the secret -> token). Values are JSON. Every write is
+//! flushed to disk before the command that made it returns.
+
+use crate::error::RuntimeError;
+use crate::model::{Container, ContainerId, ContainerName, Revision, Role, ServerId, TokenId, UserId};
+use serde::{Serialize, de::DeserializeOwned};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use std::path::Path;
+
+/// The on-disk schema this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const SCHEMA_KEY: &[u8] = b"schema_version";
+const SERVER_ID_KEY: &[u8] = b"server_id";
+const ADMIN_USER_KEY: &[u8] = b"admin_user_id";
+
+/// A stored API token (the secret itself is never stored).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    /// The token's id.
+    pub id: TokenId,
+    /// Whose it is.
+    pub user_id: UserId,
+    /// What it may do.
+    pub role: Role,
+}
+
+/// The runtime's state store.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    containers: sled::Tree,
+    names: sled::Tree,
+    revisions: sled::Tree,
+    tokens: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, checking the schema version.
+    pub fn open(dir: &Path) -> Result<Self, RuntimeError> {
+        let db = sled::Config::new().path(dir).open()?;
+        let store = Self {
+            meta: db.open_tree("meta")?,
+            containers: db.open_tree("containers")?,
+            names: db.open_tree("names")?,
+            revisions: db.open_tree("revisions")?,
+            tokens: db.open_tree("tokens")?,
+            db,
+        };
+        match store.meta.get(SCHEMA_KEY)? {
+            None => {
+                store.meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+            }
+            Some(raw) => {
+                let found = u32::from_be_bytes(raw.as_ref().try_into().map_err(|_| {
+                    RuntimeError::Storage("the schema version record is corrupt".into())
+                })?);
+                if found > SCHEMA_VERSION {
+                    return Err(RuntimeError::SchemaTooNew {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+            }
+        }
+        store.db.flush()?;
+        Ok(store)
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), RuntimeError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// This server's id, made on first start.
+    pub fn server_id(&self) -> Result<ServerId, RuntimeError> {
+        self.id_in_meta(SERVER_ID_KEY)
+    }
+
+    /// The admin user's id, made on first start.
+    pub fn admin_user_id(&self) -> Result<UserId, RuntimeError> {
+        self.id_in_meta(ADMIN_USER_KEY)
+    }
+
+    fn id_in_meta<T: Serialize + DeserializeOwned>(&self, key: &[u8]) -> Result<T, RuntimeError>
+    where
+        T: IdGenerate,
+    {
+        if let Some(raw) = self.meta.get(key)? {
+            return decode(&raw);
+        }
+        let fresh = T::generate_id();
+        let _ = self
+            .meta
+            .compare_and_swap(key, None as Option<&[u8]>, Some(encode(&fresh)?))?;
+        self.db.flush()?;
+        decode(&self.meta.get(key)?.expect("just written"))
+    }
+
+    /// All containers.
+    pub fn containers(&self) -> Result<Vec<Container>, RuntimeError> {
+        self.containers
+            .iter()
+            .values()
+            .map(|v| decode(&v?))
+            .collect()
+    }
+
+    /// One container.
+    pub fn container(&self, id: ContainerId) -> Result<Option<Container>, RuntimeError> {
+        self.containers
+            .get(id.as_bytes())?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    /// Stores a new container and its first revision; refuses a name in use.
+    pub fn insert_container(&self, container: &Container, revision: &Revision) -> Result<(), RuntimeError> {
+        self.write_container(container, None, revision)
+    }
+
+    /// Stores an updated container with its new revision. `previous_name` frees the old
+    /// name when it changed.
+    pub fn update_container(
+        &self,
+        container: &Container,
+        previous_name: &ContainerName,
+        revision: &Revision,
+    ) -> Result<(), RuntimeError> {
+        self.write_container(container, Some(previous_name), revision)
+    }
+
+    fn write_container(
+        &self,
+        container: &Container,
+        previous_name: Option<&ContainerName>,
+        revision: &Revision,
+    ) -> Result<(), RuntimeError> {
+        let value = encode(container)?;
+        let revision_value = encode(revision)?;
+        let id = container.id;
+        let name = container.spec.name.as_str().as_bytes();
+        let result = (&self.containers, &self.names, &self.revisions).transaction(
+            |(containers, names, revisions)| {
+                if let Some(owner) = names.get(name)? {
+                    if owner.as_ref() != id.as_bytes() {
+                        return Err(ConflictableTransactionError::Abort(()));
+                    }
+                }
+                if let Some(old) = previous_name {
+                    if old != &container.spec.name {
+                        names.remove(old.as_str().as_bytes())?;
+                    }
+                }
+                names.insert(name, id.as_bytes())?;
+                containers.insert(id.as_bytes(), value.as_slice())?;
+                revisions.insert(&revision_key(id, revision.number)[..], revision_value.as_slice())?;
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(())) => {
+                Err(RuntimeError::NameTaken(container.spec.name.to_string()))
+            }
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    /// Replaces a container record (status changes); no-op if it was deleted meanwhile.
+    pub fn save_status(&self, container: &Container) -> Result<bool, RuntimeError> {
+        let value = encode(container)?;
+        let key = container.id.as_bytes();
+        let result = self.containers.transaction(|tree| {
+            if tree.get(key)?.is_none() {
+                return Ok(false);
+            }
+            tree.insert(key, value.as_slice())?;
+            Ok(true)
+        });
+        result.map_err(|e: TransactionError<()>| RuntimeError::Storage(format!("{e:?}")))
+    }
+
+    /// Records the artifact a revision's image resolved to.
+    pub fn save_revision(&self, revision: &Revision) -> Result<(), RuntimeError> {
+        self.revisions
+            .insert(&revision_key(revision.container_id, revision.number)[..], encode(revision)?)?;
+        Ok(())
+    }
+
+    /// One revision.
+    pub fn revision(&self, id: ContainerId, number: u32) -> Result<Option<Revision>, RuntimeError> {
+        self.revisions
+            .get(&revision_key(id, number)[..])?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    /// A container's revisions, oldest first.
+    pub fn revisions(&self, id: ContainerId) -> Result<Vec<Revision>, RuntimeError> {
+        self.revisions
+            .scan_prefix(id.as_bytes())
+            .values()
+            .map(|v| decode(&v?))
+            .collect()
+    }
+
+    /// Removes a container, its name and its revisions.
+    pub fn remove_container(&self, container: &Container) -> Result<(), RuntimeError> {
+        let keys: Vec<_> = self
+            .revisions
+            .scan_prefix(container.id.as_bytes())
+            .keys()
+            .collect::<Result<_, _>>()?;
+        let name = container.spec.name.as_str().as_bytes();
+        let id = container.id;
+        (&self.containers, &self.names, &self.revisions)
+            .transaction(|(containers, names, revisions)| {
+                containers.remove(id.as_bytes())?;
+                if names.get(name)?.is_some_and(|owner| owner.as_ref() == id.as_bytes()) {
+                    names.remove(name)?;
+                }
+                for key in &keys {
+                    revisions.remove(key.as_ref())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| RuntimeError::Storage(format!("{e:?}")))
+    }
+
+    /// Stores a token under the hash of its secret.
+    pub fn insert_token(&self, secret_hash: &[u8], token: &TokenRecord) -> Result<(), RuntimeError> {
+        self.tokens.insert(secret_hash, encode(token)?)?;
+        Ok(())
+    }
+
+    /// Looks a token up by the hash of its secret.
+    pub fn token(&self, secret_hash: &[u8]) -> Result<Option<TokenRecord>, RuntimeError> {
+        self.tokens.get(secret_hash)?.map(|v| decode(&v)).transpose()
+    }
+}
+
+/// Ids the store can mint for its `meta` records.
+trait IdGenerate {
+    fn generate_id() -> Self;
+}
+
+impl IdGenerate for ServerId {
+    fn generate_id() -> Self {
+        ServerId::generate()
+    }
+}
+
+impl IdGenerate for UserId {
+    fn generate_id() -> Self {
+        UserId::generate()
+    }
+}
+
+/// Revisions sort by container, then number (big-endian keeps numeric order).
+fn revision_key(id: ContainerId, number: u32) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..16].copy_from_slice(id.as_bytes());
+    key[16..].copy_from_slice(&number.to_be_bytes());
+    key
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RuntimeError> {
+    serde_json::to_vec(value).map_err(|e| RuntimeError::Storage(format!("encoding: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, RuntimeError> {
+    serde_json::from_slice(raw).map_err(|e| RuntimeError::Storage(format!("decoding: {e}")))
+}
