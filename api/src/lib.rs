@@ -1,1 +1,53 @@
-pub fn x(){}
+//! Ember's management API.
+//!
+//! [`router`] builds the axum router over a [`Runtime`]; tests call it in-process.
+//! One module per resource; [`error`] is the one place runtime errors become HTTP
+//! statuses.
+#![deny(missing_docs)]
+
+mod auth;
+mod blobs;
+mod containers;
+pub mod error;
+mod instances;
+mod json;
+mod pagination;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use ember_runtime::Runtime;
+use error::ApiError;
+
+/// The management API's routes over `runtime`.
+pub fn router(runtime: Runtime) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .merge(containers::routes())
+        .merge(instances::routes())
+        .merge(blobs::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are read by our own extractors, which answer 413 in JSON.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(runtime)
+}
+
+async fn metrics(axum::extract::State(runtime): axum::extract::State<Runtime>) -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        runtime.metrics_text(),
+    )
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no API route at {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

@@ -12,3 +12,4 @@ pub use container::{
 pub use ids::{ContainerId, InstanceId, InvalidId, ServerId, TokenId, UserId};
 pub use name::{ContainerName, InvalidName};
 pub use quantity::{InvalidQuantity, Quantity};
+pub use ember_sandbox::image::{ImageRef, InvalidImageRef};

@@ -1,0 +1,314 @@
+//! `/v1/containers`: the native API of document 002.
+
+use crate::auth::Authenticated;
+use crate::error::ApiError;
+use crate::json::StrictJson;
+use crate::pagination::{ListEnvelope, page_request};
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Json;
+use ember_runtime::model::{ContainerId, ContainerPatch, Revision};
+use ember_runtime::{ContainerView, Runtime};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+pub(crate) fn routes() -> Router<Runtime> {
+    Router::new()
+        .route("/v1/containers", get(list).post(create))
+        .route("/v1/containers/{id}", get(show).put(update).delete(remove))
+        .route("/v1/containers/{id}/revisions", get(revisions))
+}
+
+/// Parses a container id from the path.
+pub(crate) fn container_id(raw: &str) -> Result<ContainerId, ApiError> {
+    raw.parse().map_err(|e: ember_runtime::model::InvalidId| ApiError::invalid_field("id", e.to_string()))
+}
+
+async fn list(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let page = runtime.list_containers(&caller, page_request(&query)?)?;
+    Ok(Json(ListEnvelope::from_page(page, |c| ContainerJson::from_view(&runtime, c))))
+}
+
+async fn show(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let view = runtime.get_container(&caller, container_id(&id)?)?;
+    Ok(Json(ContainerJson::from_view(&runtime, view)))
+}
+
+async fn create(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    StrictJson(body): StrictJson<ContainerRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let patch = body.into_patch()?;
+    let view = runtime.create_container(&caller, patch).await?;
+    Ok((StatusCode::CREATED, Json(ContainerJson::from_view(&runtime, view))))
+}
+
+async fn update(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    StrictJson(body): StrictJson<ContainerRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = container_id(&id)?;
+    let patch = body.into_patch()?;
+    let view = runtime.update_container(&caller, id, patch).await?;
+    Ok(Json(ContainerJson::from_view(&runtime, view)))
+}
+
+async fn remove(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    runtime.delete_container(&caller, container_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn revisions(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let page = runtime.list_revisions(&caller, container_id(&id)?, page_request(&query)?)?;
+    Ok(Json(ListEnvelope::from_page(page, RevisionJson::from)))
+}
+
+/// The body of POST and PUT. Every field is optional here; POST needs `name` and
+/// `image`, PUT changes only what it names.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct ContainerRequest {
+    name: Option<String>,
+    image: Option<String>,
+    cpu: Option<f64>,
+    ram: Option<String>,
+    gpu: Option<u32>,
+    ephemeral_storage: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    command: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    arguments: Option<Option<Vec<String>>>,
+    env: Option<BTreeMap<String, String>>,
+    port: Option<PortValue>,
+    #[serde(rename = "desiredGPUs", default, deserialize_with = "present")]
+    desired_gpus: Option<Option<Vec<String>>>,
+    min_instances: Option<u32>,
+    max_instances: Option<u32>,
+    idle_timeout_seconds: Option<u64>,
+}
+
+/// The port may be written as the document does (`"80"`) or as a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PortValue {
+    Number(u64),
+    Text(String),
+}
+
+/// Distinguishes a field set to `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn invalid(field: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid_field(field, e.to_string())
+}
+
+/// Most CPUs one instance may ask for.
+const MAX_CPU: f64 = 1024.0;
+/// Longest idle timeout accepted (a week).
+const MAX_IDLE_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+
+impl ContainerRequest {
+    /// Checks each field on its own and turns the request into a typed patch.
+    fn into_patch(self) -> Result<ContainerPatch, ApiError> {
+        let name = self
+            .name
+            .map(|n| n.parse().map_err(|e| invalid("name", e)))
+            .transpose()?;
+        let image = match self.image {
+            Some(image) => {
+                image
+                    .parse::<ember_runtime::model::ImageRef>()
+                    .map_err(|e| invalid("image", e))?;
+                Some(image)
+            }
+            None => None,
+        };
+        if let Some(cpu) = self.cpu {
+            if !(cpu > 0.0 && cpu <= MAX_CPU) {
+                return Err(ApiError::invalid_field("cpu", format!("{cpu} is not a number of CPUs greater than 0 and at most {MAX_CPU}")));
+            }
+        }
+        let ram = self.ram.map(|r| r.parse().map_err(|e| invalid("ram", e))).transpose()?;
+        let ephemeral_storage = self
+            .ephemeral_storage
+            .map(|r| r.parse().map_err(|e| invalid("ephemeralStorage", e)))
+            .transpose()?;
+        let port = self
+            .port
+            .map(|p| {
+                let parsed = match &p {
+                    PortValue::Number(n) => u16::try_from(*n).ok(),
+                    PortValue::Text(t) => t.parse::<u16>().ok(),
+                };
+                parsed.filter(|&n| n > 0).ok_or_else(|| {
+                    ApiError::invalid_field("port", "must be a TCP port between 1 and 65535")
+                })
+            })
+            .transpose()?;
+        if let Some(env) = &self.env {
+            for key in env.keys() {
+                let valid = !key.is_empty() && !key.contains(['=', '\0']);
+                if !valid {
+                    return Err(ApiError::invalid_field(format!("env.{key}"), "environment variable names must be non-empty and contain no '=' or NUL"));
+                }
+            }
+            if env.values().any(|v| v.contains('\0')) {
+                return Err(ApiError::invalid_field("env", "values must not contain NUL"));
+            }
+        }
+        for (field, list) in [("command", &self.command), ("arguments", &self.arguments)] {
+            if list.iter().flatten().flatten().any(|s| s.contains('\0')) {
+                return Err(ApiError::invalid_field(field, "must not contain NUL"));
+            }
+        }
+        if self.max_instances == Some(0) {
+            return Err(ApiError::invalid_field("maxInstances", "must be at least 1"));
+        }
+        if let Some(idle) = self.idle_timeout_seconds {
+            if !(1..=MAX_IDLE_TIMEOUT_SECONDS).contains(&idle) {
+                return Err(ApiError::invalid_field(
+                    "idleTimeoutSeconds",
+                    format!("must be between 1 and {MAX_IDLE_TIMEOUT_SECONDS}"),
+                ));
+            }
+        }
+        Ok(ContainerPatch {
+            name,
+            image,
+            cpu: self.cpu,
+            ram,
+            gpu: self.gpu,
+            ephemeral_storage,
+            command: self.command,
+            arguments: self.arguments,
+            env: self.env,
+            port,
+            desired_gpus: self.desired_gpus,
+            min_instances: self.min_instances,
+            max_instances: self.max_instances,
+            idle_timeout_seconds: self.idle_timeout_seconds,
+        })
+    }
+}
+
+/// A container as document 002 shows it, plus Ember's scaling fields.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ContainerJson {
+    id: String,
+    name: String,
+    created_by: String,
+    image: String,
+    cpu: serde_json::Number,
+    ram: String,
+    gpu: u32,
+    ephemeral_storage: String,
+    command: Option<Vec<String>>,
+    arguments: Option<Vec<String>>,
+    env: BTreeMap<String, String>,
+    port: String,
+    date_created: String,
+    date_updated: String,
+    status: ember_runtime::model::ContainerStatus,
+    status_reason: Option<String>,
+    urls: Option<Vec<String>>,
+    #[serde(rename = "desiredGPUs")]
+    desired_gpus: Option<Vec<String>>,
+    min_instances: u32,
+    max_instances: u32,
+    idle_timeout_seconds: u64,
+}
+
+impl ContainerJson {
+    pub(crate) fn from_view(runtime: &Runtime, view: ContainerView) -> Self {
+        let c = view.container;
+        let spec = c.spec;
+        Self {
+            id: c.id.to_string(),
+            name: spec.name.to_string(),
+            created_by: c.created_by.to_string(),
+            image: spec.image,
+            cpu: number(spec.cpu),
+            ram: spec.ram.to_string(),
+            gpu: spec.gpu,
+            ephemeral_storage: spec.ephemeral_storage.to_string(),
+            command: spec.command,
+            arguments: spec.arguments,
+            env: spec.env,
+            port: spec.port.to_string(),
+            date_created: rfc3339(c.date_created),
+            date_updated: rfc3339(c.date_updated),
+            status: c.status,
+            status_reason: c.status_reason,
+            urls: view.urls,
+            desired_gpus: spec.desired_gpus,
+            min_instances: spec.min_instances,
+            max_instances: spec.max_instances,
+            idle_timeout_seconds: spec
+                .idle_timeout_seconds
+                .unwrap_or(runtime.config().default_idle_timeout.as_secs()),
+        }
+    }
+}
+
+/// Whole numbers print as integers (`1`, as the document shows), others as decimals.
+fn number(value: f64) -> serde_json::Number {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        serde_json::Number::from(value as i64)
+    } else {
+        serde_json::Number::from_f64(value).unwrap_or_else(|| serde_json::Number::from(0))
+    }
+}
+
+/// RFC 3339 in UTC to the second, as the documents show.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// One revision, as document 002 shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RevisionJson {
+    #[serde(rename = "containerID")]
+    container_id: String,
+    revision_number: u32,
+    image: String,
+    date_created: String,
+}
+
+impl From<Revision> for RevisionJson {
+    fn from(r: Revision) -> Self {
+        Self {
+            container_id: r.container_id.to_string(),
+            revision_number: r.number,
+            image: r.spec.image,
+            date_created: rfc3339(r.date_created),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! API errors: one JSON shape, `{"code", "message", "field"?}`, and the one mapping
+//! from runtime errors to statuses.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ember_runtime::RuntimeError;
+
+/// An error answered to an API client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    /// An error with a status, a stable code and a message for people.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// 400: `field` is invalid.
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = message.into();
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_field",
+            message: format!("{field}: {message}"),
+            field: Some(field),
+        }
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// The status answered.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The request field at fault, when there is one.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::InvalidField { field, message } => Self::invalid_field(field, message),
+            RuntimeError::NotFound { .. } => Self::not_found(e.to_string()),
+            RuntimeError::NameTaken(_) => Self::new(StatusCode::CONFLICT, "name_taken", e.to_string()),
+            RuntimeError::Unprocessable(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", e.to_string())
+            }
+            RuntimeError::Storage(_)
+            | RuntimeError::SchemaTooNew { .. }
+            | RuntimeError::Sandbox(_)
+            | RuntimeError::Io { .. } => {
+                tracing::error!(error = %e, "internal error");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({ "code": self.code, "message": self.message });
+        if let Some(field) = self.field {
+            body["field"] = field.into();
+        }
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,125 @@
+//! Strict JSON bodies: size-limited, unknown fields refused, errors naming the field.
+
+use crate::error::ApiError;
+use axum::body::Body;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use http_body_util::{BodyExt, Limited};
+use serde::de::DeserializeOwned;
+
+/// Largest JSON body accepted.
+pub(crate) const MAX_JSON_BYTES: usize = 1 << 20;
+
+/// A JSON body deserialized strictly into `T`.
+pub(crate) struct StrictJson<T>(pub(crate) T);
+
+/// Reads a whole body, refusing more than `limit` bytes with a 413.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("reading the request body failed: {e}"),
+        )),
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as Content-Type: application/json",
+            ));
+        }
+        let bytes = read_body(req.into_body(), MAX_JSON_BYTES).await?;
+        parse(&bytes).map(StrictJson)
+    }
+}
+
+/// Deserializes `bytes`, naming the field at fault when one is.
+pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {inner}"));
+        }
+        // serde names unknown fields in its message; the path points at their parent.
+        let message = inner.to_string();
+        let field = unknown_field_name(&message).map_or(path.clone(), |name| {
+            if path == "." { name.to_string() } else { format!("{path}.{name}") }
+        });
+        if field == "." {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message)
+        } else {
+            ApiError::invalid_field(field, strip_position(&message))
+        }
+    })?;
+    de.end().map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("trailing data after the JSON value: {e}"))
+    })?;
+    Ok(value)
+}
+
+fn unknown_field_name(message: &str) -> Option<&str> {
+    message.strip_prefix("unknown field `")?.split('`').next()
+}
+
+/// serde_json appends " at line L column C", which means little to an API client.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        cpu: Option<f64>,
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        port: Option<u16>,
+    }
+
+    fn field_of(json: &str) -> String {
+        let e = parse::<Body>(json.as_bytes()).unwrap_err();
+        e.field().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(field_of(r#"{"cpu": "x"}"#), "cpu");
+        assert_eq!(field_of(r#"{"bogus": 1}"#), "bogus");
+        assert_eq!(field_of(r#"{"inner": {"port": -1}}"#), "inner.port");
+        assert_eq!(field_of(r#"{"inner": {"nope": 1}}"#), "inner.nope");
+        let e = parse::<Body>(b"{not json").unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,110 @@
+//! Command-line arguments.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Ember: a serverless runtime for wasm components and OCI containers.
+#[derive(Parser)]
+#[command(name = "ember", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Runs the runtime: the management API and the ingress.
+    Serve(ServeArgs),
+    /// Deploys a container (or updates it when the name exists) from an image
+    /// reference or a local .wasm file.
+    Deploy(DeployArgs),
+    /// Lists containers.
+    Ls(ClientArgs),
+    /// Deletes a container.
+    Rm(TargetArgs),
+    /// Lists a container's revisions.
+    Revisions(TargetArgs),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Where state, blobs and compiled code are kept.
+    #[arg(long, env = "EMBER_DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+    /// Address of the management API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub api_addr: SocketAddr,
+    /// Address of the ingress that serves containers.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub ingress_addr: SocketAddr,
+    /// Containers are served at <name>.<domain>.
+    #[arg(long, default_value = "ember.localhost")]
+    pub domain: String,
+    /// Seconds without requests before a container scales to zero (unless it sets its own).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+    /// Seconds a request may run before it is cut with a 5xx.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout: u64,
+}
+
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// URL of the management API.
+    #[arg(long, env = "EMBER_API", default_value = "http://127.0.0.1:8080")]
+    pub api: String,
+    /// Data dir of a local runtime, to read its admin token from (when EMBER_TOKEN is unset).
+    #[arg(long, env = "EMBER_DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct TargetArgs {
+    /// Container name or id.
+    pub container: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    /// Container name (also its host: <name>.<domain>).
+    pub name: String,
+    /// Image reference with a tag or digest, `sha256:<hex>` of an uploaded blob, or a
+    /// path to a local .wasm component.
+    pub image: String,
+    /// Environment variable, KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e')]
+    pub env: Vec<String>,
+    /// Memory per instance, e.g. 128Mi.
+    #[arg(long)]
+    pub ram: Option<String>,
+    /// CPUs per instance.
+    #[arg(long)]
+    pub cpu: Option<f64>,
+    /// Instances kept warm with no traffic.
+    #[arg(long)]
+    pub min_instances: Option<u32>,
+    /// Most instances.
+    #[arg(long)]
+    pub max_instances: Option<u32>,
+    /// Seconds idle before scaling to zero.
+    #[arg(long)]
+    pub idle_timeout: Option<u64>,
+    /// Return at once instead of waiting for the deployment to finish.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `$EMBER_DATA_DIR`, else `~/.local/share/ember`, else `./.ember`.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".local/share/ember"))
+        .unwrap_or_else(|| PathBuf::from(".ember"))
+}

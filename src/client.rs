@@ -1,0 +1,101 @@
+//! A small client for the management API.
+
+use crate::cli::ClientArgs;
+use anyhow::{Context, bail};
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl ApiClient {
+    /// Token from `EMBER_TOKEN`, else the local runtime's admin token file.
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        let token = match std::env::var("EMBER_TOKEN").ok().filter(|t| !t.is_empty()) {
+            Some(token) => token,
+            None => {
+                let path = args.data_dir.join(ember_runtime::auth::ADMIN_TOKEN_FILE);
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("no EMBER_TOKEN set and no token file at {}", path.display()))?
+                    .trim()
+                    .to_string()
+            }
+        };
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base: args.api.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        json(self.request(Method::GET, path).send().await).await
+    }
+
+    pub async fn send_json(&self, method: Method, path: &str, body: &Value) -> anyhow::Result<Value> {
+        json(self.request(method, path).json(body).send().await).await
+    }
+
+    pub async fn upload(&self, bytes: Vec<u8>) -> anyhow::Result<Value> {
+        let request = self
+            .request(Method::POST, "/v1/blobs")
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(bytes);
+        json(request.send().await).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        let response = self.request(Method::DELETE, path).send().await.context("calling the API")?;
+        check(response).await.map(drop)
+    }
+
+    /// Every container, following the pages.
+    pub async fn all_containers(&self) -> anyhow::Result<Vec<Value>> {
+        let mut all = Vec::new();
+        for page in 1.. {
+            let body = self.get(&format!("/v1/containers?page={page}&rowsPerPage=100")).await?;
+            let items = body["items"].as_array().cloned().unwrap_or_default();
+            let total = body["total"].as_u64().unwrap_or(0) as usize;
+            all.extend(items);
+            if all.len() >= total || body["items"].as_array().is_none_or(Vec::is_empty) {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// A container by name or id.
+    pub async fn find(&self, name_or_id: &str) -> anyhow::Result<Option<Value>> {
+        Ok(self
+            .all_containers()
+            .await?
+            .into_iter()
+            .find(|c| c["name"] == name_or_id || c["id"] == name_or_id))
+    }
+}
+
+async fn check(response: Response) -> anyhow::Result<Response> {
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    match body["message"].as_str() {
+        Some(message) => bail!("{message} ({status})"),
+        None => bail!("the API answered {status}"),
+    }
+}
+
+async fn json(response: reqwest::Result<Response>) -> anyhow::Result<Value> {
+    let response = check(response.context("calling the API")?).await?;
+    response.json().await.context("reading the API's answer")
+}

@@ -1,0 +1,141 @@
+//! The client verbs: deploy, ls, rm, revisions.
+
+use crate::cli::{ClientArgs, DeployArgs, TargetArgs};
+use crate::client::ApiClient;
+use crate::table;
+use anyhow::{Context, bail};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How long `deploy` waits for a deployment to finish.
+const DEPLOY_WAIT: Duration = Duration::from_secs(300);
+
+pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&args.client)?;
+    let image = if Path::new(&args.image).is_file() {
+        let bytes = std::fs::read(&args.image).with_context(|| format!("reading {}", args.image))?;
+        let uploaded = client.upload(bytes).await?;
+        uploaded["digest"].as_str().context("the API returned no digest")?.to_string()
+    } else {
+        args.image.clone()
+    };
+    let mut body = json!({ "image": image });
+    if !args.env.is_empty() {
+        let mut env = serde_json::Map::new();
+        for pair in &args.env {
+            let (k, v) = pair.split_once('=').with_context(|| format!("--env {pair}: expected KEY=VALUE"))?;
+            env.insert(k.to_string(), Value::String(v.to_string()));
+        }
+        body["env"] = Value::Object(env);
+    }
+    if let Some(ram) = &args.ram {
+        body["ram"] = json!(ram);
+    }
+    if let Some(cpu) = args.cpu {
+        body["cpu"] = json!(cpu);
+    }
+    if let Some(n) = args.min_instances {
+        body["minInstances"] = json!(n);
+    }
+    if let Some(n) = args.max_instances {
+        body["maxInstances"] = json!(n);
+    }
+    if let Some(s) = args.idle_timeout {
+        body["idleTimeoutSeconds"] = json!(s);
+    }
+    let mut container = match client.find(&args.name).await? {
+        Some(existing) => {
+            let id = existing["id"].as_str().unwrap_or_default().to_string();
+            client.send_json(Method::PUT, &format!("/v1/containers/{id}"), &body).await?
+        }
+        None => {
+            body["name"] = json!(args.name);
+            client.send_json(Method::POST, "/v1/containers", &body).await?
+        }
+    };
+    if !args.no_wait {
+        let id = container["id"].as_str().unwrap_or_default().to_string();
+        let started = Instant::now();
+        while container["status"] == "deploying" {
+            if started.elapsed() > DEPLOY_WAIT {
+                bail!("the deployment did not finish within {DEPLOY_WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            container = client.get(&format!("/v1/containers/{id}")).await?;
+        }
+        if container["status"] == "failed" {
+            bail!(
+                "the deployment failed: {}",
+                container["statusReason"].as_str().unwrap_or("no reason given")
+            );
+        }
+    }
+    print_containers(&args.client, &[container]);
+    Ok(())
+}
+
+pub async fn list(args: ClientArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&args)?;
+    let containers = client.all_containers().await?;
+    print_containers(&args, &containers);
+    Ok(())
+}
+
+pub async fn remove(args: TargetArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&args.client)?;
+    let container = find(&client, &args.container).await?;
+    let id = container["id"].as_str().unwrap_or_default();
+    client.delete(&format!("/v1/containers/{id}")).await?;
+    if args.client.json {
+        println!("{}", json!({ "deleted": id }));
+    } else {
+        println!("deleted {} ({id})", container["name"].as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+pub async fn revisions(args: TargetArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&args.client)?;
+    let container = find(&client, &args.container).await?;
+    let id = container["id"].as_str().unwrap_or_default();
+    let body = client.get(&format!("/v1/containers/{id}/revisions?rowsPerPage=100")).await?;
+    let items = body["items"].as_array().cloned().unwrap_or_default();
+    if args.client.json {
+        println!("{}", Value::Array(items));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|r| vec![r["revisionNumber"].to_string(), text(&r["image"]), text(&r["dateCreated"])])
+        .collect();
+    table::print(&["REVISION", "IMAGE", "CREATED"], &rows);
+    Ok(())
+}
+
+async fn find(client: &ApiClient, name_or_id: &str) -> anyhow::Result<Value> {
+    client
+        .find(name_or_id)
+        .await?
+        .with_context(|| format!("no container named {name_or_id}"))
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
+fn print_containers(args: &ClientArgs, containers: &[Value]) {
+    if args.json {
+        println!("{}", Value::Array(containers.to_vec()));
+        return;
+    }
+    let rows: Vec<Vec<String>> = containers
+        .iter()
+        .map(|c| {
+            let url = c["urls"][0].as_str().map(|u| format!("http://{u}/")).unwrap_or_default();
+            vec![text(&c["name"]), text(&c["status"]), text(&c["image"]), url, text(&c["id"])]
+        })
+        .collect();
+    table::print(&["NAME", "STATUS", "IMAGE", "URL", "ID"], &rows);
+}

@@ -1,0 +1,56 @@
+//! `ember serve`: wires the runtime, the API and the ingress together.
+
+use crate::cli::ServeArgs;
+use anyhow::Context;
+use ember_runtime::{Runtime, RuntimeConfig};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let api_listener = TcpListener::bind(args.api_addr)
+        .await
+        .with_context(|| format!("binding the API to {}", args.api_addr))?;
+    let ingress_listener = TcpListener::bind(args.ingress_addr)
+        .await
+        .with_context(|| format!("binding the ingress to {}", args.ingress_addr))?;
+    let api_addr = api_listener.local_addr()?;
+    let ingress_addr = ingress_listener.local_addr()?;
+
+    let mut config = RuntimeConfig::new(&args.data_dir);
+    config.domain = args.domain.to_ascii_lowercase();
+    config.ingress_port = ingress_addr.port();
+    config.default_idle_timeout = Duration::from_secs(args.idle_timeout);
+    config.request_timeout = Duration::from_secs(args.request_timeout);
+    config.admin_token = std::env::var("EMBER_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    let (runtime, new_token) = Runtime::start(config)
+        .await
+        .with_context(|| format!("starting the runtime on {}", args.data_dir.display()))?;
+
+    if let Some(token) = new_token {
+        println!(
+            "admin token (saved to {}): {token}",
+            args.data_dir.join(ember_runtime::auth::ADMIN_TOKEN_FILE).display()
+        );
+    }
+    // Tests and scripts read these two lines to find the ports.
+    println!("api listening on http://{api_addr}");
+    println!("ingress listening on http://{ingress_addr} (containers at http://<name>.{}:{})", args.domain, ingress_addr.port());
+
+    let ingress = tokio::spawn(ember_runtime::serve_ingress(runtime.clone(), ingress_listener));
+    let api = axum::serve(api_listener, ember_api::router(runtime));
+    tokio::select! {
+        result = api => result.context("the API server failed")?,
+        _ = ingress => anyhow::bail!("the ingress stopped"),
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
