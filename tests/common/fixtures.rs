@@ -1,0 +1,23 @@
+//! Fixture components, written in WAT and encoded with [`super::component`].
+
+use super::component::component_from_wat;
+
+/// The hello example of examples/hello, with its greeting replaced by `message`.
+pub fn hello(message: &str) -> Vec<u8> {
+    let wat = include_str!("../../examples/hello/hello.wat")
+        .replace("\"Hello from Ember!\\n\"", &format!("{message:?}"))
+        .replace("(i32.const 18) (i32.const 0))", &format!("(i32.const {}) (i32.const 0))", message.len()));
+    assert!(wat.contains(&format!("{message:?}")), "the hello example changed shape");
+    component_from_wat(&wat)
+}
+
+/// A guest that never returns from its handler.
+pub fn spin_forever() -> Vec<u8> {
+    component_from_wat(
+        r#"(module
+          (memory (export "memory") 1)
+          (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
+          (func (export "wasi:http/incoming-handler@0.2.12#handle") (param i32 i32)
+            (loop $forever (br $forever))))"#,
+    )
+}

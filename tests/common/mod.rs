@@ -1,0 +1,203 @@
+//! Shared harness for the integration tests: the real `ember` binary on free loopback
+//! ports with a temporary data dir, fixture components built from WAT, and a real
+//! registry (Debian's docker-registry).
+#![allow(dead_code)]
+
+pub mod component;
+pub mod fixtures;
+pub mod registry;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `ember serve`.
+pub struct Ember {
+    child: Child,
+    pub data_dir: PathBuf,
+    pub api: SocketAddr,
+    pub ingress: SocketAddr,
+    pub token: String,
+    http: reqwest::Client,
+}
+
+impl Ember {
+    /// Starts `ember serve` on `data_dir` with extra flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--api-addr", "127.0.0.1:0", "--ingress-addr", "127.0.0.1:0"])
+            .args(extra)
+            .env("EMBER_LOG", "warn")
+            .env_remove("EMBER_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting ember serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut api, mut ingress) = (None, None);
+        while api.is_none() || ingress.is_none() {
+            let line = lines
+                .next()
+                .expect("ember serve exited before listening")
+                .expect("reading ember's stdout");
+            let addr = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .map(|rest| rest.split_whitespace().next().unwrap().parse::<SocketAddr>().unwrap())
+            };
+            api = api.or(addr("api listening on http://"));
+            ingress = ingress.or(addr("ingress listening on http://"));
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .expect("admin token file")
+            .trim()
+            .to_string();
+        Self {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            api: api.unwrap(),
+            ingress: ingress.unwrap(),
+            token,
+            http: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
+        }
+    }
+
+    /// Kills the process at once (a crash, as far as the runtime can tell).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    /// An authenticated API request.
+    pub fn api_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.api_url(path))
+            .bearer_auth(&self.token)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.api_request(reqwest::Method::GET, path).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send_json(&self, method: reqwest::Method, path: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self.api_request(method, path).json(body).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Uploads a component and returns its `sha256:` digest.
+    pub async fn upload(&self, wasm: &[u8]) -> String {
+        let response = self
+            .api_request(reqwest::Method::POST, "/v1/blobs")
+            .body(wasm.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        body["digest"].as_str().unwrap().to_string()
+    }
+
+    /// Creates a container and waits until it is deployed; returns it.
+    pub async fn deploy(&self, body: Value) -> Value {
+        let (status, created) = self.send_json(reqwest::Method::POST, "/v1/containers", &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        self.wait_deployed(created["id"].as_str().unwrap()).await
+    }
+
+    /// Uploads `wasm` and deploys it as `name` with extra fields.
+    pub async fn deploy_wasm(&self, name: &str, wasm: &[u8], extra: Value) -> Value {
+        let digest = self.upload(wasm).await;
+        let mut body = json!({ "name": name, "image": digest });
+        body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+        self.deploy(body).await
+    }
+
+    pub async fn wait_deployed(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, container) = self.get_json(&format!("/v1/containers/{id}")).await;
+            match container["status"].as_str() {
+                Some("deployed") => return container,
+                Some("failed") => panic!("deployment failed: {container}"),
+                _ => assert!(Instant::now() < deadline, "not deployed in time: {container}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A client whose requests to `<name>.ember.localhost` reach this ingress.
+    pub fn ingress_client(&self, name: &str) -> reqwest::Client {
+        reqwest::Client::builder()
+            .resolve(&format!("{name}.ember.localhost"), self.ingress)
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap()
+    }
+
+    pub fn ingress_url(&self, name: &str, path: &str) -> String {
+        format!("http://{name}.ember.localhost:{}{path}", self.ingress.port())
+    }
+
+    /// GET through the ingress; returns status and body.
+    pub async fn invoke(&self, name: &str) -> (StatusCode, String) {
+        let response = self
+            .ingress_client(name)
+            .get(self.ingress_url(name, "/"))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    pub async fn instances(&self, id: &str) -> Vec<Value> {
+        let (status, body) = self.get_json(&format!("/v1/containers/{id}/instances")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["data"].as_array().unwrap().clone()
+    }
+
+    /// The value of one metric line (`name{labels}`) in /metrics.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.http.get(self.api_url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until the container has no instance left.
+    pub async fn wait_scaled_to_zero(&self, id: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.instances(id).await.is_empty() {
+            assert!(Instant::now() < deadline, "still has instances after {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Ember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh temporary directory.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("ember-test-").tempdir().unwrap()
+}

@@ -1,0 +1,130 @@
+//! A real OCI registry on loopback: Debian's `docker-registry`, with a temporary
+//! storage dir, and a push of wasm artifacts through its HTTP API.
+
+use sha2::{Digest, Sha256};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+pub struct Registry {
+    child: Child,
+    pub addr: SocketAddr,
+    _storage: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry on a free loopback port. Fails (never skips) when the
+    /// package is missing: the README's test command installs it.
+    pub fn start() -> Self {
+        assert!(
+            std::path::Path::new(REGISTRY_BIN).exists(),
+            "{REGISTRY_BIN} is missing: install Debian's docker-registry package (scripts/test does)"
+        );
+        let storage = super::temp_dir();
+        let addr = free_port();
+        let config = storage.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                storage.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            addr,
+            _storage: storage,
+        }
+    }
+
+    /// Pushes `wasm` as a CNCF wasm OCI artifact at `repository:tag`; returns the
+    /// manifest digest.
+    pub async fn push_wasm(&self, repository: &str, tag: &str, wasm: &[u8]) -> String {
+        let config = br#"{"architecture":"wasm","os":"wasip2","layerDigests":[]}"#;
+        let config_digest = self.push_blob(repository, config).await;
+        let layer_digest = self.push_blob(repository, wasm).await;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.wasm.config.v0+json",
+                "digest": config_digest,
+                "size": config.len(),
+            },
+            "layers": [{
+                "mediaType": "application/wasm",
+                "digest": layer_digest,
+                "size": wasm.len(),
+            }],
+        })
+        .to_string();
+        let response = reqwest::Client::new()
+            .put(format!("http://{}/v2/{repository}/manifests/{tag}", self.addr))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(manifest.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "manifest push: {} {}", response.status(), response.text().await.unwrap());
+        digest(manifest.as_bytes())
+    }
+
+    /// Monolithic blob upload: POST to start, PUT with the digest to finish.
+    pub async fn push_blob(&self, repository: &str, bytes: &[u8]) -> String {
+        let client = reqwest::Client::new();
+        let started = client
+            .post(format!("http://{}/v2/{repository}/blobs/uploads/", self.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(started.status(), reqwest::StatusCode::ACCEPTED);
+        let location = started.headers()["location"].to_str().unwrap().to_string();
+        let location = if location.starts_with("http") {
+            location
+        } else {
+            format!("http://{}{location}", self.addr)
+        };
+        let digest = digest(bytes);
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let finished = client
+            .put(format!("{location}{separator}digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(finished.status(), reqwest::StatusCode::CREATED, "blob push");
+        digest
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}

@@ -1,0 +1,218 @@
+//! Deploy, invoke, scale to zero and back, restart, and pull from a registry: wasm
+//! components through the real runtime binary.
+
+mod common;
+
+use common::{Ember, fixtures, registry::Registry, temp_dir};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn deploy_invoke_scale_to_zero_and_cold_start_again() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    let container = ember
+        .deploy_wasm("hello", &fixtures::hello("hi there\n"), json!({ "idleTimeoutSeconds": 1 }))
+        .await;
+    let id = container["id"].as_str().unwrap();
+    assert_eq!(container["status"], "deployed");
+    assert_eq!(container["urls"][0], format!("hello.ember.localhost:{}", ember.ingress.port()));
+
+    let (status, body) = ember.invoke("hello").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hi there\n"));
+    let instances = ember.instances(id).await;
+    assert_eq!(instances.len(), 1);
+    assert_eq!(instances[0]["state"]["current"], "running");
+    assert_eq!(ember.metric("ember_cold_starts_total{kind=\"wasm\"}").await, 1.0);
+
+    ember.wait_scaled_to_zero(id, Duration::from_secs(10)).await;
+
+    let (status, body) = ember.invoke("hello").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hi there\n"));
+    assert_eq!(ember.metric("ember_cold_starts_total{kind=\"wasm\"}").await, 2.0);
+    assert_eq!(ember.metric("ember_cold_start_seconds_count{kind=\"wasm\"}").await, 2.0);
+    assert!(ember.metric("ember_requests_total{code=\"2xx\"}").await >= 2.0);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_requests_share_one_cold_start() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    let container = ember.deploy_wasm("burst", &fixtures::hello("burst\n"), json!({})).await;
+    assert!(ember.instances(container["id"].as_str().unwrap()).await.is_empty());
+
+    let client = ember.ingress_client("burst");
+    let url = ember.ingress_url("burst", "/");
+    let requests = (0..50).map(|_| {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            let response = client.get(url).send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        })
+    });
+    let answers = futures::future::join_all(requests).await;
+    assert_eq!(answers.len(), 50);
+    for answer in answers {
+        assert_eq!(answer.unwrap(), (StatusCode::OK, "burst\n".to_string()));
+    }
+    assert_eq!(ember.metric("ember_cold_starts_total{kind=\"wasm\"}").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_restart_keeps_containers_serving_without_recompiling() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    let container = ember.deploy_wasm("durable", &fixtures::hello("still here\n"), json!({})).await;
+    let id = container["id"].as_str().unwrap().to_string();
+    assert_eq!(ember.invoke("durable").await.0, StatusCode::OK);
+    let compiled = compiled_files(dir.path());
+    assert_eq!(compiled.len(), 1, "one compiled component: {compiled:?}");
+    ember.kill();
+
+    let ember = Ember::start(dir.path(), &[]);
+    let (status, list) = ember.get_json("/v1/containers").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["items"][0]["id"], id.as_str());
+    ember.wait_deployed(&id).await;
+    let (status, body) = ember.invoke("durable").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "still here\n"));
+    assert_eq!(compiled_files(dir.path()), compiled, "the restart compiled again");
+}
+
+/// Compiled code files with their modification times.
+fn compiled_files(data_dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+    let mut files = Vec::new();
+    for engine_dir in std::fs::read_dir(data_dir.join("compiled")).unwrap() {
+        for file in std::fs::read_dir(engine_dir.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+            files.push((path, modified));
+        }
+    }
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn pulls_a_wasm_artifact_from_a_real_registry() {
+    let registry = Registry::start();
+    let wasm = fixtures::hello("pulled from a registry\n");
+    registry.push_wasm("apps/hello", "v1", &wasm).await;
+
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    let image = format!("{}/apps/hello:v1", registry.addr);
+    let container = ember.deploy(json!({ "name": "pulled", "image": image })).await;
+    assert_eq!(container["image"], image);
+    let (status, body) = ember.invoke("pulled").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "pulled from a registry\n"));
+
+    // The blob is stored content-addressed under the data dir.
+    let blob = dir.path().join("blobs/sha256").join(&common::registry::digest(&wasm)[7..]);
+    assert_eq!(std::fs::read(blob).unwrap(), wasm);
+
+    // A tag that does not exist fails the deployment with a reason.
+    let (status, created) = ember
+        .send_json(Method::POST, "/v1/containers", &json!({ "name": "missing", "image": format!("{}/apps/hello:nope", registry.addr) }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["id"].as_str().unwrap();
+    let failed = loop {
+        let (_, c) = ember.get_json(&format!("/v1/containers/{id}")).await;
+        if c["status"] != "deploying" {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(failed["status"], "failed");
+    assert!(failed["statusReason"].as_str().unwrap().contains("apps/hello:nope"), "{failed}");
+    assert_eq!(ember.invoke("missing").await.0, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn updates_make_revisions_and_move_traffic_without_failed_requests() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    let container = ember.deploy_wasm("rolling", &fixtures::hello("v1\n"), json!({})).await;
+    let id = container["id"].as_str().unwrap().to_string();
+    let v2 = ember.upload(&fixtures::hello("v2\n")).await;
+
+    let client = ember.ingress_client("rolling");
+    let url = ember.ingress_url("rolling", "/");
+    let load = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for _ in 0..400 {
+            let response = client.get(&url).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "a request failed during the update");
+            seen.push(response.text().await.unwrap());
+            if seen.last().is_some_and(|b| b == "v2\n") && seen.len() > 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, updated) = ember
+        .send_json(Method::PUT, &format!("/v1/containers/{id}"), &json!({ "image": v2, "env": { "FOO": "bar" } }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["image"], v2.as_str());
+    assert_eq!(updated["env"]["FOO"], "bar");
+    ember.wait_deployed(&id).await;
+    let seen = load.await.unwrap();
+    assert_eq!(seen.first().map(String::as_str), Some("v1\n"));
+    assert_eq!(seen.last().map(String::as_str), Some("v2\n"));
+    assert_eq!(ember.invoke("rolling").await.1, "v2\n");
+
+    let (status, revisions) = ember.get_json(&format!("/v1/containers/{id}/revisions")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(revisions["total"], 2);
+    assert_eq!(revisions["items"][0]["revisionNumber"], 2);
+    assert_eq!(revisions["items"][0]["image"], v2.as_str());
+    assert_eq!(revisions["items"][1]["revisionNumber"], 1);
+    assert_eq!(revisions["items"][0]["containerID"], id.as_str());
+}
+
+#[tokio::test]
+async fn a_runaway_guest_is_cut_at_the_timeout_while_others_answer() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &["--request-timeout", "2"]);
+    ember.deploy_wasm("spinner", &fixtures::spin_forever(), json!({})).await;
+    ember.deploy_wasm("healthy", &fixtures::hello("fine\n"), json!({})).await;
+
+    let started = std::time::Instant::now();
+    let spinner = {
+        let client = ember.ingress_client("spinner");
+        let url = ember.ingress_url("spinner", "/");
+        tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+    };
+    // While the guest burns CPU, the other container keeps answering.
+    for _ in 0..10 {
+        let (status, body) = ember.invoke("healthy").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "fine\n"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = spinner.await.unwrap();
+    assert!(status.is_server_error(), "got {status}");
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "cut after {took:?}");
+}
+
+#[tokio::test]
+async fn unknown_hosts_get_a_clear_404() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    let response = ember
+        .ingress_client("nobody")
+        .get(ember.ingress_url("nobody", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("nobody.ember.localhost"), "{body}");
+}
