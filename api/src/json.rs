@@ -60,25 +60,18 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             return ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {inner}"));
         }
-        // serde names unknown fields in its message; the path points at their parent.
+        // The path names the field at fault, unknown fields included.
         let message = inner.to_string();
-        let field = unknown_field_name(&message).map_or(path.clone(), |name| {
-            if path == "." { name.to_string() } else { format!("{path}.{name}") }
-        });
-        if field == "." {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message)
+        if path == "." {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", strip_position(&message))
         } else {
-            ApiError::invalid_field(field, strip_position(&message))
+            ApiError::invalid_field(path, strip_position(&message))
         }
     })?;
     de.end().map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("trailing data after the JSON value: {e}"))
     })?;
     Ok(value)
-}
-
-fn unknown_field_name(message: &str) -> Option<&str> {
-    message.strip_prefix("unknown field `")?.split('`').next()
 }
 
 /// serde_json appends " at line L column C", which means little to an API client.
