@@ -16,5 +16,9 @@ fn main() {
     let wat = std::fs::read_to_string(&input).unwrap_or_else(|e| panic!("reading {input}: {e}"));
     let bytes = component::component_from_wat(&wat);
     std::fs::write(&output, &bytes).unwrap_or_else(|e| panic!("writing {output}: {e}"));
-    println!("wrote {output} ({} bytes, world {})", bytes.len(), component::PROXY_WORLD);
+    println!(
+        "wrote {output} ({} bytes, world {})",
+        bytes.len(),
+        component::PROXY_WORLD
+    );
 }

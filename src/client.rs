@@ -19,7 +19,9 @@ impl ApiClient {
             None => {
                 let path = args.data_dir.join(ember_runtime::auth::ADMIN_TOKEN_FILE);
                 std::fs::read_to_string(&path)
-                    .with_context(|| format!("no EMBER_TOKEN set and no token file at {}", path.display()))?
+                    .with_context(|| {
+                        format!("no EMBER_TOKEN set and no token file at {}", path.display())
+                    })?
                     .trim()
                     .to_string()
             }
@@ -41,7 +43,12 @@ impl ApiClient {
         json(self.request(Method::GET, path).send().await).await
     }
 
-    pub async fn send_json(&self, method: Method, path: &str, body: &Value) -> anyhow::Result<Value> {
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<Value> {
         json(self.request(method, path).json(body).send().await).await
     }
 
@@ -54,7 +61,11 @@ impl ApiClient {
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
-        let response = self.request(Method::DELETE, path).send().await.context("calling the API")?;
+        let response = self
+            .request(Method::DELETE, path)
+            .send()
+            .await
+            .context("calling the API")?;
         check(response).await.map(drop)
     }
 
@@ -62,7 +73,9 @@ impl ApiClient {
     pub async fn all_containers(&self) -> anyhow::Result<Vec<Value>> {
         let mut all = Vec::new();
         for page in 1.. {
-            let body = self.get(&format!("/v1/containers?page={page}&rowsPerPage=100")).await?;
+            let body = self
+                .get(&format!("/v1/containers?page={page}&rowsPerPage=100"))
+                .await?;
             let items = body["items"].as_array().cloned().unwrap_or_default();
             let total = body["total"].as_u64().unwrap_or(0) as usize;
             all.extend(items);

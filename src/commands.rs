@@ -15,9 +15,13 @@ const DEPLOY_WAIT: Duration = Duration::from_secs(300);
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let client = ApiClient::new(&args.client)?;
     let image = if Path::new(&args.image).is_file() {
-        let bytes = std::fs::read(&args.image).with_context(|| format!("reading {}", args.image))?;
+        let bytes =
+            std::fs::read(&args.image).with_context(|| format!("reading {}", args.image))?;
         let uploaded = client.upload(bytes).await?;
-        uploaded["digest"].as_str().context("the API returned no digest")?.to_string()
+        uploaded["digest"]
+            .as_str()
+            .context("the API returned no digest")?
+            .to_string()
     } else {
         args.image.clone()
     };
@@ -25,7 +29,9 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if !args.env.is_empty() {
         let mut env = serde_json::Map::new();
         for pair in &args.env {
-            let (k, v) = pair.split_once('=').with_context(|| format!("--env {pair}: expected KEY=VALUE"))?;
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("--env {pair}: expected KEY=VALUE"))?;
             env.insert(k.to_string(), Value::String(v.to_string()));
         }
         body["env"] = Value::Object(env);
@@ -48,11 +54,15 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let mut container = match client.find(&args.name).await? {
         Some(existing) => {
             let id = existing["id"].as_str().unwrap_or_default().to_string();
-            client.send_json(Method::PUT, &format!("/v1/containers/{id}"), &body).await?
+            client
+                .send_json(Method::PUT, &format!("/v1/containers/{id}"), &body)
+                .await?
         }
         None => {
             body["name"] = json!(args.name);
-            client.send_json(Method::POST, "/v1/containers", &body).await?
+            client
+                .send_json(Method::POST, "/v1/containers", &body)
+                .await?
         }
     };
     if !args.no_wait {
@@ -68,7 +78,9 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         if container["status"] == "failed" {
             bail!(
                 "the deployment failed: {}",
-                container["statusReason"].as_str().unwrap_or("no reason given")
+                container["statusReason"]
+                    .as_str()
+                    .unwrap_or("no reason given")
             );
         }
     }
@@ -91,7 +103,10 @@ pub async fn remove(args: TargetArgs) -> anyhow::Result<()> {
     if args.client.json {
         println!("{}", json!({ "deleted": id }));
     } else {
-        println!("deleted {} ({id})", container["name"].as_str().unwrap_or_default());
+        println!(
+            "deleted {} ({id})",
+            container["name"].as_str().unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -100,7 +115,9 @@ pub async fn revisions(args: TargetArgs) -> anyhow::Result<()> {
     let client = ApiClient::new(&args.client)?;
     let container = find(&client, &args.container).await?;
     let id = container["id"].as_str().unwrap_or_default();
-    let body = client.get(&format!("/v1/containers/{id}/revisions?rowsPerPage=100")).await?;
+    let body = client
+        .get(&format!("/v1/containers/{id}/revisions?rowsPerPage=100"))
+        .await?;
     let items = body["items"].as_array().cloned().unwrap_or_default();
     if args.client.json {
         println!("{}", Value::Array(items));
@@ -108,7 +125,13 @@ pub async fn revisions(args: TargetArgs) -> anyhow::Result<()> {
     }
     let rows: Vec<Vec<String>> = items
         .iter()
-        .map(|r| vec![r["revisionNumber"].to_string(), text(&r["image"]), text(&r["dateCreated"])])
+        .map(|r| {
+            vec![
+                r["revisionNumber"].to_string(),
+                text(&r["image"]),
+                text(&r["dateCreated"]),
+            ]
+        })
         .collect();
     table::print(&["REVISION", "IMAGE", "CREATED"], &rows);
     Ok(())
@@ -133,8 +156,17 @@ fn print_containers(args: &ClientArgs, containers: &[Value]) {
     let rows: Vec<Vec<String>> = containers
         .iter()
         .map(|c| {
-            let url = c["urls"][0].as_str().map(|u| format!("http://{u}/")).unwrap_or_default();
-            vec![text(&c["name"]), text(&c["status"]), text(&c["image"]), url, text(&c["id"])]
+            let url = c["urls"][0]
+                .as_str()
+                .map(|u| format!("http://{u}/"))
+                .unwrap_or_default();
+            vec![
+                text(&c["name"]),
+                text(&c["status"]),
+                text(&c["image"]),
+                url,
+                text(&c["id"]),
+            ]
         })
         .collect();
     table::print(&["NAME", "STATUS", "IMAGE", "URL", "ID"], &rows);

@@ -21,7 +21,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.ingress_port = ingress_addr.port();
     config.default_idle_timeout = Duration::from_secs(args.idle_timeout);
     config.request_timeout = Duration::from_secs(args.request_timeout);
-    config.admin_token = std::env::var("EMBER_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    config.admin_token = std::env::var("EMBER_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
     let (runtime, new_token) = Runtime::start(config)
         .await
         .with_context(|| format!("starting the runtime on {}", args.data_dir.display()))?;
@@ -29,14 +31,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(token) = new_token {
         println!(
             "admin token (saved to {}): {token}",
-            args.data_dir.join(ember_runtime::auth::ADMIN_TOKEN_FILE).display()
+            args.data_dir
+                .join(ember_runtime::auth::ADMIN_TOKEN_FILE)
+                .display()
         );
     }
     // Tests and scripts read these two lines to find the ports.
     println!("api listening on http://{api_addr}");
-    println!("ingress listening on http://{ingress_addr} (containers at http://<name>.{}:{})", args.domain, ingress_addr.port());
+    println!(
+        "ingress listening on http://{ingress_addr} (containers at http://<name>.{}:{})",
+        args.domain,
+        ingress_addr.port()
+    );
 
-    let ingress = tokio::spawn(ember_runtime::serve_ingress(runtime.clone(), ingress_listener));
+    let ingress = tokio::spawn(ember_runtime::serve_ingress(
+        runtime.clone(),
+        ingress_listener,
+    ));
     let api = axum::serve(api_listener, ember_api::router(runtime));
     tokio::select! {
         result = api => result.context("the API server failed")?,

@@ -11,13 +11,24 @@ async fn snapshot(ember: &Ember) -> Value {
     let (_, list) = ember.get_json("/v1/containers?rowsPerPage=100").await;
     let mut revisions = Vec::new();
     for c in list["items"].as_array().unwrap() {
-        let (_, r) = ember.get_json(&format!("/v1/containers/{}/revisions", c["id"].as_str().unwrap())).await;
+        let (_, r) = ember
+            .get_json(&format!(
+                "/v1/containers/{}/revisions",
+                c["id"].as_str().unwrap()
+            ))
+            .await;
         revisions.push(r);
     }
     json!({ "containers": list, "revisions": revisions })
 }
 
-async fn raw(ember: &Ember, method: Method, path: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
+async fn raw(
+    ember: &Ember,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
     let response = ember
         .api_request(method, path)
         .header("content-type", content_type)
@@ -27,7 +38,8 @@ async fn raw(ember: &Ember, method: Method, path: &str, content_type: &str, body
         .unwrap();
     let status = response.status();
     let text = response.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: not JSON: {text:?}"));
+    let body =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: not JSON: {text:?}"));
     (status, body)
 }
 
@@ -35,7 +47,9 @@ async fn raw(ember: &Ember, method: Method, path: &str, content_type: &str, body
 async fn bad_inputs_get_4xx_naming_the_field_and_change_nothing() {
     let dir = temp_dir();
     let ember = Ember::start(dir.path(), &[]);
-    let existing = ember.deploy_wasm("existing", &fixtures::hello("x\n"), json!({})).await;
+    let existing = ember
+        .deploy_wasm("existing", &fixtures::hello("x\n"), json!({}))
+        .await;
     let id = existing["id"].as_str().unwrap().to_string();
     let digest = existing["image"].as_str().unwrap().to_string();
     let before = snapshot(&ember).await;
@@ -52,7 +66,10 @@ async fn bad_inputs_get_4xx_naming_the_field_and_change_nothing() {
         (ok(json!({ "bogus": 1 })), "bogus"),
         (ok(json!({ "image": "localhost:5000/hello" })), "image"),
         (ok(json!({ "image": "Not A Reference:1" })), "image"),
-        (ok(json!({ "image": format!("sha256:{}", "0".repeat(64)) })), "image"),
+        (
+            ok(json!({ "image": format!("sha256:{}", "0".repeat(64)) })),
+            "image",
+        ),
         (ok(json!({ "ram": "lots" })), "ram"),
         (ok(json!({ "ram": 512 })), "ram"),
         (ok(json!({ "cpu": -1 })), "cpu"),
@@ -66,10 +83,16 @@ async fn bad_inputs_get_4xx_naming_the_field_and_change_nothing() {
         (ok(json!({ "env": { "A=B": "c" } })), "env.A=B"),
         (ok(json!({ "env": { "A": 1 } })), "env.A"),
         (ok(json!({ "command": "not-a-list" })), "command"),
-        (ok(json!({ "minInstances": 3, "maxInstances": 2 })), "minInstances"),
+        (
+            ok(json!({ "minInstances": 3, "maxInstances": 2 })),
+            "minInstances",
+        ),
         (ok(json!({ "maxInstances": 0 })), "maxInstances"),
         (ok(json!({ "idleTimeoutSeconds": 0 })), "idleTimeoutSeconds"),
-        (ok(json!({ "ephemeralStorage": "1.5Gi" })), "ephemeralStorage"),
+        (
+            ok(json!({ "ephemeralStorage": "1.5Gi" })),
+            "ephemeralStorage",
+        ),
         (json!({ "image": digest }), "name"),
         (json!({ "name": "noimage" }), "image"),
         (ok(json!({ "name": "existing" })), ""),
@@ -86,33 +109,85 @@ async fn bad_inputs_get_4xx_naming_the_field_and_change_nothing() {
     }
 
     // The same checks on update, against the existing container.
-    for body in [json!({ "ram": "lots" }), json!({ "cpu": -0.5 }), json!({ "status": "deployed" })] {
-        let (status, error) = ember.send_json(Method::PUT, &format!("/v1/containers/{id}"), &body).await;
+    for body in [
+        json!({ "ram": "lots" }),
+        json!({ "cpu": -0.5 }),
+        json!({ "status": "deployed" }),
+    ] {
+        let (status, error) = ember
+            .send_json(Method::PUT, &format!("/v1/containers/{id}"), &body)
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {error}");
     }
 
     // Malformed JSON, wrong media type, an oversized body, a bad id.
-    let (status, error) = raw(&ember, Method::POST, "/v1/containers", "application/json", b"{\"name\": ".to_vec()).await;
+    let (status, error) = raw(
+        &ember,
+        Method::POST,
+        "/v1/containers",
+        "application/json",
+        b"{\"name\": ".to_vec(),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
-    let (status, _) = raw(&ember, Method::POST, "/v1/containers", "text/plain", b"{}".to_vec()).await;
+    let (status, _) = raw(
+        &ember,
+        Method::POST,
+        "/v1/containers",
+        "text/plain",
+        b"{}".to_vec(),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let huge = format!("{{\"name\": \"big\", \"env\": {{\"X\": \"{}\"}}}}", "x".repeat(2 << 20));
-    let (status, error) = raw(&ember, Method::POST, "/v1/containers", "application/json", huge.into_bytes()).await;
+    let huge = format!(
+        "{{\"name\": \"big\", \"env\": {{\"X\": \"{}\"}}}}",
+        "x".repeat(2 << 20)
+    );
+    let (status, error) = raw(
+        &ember,
+        Method::POST,
+        "/v1/containers",
+        "application/json",
+        huge.into_bytes(),
+    )
+    .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{error}");
     let (status, error) = ember.get_json("/v1/containers/not-a-uuid").await;
-    assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("id")));
-    let (status, _) = ember.get_json(&format!("/v1/containers/{}", uuid_like())).await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("id"))
+    );
+    let (status, _) = ember
+        .get_json(&format!("/v1/containers/{}", uuid_like()))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, error) = ember.get_json("/v1/containers?page=0").await;
-    assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("page")));
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("page"))
+    );
     let (status, error) = ember.get_json("/v1/containers?rowsPerPage=1000").await;
-    assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("rowsPerPage")));
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("rowsPerPage"))
+    );
 
     // An upload that is not a component.
-    let (status, error) = raw(&ember, Method::POST, "/v1/blobs", "application/wasm", b"not wasm".to_vec()).await;
+    let (status, error) = raw(
+        &ember,
+        Method::POST,
+        "/v1/blobs",
+        "application/wasm",
+        b"not wasm".to_vec(),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
 
-    assert_eq!(snapshot(&ember).await, before, "a refused request changed the state");
+    assert_eq!(
+        snapshot(&ember).await,
+        before,
+        "a refused request changed the state"
+    );
 }
 
 #[tokio::test]
@@ -120,7 +195,12 @@ async fn requests_without_a_valid_token_are_refused() {
     let dir = temp_dir();
     let ember = Ember::start(dir.path(), &[]);
     let client = reqwest::Client::new();
-    for auth in [None, Some("Bearer nope"), Some("Basic abc"), Some("Bearer ")] {
+    for auth in [
+        None,
+        Some("Bearer nope"),
+        Some("Basic abc"),
+        Some("Bearer "),
+    ] {
         let mut request = client.get(ember.api_url("/v1/containers"));
         if let Some(auth) = auth {
             request = request.header("authorization", auth);
@@ -159,8 +239,23 @@ async fn the_documented_shapes_and_pagination() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     for key in [
-        "id", "name", "createdBy", "image", "cpu", "ram", "gpu", "ephemeralStorage", "command",
-        "arguments", "env", "port", "dateCreated", "dateUpdated", "status", "urls", "desiredGPUs",
+        "id",
+        "name",
+        "createdBy",
+        "image",
+        "cpu",
+        "ram",
+        "gpu",
+        "ephemeralStorage",
+        "command",
+        "arguments",
+        "env",
+        "port",
+        "dateCreated",
+        "dateUpdated",
+        "status",
+        "urls",
+        "desiredGPUs",
     ] {
         assert!(created.get(key).is_some(), "missing {key} in {created}");
     }
@@ -173,10 +268,19 @@ async fn the_documented_shapes_and_pagination() {
     assert_eq!(deployed["status"], "deployed");
 
     for i in 0..11 {
-        ember.deploy(json!({ "name": format!("page-{i}"), "image": digest })).await;
+        ember
+            .deploy(json!({ "name": format!("page-{i}"), "image": digest }))
+            .await;
     }
     let (_, first) = ember.get_json("/v1/containers").await;
-    assert_eq!((first["total"].as_u64(), first["page"].as_u64(), first["rowsPerPage"].as_u64()), (Some(12), Some(1), Some(10)));
+    assert_eq!(
+        (
+            first["total"].as_u64(),
+            first["page"].as_u64(),
+            first["rowsPerPage"].as_u64()
+        ),
+        (Some(12), Some(1), Some(10))
+    );
     assert_eq!(first["items"].as_array().unwrap().len(), 10);
     let (_, second) = ember.get_json("/v1/containers?page=2&rowsPerPage=10").await;
     assert_eq!(second["items"].as_array().unwrap().len(), 2);
@@ -184,9 +288,16 @@ async fn the_documented_shapes_and_pagination() {
     assert_eq!(small["items"].as_array().unwrap().len(), 2);
 
     let id = created["id"].as_str().unwrap();
-    let response = ember.api_request(Method::DELETE, &format!("/v1/containers/{id}")).send().await.unwrap();
+    let response = ember
+        .api_request(Method::DELETE, &format!("/v1/containers/{id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    assert_eq!(ember.get_json(&format!("/v1/containers/{id}")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        ember.get_json(&format!("/v1/containers/{id}")).await.0,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(ember.invoke("hello-world").await.0, StatusCode::NOT_FOUND);
 }
 

@@ -13,25 +13,43 @@ async fn deploy_invoke_scale_to_zero_and_cold_start_again() {
     let dir = temp_dir();
     let ember = Ember::start(dir.path(), &[]);
     let container = ember
-        .deploy_wasm("hello", &fixtures::hello("hi there\n"), json!({ "idleTimeoutSeconds": 1 }))
+        .deploy_wasm(
+            "hello",
+            &fixtures::hello("hi there\n"),
+            json!({ "idleTimeoutSeconds": 1 }),
+        )
         .await;
     let id = container["id"].as_str().unwrap();
     assert_eq!(container["status"], "deployed");
-    assert_eq!(container["urls"][0], format!("hello.ember.localhost:{}", ember.ingress.port()));
+    assert_eq!(
+        container["urls"][0],
+        format!("hello.ember.localhost:{}", ember.ingress.port())
+    );
 
     let (status, body) = ember.invoke("hello").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "hi there\n"));
     let instances = ember.instances(id).await;
     assert_eq!(instances.len(), 1);
     assert_eq!(instances[0]["state"]["current"], "running");
-    assert_eq!(ember.metric("ember_cold_starts_total{kind=\"wasm\"}").await, 1.0);
+    assert_eq!(
+        ember.metric("ember_cold_starts_total{kind=\"wasm\"}").await,
+        1.0
+    );
 
     ember.wait_scaled_to_zero(id, Duration::from_secs(10)).await;
 
     let (status, body) = ember.invoke("hello").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "hi there\n"));
-    assert_eq!(ember.metric("ember_cold_starts_total{kind=\"wasm\"}").await, 2.0);
-    assert_eq!(ember.metric("ember_cold_start_seconds_count{kind=\"wasm\"}").await, 2.0);
+    assert_eq!(
+        ember.metric("ember_cold_starts_total{kind=\"wasm\"}").await,
+        2.0
+    );
+    assert_eq!(
+        ember
+            .metric("ember_cold_start_seconds_count{kind=\"wasm\"}")
+            .await,
+        2.0
+    );
     assert!(ember.metric("ember_requests_total{code=\"2xx\"}").await >= 2.0);
 }
 
@@ -39,8 +57,15 @@ async fn deploy_invoke_scale_to_zero_and_cold_start_again() {
 async fn fifty_concurrent_requests_share_one_cold_start() {
     let dir = temp_dir();
     let ember = Ember::start(dir.path(), &[]);
-    let container = ember.deploy_wasm("burst", &fixtures::hello("burst\n"), json!({})).await;
-    assert!(ember.instances(container["id"].as_str().unwrap()).await.is_empty());
+    let container = ember
+        .deploy_wasm("burst", &fixtures::hello("burst\n"), json!({}))
+        .await;
+    assert!(
+        ember
+            .instances(container["id"].as_str().unwrap())
+            .await
+            .is_empty()
+    );
 
     let client = ember.ingress_client("burst");
     let url = ember.ingress_url("burst", "/");
@@ -56,14 +81,19 @@ async fn fifty_concurrent_requests_share_one_cold_start() {
     for answer in answers {
         assert_eq!(answer.unwrap(), (StatusCode::OK, "burst\n".to_string()));
     }
-    assert_eq!(ember.metric("ember_cold_starts_total{kind=\"wasm\"}").await, 1.0);
+    assert_eq!(
+        ember.metric("ember_cold_starts_total{kind=\"wasm\"}").await,
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn a_restart_keeps_containers_serving_without_recompiling() {
     let dir = temp_dir();
     let ember = Ember::start(dir.path(), &[]);
-    let container = ember.deploy_wasm("durable", &fixtures::hello("still here\n"), json!({})).await;
+    let container = ember
+        .deploy_wasm("durable", &fixtures::hello("still here\n"), json!({}))
+        .await;
     let id = container["id"].as_str().unwrap().to_string();
     assert_eq!(ember.invoke("durable").await.0, StatusCode::OK);
     let compiled = compiled_files(dir.path());
@@ -78,7 +108,11 @@ async fn a_restart_keeps_containers_serving_without_recompiling() {
     ember.wait_deployed(&id).await;
     let (status, body) = ember.invoke("durable").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "still here\n"));
-    assert_eq!(compiled_files(dir.path()), compiled, "the restart compiled again");
+    assert_eq!(
+        compiled_files(dir.path()),
+        compiled,
+        "the restart compiled again"
+    );
 }
 
 /// Compiled code files with their modification times.
@@ -104,18 +138,30 @@ async fn pulls_a_wasm_artifact_from_a_real_registry() {
     let dir = temp_dir();
     let ember = Ember::start(dir.path(), &[]);
     let image = format!("{}/apps/hello:v1", registry.addr);
-    let container = ember.deploy(json!({ "name": "pulled", "image": image })).await;
+    let container = ember
+        .deploy(json!({ "name": "pulled", "image": image }))
+        .await;
     assert_eq!(container["image"], image);
     let (status, body) = ember.invoke("pulled").await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, "pulled from a registry\n"));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "pulled from a registry\n")
+    );
 
     // The blob is stored content-addressed under the data dir.
-    let blob = dir.path().join("blobs/sha256").join(&common::registry::digest(&wasm)[7..]);
+    let blob = dir
+        .path()
+        .join("blobs/sha256")
+        .join(&common::registry::digest(&wasm)[7..]);
     assert_eq!(std::fs::read(blob).unwrap(), wasm);
 
     // A tag that does not exist fails the deployment with a reason.
     let (status, created) = ember
-        .send_json(Method::POST, "/v1/containers", &json!({ "name": "missing", "image": format!("{}/apps/hello:nope", registry.addr) }))
+        .send_json(
+            Method::POST,
+            "/v1/containers",
+            &json!({ "name": "missing", "image": format!("{}/apps/hello:nope", registry.addr) }),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let id = created["id"].as_str().unwrap();
@@ -127,15 +173,26 @@ async fn pulls_a_wasm_artifact_from_a_real_registry() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(failed["status"], "failed");
-    assert!(failed["statusReason"].as_str().unwrap().contains("apps/hello:nope"), "{failed}");
-    assert_eq!(ember.invoke("missing").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        failed["statusReason"]
+            .as_str()
+            .unwrap()
+            .contains("apps/hello:nope"),
+        "{failed}"
+    );
+    assert_eq!(
+        ember.invoke("missing").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
 
 #[tokio::test]
 async fn updates_make_revisions_and_move_traffic_without_failed_requests() {
     let dir = temp_dir();
     let ember = Ember::start(dir.path(), &[]);
-    let container = ember.deploy_wasm("rolling", &fixtures::hello("v1\n"), json!({})).await;
+    let container = ember
+        .deploy_wasm("rolling", &fixtures::hello("v1\n"), json!({}))
+        .await;
     let id = container["id"].as_str().unwrap().to_string();
     let v2 = ember.upload(&fixtures::hello("v2\n")).await;
 
@@ -145,7 +202,11 @@ async fn updates_make_revisions_and_move_traffic_without_failed_requests() {
         let mut seen = Vec::new();
         for _ in 0..400 {
             let response = client.get(&url).send().await.unwrap();
-            assert_eq!(response.status(), StatusCode::OK, "a request failed during the update");
+            assert_eq!(
+                response.status(),
+                StatusCode::OK,
+                "a request failed during the update"
+            );
             seen.push(response.text().await.unwrap());
             if seen.last().is_some_and(|b| b == "v2\n") && seen.len() > 20 {
                 break;
@@ -156,7 +217,11 @@ async fn updates_make_revisions_and_move_traffic_without_failed_requests() {
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (status, updated) = ember
-        .send_json(Method::PUT, &format!("/v1/containers/{id}"), &json!({ "image": v2, "env": { "FOO": "bar" } }))
+        .send_json(
+            Method::PUT,
+            &format!("/v1/containers/{id}"),
+            &json!({ "image": v2, "env": { "FOO": "bar" } }),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{updated}");
     assert_eq!(updated["image"], v2.as_str());
@@ -167,7 +232,9 @@ async fn updates_make_revisions_and_move_traffic_without_failed_requests() {
     assert_eq!(seen.last().map(String::as_str), Some("v2\n"));
     assert_eq!(ember.invoke("rolling").await.1, "v2\n");
 
-    let (status, revisions) = ember.get_json(&format!("/v1/containers/{id}/revisions")).await;
+    let (status, revisions) = ember
+        .get_json(&format!("/v1/containers/{id}/revisions"))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(revisions["total"], 2);
     assert_eq!(revisions["items"][0]["revisionNumber"], 2);
@@ -180,8 +247,12 @@ async fn updates_make_revisions_and_move_traffic_without_failed_requests() {
 async fn a_runaway_guest_is_cut_at_the_timeout_while_others_answer() {
     let dir = temp_dir();
     let ember = Ember::start(dir.path(), &["--request-timeout", "2"]);
-    ember.deploy_wasm("spinner", &fixtures::spin_forever(), json!({})).await;
-    ember.deploy_wasm("healthy", &fixtures::hello("fine\n"), json!({})).await;
+    ember
+        .deploy_wasm("spinner", &fixtures::spin_forever(), json!({}))
+        .await;
+    ember
+        .deploy_wasm("healthy", &fixtures::hello("fine\n"), json!({}))
+        .await;
 
     let started = std::time::Instant::now();
     let spinner = {
@@ -199,7 +270,10 @@ async fn a_runaway_guest_is_cut_at_the_timeout_while_others_answer() {
     assert!(status.is_server_error(), "got {status}");
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "cut after {took:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "cut after {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -214,5 +288,11 @@ async fn unknown_hosts_get_a_clear_404() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let body: serde_json::Value = response.json().await.unwrap();
-    assert!(body["message"].as_str().unwrap().contains("nobody.ember.localhost"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("nobody.ember.localhost"),
+        "{body}"
+    );
 }

@@ -4,12 +4,12 @@ use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::json::StrictJson;
 use crate::pagination::{ListEnvelope, page_request};
+use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Json;
 use ember_runtime::model::{ContainerId, ContainerPatch, Revision};
 use ember_runtime::{ContainerView, Runtime};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -25,7 +25,8 @@ pub(crate) fn routes() -> Router<Runtime> {
 
 /// Parses a container id from the path.
 pub(crate) fn container_id(raw: &str) -> Result<ContainerId, ApiError> {
-    raw.parse().map_err(|e: ember_runtime::model::InvalidId| ApiError::invalid_field("id", e.to_string()))
+    raw.parse()
+        .map_err(|e: ember_runtime::model::InvalidId| ApiError::invalid_field("id", e.to_string()))
 }
 
 async fn list(
@@ -34,7 +35,9 @@ async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let page = runtime.list_containers(&caller, page_request(&query)?)?;
-    Ok(Json(ListEnvelope::from_page(page, |c| ContainerJson::from_view(&runtime, c))))
+    Ok(Json(ListEnvelope::from_page(page, |c| {
+        ContainerJson::from_view(&runtime, c)
+    })))
 }
 
 async fn show(
@@ -53,7 +56,10 @@ async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     let patch = body.into_patch()?;
     let view = runtime.create_container(&caller, patch).await?;
-    Ok((StatusCode::CREATED, Json(ContainerJson::from_view(&runtime, view))))
+    Ok((
+        StatusCode::CREATED,
+        Json(ContainerJson::from_view(&runtime, view)),
+    ))
 }
 
 async fn update(
@@ -73,7 +79,9 @@ async fn remove(
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    runtime.delete_container(&caller, container_id(&id)?).await?;
+    runtime
+        .delete_container(&caller, container_id(&id)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -120,7 +128,9 @@ enum PortValue {
 }
 
 /// Distinguishes a field set to `null` (`Some(None)`) from one left out (`None`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -149,12 +159,18 @@ impl ContainerRequest {
             }
             None => None,
         };
-        if let Some(cpu) = self.cpu {
-            if !(cpu > 0.0 && cpu <= MAX_CPU) {
-                return Err(ApiError::invalid_field("cpu", format!("{cpu} is not a number of CPUs greater than 0 and at most {MAX_CPU}")));
-            }
+        if let Some(cpu) = self.cpu
+            && !(cpu > 0.0 && cpu <= MAX_CPU)
+        {
+            return Err(ApiError::invalid_field(
+                "cpu",
+                format!("{cpu} is not a number of CPUs greater than 0 and at most {MAX_CPU}"),
+            ));
         }
-        let ram = self.ram.map(|r| r.parse().map_err(|e| invalid("ram", e))).transpose()?;
+        let ram = self
+            .ram
+            .map(|r| r.parse().map_err(|e| invalid("ram", e)))
+            .transpose()?;
         let ephemeral_storage = self
             .ephemeral_storage
             .map(|r| r.parse().map_err(|e| invalid("ephemeralStorage", e)))
@@ -175,11 +191,17 @@ impl ContainerRequest {
             for key in env.keys() {
                 let valid = !key.is_empty() && !key.contains(['=', '\0']);
                 if !valid {
-                    return Err(ApiError::invalid_field(format!("env.{key}"), "environment variable names must be non-empty and contain no '=' or NUL"));
+                    return Err(ApiError::invalid_field(
+                        format!("env.{key}"),
+                        "environment variable names must be non-empty and contain no '=' or NUL",
+                    ));
                 }
             }
             if env.values().any(|v| v.contains('\0')) {
-                return Err(ApiError::invalid_field("env", "values must not contain NUL"));
+                return Err(ApiError::invalid_field(
+                    "env",
+                    "values must not contain NUL",
+                ));
             }
         }
         for (field, list) in [("command", &self.command), ("arguments", &self.arguments)] {
@@ -188,15 +210,18 @@ impl ContainerRequest {
             }
         }
         if self.max_instances == Some(0) {
-            return Err(ApiError::invalid_field("maxInstances", "must be at least 1"));
+            return Err(ApiError::invalid_field(
+                "maxInstances",
+                "must be at least 1",
+            ));
         }
-        if let Some(idle) = self.idle_timeout_seconds {
-            if !(1..=MAX_IDLE_TIMEOUT_SECONDS).contains(&idle) {
-                return Err(ApiError::invalid_field(
-                    "idleTimeoutSeconds",
-                    format!("must be between 1 and {MAX_IDLE_TIMEOUT_SECONDS}"),
-                ));
-            }
+        if let Some(idle) = self.idle_timeout_seconds
+            && !(1..=MAX_IDLE_TIMEOUT_SECONDS).contains(&idle)
+        {
+            return Err(ApiError::invalid_field(
+                "idleTimeoutSeconds",
+                format!("must be between 1 and {MAX_IDLE_TIMEOUT_SECONDS}"),
+            ));
         }
         Ok(ContainerPatch {
             name,

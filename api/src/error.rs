@@ -64,10 +64,14 @@ impl From<RuntimeError> for ApiError {
         match e {
             RuntimeError::InvalidField { field, message } => Self::invalid_field(field, message),
             RuntimeError::NotFound { .. } => Self::not_found(e.to_string()),
-            RuntimeError::NameTaken(_) => Self::new(StatusCode::CONFLICT, "name_taken", e.to_string()),
-            RuntimeError::Unprocessable(_) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", e.to_string())
+            RuntimeError::NameTaken(_) => {
+                Self::new(StatusCode::CONFLICT, "name_taken", e.to_string())
             }
+            RuntimeError::Unprocessable(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
+                e.to_string(),
+            ),
             RuntimeError::Storage(_)
             | RuntimeError::SchemaTooNew { .. }
             | RuntimeError::Sandbox(_)

@@ -38,7 +38,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
             .headers()
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+            });
         if !is_json {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -58,18 +62,30 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            return ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {inner}"));
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {inner}"),
+            );
         }
         // The path names the field at fault, unknown fields included.
         let message = inner.to_string();
         if path == "." {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", strip_position(&message))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                strip_position(&message),
+            )
         } else {
             ApiError::invalid_field(path, strip_position(&message))
         }
     })?;
     de.end().map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("trailing data after the JSON value: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("trailing data after the JSON value: {e}"),
+        )
     })?;
     Ok(value)
 }

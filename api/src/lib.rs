@@ -33,9 +33,14 @@ pub fn router(runtime: Runtime) -> Router {
         .with_state(runtime)
 }
 
-async fn metrics(axum::extract::State(runtime): axum::extract::State<Runtime>) -> impl axum::response::IntoResponse {
+async fn metrics(
+    axum::extract::State(runtime): axum::extract::State<Runtime>,
+) -> impl axum::response::IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         runtime.metrics_text(),
     )
 }

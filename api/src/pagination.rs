@@ -9,11 +9,9 @@ use std::collections::HashMap;
 pub(crate) fn page_request(query: &HashMap<String, String>) -> Result<PageRequest, ApiError> {
     let mut request = PageRequest::default();
     if let Some(raw) = query.get("page") {
-        request.page = raw
-            .parse()
-            .ok()
-            .filter(|&p| p >= 1)
-            .ok_or_else(|| ApiError::invalid_field("page", format!("`{raw}` is not a page number (1 or more)")))?;
+        request.page = raw.parse().ok().filter(|&p| p >= 1).ok_or_else(|| {
+            ApiError::invalid_field("page", format!("`{raw}` is not a page number (1 or more)"))
+        })?;
     }
     if let Some(raw) = query.get("rowsPerPage") {
         request.rows_per_page = raw

@@ -152,7 +152,8 @@ impl Service {
 
     /// Marks the container unavailable (its first deployment failed, or it was deleted).
     pub(crate) fn make_unavailable(&self, reason: &str) {
-        self.serving.send_replace(Serving::Unavailable(reason.into()));
+        self.serving
+            .send_replace(Serving::Unavailable(reason.into()));
     }
 
     /// Stops every instance; used when the container is deleted.
@@ -160,6 +161,19 @@ impl Service {
         self.make_unavailable("the container was deleted");
         let all = std::mem::take(&mut self.pool.lock().instances);
         stop_all(all);
+    }
+
+    /// Stops every instance that serves no request now, as scaling to zero would;
+    /// returns how many stopped.
+    pub(crate) async fn stop_idle_instances(&self) -> usize {
+        let idle = {
+            let mut pool = self.pool.lock();
+            take_idle(&mut pool.instances, |_| true, usize::MAX)
+        };
+        for live in &idle {
+            live.instance.stop().await;
+        }
+        idle.len()
     }
 
     /// Finds (or starts) an instance for one request, waiting until `deadline`.
@@ -286,7 +300,11 @@ impl Service {
         let mut pool = self.pool.lock();
         let number = serving.as_ref().map(|r| r.number);
         // Instances of older revisions leave once their last request is done.
-        let mut stopped = take_idle(&mut pool.instances, |i| Some(i.revision) != number, usize::MAX);
+        let mut stopped = take_idle(
+            &mut pool.instances,
+            |i| Some(i.revision) != number,
+            usize::MAX,
+        );
 
         let current = |i: &&Arc<LiveInstance>| Some(i.revision) == number;
         let observed = Observation {
@@ -317,11 +335,10 @@ impl Service {
             stopped.extend(idle);
         } else if decision.desired > observed.ready + observed.starting
             && decision.reason == ScaleReason::BelowMinimum
+            && let Some(revision) = serving
         {
-            if let Some(revision) = serving {
-                for _ in 0..decision.desired - observed.ready - observed.starting {
-                    self.start_instance(&mut pool, revision.clone(), false);
-                }
+            for _ in 0..decision.desired - observed.ready - observed.starting {
+                self.start_instance(&mut pool, revision.clone(), false);
             }
         }
         drop(pool);

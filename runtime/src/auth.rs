@@ -94,7 +94,10 @@ mod tests {
         let store = Store::open(&dir.path().join("state")).unwrap();
         let secret = bootstrap_admin(&store, dir.path(), None).unwrap().unwrap();
         let file = dir.path().join(ADMIN_TOKEN_FILE);
-        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let caller = authenticate(&store, &secret).unwrap().unwrap();
         assert_eq!(caller.role, Role::Admin);
         assert!(authenticate(&store, "ember_wrong").unwrap().is_none());

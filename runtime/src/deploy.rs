@@ -21,16 +21,19 @@ impl Deployer {
     /// Makes sure the revision's artifact is in the content store, recording what it
     /// resolved to in `revision` (so a restart never pulls again).
     pub(crate) async fn resolve(&self, revision: &mut Revision) -> Result<bool, RuntimeError> {
-        if let (Some(artifact), Some(_)) = (&revision.artifact, revision.kind) {
-            if self.blobs.contains(artifact) {
-                return Ok(false);
-            }
+        if let (Some(artifact), Some(_)) = (&revision.artifact, revision.kind)
+            && self.blobs.contains(artifact)
+        {
+            return Ok(false);
         }
-        let image: ImageRef = revision
-            .spec
-            .image
-            .parse()
-            .map_err(|e: ember_sandbox::image::InvalidImageRef| RuntimeError::invalid("image", e.to_string()))?;
+        let image: ImageRef =
+            revision
+                .spec
+                .image
+                .parse()
+                .map_err(|e: ember_sandbox::image::InvalidImageRef| {
+                    RuntimeError::invalid("image", e.to_string())
+                })?;
         let (kind, artifact) = match image {
             ImageRef::Local(digest) => {
                 if !self.blobs.contains(&digest) {
@@ -60,7 +63,9 @@ impl Deployer {
         revision: &Revision,
     ) -> Result<Arc<dyn PreparedWorkload>, RuntimeError> {
         let (Some(artifact), Some(kind)) = (&revision.artifact, revision.kind) else {
-            return Err(RuntimeError::Unprocessable("the revision was not resolved".into()));
+            return Err(RuntimeError::Unprocessable(
+                "the revision was not resolved".into(),
+            ));
         };
         let sandbox = match kind {
             WorkloadKind::Wasm => &self.wasm,
@@ -72,14 +77,21 @@ impl Deployer {
             }
         };
         if kind == WorkloadKind::Wasm && revision.spec.gpu > 0 {
-            return Err(RuntimeError::invalid("gpu", "wasm containers cannot use GPUs"));
+            return Err(RuntimeError::invalid(
+                "gpu",
+                "wasm containers cannot use GPUs",
+            ));
         }
         let spec = &revision.spec;
         let workload = WorkloadSpec {
             name: spec.name.to_string(),
             artifact: artifact.clone(),
             memory_limit_bytes: spec.ram.bytes(),
-            env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             args: spec.arguments.clone().unwrap_or_default(),
             request_timeout: self.request_timeout,
         };

@@ -95,7 +95,13 @@ async fn forward(runtime: &Runtime, host: &str, req: Request<Incoming>) -> Respo
     };
     let req = req.map(|body| body.map_err(Into::into).boxed_unsync());
     match lease.instance().handle(req).await {
-        Ok(response) => response.map(|body| LeasedBody { body, _lease: lease }.boxed_unsync()),
+        Ok(response) => response.map(|body| {
+            LeasedBody {
+                body,
+                _lease: lease,
+            }
+            .boxed_unsync()
+        }),
         Err(SandboxError::Timeout(limit)) => error(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",

@@ -111,9 +111,14 @@ impl Metrics {
                 "ember_cold_start_seconds_sum{{kind=\"{kind}\"}} {}",
                 h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
             );
-            let _ = writeln!(out, "ember_cold_start_seconds_count{{kind=\"{kind}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "ember_cold_start_seconds_count{{kind=\"{kind}\"}} {count}"
+            );
         }
-        out.push_str("# HELP ember_scale_downs_total Instances stopped after their idle timeout.\n");
+        out.push_str(
+            "# HELP ember_scale_downs_total Instances stopped after their idle timeout.\n",
+        );
         out.push_str("# TYPE ember_scale_downs_total counter\n");
         let _ = writeln!(
             out,
@@ -121,7 +126,10 @@ impl Metrics {
             self.scale_downs.load(Ordering::Relaxed)
         );
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         out
     }
@@ -137,7 +145,10 @@ mod tests {
         m.request_served(http::StatusCode::OK);
         m.cold_start(WorkloadKind::Wasm, Duration::from_micros(700));
         let text = m.render(&[("ember_containers", "Containers.", 3)]);
-        assert!(text.contains("ember_requests_total{code=\"2xx\"} 1"), "{text}");
+        assert!(
+            text.contains("ember_requests_total{code=\"2xx\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("ember_cold_starts_total{kind=\"wasm\"} 1"));
         assert!(text.contains("ember_cold_start_seconds_bucket{kind=\"wasm\",le=\"0.0005\"} 0"));
         assert!(text.contains("ember_cold_start_seconds_bucket{kind=\"wasm\",le=\"0.001\"} 1"));

@@ -53,7 +53,10 @@ mod tests {
 
     #[test]
     fn ports_are_ignored() {
-        assert_eq!(strip_port("hello.ember.localhost:8000"), "hello.ember.localhost");
+        assert_eq!(
+            strip_port("hello.ember.localhost:8000"),
+            "hello.ember.localhost"
+        );
         assert_eq!(strip_port("hello.ember.localhost"), "hello.ember.localhost");
         assert_eq!(strip_port("[::1]:80"), "::1");
     }

@@ -93,9 +93,13 @@ impl Runtime {
             }),
         };
         for container in runtime.inner.store.containers()? {
-            let service = runtime.register(&container);
-            let number = container.serving_revision.unwrap_or(container.latest_revision);
-            if container.serving_revision.is_some_and(|n| n != container.latest_revision)
+            runtime.register(&container);
+            let number = container
+                .serving_revision
+                .unwrap_or(container.latest_revision);
+            if container
+                .serving_revision
+                .is_some_and(|n| n != container.latest_revision)
                 && container.status == ContainerStatus::Deploying
             {
                 // An update was deploying when the runtime stopped: serve the old
@@ -103,7 +107,6 @@ impl Runtime {
                 runtime.spawn_deploy(container.id, container.latest_revision);
             }
             runtime.spawn_deploy(container.id, number);
-            drop(service);
         }
         runtime.spawn_reconciler();
         Ok((runtime, new_admin_token))
@@ -198,7 +201,11 @@ impl Runtime {
     }
 
     /// Deletes a container: its routes, instances, revisions and record.
-    pub async fn delete_container(&self, caller: &Caller, id: ContainerId) -> Result<(), RuntimeError> {
+    pub async fn delete_container(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+    ) -> Result<(), RuntimeError> {
         let container = {
             let _records = self.inner.records.lock();
             let container = self.accessible(caller, id)?;
@@ -206,7 +213,9 @@ impl Runtime {
             container
         };
         self.inner.store.flush().await?;
-        self.inner.routes.remove(&self.host(container.spec.name.as_str()));
+        self.inner
+            .routes
+            .remove(&self.host(container.spec.name.as_str()));
         if let Some(service) = self.inner.services.write().remove(&id) {
             service.shut_down();
         }
@@ -214,7 +223,11 @@ impl Runtime {
     }
 
     /// One container.
-    pub fn get_container(&self, caller: &Caller, id: ContainerId) -> Result<ContainerView, RuntimeError> {
+    pub fn get_container(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+    ) -> Result<ContainerView, RuntimeError> {
         self.accessible(caller, id).map(|c| self.view(c))
     }
 
@@ -255,7 +268,11 @@ impl Runtime {
     }
 
     /// A container's live instances.
-    pub fn list_instances(&self, caller: &Caller, id: ContainerId) -> Result<Vec<InstanceInfo>, RuntimeError> {
+    pub fn list_instances(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+    ) -> Result<Vec<InstanceInfo>, RuntimeError> {
         self.accessible(caller, id)?;
         Ok(self
             .inner
@@ -264,6 +281,21 @@ impl Runtime {
             .get(&id)
             .map(|s| s.instances())
             .unwrap_or_default())
+    }
+
+    /// Stops a container's idle instances now, as its idle timeout would; returns how
+    /// many stopped. Busy instances are left to finish.
+    pub async fn stop_idle_instances(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+    ) -> Result<usize, RuntimeError> {
+        self.accessible(caller, id)?;
+        let service = self.inner.services.read().get(&id).cloned();
+        Ok(match service {
+            Some(service) => service.stop_idle_instances().await,
+            None => 0,
+        })
     }
 
     /// Stores a wasm component in the content store and returns its digest.
@@ -282,7 +314,11 @@ impl Runtime {
         let services = self.inner.services.read();
         let instances: usize = services.values().map(|s| s.instance_count()).sum();
         self.inner.metrics.render(&[
-            ("ember_containers", "Containers deployed.", services.len() as u64),
+            (
+                "ember_containers",
+                "Containers deployed.",
+                services.len() as u64,
+            ),
             ("ember_instances", "Instances running.", instances as u64),
         ])
     }
@@ -298,7 +334,9 @@ impl Runtime {
             Ok(ImageRef::Local(digest)) if !self.inner.deployer.blobs.contains(&digest) => {
                 Err(RuntimeError::invalid(
                     "image",
-                    format!("no blob {digest} in the content store; upload it with POST /v1/blobs first"),
+                    format!(
+                        "no blob {digest} in the content store; upload it with POST /v1/blobs first"
+                    ),
                 ))
             }
             Ok(_) => Ok(()),

@@ -6,7 +6,9 @@
 //! flushed to disk before the command that made it returns.
 
 use crate::error::RuntimeError;
-use crate::model::{Container, ContainerId, ContainerName, Revision, Role, ServerId, TokenId, UserId};
+use crate::model::{
+    Container, ContainerId, ContainerName, Revision, Role, ServerId, TokenId, UserId,
+};
 use serde::{Serialize, de::DeserializeOwned};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -56,7 +58,9 @@ impl Store {
         };
         match store.meta.get(SCHEMA_KEY)? {
             None => {
-                store.meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                store
+                    .meta
+                    .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
             }
             Some(raw) => {
                 let found = u32::from_be_bytes(raw.as_ref().try_into().map_err(|_| {
@@ -90,9 +94,9 @@ impl Store {
         self.id_in_meta(ADMIN_USER_KEY)
     }
 
-    fn id_in_meta<T: Serialize + DeserializeOwned>(&self, key: &[u8]) -> Result<T, RuntimeError>
+    fn id_in_meta<T>(&self, key: &[u8]) -> Result<T, RuntimeError>
     where
-        T: IdGenerate,
+        T: Serialize + DeserializeOwned + IdGenerate,
     {
         if let Some(raw) = self.meta.get(key)? {
             return decode(&raw);
@@ -123,7 +127,11 @@ impl Store {
     }
 
     /// Stores a new container and its first revision; refuses a name in use.
-    pub fn insert_container(&self, container: &Container, revision: &Revision) -> Result<(), RuntimeError> {
+    pub fn insert_container(
+        &self,
+        container: &Container,
+        revision: &Revision,
+    ) -> Result<(), RuntimeError> {
         self.write_container(container, None, revision)
     }
 
@@ -150,19 +158,21 @@ impl Store {
         let name = container.spec.name.as_str().as_bytes();
         let result = (&self.containers, &self.names, &self.revisions).transaction(
             |(containers, names, revisions)| {
-                if let Some(owner) = names.get(name)? {
-                    if owner.as_ref() != id.as_bytes() {
-                        return Err(ConflictableTransactionError::Abort(()));
-                    }
+                if names
+                    .get(name)?
+                    .is_some_and(|owner| owner.as_ref() != id.as_bytes())
+                {
+                    return Err(ConflictableTransactionError::Abort(()));
                 }
-                if let Some(old) = previous_name {
-                    if old != &container.spec.name {
-                        names.remove(old.as_str().as_bytes())?;
-                    }
+                if let Some(old) = previous_name.filter(|old| *old != &container.spec.name) {
+                    names.remove(old.as_str().as_bytes())?;
                 }
                 names.insert(name, id.as_bytes())?;
                 containers.insert(id.as_bytes(), value.as_slice())?;
-                revisions.insert(&revision_key(id, revision.number)[..], revision_value.as_slice())?;
+                revisions.insert(
+                    &revision_key(id, revision.number)[..],
+                    revision_value.as_slice(),
+                )?;
                 Ok(())
             },
         );
@@ -191,8 +201,10 @@ impl Store {
 
     /// Records the artifact a revision's image resolved to.
     pub fn save_revision(&self, revision: &Revision) -> Result<(), RuntimeError> {
-        self.revisions
-            .insert(&revision_key(revision.container_id, revision.number)[..], encode(revision)?)?;
+        self.revisions.insert(
+            &revision_key(revision.container_id, revision.number)[..],
+            encode(revision)?,
+        )?;
         Ok(())
     }
 
@@ -225,7 +237,10 @@ impl Store {
         (&self.containers, &self.names, &self.revisions)
             .transaction(|(containers, names, revisions)| {
                 containers.remove(id.as_bytes())?;
-                if names.get(name)?.is_some_and(|owner| owner.as_ref() == id.as_bytes()) {
+                if names
+                    .get(name)?
+                    .is_some_and(|owner| owner.as_ref() == id.as_bytes())
+                {
                     names.remove(name)?;
                 }
                 for key in &keys {
@@ -237,14 +252,21 @@ impl Store {
     }
 
     /// Stores a token under the hash of its secret.
-    pub fn insert_token(&self, secret_hash: &[u8], token: &TokenRecord) -> Result<(), RuntimeError> {
+    pub fn insert_token(
+        &self,
+        secret_hash: &[u8],
+        token: &TokenRecord,
+    ) -> Result<(), RuntimeError> {
         self.tokens.insert(secret_hash, encode(token)?)?;
         Ok(())
     }
 
     /// Looks a token up by the hash of its secret.
     pub fn token(&self, secret_hash: &[u8]) -> Result<Option<TokenRecord>, RuntimeError> {
-        self.tokens.get(secret_hash)?.map(|v| decode(&v)).transpose()
+        self.tokens
+            .get(secret_hash)?
+            .map(|v| decode(&v))
+            .transpose()
     }
 }
 
@@ -279,4 +301,89 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RuntimeError> {
 
 fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, RuntimeError> {
     serde_json::from_slice(raw).map_err(|e| RuntimeError::Storage(format!("decoding: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ContainerPatch, ContainerStatus};
+    use std::time::SystemTime;
+
+    fn container(name: &str) -> (Container, Revision) {
+        let spec = ContainerPatch {
+            name: Some(name.parse().unwrap()),
+            image: Some("a/b:1".into()),
+            ..Default::default()
+        }
+        .into_new_spec()
+        .unwrap();
+        let now = SystemTime::now();
+        let container = Container {
+            id: ContainerId::generate(),
+            spec: spec.clone(),
+            created_by: UserId::generate(),
+            date_created: now,
+            date_updated: now,
+            status: ContainerStatus::Deploying,
+            status_reason: None,
+            latest_revision: 1,
+            serving_revision: None,
+        };
+        let revision = Revision {
+            container_id: container.id,
+            number: 1,
+            spec,
+            date_created: now,
+            artifact: None,
+            kind: None,
+        };
+        (container, revision)
+    }
+
+    #[test]
+    fn names_are_unique_and_freed_on_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, rev_a) = container("same");
+        let (b, rev_b) = container("same");
+        store.insert_container(&a, &rev_a).unwrap();
+        assert!(matches!(
+            store.insert_container(&b, &rev_b),
+            Err(RuntimeError::NameTaken(_))
+        ));
+        assert_eq!(store.containers().unwrap().len(), 1);
+        store.remove_container(&a).unwrap();
+        assert!(store.revisions(a.id).unwrap().is_empty());
+        store.insert_container(&b, &rev_b).unwrap();
+    }
+
+    #[test]
+    fn state_survives_reopening_and_newer_schemas_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, rev) = container("kept");
+        let server = {
+            let store = Store::open(dir.path()).unwrap();
+            store.insert_container(&c, &rev).unwrap();
+            store.db.flush().unwrap();
+            store.server_id().unwrap()
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(
+                store.container(c.id).unwrap().unwrap().spec.name,
+                c.spec.name
+            );
+            assert_eq!(store.revision(c.id, 1).unwrap().unwrap().number, 1);
+            assert_eq!(store.server_id().unwrap(), server);
+            store
+                .meta
+                .insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes())
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(RuntimeError::SchemaTooNew { .. })
+        ));
+    }
 }

@@ -85,7 +85,12 @@ mod tests {
 
     #[test]
     fn malformed_digests_are_refused() {
-        for bad in ["sha256:abc", "md5:00", "sha256:", &format!("sha256:{}", "A".repeat(64))] {
+        for bad in [
+            "sha256:abc",
+            "md5:00",
+            "sha256:",
+            &format!("sha256:{}", "A".repeat(64)),
+        ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
     }

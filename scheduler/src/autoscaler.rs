@@ -190,7 +190,10 @@ mod tests {
                                     let d = decide(&p, &observed, SECOND * 10);
                                     let max_eff = max.max(1);
                                     assert!(d.desired <= max_eff, "{p:?} {observed:?} {d:?}");
-                                    assert!(d.desired >= min.min(max_eff), "{p:?} {observed:?} {d:?}");
+                                    assert!(
+                                        d.desired >= min.min(max_eff),
+                                        "{p:?} {observed:?} {d:?}"
+                                    );
                                     if in_flight + waiting > 0 {
                                         assert!(d.desired >= 1, "{p:?} {observed:?} {d:?}");
                                     }

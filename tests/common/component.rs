@@ -28,15 +28,27 @@ pub fn wasi_http_wit_dir() -> PathBuf {
     std::fs::read_dir(&sources)
         .unwrap_or_else(|e| panic!("reading {}: {e}", sources.display()))
         .filter_map(Result::ok)
-        .map(|index| index.path().join(format!("wasmtime-wasi-http-{version}")).join("wit"))
+        .map(|index| {
+            index
+                .path()
+                .join(format!("wasmtime-wasi-http-{version}"))
+                .join("wit")
+        })
         .find(|wit| wit.is_dir())
-        .unwrap_or_else(|| panic!("no wasmtime-wasi-http-{version}/wit under {}", sources.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no wasmtime-wasi-http-{version}/wit under {}",
+                sources.display()
+            )
+        })
 }
 
 /// Encodes a core module written in WAT as a component of the wasi:http proxy world.
 pub fn component_from_wat(wat: &str) -> Vec<u8> {
     let mut resolve = Resolve::default();
-    let (package, _) = resolve.push_dir(wasi_http_wit_dir()).expect("parsing the WASI WIT");
+    let (package, _) = resolve
+        .push_dir(wasi_http_wit_dir())
+        .expect("parsing the WASI WIT");
     let world = resolve
         .select_world(&[package], Some(PROXY_WORLD))
         .expect("the proxy world");

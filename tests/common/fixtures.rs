@@ -6,8 +6,14 @@ use super::component::component_from_wat;
 pub fn hello(message: &str) -> Vec<u8> {
     let wat = include_str!("../../examples/hello/hello.wat")
         .replace("\"Hello from Ember!\\n\"", &format!("{message:?}"))
-        .replace("(i32.const 18) (i32.const 0))", &format!("(i32.const {}) (i32.const 0))", message.len()));
-    assert!(wat.contains(&format!("{message:?}")), "the hello example changed shape");
+        .replace(
+            "(i32.const 18) (i32.const 0))",
+            &format!("(i32.const {}) (i32.const 0))", message.len()),
+        );
+    assert!(
+        wat.contains(&format!("{message:?}")),
+        "the hello example changed shape"
+    );
     component_from_wat(&wat)
 }
 

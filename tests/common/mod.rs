@@ -48,8 +48,13 @@ impl Ember {
                 .expect("ember serve exited before listening")
                 .expect("reading ember's stdout");
             let addr = |prefix: &str| {
-                line.strip_prefix(prefix)
-                    .map(|rest| rest.split_whitespace().next().unwrap().parse::<SocketAddr>().unwrap())
+                line.strip_prefix(prefix).map(|rest| {
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap()
+                        .parse::<SocketAddr>()
+                        .unwrap()
+                })
             };
             api = api.or(addr("api listening on http://"));
             ingress = ingress.or(addr("ingress listening on http://"));
@@ -66,7 +71,10 @@ impl Ember {
             api: api.unwrap(),
             ingress: ingress.unwrap(),
             token,
-            http: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .unwrap(),
         }
     }
 
@@ -88,13 +96,27 @@ impl Ember {
     }
 
     pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.api_request(reqwest::Method::GET, path).send().await.unwrap();
+        let response = self
+            .api_request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap();
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn send_json(&self, method: reqwest::Method, path: &str, body: &Value) -> (StatusCode, Value) {
-        let response = self.api_request(method, path).json(body).send().await.unwrap();
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .api_request(method, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -114,7 +136,9 @@ impl Ember {
 
     /// Creates a container and waits until it is deployed; returns it.
     pub async fn deploy(&self, body: Value) -> Value {
-        let (status, created) = self.send_json(reqwest::Method::POST, "/v1/containers", &body).await;
+        let (status, created) = self
+            .send_json(reqwest::Method::POST, "/v1/containers", &body)
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
         self.wait_deployed(created["id"].as_str().unwrap()).await
     }
@@ -123,7 +147,9 @@ impl Ember {
     pub async fn deploy_wasm(&self, name: &str, wasm: &[u8], extra: Value) -> Value {
         let digest = self.upload(wasm).await;
         let mut body = json!({ "name": name, "image": digest });
-        body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().cloned().unwrap_or_default());
         self.deploy(body).await
     }
 
@@ -134,7 +160,10 @@ impl Ember {
             match container["status"].as_str() {
                 Some("deployed") => return container,
                 Some("failed") => panic!("deployment failed: {container}"),
-                _ => assert!(Instant::now() < deadline, "not deployed in time: {container}"),
+                _ => assert!(
+                    Instant::now() < deadline,
+                    "not deployed in time: {container}"
+                ),
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -150,7 +179,10 @@ impl Ember {
     }
 
     pub fn ingress_url(&self, name: &str, path: &str) -> String {
-        format!("http://{name}.ember.localhost:{}{path}", self.ingress.port())
+        format!(
+            "http://{name}.ember.localhost:{}{path}",
+            self.ingress.port()
+        )
     }
 
     /// GET through the ingress; returns status and body.
@@ -165,16 +197,29 @@ impl Ember {
     }
 
     pub async fn instances(&self, id: &str) -> Vec<Value> {
-        let (status, body) = self.get_json(&format!("/v1/containers/{id}/instances")).await;
+        let (status, body) = self
+            .get_json(&format!("/v1/containers/{id}/instances"))
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body["data"].as_array().unwrap().clone()
     }
 
     /// The value of one metric line (`name{labels}`) in /metrics.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self.http.get(self.api_url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let text = self
+            .http
+            .get(self.api_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
             .parse()
             .unwrap()
@@ -184,7 +229,10 @@ impl Ember {
     pub async fn wait_scaled_to_zero(&self, id: &str, within: Duration) {
         let deadline = Instant::now() + within;
         while !self.instances(id).await.is_empty() {
-            assert!(Instant::now() < deadline, "still has instances after {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "still has instances after {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -199,5 +247,8 @@ impl Drop for Ember {
 
 /// A fresh temporary directory.
 pub fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("ember-test-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("ember-test-")
+        .tempdir()
+        .unwrap()
 }

@@ -42,7 +42,10 @@ impl Registry {
             .expect("starting docker-registry");
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not listen on {addr}");
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on {addr}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Self {
@@ -74,13 +77,21 @@ impl Registry {
         })
         .to_string();
         let response = reqwest::Client::new()
-            .put(format!("http://{}/v2/{repository}/manifests/{tag}", self.addr))
+            .put(format!(
+                "http://{}/v2/{repository}/manifests/{tag}",
+                self.addr
+            ))
             .header("content-type", "application/vnd.oci.image.manifest.v1+json")
             .body(manifest.clone())
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success(), "manifest push: {} {}", response.status(), response.text().await.unwrap());
+        assert!(
+            response.status().is_success(),
+            "manifest push: {} {}",
+            response.status(),
+            response.text().await.unwrap()
+        );
         digest(manifest.as_bytes())
     }
 
@@ -88,7 +99,10 @@ impl Registry {
     pub async fn push_blob(&self, repository: &str, bytes: &[u8]) -> String {
         let client = reqwest::Client::new();
         let started = client
-            .post(format!("http://{}/v2/{repository}/blobs/uploads/", self.addr))
+            .post(format!(
+                "http://{}/v2/{repository}/blobs/uploads/",
+                self.addr
+            ))
             .send()
             .await
             .unwrap();

@@ -90,8 +90,14 @@ pub struct ContainerPatch {
 impl ContainerPatch {
     /// Builds a full spec for a new container, with defaults for what is missing.
     pub fn into_new_spec(self) -> Result<ContainerSpec, RuntimeError> {
-        let name = self.name.clone().ok_or(RuntimeError::invalid("name", "is required"))?;
-        let image = self.image.clone().ok_or(RuntimeError::invalid("image", "is required"))?;
+        let name = self
+            .name
+            .clone()
+            .ok_or(RuntimeError::invalid("name", "is required"))?;
+        let image = self
+            .image
+            .clone()
+            .ok_or(RuntimeError::invalid("image", "is required"))?;
         let base = ContainerSpec {
             name,
             image,
@@ -278,7 +284,8 @@ impl PageRequest {
     /// Cuts one page out of `items`.
     pub fn slice<T>(&self, items: Vec<T>) -> Page<T> {
         let total = items.len();
-        let skip = (self.page.saturating_sub(1) as usize).saturating_mul(self.rows_per_page as usize);
+        let skip =
+            (self.page.saturating_sub(1) as usize).saturating_mul(self.rows_per_page as usize);
         let items = items
             .into_iter()
             .skip(skip)

@@ -6,10 +6,10 @@ mod name;
 mod quantity;
 
 pub use container::{
-    Caller, Container, ContainerPatch, ContainerSpec, ContainerStatus, InstanceInfo,
-    InstanceState, Page, PageRequest, Revision, Role,
+    Caller, Container, ContainerPatch, ContainerSpec, ContainerStatus, InstanceInfo, InstanceState,
+    Page, PageRequest, Revision, Role,
 };
+pub use ember_sandbox::image::{ImageRef, InvalidImageRef};
 pub use ids::{ContainerId, InstanceId, InvalidId, ServerId, TokenId, UserId};
 pub use name::{ContainerName, InvalidName};
 pub use quantity::{InvalidQuantity, Quantity};
-pub use ember_sandbox::image::{ImageRef, InvalidImageRef};

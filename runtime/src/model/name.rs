@@ -11,7 +11,9 @@ pub struct ContainerName(String);
 
 /// Why a name was refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("`{0}` is not a valid name: use 1 to 63 lowercase letters, digits or '-', starting with a letter and not ending with '-'")]
+#[error(
+    "`{0}` is not a valid name: use 1 to 63 lowercase letters, digits or '-', starting with a letter and not ending with '-'"
+)]
 pub struct InvalidName(pub String);
 
 impl ContainerName {
@@ -74,7 +76,17 @@ mod tests {
         for ok in ["hello", "a", "my-app-2", &"a".repeat(63)] {
             assert!(ok.parse::<ContainerName>().is_ok(), "{ok}");
         }
-        for bad in ["", "Hello", "-a", "a-", "1abc", "a_b", "a.b", &"a".repeat(64), "héllo"] {
+        for bad in [
+            "",
+            "Hello",
+            "-a",
+            "a-",
+            "1abc",
+            "a_b",
+            "a.b",
+            &"a".repeat(64),
+            "héllo",
+        ] {
             assert!(bad.parse::<ContainerName>().is_err(), "{bad}");
         }
     }

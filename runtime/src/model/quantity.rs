@@ -13,7 +13,9 @@ pub struct Quantity {
 
 /// Why a quantity was refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("`{0}` is not a quantity of bytes: use a positive whole number with an optional suffix Ki, Mi, Gi, Ti, k, M, G or T (e.g. \"512Mi\")")]
+#[error(
+    "`{0}` is not a quantity of bytes: use a positive whole number with an optional suffix Ki, Mi, Gi, Ti, k, M, G or T (e.g. \"512Mi\")"
+)]
 pub struct InvalidQuantity(pub String);
 
 const SUFFIXES: [(&str, u64); 8] = [
@@ -98,7 +100,17 @@ mod tests {
 
     #[test]
     fn refuses_nonsense() {
-        for bad in ["lots", "", "Mi", "-1Gi", "1.5Gi", "0", "0Mi", "1 Gi", "99999999999Ti"] {
+        for bad in [
+            "lots",
+            "",
+            "Mi",
+            "-1Gi",
+            "1.5Gi",
+            "0",
+            "0Mi",
+            "1 Gi",
+            "99999999999Ti",
+        ] {
             assert!(bad.parse::<Quantity>().is_err(), "{bad}");
         }
     }

@@ -3,5 +3,7 @@
 mod pull;
 mod reference;
 
-pub use pull::{PullError, PulledImage, RegistryPuller, WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE};
+pub use pull::{
+    PullError, PulledImage, RegistryPuller, WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE,
+};
 pub use reference::{DEFAULT_REGISTRY, ImageRef, InvalidImageRef, RegistryRef};

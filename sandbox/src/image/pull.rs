@@ -106,10 +106,13 @@ impl RegistryPuller {
                 });
             }
         };
-        let digest: Digest = layer.digest.parse().map_err(|source| PullError::BadDigest {
-            reference: display.clone(),
-            source,
-        })?;
+        let digest: Digest = layer
+            .digest
+            .parse()
+            .map_err(|source| PullError::BadDigest {
+                reference: display.clone(),
+                source,
+            })?;
         if !self.blobs.contains(&digest) {
             let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
             client
@@ -163,9 +166,11 @@ fn classify(config_media_type: &str, layers: &[OciDescriptor]) -> Result<Workloa
         };
     }
     if !layers.is_empty()
-        && layers
-            .iter()
-            .all(|l| OCI_LAYER_PREFIXES.iter().any(|p| l.media_type.starts_with(p)))
+        && layers.iter().all(|l| {
+            OCI_LAYER_PREFIXES
+                .iter()
+                .any(|p| l.media_type.starts_with(p))
+        })
     {
         return Ok(WorkloadKind::Oci);
     }

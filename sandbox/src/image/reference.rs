@@ -19,7 +19,9 @@ pub const DEFAULT_REGISTRY: &str = "docker.io";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InvalidImageRef {
     /// Neither a tag nor a digest.
-    #[error("image `{0}` has no tag or digest; name one explicitly, e.g. `{0}:1.0` (there is no implicit `latest`)")]
+    #[error(
+        "image `{0}` has no tag or digest; name one explicitly, e.g. `{0}:1.0` (there is no implicit `latest`)"
+    )]
     MissingTag(String),
     /// Syntax error somewhere in the reference.
     #[error("image `{reference}` is not a valid OCI reference: {reason}")]
@@ -221,7 +223,15 @@ mod tests {
 
     #[test]
     fn malformed_references_are_refused() {
-        for bad in ["", "Upper/Case:1", "a:", "a:-x", "a//b:1", "a@sha256:zz", "a b:1"] {
+        for bad in [
+            "",
+            "Upper/Case:1",
+            "a:",
+            "a:-x",
+            "a//b:1",
+            "a@sha256:zz",
+            "a b:1",
+        ] {
             assert!(bad.parse::<ImageRef>().is_err(), "{bad:?} was accepted");
         }
     }

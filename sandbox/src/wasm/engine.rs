@@ -4,9 +4,7 @@ use super::cache::CompiledCache;
 use super::guest::GuestState;
 use super::instance::PreparedComponent;
 use crate::blob_store::{BlobStore, write_atomically};
-use crate::{
-    BoxFuture, PreparedWorkload, Sandbox, SandboxError, WorkloadKind, WorkloadSpec,
-};
+use crate::{BoxFuture, PreparedWorkload, Sandbox, SandboxError, WorkloadKind, WorkloadSpec};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,7 +110,9 @@ pub(crate) fn pre_instantiate(
     component: &Component,
 ) -> Result<ProxyPre<GuestState>, SandboxError> {
     let pre = linker.instantiate_pre(component).map_err(|e| {
-        SandboxError::InvalidWorkload(format!("the component's imports cannot be satisfied: {e:#}"))
+        SandboxError::InvalidWorkload(format!(
+            "the component's imports cannot be satisfied: {e:#}"
+        ))
     })?;
     ProxyPre::new(pre).map_err(|e| {
         SandboxError::InvalidWorkload(format!(

@@ -94,9 +94,8 @@ impl WasmInstance {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let guest_error = |e: wasmtime::Error| SandboxError::Guest(format!("{e:#}"));
         // A request body that fails to arrive means the client went away.
-        let request = request.map(|body| {
-            body.map_err(|_| wasmtime_wasi_http::Error::ConnectionTerminated)
-        });
+        let request =
+            request.map(|body| body.map_err(|_| wasmtime_wasi_http::Error::ConnectionTerminated));
         let req = store
             .data_mut()
             .http()
@@ -124,9 +123,7 @@ impl WasmInstance {
                 "the guest answered with an error: {code:?}"
             ))),
             Err(_) => Err(match task.await {
-                Ok(Ok(())) => {
-                    SandboxError::Guest("the guest never set a response".to_string())
-                }
+                Ok(Ok(())) => SandboxError::Guest("the guest never set a response".to_string()),
                 Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
                     SandboxError::Timeout(spec.timeout)
                 }

@@ -1,0 +1,84 @@
+//! A component built by componentize-py (which imports all of WASI, not only
+//! wasi:http) runs, sees its environment, and streams bodies both ways.
+
+mod common;
+
+use common::{Ember, temp_dir};
+use reqwest::StatusCode;
+use serde_json::json;
+use std::process::Command;
+
+/// Builds examples/python-echo with its own build script. Fails (never skips) when
+/// componentize-py is missing: the README's test command installs it.
+fn build_python_echo(out: &std::path::Path) -> Vec<u8> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python-echo/build.sh");
+    let status = Command::new(script).arg(out).status().expect(
+        "running examples/python-echo/build.sh (needs componentize-py: scripts/test installs it)",
+    );
+    assert!(
+        status.success(),
+        "building the Python component failed; is componentize-py installed?"
+    );
+    std::fs::read(out).unwrap()
+}
+
+#[tokio::test]
+async fn a_componentize_py_component_streams_bodies_both_ways() {
+    let dir = temp_dir();
+    let wasm = build_python_echo(&dir.path().join("echo.wasm"));
+    let ember = Ember::start(&dir.path().join("data"), &[]);
+    ember
+        .deploy_wasm(
+            "pyecho",
+            &wasm,
+            json!({ "env": { "GREETING": "hello from python" } }),
+        )
+        .await;
+    let client = ember.ingress_client("pyecho");
+
+    // A large body makes the round trip in 4 KiB chunks.
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let response = client
+        .post(ember.ingress_url("pyecho", "/big?x=1"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer = response.bytes().await.unwrap();
+    let head = b"hello from python POST /big?x=1\n";
+    assert_eq!(&answer[..head.len()], head);
+    assert!(answer[head.len()..] == body[..], "the echoed body differs");
+
+    // Streaming: the first part of the answer arrives before the request body is complete.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    tx.send(Ok(b"first-part;".to_vec())).await.unwrap();
+    let mut response = client
+        .put(ember.ingress_url("pyecho", "/stream"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut received = Vec::new();
+    while !String::from_utf8_lossy(&received).contains("first-part;") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(30), response.chunk())
+            .await
+            .expect("the first part was not echoed while the request was still open")
+            .unwrap()
+            .expect("the body ended early");
+        received.extend_from_slice(&chunk);
+    }
+    tx.send(Ok(b"second-part".to_vec())).await.unwrap();
+    drop(tx);
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        received.extend_from_slice(&chunk);
+    }
+    assert_eq!(
+        String::from_utf8(received).unwrap(),
+        "hello from python PUT /stream\nfirst-part;second-part"
+    );
+}
