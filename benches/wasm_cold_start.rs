@@ -81,14 +81,19 @@ async fn connect(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
 }
 
 async fn request(sender: &mut SendRequest<Empty<Bytes>>) {
-    let req = hyper::Request::get("/")
+    get(sender, "/", b"Hello from Ember!\n").await
+}
+
+async fn get(sender: &mut SendRequest<Empty<Bytes>>, path: &str, expected: &[u8]) {
+    let req = hyper::Request::get(path)
         .header("host", "bench.ember.localhost")
         .body(Empty::new())
         .unwrap();
+    sender.ready().await.unwrap();
     let response = sender.send_request(req).await.unwrap();
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(&body[..], b"Hello from Ember!\n");
+    assert_eq!(&body[..], expected);
 }
 
 fn wasm(c: &mut Criterion) {
@@ -98,17 +103,24 @@ fn wasm(c: &mut Criterion) {
         .build()
         .unwrap();
     let fx = rt.block_on(fixture());
-    let mut sender = rt.block_on(connect(fx.ingress));
+    // The client runs on its own thread and single-threaded runtime, as a separate
+    // load generator would, so its work never competes for the server's workers.
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut sender = client.block_on(connect(fx.ingress));
 
     let mut group = c.benchmark_group("wasm");
     group.bench_function("cold_start", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            client.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    fx.runtime
-                        .stop_idle_instances(&fx.caller, fx.container)
+                    let (runtime, caller, id) = (fx.runtime.clone(), fx.caller, fx.container);
+                    rt.spawn(async move { runtime.stop_idle_instances(&caller, id).await })
                         .await
+                        .unwrap()
                         .unwrap();
                     let began = Instant::now();
                     request(&mut sender).await;
@@ -118,16 +130,71 @@ fn wasm(c: &mut Criterion) {
             })
         })
     });
-    rt.block_on(request(&mut sender));
+    client.block_on(request(&mut sender));
     group.bench_function("warm_request", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            client.block_on(async {
                 let began = Instant::now();
                 for _ in 0..iters {
                     request(&mut sender).await;
                 }
                 began.elapsed()
             })
+        })
+    });
+    // The ingress alone (its health answer, no wasm): the floor under warm_request.
+    group.bench_function("ingress_only", |b| {
+        b.iter_custom(|iters| {
+            client.block_on(async {
+                let began = Instant::now();
+                for _ in 0..iters {
+                    get(&mut sender, "/.well-known/ember/health", b"ok\n").await;
+                }
+                began.elapsed()
+            })
+        })
+    });
+    // The sandbox alone: a fresh store, instantiation and the guest's handler, with
+    // no HTTP around it.
+    let instance = rt.block_on(async {
+        let dir = fx._dir.path().join("sandbox-bench");
+        let blobs = ember_sandbox::BlobStore::open(dir.join("blobs")).unwrap();
+        let wasm = component::component_from_wat(include_str!("../examples/hello/hello.wat"));
+        let artifact = blobs.put(&wasm).unwrap();
+        let sandbox = ember_sandbox::wasm::WasmSandbox::new(
+            &ember_sandbox::wasm::WasmConfig {
+                cache_dir: dir.join("compiled"),
+                max_concurrent_instances: 100,
+                max_memory_bytes: 1 << 30,
+            },
+            blobs,
+        )
+        .unwrap();
+        let spec = ember_sandbox::WorkloadSpec {
+            name: "bench".into(),
+            artifact,
+            memory_limit_bytes: 128 << 20,
+            env: vec![],
+            args: vec![],
+            request_timeout: Duration::from_secs(30),
+        };
+        let prepared = ember_sandbox::Sandbox::prepare(&sandbox, spec)
+            .await
+            .unwrap();
+        prepared.start().await.unwrap()
+    });
+    group.bench_function("sandbox_only", |b| {
+        b.to_async(&rt).iter(|| async {
+            let req = hyper::Request::get("http://bench/")
+                .body(
+                    Empty::<Bytes>::new()
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .unwrap();
+            let response = instance.handle(req).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"Hello from Ember!\n");
         })
     });
     group.finish();

@@ -81,4 +81,16 @@ async fn a_componentize_py_component_streams_bodies_both_ways() {
         String::from_utf8(received).unwrap(),
         "hello from python PUT /stream\nfirst-part;second-part"
     );
+
+    // Guests have no outbound network: the host refuses the request itself.
+    let response = client
+        .get(ember.ingress_url("pyecho", "/outbound"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.text().await.unwrap(),
+        "outbound: denied ErrorCode_HttpRequestDenied\n"
+    );
 }

@@ -296,3 +296,25 @@ async fn unknown_hosts_get_a_clear_404() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn ram_caps_what_a_guest_may_grow_its_memory_to() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    // 100 pages are 6.25 MiB.
+    let grower = fixtures::memory_grower(100);
+    ember
+        .deploy_wasm("small", &grower, json!({ "ram": "4Mi" }))
+        .await;
+    ember
+        .deploy_wasm("large", &grower, json!({ "ram": "64Mi" }))
+        .await;
+    assert_eq!(
+        ember.invoke("small").await,
+        (StatusCode::OK, "refused\n".to_string())
+    );
+    assert_eq!(
+        ember.invoke("large").await,
+        (StatusCode::OK, "grown\n".to_string())
+    );
+}

@@ -405,3 +405,119 @@ fn stop_all(instances: Vec<Arc<LiveInstance>>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ember_sandbox::{BoxFuture, HttpBody, SandboxError};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A workload whose starts take a while and are counted.
+    struct SlowStart {
+        starts: Arc<AtomicUsize>,
+    }
+
+    struct Nothing;
+
+    impl Instance for Nothing {
+        fn handle(
+            &self,
+            _request: http::Request<HttpBody>,
+        ) -> BoxFuture<'_, Result<http::Response<HttpBody>, SandboxError>> {
+            Box::pin(async { Err(SandboxError::Guest("unused".into())) })
+        }
+        fn stop(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    impl PreparedWorkload for SlowStart {
+        fn start(&self) -> BoxFuture<'_, Result<Arc<dyn Instance>, SandboxError>> {
+            self.starts.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(Arc::new(Nothing) as Arc<dyn Instance>)
+            })
+        }
+    }
+
+    fn service(idle: Duration) -> (Arc<Service>, Arc<AtomicUsize>) {
+        let policy = ScalingPolicy {
+            min_instances: 0,
+            max_instances: 10,
+            idle_timeout: idle,
+        };
+        let service = Service::new(
+            ContainerId::generate(),
+            ServerId::generate(),
+            policy,
+            Clock::start(),
+            Arc::default(),
+        );
+        let starts = Arc::new(AtomicUsize::new(0));
+        service.serve(Arc::new(ServingRevision {
+            number: 1,
+            kind: WorkloadKind::Wasm,
+            prepared: Arc::new(SlowStart {
+                starts: starts.clone(),
+            }),
+        }));
+        (service, starts)
+    }
+
+    #[tokio::test]
+    async fn requests_during_a_cold_start_share_it() {
+        let (service, starts) = service(Duration::from_secs(60));
+        let leases = futures_join(&service, 50).await;
+        assert_eq!(leases.len(), 50);
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        assert_eq!(service.instances().len(), 1);
+        assert_eq!(service.instances()[0].in_flight, 50);
+        drop(leases);
+        assert_eq!(service.instances()[0].in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn idle_instances_go_busy_ones_stay() {
+        let (service, starts) = service(Duration::from_millis(100));
+        let lease = service.acquire(Duration::from_secs(5)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        service.reconcile();
+        assert_eq!(service.instance_count(), 1, "a busy instance was stopped");
+        drop(lease);
+        service.reconcile();
+        assert_eq!(
+            service.instance_count(),
+            1,
+            "stopped before the idle timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        service.reconcile();
+        assert_eq!(service.instance_count(), 0);
+        // The next request starts a new instance.
+        drop(service.acquire(Duration::from_secs(5)).await.unwrap());
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_container_fails_fast() {
+        let (service, _) = service(Duration::from_secs(60));
+        service.make_unavailable("the image could not be pulled");
+        let err = service.acquire(Duration::from_secs(5)).await.err().unwrap();
+        assert!(err.to_string().contains("could not be pulled"), "{err}");
+    }
+
+    async fn futures_join(service: &Arc<Service>, n: usize) -> Vec<Lease> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let service = service.clone();
+                tokio::spawn(async move { service.acquire(Duration::from_secs(5)).await })
+            })
+            .collect();
+        let mut leases = Vec::new();
+        for task in tasks {
+            leases.push(task.await.unwrap().unwrap());
+        }
+        leases
+    }
+}

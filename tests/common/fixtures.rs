@@ -27,3 +27,27 @@ pub fn spin_forever() -> Vec<u8> {
             (loop $forever (br $forever))))"#,
     )
 }
+
+/// Answers `grown` if `memory.grow` by `pages` 64 KiB pages succeeds, `refused` if
+/// the store's limits refuse it.
+pub fn memory_grower(pages: u32) -> Vec<u8> {
+    let hello = include_str!("../../examples/hello/hello.wat");
+    let wat = hello
+        .replace(
+            "(data (i32.const 1024) \"Hello from Ember!\\n\")",
+            "(data (i32.const 1024) \"grown\\n\") (data (i32.const 1040) \"refused\\n\")",
+        )
+        .replace(
+            "(call $write (local.get $stream) (i32.const 1024) (i32.const 18) (i32.const 0))",
+            &format!(
+                "(if (i32.eq (memory.grow (i32.const {pages})) (i32.const -1))
+                   (then (call $write (local.get $stream) (i32.const 1040) (i32.const 8) (i32.const 0)))
+                   (else (call $write (local.get $stream) (i32.const 1024) (i32.const 6) (i32.const 0))))"
+            ),
+        );
+    assert!(
+        wat.contains("memory.grow"),
+        "the hello example changed shape"
+    );
+    component_from_wat(&wat)
+}

@@ -2,15 +2,23 @@
 
 use super::engine::{EPOCH_TICK, load_compiled, pre_instantiate};
 use super::guest::GuestState;
-use crate::{BoxFuture, HttpBody, Instance, PreparedWorkload, SandboxError, WorkloadSpec};
+use crate::{
+    BoxError, BoxFuture, HttpBody, Instance, PreparedWorkload, SandboxError, WorkloadSpec,
+};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// A compiled component on disk, ready to start. Holds no wasm memory, so a
 /// container at zero costs next to nothing.
@@ -107,9 +115,7 @@ impl WasmInstance {
             .new_response_outparam(sender)
             .map_err(guest_error)?;
         let pre = self.pre.clone();
-        // The guest runs in its own task so it can keep streaming the body after the
-        // response head has gone out.
-        let task = tokio::spawn(async move {
+        let mut guest: GuestFuture = Box::pin(async move {
             let proxy = pre.instantiate_async(&mut store).await?;
             proxy
                 .wasi_http_incoming_handler()
@@ -117,20 +123,93 @@ impl WasmInstance {
                 .await
         });
 
-        match receiver.await {
-            Ok(Ok(response)) => Ok(response.map(|body| body.map_err(Into::into).boxed_unsync())),
-            Ok(Err(code)) => Err(SandboxError::Guest(format!(
+        // Drive the guest here until it hands over the response head (or ends).
+        let mut receiver = receiver;
+        let head = std::future::poll_fn(|cx| {
+            if let Poll::Ready(sent) = Pin::new(&mut receiver).poll(cx) {
+                return Poll::Ready(Head::Sent(sent.ok()));
+            }
+            guest.as_mut().poll(cx).map(Head::Finished)
+        })
+        .await;
+        // Why the guest ended without a response.
+        let failure = |result: wasmtime::Result<()>| match result {
+            Ok(()) => SandboxError::Guest("the guest never set a response".into()),
+            Err(e) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
+                SandboxError::Timeout(spec.timeout)
+            }
+            Err(e) => SandboxError::Guest(format!("{e:#}")),
+        };
+        let (sent, guest) = match head {
+            Head::Sent(Some(sent)) => (sent, Some(guest)),
+            // The guest dropped the outparam without setting it: its own result says why.
+            Head::Sent(None) => return Err(failure(guest.await)),
+            Head::Finished(result) => match receiver.try_recv() {
+                Ok(sent) => (sent, None),
+                Err(_) => return Err(failure(result)),
+            },
+        };
+        match sent {
+            Ok(response) => Ok(response.map(|body| GuestDrivenBody { guest, body }.boxed_unsync())),
+            Err(code) => Err(SandboxError::Guest(format!(
                 "the guest answered with an error: {code:?}"
             ))),
-            Err(_) => Err(match task.await {
-                Ok(Ok(())) => SandboxError::Guest("the guest never set a response".to_string()),
-                Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
-                    SandboxError::Timeout(spec.timeout)
-                }
-                Ok(Err(e)) => guest_error(e),
-                Err(join) => SandboxError::Guest(join.to_string()),
-            }),
         }
+    }
+}
+
+type GuestFuture = Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>;
+
+/// How the first phase of a request ended.
+enum Head {
+    /// The guest set the response (`None`: it dropped the outparam unset).
+    Sent(Option<Result<http::Response<HyperOutgoingBody>, ErrorCode>>),
+    /// The guest returned (or trapped) first.
+    Finished(wasmtime::Result<()>),
+}
+
+/// The response body of a wasm guest. Polling it also drives the guest, which
+/// writes the body as it runs: no task is spawned per request, and the guest is
+/// dropped (its store freed) when the client goes away.
+struct GuestDrivenBody {
+    guest: Option<GuestFuture>,
+    body: HyperOutgoingBody,
+}
+
+impl Body for GuestDrivenBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(guest) = &mut this.guest
+            && let Poll::Ready(result) = guest.as_mut().poll(cx)
+        {
+            this.guest = None;
+            if let Err(e) = result {
+                // The head went out already; cutting the body is all that is left.
+                return Poll::Ready(Some(Err(format!("the guest failed: {e:#}").into())));
+            }
+        }
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None) = frame
+            && let Some(guest) = this.guest.take()
+        {
+            // The body is complete but the guest still runs: let it finish on its own.
+            tokio::spawn(guest);
+        }
+        frame.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.guest.is_none() && self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
