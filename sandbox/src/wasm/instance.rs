@@ -12,11 +12,11 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tokio::sync::oneshot::error::TryRecvError;
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
@@ -123,15 +123,28 @@ impl WasmInstance {
                 .await
         });
 
-        // Drive the guest here until it hands over the response head (or ends).
+        // Drive the guest here until it hands over the response head (or ends). The
+        // guest runs before the receiver is polled: a receiver that had registered this
+        // task's waker would be woken by the guest's own `set`, and tokio reschedules a
+        // task woken during its own poll by waking another worker.
         let mut receiver = receiver;
+        let mut finished = None;
         let head = std::future::poll_fn(|cx| {
-            if let Poll::Ready(sent) = Pin::new(&mut receiver).poll(cx) {
-                return Poll::Ready(Head::Sent(sent.ok()));
+            if finished.is_none()
+                && let Poll::Ready(result) = guest.as_mut().poll(cx)
+            {
+                finished = Some(result);
             }
-            guest.as_mut().poll(cx).map(Head::Finished)
+            match receiver.try_recv() {
+                Ok(sent) => return Poll::Ready(Some(sent)),
+                Err(TryRecvError::Closed) => return Poll::Ready(None),
+                Err(TryRecvError::Empty) if finished.is_some() => return Poll::Ready(None),
+                Err(TryRecvError::Empty) => {}
+            }
+            Pin::new(&mut receiver).poll(cx).map(Result::ok)
         })
         .await;
+
         // Why the guest ended without a response.
         let failure = |result: wasmtime::Result<()>| match result {
             Ok(()) => SandboxError::Guest("the guest never set a response".into()),
@@ -140,15 +153,18 @@ impl WasmInstance {
             }
             Err(e) => SandboxError::Guest(format!("{e:#}")),
         };
-        let (sent, guest) = match head {
-            Head::Sent(Some(sent)) => (sent, Some(guest)),
-            // The guest dropped the outparam without setting it: its own result says why.
-            Head::Sent(None) => return Err(failure(guest.await)),
-            Head::Finished(result) => match receiver.try_recv() {
-                Ok(sent) => (sent, None),
-                Err(_) => return Err(failure(result)),
-            },
+        let sent = match head {
+            Some(sent) => sent,
+            // The guest dropped the outparam unset: its own result says why.
+            None => {
+                let result = match finished.take() {
+                    Some(result) => result,
+                    None => guest.await,
+                };
+                return Err(failure(result));
+            }
         };
+        let guest = finished.is_none().then_some(guest);
         match sent {
             Ok(response) => Ok(response.map(|body| GuestDrivenBody { guest, body }.boxed_unsync())),
             Err(code) => Err(SandboxError::Guest(format!(
@@ -159,14 +175,6 @@ impl WasmInstance {
 }
 
 type GuestFuture = Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>;
-
-/// How the first phase of a request ended.
-enum Head {
-    /// The guest set the response (`None`: it dropped the outparam unset).
-    Sent(Option<Result<http::Response<HyperOutgoingBody>, ErrorCode>>),
-    /// The guest returned (or trapped) first.
-    Finished(wasmtime::Result<()>),
-}
 
 /// The response body of a wasm guest. Polling it also drives the guest, which
 /// writes the body as it runs: no task is spawned per request, and the guest is
