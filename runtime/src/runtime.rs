@@ -141,14 +141,7 @@ impl Runtime {
             latest_revision: 1,
             serving_revision: None,
         };
-        let revision = Revision {
-            container_id: container.id,
-            number: 1,
-            spec,
-            date_created: now,
-            artifact: None,
-            kind: None,
-        };
+        let revision = Revision::new(container.id, 1, spec, now);
         {
             let _records = self.inner.records.lock();
             self.inner.store.insert_container(&container, &revision)?;
@@ -178,14 +171,7 @@ impl Runtime {
             container.date_updated = now;
             container.status = ContainerStatus::Deploying;
             container.status_reason = None;
-            let revision = Revision {
-                container_id: id,
-                number: container.latest_revision,
-                spec,
-                date_created: now,
-                artifact: None,
-                kind: None,
-            };
+            let revision = Revision::new(id, container.latest_revision, spec, now);
             self.inner
                 .store
                 .update_container(&container, &old_name, &revision)?;

@@ -329,14 +329,7 @@ mod tests {
             latest_revision: 1,
             serving_revision: None,
         };
-        let revision = Revision {
-            container_id: container.id,
-            number: 1,
-            spec,
-            date_created: now,
-            artifact: None,
-            kind: None,
-        };
+        let revision = Revision::new(container.id, 1, spec, now);
         (container, revision)
     }
 

@@ -211,6 +211,25 @@ pub struct Revision {
     pub kind: Option<ember_sandbox::WorkloadKind>,
 }
 
+impl Revision {
+    /// A new revision, not yet resolved to an artifact.
+    pub fn new(
+        container_id: ContainerId,
+        number: u32,
+        spec: ContainerSpec,
+        now: SystemTime,
+    ) -> Self {
+        Self {
+            container_id,
+            number,
+            spec,
+            date_created: now,
+            artifact: None,
+            kind: None,
+        }
+    }
+}
+
 /// States of an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
