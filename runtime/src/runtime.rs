@@ -130,17 +130,7 @@ impl Runtime {
         let spec = patch.into_new_spec()?;
         self.check_image(&spec.image)?;
         let now = SystemTime::now();
-        let container = Container {
-            id: ContainerId::generate(),
-            spec: spec.clone(),
-            created_by: caller.user_id,
-            date_created: now,
-            date_updated: now,
-            status: ContainerStatus::Deploying,
-            status_reason: None,
-            latest_revision: 1,
-            serving_revision: None,
-        };
+        let container = Container::new(spec.clone(), caller.user_id, now);
         let revision = Revision::new(container.id, 1, spec, now);
         {
             let _records = self.inner.records.lock();

@@ -306,7 +306,7 @@ fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ContainerPatch, ContainerStatus};
+    use crate::model::ContainerPatch;
     use std::time::SystemTime;
 
     fn container(name: &str) -> (Container, Revision) {
@@ -318,17 +318,7 @@ mod tests {
         .into_new_spec()
         .unwrap();
         let now = SystemTime::now();
-        let container = Container {
-            id: ContainerId::generate(),
-            spec: spec.clone(),
-            created_by: UserId::generate(),
-            date_created: now,
-            date_updated: now,
-            status: ContainerStatus::Deploying,
-            status_reason: None,
-            latest_revision: 1,
-            serving_revision: None,
-        };
+        let container = Container::new(spec.clone(), UserId::generate(), now);
         let revision = Revision::new(container.id, 1, spec, now);
         (container, revision)
     }

@@ -193,6 +193,23 @@ pub struct Container {
     pub serving_revision: Option<u32>,
 }
 
+impl Container {
+    /// A new container whose first revision is about to deploy.
+    pub fn new(spec: ContainerSpec, created_by: UserId, now: SystemTime) -> Self {
+        Self {
+            id: ContainerId::generate(),
+            spec,
+            created_by,
+            date_created: now,
+            date_updated: now,
+            status: ContainerStatus::Deploying,
+            status_reason: None,
+            latest_revision: 1,
+            serving_revision: None,
+        }
+    }
+}
+
 /// An immutable snapshot of a container's spec.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
