@@ -225,6 +225,11 @@ impl Service {
         deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Arc<ServingRevision>, ActivationError> {
+        // The common case, on every request: a revision is serving. No subscription
+        // and no timer then.
+        if let Serving::Ready(revision) = &*self.serving.borrow() {
+            return Ok(revision.clone());
+        }
         let mut serving = self.serving.subscribe();
         let ready = tokio::time::timeout_at(
             deadline,
