@@ -150,15 +150,6 @@ impl ContainerRequest {
             .name
             .map(|n| n.parse().map_err(|e| invalid("name", e)))
             .transpose()?;
-        let image = match self.image {
-            Some(image) => {
-                image
-                    .parse::<ember_runtime::model::ImageRef>()
-                    .map_err(|e| invalid("image", e))?;
-                Some(image)
-            }
-            None => None,
-        };
         if let Some(cpu) = self.cpu
             && !(cpu > 0.0 && cpu <= MAX_CPU)
         {
@@ -225,7 +216,8 @@ impl ContainerRequest {
         }
         Ok(ContainerPatch {
             name,
-            image,
+            // Checked by the runtime, which also knows whether a `sha256:` blob exists.
+            image: self.image,
             cpu: self.cpu,
             ram,
             gpu: self.gpu,

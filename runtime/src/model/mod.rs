@@ -9,7 +9,6 @@ pub use container::{
     Caller, Container, ContainerPatch, ContainerSpec, ContainerStatus, InstanceInfo, InstanceState,
     Page, PageRequest, Revision, Role,
 };
-pub use ember_sandbox::image::{ImageRef, InvalidImageRef};
 pub use ids::{ContainerId, InstanceId, InvalidId, ServerId, TokenId, UserId};
 pub use name::{ContainerName, InvalidName};
 pub use quantity::{InvalidQuantity, Quantity};
