@@ -86,22 +86,24 @@ impl Store {
 
     /// This server's id, made on first start.
     pub fn server_id(&self) -> Result<ServerId, RuntimeError> {
-        self.id_in_meta(SERVER_ID_KEY)
+        self.id_in_meta(SERVER_ID_KEY, ServerId::generate)
     }
 
     /// The admin user's id, made on first start.
     pub fn admin_user_id(&self) -> Result<UserId, RuntimeError> {
-        self.id_in_meta(ADMIN_USER_KEY)
+        self.id_in_meta(ADMIN_USER_KEY, UserId::generate)
     }
 
-    fn id_in_meta<T>(&self, key: &[u8]) -> Result<T, RuntimeError>
-    where
-        T: Serialize + DeserializeOwned + IdGenerate,
-    {
+    /// The id stored under `key`, made with `generate` the first time.
+    fn id_in_meta<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &[u8],
+        generate: fn() -> T,
+    ) -> Result<T, RuntimeError> {
         if let Some(raw) = self.meta.get(key)? {
             return decode(&raw);
         }
-        let fresh = T::generate_id();
+        let fresh = generate();
         let _ = self
             .meta
             .compare_and_swap(key, None as Option<&[u8]>, Some(encode(&fresh)?))?;
@@ -267,23 +269,6 @@ impl Store {
             .get(secret_hash)?
             .map(|v| decode(&v))
             .transpose()
-    }
-}
-
-/// Ids the store can mint for its `meta` records.
-trait IdGenerate {
-    fn generate_id() -> Self;
-}
-
-impl IdGenerate for ServerId {
-    fn generate_id() -> Self {
-        ServerId::generate()
-    }
-}
-
-impl IdGenerate for UserId {
-    fn generate_id() -> Self {
-        UserId::generate()
     }
 }
 
