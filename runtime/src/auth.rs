@@ -31,9 +31,14 @@ pub fn authenticate(store: &Store, secret: &str) -> Result<Option<Caller>, Runti
     }))
 }
 
+/// Stores the token unless it is already stored, so a restart keeps its id.
 fn register(store: &Store, secret: &str, user_id: UserId, role: Role) -> Result<(), RuntimeError> {
+    let hash = hash(secret);
+    if store.token(&hash)?.is_some() {
+        return Ok(());
+    }
     store.insert_token(
-        &hash(secret),
+        &hash,
         &TokenRecord {
             id: TokenId::generate(),
             user_id,
@@ -101,7 +106,9 @@ mod tests {
         let caller = authenticate(&store, &secret).unwrap().unwrap();
         assert_eq!(caller.role, Role::Admin);
         assert!(authenticate(&store, "ember_wrong").unwrap().is_none());
-        // A second start reuses the file and prints nothing.
+        // A second start reuses the file, prints nothing, and keeps the token's id.
+        let id = store.token(&hash(&secret)).unwrap().unwrap().id;
         assert!(bootstrap_admin(&store, dir.path(), None).unwrap().is_none());
+        assert_eq!(store.token(&hash(&secret)).unwrap().unwrap().id, id);
     }
 }
