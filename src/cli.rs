@@ -47,6 +47,21 @@ pub struct ServeArgs {
     /// Seconds a request may run before it is cut with a 5xx.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout: u64,
+    /// Bridge OCI instances attach to (created if missing).
+    #[arg(long, default_value = "ember0")]
+    pub bridge: String,
+    /// Subnet OCI instances take addresses from; the bridge takes the first.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pub subnet: ember_sandbox::oci::Subnet,
+    /// Seconds between SIGTERM and SIGKILL when an OCI instance stops.
+    #[arg(long, default_value_t = 10)]
+    pub stop_grace: u64,
+    /// Seconds an OCI instance may take to listen on its port.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub startup_timeout: u64,
+    /// Output kept per container, in KiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub log_retention_kib: u64,
 }
 
 #[derive(Args, Clone)]

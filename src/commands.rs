@@ -68,9 +68,16 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if !args.no_wait {
         let id = container["id"].as_str().unwrap_or_default().to_string();
         let started = Instant::now();
+        let mut shown = None;
         while container["status"] == "deploying" {
             if started.elapsed() > DEPLOY_WAIT {
                 bail!("the deployment did not finish within {DEPLOY_WAIT:?}");
+            }
+            // Pull progress, as the runtime reports it, on stderr.
+            let reason = container["statusReason"].as_str().map(str::to_string);
+            if reason.is_some() && reason != shown {
+                eprintln!("{}", reason.as_deref().unwrap_or_default());
+                shown = reason;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
             container = client.get(&format!("/v1/containers/{id}")).await?;

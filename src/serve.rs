@@ -21,6 +21,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.ingress_port = ingress_addr.port();
     config.default_idle_timeout = Duration::from_secs(args.idle_timeout);
     config.request_timeout = Duration::from_secs(args.request_timeout);
+    config.bridge = args.bridge.clone();
+    config.subnet = args.subnet;
+    config.stop_grace = Duration::from_secs(args.stop_grace);
+    config.startup_timeout = Duration::from_secs(args.startup_timeout);
+    config.log_retention_bytes =
+        usize::try_from(args.log_retention_kib * 1024).unwrap_or(usize::MAX);
     config.admin_token = std::env::var("EMBER_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());

@@ -260,6 +260,7 @@ pub(crate) struct ContainerJson {
     min_instances: u32,
     max_instances: u32,
     idle_timeout_seconds: u64,
+    restarts: u32,
 }
 
 impl ContainerJson {
@@ -290,6 +291,7 @@ impl ContainerJson {
             idle_timeout_seconds: spec
                 .idle_timeout_seconds
                 .unwrap_or(runtime.config().default_idle_timeout.as_secs()),
+            restarts: view.restarts,
         }
     }
 }

@@ -11,6 +11,7 @@ mod containers;
 pub mod error;
 mod instances;
 mod json;
+mod logs;
 mod pagination;
 
 use axum::Router;
@@ -25,6 +26,7 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/metrics", get(metrics))
         .merge(containers::routes())
         .merge(instances::routes())
+        .merge(logs::routes())
         .merge(blobs::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -47,6 +47,8 @@ pub(crate) struct LiveInstance {
     revision: u32,
     instance: Arc<dyn Instance>,
     started: SystemTime,
+    /// Clock time of the start, for the restart backoff.
+    started_at: Duration,
     in_flight: AtomicU32,
 }
 
@@ -57,6 +59,26 @@ struct Starting {
     since: SystemTime,
     done: watch::Receiver<Option<Result<(), Arc<str>>>>,
 }
+
+/// Instances that ended on their own, and when the next start may happen.
+#[derive(Default)]
+struct Restarts {
+    /// All of them, for the API.
+    total: u32,
+    /// In a row, each soon after its start: the backoff doubles with each.
+    in_a_row: u32,
+    /// Clock time before which no instance starts.
+    not_before: Duration,
+    /// What happened last, for the container's status.
+    note: Option<String>,
+}
+
+/// First wait before restarting an instance that ended; doubles per restart in a row.
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between restarts.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
+/// An instance that ran this long before ending starts the backoff afresh.
+const STABLE_UPTIME: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Pool {
@@ -71,6 +93,7 @@ pub(crate) struct Service {
     server_id: ServerId,
     serving: watch::Sender<Serving>,
     pool: Mutex<Pool>,
+    restarts: Mutex<Restarts>,
     policy: Mutex<ScalingPolicy>,
     /// Nanoseconds since the clock's origin of the last request start or end.
     last_activity: AtomicU64,
@@ -120,6 +143,7 @@ impl Service {
             server_id,
             serving: watch::Sender::new(Serving::Deploying),
             pool: Mutex::default(),
+            restarts: Mutex::default(),
             policy: Mutex::new(policy),
             last_activity: AtomicU64::new(0),
             clock,
@@ -142,6 +166,8 @@ impl Service {
     /// now; busy ones finish their requests first (see [`Service::reconcile`]).
     pub(crate) fn serve(&self, revision: Arc<ServingRevision>) {
         let number = revision.number;
+        // A new revision starts with a clean slate.
+        *self.restarts.lock() = Restarts::default();
         self.serving.send_replace(Serving::Ready(revision));
         let retired = {
             let mut pool = self.pool.lock();
@@ -264,8 +290,13 @@ impl Service {
         });
         let service = self.clone();
         tokio::spawn(async move {
+            // After an instance ended on its own, the next start waits out the backoff.
+            let not_before = service.restarts.lock().not_before;
+            if let Some(wait) = not_before.checked_sub(service.clock.now()) {
+                tokio::time::sleep(wait).await;
+            }
             let began = Instant::now();
-            let result = revision.prepared.start().await;
+            let result = revision.prepared.start(&id.to_string()).await;
             let took = began.elapsed();
             let mut pool = service.pool.lock();
             pool.starting.retain(|s| s.id != id);
@@ -275,23 +306,85 @@ impl Service {
                         service.metrics.cold_start(revision.kind, took);
                     }
                     tracing::info!(container = %service.id, instance = %id, revision = revision.number, took_us = took.as_micros() as u64, "instance started");
+                    if let Some(exit) = instance.exit_signal() {
+                        watch_exit(&service, id, exit);
+                    }
                     pool.instances.push(Arc::new(LiveInstance {
                         id,
                         revision: revision.number,
                         instance,
                         started: SystemTime::now(),
+                        started_at: service.clock.now(),
                         in_flight: AtomicU32::new(0),
                     }));
                     Ok(())
                 }
                 Err(e) => {
                     tracing::warn!(container = %service.id, error = %e, "instance failed to start");
+                    service.record_restart(&format!("an instance failed to start: {e}"), false);
                     Err(Arc::from(e.to_string()))
                 }
             };
             done_tx.send_replace(Some(outcome));
         });
         done
+    }
+
+    /// Times instances ended on their own.
+    pub(crate) fn restarts(&self) -> u32 {
+        self.restarts.lock().total
+    }
+
+    /// What happened to the last instance that ended on its own, while the container
+    /// has not served since.
+    pub(crate) fn restart_note(&self) -> Option<String> {
+        self.restarts.lock().note.clone()
+    }
+
+    /// Counts an instance end (or failed start) and sets the backoff; returns it.
+    fn record_restart(&self, what: &str, ran_long: bool) -> Duration {
+        let mut restarts = self.restarts.lock();
+        if ran_long {
+            restarts.in_a_row = 0;
+        }
+        restarts.total += 1;
+        restarts.in_a_row += 1;
+        let backoff = RESTART_BACKOFF
+            .saturating_mul(1 << (restarts.in_a_row - 1).min(16))
+            .min(MAX_RESTART_BACKOFF);
+        restarts.not_before = self.clock.now() + backoff;
+        restarts.note = Some(format!(
+            "{what}; next start in {}s (restart {})",
+            backoff.as_secs_f64(),
+            restarts.total
+        ));
+        backoff
+    }
+
+    /// An instance ended without being stopped: it leaves the pool, its remains are
+    /// cleaned up, and a replacement starts after the backoff when one is wanted.
+    fn instance_exited(self: &Arc<Self>, id: InstanceId, reason: &str) {
+        let mut pool = self.pool.lock();
+        let Some(position) = pool.instances.iter().position(|i| i.id == id) else {
+            // Stopped on purpose: it was taken out of the pool first.
+            return;
+        };
+        let live = pool.instances.remove(position);
+        let ran_long = self.clock.now().saturating_sub(live.started_at) >= STABLE_UPTIME;
+        let backoff = self.record_restart(&format!("instance {id} {reason}"), ran_long);
+        tracing::warn!(container = %self.id, instance = %id, reason, backoff_s = backoff.as_secs_f64(), "instance ended on its own");
+        let policy = *self.policy.lock();
+        let idle_for = self.clock.now().saturating_sub(Duration::from_nanos(
+            self.last_activity.load(Ordering::Relaxed),
+        ));
+        let wanted = (pool.instances.len() + pool.starting.len())
+            < policy.min_instances.max(1) as usize
+            && (policy.min_instances > 0 || idle_for < policy.idle_timeout);
+        if wanted && let Serving::Ready(revision) = &*self.serving.borrow() {
+            self.start_instance(&mut pool, revision.clone(), false);
+        }
+        drop(pool);
+        stop_all(vec![live]);
     }
 
     /// Brings the instance count to what the autoscaler decides at `now`.
@@ -399,6 +492,21 @@ fn take_idle(
     taken
 }
 
+/// Tells `service` when the instance `id` ends; stops watching once the service is gone.
+fn watch_exit(service: &Arc<Service>, id: InstanceId, mut exit: watch::Receiver<Option<String>>) {
+    let service = Arc::downgrade(service);
+    tokio::spawn(async move {
+        let reason = exit
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|r| r.clone());
+        if let (Some(service), Some(reason)) = (service.upgrade(), reason) {
+            service.instance_exited(id, &reason);
+        }
+    });
+}
+
 fn stop_all(instances: Vec<Arc<LiveInstance>>) {
     if instances.is_empty() {
         return;
@@ -434,10 +542,16 @@ mod tests {
         fn stop(&self) -> BoxFuture<'_, ()> {
             Box::pin(async {})
         }
+        fn exit_signal(&self) -> Option<watch::Receiver<Option<String>>> {
+            None
+        }
     }
 
     impl PreparedWorkload for SlowStart {
-        fn start(&self) -> BoxFuture<'_, Result<Arc<dyn Instance>, SandboxError>> {
+        fn start<'a>(
+            &'a self,
+            _instance: &'a str,
+        ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
             self.starts.fetch_add(1, Ordering::SeqCst);
             Box::pin(async {
                 tokio::time::sleep(Duration::from_millis(50)).await;

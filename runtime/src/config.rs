@@ -1,5 +1,6 @@
 //! Runtime settings.
 
+use ember_sandbox::oci::Subnet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,10 +23,23 @@ pub struct RuntimeConfig {
     pub max_wasm_instances: u32,
     /// The admin token, when given by the environment.
     pub admin_token: Option<String>,
+    /// The bridge OCI instances attach to.
+    pub bridge: String,
+    /// The subnet OCI instances take addresses from.
+    pub subnet: Subnet,
+    /// Time between SIGTERM and SIGKILL when an OCI instance stops.
+    pub stop_grace: Duration,
+    /// Longest an OCI instance may take to listen on its port.
+    pub startup_timeout: Duration,
+    /// Most processes an OCI instance may have.
+    pub pids_limit: u32,
+    /// Output kept per container, in bytes.
+    pub log_retention_bytes: usize,
 }
 
 impl RuntimeConfig {
-    /// Defaults for a data dir: `ember.localhost`, port 8000, 60 s idle, 30 s requests.
+    /// Defaults for a data dir: `ember.localhost`, port 8000, 60 s idle, 30 s requests;
+    /// OCI instances on bridge `ember0` in 10.88.0.0/16, 10 s stop grace, 1 MiB of logs.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -36,6 +50,12 @@ impl RuntimeConfig {
             reconcile_interval: Duration::from_millis(250),
             max_wasm_instances: 1000,
             admin_token: None,
+            bridge: "ember0".into(),
+            subnet: "10.88.0.0/16".parse().expect("valid default subnet"),
+            stop_grace: Duration::from_secs(10),
+            startup_timeout: Duration::from_secs(60),
+            pids_limit: 1024,
+            log_retention_bytes: 1 << 20,
         }
     }
 }

@@ -1,11 +1,10 @@
 //! Deploying a revision: resolve its image to an artifact, then prepare it in its sandbox.
 
 use crate::error::RuntimeError;
+use crate::logs::LogStore;
 use crate::model::Revision;
-use ember_sandbox::image::{ImageRef, RegistryPuller};
-use ember_sandbox::{
-    BlobStore, PreparedWorkload, Sandbox, SandboxError, WorkloadKind, WorkloadSpec,
-};
+use ember_sandbox::image::{ImageRef, PullProgress, RegistryPuller};
+use ember_sandbox::{BlobStore, LogSinkRef, PreparedWorkload, Sandbox, WorkloadKind, WorkloadSpec};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +13,20 @@ pub(crate) struct Deployer {
     pub(crate) blobs: BlobStore,
     pub(crate) puller: RegistryPuller,
     pub(crate) wasm: Arc<dyn Sandbox>,
+    /// The OCI sandbox, or why this runtime cannot run containers (not root).
+    pub(crate) oci: Result<Arc<dyn Sandbox>, String>,
     pub(crate) request_timeout: Duration,
+    pub(crate) logs: Arc<LogStore>,
 }
 
 impl Deployer {
     /// Makes sure the revision's artifact is in the content store, recording what it
     /// resolved to in `revision` (so a restart never pulls again).
-    pub(crate) async fn resolve(&self, revision: &mut Revision) -> Result<bool, RuntimeError> {
+    pub(crate) async fn resolve(
+        &self,
+        revision: &mut Revision,
+        progress: &(dyn Fn(PullProgress) + Send + Sync),
+    ) -> Result<bool, RuntimeError> {
         if let (Some(artifact), Some(_)) = (&revision.artifact, revision.kind)
             && self.blobs.contains(artifact)
         {
@@ -46,7 +52,7 @@ impl Deployer {
             ImageRef::Registry(reference) => {
                 let pulled = self
                     .puller
-                    .pull(&reference)
+                    .pull_with_progress(&reference, progress)
                     .await
                     .map_err(|e| RuntimeError::Unprocessable(e.to_string()))?;
                 (pulled.kind, pulled.artifact)
@@ -69,12 +75,10 @@ impl Deployer {
         };
         let sandbox = match kind {
             WorkloadKind::Wasm => &self.wasm,
-            WorkloadKind::Oci => {
-                return Err(SandboxError::InvalidWorkload(
-                    "OCI container images are not supported by this runtime yet".into(),
-                )
-                .into());
-            }
+            WorkloadKind::Oci => self
+                .oci
+                .as_ref()
+                .map_err(|why| RuntimeError::Unprocessable(why.clone()))?,
         };
         if kind == WorkloadKind::Wasm && revision.spec.gpu > 0 {
             return Err(RuntimeError::invalid(
@@ -87,13 +91,18 @@ impl Deployer {
             name: spec.name.to_string(),
             artifact: artifact.clone(),
             memory_limit_bytes: spec.ram.bytes(),
+            cpus: spec.cpu,
+            ephemeral_storage_bytes: spec.ephemeral_storage.bytes(),
             env: spec
                 .env
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            args: spec.arguments.clone().unwrap_or_default(),
+            command: spec.command.clone(),
+            arguments: spec.arguments.clone(),
+            port: Some(spec.port),
             request_timeout: self.request_timeout,
+            logs: LogSinkRef(Arc::new(self.logs.sink(revision.container_id))),
         };
         Ok(sandbox.prepare(workload).await?)
     }

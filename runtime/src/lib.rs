@@ -12,6 +12,7 @@ mod config;
 mod deploy;
 mod error;
 mod ingress;
+pub mod logs;
 mod metrics;
 pub mod model;
 mod routing;

@@ -6,6 +6,7 @@ use crate::clock::Clock;
 use crate::config::RuntimeConfig;
 use crate::deploy::Deployer;
 use crate::error::RuntimeError;
+use crate::logs::{LogEntry, LogStore};
 use crate::metrics::Metrics;
 use crate::model::{
     Caller, Container, ContainerId, ContainerPatch, ContainerStatus, InstanceInfo, Page,
@@ -13,9 +14,10 @@ use crate::model::{
 };
 use crate::routing::RoutingTable;
 use crate::store::Store;
-use ember_sandbox::image::{ImageRef, RegistryPuller};
+use ember_sandbox::image::{Credentials, ImageRef, PullProgress, RegistryPuller};
+use ember_sandbox::oci::{OciConfig, OciSandbox};
 use ember_sandbox::wasm::{WasmConfig, WasmSandbox};
-use ember_sandbox::{BlobStore, Digest};
+use ember_sandbox::{BlobStore, Digest, Sandbox};
 use ember_scheduler::ScalingPolicy;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -39,6 +41,9 @@ pub(crate) struct Inner {
     server_id: ServerId,
     /// Serialises read-modify-write of container records.
     records: Mutex<()>,
+    /// How far each deploying container's pull has come, shown as its status reason.
+    pulls: Mutex<HashMap<ContainerId, String>>,
+    logs: Arc<LogStore>,
 }
 
 /// A container with the parts of its view the store does not hold.
@@ -48,6 +53,8 @@ pub struct ContainerView {
     pub container: Container,
     /// Where it is served, once a revision has deployed.
     pub urls: Option<Vec<String>>,
+    /// Times its instances ended on their own (exited or crashed) and were replaced.
+    pub restarts: u32,
 }
 
 /// Largest blob the content store takes through the API.
@@ -73,11 +80,31 @@ impl Runtime {
             },
             blobs.clone(),
         )?;
+        let oci = OciSandbox::new(
+            OciConfig {
+                root: data_dir.join("oci"),
+                bridge: config.bridge.clone(),
+                subnet: config.subnet,
+                stop_grace: config.stop_grace,
+                startup_timeout: config.startup_timeout,
+                pids_limit: config.pids_limit,
+            },
+            blobs.clone(),
+        )
+        .await
+        .map(|sandbox| Arc::new(sandbox) as Arc<dyn Sandbox>)
+        .map_err(|e| {
+            tracing::warn!(reason = %e, "OCI containers are disabled");
+            e.to_string()
+        });
+        let logs = LogStore::new(config.log_retention_bytes);
         let deployer = Deployer {
-            puller: RegistryPuller::new(blobs.clone()),
+            puller: RegistryPuller::new(blobs.clone(), Credentials::from_env()),
             blobs,
             wasm: Arc::new(wasm),
+            oci,
             request_timeout: config.request_timeout,
+            logs: logs.clone(),
         };
         let runtime = Self {
             inner: Arc::new(Inner {
@@ -90,6 +117,8 @@ impl Runtime {
                 metrics: Arc::default(),
                 clock: Clock::start(),
                 records: Mutex::new(()),
+                pulls: Mutex::default(),
+                logs,
             }),
         };
         for container in runtime.inner.store.containers()? {
@@ -195,7 +224,20 @@ impl Runtime {
         if let Some(service) = self.inner.services.write().remove(&id) {
             service.shut_down();
         }
+        self.inner.logs.remove(id);
         Ok(())
+    }
+
+    /// What the container's instances wrote between `since` and `until`, oldest first.
+    pub fn read_logs(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        since: SystemTime,
+        until: SystemTime,
+    ) -> Result<Vec<LogEntry>, RuntimeError> {
+        self.accessible(caller, id)?;
+        Ok(self.inner.logs.read(id, since, until))
     }
 
     /// One container.
@@ -335,7 +377,19 @@ impl Runtime {
         format!("{name}.{}", self.inner.config.domain)
     }
 
-    fn view(&self, container: Container) -> ContainerView {
+    fn view(&self, mut container: Container) -> ContainerView {
+        if container.status == ContainerStatus::Deploying
+            && let Some(note) = self.inner.pulls.lock().get(&container.id)
+        {
+            container.status_reason = Some(note.clone());
+        }
+        let service = self.inner.services.read().get(&container.id).cloned();
+        let restarts = service.as_ref().map_or(0, |s| s.restarts());
+        if container.status == ContainerStatus::Deployed
+            && let Some(note) = service.and_then(|s| s.restart_note())
+        {
+            container.status_reason = Some(note);
+        }
         let urls = container.serving_revision.map(|_| {
             let host = self.host(container.spec.name.as_str());
             vec![match self.inner.config.ingress_port {
@@ -343,7 +397,11 @@ impl Runtime {
                 port => format!("{host}:{port}"),
             }]
         });
-        ContainerView { container, urls }
+        ContainerView {
+            container,
+            urls,
+            restarts,
+        }
     }
 
     fn policy(&self, container: &Container) -> ScalingPolicy {
@@ -395,8 +453,21 @@ impl Runtime {
         let Some(mut revision) = self.inner.store.revision(id, number)? else {
             return Ok(());
         };
+        let pulls = &self.inner.pulls;
+        let progress = move |p: PullProgress| {
+            let note = format!(
+                "pulling the image: {}/{} blobs, {:.1} of {:.1} MB",
+                p.blobs_done,
+                p.blobs_total,
+                p.bytes_done as f64 / 1e6,
+                p.bytes_total as f64 / 1e6
+            );
+            pulls.lock().insert(id, note);
+        };
         let outcome = async {
-            if self.inner.deployer.resolve(&mut revision).await? {
+            let resolved = self.inner.deployer.resolve(&mut revision, &progress).await;
+            self.inner.pulls.lock().remove(&id);
+            if resolved? {
                 self.inner.store.save_revision(&revision)?;
             }
             self.inner.deployer.prepare(&revision).await

@@ -9,6 +9,7 @@
 pub mod blob_store;
 pub mod digest;
 pub mod image;
+pub mod oci;
 pub mod wasm;
 
 use bytes::Bytes;
@@ -51,18 +52,61 @@ impl WorkloadKind {
 /// Everything a sandbox needs to know to run one revision.
 #[derive(Debug, Clone)]
 pub struct WorkloadSpec {
-    /// Human-readable name, used in logs and as `argv[0]`.
+    /// Human-readable name, used as the hostname, in logs and as a wasm `argv[0]`.
     pub name: String,
     /// The runnable blob in the content store.
     pub artifact: Digest,
     /// Memory an instance may use, in bytes.
     pub memory_limit_bytes: u64,
+    /// CPUs an instance may use (OCI: a CFS quota).
+    pub cpus: f64,
+    /// Bytes an instance may write to its filesystem (OCI).
+    pub ephemeral_storage_bytes: u64,
     /// Environment variables.
     pub env: Vec<(String, String)>,
-    /// Arguments after `argv[0]`.
-    pub args: Vec<String>,
+    /// Replaces the image's entrypoint (OCI).
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's arguments (OCI), or follows `argv[0]` (wasm).
+    pub arguments: Option<Vec<String>>,
+    /// The port the workload listens on (OCI); `None` takes the image's.
+    pub port: Option<u16>,
     /// Longest time one request may run before it is cut.
     pub request_timeout: Duration,
+    /// Where the instances' output goes.
+    pub logs: LogSinkRef,
+}
+
+/// Which output stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Receives the output of instances, a line at a time.
+pub trait LogSink: Send + Sync {
+    /// One line (without its newline) written by `instance`.
+    fn line(&self, instance: &str, stream: LogStream, text: &str);
+}
+
+/// A shared [`LogSink`].
+#[derive(Clone)]
+pub struct LogSinkRef(pub Arc<dyn LogSink>);
+
+impl std::fmt::Debug for LogSinkRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogSink")
+    }
+}
+
+/// A sink that drops everything (for workloads whose output nobody reads).
+pub struct DiscardLogs;
+
+impl LogSink for DiscardLogs {
+    fn line(&self, _: &str, _: LogStream, _: &str) {}
 }
 
 /// Errors of the sandboxes.
@@ -86,6 +130,9 @@ pub enum SandboxError {
     /// The content store failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// This kind of workload cannot run on this machine.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// A kind of sandbox: wasm on wasmtime, or OCI on libcontainer.
@@ -103,8 +150,11 @@ pub trait Sandbox: Send + Sync + 'static {
 
 /// A revision made ready to start; cheap to keep while a container is at zero.
 pub trait PreparedWorkload: Send + Sync {
-    /// Starts one instance: this is the cold-start path.
-    fn start(&self) -> BoxFuture<'_, Result<Arc<dyn Instance>, SandboxError>>;
+    /// Starts one instance, named `instance` in logs: this is the cold-start path.
+    fn start<'a>(
+        &'a self,
+        instance: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>>;
 }
 
 /// One running sandbox that serves requests.
@@ -118,4 +168,9 @@ pub trait Instance: Send + Sync {
     /// Stops the instance and frees what it holds. Requests already in flight finish first
     /// where the kind allows it.
     fn stop(&self) -> BoxFuture<'_, ()>;
+
+    /// For instances that can end on their own (a container's process exits or
+    /// crashes): a channel that turns `Some(reason)` when the instance has ended, for
+    /// whatever cause, a stop included. `None` for kinds that cannot end by themselves.
+    fn exit_signal(&self) -> Option<tokio::sync::watch::Receiver<Option<String>>>;
 }

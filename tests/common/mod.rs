@@ -5,6 +5,7 @@
 
 pub mod component;
 pub mod fixtures;
+pub mod oci_image;
 pub mod registry;
 
 use reqwest::StatusCode;

@@ -1,9 +1,12 @@
 //! Images: references, and pulling artifacts from OCI registries into the content store.
 
+mod credentials;
 mod pull;
 mod reference;
 
+pub use credentials::Credentials;
 pub use pull::{
-    PullError, PulledImage, RegistryPuller, WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE,
+    PullError, PullProgress, PulledImage, RegistryPuller, WASM_CONFIG_MEDIA_TYPE,
+    WASM_LAYER_MEDIA_TYPE,
 };
 pub use reference::{DEFAULT_REGISTRY, ImageRef, InvalidImageRef, RegistryRef};

@@ -1,13 +1,16 @@
 //! Pulls images from OCI registries with oci-client, verifying every digest.
 
+use super::credentials::Credentials;
 use super::reference::RegistryRef;
 use crate::WorkloadKind;
 use crate::blob_store::{BlobError, BlobStore};
 use crate::digest::Digest;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{ClientConfig, ClientProtocol, linux_amd64_resolver};
 use oci_client::manifest::OciDescriptor;
-use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Config media type of the CNCF wasm OCI artifact layout.
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
@@ -58,25 +61,80 @@ pub struct PulledImage {
     pub kind: WorkloadKind,
     /// Digest of the manifest the tag resolved to.
     pub manifest_digest: Option<Digest>,
-    /// The runnable blob in the content store (for wasm, the component).
+    /// The runnable blob in the content store: for wasm the component, for OCI images
+    /// the manifest (whose config and layers are stored beside it).
     pub artifact: Digest,
+}
+
+/// How far a pull has come, reported as blobs arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullProgress {
+    /// Blobs (config and layers) in the content store.
+    pub blobs_done: usize,
+    /// Blobs the image has.
+    pub blobs_total: usize,
+    /// Bytes of those blobs in the store.
+    pub bytes_done: u64,
+    /// Bytes of all the image's blobs.
+    pub bytes_total: u64,
 }
 
 /// Pulls images from registries into a [`BlobStore`].
 #[derive(Clone)]
 pub struct RegistryPuller {
     blobs: BlobStore,
+    credentials: Credentials,
+    /// One lock per image: concurrent pulls of one image wait for the first, then
+    /// find its blobs stored and fetch nothing again.
+    in_flight: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl RegistryPuller {
-    /// A puller that stores what it pulls in `blobs`.
-    pub fn new(blobs: BlobStore) -> Self {
-        Self { blobs }
+    /// A puller that stores what it pulls in `blobs`, authenticating with `credentials`.
+    pub fn new(blobs: BlobStore, credentials: Credentials) -> Self {
+        Self {
+            blobs,
+            credentials,
+            in_flight: Arc::default(),
+        }
     }
 
     /// Resolves `image` and brings its runnable content into the store.
     /// Blobs already present are not fetched again.
     pub async fn pull(&self, image: &RegistryRef) -> Result<PulledImage, PullError> {
+        self.pull_with_progress(image, &|_| {}).await
+    }
+
+    /// As [`RegistryPuller::pull`], reporting progress as blobs arrive.
+    pub async fn pull_with_progress(
+        &self,
+        image: &RegistryRef,
+        progress: &(dyn Fn(PullProgress) + Send + Sync),
+    ) -> Result<PulledImage, PullError> {
+        let display = image.to_string();
+        let lock = self
+            .in_flight
+            .lock()
+            .entry(display.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _pulling = lock.lock().await;
+            self.pull_now(image, progress).await
+        };
+        let mut in_flight = self.in_flight.lock();
+        // The last puller of this image forgets its lock.
+        if Arc::strong_count(&lock) == 2 {
+            in_flight.remove(&display);
+        }
+        result
+    }
+
+    async fn pull_now(
+        &self,
+        image: &RegistryRef,
+        progress: &(dyn Fn(PullProgress) + Send + Sync),
+    ) -> Result<PulledImage, PullError> {
         let display = image.to_string();
         let registry_error = |e: oci_client::errors::OciDistributionError| PullError::Registry {
             reference: display.clone(),
@@ -84,8 +142,9 @@ impl RegistryPuller {
         };
         let client = client_for(image);
         let reference = oci_reference(image);
-        let auth = RegistryAuth::Anonymous;
-        let (manifest, manifest_digest, _config) = client
+        let auth = self.credentials.for_registry(&image.registry);
+        // An image index resolves to its linux/amd64 manifest here.
+        let (manifest, manifest_digest, config) = client
             .pull_manifest_and_config(&reference, &auth)
             .await
             .map_err(registry_error)?;
@@ -97,34 +156,63 @@ impl RegistryPuller {
                 reason,
             }
         })?;
-        let layer = match kind {
-            WorkloadKind::Wasm => &manifest.layers[0],
+        let parse = |d: &OciDescriptor| {
+            d.digest
+                .parse::<Digest>()
+                .map_err(|source| PullError::BadDigest {
+                    reference: display.clone(),
+                    source,
+                })
+        };
+        let mut wanted = Vec::new();
+        if kind == WorkloadKind::Oci {
+            // The config came with the manifest: store it once it checks out.
+            let digest = parse(&manifest.config)?;
+            self.blobs.put_verified(&digest, config.as_bytes())?;
+        }
+        for layer in &manifest.layers {
+            wanted.push((parse(layer)?, layer));
+        }
+        let mut done = PullProgress {
+            blobs_done: 1,
+            blobs_total: 1 + wanted.len(),
+            bytes_done: u64::try_from(config.len()).unwrap_or(0),
+            bytes_total: u64::try_from(config.len()).unwrap_or(0)
+                + wanted
+                    .iter()
+                    .map(|(_, l)| u64::try_from(l.size).unwrap_or(0))
+                    .sum::<u64>(),
+        };
+        progress(done);
+        for (digest, layer) in &wanted {
+            if !self.blobs.contains(digest) {
+                let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
+                client
+                    .pull_blob(&reference, *layer, &mut bytes)
+                    .await
+                    .map_err(registry_error)?;
+                self.blobs.put_verified(digest, &bytes)?;
+            }
+            done.blobs_done += 1;
+            done.bytes_done += u64::try_from(layer.size).unwrap_or(0);
+            progress(done);
+        }
+        let artifact = match kind {
+            WorkloadKind::Wasm => wanted.swap_remove(0).0,
+            // Ember keeps the manifest it resolved, so that a restart needs no registry.
             WorkloadKind::Oci => {
-                return Err(PullError::UnsupportedArtifact {
-                    reference: display,
-                    reason: "OCI container images are not supported by this runtime yet; deploy a wasm component (config media type application/vnd.wasm.config.v0+json)".into(),
-                });
+                let bytes =
+                    serde_json::to_vec(&manifest).map_err(|e| PullError::UnsupportedArtifact {
+                        reference: display.clone(),
+                        reason: format!("its manifest cannot be stored: {e}"),
+                    })?;
+                self.blobs.put(&bytes)?
             }
         };
-        let digest: Digest = layer
-            .digest
-            .parse()
-            .map_err(|source| PullError::BadDigest {
-                reference: display.clone(),
-                source,
-            })?;
-        if !self.blobs.contains(&digest) {
-            let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
-            client
-                .pull_blob(&reference, layer, &mut bytes)
-                .await
-                .map_err(registry_error)?;
-            self.blobs.put_verified(&digest, &bytes)?;
-        }
         Ok(PulledImage {
             kind,
             manifest_digest,
-            artifact: digest,
+            artifact,
         })
     }
 }
@@ -137,6 +225,7 @@ fn client_for(image: &RegistryRef) -> Client {
     };
     Client::new(ClientConfig {
         protocol,
+        platform_resolver: Some(Box::new(linux_amd64_resolver)),
         ..Default::default()
     })
 }

@@ -46,7 +46,7 @@ impl PreparedComponent {
         spec: WorkloadSpec,
     ) -> Self {
         let mut args = vec![spec.name.clone()];
-        args.extend(spec.args.iter().cloned());
+        args.extend(spec.arguments.iter().flatten().cloned());
         let deadline_ticks =
             (spec.request_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         Self {
@@ -65,7 +65,10 @@ impl PreparedComponent {
 }
 
 impl PreparedWorkload for PreparedComponent {
-    fn start(&self) -> BoxFuture<'_, Result<Arc<dyn Instance>, SandboxError>> {
+    fn start<'a>(
+        &'a self,
+        _instance: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
         Box::pin(async move {
             // The cold start: map the cached compiled code and resolve imports once.
             let component = load_compiled(&self.engine, &self.compiled)
@@ -233,5 +236,10 @@ impl Instance for WasmInstance {
         // Nothing to stop: each request's store is freed when it ends, and the code
         // mapping goes when the last reference to this instance does.
         Box::pin(async {})
+    }
+
+    fn exit_signal(&self) -> Option<tokio::sync::watch::Receiver<Option<String>>> {
+        // A component has no process of its own to exit.
+        None
     }
 }

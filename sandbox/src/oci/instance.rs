@@ -1,0 +1,208 @@
+//! A running OCI container: requests are proxied to its address; its init is reaped
+//! here (through a pidfd), its output is read continuously, and stopping it sends
+//! SIGTERM, waits the grace period, then SIGKILLs and removes every trace.
+
+use super::network::{Attachment, Network};
+use super::rootfs::InstanceDir;
+use crate::{BoxFuture, HttpBody, Instance, LogSinkRef, LogStream, SandboxError};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use libcontainer::container::Container;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+/// What must be undone when the instance goes.
+pub(crate) struct Resources {
+    pub(crate) container: Option<Container>,
+    pub(crate) attachment: Option<Attachment>,
+    pub(crate) dir: Option<InstanceDir>,
+    pub(crate) network: Arc<Network>,
+}
+
+impl Resources {
+    /// Kills what still runs and removes cgroups, state, veth, mounts and files.
+    pub(crate) async fn release(mut self) {
+        if let Some(mut container) = self.container.take() {
+            let deleted = tokio::task::spawn_blocking(move || container.delete(true)).await;
+            if let Ok(Err(e)) = deleted {
+                tracing::warn!(error = %e, "deleting a container failed");
+            }
+        }
+        if let Some(attachment) = self.attachment.take() {
+            self.network.detach(attachment).await;
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = tokio::task::spawn_blocking(move || dir.remove()).await;
+        }
+    }
+}
+
+pub(crate) struct OciInstance {
+    pub(crate) address: SocketAddr,
+    pub(crate) client: Client<HttpConnector, HttpBody>,
+    pub(crate) exit: watch::Receiver<Option<String>>,
+    pub(crate) resources: tokio::sync::Mutex<Option<Resources>>,
+    pub(crate) pid: Pid,
+    pub(crate) grace: Duration,
+    pub(crate) request_timeout: Duration,
+}
+
+/// A client for one instance: kept-alive HTTP/1 connections to its address.
+pub(crate) fn client() -> Client<HttpConnector, HttpBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+impl OciInstance {
+    async fn proxy(
+        &self,
+        request: http::Request<HttpBody>,
+    ) -> Result<http::Response<HttpBody>, SandboxError> {
+        let (mut parts, body) = request.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        parts.uri = format!("http://{}{path}", self.address)
+            .parse()
+            .map_err(|e| SandboxError::Guest(format!("bad request path: {e}")))?;
+        let request = http::Request::from_parts(parts, body);
+        let response = tokio::time::timeout(self.request_timeout, self.client.request(request))
+            .await
+            .map_err(|_| SandboxError::Timeout(self.request_timeout))?
+            .map_err(|e| SandboxError::Guest(format!("the container did not answer: {e}")))?;
+        Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+    }
+
+    async fn wait_exit(&self, within: Duration) -> bool {
+        let mut exit = self.exit.clone();
+        tokio::time::timeout(within, exit.wait_for(Option::is_some))
+            .await
+            .is_ok()
+    }
+
+    async fn shut_down(&self) {
+        let Some(mut resources) = self.resources.lock().await.take() else {
+            return;
+        };
+        if self.exit.borrow().is_none() {
+            // SIGTERM to the init alone, as Docker and Kubernetes do; then everything.
+            let _ = nix::sys::signal::kill(self.pid, Signal::SIGTERM);
+            if !self.wait_exit(self.grace).await {
+                if let Some(container) = resources.container.as_mut() {
+                    let _ = container.kill(Signal::SIGKILL, true);
+                }
+                let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+                self.wait_exit(Duration::from_secs(10)).await;
+            }
+        }
+        resources.release().await;
+    }
+}
+
+impl Instance for OciInstance {
+    fn handle(
+        &self,
+        request: http::Request<HttpBody>,
+    ) -> BoxFuture<'_, Result<http::Response<HttpBody>, SandboxError>> {
+        Box::pin(self.proxy(request))
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.shut_down())
+    }
+
+    fn exit_signal(&self) -> Option<watch::Receiver<Option<String>>> {
+        Some(self.exit.clone())
+    }
+}
+
+/// Reaps `pid` (the container's init, a child of this process) when it exits, and
+/// publishes why. A pidfd wakes the runtime; nothing else waits for this pid.
+pub(crate) fn reap_on_exit(pid: Pid) -> std::io::Result<watch::Receiver<Option<String>>> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just created and is owned by nothing else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the descriptor is owned by the AsyncFd and closed only when it drops.
+    let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(std::io::Error::from)?;
+    let (sender, receiver) = watch::channel(None);
+    tokio::spawn(async move {
+        let _ = pidfd.readable().await;
+        let reason = loop {
+            match waitpid(pid, None) {
+                Ok(status) => break describe(status),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => break format!("its process vanished ({e})"),
+            }
+        };
+        sender.send_replace(Some(reason));
+    });
+    Ok(receiver)
+}
+
+fn describe(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exited with code {code}"),
+        WaitStatus::Signaled(_, signal, _) => format!("was killed by {signal}"),
+        other => format!("ended ({other:?})"),
+    }
+}
+
+/// Longest line kept whole; longer output is split so one endless line cannot grow
+/// memory without bound.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Reads one output pipe of an instance until it closes, a line at a time.
+pub(crate) fn forward_output(
+    pipe: OwnedFd,
+    instance: String,
+    stream: LogStream,
+    sink: LogSinkRef,
+) -> std::io::Result<()> {
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)?;
+    tokio::spawn(async move {
+        let mut pending: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 8192];
+        loop {
+            let read = match pipe.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&chunk[..read]);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                sink.0.line(
+                    &instance,
+                    stream,
+                    String::from_utf8_lossy(&line[..end]).trim_end_matches('\r'),
+                );
+            }
+            if pending.len() >= MAX_LINE {
+                sink.0
+                    .line(&instance, stream, &String::from_utf8_lossy(&pending));
+                pending.clear();
+            }
+        }
+        if !pending.is_empty() {
+            sink.0
+                .line(&instance, stream, &String::from_utf8_lossy(&pending));
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,346 @@
+//! Instance networking: a bridge the runtime owns, a veth pair per instance, an
+//! address from the configured subnet, loopback up. Nothing is routed off the
+//! machine: there is no NAT and no forwarding, only host ↔ instance traffic.
+
+use futures::TryStreamExt;
+use parking_lot::Mutex;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkMessage};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+/// An IPv4 subnet such as `10.88.0.0/16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    network: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Subnet {
+    /// The gateway: the bridge's own address, the subnet's first host.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + 1)
+    }
+
+    /// Prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// Number of addresses instances may take (neither network, gateway nor broadcast).
+    fn hosts(&self) -> u32 {
+        (1u32 << (32 - self.prefix)).saturating_sub(3)
+    }
+}
+
+impl FromStr for Subnet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not a subnet such as 10.88.0.0/16"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("`{addr}` is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| format!("prefix `/{prefix}` must be between /8 and /30"))?;
+        let mask = u32::MAX << (32 - prefix);
+        if u32::from(addr) & !mask != 0 {
+            return Err(format!("`{s}` has host bits set"));
+        }
+        Ok(Self {
+            network: addr,
+            prefix,
+        })
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// Hands out instance addresses, lowest free first.
+#[derive(Debug)]
+pub(crate) struct AddressPool {
+    subnet: Subnet,
+    taken: Mutex<BTreeSet<u32>>,
+}
+
+impl AddressPool {
+    pub(crate) fn new(subnet: Subnet) -> Self {
+        Self {
+            subnet,
+            taken: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn take(&self) -> Option<Ipv4Addr> {
+        let mut taken = self.taken.lock();
+        let offset = (2..self.subnet.hosts() + 2).find(|o| !taken.contains(o))?;
+        taken.insert(offset);
+        Some(Ipv4Addr::from(u32::from(self.subnet.network) + offset))
+    }
+
+    pub(crate) fn give_back(&self, address: Ipv4Addr) {
+        let offset = u32::from(address).wrapping_sub(u32::from(self.subnet.network));
+        self.taken.lock().remove(&offset);
+    }
+}
+
+/// Why networking failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The subnet has no free address.
+    #[error("subnet {0} has no free address")]
+    Exhausted(Subnet),
+    /// A netlink request failed.
+    #[error("{what}: {source}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// The kernel's answer.
+        source: rtnetlink::Error,
+    },
+    /// Entering the instance's network namespace failed.
+    #[error("entering the network namespace of pid {pid}: {message}")]
+    Namespace {
+        /// The instance's init.
+        pid: i32,
+        /// Why.
+        message: String,
+    },
+}
+
+fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
+    let what = what.into();
+    move |source| NetworkError::Netlink { what, source }
+}
+
+fn already_exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
+}
+
+/// The bridge and the addresses behind it.
+pub(crate) struct Network {
+    host: Handle,
+    bridge_index: u32,
+    subnet: Subnet,
+    addresses: AddressPool,
+}
+
+/// One instance's place on the network; give it back with [`Network::detach`].
+#[derive(Debug)]
+pub(crate) struct Attachment {
+    pub(crate) address: Ipv4Addr,
+    host_veth: String,
+}
+
+impl Network {
+    /// Creates the bridge (or adopts the one left by an earlier run) with the subnet's
+    /// gateway address, and brings it up.
+    pub(crate) async fn new(bridge: &str, subnet: Subnet) -> Result<Self, NetworkError> {
+        let (connection, host, _) =
+            rtnetlink::new_connection().map_err(|e| NetworkError::Namespace {
+                pid: std::process::id() as i32,
+                message: format!("opening a netlink socket: {e}"),
+            })?;
+        tokio::spawn(connection);
+        let index = match link_index(&host, bridge).await? {
+            Some(index) => index,
+            None => {
+                let created = host
+                    .link()
+                    .add(LinkBridge::new(bridge).build())
+                    .execute()
+                    .await;
+                match created {
+                    Ok(()) => {}
+                    Err(e) if already_exists(&e) => {}
+                    Err(e) => return Err(netlink(format!("creating bridge {bridge}"))(e)),
+                }
+                link_index(&host, bridge)
+                    .await?
+                    .ok_or_else(|| NetworkError::Namespace {
+                        pid: 0,
+                        message: format!("bridge {bridge} vanished after it was created"),
+                    })?
+            }
+        };
+        let added = host
+            .address()
+            .add(index, IpAddr::V4(subnet.gateway()), subnet.prefix())
+            .execute()
+            .await;
+        match added {
+            Ok(()) => {}
+            Err(e) if already_exists(&e) => {}
+            Err(e) => return Err(netlink(format!("addressing bridge {bridge}"))(e)),
+        }
+        host.link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(netlink(format!("bringing bridge {bridge} up")))?;
+        Ok(Self {
+            host,
+            bridge_index: index,
+            subnet,
+            addresses: AddressPool::new(subnet),
+        })
+    }
+
+    /// Gives the (created, not yet started) container whose init is `pid` an `eth0` on
+    /// the bridge with an address of its own, and brings its loopback up.
+    pub(crate) async fn attach(
+        &self,
+        pid: i32,
+        host_veth: &str,
+    ) -> Result<Attachment, NetworkError> {
+        let address = self
+            .addresses
+            .take()
+            .ok_or(NetworkError::Exhausted(self.subnet))?;
+        let attachment = Attachment {
+            address,
+            host_veth: host_veth.to_string(),
+        };
+        match self.wire(pid, &attachment).await {
+            Ok(()) => Ok(attachment),
+            Err(e) => {
+                self.detach(attachment).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn wire(&self, pid: i32, attachment: &Attachment) -> Result<(), NetworkError> {
+        // The peer is born inside the instance's namespace, already named eth0.
+        let peer: LinkMessage = LinkMessageBuilder::<LinkUnspec>::new()
+            .name("eth0".to_string())
+            .setns_by_pid(pid as u32)
+            .build();
+        let veth = LinkVeth::new(&attachment.host_veth, "unused")
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .controller(self.bridge_index)
+            .up()
+            .build();
+        self.host
+            .link()
+            .add(veth)
+            .execute()
+            .await
+            .map_err(netlink(format!("creating veth {}", attachment.host_veth)))?;
+
+        let inside = handle_in_netns_of(pid)?;
+        for name in ["lo", "eth0"] {
+            let index =
+                link_index(&inside, name)
+                    .await?
+                    .ok_or_else(|| NetworkError::Namespace {
+                        pid,
+                        message: format!("no {name} inside"),
+                    })?;
+            if name == "eth0" {
+                inside
+                    .address()
+                    .add(index, IpAddr::V4(attachment.address), self.subnet.prefix())
+                    .execute()
+                    .await
+                    .map_err(netlink("addressing eth0"))?;
+            }
+            inside
+                .link()
+                .set(LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+                .map_err(netlink(format!("bringing {name} up")))?;
+        }
+        inside
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(self.subnet.gateway())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink("adding the default route"))?;
+        Ok(())
+    }
+
+    /// Removes the host end of the veth (the namespace's end goes with it) and frees
+    /// the address. Safe to call when the veth is already gone.
+    pub(crate) async fn detach(&self, attachment: Attachment) {
+        if let Ok(Some(index)) = link_index(&self.host, &attachment.host_veth).await {
+            let _ = self.host.link().del(index).execute().await;
+        }
+        self.addresses.give_back(attachment.address);
+    }
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetworkError> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link.map(|l| l.header.index)),
+        // The kernel answers ENODEV for a name it does not know.
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(netlink(format!("looking up {name}"))(e)),
+    }
+}
+
+/// A netlink handle bound to the network namespace of `pid`. A socket belongs to the
+/// namespace its creator was in, so a short-lived thread enters the namespace, opens
+/// the socket and ends; the runtime's own threads never change namespace.
+fn handle_in_netns_of(pid: i32) -> Result<Handle, NetworkError> {
+    let fail = |message: String| NetworkError::Namespace { pid, message };
+    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| fail(format!("opening it: {e}")))?;
+    let runtime = tokio::runtime::Handle::current();
+    let opened = std::thread::spawn(move || {
+        let _entered = runtime.enter();
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns: {e}"))?;
+        rtnetlink::new_connection().map_err(|e| format!("opening a netlink socket: {e}"))
+    })
+    .join()
+    .map_err(|_| fail("the namespace thread panicked".into()))?;
+    let (connection, handle, _) = opened.map_err(fail)?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_parse_and_refuse_nonsense() {
+        let subnet: Subnet = "10.88.0.0/16".parse().unwrap();
+        assert_eq!(subnet.gateway(), Ipv4Addr::new(10, 88, 0, 1));
+        assert_eq!(subnet.to_string(), "10.88.0.0/16");
+        assert!("10.88.0.1/16".parse::<Subnet>().is_err(), "host bits");
+        assert!("10.88.0.0".parse::<Subnet>().is_err());
+        assert!("10.88.0.0/31".parse::<Subnet>().is_err());
+        assert!("ten/8".parse::<Subnet>().is_err());
+    }
+
+    #[test]
+    fn addresses_are_handed_out_once_and_reused_after_release() {
+        let pool = AddressPool::new("10.1.2.0/30".parse().unwrap());
+        // A /30 has one address for instances: .2 (.1 is the gateway, .3 broadcast).
+        let first = pool.take().unwrap();
+        assert_eq!(first, Ipv4Addr::new(10, 1, 2, 2));
+        assert_eq!(pool.take(), None);
+        pool.give_back(first);
+        assert_eq!(pool.take(), Some(first));
+    }
+}

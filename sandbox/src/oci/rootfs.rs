@@ -1,0 +1,135 @@
+//! Each instance's root filesystem: the image's unpacked layers as read-only overlay
+//! lowers, under a writable upper directory on a tmpfs sized to the container's
+//! `ephemeralStorage` (a write past it fails with ENOSPC, "No space left on device").
+
+use nix::mount::{MntFlags, MsFlags};
+use std::path::{Path, PathBuf};
+
+/// An instance's directory: `config.json` (the bundle), `rw/` (the sized tmpfs with
+/// `upper/` and `work/`) and `rootfs/` (the overlay).
+#[derive(Debug)]
+pub(crate) struct InstanceDir {
+    dir: PathBuf,
+}
+
+impl InstanceDir {
+    /// Mounts the instance's filesystems. `lowers` are the image's layers, bottom first.
+    pub(crate) fn mount(dir: PathBuf, lowers: &[PathBuf], size: u64) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        // From here on, tearing down undoes whatever part was done.
+        let instance = Self { dir };
+        let rw = instance.dir.join("rw");
+        std::fs::create_dir_all(&rw)?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            &rw,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(format!("size={size},mode=0755").as_str()),
+        )?;
+        let (upper, work) = (rw.join("upper"), rw.join("work"));
+        std::fs::create_dir(&upper)?;
+        std::fs::create_dir(&work)?;
+        let rootfs = instance.rootfs();
+        std::fs::create_dir_all(&rootfs)?;
+        // Overlayfs lists lowers topmost first.
+        let lowerdir = lowers
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let options = format!(
+            "lowerdir={lowerdir},upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        )?;
+        Ok(instance)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// Unmounts and removes everything; nothing of the instance stays on disk.
+    pub(crate) fn remove(self) {
+        remove_instance_dir(&self.dir);
+    }
+}
+
+/// Unmounts whatever is mounted under `dir` (deepest first), then deletes it. Used for
+/// instances torn down normally and for those a crashed runtime left behind.
+pub(crate) fn remove_instance_dir(dir: &Path) {
+    for mount_point in mounts_under(dir) {
+        if let Err(e) = nix::mount::umount2(&mount_point, MntFlags::MNT_DETACH) {
+            tracing::warn!(mount = %mount_point.display(), error = %e, "unmounting failed");
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "removing an instance directory failed");
+    }
+}
+
+/// Mount points at or under `dir`, deepest first.
+pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mount_path)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mount_path(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Ok(code) = u8::from_str_radix(&field[i + 1..i + 4], 8)
+        {
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(
+            unescape_mount_path("/tmp/a\\040b"),
+            PathBuf::from("/tmp/a b")
+        );
+        assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
+    }
+}

@@ -1,0 +1,173 @@
+//! The OCI runtime spec (`config.json`) of one instance.
+
+use super::process::ProcessPlan;
+use oci_spec::OciSpecError;
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder,
+    LinuxResourcesBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder, get_default_maskedpaths,
+    get_default_mounts, get_default_namespaces, get_default_readonly_paths,
+};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// cgroup limits of one instance.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) memory_bytes: u64,
+    /// CPUs, possibly fractional.
+    pub(crate) cpus: f64,
+    pub(crate) pids: u32,
+}
+
+/// The CFS period quotas are expressed in (the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// The capabilities Docker grants a container by default.
+const DEFAULT_CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Everything that differs between instances of one revision.
+pub(crate) struct InstanceSpec<'a> {
+    pub(crate) rootfs: &'a Path,
+    pub(crate) hostname: &'a str,
+    pub(crate) cgroups_path: &'a str,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+/// Builds the spec: pid, network, ipc, uts, mount and cgroup namespaces; Docker's
+/// default capabilities; no new privileges; masked and read-only proc paths; limits.
+pub(crate) fn build(
+    plan: &ProcessPlan,
+    limits: Limits,
+    instance: &InstanceSpec<'_>,
+) -> Result<Spec, OciSpecError> {
+    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let capabilities = oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()?;
+    let process = ProcessBuilder::default()
+        .args(plan.args.clone())
+        .env(plan.env.clone())
+        .cwd(plan.cwd.clone())
+        .user(
+            UserBuilder::default()
+                .uid(instance.uid)
+                .gid(instance.gid)
+                .build()?,
+        )
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        .build()?;
+
+    let quota = (limits.cpus * CPU_PERIOD_US as f64).round().max(1000.0) as i64;
+    let resources = LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX))
+                .build()?,
+        )
+        .cpu(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(CPU_PERIOD_US)
+                .build()?,
+        )
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(i64::from(limits.pids))
+                .build()?,
+        )
+        .build()?;
+    let linux = LinuxBuilder::default()
+        .namespaces(get_default_namespaces())
+        .masked_paths(get_default_maskedpaths())
+        .readonly_paths(get_default_readonly_paths())
+        .resources(resources)
+        .cgroups_path(instance.cgroups_path)
+        .build()?;
+
+    let mut spec = Spec::default();
+    spec.set_process(Some(process))
+        .set_root(Some(
+            RootBuilder::default()
+                .path(instance.rootfs)
+                .readonly(false)
+                .build()?,
+        ))
+        .set_hostname(Some(instance.hostname.to_string()))
+        .set_mounts(Some(get_default_mounts()))
+        .set_linux(Some(linux));
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_isolation_are_in_the_spec() {
+        let plan = ProcessPlan {
+            args: vec!["/bin/httpd".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/www".into(),
+            user: None,
+            port: 8080,
+        };
+        let spec = build(
+            &plan,
+            Limits {
+                memory_bytes: 64 << 20,
+                cpus: 0.5,
+                pids: 100,
+            },
+            &InstanceSpec {
+                rootfs: Path::new("/data/rootfs"),
+                hostname: "hello",
+                cgroups_path: "/ember/abc",
+                uid: 65534,
+                gid: 65534,
+            },
+        )
+        .unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        let resources = &json["linux"]["resources"];
+        assert_eq!(resources["memory"]["limit"], 64 << 20);
+        assert_eq!(resources["cpu"]["quota"], 50_000);
+        assert_eq!(resources["pids"]["limit"], 100);
+        assert_eq!(json["linux"]["cgroupsPath"], "/ember/abc");
+        assert_eq!(json["process"]["noNewPrivileges"], true);
+        assert_eq!(json["process"]["user"]["uid"], 65534);
+        let namespaces: Vec<&str> = json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        for ns in ["pid", "network", "ipc", "uts", "mount"] {
+            assert!(namespaces.contains(&ns), "{ns} namespace");
+        }
+        let bounding = json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
+        assert_eq!(bounding.len(), 14);
+        assert!(!bounding.contains(&serde_json::json!("CAP_SYS_ADMIN")));
+        assert!(!json["linux"]["maskedPaths"].as_array().unwrap().is_empty());
+    }
+}
