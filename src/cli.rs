@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// Seconds an OCI instance may take to listen on its port.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub startup_timeout: u64,
+    /// Most processes an OCI instance may have.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(8..))]
+    pub pids_limit: u32,
     /// Output kept per container, in KiB.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub log_retention_kib: u64,

@@ -25,6 +25,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.subnet = args.subnet;
     config.stop_grace = Duration::from_secs(args.stop_grace);
     config.startup_timeout = Duration::from_secs(args.startup_timeout);
+    config.pids_limit = args.pids_limit;
     config.log_retention_bytes =
         usize::try_from(args.log_retention_kib * 1024).unwrap_or(usize::MAX);
     config.admin_token = std::env::var("EMBER_ADMIN_TOKEN")

@@ -55,6 +55,18 @@ impl Registry {
         }
     }
 
+    /// Where the registry keeps the blob `digest` (`sha256:...`) on disk, so a test
+    /// can corrupt what it serves.
+    pub fn blob_file(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self._storage
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// Pushes `wasm` as a CNCF wasm OCI artifact at `repository:tag`; returns the
     /// manifest digest.
     pub async fn push_wasm(&self, repository: &str, tag: &str, wasm: &[u8]) -> String {

@@ -1,0 +1,583 @@
+//! OCI containers end to end, as root: images the harness builds and pushes to a real
+//! registry, run through libcontainer behind the ingress. These tests need root and
+//! fail (never skip) without it: CI runs as root.
+
+mod common;
+
+use common::oci_image::{
+    Compression, LayerBuilder, ManifestFormat, busybox_http_config, busybox_layer, http_app_layer,
+    push_busybox_http_image, push_image, push_index,
+};
+use common::{Ember, registry::Registry, temp_dir};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+fn require_root() {
+    assert!(
+        nix_is_root(),
+        "OCI container tests need root (CI runs them as root); run `scripts/test` as root"
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A bridge and subnet of this test's own, removed when the test ends.
+struct TestNetwork {
+    bridge: String,
+    subnet: String,
+}
+
+impl TestNetwork {
+    fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        Self {
+            bridge: format!("embt{:x}{n}", pid % 0xffff),
+            subnet: format!("10.{}.{}.0/24", 200 + (pid % 50), n),
+        }
+    }
+
+    fn flags(&self) -> Vec<String> {
+        vec![
+            "--bridge".into(),
+            self.bridge.clone(),
+            "--subnet".into(),
+            self.subnet.clone(),
+            "--stop-grace".into(),
+            "1".into(),
+        ]
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+fn start(data: &Path, network: &TestNetwork, extra: &[&str]) -> Ember {
+    let mut flags = network.flags();
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Ember::start(data, &flags)
+}
+
+async fn deploy(ember: &Ember, body: Value) -> String {
+    let container = ember.deploy(body).await;
+    let id = container["id"].as_str().unwrap().to_string();
+    ember.wait_deployed(&id).await;
+    id
+}
+
+async fn get(ember: &Ember, name: &str, path: &str) -> (StatusCode, String) {
+    let response = ember
+        .ingress_client(name)
+        .get(ember.ingress_url(name, path))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+/// Everything one instance holds on the host, to check it is all gone afterwards.
+struct Traces {
+    cgroups: Vec<PathBuf>,
+    mounts_under: PathBuf,
+    veth: String,
+}
+
+impl Traces {
+    fn of(data: &Path, instance: &str) -> Self {
+        let id = format!("ember-{instance}");
+        let cgroups = ["pids", "memory", "cpu", "unified", ""]
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c).join("ember").join(&id))
+            .collect();
+        let hex: String = instance
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(13)
+            .collect();
+        Self {
+            cgroups,
+            mounts_under: data.join("oci/instances").join(&id),
+            veth: format!("ve{hex}"),
+        }
+    }
+
+    fn present(&self) -> Vec<String> {
+        let mut found: Vec<String> = self
+            .cgroups
+            .iter()
+            .filter(|c| c.exists())
+            .map(|c| c.display().to_string())
+            .collect();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let under = self.mounts_under.display().to_string();
+        found.extend(
+            mounts
+                .lines()
+                .filter(|l| l.contains(&under))
+                .map(|l| format!("mount {l}")),
+        );
+        if Path::new("/sys/class/net").join(&self.veth).exists() {
+            found.push(format!("veth {}", self.veth));
+        }
+        if self.mounts_under.exists() {
+            found.push(format!("dir {}", self.mounts_under.display()));
+        }
+        found
+    }
+}
+
+async fn only_instance(ember: &Ember, id: &str) -> String {
+    let instances = ember.instances(id).await;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    instances[0]["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_an_image_and_passes_command_arguments_and_env() {
+    require_root();
+    let registry = Registry::start();
+    push_busybox_http_image(registry.addr, "apps/httpd", "v1").await;
+    let image = format!("{}/apps/httpd:v1", registry.addr);
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    let ember = start(data.path(), &network, &[]);
+
+    deploy(&ember, json!({ "name": "web", "image": image })).await;
+    assert_eq!(
+        get(&ember, "web", "/").await,
+        (StatusCode::OK, "hello from busybox httpd\n".into())
+    );
+    let (status, env) = get(&ember, "web", "/cgi-bin/env").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(env.contains("GREETING=from-image"), "{env}");
+    assert!(env.contains("PORT=8080"), "{env}");
+
+    let script =
+        "echo started-$GREETING; echo $GREETING > /www/index.html; exec httpd -f -p 8080 -h /www";
+    deploy(
+        &ember,
+        json!({
+            "name": "custom",
+            "image": image,
+            "command": ["/bin/sh", "-c"],
+            "arguments": [script],
+            "env": { "GREETING": "from-the-container" },
+        }),
+    )
+    .await;
+    assert_eq!(
+        get(&ember, "custom", "/").await,
+        (StatusCode::OK, "from-the-container\n".into())
+    );
+    let (_, args) = get(&ember, "custom", "/cgi-bin/args").await;
+    assert!(
+        args.starts_with("httpd -f -p 8080"),
+        "pid 1 is exec'd httpd: {args}"
+    );
+
+    // Its stdout reached the log store, with the instance's name.
+    let (_, container) = ember.get_json("/v1/containers").await;
+    let custom = container["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "custom")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let logs = ember
+        .api_request(
+            reqwest::Method::GET,
+            &format!("/v1/containers/{custom}/logs"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logs.status(), StatusCode::OK);
+    let text = logs.text().await.unwrap();
+    assert!(text.contains("started-from-the-container"), "{text}");
+    let instance = only_instance(&ember, &custom).await;
+    assert!(text.contains(&instance), "{text}");
+    assert!(ember.metric("ember_cold_starts_total{kind=\"oci\"}").await >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_to_zero_leaves_nothing_behind_and_the_next_request_starts_again() {
+    require_root();
+    let registry = Registry::start();
+    push_busybox_http_image(registry.addr, "apps/httpd", "v1").await;
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    let ember = start(data.path(), &network, &["--idle-timeout", "1"]);
+    let id = deploy(
+        &ember,
+        json!({ "name": "web", "image": format!("{}/apps/httpd:v1", registry.addr) }),
+    )
+    .await;
+    assert_eq!(get(&ember, "web", "/").await.0, StatusCode::OK);
+    let instance = only_instance(&ember, &id).await;
+    let traces = Traces::of(data.path(), &instance);
+    assert!(
+        !traces.present().is_empty(),
+        "a running instance holds something"
+    );
+
+    ember
+        .wait_scaled_to_zero(&id, Duration::from_secs(30))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !traces.present().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {:?}",
+            traces.present()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        get(&ember, "web", "/").await,
+        (StatusCode::OK, "hello from busybox httpd\n".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_container_is_restarted_with_backoff_and_reported() {
+    require_root();
+    let registry = Registry::start();
+    push_busybox_http_image(registry.addr, "apps/httpd", "v1").await;
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    let ember = start(data.path(), &network, &[]);
+    let image = format!("{}/apps/httpd:v1", registry.addr);
+    let id = deploy(
+        &ember,
+        json!({
+            "name": "crashy",
+            "image": image,
+            "command": ["/bin/sh", "-c", "httpd -p 8080 -h /www; sleep 1; exit 3"],
+        }),
+    )
+    .await;
+    assert_eq!(get(&ember, "crashy", "/").await.0, StatusCode::OK);
+    // It exits a second after each start; restarts come 1 s, then 2 s after.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let container = loop {
+        let (_, container) = ember.get_json(&format!("/v1/containers/{id}")).await;
+        if container["restarts"].as_u64().unwrap() >= 2 {
+            break container;
+        }
+        assert!(Instant::now() < deadline, "not restarted: {container}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = container["statusReason"].as_str().unwrap();
+    assert!(reason.contains("exited with code 3"), "{reason}");
+    assert!(
+        reason.contains("next start in 2s"),
+        "backoff doubles: {reason}"
+    );
+
+    // One that never listens is reported with why.
+    let never = deploy(
+        &ember,
+        json!({ "name": "never", "image": image, "command": ["/bin/sh", "-c", "exit 7"] }),
+    )
+    .await;
+    let (status, body) = get(&ember, "never", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("exited with code 7"), "{body}");
+    let (_, container) = ember.get_json(&format!("/v1/containers/{never}")).await;
+    assert!(
+        container["statusReason"]
+            .as_str()
+            .unwrap()
+            .contains("before it listened on port 8080"),
+        "{container}"
+    );
+}
+
+fn cgroup_file(instance: &str, v1: &str, v2: &str) -> String {
+    let id = format!("ember-{instance}");
+    let hybrid = Path::new("/sys/fs/cgroup/memory").exists();
+    let path = if hybrid {
+        Path::new("/sys/fs/cgroup").join(v1).join("ember").join(&id)
+    } else {
+        Path::new("/sys/fs/cgroup/ember").join(&id).join(v2)
+    };
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_pids_and_disk_limits_hold_and_the_runtime_keeps_answering() {
+    require_root();
+    let registry = Registry::start();
+    push_busybox_http_image(registry.addr, "apps/httpd", "v1").await;
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    let ember = start(data.path(), &network, &["--pids-limit", "40"]);
+    let id = deploy(
+        &ember,
+        json!({
+            "name": "limited",
+            "image": format!("{}/apps/httpd:v1", registry.addr),
+            "ram": "32Mi",
+            "ephemeralStorage": "8Mi",
+        }),
+    )
+    .await;
+    assert_eq!(get(&ember, "limited", "/").await.0, StatusCode::OK);
+    let instance = only_instance(&ember, &id).await;
+
+    // A memory hog (in a CGI child) is OOM-killed; the container and runtime carry on.
+    let _ = get(&ember, "limited", "/cgi-bin/hog?200").await;
+    let hybrid = Path::new("/sys/fs/cgroup/memory").exists();
+    let events = if hybrid {
+        std::fs::read_to_string(
+            Path::new("/sys/fs/cgroup/memory/ember")
+                .join(format!("ember-{instance}"))
+                .join("memory.oom_control"),
+        )
+        .unwrap()
+    } else {
+        cgroup_file(&instance, "", "memory.events")
+    };
+    assert!(
+        events
+            .lines()
+            .any(|l| l.starts_with("oom_kill ") && l != "oom_kill 0"),
+        "no OOM kill recorded: {events}"
+    );
+    assert_eq!(get(&ember, "limited", "/").await.0, StatusCode::OK);
+
+    // A fork bomb stops at the pids limit.
+    let (_, bomb) = get(&ember, "limited", "/cgi-bin/forkbomb").await;
+    let started: u32 = bomb
+        .trim()
+        .strip_prefix("started ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{bomb}"));
+    assert!(started < 40, "{bomb}");
+    assert_eq!(get(&ember, "limited", "/").await.0, StatusCode::OK);
+
+    // Writes past ephemeralStorage fail with ENOSPC.
+    let (_, write) = get(&ember, "limited", "/cgi-bin/write?64").await;
+    assert!(write.contains("No space left on device"), "{write}");
+    assert!(!write.contains("rc=0"), "{write}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malicious_layers_and_corrupt_blobs_are_refused() {
+    require_root();
+    let registry = Registry::start();
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    let ember = start(data.path(), &network, &[]);
+    let outside = temp_dir();
+    let target = outside.path().join("pwned");
+
+    let traversal = LayerBuilder::new()
+        .raw_file(b"../../../../escaped-by-dotdot", 0o644, b"x")
+        .build(Compression::Gzip);
+    let symlink = LayerBuilder::new()
+        .symlink("evil", &outside.path().display().to_string())
+        .raw_file(b"evil/pwned", 0o644, b"x")
+        .build(Compression::Gzip);
+    for (tag, layer) in [("dotdot", traversal), ("symlink", symlink)] {
+        push_image(
+            registry.addr,
+            "apps/evil",
+            tag,
+            &busybox_http_config(),
+            &[busybox_layer(), layer],
+            ManifestFormat::Oci,
+        )
+        .await;
+        let failed = deploy_failing(
+            &ember,
+            json!({ "name": format!("evil-{tag}"), "image": format!("{}/apps/evil:{tag}", registry.addr) }),
+        )
+        .await;
+        assert!(
+            failed["statusReason"].as_str().unwrap().contains("refused"),
+            "{failed}"
+        );
+    }
+    assert!(!target.exists(), "a symlink let a layer write outside");
+    let escaped: Vec<_> = walk(Path::new("/"), 0)
+        .into_iter()
+        .filter(|p| p.ends_with("escaped-by-dotdot"))
+        .collect();
+    assert!(escaped.is_empty(), "{escaped:?}");
+
+    // A blob the registry serves with other content than its digest says.
+    let app = http_app_layer();
+    push_image(
+        registry.addr,
+        "apps/corrupt",
+        "v1",
+        &busybox_http_config(),
+        &[busybox_layer(), app.clone()],
+        ManifestFormat::Oci,
+    )
+    .await;
+    let blob = registry.blob_file(&app.digest());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let failed = deploy_failing(
+        &ember,
+        json!({ "name": "corrupt", "image": format!("{}/apps/corrupt:v1", registry.addr) }),
+    )
+    .await;
+    assert!(
+        failed["statusReason"].as_str().unwrap().contains("digest"),
+        "{failed}"
+    );
+}
+
+/// Paths under `dir` to a small depth, skipping virtual filesystems.
+fn walk(dir: &Path, depth: u32) -> Vec<PathBuf> {
+    if depth > 3
+        || ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|p| dir == Path::new(p))
+    {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        found.push(path.clone());
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            found.extend(walk(&path, depth + 1));
+        }
+    }
+    found
+}
+
+/// Creates a container whose deployment must fail; returns it once it has.
+async fn deploy_failing(ember: &Ember, body: Value) -> Value {
+    let (status, created) = ember
+        .send_json(reqwest::Method::POST, "/v1/containers", &body)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    wait_failed(ember, created["id"].as_str().unwrap()).await
+}
+
+async fn wait_failed(ember: &Ember, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, container) = ember.get_json(&format!("/v1/containers/{id}")).await;
+        match container["status"].as_str() {
+            Some("failed") => return container,
+            Some("deployed") => panic!("deployed: {container}"),
+            _ => assert!(Instant::now() < deadline, "{container}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_docker_manifests_and_plain_layers_are_pulled() {
+    require_root();
+    let registry = Registry::start();
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    let ember = start(data.path(), &network, &[]);
+    let layers = [
+        busybox_layer().with_compression(Compression::DockerGzip),
+        http_app_layer().with_compression(Compression::DockerGzip),
+    ];
+    push_image(
+        registry.addr,
+        "apps/docker",
+        "v1",
+        &busybox_http_config(),
+        &layers,
+        ManifestFormat::DockerV2,
+    )
+    .await;
+    push_index(
+        registry.addr,
+        "apps/multi",
+        "v1",
+        &busybox_http_config(),
+        &[
+            busybox_layer(),
+            http_app_layer().with_compression(Compression::Plain),
+        ],
+        ManifestFormat::Oci,
+    )
+    .await;
+    for (name, repo) in [("docker", "apps/docker"), ("multi", "apps/multi")] {
+        deploy(
+            &ember,
+            json!({ "name": name, "image": format!("{}/{repo}:v1", registry.addr) }),
+        )
+        .await;
+        assert_eq!(
+            get(&ember, name, "/").await,
+            (StatusCode::OK, "hello from busybox httpd\n".into()),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runtime_leaks_nothing_and_serves_again_after_restart() {
+    require_root();
+    let registry = Registry::start();
+    push_busybox_http_image(registry.addr, "apps/httpd", "v1").await;
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    let ember = start(data.path(), &network, &[]);
+    let id = deploy(
+        &ember,
+        json!({ "name": "web", "image": format!("{}/apps/httpd:v1", registry.addr) }),
+    )
+    .await;
+    assert_eq!(get(&ember, "web", "/").await.0, StatusCode::OK);
+    let instance = only_instance(&ember, &id).await;
+    let traces = Traces::of(data.path(), &instance);
+    ember.kill();
+    assert!(
+        !traces.present().is_empty(),
+        "the container outlived the runtime"
+    );
+
+    let ember = start(data.path(), &network, &[]);
+    ember.wait_deployed(&id).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !traces.present().is_empty() {
+        assert!(Instant::now() < deadline, "leaked: {:?}", traces.present());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        get(&ember, "web", "/").await,
+        (StatusCode::OK, "hello from busybox httpd\n".into())
+    );
+}
