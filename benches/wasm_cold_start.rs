@@ -170,14 +170,19 @@ fn wasm(c: &mut Criterion) {
             name: "bench".into(),
             artifact,
             memory_limit_bytes: 128 << 20,
+            cpus: 1.0,
+            ephemeral_storage_bytes: 0,
             env: vec![],
-            args: vec![],
+            command: None,
+            arguments: None,
+            port: None,
+            logs: ember_sandbox::LogSinkRef(std::sync::Arc::new(ember_sandbox::DiscardLogs)),
             request_timeout: Duration::from_secs(30),
         };
         let prepared = ember_sandbox::Sandbox::prepare(&sandbox, spec)
             .await
             .unwrap();
-        prepared.start().await.unwrap()
+        prepared.start("bench").await.unwrap()
     });
     group.bench_function("sandbox_only", |b| {
         b.to_async(&rt).iter(|| async {

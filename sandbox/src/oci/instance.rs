@@ -57,6 +57,35 @@ pub(crate) struct OciInstance {
     pub(crate) request_timeout: Duration,
 }
 
+/// Removes the headers that concern one connection only (RFC 9110, 7.6.1), and those
+/// the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    ] {
+        headers.remove(name);
+    }
+}
+
 /// A client for one instance: kept-alive HTTP/1 connections to its address.
 pub(crate) fn client() -> Client<HttpConnector, HttpBody> {
     let mut connector = HttpConnector::new();
@@ -78,12 +107,20 @@ impl OciInstance {
         parts.uri = format!("http://{}{path}", self.address)
             .parse()
             .map_err(|e| SandboxError::Guest(format!("bad request path: {e}")))?;
+        strip_hop_by_hop(&mut parts.headers);
         let request = http::Request::from_parts(parts, body);
         let response = tokio::time::timeout(self.request_timeout, self.client.request(request))
             .await
             .map_err(|_| SandboxError::Timeout(self.request_timeout))?
             .map_err(|e| SandboxError::Guest(format!("the container did not answer: {e}")))?;
-        Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+        let (mut parts, body) = response.into_parts();
+        // The instance's `Connection: close` (busybox httpd sends it) is about its hop
+        // only; passed on, it would close the client's kept-alive connection too.
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(http::Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed_unsync(),
+        ))
     }
 
     async fn wait_exit(&self, within: Duration) -> bool {
@@ -161,6 +198,23 @@ fn describe(status: WaitStatus) -> String {
         WaitStatus::Exited(_, code) => format!("exited with code {code}"),
         WaitStatus::Signaled(_, signal, _) => format!("was killed by {signal}"),
         other => format!("ended ({other:?})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_do_not_cross_the_proxy() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("connection", "close, x-private".parse().unwrap());
+        headers.insert("x-private", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("content-type", "text/plain".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("content-type"));
     }
 }
 
