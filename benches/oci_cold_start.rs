@@ -10,7 +10,6 @@
 //!
 //! `cargo bench --bench oci_cold_start`
 
-#[allow(dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 

@@ -581,3 +581,32 @@ async fn a_killed_runtime_leaks_nothing_and_serves_again_after_restart() {
         (StatusCode::OK, "hello from busybox httpd\n".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_root_oci_deployments_are_refused_and_wasm_still_serves() {
+    require_root();
+    let registry = Registry::start();
+    push_busybox_http_image(registry.addr, "apps/httpd", "v1").await;
+    let data = temp_dir();
+    // The runtime runs as nobody: its data dir must be its own.
+    let nobody = 65534;
+    std::os::unix::fs::chown(data.path(), Some(nobody), Some(nobody)).unwrap();
+    let ember = Ember::start_as(Some(nobody), data.path(), &[]);
+    let failed = deploy_failing(
+        &ember,
+        json!({ "name": "web", "image": format!("{}/apps/httpd:v1", registry.addr) }),
+    )
+    .await;
+    let reason = failed["statusReason"].as_str().unwrap();
+    assert!(
+        reason.contains("need the runtime to run as root"),
+        "{reason}"
+    );
+    ember
+        .deploy_wasm("hello", &common::fixtures::hello("still here\n"), json!({}))
+        .await;
+    assert_eq!(
+        ember.invoke("hello").await,
+        (StatusCode::OK, "still here\n".into())
+    );
+}

@@ -29,7 +29,28 @@ pub struct Ember {
 impl Ember {
     /// Starts `ember serve` on `data_dir` with extra flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        Self::start_as(None, data_dir, extra)
+    }
+
+    /// Starts `ember serve` as user `uid` (and group `uid`) when given.
+    pub fn start_as(uid: Option<u32>, data_dir: &Path, extra: &[&str]) -> Self {
+        let binary = match uid {
+            None => PathBuf::from(env!("CARGO_BIN_EXE_ember")),
+            // The build tree may sit where other users cannot reach (/root): run a copy.
+            Some(_) => {
+                use std::os::unix::fs::PermissionsExt;
+                let copy = data_dir.join("ember-bin");
+                std::fs::copy(env!("CARGO_BIN_EXE_ember"), &copy).unwrap();
+                std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+                copy
+            }
+        };
+        let mut command = Command::new(binary);
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(uid);
+        }
+        let mut child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)

@@ -516,6 +516,7 @@ async fn wait_until_ready(
             )));
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(20));
+        // Capped low: a cold start waits on this loop.
+        pause = (pause * 2).min(Duration::from_millis(2));
     }
 }
