@@ -201,23 +201,6 @@ fn describe(status: WaitStatus) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_do_not_cross_the_proxy() {
-        let mut headers = http::HeaderMap::new();
-        headers.insert("connection", "close, x-private".parse().unwrap());
-        headers.insert("x-private", "1".parse().unwrap());
-        headers.insert("keep-alive", "timeout=5".parse().unwrap());
-        headers.insert("content-type", "text/plain".parse().unwrap());
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert!(headers.contains_key("content-type"));
-    }
-}
-
 /// Longest line kept whole; longer output is split so one endless line cannot grow
 /// memory without bound.
 const MAX_LINE: usize = 16 * 1024;
@@ -259,4 +242,21 @@ pub(crate) fn forward_output(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_do_not_cross_the_proxy() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("connection", "close, x-private".parse().unwrap());
+        headers.insert("x-private", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("content-type", "text/plain".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("content-type"));
+    }
 }
