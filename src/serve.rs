@@ -55,13 +55,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         runtime.clone(),
         ingress_listener,
     ));
-    let api = axum::serve(api_listener, ember_api::router(runtime));
-    tokio::select! {
-        result = api => result.context("the API server failed")?,
-        _ = ingress => anyhow::bail!("the ingress stopped"),
-        _ = shutdown_signal() => tracing::info!("shutting down"),
-    }
-    Ok(())
+    let api = axum::serve(api_listener, ember_api::router(runtime.clone()));
+    let outcome = tokio::select! {
+        result = api => result.context("the API server failed"),
+        _ = ingress => Err(anyhow::anyhow!("the ingress stopped")),
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    };
+    // Containers stop with the runtime (SIGTERM, grace, SIGKILL), whatever ended it.
+    runtime.shut_down().await;
+    outcome
 }
 
 async fn shutdown_signal() {

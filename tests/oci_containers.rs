@@ -571,15 +571,26 @@ async fn a_killed_runtime_leaks_nothing_and_serves_again_after_restart() {
 
     let ember = start(data.path(), &network, &[]);
     ember.wait_deployed(&id).await;
+    wait_gone(&traces).await;
+    assert_eq!(
+        get(&ember, "web", "/").await,
+        (StatusCode::OK, "hello from busybox httpd\n".into())
+    );
+
+    // A runtime that is stopped (SIGTERM) stops its containers with it.
+    let instance = only_instance(&ember, &id).await;
+    let traces = Traces::of(data.path(), &instance);
+    assert!(!traces.present().is_empty());
+    drop(ember);
+    wait_gone(&traces).await;
+}
+
+async fn wait_gone(traces: &Traces) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !traces.present().is_empty() {
         assert!(Instant::now() < deadline, "leaked: {:?}", traces.present());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        get(&ember, "web", "/").await,
-        (StatusCode::OK, "hello from busybox httpd\n".into())
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

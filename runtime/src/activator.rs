@@ -189,6 +189,15 @@ impl Service {
         stop_all(all);
     }
 
+    /// Stops every instance, busy or not, and waits until they are gone: the runtime
+    /// is shutting down, and no container may outlive it.
+    pub(crate) async fn stop_everything(&self) {
+        let all = std::mem::take(&mut self.pool.lock().instances);
+        for live in all {
+            live.instance.stop().await;
+        }
+    }
+
     /// Stops every instance that serves no request now, as scaling to zero would;
     /// returns how many stopped.
     pub(crate) async fn stop_idle_instances(&self) -> usize {

@@ -240,6 +240,16 @@ impl Runtime {
         Ok(self.inner.logs.read(id, since, until))
     }
 
+    /// Stops every instance of every container and waits for them to go, so that a
+    /// runtime that exits leaves no container behind.
+    pub async fn shut_down(&self) {
+        let services: Vec<_> = self.inner.services.read().values().cloned().collect();
+        futures::future::join_all(services.iter().map(|s| s.stop_everything())).await;
+        if let Err(e) = self.inner.store.flush().await {
+            tracing::warn!(error = %e, "flushing the state store at shutdown failed");
+        }
+    }
+
     /// One container.
     pub fn get_container(
         &self,
