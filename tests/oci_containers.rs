@@ -220,6 +220,8 @@ async fn runs_an_image_and_passes_command_arguments_and_env() {
     let instance = only_instance(&ember, &custom).await;
     assert!(text.contains(&instance), "{text}");
     assert!(ember.metric("ember_cold_starts_total{kind=\"oci\"}").await >= 2.0);
+    drop(ember);
+    assert_nothing_left(data.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -583,6 +585,29 @@ async fn a_killed_runtime_leaks_nothing_and_serves_again_after_restart() {
     assert!(!traces.present().is_empty());
     drop(ember);
     wait_gone(&traces).await;
+    assert_nothing_left(data.path()).await;
+}
+
+/// Once the runtime has stopped: no instance directory (and so no mount) is left
+/// under its data dir.
+async fn assert_nothing_left(data: &Path) {
+    let instances = data.join("oci/instances");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&instances)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mounted = mounts.contains(&instances.display().to_string());
+        if left.is_empty() && !mounted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {left:?}, mounted: {mounted}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn wait_gone(traces: &Traces) {
