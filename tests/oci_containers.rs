@@ -70,6 +70,31 @@ impl Drop for TestNetwork {
     }
 }
 
+/// What most tests start from: a registry holding the busybox httpd image (`image`),
+/// a network and data dir of the test's own, and Ember running on them.
+struct Setup {
+    ember: Ember,
+    data: tempfile::TempDir,
+    image: String,
+    network: TestNetwork,
+    _registry: Registry,
+}
+
+async fn setup(extra: &[&str]) -> Setup {
+    let registry = Registry::start();
+    push_busybox_http_image(registry.addr, "apps/httpd", "v1").await;
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    let ember = start(data.path(), &network, extra);
+    Setup {
+        ember,
+        image: format!("{}/apps/httpd:v1", registry.addr),
+        data,
+        network,
+        _registry: registry,
+    }
+}
+
 fn start(data: &Path, network: &TestNetwork, extra: &[&str]) -> Ember {
     let mut flags = network.flags();
     flags.extend(extra.iter().map(|s| s.to_string()));
@@ -155,12 +180,13 @@ async fn only_instance(ember: &Ember, id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_an_image_and_passes_command_arguments_and_env() {
     require_root();
-    let registry = Registry::start();
-    push_busybox_http_image(registry.addr, "apps/httpd", "v1").await;
-    let image = format!("{}/apps/httpd:v1", registry.addr);
-    let network = TestNetwork::new();
-    let data = temp_dir();
-    let ember = start(data.path(), &network, &[]);
+    let Setup {
+        ember,
+        data,
+        image,
+        network: _network,
+        _registry,
+    } = setup(&[]).await;
 
     deploy(&ember, json!({ "name": "web", "image": image })).await;
     assert_eq!(
@@ -227,16 +253,14 @@ async fn runs_an_image_and_passes_command_arguments_and_env() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_to_zero_leaves_nothing_behind_and_the_next_request_starts_again() {
     require_root();
-    let registry = Registry::start();
-    push_busybox_http_image(registry.addr, "apps/httpd", "v1").await;
-    let network = TestNetwork::new();
-    let data = temp_dir();
-    let ember = start(data.path(), &network, &["--idle-timeout", "1"]);
-    let id = deploy(
-        &ember,
-        json!({ "name": "web", "image": format!("{}/apps/httpd:v1", registry.addr) }),
-    )
-    .await;
+    let Setup {
+        ember,
+        data,
+        image,
+        network: _network,
+        _registry,
+    } = setup(&["--idle-timeout", "1"]).await;
+    let id = deploy(&ember, json!({ "name": "web", "image": image.clone() })).await;
     assert_eq!(get(&ember, "web", "/").await.0, StatusCode::OK);
     let instance = only_instance(&ember, &id).await;
     let traces = Traces::of(data.path(), &instance);
@@ -266,12 +290,13 @@ async fn scaling_to_zero_leaves_nothing_behind_and_the_next_request_starts_again
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashing_container_is_restarted_with_backoff_and_reported() {
     require_root();
-    let registry = Registry::start();
-    push_busybox_http_image(registry.addr, "apps/httpd", "v1").await;
-    let network = TestNetwork::new();
-    let data = temp_dir();
-    let ember = start(data.path(), &network, &[]);
-    let image = format!("{}/apps/httpd:v1", registry.addr);
+    let Setup {
+        ember,
+        data: _data,
+        image,
+        network: _network,
+        _registry,
+    } = setup(&[]).await;
     let id = deploy(
         &ember,
         json!({
@@ -332,16 +357,18 @@ fn cgroup_file(instance: &str, v1: &str, v2: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_pids_and_disk_limits_hold_and_the_runtime_keeps_answering() {
     require_root();
-    let registry = Registry::start();
-    push_busybox_http_image(registry.addr, "apps/httpd", "v1").await;
-    let network = TestNetwork::new();
-    let data = temp_dir();
-    let ember = start(data.path(), &network, &["--pids-limit", "40"]);
+    let Setup {
+        ember,
+        data: _data,
+        image,
+        network: _network,
+        _registry,
+    } = setup(&["--pids-limit", "40"]).await;
     let id = deploy(
         &ember,
         json!({
             "name": "limited",
-            "image": format!("{}/apps/httpd:v1", registry.addr),
+            "image": image.clone(),
             "ram": "32Mi",
             "ephemeralStorage": "8Mi",
         }),
@@ -552,16 +579,14 @@ async fn indexes_docker_manifests_and_plain_layers_are_pulled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_runtime_leaks_nothing_and_serves_again_after_restart() {
     require_root();
-    let registry = Registry::start();
-    push_busybox_http_image(registry.addr, "apps/httpd", "v1").await;
-    let network = TestNetwork::new();
-    let data = temp_dir();
-    let ember = start(data.path(), &network, &[]);
-    let id = deploy(
-        &ember,
-        json!({ "name": "web", "image": format!("{}/apps/httpd:v1", registry.addr) }),
-    )
-    .await;
+    let Setup {
+        ember,
+        data,
+        image,
+        network,
+        _registry,
+    } = setup(&[]).await;
+    let id = deploy(&ember, json!({ "name": "web", "image": image.clone() })).await;
     assert_eq!(get(&ember, "web", "/").await.0, StatusCode::OK);
     let instance = only_instance(&ember, &id).await;
     let traces = Traces::of(data.path(), &instance);

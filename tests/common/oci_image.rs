@@ -476,7 +476,6 @@ async fn push_image_blobs(
 }
 
 /// Monolithic blob upload (POST, then PUT with `?digest=`); returns the digest.
-/// Same protocol as [`super::registry::Registry::push_blob`], by address.
 pub async fn push_blob(registry_addr: SocketAddr, repository: &str, bytes: &[u8]) -> String {
     let client = reqwest::Client::new();
     let started = client

@@ -109,33 +109,7 @@ impl Registry {
 
     /// Monolithic blob upload: POST to start, PUT with the digest to finish.
     pub async fn push_blob(&self, repository: &str, bytes: &[u8]) -> String {
-        let client = reqwest::Client::new();
-        let started = client
-            .post(format!(
-                "http://{}/v2/{repository}/blobs/uploads/",
-                self.addr
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(started.status(), reqwest::StatusCode::ACCEPTED);
-        let location = started.headers()["location"].to_str().unwrap().to_string();
-        let location = if location.starts_with("http") {
-            location
-        } else {
-            format!("http://{}{location}", self.addr)
-        };
-        let digest = digest(bytes);
-        let separator = if location.contains('?') { '&' } else { '?' };
-        let finished = client
-            .put(format!("{location}{separator}digest={digest}"))
-            .header("content-type", "application/octet-stream")
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(finished.status(), reqwest::StatusCode::CREATED, "blob push");
-        digest
+        super::oci_image::push_blob(self.addr, repository, bytes).await
     }
 }
 
