@@ -17,20 +17,9 @@ use std::time::{Duration, Instant};
 
 fn require_root() {
     assert!(
-        nix_is_root(),
+        nix::unistd::geteuid().is_root(),
         "OCI container tests need root (CI runs them as root); run `scripts/test` as root"
     );
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 /// A bridge and subnet of this test's own, removed when the test ends.
@@ -343,13 +332,18 @@ async fn a_crashing_container_is_restarted_with_backoff_and_reported() {
     );
 }
 
-fn cgroup_file(instance: &str, v1: &str, v2: &str) -> String {
+/// The instance's OOM record, which has an `oom_kill N` line: `memory.oom_control`
+/// on cgroup v1 (this machine's hybrid layout), `memory.events` on v2.
+fn oom_record(instance: &str) -> String {
     let id = format!("ember-{instance}");
-    let hybrid = Path::new("/sys/fs/cgroup/memory").exists();
-    let path = if hybrid {
-        Path::new("/sys/fs/cgroup").join(v1).join("ember").join(&id)
+    let path = if Path::new("/sys/fs/cgroup/memory").exists() {
+        Path::new("/sys/fs/cgroup/memory/ember")
+            .join(&id)
+            .join("memory.oom_control")
     } else {
-        Path::new("/sys/fs/cgroup/ember").join(&id).join(v2)
+        Path::new("/sys/fs/cgroup/ember")
+            .join(&id)
+            .join("memory.events")
     };
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -379,17 +373,7 @@ async fn memory_pids_and_disk_limits_hold_and_the_runtime_keeps_answering() {
 
     // A memory hog (in a CGI child) is OOM-killed; the container and runtime carry on.
     let _ = get(&ember, "limited", "/cgi-bin/hog?200").await;
-    let hybrid = Path::new("/sys/fs/cgroup/memory").exists();
-    let events = if hybrid {
-        std::fs::read_to_string(
-            Path::new("/sys/fs/cgroup/memory/ember")
-                .join(format!("ember-{instance}"))
-                .join("memory.oom_control"),
-        )
-        .unwrap()
-    } else {
-        cgroup_file(&instance, "", "memory.events")
-    };
+    let events = oom_record(&instance);
     assert!(
         events
             .lines()

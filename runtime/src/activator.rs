@@ -153,6 +153,11 @@ impl Service {
         service
     }
 
+    /// Clock time of the last request start or end.
+    fn last_activity(&self) -> Duration {
+        Duration::from_nanos(self.last_activity.load(Ordering::Relaxed))
+    }
+
     fn touch(&self) {
         let now = self.clock.now().as_nanos() as u64;
         self.last_activity.store(now, Ordering::Relaxed);
@@ -339,7 +344,7 @@ impl Service {
         done
     }
 
-    /// Times instances ended on their own.
+    /// Times instances ended on their own or failed to start.
     pub(crate) fn restarts(&self) -> u32 {
         self.restarts.lock().total
     }
@@ -383,9 +388,7 @@ impl Service {
         let backoff = self.record_restart(&format!("instance {id} {reason}"), ran_long);
         tracing::warn!(container = %self.id, instance = %id, reason, backoff_s = backoff.as_secs_f64(), "instance ended on its own");
         let policy = *self.policy.lock();
-        let idle_for = self.clock.now().saturating_sub(Duration::from_nanos(
-            self.last_activity.load(Ordering::Relaxed),
-        ));
+        let idle_for = self.clock.now().saturating_sub(self.last_activity());
         let wanted = (pool.instances.len() + pool.starting.len())
             < policy.min_instances.max(1) as usize
             && (policy.min_instances > 0 || idle_for < policy.idle_timeout);
@@ -427,9 +430,7 @@ impl Service {
                 .map(|i| i.in_flight.load(Ordering::Relaxed))
                 .sum(),
             waiting: pool.waiting,
-            last_activity: Some(Duration::from_nanos(
-                self.last_activity.load(Ordering::Relaxed),
-            )),
+            last_activity: Some(self.last_activity()),
         };
         let decision = decide(&policy, &observed, now);
         if decision.desired < observed.ready {

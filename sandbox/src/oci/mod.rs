@@ -52,21 +52,6 @@ pub struct OciConfig {
     pub pids_limit: u32,
 }
 
-impl OciConfig {
-    /// Defaults under `root`: bridge `ember0` on 10.88.0.0/16, 10 s grace, 60 s
-    /// startup, 1024 processes.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self {
-            root: root.into(),
-            bridge: "ember0".into(),
-            subnet: "10.88.0.0/16".parse().expect("valid default subnet"),
-            stop_grace: Duration::from_secs(10),
-            startup_timeout: Duration::from_secs(60),
-            pids_limit: 1024,
-        }
-    }
-}
-
 struct Shared {
     config: OciConfig,
     blobs: BlobStore,
@@ -403,10 +388,11 @@ impl PreparedContainer {
                 return Err(e);
             }
         };
-        let pid = container
-            .pid()
-            .ok_or_else(|| SandboxError::Start("the container has no init process".into()))?;
+        let pid = container.pid();
+        // Recorded before anything can fail, so that a failure still deletes it.
         resources.container = Some(container);
+        let pid =
+            pid.ok_or_else(|| SandboxError::Start("the container has no init process".into()))?;
         let exit =
             instance::reap_on_exit(pid).map_err(|e| fail("watching the init process", &e))?;
         instance::forward_output(

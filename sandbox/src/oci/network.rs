@@ -125,8 +125,16 @@ fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkE
     move |source| NetworkError::Netlink { what, source }
 }
 
-fn already_exists(e: &rtnetlink::Error) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
+/// A creation that found its object already there (left by an earlier run, or made
+/// by another runtime meanwhile) succeeded as far as the caller is concerned.
+fn unless_already_there(
+    result: Result<(), rtnetlink::Error>,
+    what: String,
+) -> Result<(), NetworkError> {
+    match result {
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => Ok(()),
+        other => other.map_err(netlink(what)),
+    }
 }
 
 /// The bridge and the addresses behind it.
@@ -162,11 +170,7 @@ impl Network {
                     .add(LinkBridge::new(bridge).build())
                     .execute()
                     .await;
-                match created {
-                    Ok(()) => {}
-                    Err(e) if already_exists(&e) => {}
-                    Err(e) => return Err(netlink(format!("creating bridge {bridge}"))(e)),
-                }
+                unless_already_there(created, format!("creating bridge {bridge}"))?;
                 link_index(&host, bridge)
                     .await?
                     .ok_or_else(|| NetworkError::Namespace {
@@ -180,11 +184,7 @@ impl Network {
             .add(index, IpAddr::V4(subnet.gateway()), subnet.prefix())
             .execute()
             .await;
-        match added {
-            Ok(()) => {}
-            Err(e) if already_exists(&e) => {}
-            Err(e) => return Err(netlink(format!("addressing bridge {bridge}"))(e)),
-        }
+        unless_already_there(added, format!("addressing bridge {bridge}"))?;
         host.link()
             .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
