@@ -65,6 +65,12 @@ pub struct ServeArgs {
     /// Output kept per container, in KiB.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub log_retention_kib: u64,
+    /// CPUs instances may ask for in all (default: the machine's).
+    #[arg(long)]
+    pub node_cpus: Option<f64>,
+    /// Memory instances may ask for in all, e.g. 16Gi (default: the machine's).
+    #[arg(long)]
+    pub node_memory: Option<ember_runtime::model::Quantity>,
 }
 
 #[derive(Args, Clone)]
@@ -113,6 +119,12 @@ pub struct DeployArgs {
     /// Seconds idle before scaling to zero.
     #[arg(long)]
     pub idle_timeout: Option<u64>,
+    /// Most requests one instance serves at once (default: 1000 wasm, 100 OCI).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Most requests waiting for an instance before 503s.
+    #[arg(long)]
+    pub queue_depth: Option<u32>,
     /// Return at once instead of waiting for the deployment to finish.
     #[arg(long)]
     pub no_wait: bool,

@@ -51,6 +51,12 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if let Some(s) = args.idle_timeout {
         body["idleTimeoutSeconds"] = json!(s);
     }
+    if let Some(n) = args.concurrency {
+        body["concurrency"] = json!(n);
+    }
+    if let Some(n) = args.queue_depth {
+        body["queueDepth"] = json!(n);
+    }
     let mut container = match client.find(&args.name).await? {
         Some(existing) => {
             let id = existing["id"].as_str().unwrap_or_default().to_string();

@@ -26,6 +26,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.stop_grace = Duration::from_secs(args.stop_grace);
     config.startup_timeout = Duration::from_secs(args.startup_timeout);
     config.pids_limit = args.pids_limit;
+    if let Some(cpus) = args.node_cpus {
+        anyhow::ensure!(
+            cpus.is_finite() && cpus > 0.0,
+            "--node-cpus {cpus}: expected a number of CPUs above 0"
+        );
+        config.node_cpus = Some(cpus);
+    }
+    config.node_memory_bytes = args.node_memory.map(|q| q.bytes());
     config.log_retention_bytes =
         usize::try_from(args.log_retention_kib * 1024).unwrap_or(usize::MAX);
     config.admin_token = std::env::var("EMBER_ADMIN_TOKEN")

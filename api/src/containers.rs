@@ -117,6 +117,8 @@ pub(crate) struct ContainerRequest {
     min_instances: Option<u32>,
     max_instances: Option<u32>,
     idle_timeout_seconds: Option<u64>,
+    concurrency: Option<u32>,
+    queue_depth: Option<u32>,
 }
 
 /// The port may be written as the document does (`"80"`) or as a number.
@@ -142,6 +144,10 @@ fn invalid(field: &str, e: impl std::fmt::Display) -> ApiError {
 const MAX_CPU: f64 = 1024.0;
 /// Longest idle timeout accepted (a week).
 const MAX_IDLE_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+/// Most requests one instance may be given at once.
+const MAX_CONCURRENCY: u32 = 100_000;
+/// Most requests one container may queue.
+const MAX_QUEUE_DEPTH: u32 = 100_000;
 
 impl ContainerRequest {
     /// Checks each field on its own and turns the request into a typed patch.
@@ -214,6 +220,19 @@ impl ContainerRequest {
                 format!("must be between 1 and {MAX_IDLE_TIMEOUT_SECONDS}"),
             ));
         }
+        for (field, value, max) in [
+            ("concurrency", self.concurrency, MAX_CONCURRENCY),
+            ("queueDepth", self.queue_depth, MAX_QUEUE_DEPTH),
+        ] {
+            if let Some(value) = value
+                && !(1..=max).contains(&value)
+            {
+                return Err(ApiError::invalid_field(
+                    field,
+                    format!("{value} is not between 1 and {max}"),
+                ));
+            }
+        }
         Ok(ContainerPatch {
             name,
             // Checked by the runtime, which also knows whether a `sha256:` blob exists.
@@ -230,6 +249,8 @@ impl ContainerRequest {
             min_instances: self.min_instances,
             max_instances: self.max_instances,
             idle_timeout_seconds: self.idle_timeout_seconds,
+            concurrency: self.concurrency,
+            queue_depth: self.queue_depth,
         })
     }
 }
@@ -260,6 +281,10 @@ pub(crate) struct ContainerJson {
     min_instances: u32,
     max_instances: u32,
     idle_timeout_seconds: u64,
+    /// `null`: the default for the workload's kind.
+    concurrency: Option<u32>,
+    queue_depth: u32,
+    pinned_instances: u32,
     restarts: u32,
 }
 
@@ -291,6 +316,9 @@ impl ContainerJson {
             idle_timeout_seconds: spec
                 .idle_timeout_seconds
                 .unwrap_or(runtime.config().default_idle_timeout.as_secs()),
+            concurrency: spec.concurrency,
+            queue_depth: spec.queue_depth,
+            pinned_instances: c.pinned_instances,
             restarts: view.restarts,
         }
     }

@@ -1,17 +1,29 @@
-//! `/v1/containers/{id}/instances`: live instances, in the shape of document 004.
+//! `/v1/containers/{id}/instances`: live instances, in the shape of document 004, and
+//! instances started or stopped by hand (each a job: see [`crate::jobs`]).
 
 use crate::auth::Authenticated;
 use crate::containers::{container_id, rfc3339};
 use crate::error::ApiError;
+use crate::jobs::JobJson;
+use crate::json::StrictJson;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use ember_runtime::Runtime;
-use ember_runtime::model::{InstanceInfo, InstanceState};
-use serde::Serialize;
+use ember_runtime::model::{InstanceId, InstanceInfo, InstanceState, ServerId};
+use serde::{Deserialize, Serialize};
 
 pub(crate) fn routes() -> Router<Runtime> {
-    Router::new().route("/v1/containers/{id}/instances", get(list))
+    Router::new()
+        .route(
+            "/v1/containers/{id}/instances",
+            get(list).post(create).delete(delete_all),
+        )
+        .route(
+            "/v1/containers/{id}/instances/{instance}",
+            get(get_one).delete(delete_one),
+        )
 }
 
 async fn list(
@@ -25,10 +37,104 @@ async fn list(
     }))
 }
 
+async fn get_one(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path((id, instance)): Path<(String, String)>,
+) -> Result<Json<DataEnvelope<InstanceJson>>, ApiError> {
+    let info = runtime.get_instance(&caller, container_id(&id)?, instance_id(&instance)?)?;
+    Ok(Json(DataEnvelope {
+        data: InstanceJson::from(info),
+    }))
+}
+
+/// One entry of POST's body, as document 004 names its fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewInstances {
+    server_id: String,
+    new_instances: u32,
+}
+
+/// Most instances one request may ask for on one server.
+const MAX_NEW_INSTANCES: u32 = 1000;
+
+async fn create(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    StrictJson(body): StrictJson<Vec<NewInstances>>,
+) -> Result<(StatusCode, Json<DataEnvelope<JobJson>>), ApiError> {
+    let id = container_id(&id)?;
+    if body.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body must list at least one {\"server_id\", \"new_instances\"} entry",
+        ));
+    }
+    let mut requests = Vec::with_capacity(body.len());
+    for (i, entry) in body.iter().enumerate() {
+        let server: ServerId =
+            entry
+                .server_id
+                .parse()
+                .map_err(|e: ember_runtime::model::InvalidId| {
+                    ApiError::invalid_field(format!("[{i}].server_id"), e.to_string())
+                })?;
+        if !(1..=MAX_NEW_INSTANCES).contains(&entry.new_instances) {
+            return Err(ApiError::invalid_field(
+                format!("[{i}].new_instances"),
+                format!("must be between 1 and {MAX_NEW_INSTANCES}"),
+            ));
+        }
+        requests.push((server, entry.new_instances));
+    }
+    let job = runtime.create_instances(&caller, id, &requests).await?;
+    Ok(accepted(job))
+}
+
+async fn delete_all(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<DataEnvelope<JobJson>>), ApiError> {
+    let job = runtime
+        .delete_instances(&caller, container_id(&id)?)
+        .await?;
+    Ok(accepted(job))
+}
+
+async fn delete_one(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path((id, instance)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<DataEnvelope<JobJson>>), ApiError> {
+    let job = runtime
+        .delete_instance(&caller, container_id(&id)?, instance_id(&instance)?)
+        .await?;
+    Ok(accepted(job))
+}
+
+fn accepted(job: ember_runtime::model::Job) -> (StatusCode, Json<DataEnvelope<JobJson>>) {
+    (
+        StatusCode::ACCEPTED,
+        Json(DataEnvelope {
+            data: JobJson::from(job),
+        }),
+    )
+}
+
+fn instance_id(raw: &str) -> Result<InstanceId, ApiError> {
+    raw.parse().map_err(|e: ember_runtime::model::InvalidId| {
+        ApiError::invalid_field("instanceId", e.to_string())
+    })
+}
+
 /// Document 004's envelope: `{"data": ...}`.
 #[derive(Serialize)]
 pub(crate) struct DataEnvelope<T> {
-    data: T,
+    pub(crate) data: T,
 }
 
 #[derive(Serialize)]
@@ -39,12 +145,16 @@ struct InstanceJson {
     revision: u32,
     state: StateJson,
     in_flight: u32,
+    pinned: bool,
 }
 
 #[derive(Serialize)]
 struct StateJson {
     current: InstanceState,
     changed: String,
+    /// Why a starting instance has not started yet, while it waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 impl From<InstanceInfo> for InstanceJson {
@@ -57,8 +167,10 @@ impl From<InstanceInfo> for InstanceJson {
             state: StateJson {
                 current: i.state,
                 changed: rfc3339(i.state_changed),
+                reason: i.waiting_reason,
             },
             in_flight: i.in_flight,
+            pinned: i.pinned,
         }
     }
 }

@@ -10,6 +10,7 @@ mod blobs;
 mod containers;
 pub mod error;
 mod instances;
+mod jobs;
 mod json;
 mod logs;
 mod pagination;
@@ -26,6 +27,7 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/metrics", get(metrics))
         .merge(containers::routes())
         .merge(instances::routes())
+        .merge(jobs::routes())
         .merge(logs::routes())
         .merge(blobs::routes())
         .fallback(not_found)

@@ -1,22 +1,28 @@
-//! The activator: finds an instance for each request, starting one when none is
-//! warm, so that every request waiting during a cold start shares that one start.
+//! The activator: finds an instance for each request. A request that finds every
+//! instance at its concurrency limit (or none at all) waits in the container's
+//! bounded FIFO queue while the autoscaler starts as many instances as the demand
+//! needs, in parallel; each freed slot goes to the request that waited longest.
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::model::{ContainerId, InstanceId, InstanceInfo, InstanceState, ServerId};
+use crate::node::{NodeCapacity, Placement};
 use ember_sandbox::{Instance, PreparedWorkload, WorkloadKind};
-use ember_scheduler::{Observation, ScaleReason, ScalingPolicy, decide};
+use ember_scheduler::{Autoscaler, Observation, Request, ScaleReason, ScalingPolicy};
 use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// A revision ready to start instances from.
 pub(crate) struct ServingRevision {
     pub(crate) number: u32,
     pub(crate) kind: WorkloadKind,
     pub(crate) prepared: Arc<dyn PreparedWorkload>,
+    /// What each instance asks of its node.
+    pub(crate) request: Request,
 }
 
 /// What a container's traffic goes to.
@@ -30,15 +36,25 @@ pub(crate) enum Serving {
     Unavailable(Arc<str>),
 }
 
+/// How a container's traffic is handled: its scaling and its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TrafficPolicy {
+    pub(crate) scaling: ScalingPolicy,
+    /// Most requests waiting for an instance.
+    pub(crate) queue_depth: u32,
+}
+
 /// Why no instance could be had for a request.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum ActivationError {
     #[error("the container is not available: {0}")]
     Unavailable(Arc<str>),
-    #[error("no instance became ready within {0:?}")]
+    #[error("no instance had room for the request within {0:?}")]
     Timeout(Duration),
     #[error("starting an instance failed: {0}")]
     StartFailed(Arc<str>),
+    #[error("the container's queue is full ({0} requests wait already)")]
+    QueueFull(u32),
 }
 
 /// One started instance and the requests it is serving.
@@ -50,14 +66,23 @@ pub(crate) struct LiveInstance {
     /// Clock time of the start, for the restart backoff.
     started_at: Duration,
     in_flight: AtomicU32,
+    /// Started through the instances API: the autoscaler neither counts nor stops it.
+    pinned: bool,
+    /// Its room on the node, given back when the last reference goes.
+    _placement: Placement,
 }
 
-/// An instance start in progress; waiters watch `done`.
+/// The outcome of one instance start, for those who wait on it.
+pub(crate) type StartOutcome = watch::Receiver<Option<Result<(), Arc<str>>>>;
+
+/// An instance start in progress.
 struct Starting {
     id: InstanceId,
     revision: u32,
     since: SystemTime,
-    done: watch::Receiver<Option<Result<(), Arc<str>>>>,
+    pinned: bool,
+    /// Why it has not started yet (no room on the node, say).
+    waiting_reason: Option<String>,
 }
 
 /// Instances that ended on their own, and when the next start may happen.
@@ -80,11 +105,29 @@ const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
 /// An instance that ran this long before ending starts the backoff afresh.
 const STABLE_UPTIME: Duration = Duration::from_secs(60);
 
-#[derive(Default)]
+/// A request waiting for a slot.
+type Waiter = oneshot::Sender<Result<Lease, ActivationError>>;
+
 struct Pool {
+    policy: TrafficPolicy,
     instances: Vec<Arc<LiveInstance>>,
     starting: Vec<Starting>,
-    waiting: u32,
+    queue: VecDeque<Waiter>,
+    autoscaler: Autoscaler,
+    /// The autoscaler's last answer, for metrics.
+    desired: u32,
+    /// Instances the instances API asked for.
+    pinned_wanted: u32,
+}
+
+/// A point-in-time view of a container's traffic, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TrafficStats {
+    pub(crate) in_flight: u32,
+    pub(crate) queued: u32,
+    pub(crate) desired: u32,
+    pub(crate) running: u32,
+    pub(crate) starting: u32,
 }
 
 /// One container's traffic state: its serving revision and its instances.
@@ -94,39 +137,41 @@ pub(crate) struct Service {
     serving: watch::Sender<Serving>,
     pool: Mutex<Pool>,
     restarts: Mutex<Restarts>,
-    policy: Mutex<ScalingPolicy>,
     /// Nanoseconds since the clock's origin of the last request start or end.
     last_activity: AtomicU64,
+    /// Scaling decisions that changed the instance count, by reason.
+    decisions: [AtomicU64; ScaleReason::ALL.len()],
     clock: Clock,
     metrics: Arc<Metrics>,
+    node: Arc<NodeCapacity>,
 }
 
 /// The right to send one request to one instance; released when dropped (after the
-/// response body has been sent).
+/// response body has been sent), and the slot handed to the next waiting request.
 pub(crate) struct Lease {
     service: Arc<Service>,
     instance: Arc<LiveInstance>,
+    armed: bool,
 }
 
 impl Lease {
     pub(crate) fn instance(&self) -> &Arc<dyn Instance> {
         &self.instance.instance
     }
+
+    /// Gives the slot back without handing it on: for a lease that never reached
+    /// its request.
+    fn disarm(mut self) {
+        self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.armed = false;
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.service.touch();
-    }
-}
-
-/// Counts a request as waiting for as long as it exists.
-struct Waiting<'a>(&'a Service);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.pool.lock().waiting -= 1;
+        if self.armed {
+            self.service.release(&self.instance);
+        }
     }
 }
 
@@ -134,20 +179,30 @@ impl Service {
     pub(crate) fn new(
         id: ContainerId,
         server_id: ServerId,
-        policy: ScalingPolicy,
+        policy: TrafficPolicy,
         clock: Clock,
         metrics: Arc<Metrics>,
+        node: Arc<NodeCapacity>,
     ) -> Arc<Self> {
         let service = Arc::new(Self {
             id,
             server_id,
             serving: watch::Sender::new(Serving::Deploying),
-            pool: Mutex::default(),
+            pool: Mutex::new(Pool {
+                policy,
+                instances: Vec::new(),
+                starting: Vec::new(),
+                queue: VecDeque::new(),
+                autoscaler: Autoscaler::new(),
+                desired: 0,
+                pinned_wanted: 0,
+            }),
             restarts: Mutex::default(),
-            policy: Mutex::new(policy),
             last_activity: AtomicU64::new(0),
+            decisions: Default::default(),
             clock,
             metrics,
+            node,
         });
         service.touch();
         service
@@ -163,28 +218,59 @@ impl Service {
         self.last_activity.store(now, Ordering::Relaxed);
     }
 
-    pub(crate) fn set_policy(&self, policy: ScalingPolicy) {
-        *self.policy.lock() = policy;
+    pub(crate) fn set_policy(&self, policy: TrafficPolicy) {
+        self.pool.lock().policy = policy;
+    }
+
+    /// Sets how many pinned instances the container keeps (after a restart).
+    pub(crate) fn set_pinned(&self, pinned: u32) {
+        self.pool.lock().pinned_wanted = pinned;
+    }
+
+    fn serving_revision(&self) -> Option<Arc<ServingRevision>> {
+        match &*self.serving.borrow() {
+            Serving::Ready(revision) => Some(revision.clone()),
+            _ => None,
+        }
+    }
+
+    fn serving_number(&self) -> Option<u32> {
+        match &*self.serving.borrow() {
+            Serving::Ready(revision) => Some(revision.number),
+            _ => None,
+        }
     }
 
     /// Sends traffic to `revision` from now on. Idle instances of older revisions stop
     /// now; busy ones finish their requests first (see [`Service::reconcile`]).
-    pub(crate) fn serve(&self, revision: Arc<ServingRevision>) {
+    pub(crate) fn serve(self: &Arc<Self>, revision: Arc<ServingRevision>) {
         let number = revision.number;
         // A new revision starts with a clean slate.
         *self.restarts.lock() = Restarts::default();
         self.serving.send_replace(Serving::Ready(revision));
         let retired = {
             let mut pool = self.pool.lock();
-            take_idle(&mut pool.instances, |i| i.revision != number, usize::MAX)
+            let mut retired = take_idle(&mut pool.instances, |i| i.revision != number, usize::MAX);
+            retired.extend(self.scale(&mut pool, false));
+            retired
         };
         stop_all(retired);
     }
 
-    /// Marks the container unavailable (its first deployment failed, or it was deleted).
+    /// Marks the container unavailable (its first deployment failed, or it was deleted);
+    /// requests waiting get the reason.
     pub(crate) fn make_unavailable(&self, reason: &str) {
+        let reason: Arc<str> = reason.into();
         self.serving
-            .send_replace(Serving::Unavailable(reason.into()));
+            .send_replace(Serving::Unavailable(reason.clone()));
+        let waiting = std::mem::take(&mut self.pool.lock().queue);
+        for waiter in waiting {
+            let _ = waiter.send(Err(ActivationError::Unavailable(reason.clone())));
+        }
+    }
+
+    fn is_unavailable(&self) -> bool {
+        matches!(*self.serving.borrow(), Serving::Unavailable(_))
     }
 
     /// Stops every instance; used when the container is deleted.
@@ -197,6 +283,7 @@ impl Service {
     /// Stops every instance, busy or not, and waits until they are gone: the runtime
     /// is shutting down, and no container may outlive it.
     pub(crate) async fn stop_everything(&self) {
+        self.make_unavailable("the runtime is shutting down");
         let all = std::mem::take(&mut self.pool.lock().instances);
         for live in all {
             live.instance.stop().await;
@@ -208,7 +295,7 @@ impl Service {
     pub(crate) async fn stop_idle_instances(&self) -> usize {
         let idle = {
             let mut pool = self.pool.lock();
-            take_idle(&mut pool.instances, |_| true, usize::MAX)
+            take_idle(&mut pool.instances, |i| !i.pinned, usize::MAX)
         };
         for live in &idle {
             live.instance.stop().await;
@@ -216,47 +303,92 @@ impl Service {
         idle.len()
     }
 
-    /// Finds (or starts) an instance for one request, waiting until `deadline`.
+    /// Finds an instance with a free slot for one request, waiting in the queue (while
+    /// instances start) until `timeout` has passed.
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         timeout: Duration,
     ) -> Result<Lease, ActivationError> {
         let deadline = tokio::time::Instant::now() + timeout;
         self.touch();
-        loop {
-            let revision = self.wait_for_revision(deadline, timeout).await?;
-            let mut done = {
-                let mut pool = self.pool.lock();
-                let warm = pool
-                    .instances
-                    .iter()
-                    .filter(|i| i.revision == revision.number)
-                    .min_by_key(|i| i.in_flight.load(Ordering::Relaxed));
-                if let Some(instance) = warm {
-                    instance.in_flight.fetch_add(1, Ordering::AcqRel);
-                    return Ok(Lease {
-                        service: self.clone(),
-                        instance: instance.clone(),
-                    });
-                }
-                let done = match pool.starting.iter().find(|s| s.revision == revision.number) {
-                    Some(start) => start.done.clone(),
-                    None => self.start_instance(&mut pool, revision, true),
-                };
-                pool.waiting += 1;
-                done
-            };
-            let _waiting = Waiting(self);
-            match tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await {
-                Err(_) => return Err(ActivationError::Timeout(timeout)),
-                Ok(Ok(outcome)) => {
-                    if let Some(Err(reason)) = outcome.as_ref() {
-                        return Err(ActivationError::StartFailed(reason.clone()));
-                    }
-                }
-                // The start task ended without a word: look again.
-                Ok(Err(_)) => {}
+        let revision = self.wait_for_revision(deadline, timeout).await?;
+        let waiting = {
+            let mut pool = self.pool.lock();
+            if pool.queue.is_empty()
+                && let Some(lease) = self.lease_least_loaded(&pool, revision.number)
+            {
+                return Ok(lease);
             }
+            pool.queue.retain(|w| !w.is_closed());
+            let depth = pool.policy.queue_depth;
+            if pool.queue.len() >= depth as usize {
+                return Err(ActivationError::QueueFull(depth));
+            }
+            let (waiter, waiting) = oneshot::channel();
+            pool.queue.push_back(waiter);
+            let stopped = self.scale(&mut pool, false);
+            // A slot may have come free between the look above and the queueing.
+            self.dispatch(&mut pool);
+            drop(pool);
+            stop_all(stopped);
+            waiting
+        };
+        match tokio::time::timeout_at(deadline, waiting).await {
+            Err(_) => Err(ActivationError::Timeout(timeout)),
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ActivationError::Unavailable(
+                "the container was deleted".into(),
+            )),
+        }
+    }
+
+    /// A lease on the instance of revision `number` with the fewest requests in
+    /// flight, if one has a free slot.
+    fn lease_least_loaded(self: &Arc<Self>, pool: &Pool, number: u32) -> Option<Lease> {
+        let concurrency = pool.policy.scaling.concurrency.max(1);
+        let instance = pool
+            .instances
+            .iter()
+            .filter(|i| i.revision == number)
+            .map(|i| (i.in_flight.load(Ordering::Acquire), i))
+            .filter(|(in_flight, _)| *in_flight < concurrency)
+            .min_by_key(|(in_flight, _)| *in_flight)?
+            .1;
+        instance.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(Lease {
+            service: self.clone(),
+            instance: instance.clone(),
+            armed: true,
+        })
+    }
+
+    /// Hands free slots to waiting requests, oldest first.
+    fn dispatch(self: &Arc<Self>, pool: &mut Pool) {
+        let Some(number) = self.serving_number() else {
+            return;
+        };
+        while let Some(waiter) = pool.queue.pop_front() {
+            if waiter.is_closed() {
+                continue;
+            }
+            let Some(lease) = self.lease_least_loaded(pool, number) else {
+                pool.queue.push_front(waiter);
+                return;
+            };
+            if let Err(Ok(lease)) = waiter.send(Ok(lease)) {
+                // The request gave up just now: its slot stays free.
+                lease.disarm();
+            }
+        }
+    }
+
+    /// A request ended: its slot goes to the next waiting request.
+    fn release(self: &Arc<Self>, instance: &LiveInstance) {
+        instance.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.touch();
+        let mut pool = self.pool.lock();
+        if !pool.queue.is_empty() {
+            self.dispatch(&mut pool);
         }
     }
 
@@ -286,62 +418,212 @@ impl Service {
         }
     }
 
+    /// Asks the autoscaler for the instance count and starts or stops instances to
+    /// reach it; keeps the pinned instances the instances API asked for. Returns the
+    /// instances to stop (outside the pool's lock). `sample` records the demand in the
+    /// autoscaler's windows (done at the reconciler's fixed interval only).
+    fn scale(self: &Arc<Self>, pool: &mut Pool, sample: bool) -> Vec<Arc<LiveInstance>> {
+        let Some(revision) = self.serving_revision() else {
+            return Vec::new();
+        };
+        let now = self.clock.now();
+        let number = revision.number;
+        let scaled = |i: &LiveInstance| i.revision == number && !i.pinned;
+        let observed = Observation {
+            ready: pool.instances.iter().filter(|i| scaled(i)).count() as u32,
+            starting: pool
+                .starting
+                .iter()
+                .filter(|s| s.revision == number && !s.pinned)
+                .count() as u32,
+            in_flight: pool
+                .instances
+                .iter()
+                .filter(|i| scaled(i))
+                .map(|i| i.in_flight.load(Ordering::Relaxed))
+                .sum(),
+            waiting: pool.queue.iter().filter(|w| !w.is_closed()).count() as u32,
+            last_activity: Some(self.last_activity()),
+        };
+        if sample {
+            pool.autoscaler.record(now, observed.demand());
+        }
+        let policy = pool.policy.scaling;
+        let decision = pool.autoscaler.decide(&policy, &observed, now);
+        pool.desired = decision.desired;
+
+        let current = observed.ready + observed.starting;
+        let cold = observed.waiting > 0;
+        for _ in current..decision.desired {
+            self.start_instance(pool, revision.clone(), false, cold);
+        }
+        let mut stopped = Vec::new();
+        if decision.desired < observed.ready {
+            let excess = (observed.ready - decision.desired) as usize;
+            stopped = take_idle(&mut pool.instances, |i| scaled(i), excess);
+            for _ in &stopped {
+                self.metrics.scaled_down();
+            }
+        }
+        let started = decision.desired.saturating_sub(current);
+        if started > 0 || !stopped.is_empty() {
+            let index = ScaleReason::ALL
+                .iter()
+                .position(|r| *r == decision.reason)
+                .expect("every reason is listed");
+            self.decisions[index].fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                container = %self.id,
+                reason = decision.reason.as_str(),
+                from = current,
+                to = current + started - stopped.len() as u32,
+                desired = decision.desired,
+                in_flight = observed.in_flight,
+                waiting = observed.waiting,
+                panicking = pool.autoscaler.is_panicking(),
+                "scaling"
+            );
+        }
+
+        let pinned = pool
+            .instances
+            .iter()
+            .filter(|i| i.pinned && i.revision == number)
+            .count()
+            + pool
+                .starting
+                .iter()
+                .filter(|s| s.pinned && s.revision == number)
+                .count();
+        for _ in pinned as u32..pool.pinned_wanted {
+            self.start_instance(pool, revision.clone(), true, false);
+        }
+        stopped
+    }
+
     /// Starts one instance of `revision` in its own task (so a client that gives up does
-    /// not cancel a start others wait for) and returns what to watch for its outcome.
+    /// not cancel a start others wait for): first room on the node, then the sandbox.
     fn start_instance(
         self: &Arc<Self>,
         pool: &mut Pool,
         revision: Arc<ServingRevision>,
-        for_request: bool,
-    ) -> watch::Receiver<Option<Result<(), Arc<str>>>> {
+        pinned: bool,
+        cold: bool,
+    ) -> StartOutcome {
         let (done_tx, done) = watch::channel(None);
         let id = InstanceId::generate();
         pool.starting.push(Starting {
             id,
             revision: revision.number,
             since: SystemTime::now(),
-            done: done.clone(),
+            pinned,
+            waiting_reason: None,
         });
         let service = self.clone();
         tokio::spawn(async move {
-            // After an instance ended on its own, the next start waits out the backoff.
-            let not_before = service.restarts.lock().not_before;
-            if let Some(wait) = not_before.checked_sub(service.clock.now()) {
-                tokio::time::sleep(wait).await;
-            }
-            let began = Instant::now();
-            let result = revision.prepared.start(&id.to_string()).await;
-            let took = began.elapsed();
-            let mut pool = service.pool.lock();
-            pool.starting.retain(|s| s.id != id);
-            let outcome = match result {
-                Ok(instance) => {
-                    if for_request {
-                        service.metrics.cold_start(revision.kind, took);
-                    }
-                    tracing::info!(container = %service.id, instance = %id, revision = revision.number, took_us = took.as_micros() as u64, "instance started");
-                    if let Some(exit) = instance.exit_signal() {
-                        watch_exit(&service, id, exit);
-                    }
-                    pool.instances.push(Arc::new(LiveInstance {
-                        id,
-                        revision: revision.number,
-                        instance,
-                        started: SystemTime::now(),
-                        started_at: service.clock.now(),
-                        in_flight: AtomicU32::new(0),
-                    }));
-                    Ok(())
-                }
-                Err(e) => {
-                    tracing::warn!(container = %service.id, error = %e, "instance failed to start");
-                    service.record_restart(&format!("an instance failed to start: {e}"), false);
-                    Err(Arc::from(e.to_string()))
-                }
-            };
+            let outcome = service.run_start(id, &revision, pinned, cold).await;
             done_tx.send_replace(Some(outcome));
         });
         done
+    }
+
+    async fn run_start(
+        self: &Arc<Self>,
+        id: InstanceId,
+        revision: &Arc<ServingRevision>,
+        pinned: bool,
+        cold: bool,
+    ) -> Result<(), Arc<str>> {
+        // After an instance ended on its own, the next start waits out the backoff.
+        let not_before = self.restarts.lock().not_before;
+        if let Some(wait) = not_before.checked_sub(self.clock.now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let unwanted = || self.is_unavailable() || self.serving_number() != Some(revision.number);
+        let placement = self
+            .node
+            .place(
+                self.id,
+                &revision.request,
+                |note| self.note_waiting(id, note),
+                unwanted,
+            )
+            .await;
+        let Some(placement) = placement else {
+            self.pool.lock().starting.retain(|s| s.id != id);
+            return Err("the instance was no longer wanted".into());
+        };
+        let began = Instant::now();
+        let result = revision.prepared.start(&id.to_string()).await;
+        let took = began.elapsed();
+        let mut pool = self.pool.lock();
+        pool.starting.retain(|s| s.id != id);
+        match result {
+            Ok(instance) => {
+                if cold {
+                    self.metrics.cold_start(revision.kind, took);
+                }
+                tracing::info!(container = %self.id, instance = %id, revision = revision.number, took_us = took.as_micros() as u64, pinned, "instance started");
+                let exit = instance.exit_signal();
+                let live = Arc::new(LiveInstance {
+                    id,
+                    revision: revision.number,
+                    instance,
+                    started: SystemTime::now(),
+                    started_at: self.clock.now(),
+                    in_flight: AtomicU32::new(0),
+                    pinned,
+                    _placement: placement,
+                });
+                if self.is_unavailable() {
+                    // Deleted (or shutting down) while it started.
+                    drop(pool);
+                    stop_all(vec![live]);
+                    return Err("the container was deleted while the instance started".into());
+                }
+                if let Some(exit) = exit {
+                    watch_exit(self, id, exit);
+                }
+                pool.instances.push(live);
+                self.dispatch(&mut pool);
+                Ok(())
+            }
+            Err(e) => {
+                drop(placement);
+                tracing::warn!(container = %self.id, error = %e, "instance failed to start");
+                self.record_restart(&format!("an instance failed to start: {e}"), false);
+                let reason: Arc<str> = Arc::from(e.to_string());
+                // Waiting requests learn why, unless another instance may yet serve them.
+                let number = revision.number;
+                let hope = pool.instances.iter().any(|i| i.revision == number)
+                    || pool.starting.iter().any(|s| s.revision == number);
+                if !hope {
+                    for waiter in pool.queue.drain(..) {
+                        let _ = waiter.send(Err(ActivationError::StartFailed(reason.clone())));
+                    }
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    fn note_waiting(&self, id: InstanceId, note: Option<String>) {
+        if let Some(note) = &note {
+            tracing::info!(container = %self.id, instance = %id, note, "instance waits for room");
+        }
+        let mut pool = self.pool.lock();
+        if let Some(start) = pool.starting.iter_mut().find(|s| s.id == id) {
+            start.waiting_reason = note;
+        }
+    }
+
+    /// Why an instance has not started, while one waits for room on the node.
+    pub(crate) fn waiting_note(&self) -> Option<String> {
+        self.pool
+            .lock()
+            .starting
+            .iter()
+            .find_map(|s| s.waiting_reason.clone())
     }
 
     /// Times instances ended on their own or failed to start.
@@ -387,70 +669,118 @@ impl Service {
         let ran_long = self.clock.now().saturating_sub(live.started_at) >= STABLE_UPTIME;
         let backoff = self.record_restart(&format!("instance {id} {reason}"), ran_long);
         tracing::warn!(container = %self.id, instance = %id, reason, backoff_s = backoff.as_secs_f64(), "instance ended on its own");
-        let policy = *self.policy.lock();
+        let policy = pool.policy.scaling;
         let idle_for = self.clock.now().saturating_sub(self.last_activity());
-        let wanted = (pool.instances.len() + pool.starting.len())
-            < policy.min_instances.max(1) as usize
+        let autoscaled = |pinned: bool| pinned == live.pinned;
+        let left = pool
+            .instances
+            .iter()
+            .filter(|i| autoscaled(i.pinned))
+            .count()
+            + pool
+                .starting
+                .iter()
+                .filter(|s| autoscaled(s.pinned))
+                .count();
+        // A recently used container gets its instance back, as one in use would
+        // (pinned instances come back through `scale`).
+        let wanted = !live.pinned
+            && left < policy.min_instances.max(1) as usize
             && (policy.min_instances > 0 || idle_for < policy.idle_timeout);
-        if wanted && let Serving::Ready(revision) = &*self.serving.borrow() {
-            self.start_instance(&mut pool, revision.clone(), false);
+        let mut stopped = Vec::new();
+        if let Some(revision) = self.serving_revision() {
+            if wanted {
+                self.start_instance(&mut pool, revision, false, false);
+            }
+            stopped = self.scale(&mut pool, false);
         }
         drop(pool);
-        stop_all(vec![live]);
+        stopped.push(live);
+        stop_all(stopped);
     }
 
-    /// Brings the instance count to what the autoscaler decides at `now`.
+    /// Brings the instance count to what the autoscaler decides now; called at a
+    /// fixed interval, which is also when the demand is sampled.
     pub(crate) fn reconcile(self: &Arc<Self>) {
-        let now = self.clock.now();
-        let policy = *self.policy.lock();
-        let serving = match &*self.serving.borrow() {
-            Serving::Ready(revision) => Some(revision.clone()),
-            _ => None,
-        };
         let mut pool = self.pool.lock();
-        let number = serving.as_ref().map(|r| r.number);
+        let number = self.serving_number();
         // Instances of older revisions leave once their last request is done.
         let mut stopped = take_idle(
             &mut pool.instances,
             |i| Some(i.revision) != number,
             usize::MAX,
         );
-
-        let current = |i: &&Arc<LiveInstance>| Some(i.revision) == number;
-        let observed = Observation {
-            ready: pool.instances.iter().filter(current).count() as u32,
-            starting: pool
-                .starting
-                .iter()
-                .filter(|s| Some(s.revision) == number)
-                .count() as u32,
-            in_flight: pool
-                .instances
-                .iter()
-                .map(|i| i.in_flight.load(Ordering::Relaxed))
-                .sum(),
-            waiting: pool.waiting,
-            last_activity: Some(self.last_activity()),
-        };
-        let decision = decide(&policy, &observed, now);
-        if decision.desired < observed.ready {
-            let excess = (observed.ready - decision.desired) as usize;
-            let idle = take_idle(&mut pool.instances, |i| Some(i.revision) == number, excess);
-            for _ in &idle {
-                self.metrics.scaled_down();
-            }
-            tracing::info!(container = %self.id, stopped = idle.len(), reason = decision.reason.as_str(), "scaling down");
-            stopped.extend(idle);
-        } else if decision.desired > observed.ready + observed.starting
-            && decision.reason == ScaleReason::BelowMinimum
-            && let Some(revision) = serving
-        {
-            for _ in 0..decision.desired - observed.ready - observed.starting {
-                self.start_instance(&mut pool, revision.clone(), false);
-            }
-        }
+        stopped.extend(self.scale(&mut pool, true));
         drop(pool);
         stop_all(stopped);
+    }
+
+    /// Starts `count` more pinned instances; returns what to watch for each start.
+    /// Fails when no revision is serving yet.
+    pub(crate) fn add_pinned(self: &Arc<Self>, count: u32) -> Option<Vec<StartOutcome>> {
+        let revision = self.serving_revision()?;
+        let mut pool = self.pool.lock();
+        pool.pinned_wanted += count;
+        Some(
+            (0..count)
+                .map(|_| self.start_instance(&mut pool, revision.clone(), true, false))
+                .collect(),
+        )
+    }
+
+    /// Stops every instance and forgets the pinned ones; the autoscaler starts what
+    /// the traffic and `minInstances` need again. Returns when all have stopped.
+    pub(crate) async fn remove_all_instances(&self) -> usize {
+        let all = {
+            let mut pool = self.pool.lock();
+            pool.pinned_wanted = 0;
+            std::mem::take(&mut pool.instances)
+        };
+        let count = all.len();
+        for live in all {
+            live.instance.stop().await;
+        }
+        count
+    }
+
+    /// Stops one instance (a pinned one is not replaced); `None` when there is none
+    /// with that id. Returns when it has stopped.
+    pub(crate) async fn remove_instance(&self, id: InstanceId) -> Option<()> {
+        let live = {
+            let mut pool = self.pool.lock();
+            let position = pool.instances.iter().position(|i| i.id == id)?;
+            let live = pool.instances.remove(position);
+            if live.pinned {
+                pool.pinned_wanted = pool.pinned_wanted.saturating_sub(1);
+            }
+            live
+        };
+        live.instance.stop().await;
+        Some(())
+    }
+
+    /// Stops one idle, autoscaled instance beyond `minInstances`, the least recently
+    /// started, to make room for another container; returns whether it did.
+    pub(crate) fn evict_one_idle(&self) -> bool {
+        let mut pool = self.pool.lock();
+        let min = pool.policy.scaling.min_instances as usize;
+        let autoscaled = pool.instances.iter().filter(|i| !i.pinned).count();
+        if autoscaled <= min {
+            return false;
+        }
+        let evicted = take_idle(&mut pool.instances, |i| !i.pinned, 1);
+        drop(pool);
+        let any = !evicted.is_empty();
+        for live in &evicted {
+            tracing::info!(container = %self.id, instance = %live.id, "stopping an idle instance to make room");
+        }
+        stop_all(evicted);
+        any
+    }
+
+    /// Clock time of the last request, for choosing whom to evict first.
+    pub(crate) fn idle_since(&self) -> Duration {
+        self.last_activity()
     }
 
     /// The live and starting instances, for the API.
@@ -464,6 +794,8 @@ impl Service {
             state: InstanceState::Running,
             state_changed: i.started,
             in_flight: i.in_flight.load(Ordering::Relaxed),
+            pinned: i.pinned,
+            waiting_reason: None,
         });
         let starting = pool.starting.iter().map(|s| InstanceInfo {
             id: s.id,
@@ -473,6 +805,8 @@ impl Service {
             state: InstanceState::Starting,
             state_changed: s.since,
             in_flight: 0,
+            pinned: s.pinned,
+            waiting_reason: s.waiting_reason.clone(),
         });
         running.chain(starting).collect()
     }
@@ -480,6 +814,30 @@ impl Service {
     /// Number of started instances.
     pub(crate) fn instance_count(&self) -> usize {
         self.pool.lock().instances.len()
+    }
+
+    /// Requests, queue and instances now, for metrics.
+    pub(crate) fn traffic(&self) -> TrafficStats {
+        let pool = self.pool.lock();
+        TrafficStats {
+            in_flight: pool
+                .instances
+                .iter()
+                .map(|i| i.in_flight.load(Ordering::Relaxed))
+                .sum(),
+            queued: pool.queue.iter().filter(|w| !w.is_closed()).count() as u32,
+            desired: pool.desired,
+            running: pool.instances.len() as u32,
+            starting: pool.starting.len() as u32,
+        }
+    }
+
+    /// Scaling decisions that changed the instance count, by reason.
+    pub(crate) fn decisions(&self) -> impl Iterator<Item = (ScaleReason, u64)> + '_ {
+        ScaleReason::ALL
+            .iter()
+            .zip(&self.decisions)
+            .map(|(reason, count)| (*reason, count.load(Ordering::Relaxed)))
     }
 }
 
@@ -533,6 +891,7 @@ fn stop_all(instances: Vec<Arc<LiveInstance>>) {
 mod tests {
     use super::*;
     use ember_sandbox::{BoxFuture, HttpBody, SandboxError};
+    use ember_scheduler::Resources;
     use std::sync::atomic::AtomicUsize;
 
     /// A workload whose starts take a while and are counted.
@@ -570,18 +929,52 @@ mod tests {
         }
     }
 
-    fn service(idle: Duration) -> (Arc<Service>, Arc<AtomicUsize>) {
-        let policy = ScalingPolicy {
-            min_instances: 0,
-            max_instances: 10,
-            idle_timeout: idle,
+    struct Settings {
+        idle: Duration,
+        max: u32,
+        concurrency: u32,
+        queue_depth: u32,
+        node_millicpus: u64,
+    }
+
+    impl Default for Settings {
+        fn default() -> Self {
+            Self {
+                idle: Duration::from_secs(60),
+                max: 100,
+                concurrency: 1000,
+                queue_depth: 1000,
+                node_millicpus: 1_000_000,
+            }
+        }
+    }
+
+    fn service(settings: Settings) -> (Arc<Service>, Arc<AtomicUsize>) {
+        let policy = TrafficPolicy {
+            scaling: ScalingPolicy {
+                min_instances: 0,
+                max_instances: settings.max,
+                idle_timeout: settings.idle,
+                concurrency: settings.concurrency,
+            },
+            queue_depth: settings.queue_depth,
         };
+        let node = NodeCapacity::new(
+            ServerId::generate(),
+            "test".into(),
+            Resources {
+                millicpus: settings.node_millicpus,
+                memory_bytes: 1 << 40,
+                gpus: Default::default(),
+            },
+        );
         let service = Service::new(
             ContainerId::generate(),
             ServerId::generate(),
             policy,
             Clock::start(),
             Arc::default(),
+            node,
         );
         let starts = Arc::new(AtomicUsize::new(0));
         service.serve(Arc::new(ServingRevision {
@@ -590,14 +983,41 @@ mod tests {
             prepared: Arc::new(SlowStart {
                 starts: starts.clone(),
             }),
+            request: Request {
+                millicpus: 1000,
+                memory_bytes: 1 << 20,
+                ..Default::default()
+            },
         }));
         (service, starts)
     }
 
+    fn acquire_many(
+        service: &Arc<Service>,
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<Result<Lease, ActivationError>>> {
+        (0..n)
+            .map(|_| {
+                let service = service.clone();
+                tokio::spawn(async move { service.acquire(Duration::from_secs(5)).await })
+            })
+            .collect()
+    }
+
+    async fn leases(
+        tasks: Vec<tokio::task::JoinHandle<Result<Lease, ActivationError>>>,
+    ) -> Vec<Lease> {
+        let mut leases = Vec::new();
+        for task in tasks {
+            leases.push(task.await.unwrap().unwrap());
+        }
+        leases
+    }
+
     #[tokio::test]
     async fn requests_during_a_cold_start_share_it() {
-        let (service, starts) = service(Duration::from_secs(60));
-        let leases = futures_join(&service, 50).await;
+        let (service, starts) = service(Settings::default());
+        let leases = leases(acquire_many(&service, 50)).await;
         assert_eq!(leases.len(), 50);
         assert_eq!(starts.load(Ordering::SeqCst), 1);
         assert_eq!(service.instances().len(), 1);
@@ -607,8 +1027,114 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_burst_at_zero_starts_its_instances_at_once_and_spreads_over_them() {
+        let (service, starts) = service(Settings {
+            concurrency: 10,
+            ..Settings::default()
+        });
+        let began = Instant::now();
+        let leases = leases(acquire_many(&service, 100)).await;
+        // 100 requests at 7 per instance: 15 instances, all started in parallel (one
+        // start takes 50 ms).
+        assert_eq!(starts.load(Ordering::SeqCst), 15);
+        assert!(
+            began.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            began.elapsed()
+        );
+        let instances = service.instances();
+        assert_eq!(instances.len(), 15);
+        assert!(instances.iter().all(|i| i.in_flight <= 10), "{instances:?}");
+        assert_eq!(instances.iter().map(|i| i.in_flight).sum::<u32>(), 100);
+        drop(leases);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_and_the_queued_are_served_in_order() {
+        let (service, _) = service(Settings {
+            max: 1,
+            concurrency: 1,
+            queue_depth: 2,
+            ..Settings::default()
+        });
+        let first = service.acquire(Duration::from_secs(5)).await.unwrap();
+        let second = acquire_many(&service, 1).pop().unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let third = acquire_many(&service, 1).pop().unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let refused = service.acquire(Duration::from_secs(5)).await.err().unwrap();
+        assert!(
+            matches!(refused, ActivationError::QueueFull(2)),
+            "{refused}"
+        );
+        assert_eq!(service.traffic().queued, 2);
+
+        drop(first);
+        let second = second.await.unwrap().unwrap();
+        assert!(!third.is_finished(), "served out of order");
+        drop(second);
+        drop(third.await.unwrap().unwrap());
+        assert_eq!(service.traffic().queued, 0);
+    }
+
+    #[tokio::test]
+    async fn a_wait_past_the_deadline_ends_with_a_timeout() {
+        let (service, _) = service(Settings {
+            max: 1,
+            concurrency: 1,
+            ..Settings::default()
+        });
+        let _busy = service.acquire(Duration::from_secs(5)).await.unwrap();
+        let err = service
+            .acquire(Duration::from_millis(100))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ActivationError::Timeout(_)), "{err}");
+        // The request that gave up left the queue.
+        assert_eq!(service.traffic().queued, 0);
+    }
+
+    #[tokio::test]
+    async fn starts_wait_for_room_on_the_node() {
+        // Room for two one-CPU instances.
+        let (service, starts) = service(Settings {
+            concurrency: 1,
+            node_millicpus: 2000,
+            ..Settings::default()
+        });
+        let tasks = acquire_many(&service, 3);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+        let waiting = service.waiting_note().expect("a start waits for room");
+        assert!(waiting.contains("asks for 1 CPU, 0 available"), "{waiting}");
+        let mut done = Vec::new();
+        for task in tasks {
+            if task.is_finished() {
+                done.push(task.await.unwrap().unwrap());
+            }
+        }
+        assert_eq!(done.len(), 2);
+        // Taking an instance away makes room for the third.
+        let id = service
+            .instances()
+            .iter()
+            .find(|i| i.state == InstanceState::Running)
+            .unwrap()
+            .id;
+        drop(done);
+        service.remove_instance(id).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
+        assert!(service.waiting_note().is_none());
+    }
+
+    #[tokio::test]
     async fn idle_instances_go_busy_ones_stay() {
-        let (service, starts) = service(Duration::from_millis(100));
+        let (service, starts) = service(Settings {
+            idle: Duration::from_millis(100),
+            ..Settings::default()
+        });
         let lease = service.acquire(Duration::from_secs(5)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         service.reconcile();
@@ -629,24 +1155,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pinned_instances_stay_through_idleness_and_are_counted_apart() {
+        let (service, _) = service(Settings {
+            idle: Duration::from_millis(50),
+            ..Settings::default()
+        });
+        let mut outcomes = service.add_pinned(2).unwrap();
+        for outcome in &mut outcomes {
+            outcome.wait_for(Option::is_some).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        service.reconcile();
+        let instances = service.instances();
+        assert_eq!(instances.len(), 2);
+        assert!(instances.iter().all(|i| i.pinned));
+        // Stopping one by hand does not bring it back.
+        service.remove_instance(instances[0].id).await.unwrap();
+        service.reconcile();
+        assert_eq!(service.instances().len(), 1);
+        assert_eq!(service.remove_all_instances().await, 1);
+        service.reconcile();
+        assert!(service.instances().is_empty());
+    }
+
+    #[tokio::test]
     async fn an_unavailable_container_fails_fast() {
-        let (service, _) = service(Duration::from_secs(60));
+        let (service, _) = service(Settings::default());
         service.make_unavailable("the image could not be pulled");
         let err = service.acquire(Duration::from_secs(5)).await.err().unwrap();
         assert!(err.to_string().contains("could not be pulled"), "{err}");
-    }
-
-    async fn futures_join(service: &Arc<Service>, n: usize) -> Vec<Lease> {
-        let tasks: Vec<_> = (0..n)
-            .map(|_| {
-                let service = service.clone();
-                tokio::spawn(async move { service.acquire(Duration::from_secs(5)).await })
-            })
-            .collect();
-        let mut leases = Vec::new();
-        for task in tasks {
-            leases.push(task.await.unwrap().unwrap());
-        }
-        leases
     }
 }

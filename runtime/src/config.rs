@@ -35,6 +35,10 @@ pub struct RuntimeConfig {
     pub pids_limit: u32,
     /// Output kept per container, in bytes.
     pub log_retention_bytes: usize,
+    /// CPUs this node offers instances; `None` for the machine's.
+    pub node_cpus: Option<f64>,
+    /// Memory this node offers instances; `None` for the machine's.
+    pub node_memory_bytes: Option<u64>,
 }
 
 impl RuntimeConfig {
@@ -56,6 +60,8 @@ impl RuntimeConfig {
             startup_timeout: Duration::from_secs(60),
             pids_limit: 1024,
             log_retention_bytes: 1 << 20,
+            node_cpus: None,
+            node_memory_bytes: None,
         }
     }
 }

@@ -85,13 +85,7 @@ async fn forward(runtime: &Runtime, host: &str, req: Request<Incoming>) -> Respo
     let timeout = runtime.config().request_timeout;
     let lease = match service.acquire(timeout).await {
         Ok(lease) => lease,
-        Err(e) => {
-            let status = match e {
-                ActivationError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            return error(status, "unavailable", &e.to_string());
-        }
+        Err(e) => return not_activated(&e),
     };
     let req = req.map(|body| body.map_err(Into::into).boxed_unsync());
     match lease.instance().handle(req).await {
@@ -110,6 +104,27 @@ async fn forward(runtime: &Runtime, host: &str, req: Request<Incoming>) -> Respo
         Err(e) => error(StatusCode::BAD_GATEWAY, "workload_error", &e.to_string()),
     }
 }
+
+/// 503 for a request no instance took. Those that may succeed soon (a full queue, a
+/// wait past the deadline, a failed start) say when to try again.
+fn not_activated(e: &ActivationError) -> Response<HttpBody> {
+    let (code, retry_after) = match e {
+        ActivationError::QueueFull(_) => ("queue_full", Some(RETRY_AFTER_SECONDS)),
+        ActivationError::Timeout(_) => ("no_capacity", Some(RETRY_AFTER_SECONDS)),
+        ActivationError::StartFailed(_) => ("start_failed", Some(RETRY_AFTER_SECONDS)),
+        ActivationError::Unavailable(_) => ("unavailable", None),
+    };
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, code, &e.to_string());
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// What a 503 tells the client to wait before trying again.
+const RETRY_AFTER_SECONDS: u32 = 1;
 
 /// A response body that keeps the instance counted as busy until it has been sent.
 struct LeasedBody {

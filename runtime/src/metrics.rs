@@ -1,6 +1,9 @@
 //! Prometheus metrics, kept in atomics and rendered as text on demand.
 
+use crate::activator::TrafficStats;
+use crate::model::ContainerId;
 use ember_sandbox::WorkloadKind;
+use ember_scheduler::ScaleReason;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -135,6 +138,71 @@ impl Metrics {
     }
 }
 
+/// One container's traffic and scaling decisions, as the metrics show them.
+pub(crate) struct ContainerTraffic {
+    pub(crate) id: ContainerId,
+    pub(crate) traffic: TrafficStats,
+    pub(crate) decisions: Vec<(ScaleReason, u64)>,
+}
+
+/// A gauge: its name, its help, and how to read it.
+type TrafficGauge = (&'static str, &'static str, fn(&TrafficStats) -> u32);
+
+/// Appends the per-container series: requests in flight and queued, desired and
+/// actual instances, and the scaling decisions taken, by reason.
+pub(crate) fn render_per_container(out: &mut String, containers: &[ContainerTraffic]) {
+    let gauges: [TrafficGauge; 5] = [
+        (
+            "ember_container_in_flight",
+            "Requests a container's instances are serving.",
+            |t| t.in_flight,
+        ),
+        (
+            "ember_container_queued",
+            "Requests waiting in a container's queue for an instance.",
+            |t| t.queued,
+        ),
+        (
+            "ember_container_desired_instances",
+            "Instances the autoscaler wants for a container.",
+            |t| t.desired,
+        ),
+        (
+            "ember_container_running_instances",
+            "A container's instances that are running.",
+            |t| t.running,
+        ),
+        (
+            "ember_container_starting_instances",
+            "A container's instances that are starting.",
+            |t| t.starting,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for c in containers {
+            let _ = writeln!(
+                out,
+                "{name}{{container=\"{}\"}} {}",
+                c.id,
+                value(&c.traffic)
+            );
+        }
+    }
+    out.push_str("# HELP ember_scaling_decisions_total Autoscaler decisions that started or stopped instances, by reason.\n");
+    out.push_str("# TYPE ember_scaling_decisions_total counter\n");
+    for c in containers {
+        let id = c.id;
+        for (reason, count) in &c.decisions {
+            let _ = writeln!(
+                out,
+                "ember_scaling_decisions_total{{container=\"{id}\",reason=\"{}\"}} {count}",
+                reason.as_str()
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +222,34 @@ mod tests {
         assert!(text.contains("ember_cold_start_seconds_bucket{kind=\"wasm\",le=\"0.001\"} 1"));
         assert!(text.contains("ember_cold_start_seconds_bucket{kind=\"wasm\",le=\"+Inf\"} 1"));
         assert!(text.contains("ember_containers 3"));
+    }
+
+    #[test]
+    fn renders_each_container_s_traffic_and_decisions() {
+        let id = ContainerId::generate();
+        let traffic = TrafficStats {
+            in_flight: 3,
+            queued: 2,
+            desired: 4,
+            running: 1,
+            starting: 3,
+        };
+        let mut text = String::new();
+        let container = ContainerTraffic {
+            id,
+            traffic,
+            decisions: vec![(ScaleReason::Panic, 5)],
+        };
+        render_per_container(&mut text, &[container]);
+        for line in [
+            format!("ember_container_in_flight{{container=\"{id}\"}} 3"),
+            format!("ember_container_queued{{container=\"{id}\"}} 2"),
+            format!("ember_container_desired_instances{{container=\"{id}\"}} 4"),
+            format!("ember_container_running_instances{{container=\"{id}\"}} 1"),
+            format!("ember_container_starting_instances{{container=\"{id}\"}} 3"),
+            format!("ember_scaling_decisions_total{{container=\"{id}\",reason=\"panic\"}} 5"),
+        ] {
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
     }
 }

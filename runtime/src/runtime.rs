@@ -1,24 +1,25 @@
 //! The runtime handle: typed commands for the API and CLI.
 
-use crate::activator::{Service, ServingRevision};
+use crate::activator::{Service, ServingRevision, TrafficPolicy};
 use crate::auth;
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
 use crate::deploy::Deployer;
 use crate::error::RuntimeError;
 use crate::logs::{LogEntry, LogStore};
-use crate::metrics::Metrics;
+use crate::metrics::{ContainerTraffic, Metrics};
 use crate::model::{
-    Caller, Container, ContainerId, ContainerPatch, ContainerStatus, InstanceInfo, Page,
-    PageRequest, Revision, ServerId,
+    Caller, Container, ContainerId, ContainerPatch, ContainerSpec, ContainerStatus, InstanceInfo,
+    Page, PageRequest, Revision, ServerId,
 };
+use crate::node::{self, NodeCapacity};
 use crate::routing::RoutingTable;
 use crate::store::Store;
 use ember_sandbox::image::{Credentials, ImageRef, PullProgress, RegistryPuller};
 use ember_sandbox::oci::{OciConfig, OciSandbox};
 use ember_sandbox::wasm::{WasmConfig, WasmSandbox};
-use ember_sandbox::{BlobStore, Digest, Sandbox};
-use ember_scheduler::ScalingPolicy;
+use ember_sandbox::{BlobStore, Digest, Sandbox, WorkloadKind};
+use ember_scheduler::{Misfit, ScalingPolicy};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,15 +33,16 @@ pub struct Runtime {
 
 pub(crate) struct Inner {
     config: RuntimeConfig,
-    store: Store,
+    pub(crate) store: Store,
     deployer: Deployer,
-    services: RwLock<HashMap<ContainerId, Arc<Service>>>,
+    pub(crate) services: RwLock<HashMap<ContainerId, Arc<Service>>>,
     pub(crate) routes: RoutingTable,
     pub(crate) metrics: Arc<Metrics>,
     clock: Clock,
-    server_id: ServerId,
+    pub(crate) server_id: ServerId,
+    pub(crate) node: Arc<NodeCapacity>,
     /// Serialises read-modify-write of container records.
-    records: Mutex<()>,
+    pub(crate) records: Mutex<()>,
     /// How far each deploying container's pull has come, shown as its status reason.
     pulls: Mutex<HashMap<ContainerId, String>>,
     logs: Arc<LogStore>,
@@ -106,9 +108,16 @@ impl Runtime {
             request_timeout: config.request_timeout,
             logs: logs.clone(),
         };
+        let server_id = store.server_id()?;
+        let node = NodeCapacity::new(
+            server_id,
+            node::host_name(),
+            node::detect_capacity(config.node_cpus, config.node_memory_bytes),
+        );
         let runtime = Self {
             inner: Arc::new(Inner {
-                server_id: store.server_id()?,
+                server_id,
+                node,
                 config,
                 store,
                 deployer,
@@ -121,6 +130,8 @@ impl Runtime {
                 logs,
             }),
         };
+        runtime.set_reclaimer();
+        runtime.finish_interrupted_jobs()?;
         for container in runtime.inner.store.containers()? {
             runtime.register(&container);
             let number = container
@@ -158,6 +169,7 @@ impl Runtime {
     ) -> Result<ContainerView, RuntimeError> {
         let spec = patch.into_new_spec()?;
         self.check_image(&spec.image)?;
+        self.check_fits(&spec)?;
         let now = SystemTime::now();
         let container = Container::new(spec.clone(), caller.user_id, now);
         let revision = Revision::new(container.id, 1, spec, now);
@@ -183,6 +195,7 @@ impl Runtime {
             let mut container = self.accessible(caller, id)?;
             let spec = patch.apply(&container.spec)?;
             self.check_image(&spec.image)?;
+            self.check_fits(&spec)?;
             let old_name = container.spec.name.clone();
             let now = SystemTime::now();
             container.latest_revision += 1;
@@ -339,16 +352,26 @@ impl Runtime {
 
     /// Prometheus text for `/metrics`.
     pub fn metrics_text(&self) -> String {
-        let services = self.inner.services.read();
-        let instances: usize = services.values().map(|s| s.instance_count()).sum();
-        self.inner.metrics.render(&[
+        let services: Vec<_> = self.inner.services.read().values().cloned().collect();
+        let instances: usize = services.iter().map(|s| s.instance_count()).sum();
+        let mut text = self.inner.metrics.render(&[
             (
                 "ember_containers",
                 "Containers deployed.",
                 services.len() as u64,
             ),
             ("ember_instances", "Instances running.", instances as u64),
-        ])
+        ]);
+        let per_container: Vec<_> = services
+            .iter()
+            .map(|s| ContainerTraffic {
+                id: s.id,
+                traffic: s.traffic(),
+                decisions: s.decisions().collect(),
+            })
+            .collect();
+        crate::metrics::render_per_container(&mut text, &per_container);
+        text
     }
 
     /// The runtime's settings.
@@ -371,8 +394,52 @@ impl Runtime {
         }
     }
 
+    /// Refuses a spec whose instances could never fit this node, naming the field.
+    fn check_fits(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let node = self.inner.node.snapshot();
+        node.could_ever_fit(&node::instance_request(spec))
+            .map_err(|misfit| {
+                let field = match misfit {
+                    Misfit::Cpu { .. } => "cpu",
+                    Misfit::Memory { .. } => "ram",
+                    Misfit::Gpus { .. } => "gpu",
+                };
+                RuntimeError::invalid(
+                    field,
+                    format!(
+                        "no server can ever run an instance of this container: it {misfit} on the largest server ({})",
+                        node.name
+                    ),
+                )
+            })
+    }
+
+    /// Lets a full node make room by stopping idle instances of other containers,
+    /// those idle longest first.
+    fn set_reclaimer(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.node.set_reclaimer(Box::new(move |requester, _| {
+            let Some(inner) = weak.upgrade() else {
+                return false;
+            };
+            let mut others: Vec<_> = inner
+                .services
+                .read()
+                .values()
+                .filter(|s| s.id != requester)
+                .cloned()
+                .collect();
+            others.sort_by_key(|s| s.idle_since());
+            others.iter().any(|s| s.evict_one_idle())
+        }));
+    }
+
     /// The container, if it exists and the caller may see it; otherwise not found.
-    fn accessible(&self, caller: &Caller, id: ContainerId) -> Result<Container, RuntimeError> {
+    pub(crate) fn accessible(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+    ) -> Result<Container, RuntimeError> {
         self.inner
             .store
             .container(id)?
@@ -396,7 +463,9 @@ impl Runtime {
         let service = self.inner.services.read().get(&container.id).cloned();
         let restarts = service.as_ref().map_or(0, |s| s.restarts());
         if container.status == ContainerStatus::Deployed
-            && let Some(note) = service.and_then(|s| s.restart_note())
+            && let Some(note) = service
+                .as_ref()
+                .and_then(|s| s.waiting_note().or_else(|| s.restart_note()))
         {
             container.status_reason = Some(note);
         }
@@ -414,14 +483,18 @@ impl Runtime {
         }
     }
 
-    fn policy(&self, container: &Container) -> ScalingPolicy {
-        ScalingPolicy {
-            min_instances: container.spec.min_instances,
-            max_instances: container.spec.max_instances,
-            idle_timeout: container
-                .spec
-                .idle_timeout_seconds
-                .map_or(self.inner.config.default_idle_timeout, Duration::from_secs),
+    fn policy(&self, container: &Container, kind: WorkloadKind) -> TrafficPolicy {
+        let spec = &container.spec;
+        TrafficPolicy {
+            scaling: ScalingPolicy {
+                min_instances: spec.min_instances,
+                max_instances: spec.max_instances,
+                idle_timeout: spec
+                    .idle_timeout_seconds
+                    .map_or(self.inner.config.default_idle_timeout, Duration::from_secs),
+                concurrency: spec.concurrency_for(kind),
+            },
+            queue_depth: spec.queue_depth,
         }
     }
 
@@ -436,12 +509,14 @@ impl Runtime {
                 Service::new(
                     container.id,
                     self.inner.server_id,
-                    self.policy(container),
+                    self.policy(container, WorkloadKind::Wasm),
                     self.inner.clock,
                     self.inner.metrics.clone(),
+                    self.inner.node.clone(),
                 )
             })
             .clone();
+        service.set_pinned(container.pinned_instances);
         self.inner
             .routes
             .insert(self.host(container.spec.name.as_str()), service.clone());
@@ -496,11 +571,13 @@ impl Runtime {
         }
         match outcome {
             Ok(prepared) => {
-                service.set_policy(self.policy(&container));
+                let kind = revision.kind.unwrap_or(WorkloadKind::Wasm);
+                service.set_policy(self.policy(&container, kind));
                 service.serve(Arc::new(ServingRevision {
                     number,
-                    kind: revision.kind.unwrap_or(ember_sandbox::WorkloadKind::Wasm),
+                    kind,
                     prepared,
+                    request: node::instance_request(&revision.spec),
                 }));
                 if container.latest_revision == number {
                     container.status = ContainerStatus::Deployed;

@@ -2,12 +2,12 @@
 //!
 //! Trees: `meta` (schema version, server id, admin user), `containers`
 //! (id -> container), `names` (name -> id), `revisions` (id ++ number -> revision),
-//! `tokens` (sha256 of the secret -> token). Values are JSON. Every write is
+//! `tokens` (sha256 of the secret -> token), `jobs` (id -> job). Values are JSON. Every write is
 //! flushed to disk before the command that made it returns.
 
 use crate::error::RuntimeError;
 use crate::model::{
-    Container, ContainerId, ContainerName, Revision, Role, ServerId, TokenId, UserId,
+    Container, ContainerId, ContainerName, Job, JobId, Revision, Role, ServerId, TokenId, UserId,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use sled::Transactional;
@@ -42,6 +42,7 @@ pub struct Store {
     names: sled::Tree,
     revisions: sled::Tree,
     tokens: sled::Tree,
+    jobs: sled::Tree,
 }
 
 impl Store {
@@ -54,6 +55,7 @@ impl Store {
             names: db.open_tree("names")?,
             revisions: db.open_tree("revisions")?,
             tokens: db.open_tree("tokens")?,
+            jobs: db.open_tree("jobs")?,
             db,
         };
         match store.meta.get(SCHEMA_KEY)? {
@@ -251,6 +253,25 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(|e| RuntimeError::Storage(format!("{e:?}")))
+    }
+
+    /// Writes a job (new or changed).
+    pub fn save_job(&self, job: &Job) -> Result<(), RuntimeError> {
+        self.jobs.insert(job.id.as_bytes(), encode(job)?)?;
+        Ok(())
+    }
+
+    /// One job.
+    pub fn job(&self, id: JobId) -> Result<Option<Job>, RuntimeError> {
+        self.jobs
+            .get(id.as_bytes())?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    /// Every job.
+    pub fn jobs(&self) -> Result<Vec<Job>, RuntimeError> {
+        self.jobs.iter().values().map(|v| decode(&v?)).collect()
     }
 
     /// Stores a token under the hash of its secret.

@@ -1,6 +1,31 @@
-//! How many instances a container should have right now.
+//! How many instances a container should have right now: a concurrency-based
+//! autoscaler in the manner of Knative's KPA.
+//!
+//! Demand is the number of requests in flight or waiting. Each instance is meant to
+//! carry [`TARGET_UTILIZATION`] of its `concurrency`. Two windows average the demand:
+//! the stable window (60 s) sets the count in normal times; the panic window (6 s)
+//! reacts to bursts. When the panic window asks for [`PANIC_THRESHOLD`] times the
+//! instances that are ready, the autoscaler panics: it scales up at once and does not
+//! scale down until a whole stable window has passed without another panic, or until
+//! no request has come for the idle timeout (a container idle that long has no burst
+//! to protect against, and its owner asked for it to go).
+//!
+//! Unlike the KPA, the demand seen at the moment of a decision counts as much as the
+//! panic window's average: the activator asks for a decision when requests queue, so
+//! a burst against a container at zero starts every instance it needs within
+//! milliseconds instead of waiting for the averages to rise.
 
+use std::collections::VecDeque;
 use std::time::Duration;
+
+/// The share of `concurrency` each instance is meant to carry.
+pub const TARGET_UTILIZATION: f64 = 0.7;
+/// The window whose average demand sets the instance count in normal times.
+pub const STABLE_WINDOW: Duration = Duration::from_secs(60);
+/// The window whose average demand detects a burst.
+pub const PANIC_WINDOW: Duration = Duration::from_secs(6);
+/// Panic when the panic window wants this many times the ready instances.
+pub const PANIC_THRESHOLD: f64 = 2.0;
 
 /// A container's scaling settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,6 +36,8 @@ pub struct ScalingPolicy {
     pub max_instances: u32,
     /// Time without requests after which the container scales down to `min_instances`.
     pub idle_timeout: Duration,
+    /// Most requests one instance serves at once (at least one).
+    pub concurrency: u32,
 }
 
 /// What the runtime observed about a container at one moment.
@@ -28,11 +55,26 @@ pub struct Observation {
     pub last_activity: Option<Duration>,
 }
 
+impl Observation {
+    /// Requests in flight or waiting.
+    pub fn demand(&self) -> u32 {
+        self.in_flight.saturating_add(self.waiting)
+    }
+}
+
 /// Why the autoscaler chose its number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScaleReason {
-    /// Requests are waiting and nothing is running or starting: start one.
+    /// Requests are waiting and nothing is running or starting.
     ColdStart,
+    /// A burst: the panic window wants at least twice the ready instances.
+    Panic,
+    /// Holding the count while panicking: no scale-down until the burst is over.
+    PanicHold,
+    /// The stable window's demand needs more instances.
+    ScaleUp,
+    /// The stable window's demand needs fewer instances.
+    ScaleDown,
     /// No request for the idle timeout: scale down to the minimum (often zero).
     Idle,
     /// Fewer instances than the minimum.
@@ -44,10 +86,27 @@ pub enum ScaleReason {
 }
 
 impl ScaleReason {
+    /// Every reason, for metrics that list them all.
+    pub const ALL: [ScaleReason; 9] = [
+        ScaleReason::ColdStart,
+        ScaleReason::Panic,
+        ScaleReason::PanicHold,
+        ScaleReason::ScaleUp,
+        ScaleReason::ScaleDown,
+        ScaleReason::Idle,
+        ScaleReason::BelowMinimum,
+        ScaleReason::AboveMaximum,
+        ScaleReason::Steady,
+    ];
+
     /// A stable label for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             ScaleReason::ColdStart => "cold_start",
+            ScaleReason::Panic => "panic",
+            ScaleReason::PanicHold => "panic_hold",
+            ScaleReason::ScaleUp => "scale_up",
+            ScaleReason::ScaleDown => "scale_down",
             ScaleReason::Idle => "idle",
             ScaleReason::BelowMinimum => "below_minimum",
             ScaleReason::AboveMaximum => "above_maximum",
@@ -65,29 +124,161 @@ pub struct ScaleDecision {
     pub reason: ScaleReason,
 }
 
-/// Decides the number of instances for a container at time `now`.
-///
-/// Guarantees: never below `min_instances`, never above `max_instances` (which is
-/// at least one), and never zero while a request is in flight or waiting.
-pub fn decide(policy: &ScalingPolicy, observed: &Observation, now: Duration) -> ScaleDecision {
-    let max = policy.max_instances.max(1);
-    let min = policy.min_instances.min(max);
-    let current = observed.ready + observed.starting;
-    let demand = observed.in_flight + observed.waiting;
-    let floor = if demand > 0 { min.max(1) } else { min };
+/// One container's autoscaler: the demand it has seen and whether it is panicking.
+#[derive(Debug, Default, Clone)]
+pub struct Autoscaler {
+    /// Demand samples, oldest first, none older than the stable window.
+    samples: VecDeque<(Duration, u32)>,
+    /// When the panic condition last held, while panicking.
+    panic_since: Option<Duration>,
+    /// The most instances wanted during this panic.
+    panic_desired: u32,
+}
 
-    let (desired, reason) = if demand > 0 && current == 0 {
-        (floor, ScaleReason::ColdStart)
-    } else if current < floor {
-        (floor, ScaleReason::BelowMinimum)
-    } else if current > max {
-        (max, ScaleReason::AboveMaximum)
-    } else if demand == 0 && current > min && idle_for(observed, now) >= policy.idle_timeout {
-        (min, ScaleReason::Idle)
+impl Autoscaler {
+    /// An autoscaler that has seen nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the demand at `now`. The runtime samples at a fixed interval, so the
+    /// windows' averages are averages over time.
+    pub fn record(&mut self, now: Duration, demand: u32) {
+        self.samples.push_back((now, demand));
+        while let Some(&(at, _)) = self.samples.front() {
+            if now.saturating_sub(at) < STABLE_WINDOW {
+                break;
+            }
+            self.samples.pop_front();
+        }
+    }
+
+    /// Whether a burst is being handled.
+    pub fn is_panicking(&self) -> bool {
+        self.panic_since.is_some()
+    }
+
+    /// Average demand over the `window` before `now` (zero with no samples).
+    fn average(&self, now: Duration, window: Duration) -> f64 {
+        let (sum, count) = self
+            .samples
+            .iter()
+            .rev()
+            .take_while(|(at, _)| now.saturating_sub(*at) < window)
+            .fold((0u64, 0u64), |(sum, n), (_, demand)| {
+                (sum + u64::from(*demand), n + 1)
+            });
+        if count == 0 {
+            0.0
+        } else {
+            sum as f64 / count as f64
+        }
+    }
+
+    /// Decides the number of instances for a container at time `now`.
+    ///
+    /// Guarantees: never below `min_instances`, never above `max_instances` (which is
+    /// at least one), never zero while a request is in flight or waiting or before
+    /// the idle timeout has passed without requests, never
+    /// fewer than the demand needs at `concurrency` each (within the maximum), and no
+    /// scale-down while panicking (a container idle for its idle timeout stops
+    /// panicking).
+    pub fn decide(
+        &mut self,
+        policy: &ScalingPolicy,
+        observed: &Observation,
+        now: Duration,
+    ) -> ScaleDecision {
+        let max = policy.max_instances.max(1);
+        let min = policy.min_instances.min(max);
+        let concurrency = policy.concurrency.max(1);
+        let target = (f64::from(concurrency) * TARGET_UTILIZATION).max(1.0);
+        let current = observed.ready + observed.starting;
+        let demand = observed.demand();
+
+        let panic_demand = self.average(now, PANIC_WINDOW).max(f64::from(demand));
+        let want_panic = instances_for(panic_demand, target);
+        let want_stable = instances_for(self.average(now, STABLE_WINDOW), target);
+        // However the averages go, every request in flight or waiting needs a slot.
+        let hard_floor = demand.div_ceil(concurrency);
+
+        if f64::from(want_panic) >= PANIC_THRESHOLD * f64::from(observed.ready.max(1)) {
+            self.panic_since = Some(now);
+        } else if self
+            .panic_since
+            .is_some_and(|since| now.saturating_sub(since) >= STABLE_WINDOW)
+        {
+            self.panic_since = None;
+            self.panic_desired = 0;
+        }
+
+        let idle = demand == 0 && idle_for(observed, now) >= policy.idle_timeout;
+        if idle {
+            // No request for the whole idle timeout: whatever burst there was is over.
+            self.panic_since = None;
+            self.panic_desired = 0;
+        }
+
+        // Only the idle timeout takes a container to zero: a falling average never does.
+        let floor = if demand > 0 || (current > 0 && !idle) {
+            min.max(1)
+        } else {
+            min
+        };
+        let (wanted, reason) = if demand > 0 && current == 0 {
+            (want_panic.max(hard_floor), ScaleReason::ColdStart)
+        } else if idle && current > min {
+            (min, ScaleReason::Idle)
+        } else if self.is_panicking() {
+            self.panic_desired = self
+                .panic_desired
+                .max(want_panic)
+                .max(hard_floor)
+                .max(current);
+            let reason = if self.panic_desired > current {
+                ScaleReason::Panic
+            } else {
+                ScaleReason::PanicHold
+            };
+            (self.panic_desired, reason)
+        } else {
+            let wanted = want_stable.max(hard_floor);
+            let reason = match wanted.cmp(&current) {
+                std::cmp::Ordering::Greater => ScaleReason::ScaleUp,
+                std::cmp::Ordering::Less => ScaleReason::ScaleDown,
+                std::cmp::Ordering::Equal => ScaleReason::Steady,
+            };
+            (wanted, reason)
+        };
+
+        let (desired, reason) = if wanted < floor {
+            (floor, ScaleReason::BelowMinimum)
+        } else if wanted > max {
+            let reason = if current > max {
+                ScaleReason::AboveMaximum
+            } else {
+                reason
+            };
+            (max, reason)
+        } else {
+            (wanted, reason)
+        };
+        let reason = if desired == current && reason != ScaleReason::PanicHold {
+            ScaleReason::Steady
+        } else {
+            reason
+        };
+        ScaleDecision { desired, reason }
+    }
+}
+
+fn instances_for(demand: f64, per_instance: f64) -> u32 {
+    let wanted = (demand / per_instance).ceil();
+    if wanted >= f64::from(u32::MAX) {
+        u32::MAX
     } else {
-        (current, ScaleReason::Steady)
-    };
-    ScaleDecision { desired, reason }
+        wanted as u32
+    }
 }
 
 fn idle_for(observed: &Observation, now: Duration) -> Duration {
@@ -99,108 +290,246 @@ fn idle_for(observed: &Observation, now: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const SECOND: Duration = Duration::from_secs(1);
+    const TICK: Duration = Duration::from_millis(250);
 
     fn policy(min: u32, max: u32, idle_secs: u64) -> ScalingPolicy {
         ScalingPolicy {
             min_instances: min,
             max_instances: max,
             idle_timeout: Duration::from_secs(idle_secs),
+            concurrency: 10,
+        }
+    }
+
+    /// Simulated time: a runtime that records and decides every tick and starts or
+    /// stops instances as told (starts take one tick).
+    struct Simulation {
+        policy: ScalingPolicy,
+        scaler: Autoscaler,
+        now: Duration,
+        ready: u32,
+        starting: u32,
+        last_activity: Option<Duration>,
+    }
+
+    impl Simulation {
+        fn new(policy: ScalingPolicy) -> Self {
+            Self {
+                policy,
+                scaler: Autoscaler::new(),
+                now: Duration::ZERO,
+                ready: 0,
+                starting: 0,
+                last_activity: None,
+            }
+        }
+
+        /// Runs `duration` of ticks with `demand` requests in flight or waiting.
+        fn run(&mut self, duration: Duration, demand: u32) -> ScaleDecision {
+            let mut last = None;
+            let end = self.now + duration;
+            while self.now < end {
+                self.now += TICK;
+                self.ready += std::mem::take(&mut self.starting);
+                if demand > 0 {
+                    self.last_activity = Some(self.now);
+                }
+                let capacity = self.ready * self.policy.concurrency;
+                let observed = Observation {
+                    ready: self.ready,
+                    starting: self.starting,
+                    in_flight: demand.min(capacity),
+                    waiting: demand.saturating_sub(capacity),
+                    last_activity: self.last_activity,
+                };
+                self.scaler.record(self.now, observed.demand());
+                let decision = self.scaler.decide(&self.policy, &observed, self.now);
+                if decision.desired > self.ready {
+                    self.starting = decision.desired - self.ready;
+                } else {
+                    self.ready = decision.desired;
+                }
+                last = Some(decision);
+            }
+            last.expect("at least one tick")
         }
     }
 
     #[test]
     fn a_request_at_zero_starts_one_instance() {
         let observed = Observation {
-            waiting: 50,
+            waiting: 1,
             ..Default::default()
         };
-        let decision = decide(&policy(0, 10, 60), &observed, SECOND);
+        let decision = Autoscaler::new().decide(&policy(0, 10, 60), &observed, SECOND);
         assert_eq!(decision.desired, 1);
         assert_eq!(decision.reason, ScaleReason::ColdStart);
     }
 
     #[test]
-    fn scales_to_zero_only_after_the_idle_timeout() {
-        let p = policy(0, 10, 60);
-        let mut observed = Observation {
-            ready: 1,
-            last_activity: Some(Duration::ZERO),
+    fn a_burst_at_zero_starts_every_instance_it_needs_at_once() {
+        // 200 waiting, 10 each at 70%: 7 per instance, so 29 instances.
+        let observed = Observation {
+            waiting: 200,
             ..Default::default()
         };
-        // Simulated time: one tick a second.
-        for second in 0..60 {
-            let d = decide(&p, &observed, SECOND * second);
-            assert_eq!(d.desired, 1, "scaled down early at {second}s");
-        }
-        let d = decide(&p, &observed, SECOND * 60);
-        assert_eq!((d.desired, d.reason), (0, ScaleReason::Idle));
-
-        // A request in flight keeps the instance, however long it has been.
-        observed.in_flight = 1;
-        assert_eq!(decide(&p, &observed, SECOND * 3600).desired, 1);
+        let decision = Autoscaler::new().decide(&policy(0, 100, 60), &observed, SECOND);
+        assert_eq!(
+            (decision.desired, decision.reason),
+            (29, ScaleReason::ColdStart)
+        );
+        // The maximum still holds.
+        let decision = Autoscaler::new().decide(&policy(0, 5, 60), &observed, SECOND);
+        assert_eq!(decision.desired, 5);
     }
 
     #[test]
-    fn activity_resets_the_idle_clock() {
-        let p = policy(0, 1, 10);
+    fn steady_load_settles_near_seventy_percent_of_concurrency() {
+        let mut sim = Simulation::new(policy(0, 100, 60));
+        let decision = sim.run(SECOND * 120, 70);
+        assert_eq!(decision.desired, 10, "{decision:?}");
+        assert_eq!(decision.reason, ScaleReason::Steady);
+        assert!(!sim.scaler.is_panicking());
+    }
+
+    #[test]
+    fn a_burst_panics_and_holds_until_a_stable_window_has_passed() {
+        let mut sim = Simulation::new(policy(0, 100, 600));
+        sim.run(SECOND * 120, 14);
+        assert_eq!(sim.ready, 2);
+        // Ten times the load: the panic window reacts within a tick.
+        let decision = sim.run(TICK, 140);
+        assert_eq!(decision.reason, ScaleReason::Panic);
+        assert_eq!(decision.desired, 20);
+        assert!(sim.scaler.is_panicking());
+        // The burst ends: no scale-down while panicking.
+        for _ in 0..((STABLE_WINDOW - SECOND).as_millis() / TICK.as_millis()) {
+            let d = sim.run(TICK, 14);
+            assert_eq!(d.desired, 20, "scaled down while panicking: {d:?}");
+        }
+        // A full stable window after the last panic, it scales down again.
+        let decision = sim.run(SECOND * 2, 14);
+        assert!(!sim.scaler.is_panicking());
+        assert!(decision.desired < 20, "{decision:?}");
+        let decision = sim.run(SECOND * 120, 14);
+        assert_eq!(decision.desired, 2);
+    }
+
+    #[test]
+    fn scales_to_zero_only_after_the_idle_timeout() {
+        let mut sim = Simulation::new(policy(0, 10, 30));
+        sim.run(SECOND * 10, 5);
+        assert_eq!(sim.ready, 1);
+        sim.run(SECOND * 29, 0);
+        assert_eq!(sim.ready, 1, "scaled to zero before the idle timeout");
+        let decision = sim.run(SECOND * 2, 0);
+        assert_eq!((sim.ready, decision.reason), (0, ScaleReason::Idle));
+    }
+
+    #[test]
+    fn a_request_in_flight_keeps_an_instance_however_long_it_runs() {
         let observed = Observation {
             ready: 1,
-            last_activity: Some(SECOND * 95),
+            in_flight: 1,
+            last_activity: Some(Duration::ZERO),
             ..Default::default()
         };
-        assert_eq!(decide(&p, &observed, SECOND * 100).desired, 1);
-        assert_eq!(decide(&p, &observed, SECOND * 105).desired, 0);
+        let d = Autoscaler::new().decide(&policy(0, 10, 1), &observed, SECOND * 3600);
+        assert_eq!(d.desired, 1);
     }
 
     #[test]
     fn minimum_instances_stay_warm_and_start_without_traffic() {
-        let p = policy(2, 5, 1);
-        let at_zero = Observation::default();
-        let d = decide(&p, &at_zero, SECOND * 1000);
-        assert_eq!((d.desired, d.reason), (2, ScaleReason::BelowMinimum));
-        let warm = Observation {
-            ready: 2,
-            last_activity: Some(Duration::ZERO),
-            ..Default::default()
-        };
-        assert_eq!(decide(&p, &warm, SECOND * 1000).desired, 2);
+        let mut sim = Simulation::new(policy(2, 5, 1));
+        let decision = sim.run(TICK, 0);
+        assert_eq!(
+            (decision.desired, decision.reason),
+            (2, ScaleReason::BelowMinimum)
+        );
+        sim.run(SECOND * 600, 0);
+        assert_eq!(sim.ready, 2);
     }
 
     #[test]
-    fn invariants_hold_over_every_small_observation() {
-        // Exhaustive over small values: never below min, never above max, never zero
-        // under demand.
-        for min in 0..3 {
-            for max in 0..4 {
-                let p = policy(min, max, 5);
-                for ready in 0..5 {
-                    for starting in 0..3 {
-                        for in_flight in 0..3 {
-                            for waiting in 0..3 {
-                                for last in [None, Some(0u64), Some(8)] {
-                                    let observed = Observation {
-                                        ready,
-                                        starting,
-                                        in_flight,
-                                        waiting,
-                                        last_activity: last.map(Duration::from_secs),
-                                    };
-                                    let d = decide(&p, &observed, SECOND * 10);
-                                    let max_eff = max.max(1);
-                                    assert!(d.desired <= max_eff, "{p:?} {observed:?} {d:?}");
-                                    assert!(
-                                        d.desired >= min.min(max_eff),
-                                        "{p:?} {observed:?} {d:?}"
-                                    );
-                                    if in_flight + waiting > 0 {
-                                        assert!(d.desired >= 1, "{p:?} {observed:?} {d:?}");
-                                    }
-                                }
-                            }
-                        }
-                    }
+    fn more_instances_than_the_maximum_are_cut() {
+        let observed = Observation {
+            ready: 8,
+            last_activity: Some(Duration::ZERO),
+            in_flight: 50,
+            ..Default::default()
+        };
+        let mut scaler = Autoscaler::new();
+        scaler.record(SECOND, 50);
+        let d = scaler.decide(&policy(0, 3, 60), &observed, SECOND);
+        assert_eq!((d.desired, d.reason), (3, ScaleReason::AboveMaximum));
+    }
+
+    fn observation() -> impl Strategy<Value = Observation> {
+        (
+            0u32..40,
+            0u32..10,
+            0u32..500,
+            0u32..500,
+            prop::option::of(0u64..200),
+        )
+            .prop_map(|(ready, starting, in_flight, waiting, last)| Observation {
+                ready,
+                starting,
+                in_flight,
+                waiting,
+                last_activity: last.map(Duration::from_secs),
+            })
+    }
+
+    proptest! {
+        /// Over any sequence of observations on simulated time: never below min,
+        /// never above max, never zero under demand, always enough slots for the
+        /// demand (within max), and no scale-down while panicking.
+        #[test]
+        fn invariants_hold_over_any_history(
+            min in 0u32..5,
+            max in 0u32..50,
+            concurrency in 1u32..50,
+            idle in 0u64..120,
+            steps in prop::collection::vec((1u64..20_000, observation()), 1..60),
+        ) {
+            let policy = ScalingPolicy {
+                min_instances: min,
+                max_instances: max,
+                idle_timeout: Duration::from_secs(idle),
+                concurrency,
+            };
+            let max_eff = max.max(1);
+            let mut scaler = Autoscaler::new();
+            let mut now = Duration::ZERO;
+            for (step_ms, observed) in steps {
+                now += Duration::from_millis(step_ms);
+                let was_panicking = scaler.is_panicking();
+                scaler.record(now, observed.demand());
+                let d = scaler.decide(&policy, &observed, now);
+                let demand = observed.demand();
+                prop_assert!(d.desired <= max_eff, "{policy:?} {observed:?} {d:?}");
+                prop_assert!(d.desired >= min.min(max_eff), "{policy:?} {observed:?} {d:?}");
+                if demand > 0 {
+                    prop_assert!(d.desired >= 1, "{policy:?} {observed:?} {d:?}");
+                    prop_assert!(
+                        d.desired >= demand.div_ceil(concurrency).min(max_eff),
+                        "{policy:?} {observed:?} {d:?}"
+                    );
+                }
+                let current = observed.ready + observed.starting;
+                if d.desired == 0 && current > 0 {
+                    let idle_for = observed.last_activity.map_or(Duration::MAX, |at| now.saturating_sub(at));
+                    prop_assert!(
+                        demand == 0 && idle_for >= policy.idle_timeout,
+                        "scaled to zero before the idle timeout: {observed:?} {d:?}"
+                    );
+                }
+                if was_panicking && scaler.is_panicking() && current <= max_eff {
+                    prop_assert!(d.desired >= current, "scaled down in panic: {observed:?} {d:?}");
                 }
             }
         }

@@ -6,5 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod autoscaler;
+pub mod placement;
 
-pub use autoscaler::{Observation, ScaleDecision, ScaleReason, ScalingPolicy, decide};
+pub use autoscaler::{Autoscaler, Observation, ScaleDecision, ScaleReason, ScalingPolicy};
+pub use placement::{Allocation, Misfit, Node, Request, Resources, Unplaced};

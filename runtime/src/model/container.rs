@@ -37,6 +37,17 @@ pub struct ContainerSpec {
     pub max_instances: u32,
     /// Seconds without a request before scaling down; `None` takes the runtime's default.
     pub idle_timeout_seconds: Option<u64>,
+    /// Most requests one instance serves at once; `None` takes the default for the
+    /// workload's kind.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    /// Most requests waiting for an instance; more are refused with 503.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: u32,
+}
+
+fn default_queue_depth() -> u32 {
+    ContainerSpec::DEFAULT_QUEUE_DEPTH
 }
 
 /// Default values for fields a create request leaves out.
@@ -51,6 +62,20 @@ impl ContainerSpec {
     pub const DEFAULT_PORT: u16 = 8080;
     /// Upper bound of instances when none is given.
     pub const DEFAULT_MAX_INSTANCES: u32 = 100;
+    /// Requests an OCI instance serves at once when none is given.
+    pub const DEFAULT_OCI_CONCURRENCY: u32 = 100;
+    /// Requests a wasm instance serves at once when none is given.
+    pub const DEFAULT_WASM_CONCURRENCY: u32 = 1000;
+    /// Requests that may wait for an instance when none is given.
+    pub const DEFAULT_QUEUE_DEPTH: u32 = 1000;
+
+    /// Requests one instance serves at once, for a workload of `kind`.
+    pub fn concurrency_for(&self, kind: ember_sandbox::WorkloadKind) -> u32 {
+        self.concurrency.unwrap_or(match kind {
+            ember_sandbox::WorkloadKind::Wasm => Self::DEFAULT_WASM_CONCURRENCY,
+            ember_sandbox::WorkloadKind::Oci => Self::DEFAULT_OCI_CONCURRENCY,
+        })
+    }
 }
 
 /// A partial spec: what a create or update request sets. Every value is already
@@ -85,6 +110,10 @@ pub struct ContainerPatch {
     pub max_instances: Option<u32>,
     /// New idle timeout.
     pub idle_timeout_seconds: Option<u64>,
+    /// New concurrency.
+    pub concurrency: Option<u32>,
+    /// New queue depth.
+    pub queue_depth: Option<u32>,
 }
 
 impl ContainerPatch {
@@ -115,6 +144,8 @@ impl ContainerPatch {
             min_instances: 0,
             max_instances: ContainerSpec::DEFAULT_MAX_INSTANCES,
             idle_timeout_seconds: None,
+            concurrency: None,
+            queue_depth: ContainerSpec::DEFAULT_QUEUE_DEPTH,
         };
         self.apply(&base)
     }
@@ -138,10 +169,14 @@ impl ContainerPatch {
             port,
             desired_gpus,
             min_instances,
-            max_instances
+            max_instances,
+            queue_depth
         );
         if let Some(idle) = self.idle_timeout_seconds {
             spec.idle_timeout_seconds = Some(idle);
+        }
+        if let Some(concurrency) = self.concurrency {
+            spec.concurrency = Some(concurrency);
         }
         if spec.min_instances > spec.max_instances {
             return Err(RuntimeError::invalid(
@@ -191,6 +226,9 @@ pub struct Container {
     pub latest_revision: u32,
     /// The revision traffic goes to, once one has deployed.
     pub serving_revision: Option<u32>,
+    /// Instances started through the instances API, kept beyond the autoscaler's count.
+    #[serde(default)]
+    pub pinned_instances: u32,
 }
 
 impl Container {
@@ -206,6 +244,7 @@ impl Container {
             status_reason: None,
             latest_revision: 1,
             serving_revision: None,
+            pinned_instances: 0,
         }
     }
 }
@@ -274,6 +313,10 @@ pub struct InstanceInfo {
     pub state_changed: SystemTime,
     /// Requests it is serving now.
     pub in_flight: u32,
+    /// Started through the instances API rather than by the autoscaler.
+    pub pinned: bool,
+    /// Why it has not started yet, while it waits (for room on its server, say).
+    pub waiting_reason: Option<String>,
 }
 
 /// Roles a user can have.

@@ -73,6 +73,11 @@ uuid_id!(
     "user"
 );
 uuid_id!(
+    /// Identifies a job: an asynchronous operation a client can poll.
+    JobId,
+    "job"
+);
+uuid_id!(
     /// Identifies an API token (not the secret itself).
     TokenId,
     "token"

@@ -1,7 +1,8 @@
-//! Ember's domain model: containers, their revisions and instances, and users.
+//! Ember's domain model: containers, their revisions and instances, jobs, and users.
 
 mod container;
 mod ids;
+mod job;
 mod name;
 mod quantity;
 
@@ -9,6 +10,7 @@ pub use container::{
     Caller, Container, ContainerPatch, ContainerSpec, ContainerStatus, InstanceInfo, InstanceState,
     Page, PageRequest, Revision, Role,
 };
-pub use ids::{ContainerId, InstanceId, InvalidId, ServerId, TokenId, UserId};
+pub use ids::{ContainerId, InstanceId, InvalidId, JobId, ServerId, TokenId, UserId};
+pub use job::{Job, JobAction, JobState};
 pub use name::{ContainerName, InvalidName};
 pub use quantity::{InvalidQuantity, Quantity};

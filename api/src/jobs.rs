@@ -1,0 +1,96 @@
+//! `/v1/jobs/{id}`: the progress of an asynchronous operation.
+
+use crate::auth::Authenticated;
+use crate::containers::rfc3339;
+use crate::error::ApiError;
+use crate::instances::DataEnvelope;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use ember_runtime::Runtime;
+use ember_runtime::model::{Job, JobAction, JobId, JobState};
+use serde::Serialize;
+
+pub(crate) fn routes() -> Router<Runtime> {
+    Router::new().route("/v1/jobs/{id}", get(get_job))
+}
+
+async fn get_job(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<DataEnvelope<JobJson>>, ApiError> {
+    let id: JobId = id.parse().map_err(|e: ember_runtime::model::InvalidId| {
+        ApiError::invalid_field("id", e.to_string())
+    })?;
+    Ok(Json(DataEnvelope {
+        data: JobJson::from(runtime.get_job(&caller, id)?),
+    }))
+}
+
+/// A job: what the instances endpoints answer (the job descriptor) and what
+/// GET /v1/jobs/{id} shows.
+#[derive(Serialize)]
+pub(crate) struct JobJson {
+    id: String,
+    #[serde(rename = "type")]
+    action: &'static str,
+    container_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_id: Option<String>,
+    creator: String,
+    state: JobStateJson,
+    steps: StepsJson,
+    created: String,
+    links: LinksJson,
+}
+
+#[derive(Serialize)]
+struct JobStateJson {
+    current: JobState,
+    changed: String,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StepsJson {
+    total: u32,
+    done: u32,
+}
+
+#[derive(Serialize)]
+struct LinksJson {
+    #[serde(rename = "self")]
+    this: String,
+    container: String,
+}
+
+impl From<Job> for JobJson {
+    fn from(job: Job) -> Self {
+        let instance_id = match &job.action {
+            JobAction::DeleteInstance { instance_id } => Some(instance_id.to_string()),
+            _ => None,
+        };
+        Self {
+            id: job.id.to_string(),
+            action: job.action.name(),
+            container_id: job.container_id.to_string(),
+            instance_id,
+            creator: job.created_by.to_string(),
+            state: JobStateJson {
+                current: job.state,
+                changed: rfc3339(job.date_updated),
+                error: job.error,
+            },
+            steps: StepsJson {
+                total: job.steps_total,
+                done: job.steps_done,
+            },
+            created: rfc3339(job.date_created),
+            links: LinksJson {
+                this: format!("/v1/jobs/{}", job.id),
+                container: format!("/v1/containers/{}", job.container_id),
+            },
+        }
+    }
+}

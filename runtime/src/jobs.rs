@@ -1,0 +1,277 @@
+//! The instances API: instances started and stopped by hand, each operation a job
+//! that a client polls. The pinned instance count is stored before a job is
+//! accepted, so a restart brings the instances back.
+
+use crate::activator::{Service, StartOutcome};
+use crate::error::RuntimeError;
+use crate::model::{
+    Caller, ContainerId, InstanceId, InstanceInfo, InstanceState, Job, JobAction, JobId, JobState,
+    ServerId,
+};
+use crate::runtime::Runtime;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+impl Runtime {
+    /// One instance of a container.
+    pub fn get_instance(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        instance: InstanceId,
+    ) -> Result<InstanceInfo, RuntimeError> {
+        self.list_instances(caller, id)?
+            .into_iter()
+            .find(|i| i.id == instance)
+            .ok_or_else(|| instance_not_found(instance))
+    }
+
+    /// Starts pinned instances on the given servers: `(server, count)` pairs. They
+    /// serve traffic like the others but the autoscaler neither counts nor stops them.
+    pub async fn create_instances(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        requests: &[(ServerId, u32)],
+    ) -> Result<Job, RuntimeError> {
+        let server_id = self.inner().server_id;
+        let mut count = 0u32;
+        for (i, (server, n)) in requests.iter().enumerate() {
+            if *server != server_id {
+                return Err(RuntimeError::invalid(
+                    &format!("[{i}].server_id"),
+                    format!("there is no server {server}; this runtime's server is {server_id}"),
+                ));
+            }
+            count = count.saturating_add(*n);
+        }
+        let (service, job) = {
+            let _records = self.inner().records.lock();
+            let mut container = self.accessible(caller, id)?;
+            let service = self.service(id)?;
+            let limit = container.spec.max_instances;
+            let pinned = container.pinned_instances.saturating_add(count);
+            if pinned > limit {
+                return Err(RuntimeError::invalid(
+                    "new_instances",
+                    format!(
+                        "{count} more would make {pinned} pinned instances; the container allows {limit} (maxInstances)"
+                    ),
+                ));
+            }
+            if container.serving_revision.is_none() {
+                return Err(RuntimeError::Unprocessable(
+                    "the container has not deployed yet; create instances once it has".into(),
+                ));
+            }
+            container.pinned_instances = pinned;
+            self.inner().store.save_status(&container)?;
+            let job = self.new_job(caller, id, JobAction::CreateInstances { count }, count)?;
+            (service, job)
+        };
+        self.inner().store.flush().await?;
+        let Some(outcomes) = service.add_pinned(count) else {
+            // Unavailable since: the job says so; the count stands for when it serves.
+            self.finish_job(job.id, Some("the container stopped serving".into()));
+            return Ok(job);
+        };
+        self.spawn_job(job.id, async move { wait_for_starts(outcomes).await });
+        Ok(job)
+    }
+
+    /// Stops every instance of a container and forgets its pinned instances.
+    pub async fn delete_instances(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+    ) -> Result<Job, RuntimeError> {
+        let (service, job) = {
+            let _records = self.inner().records.lock();
+            let mut container = self.accessible(caller, id)?;
+            let service = self.service(id)?;
+            container.pinned_instances = 0;
+            self.inner().store.save_status(&container)?;
+            let running = service.instance_count() as u32;
+            let job = self.new_job(caller, id, JobAction::DeleteInstances, running)?;
+            (service, job)
+        };
+        self.inner().store.flush().await?;
+        self.spawn_job(job.id, async move {
+            service.remove_all_instances().await;
+            Ok(())
+        });
+        Ok(job)
+    }
+
+    /// Stops one instance; a pinned one is not replaced.
+    pub async fn delete_instance(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        instance: InstanceId,
+    ) -> Result<Job, RuntimeError> {
+        let (service, job) = {
+            let _records = self.inner().records.lock();
+            let mut container = self.accessible(caller, id)?;
+            let service = self.service(id)?;
+            let info = service
+                .instances()
+                .into_iter()
+                .find(|i| i.id == instance)
+                .ok_or_else(|| instance_not_found(instance))?;
+            if info.state == InstanceState::Starting {
+                return Err(RuntimeError::Unprocessable(format!(
+                    "instance {instance} is still starting; delete it once it runs"
+                )));
+            }
+            if info.pinned {
+                container.pinned_instances = container.pinned_instances.saturating_sub(1);
+                self.inner().store.save_status(&container)?;
+            }
+            let job = self.new_job(
+                caller,
+                id,
+                JobAction::DeleteInstance {
+                    instance_id: instance,
+                },
+                1,
+            )?;
+            (service, job)
+        };
+        self.inner().store.flush().await?;
+        self.spawn_job(job.id, async move {
+            service
+                .remove_instance(instance)
+                .await
+                .ok_or_else(|| vec![format!("instance {instance} had already stopped")])
+        });
+        Ok(job)
+    }
+
+    /// One job, if the caller may see its container (or made it).
+    pub fn get_job(&self, caller: &Caller, id: JobId) -> Result<Job, RuntimeError> {
+        self.inner()
+            .store
+            .job(id)?
+            .filter(|job| {
+                caller.user_id == job.created_by
+                    || caller.role == crate::model::Role::Admin
+                    || self.accessible(caller, job.container_id).is_ok()
+            })
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "job",
+                id: id.to_string(),
+            })
+    }
+
+    /// Jobs that were under way when the runtime stopped end with an error that says
+    /// so; what they asked for (the pinned count) was stored and stands.
+    pub(crate) fn finish_interrupted_jobs(&self) -> Result<(), RuntimeError> {
+        for mut job in self.inner().store.jobs()? {
+            if !job.is_finished() {
+                job.state = JobState::Error;
+                job.error = Some(
+                    "the runtime stopped before the job finished; pinned instances it asked for start again with the runtime".into(),
+                );
+                job.date_updated = SystemTime::now();
+                self.inner().store.save_job(&job)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn service(&self, id: ContainerId) -> Result<Arc<Service>, RuntimeError> {
+        self.inner()
+            .services
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "container",
+                id: id.to_string(),
+            })
+    }
+
+    fn new_job(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        action: JobAction,
+        steps: u32,
+    ) -> Result<Job, RuntimeError> {
+        let job = Job::new(action, id, caller.user_id, steps, SystemTime::now());
+        self.inner().store.save_job(&job)?;
+        Ok(job)
+    }
+
+    /// Runs `work` as job `id`: running now, completed or failed when it ends.
+    fn spawn_job(
+        &self,
+        id: JobId,
+        work: impl Future<Output = Result<(), Vec<String>>> + Send + 'static,
+    ) {
+        self.update_job(id, |job| job.state = JobState::Running);
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            let error = work.await.err().map(|errors| errors.join("; "));
+            runtime.finish_job(id, error);
+            if let Err(e) = runtime.inner().store.flush().await {
+                tracing::warn!(job = %id, error = %e, "flushing a finished job failed");
+            }
+        });
+    }
+
+    fn finish_job(&self, id: JobId, error: Option<String>) {
+        self.update_job(id, |job| {
+            job.state = if error.is_some() {
+                JobState::Error
+            } else {
+                JobState::Completed
+            };
+            if error.is_none() {
+                job.steps_done = job.steps_total;
+            }
+            job.error = error;
+        });
+    }
+
+    fn update_job(&self, id: JobId, change: impl FnOnce(&mut Job)) {
+        let store = &self.inner().store;
+        let result = store.job(id).and_then(|job| {
+            let Some(mut job) = job else { return Ok(()) };
+            change(&mut job);
+            job.date_updated = SystemTime::now();
+            store.save_job(&job)
+        });
+        if let Err(e) = result {
+            tracing::warn!(job = %id, error = %e, "recording a job's progress failed");
+        }
+    }
+}
+
+/// Waits for every start; the errors of those that failed.
+async fn wait_for_starts(outcomes: Vec<StartOutcome>) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    for mut outcome in outcomes {
+        match outcome.wait_for(Option::is_some).await {
+            Ok(result) => {
+                if let Some(Err(reason)) = &*result {
+                    errors.push(reason.to_string());
+                }
+            }
+            Err(_) => errors.push("the start was abandoned".into()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn instance_not_found(id: InstanceId) -> RuntimeError {
+    RuntimeError::NotFound {
+        what: "instance",
+        id: id.to_string(),
+    }
+}

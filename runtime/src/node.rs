@@ -1,0 +1,228 @@
+//! This machine as a node (a server, in the API documents' words): its capacity, what
+//! instances hold of it, and waiting for room.
+
+use crate::model::{ContainerId, ContainerSpec, ServerId};
+use ember_scheduler::placement::{self, Allocation, Node, Request, Resources, Unplaced};
+use parking_lot::Mutex;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Frees room on the node for `request` by stopping idle instances of containers
+/// other than the one given; returns whether it stopped any.
+pub(crate) type Reclaimer = Box<dyn Fn(ContainerId, &Request) -> bool + Send + Sync>;
+
+/// The node's capacity and allocations, shared by every container's instances.
+pub(crate) struct NodeCapacity {
+    node: Mutex<Node<ServerId>>,
+    released: Notify,
+    reclaimer: OnceLock<Reclaimer>,
+}
+
+/// Room held on the node by one instance; given back when dropped.
+pub(crate) struct Placement {
+    node: Arc<NodeCapacity>,
+    allocation: Allocation<ServerId>,
+}
+
+impl Drop for Placement {
+    fn drop(&mut self) {
+        self.node.node.lock().release(&self.allocation);
+        self.node.released.notify_waiters();
+    }
+}
+
+/// How long a start waiting for room sleeps before it looks again on its own.
+const RECHECK: Duration = Duration::from_secs(1);
+
+impl NodeCapacity {
+    pub(crate) fn new(id: ServerId, name: String, capacity: Resources) -> Arc<Self> {
+        Arc::new(Self {
+            node: Mutex::new(Node::new(id, name, capacity)),
+            released: Notify::new(),
+            reclaimer: OnceLock::new(),
+        })
+    }
+
+    /// Sets what frees room when the node is full (once, at start).
+    pub(crate) fn set_reclaimer(&self, reclaimer: Reclaimer) {
+        let _ = self.reclaimer.set(reclaimer);
+    }
+
+    /// The node as it is now.
+    pub(crate) fn snapshot(&self) -> Node<ServerId> {
+        self.node.lock().clone()
+    }
+
+    fn try_place(self: &Arc<Self>, request: &Request) -> Result<Placement, Unplaced> {
+        let mut node = self.node.lock();
+        placement::place(std::slice::from_mut(&mut *node), request).map(|allocation| Placement {
+            node: self.clone(),
+            allocation,
+        })
+    }
+
+    /// Holds room for one instance of `requester`, stopping idle instances of other
+    /// containers when the node is full and otherwise waiting until room appears.
+    /// `waiting` is told why while it waits (and `None` once placed); `give_up` ends
+    /// the wait when the instance is no longer wanted.
+    pub(crate) async fn place(
+        self: &Arc<Self>,
+        requester: ContainerId,
+        request: &Request,
+        waiting: impl Fn(Option<String>),
+        give_up: impl Fn() -> bool,
+    ) -> Option<Placement> {
+        let mut noted = false;
+        loop {
+            // Registered before looking, so a release in between is not missed.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match self.try_place(request) {
+                Ok(placement) => {
+                    if noted {
+                        waiting(None);
+                    }
+                    return Some(placement);
+                }
+                Err(unplaced) => {
+                    if give_up() {
+                        if noted {
+                            waiting(None);
+                        }
+                        return None;
+                    }
+                    let reclaimed = self.reclaimer.get().is_some_and(|r| r(requester, request));
+                    if !reclaimed {
+                        waiting(Some(format!("waiting for room: {unplaced}")));
+                        noted = true;
+                    }
+                    let _ = tokio::time::timeout(RECHECK, released).await;
+                }
+            }
+        }
+    }
+}
+
+/// What one instance of `spec` asks of its node.
+pub(crate) fn instance_request(spec: &ContainerSpec) -> Request {
+    Request {
+        millicpus: (spec.cpu * 1000.0).ceil() as u64,
+        memory_bytes: spec.ram.bytes(),
+        gpus: spec.gpu,
+        gpu_models: spec.desired_gpus.clone().unwrap_or_default(),
+    }
+}
+
+/// This machine's capacity: its CPUs and memory, unless the configuration says less.
+pub(crate) fn detect_capacity(cpus: Option<f64>, memory_bytes: Option<u64>) -> Resources {
+    let cpus = cpus
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64));
+    let memory_bytes = memory_bytes.unwrap_or_else(|| total_memory().unwrap_or(1 << 30));
+    Resources {
+        millicpus: (cpus * 1000.0) as u64,
+        memory_bytes,
+        gpus: Default::default(),
+    }
+}
+
+/// `MemTotal` from /proc/meminfo, in bytes.
+fn total_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The node's name: the machine's host name.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(millicpus: u64) -> Arc<NodeCapacity> {
+        NodeCapacity::new(
+            ServerId::generate(),
+            "test".into(),
+            Resources {
+                millicpus,
+                memory_bytes: 1 << 30,
+                gpus: Default::default(),
+            },
+        )
+    }
+
+    fn one_cpu() -> Request {
+        Request {
+            millicpus: 1000,
+            memory_bytes: 1 << 20,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_waits_for_room_and_says_why() {
+        let node = node(1000);
+        let held = node
+            .place(ContainerId::generate(), &one_cpu(), |_| {}, || false)
+            .await
+            .unwrap();
+        let notes = Arc::new(Mutex::new(Vec::new()));
+        let waiter = {
+            let node = node.clone();
+            let notes = notes.clone();
+            tokio::spawn(async move {
+                node.place(
+                    ContainerId::generate(),
+                    &one_cpu(),
+                    move |note| notes.lock().push(note),
+                    || false,
+                )
+                .await
+                .is_some()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        drop(held);
+        assert!(waiter.await.unwrap());
+        let notes = notes.lock();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0]
+                .as_deref()
+                .unwrap()
+                .contains("asks for 1 CPU, 0 available"),
+            "{notes:?}"
+        );
+        assert_eq!(notes[1], None);
+    }
+
+    #[tokio::test]
+    async fn a_full_node_asks_the_reclaimer_first() {
+        let node = node(1000);
+        let held = Arc::new(Mutex::new(Some(
+            node.place(ContainerId::generate(), &one_cpu(), |_| {}, || false)
+                .await
+                .unwrap(),
+        )));
+        let to_free = held.clone();
+        node.set_reclaimer(Box::new(move |_, _| to_free.lock().take().is_some()));
+        let placed = tokio::time::timeout(
+            Duration::from_millis(500),
+            node.place(ContainerId::generate(), &one_cpu(), |_| {}, || false),
+        )
+        .await
+        .expect("the reclaimed room was used at once");
+        assert!(placed.is_some());
+        assert!(held.lock().is_none());
+    }
+}
