@@ -276,6 +276,62 @@ async fn scaling_to_zero_leaves_nothing_behind_and_the_next_request_starts_again
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_at_zero_starts_several_instances_in_parallel_and_they_all_go_when_idle() {
+    require_root();
+    let Setup {
+        ember,
+        data,
+        image,
+        network: _network,
+        _registry,
+    } = setup(&[]).await;
+    let id = deploy(
+        &ember,
+        json!({
+            "name": "burst",
+            "image": image,
+            "concurrency": 20,
+            "idleTimeoutSeconds": 2,
+            "cpu": 0.05,
+            "ram": "32Mi",
+        }),
+    )
+    .await;
+    let results = ember.burst("burst", "/", 200).await;
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(status, _, _)| *status != StatusCode::OK)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(
+        results
+            .iter()
+            .all(|(_, _, body)| body == "hello from busybox httpd\n")
+    );
+    // 200 requests at zero, 20 at most per instance: the autoscaler asked for every
+    // instance at once (one cold-start decision, no start one after another).
+    let instances = ember.instances(&id).await;
+    assert!(instances.len() >= 10, "only {} instances", instances.len());
+    let cold_start_decisions = ember
+        .metric(&format!(
+            "ember_scaling_decisions_total{{container=\"{id}\",reason=\"cold_start\"}}"
+        ))
+        .await;
+    assert_eq!(cold_start_decisions, 1.0);
+
+    ember
+        .wait_scaled_to_zero(&id, Duration::from_secs(30))
+        .await;
+    drop(ember);
+    assert_nothing_left(data.path()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashing_container_is_restarted_with_backoff_and_reported() {
     require_root();

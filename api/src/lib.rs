@@ -14,6 +14,7 @@ mod jobs;
 mod json;
 mod logs;
 mod pagination;
+mod servers;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -28,6 +29,7 @@ pub fn router(runtime: Runtime) -> Router {
         .merge(containers::routes())
         .merge(instances::routes())
         .merge(jobs::routes())
+        .merge(servers::routes())
         .merge(logs::routes())
         .merge(blobs::routes())
         .fallback(not_found)

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{oneshot, watch};
+use tokio_util::task::TaskTracker;
 
 /// A revision ready to start instances from.
 pub(crate) struct ServingRevision {
@@ -144,6 +145,8 @@ pub(crate) struct Service {
     clock: Clock,
     metrics: Arc<Metrics>,
     node: Arc<NodeCapacity>,
+    /// Instance stops under way, which the runtime waits for when it shuts down.
+    stops: TaskTracker,
 }
 
 /// The right to send one request to one instance; released when dropped (after the
@@ -183,6 +186,7 @@ impl Service {
         clock: Clock,
         metrics: Arc<Metrics>,
         node: Arc<NodeCapacity>,
+        stops: TaskTracker,
     ) -> Arc<Self> {
         let service = Arc::new(Self {
             id,
@@ -203,6 +207,7 @@ impl Service {
             clock,
             metrics,
             node,
+            stops,
         });
         service.touch();
         service
@@ -254,7 +259,7 @@ impl Service {
             retired.extend(self.scale(&mut pool, false));
             retired
         };
-        stop_all(retired);
+        self.stop_all(retired);
     }
 
     /// Marks the container unavailable (its first deployment failed, or it was deleted);
@@ -277,7 +282,7 @@ impl Service {
     pub(crate) fn shut_down(&self) {
         self.make_unavailable("the container was deleted");
         let all = std::mem::take(&mut self.pool.lock().instances);
-        stop_all(all);
+        self.stop_all(all);
     }
 
     /// Stops every instance, busy or not, and waits until they are gone: the runtime
@@ -285,9 +290,7 @@ impl Service {
     pub(crate) async fn stop_everything(&self) {
         self.make_unavailable("the runtime is shutting down");
         let all = std::mem::take(&mut self.pool.lock().instances);
-        for live in all {
-            live.instance.stop().await;
-        }
+        futures::future::join_all(all.iter().map(|live| live.instance.stop())).await;
     }
 
     /// Stops every instance that serves no request now, as scaling to zero would;
@@ -297,9 +300,7 @@ impl Service {
             let mut pool = self.pool.lock();
             take_idle(&mut pool.instances, |i| !i.pinned, usize::MAX)
         };
-        for live in &idle {
-            live.instance.stop().await;
-        }
+        futures::future::join_all(idle.iter().map(|live| live.instance.stop())).await;
         idle.len()
     }
 
@@ -330,7 +331,7 @@ impl Service {
             // A slot may have come free between the look above and the queueing.
             self.dispatch(&mut pool);
             drop(pool);
-            stop_all(stopped);
+            self.stop_all(stopped);
             waiting
         };
         match tokio::time::timeout_at(deadline, waiting).await {
@@ -578,7 +579,7 @@ impl Service {
                 if self.is_unavailable() {
                     // Deleted (or shutting down) while it started.
                     drop(pool);
-                    stop_all(vec![live]);
+                    self.stop_all(vec![live]);
                     return Err("the container was deleted while the instance started".into());
                 }
                 if let Some(exit) = exit {
@@ -696,7 +697,7 @@ impl Service {
         }
         drop(pool);
         stopped.push(live);
-        stop_all(stopped);
+        self.stop_all(stopped);
     }
 
     /// Brings the instance count to what the autoscaler decides now; called at a
@@ -712,7 +713,7 @@ impl Service {
         );
         stopped.extend(self.scale(&mut pool, true));
         drop(pool);
-        stop_all(stopped);
+        self.stop_all(stopped);
     }
 
     /// Starts `count` more pinned instances; returns what to watch for each start.
@@ -736,11 +737,8 @@ impl Service {
             pool.pinned_wanted = 0;
             std::mem::take(&mut pool.instances)
         };
-        let count = all.len();
-        for live in all {
-            live.instance.stop().await;
-        }
-        count
+        futures::future::join_all(all.iter().map(|live| live.instance.stop())).await;
+        all.len()
     }
 
     /// Stops one instance (a pinned one is not replaced); `None` when there is none
@@ -774,8 +772,23 @@ impl Service {
         for live in &evicted {
             tracing::info!(container = %self.id, instance = %live.id, "stopping an idle instance to make room");
         }
-        stop_all(evicted);
+        self.stop_all(evicted);
         any
+    }
+
+    /// Stops `instances` all at once (a stop may wait out a grace period), tracked so
+    /// that the runtime waits for them when it shuts down.
+    fn stop_all(&self, instances: Vec<Arc<LiveInstance>>) {
+        if instances.is_empty() {
+            return;
+        }
+        self.stops.spawn(async move {
+            futures::future::join_all(instances.iter().map(|live| async move {
+                live.instance.stop().await;
+                tracing::debug!(instance = %live.id, "instance stopped");
+            }))
+            .await;
+        });
     }
 
     /// Clock time of the last request, for choosing whom to evict first.
@@ -875,18 +888,6 @@ fn watch_exit(service: &Arc<Service>, id: InstanceId, mut exit: watch::Receiver<
     });
 }
 
-fn stop_all(instances: Vec<Arc<LiveInstance>>) {
-    if instances.is_empty() {
-        return;
-    }
-    tokio::spawn(async move {
-        for live in instances {
-            live.instance.stop().await;
-            tracing::debug!(instance = %live.id, "instance stopped");
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -975,6 +976,7 @@ mod tests {
             Clock::start(),
             Arc::default(),
             node,
+            TaskTracker::new(),
         );
         let starts = Arc::new(AtomicUsize::new(0));
         service.serve(Arc::new(ServingRevision {

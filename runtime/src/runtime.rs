@@ -24,6 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio_util::task::TaskTracker;
 
 /// The runtime: cheap to clone, shared by the API, the ingress and background tasks.
 #[derive(Clone)]
@@ -41,6 +42,8 @@ pub(crate) struct Inner {
     clock: Clock,
     pub(crate) server_id: ServerId,
     pub(crate) node: Arc<NodeCapacity>,
+    /// Instance stops under way; shutting down waits for them.
+    stops: TaskTracker,
     /// Serialises read-modify-write of container records.
     pub(crate) records: Mutex<()>,
     /// How far each deploying container's pull has come, shown as its status reason.
@@ -118,6 +121,7 @@ impl Runtime {
             inner: Arc::new(Inner {
                 server_id,
                 node,
+                stops: TaskTracker::new(),
                 config,
                 store,
                 deployer,
@@ -258,6 +262,9 @@ impl Runtime {
     pub async fn shut_down(&self) {
         let services: Vec<_> = self.inner.services.read().values().cloned().collect();
         futures::future::join_all(services.iter().map(|s| s.stop_everything())).await;
+        // Stops begun before (scale-downs, deleted containers) end too.
+        self.inner.stops.close();
+        self.inner.stops.wait().await;
         if let Err(e) = self.inner.store.flush().await {
             tracing::warn!(error = %e, "flushing the state store at shutdown failed");
         }
@@ -322,6 +329,11 @@ impl Runtime {
             .get(&id)
             .map(|s| s.instances())
             .unwrap_or_default())
+    }
+
+    /// The servers instances run on (this one node today) and what they hold.
+    pub fn servers(&self) -> Vec<crate::model::Node<ServerId>> {
+        vec![self.inner.node.snapshot()]
     }
 
     /// Stops a container's idle instances now, as its idle timeout would; returns how
@@ -513,6 +525,7 @@ impl Runtime {
                     self.inner.clock,
                     self.inner.metrics.clone(),
                     self.inner.node.clone(),
+                    self.inner.stops.clone(),
                 )
             })
             .clone();

@@ -51,3 +51,37 @@ pub fn memory_grower(pages: u32) -> Vec<u8> {
     );
     component_from_wat(&wat)
 }
+
+/// The hello example, answering `slept` after sleeping `millis` in the guest (on a
+/// wasi:clocks pollable, so the guest waits without burning a CPU).
+pub fn sleeper(millis: u64) -> Vec<u8> {
+    let hello = include_str!("../../examples/hello/hello.wat");
+    let wat = hello
+        .replace(
+            "(memory (export \"memory\") 1)",
+            r#"(import "wasi:clocks/monotonic-clock@0.2.12" "subscribe-duration" (func $subscribe (param i64) (result i32)))
+  (import "wasi:io/poll@0.2.12" "[method]pollable.block" (func $block (param i32)))
+  (import "wasi:io/poll@0.2.12" "[resource-drop]pollable" (func $drop_pollable (param i32)))
+  (memory (export "memory") 1)"#,
+        )
+        .replace(
+            "(call $drop_request (local.get $request))",
+            &format!(
+                "(call $drop_request (local.get $request))
+    (local.set $response (call $subscribe (i64.const {})))
+    (call $block (local.get $response))
+    (call $drop_pollable (local.get $response))",
+                millis * 1_000_000
+            ),
+        )
+        .replace("\"Hello from Ember!\\n\"", "\"slept\\n\"")
+        .replace(
+            "(i32.const 18) (i32.const 0))",
+            "(i32.const 6) (i32.const 0))",
+        );
+    assert!(
+        wat.contains("$subscribe (i64"),
+        "the hello example changed shape"
+    );
+    component_from_wat(&wat)
+}

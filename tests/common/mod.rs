@@ -247,6 +247,44 @@ impl Ember {
             .unwrap()
     }
 
+    /// Sends `n` requests at once, each on its own connection (all connected first);
+    /// returns the responses' statuses, `Retry-After` headers and bodies.
+    pub async fn burst(
+        &self,
+        name: &str,
+        path: &str,
+        n: usize,
+    ) -> Vec<(StatusCode, Option<String>, String)> {
+        let go = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                // One client per request: every request has its own connection.
+                let client = self.ingress_client(name);
+                let url = self.ingress_url(name, path);
+                let health = self.ingress_url(name, "/.well-known/ember/health");
+                let go = go.clone();
+                tokio::spawn(async move {
+                    // Connect first (the ingress answers its health path itself), so
+                    // that the requests proper arrive together.
+                    client.get(health).send().await.unwrap();
+                    go.wait().await;
+                    let response = client.get(url).send().await.unwrap();
+                    let status = response.status();
+                    let retry_after = response
+                        .headers()
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    (status, retry_after, response.text().await.unwrap())
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        results
+    }
+
     /// Waits until the container has no instance left.
     pub async fn wait_scaled_to_zero(&self, id: &str, within: Duration) {
         let deadline = Instant::now() + within;

@@ -10,6 +10,8 @@ pub use container::{
     Caller, Container, ContainerPatch, ContainerSpec, ContainerStatus, InstanceInfo, InstanceState,
     Page, PageRequest, Revision, Role,
 };
+/// Nodes (servers) and the resources they offer, from the scheduler.
+pub use ember_scheduler::placement::{Node, Resources};
 pub use ids::{ContainerId, InstanceId, InvalidId, JobId, ServerId, TokenId, UserId};
 pub use job::{Job, JobAction, JobState};
 pub use name::{ContainerName, InvalidName};

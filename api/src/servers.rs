@@ -1,0 +1,64 @@
+//! `/v1/servers`: the nodes instances run on, their capacity and what is allocated.
+
+use crate::auth::Authenticated;
+use crate::instances::DataEnvelope;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use ember_runtime::Runtime;
+use ember_runtime::model::{Node, Resources, ServerId};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+pub(crate) fn routes() -> Router<Runtime> {
+    Router::new().route("/v1/servers", get(list))
+}
+
+async fn list(
+    State(runtime): State<Runtime>,
+    Authenticated(_caller): Authenticated,
+) -> Json<DataEnvelope<Vec<ServerJson>>> {
+    Json(DataEnvelope {
+        data: runtime
+            .servers()
+            .into_iter()
+            .map(ServerJson::from)
+            .collect(),
+    })
+}
+
+#[derive(Serialize)]
+struct ServerJson {
+    id: String,
+    name: String,
+    capacity: ResourcesJson,
+    allocated: ResourcesJson,
+}
+
+#[derive(Serialize)]
+struct ResourcesJson {
+    cpu: f64,
+    ram: String,
+    gpus: BTreeMap<String, u32>,
+}
+
+impl From<&Resources> for ResourcesJson {
+    fn from(r: &Resources) -> Self {
+        Self {
+            cpu: r.millicpus as f64 / 1000.0,
+            ram: format!("{}Mi", r.memory_bytes / (1 << 20)),
+            gpus: r.gpus.clone(),
+        }
+    }
+}
+
+impl From<Node<ServerId>> for ServerJson {
+    fn from(node: Node<ServerId>) -> Self {
+        Self {
+            id: node.id.to_string(),
+            name: node.name,
+            capacity: (&node.capacity).into(),
+            allocated: (&node.allocated).into(),
+        }
+    }
+}
