@@ -293,7 +293,7 @@ async fn a_burst_at_zero_starts_several_instances_in_parallel_and_they_all_go_wh
             "image": image,
             "concurrency": 20,
             "idleTimeoutSeconds": 2,
-            "cpu": 0.05,
+            "cpu": 0.1,
             "ram": "32Mi",
         }),
     )

@@ -298,6 +298,8 @@ impl Service {
     pub(crate) async fn stop_idle_instances(&self) -> usize {
         let idle = {
             let mut pool = self.pool.lock();
+            // Scaled to zero by hand: whatever burst the autoscaler held for is over.
+            pool.autoscaler = Autoscaler::new();
             take_idle(&mut pool.instances, |i| !i.pinned, usize::MAX)
         };
         futures::future::join_all(idle.iter().map(|live| live.instance.stop())).await;
@@ -735,6 +737,7 @@ impl Service {
         let all = {
             let mut pool = self.pool.lock();
             pool.pinned_wanted = 0;
+            pool.autoscaler = Autoscaler::new();
             std::mem::take(&mut pool.instances)
         };
         futures::future::join_all(all.iter().map(|live| live.instance.stop())).await;

@@ -3,6 +3,7 @@
 //! namespace on the runtime's bridge, and HTTP proxied to the instance's address.
 
 mod executor;
+mod forked;
 mod instance;
 pub mod layer;
 mod network;
@@ -101,6 +102,9 @@ impl OciSandbox {
         }
         let seccomp = seccomp::default_profile()
             .map_err(|e| SandboxError::Unsupported(format!("compiling seccomp profile: {e}")))?;
+        forked::become_subreaper().map_err(|e| {
+            SandboxError::Unsupported(format!("becoming the subreaper of containers: {e}"))
+        })?;
         let shared = Arc::new(Shared {
             config,
             blobs,
@@ -125,6 +129,12 @@ impl OciSandbox {
         Ok(Self { shared })
     }
 }
+
+/// Held while libcontainer starts a container. Its start signal is sent by changing
+/// the process's working directory to the container's, connecting to a relative
+/// socket path, and changing back: two starts at once would signal each other's
+/// containers and leave the runtime in a directory that is later deleted.
+static START_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Kills and deletes containers a previous run left, and unmounts their filesystems.
 fn clean_up_leftovers(shared: &Shared) {
@@ -359,18 +369,27 @@ impl PreparedContainer {
                             .map_err(|e| fail("writing config.json", &e))
                     })
                     .and_then(|()| {
-                        ContainerBuilder::new(id.clone(), SyscallType::default())
-                            .with_root_path(shared.state_dir())
-                            .and_then(|b| {
-                                b.with_executor(shared.executor.clone())
-                                    .with_stdout(stdout_writer)
-                                    .with_stderr(stderr_writer)
-                                    .as_init(&bundle)
-                                    .with_systemd(false)
-                                    .with_detach(true)
-                                    .build()
-                            })
-                            .map_err(|e| fail("creating the container", &e))
+                        // In a single-threaded copy: see `forked`.
+                        forked::run_forked(|| {
+                            ContainerBuilder::new(id.clone(), SyscallType::default())
+                                .with_root_path(shared.state_dir())
+                                .and_then(|b| {
+                                    b.with_executor(shared.executor.clone())
+                                        .with_stdout(stdout_writer)
+                                        .with_stderr(stderr_writer)
+                                        .as_init(&bundle)
+                                        .with_systemd(false)
+                                        .with_detach(true)
+                                        .build()
+                                })
+                                .map(drop)
+                                .map_err(|e| e.to_string())
+                        })
+                        .map_err(|e| SandboxError::Start(format!("creating the container: {e}")))
+                    })
+                    .and_then(|()| {
+                        Container::load(shared.state_dir().join(&id))
+                            .map_err(|e| fail("loading the created container", &e))
                     });
                 (Some(dir), created)
             })
@@ -420,6 +439,7 @@ impl PreparedContainer {
 
         let mut container = resources.container.take().expect("set above");
         let started = tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = START_LOCK.lock().unwrap_or_else(|e| e.into_inner());
             let result = container.start();
             (container, result)
         })
@@ -478,6 +498,9 @@ fn output_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)
 
 /// Waits until the instance accepts TCP connections on its port, failing early when
 /// its process exits first.
+/// Longest one readiness probe waits for its connection.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(20);
+
 async fn wait_until_ready(
     address: SocketAddr,
     exit: &tokio::sync::watch::Receiver<Option<String>>,
@@ -492,7 +515,9 @@ async fn wait_until_ready(
                 address.port()
             )));
         }
-        if tokio::net::TcpStream::connect(address).await.is_ok() {
+        // Time-boxed: a lost SYN would otherwise wait a second for its retransmit.
+        let connect = tokio::net::TcpStream::connect(address);
+        if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, connect).await {
             return Ok(());
         }
         if began.elapsed() >= timeout {
