@@ -37,17 +37,7 @@ async fn a_burst_at_zero_starts_several_instances_in_parallel_and_they_all_go_wh
     assert!(ember.instances(id).await.is_empty());
 
     let results = ember.burst("bursty", "/", 200).await;
-    let failed: Vec<_> = results
-        .iter()
-        .filter(|(status, _, _)| *status != StatusCode::OK)
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert!(results.iter().all(|(_, _, body)| body == "slept\n"));
+    common::assert_all_answered(&results, "slept\n");
 
     // 200 requests of 300 ms at 20 per instance need at least 10 instances at once.
     let instances = ember.instances(id).await;

@@ -299,21 +299,7 @@ async fn a_burst_at_zero_starts_several_instances_in_parallel_and_they_all_go_wh
     )
     .await;
     let results = ember.burst("burst", "/", 200).await;
-    let failed: Vec<_> = results
-        .iter()
-        .filter(|(status, _, _)| *status != StatusCode::OK)
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert!(
-        results
-            .iter()
-            .all(|(_, _, body)| body == "hello from busybox httpd\n")
-    );
+    common::assert_all_answered(&results, "hello from busybox httpd\n");
     // 200 requests at zero, 20 at most per instance: the autoscaler asked for every
     // instance at once (one cold-start decision, no start one after another).
     let instances = ember.instances(&id).await;

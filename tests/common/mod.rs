@@ -316,6 +316,21 @@ impl Drop for Ember {
     }
 }
 
+/// Asserts that every response of a burst is 200 with `body`.
+pub fn assert_all_answered(results: &[(StatusCode, Option<String>, String)], body: &str) {
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(status, _, text)| *status != StatusCode::OK || text != body)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        results.len(),
+        &failed[..failed.len().min(3)]
+    );
+}
+
 /// A fresh temporary directory.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
