@@ -2,12 +2,12 @@
 //! here (through a pidfd), its output is read continuously, and stopping it sends
 //! SIGTERM, waits the grace period, then SIGKILLs and removes every trace.
 
+use super::connector::RetryingConnector;
 use super::network::{Attachment, Network};
 use super::rootfs::InstanceDir;
 use crate::{BoxFuture, HttpBody, Instance, LogSinkRef, LogStream, SandboxError};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use libcontainer::container::Container;
 use nix::sys::signal::Signal;
@@ -49,7 +49,7 @@ impl Resources {
 
 pub(crate) struct OciInstance {
     pub(crate) address: SocketAddr,
-    pub(crate) client: Client<HttpConnector, HttpBody>,
+    pub(crate) client: Client<RetryingConnector, HttpBody>,
     pub(crate) exit: watch::Receiver<Option<String>>,
     pub(crate) resources: tokio::sync::Mutex<Option<Resources>>,
     pub(crate) pid: Pid,
@@ -87,10 +87,8 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 }
 
 /// A client for one instance: kept-alive HTTP/1 connections to its address.
-pub(crate) fn client() -> Client<HttpConnector, HttpBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(connector)
+pub(crate) fn client() -> Client<RetryingConnector, HttpBody> {
+    Client::builder(TokioExecutor::new()).build(RetryingConnector::new())
 }
 
 impl OciInstance {

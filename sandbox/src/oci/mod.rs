@@ -2,6 +2,7 @@
 //! an overlay root per instance, a runtime spec from the image config, a network
 //! namespace on the runtime's bridge, and HTTP proxied to the instance's address.
 
+mod connector;
 mod executor;
 mod forked;
 mod instance;

@@ -1,0 +1,86 @@
+//! Connections from the proxy to an instance, tried again quickly when the instance
+//! drops the handshake.
+//!
+//! A new instance gets a burst's requests all at once, so the proxy opens many
+//! connections to it together. A server whose listen backlog is small (busybox
+//! httpd's is 9) overflows its accept queue, and the kernel drops the SYNs that
+//! find it full; the client would resend only after the initial retransmission
+//! timeout of a whole second. Instead, an attempt that has not connected within a
+//! few tens of milliseconds is abandoned and a fresh one sent.
+
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// How long each quick attempt waits for the handshake; the last attempt waits as
+/// long as TCP does.
+const ATTEMPTS: [Duration; 4] = [
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+];
+
+/// An HTTP connector that abandons slow handshakes and tries again.
+#[derive(Clone)]
+pub(crate) struct RetryingConnector {
+    inner: HttpConnector,
+}
+
+impl RetryingConnector {
+    pub(crate) fn new() -> Self {
+        let mut inner = HttpConnector::new();
+        inner.set_nodelay(true);
+        Self { inner }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Uri> for RetryingConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            for limit in ATTEMPTS {
+                if let Ok(connected) = tokio::time::timeout(limit, inner.call(uri.clone())).await {
+                    return connected.map_err(Into::into);
+                }
+            }
+            inner.call(uri).await.map_err(Into::into)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_service::Service;
+
+    #[tokio::test]
+    async fn connects_and_reports_a_refusal_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connector = RetryingConnector::new();
+        let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+        assert!(connector.call(uri).await.is_ok());
+
+        drop(listener);
+        let began = std::time::Instant::now();
+        let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+        assert!(connector.call(uri).await.is_err());
+        // A refusal is an answer: no retry waits it out.
+        assert!(began.elapsed() < ATTEMPTS[0], "{:?}", began.elapsed());
+    }
+}
