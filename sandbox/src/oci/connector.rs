@@ -16,14 +16,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// How long each quick attempt waits for the handshake; the last attempt waits as
-/// long as TCP does.
-const ATTEMPTS: [Duration; 4] = [
-    Duration::from_millis(50),
-    Duration::from_millis(100),
-    Duration::from_millis(200),
-    Duration::from_millis(400),
-];
+/// How long the first attempt waits for the handshake; each next one waits twice as
+/// long, up to [`LONGEST_ATTEMPT`].
+const FIRST_ATTEMPT: Duration = Duration::from_millis(50);
+/// The longest one attempt waits: well under the kernel's 1 s first SYN
+/// retransmission, which doubles with each try.
+const LONGEST_ATTEMPT: Duration = Duration::from_millis(400);
+/// How long attempts go on before the connection is given up.
+const CONNECT_BUDGET: Duration = Duration::from_secs(10);
 
 /// An HTTP connector that abandons slow handshakes and tries again.
 #[derive(Clone)]
@@ -53,12 +53,20 @@ impl tower_service::Service<http::Uri> for RetryingConnector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            for limit in ATTEMPTS {
+            let began = tokio::time::Instant::now();
+            let mut limit = FIRST_ATTEMPT;
+            loop {
                 if let Ok(connected) = tokio::time::timeout(limit, inner.call(uri.clone())).await {
                     return connected.map_err(Into::into);
                 }
+                if began.elapsed() >= CONNECT_BUDGET {
+                    return Err(format!(
+                        "the instance did not complete a TCP handshake within {CONNECT_BUDGET:?}"
+                    )
+                    .into());
+                }
+                limit = (limit * 2).min(LONGEST_ATTEMPT);
             }
-            inner.call(uri).await.map_err(Into::into)
         })
     }
 }
@@ -81,6 +89,6 @@ mod tests {
         let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
         assert!(connector.call(uri).await.is_err());
         // A refusal is an answer: no retry waits it out.
-        assert!(began.elapsed() < ATTEMPTS[0], "{:?}", began.elapsed());
+        assert!(began.elapsed() < FIRST_ATTEMPT, "{:?}", began.elapsed());
     }
 }
