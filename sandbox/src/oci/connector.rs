@@ -85,10 +85,9 @@ mod tests {
         assert!(connector.call(uri).await.is_ok());
 
         drop(listener);
-        let began = std::time::Instant::now();
         let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
-        assert!(connector.call(uri).await.is_err());
-        // A refusal is an answer: no retry waits it out.
-        assert!(began.elapsed() < FIRST_ATTEMPT, "{:?}", began.elapsed());
+        let refused = connector.call(uri).await.err().unwrap();
+        // A refusal is an answer, passed on as it is: no retry waits it out.
+        assert!(!refused.to_string().contains("TCP handshake"), "{refused}");
     }
 }
