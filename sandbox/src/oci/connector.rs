@@ -84,8 +84,13 @@ mod tests {
         let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
         assert!(connector.call(uri).await.is_ok());
 
-        drop(listener);
-        let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+        // A socket bound but not listening refuses connections, and keeps its port
+        // from being taken by anything else (or by this very connection's own
+        // source port) while the test runs.
+        let closed = tokio::net::TcpSocket::new_v4().unwrap();
+        closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let closed_addr = closed.local_addr().unwrap();
+        let uri: http::Uri = format!("http://{closed_addr}/").parse().unwrap();
         let refused = connector.call(uri).await.err().unwrap();
         // A refusal is an answer, passed on as it is: no retry waits it out.
         assert!(!refused.to_string().contains("TCP handshake"), "{refused}");
