@@ -178,6 +178,7 @@ fn wasm(c: &mut Criterion) {
             port: None,
             logs: ember_sandbox::LogSinkRef(std::sync::Arc::new(ember_sandbox::DiscardLogs)),
             request_timeout: Duration::from_secs(30),
+            prepared_sandboxes: 0,
         };
         let prepared = ember_sandbox::Sandbox::prepare(&sandbox, spec)
             .await

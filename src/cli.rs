@@ -125,6 +125,10 @@ pub struct DeployArgs {
     /// Most requests waiting for an instance before 503s.
     #[arg(long)]
     pub queue_depth: Option<u32>,
+    /// OCI sandboxes kept created ahead of need for fast cold starts (default 1; 0 turns
+    /// preparation off).
+    #[arg(long)]
+    pub prepared_sandboxes: Option<u32>,
     /// Return at once instead of waiting for the deployment to finish.
     #[arg(long)]
     pub no_wait: bool,

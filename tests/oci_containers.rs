@@ -117,13 +117,14 @@ struct Traces {
 }
 
 impl Traces {
-    fn of(data: &Path, instance: &str) -> Self {
-        let id = format!("ember-{instance}");
+    fn of(data: &Path, sandbox: &str) -> Self {
+        let id = sandbox.to_string();
         let cgroups = ["pids", "memory", "cpu", "unified", ""]
             .iter()
             .map(|c| Path::new("/sys/fs/cgroup").join(c).join("ember").join(&id))
             .collect();
-        let hex: String = instance
+        let hex: String = sandbox
+            .trim_start_matches("ember-")
             .chars()
             .filter(char::is_ascii_hexdigit)
             .take(13)
@@ -160,10 +161,12 @@ impl Traces {
     }
 }
 
-async fn only_instance(ember: &Ember, id: &str) -> String {
+/// The sandbox id (which names cgroups, mounts and veth) of the container's only
+/// instance.
+async fn only_sandbox(ember: &Ember, id: &str) -> String {
     let instances = ember.instances(id).await;
     assert_eq!(instances.len(), 1, "{instances:?}");
-    instances[0]["id"].as_str().unwrap().to_string()
+    instances[0]["sandbox_id"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,8 +235,9 @@ async fn runs_an_image_and_passes_command_arguments_and_env() {
     assert_eq!(logs.status(), StatusCode::OK);
     let text = logs.text().await.unwrap();
     assert!(text.contains("started-from-the-container"), "{text}");
-    let instance = only_instance(&ember, &custom).await;
-    assert!(text.contains(&instance), "{text}");
+    let instances = ember.instances(&custom).await;
+    let instance = instances[0]["id"].as_str().unwrap();
+    assert!(text.contains(instance), "{text}");
     assert!(ember.metric("ember_cold_starts_total{kind=\"oci\"}").await >= 2.0);
     drop(ember);
     assert_nothing_left(data.path()).await;
@@ -251,8 +255,8 @@ async fn scaling_to_zero_leaves_nothing_behind_and_the_next_request_starts_again
     } = setup(&["--idle-timeout", "1"]).await;
     let id = deploy(&ember, json!({ "name": "web", "image": image.clone() })).await;
     assert_eq!(get(&ember, "web", "/").await.0, StatusCode::OK);
-    let instance = only_instance(&ember, &id).await;
-    let traces = Traces::of(data.path(), &instance);
+    let sandbox = only_sandbox(&ember, &id).await;
+    let traces = Traces::of(data.path(), &sandbox);
     assert!(
         !traces.present().is_empty(),
         "a running instance holds something"
@@ -274,6 +278,131 @@ async fn scaling_to_zero_leaves_nothing_behind_and_the_next_request_starts_again
         get(&ember, "web", "/").await,
         (StatusCode::OK, "hello from busybox httpd\n".into())
     );
+}
+
+/// The sandbox directories under the data dir: one per created container, started
+/// or prepared.
+fn sandbox_dirs(data: &Path) -> Vec<String> {
+    let mut dirs: Vec<String> = std::fs::read_dir(data.join("oci/instances"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// The processes in a sandbox's cgroup (v1 pids controller, or v2).
+fn sandbox_processes(sandbox: &str) -> Vec<u32> {
+    let v1 = Path::new("/sys/fs/cgroup/pids/ember").join(sandbox);
+    let dir = if v1.exists() {
+        v1
+    } else {
+        Path::new("/sys/fs/cgroup/ember").join(sandbox)
+    };
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+async fn wait_prepared(ember: &Ember, id: &str, count: f64) {
+    let series = format!("ember_container_prepared_sandboxes{{container=\"{id}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ember.metric(&series).await != count {
+        assert!(
+            Instant::now() < deadline,
+            "never {count} prepared sandboxes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_sandbox_takes_the_cold_start_is_replaced_and_is_released() {
+    require_root();
+    let Setup {
+        ember,
+        data,
+        image,
+        network: _network,
+        _registry,
+    } = setup(&["--idle-timeout", "1"]).await;
+    for (bad, why) in [(json!(9), "between 0 and 8"), (json!(-1), "")] {
+        let (status, body) = ember
+            .send_json(
+                reqwest::Method::POST,
+                "/v1/containers",
+                &json!({ "name": "bad", "image": image.clone(), "preparedSandboxes": bad }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.to_string().contains("preparedSandboxes"), "{body}");
+        assert!(body.to_string().contains(why), "{body}");
+    }
+
+    // One sandbox is prepared by default; its init waits, and no workload runs in it.
+    let id = deploy(&ember, json!({ "name": "web", "image": image.clone() })).await;
+    let (_, container) = ember.get_json(&format!("/v1/containers/{id}")).await;
+    assert_eq!(container["preparedSandboxes"], 1, "{container}");
+    wait_prepared(&ember, &id, 1.0).await;
+    let prepared = sandbox_dirs(data.path());
+    assert_eq!(prepared.len(), 1, "{prepared:?}");
+    let processes = sandbox_processes(&prepared[0]);
+    assert_eq!(processes.len(), 1, "only the waiting init: {processes:?}");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", processes[0])).unwrap();
+    assert!(
+        !exe.ends_with("busybox"),
+        "the workload runs already: {exe:?}"
+    );
+
+    // The cold start takes it; another is prepared in its place.
+    assert_eq!(
+        get(&ember, "web", "/").await,
+        (StatusCode::OK, "hello from busybox httpd\n".into())
+    );
+    assert_eq!(only_sandbox(&ember, &id).await, prepared[0]);
+    wait_prepared(&ember, &id, 1.0).await;
+    assert_eq!(sandbox_dirs(data.path()).len(), 2);
+
+    // Preparation turned off: the old revision's spare goes, and starts still work.
+    let (status, body) = ember
+        .send_json(
+            reqwest::Method::PUT,
+            &format!("/v1/containers/{id}"),
+            &json!({ "preparedSandboxes": 0 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    ember.wait_deployed(&id).await;
+    ember
+        .wait_scaled_to_zero(&id, Duration::from_secs(30))
+        .await;
+    assert_nothing_left(data.path()).await;
+    assert_eq!(get(&ember, "web", "/").await.0, StatusCode::OK);
+    assert_eq!(sandbox_dirs(data.path()).len(), 1);
+
+    // Deleting the container removes everything, prepared or not.
+    let (status, body) = ember
+        .send_json(
+            reqwest::Method::PUT,
+            &format!("/v1/containers/{id}"),
+            &json!({ "preparedSandboxes": 2 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    ember.wait_deployed(&id).await;
+    wait_prepared(&ember, &id, 2.0).await;
+    let response = ember
+        .api_request(reqwest::Method::DELETE, &format!("/v1/containers/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    assert_nothing_left(data.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -376,15 +505,14 @@ async fn a_crashing_container_is_restarted_with_backoff_and_reported() {
 
 /// The instance's OOM record, which has an `oom_kill N` line: `memory.oom_control`
 /// on cgroup v1 (this machine's hybrid layout), `memory.events` on v2.
-fn oom_record(instance: &str) -> String {
-    let id = format!("ember-{instance}");
+fn oom_record(sandbox: &str) -> String {
     let path = if Path::new("/sys/fs/cgroup/memory").exists() {
         Path::new("/sys/fs/cgroup/memory/ember")
-            .join(&id)
+            .join(sandbox)
             .join("memory.oom_control")
     } else {
         Path::new("/sys/fs/cgroup/ember")
-            .join(&id)
+            .join(sandbox)
             .join("memory.events")
     };
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -411,11 +539,11 @@ async fn memory_pids_and_disk_limits_hold_and_the_runtime_keeps_answering() {
     )
     .await;
     assert_eq!(get(&ember, "limited", "/").await.0, StatusCode::OK);
-    let instance = only_instance(&ember, &id).await;
+    let sandbox = only_sandbox(&ember, &id).await;
 
     // A memory hog (in a CGI child) is OOM-killed; the container and runtime carry on.
     let _ = get(&ember, "limited", "/cgi-bin/hog?200").await;
-    let events = oom_record(&instance);
+    let events = oom_record(&sandbox);
     assert!(
         events
             .lines()
@@ -614,8 +742,8 @@ async fn a_killed_runtime_leaks_nothing_and_serves_again_after_restart() {
     } = setup(&[]).await;
     let id = deploy(&ember, json!({ "name": "web", "image": image.clone() })).await;
     assert_eq!(get(&ember, "web", "/").await.0, StatusCode::OK);
-    let instance = only_instance(&ember, &id).await;
-    let traces = Traces::of(data.path(), &instance);
+    let sandbox = only_sandbox(&ember, &id).await;
+    let traces = Traces::of(data.path(), &sandbox);
     ember.kill();
     assert!(
         !traces.present().is_empty(),
@@ -631,8 +759,8 @@ async fn a_killed_runtime_leaks_nothing_and_serves_again_after_restart() {
     );
 
     // A runtime that is stopped (SIGTERM) stops its containers with it.
-    let instance = only_instance(&ember, &id).await;
-    let traces = Traces::of(data.path(), &instance);
+    let sandbox = only_sandbox(&ember, &id).await;
+    let traces = Traces::of(data.path(), &sandbox);
     assert!(!traces.present().is_empty());
     drop(ember);
     wait_gone(&traces).await;

@@ -119,6 +119,7 @@ pub(crate) struct ContainerRequest {
     idle_timeout_seconds: Option<u64>,
     concurrency: Option<u32>,
     queue_depth: Option<u32>,
+    prepared_sandboxes: Option<u32>,
 }
 
 /// The port may be written as the document does (`"80"`) or as a number.
@@ -148,6 +149,9 @@ const MAX_IDLE_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
 const MAX_CONCURRENCY: u32 = 100_000;
 /// Most requests one container may queue.
 const MAX_QUEUE_DEPTH: u32 = 100_000;
+/// Most sandboxes one container may keep prepared: each holds mounts, cgroups and
+/// an address.
+const MAX_PREPARED_SANDBOXES: u32 = 8;
 
 impl ContainerRequest {
     /// Checks each field on its own and turns the request into a typed patch.
@@ -233,6 +237,14 @@ impl ContainerRequest {
                 ));
             }
         }
+        if let Some(count) = self.prepared_sandboxes
+            && count > MAX_PREPARED_SANDBOXES
+        {
+            return Err(ApiError::invalid_field(
+                "preparedSandboxes",
+                format!("{count} is not between 0 and {MAX_PREPARED_SANDBOXES}"),
+            ));
+        }
         Ok(ContainerPatch {
             name,
             // Checked by the runtime, which also knows whether a `sha256:` blob exists.
@@ -251,6 +263,7 @@ impl ContainerRequest {
             idle_timeout_seconds: self.idle_timeout_seconds,
             concurrency: self.concurrency,
             queue_depth: self.queue_depth,
+            prepared_sandboxes: self.prepared_sandboxes,
         })
     }
 }
@@ -284,6 +297,7 @@ pub(crate) struct ContainerJson {
     /// `null`: the default for the workload's kind.
     concurrency: Option<u32>,
     queue_depth: u32,
+    prepared_sandboxes: u32,
     pinned_instances: u32,
     restarts: u32,
 }
@@ -318,6 +332,7 @@ impl ContainerJson {
                 .unwrap_or(runtime.config().default_idle_timeout.as_secs()),
             concurrency: spec.concurrency,
             queue_depth: spec.queue_depth,
+            prepared_sandboxes: spec.prepared_sandboxes,
             pinned_instances: c.pinned_instances,
             restarts: view.restarts,
         }

@@ -146,6 +146,8 @@ struct InstanceJson {
     state: StateJson,
     in_flight: u32,
     pinned: bool,
+    /// The host-level id of its sandbox (OCI: names its cgroups), once it runs.
+    sandbox_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -171,6 +173,7 @@ impl From<InstanceInfo> for InstanceJson {
             },
             in_flight: i.in_flight,
             pinned: i.pinned,
+            sandbox_id: i.sandbox_id,
         }
     }
 }

@@ -129,6 +129,8 @@ pub(crate) struct TrafficStats {
     pub(crate) desired: u32,
     pub(crate) running: u32,
     pub(crate) starting: u32,
+    /// Sandboxes created ahead and waiting for a cold start.
+    pub(crate) prepared: u32,
 }
 
 /// One container's traffic state: its serving revision and its instances.
@@ -252,7 +254,7 @@ impl Service {
         let number = revision.number;
         // A new revision starts with a clean slate.
         *self.restarts.lock() = Restarts::default();
-        self.serving.send_replace(Serving::Ready(revision));
+        self.replace_serving(Serving::Ready(revision));
         let retired = {
             let mut pool = self.pool.lock();
             let mut retired = take_idle(&mut pool.instances, |i| i.revision != number, usize::MAX);
@@ -266,11 +268,23 @@ impl Service {
     /// requests waiting get the reason.
     pub(crate) fn make_unavailable(&self, reason: &str) {
         let reason: Arc<str> = reason.into();
-        self.serving
-            .send_replace(Serving::Unavailable(reason.clone()));
+        self.replace_serving(Serving::Unavailable(reason.clone()));
         let waiting = std::mem::take(&mut self.pool.lock().queue);
         for waiter in waiting {
             let _ = waiter.send(Err(ActivationError::Unavailable(reason.clone())));
+        }
+    }
+
+    /// Sends traffic to `serving`. A revision no longer served gives back what it
+    /// holds ready for starts (prepared sandboxes), tracked like a stop.
+    fn replace_serving(&self, serving: Serving) {
+        let old = self.serving.send_replace(serving);
+        if let Serving::Ready(old) = old
+            && self
+                .serving_revision()
+                .is_none_or(|new| !Arc::ptr_eq(&new, &old))
+        {
+            self.stops.spawn(async move { old.prepared.retire().await });
         }
     }
 
@@ -291,6 +305,8 @@ impl Service {
         self.make_unavailable("the runtime is shutting down");
         let all = std::mem::take(&mut self.pool.lock().instances);
         futures::future::join_all(all.iter().map(|live| live.instance.stop())).await;
+        // The revision's prepared sandboxes go in a task `make_unavailable` began,
+        // which the runtime waits for with the other stops.
     }
 
     /// Stops every instance that serves no request now, as scaling to zero would;
@@ -812,6 +828,7 @@ impl Service {
             in_flight: i.in_flight.load(Ordering::Relaxed),
             pinned: i.pinned,
             waiting_reason: None,
+            sandbox_id: i.instance.sandbox_id().map(str::to_string),
         });
         let starting = pool.starting.iter().map(|s| InstanceInfo {
             id: s.id,
@@ -823,6 +840,7 @@ impl Service {
             in_flight: 0,
             pinned: s.pinned,
             waiting_reason: s.waiting_reason.clone(),
+            sandbox_id: None,
         });
         running.chain(starting).collect()
     }
@@ -845,6 +863,9 @@ impl Service {
             desired: pool.desired,
             running: pool.instances.len() as u32,
             starting: pool.starting.len() as u32,
+            prepared: self
+                .serving_revision()
+                .map_or(0, |r| r.prepared.ready_sandboxes() as u32),
         }
     }
 

@@ -103,6 +103,7 @@ impl Deployer {
             port: Some(spec.port),
             request_timeout: self.request_timeout,
             logs: LogSinkRef(Arc::new(self.logs.sink(revision.container_id))),
+            prepared_sandboxes: spec.prepared_sandboxes,
         };
         Ok(sandbox.prepare(workload).await?)
     }

@@ -151,7 +151,7 @@ type TrafficGauge = (&'static str, &'static str, fn(&TrafficStats) -> u32);
 /// Appends the per-container series: requests in flight and queued, desired and
 /// actual instances, and the scaling decisions taken, by reason.
 pub(crate) fn render_per_container(out: &mut String, containers: &[ContainerTraffic]) {
-    let gauges: [TrafficGauge; 5] = [
+    let gauges: [TrafficGauge; 6] = [
         (
             "ember_container_in_flight",
             "Requests a container's instances are serving.",
@@ -176,6 +176,11 @@ pub(crate) fn render_per_container(out: &mut String, containers: &[ContainerTraf
             "ember_container_starting_instances",
             "A container's instances that are starting.",
             |t| t.starting,
+        ),
+        (
+            "ember_container_prepared_sandboxes",
+            "Sandboxes an OCI container has created ahead, waiting for a cold start.",
+            |t| t.prepared,
         ),
     ];
     for (name, help, value) in gauges {
@@ -233,6 +238,7 @@ mod tests {
             desired: 4,
             running: 1,
             starting: 3,
+            prepared: 1,
         };
         let mut text = String::new();
         let container = ContainerTraffic {
@@ -247,6 +253,7 @@ mod tests {
             format!("ember_container_desired_instances{{container=\"{id}\"}} 4"),
             format!("ember_container_running_instances{{container=\"{id}\"}} 1"),
             format!("ember_container_starting_instances{{container=\"{id}\"}} 3"),
+            format!("ember_container_prepared_sandboxes{{container=\"{id}\"}} 1"),
             format!("ember_scaling_decisions_total{{container=\"{id}\",reason=\"panic\"}} 5"),
         ] {
             assert!(text.contains(&line), "{line} missing from:\n{text}");

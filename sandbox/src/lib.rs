@@ -74,6 +74,9 @@ pub struct WorkloadSpec {
     pub request_timeout: Duration,
     /// Where the instances' output goes.
     pub logs: LogSinkRef,
+    /// How many sandboxes (OCI) to keep created ahead of need, so that a cold start
+    /// only starts one.
+    pub prepared_sandboxes: u32,
 }
 
 /// Which output stream a log line came from.
@@ -155,6 +158,18 @@ pub trait PreparedWorkload: Send + Sync {
         &'a self,
         instance: &'a str,
     ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>>;
+
+    /// Gives back what the workload holds ready for starts (OCI: its prepared
+    /// sandboxes): no instance will start from it any more. Starts still work after,
+    /// from nothing.
+    fn retire(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// How many sandboxes are created and waiting for a start.
+    fn ready_sandboxes(&self) -> usize {
+        0
+    }
 }
 
 /// One running sandbox that serves requests.
@@ -173,4 +188,10 @@ pub trait Instance: Send + Sync {
     /// crashes): a channel that turns `Some(reason)` when the instance has ended, for
     /// whatever cause, a stop included. `None` for kinds that cannot end by themselves.
     fn exit_signal(&self) -> Option<tokio::sync::watch::Receiver<Option<String>>>;
+
+    /// The host-level id of the sandbox (OCI: the libcontainer id, which names the
+    /// instance's cgroups), for kinds that have one.
+    fn sandbox_id(&self) -> Option<&str> {
+        None
+    }
 }

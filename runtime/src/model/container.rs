@@ -44,10 +44,17 @@ pub struct ContainerSpec {
     /// Most requests waiting for an instance; more are refused with 503.
     #[serde(default = "default_queue_depth")]
     pub queue_depth: u32,
+    /// OCI sandboxes kept created ahead of need, so that a cold start only starts one.
+    #[serde(default = "default_prepared_sandboxes")]
+    pub prepared_sandboxes: u32,
 }
 
 fn default_queue_depth() -> u32 {
     ContainerSpec::DEFAULT_QUEUE_DEPTH
+}
+
+fn default_prepared_sandboxes() -> u32 {
+    ContainerSpec::DEFAULT_PREPARED_SANDBOXES
 }
 
 /// Default values for fields a create request leaves out.
@@ -68,6 +75,10 @@ impl ContainerSpec {
     pub const DEFAULT_WASM_CONCURRENCY: u32 = 1000;
     /// Requests that may wait for an instance when none is given.
     pub const DEFAULT_QUEUE_DEPTH: u32 = 1000;
+    /// Sandboxes an OCI container keeps prepared when no number is given: one makes
+    /// a cold start from zero fast, at the cost of a created container (its mounts,
+    /// cgroups and a waiting init process, but no workload process).
+    pub const DEFAULT_PREPARED_SANDBOXES: u32 = 1;
 
     /// Requests one instance serves at once, for a workload of `kind`.
     pub fn concurrency_for(&self, kind: ember_sandbox::WorkloadKind) -> u32 {
@@ -114,6 +125,8 @@ pub struct ContainerPatch {
     pub concurrency: Option<u32>,
     /// New queue depth.
     pub queue_depth: Option<u32>,
+    /// New number of prepared sandboxes.
+    pub prepared_sandboxes: Option<u32>,
 }
 
 impl ContainerPatch {
@@ -146,6 +159,7 @@ impl ContainerPatch {
             idle_timeout_seconds: None,
             concurrency: None,
             queue_depth: ContainerSpec::DEFAULT_QUEUE_DEPTH,
+            prepared_sandboxes: ContainerSpec::DEFAULT_PREPARED_SANDBOXES,
         };
         self.apply(&base)
     }
@@ -170,7 +184,8 @@ impl ContainerPatch {
             desired_gpus,
             min_instances,
             max_instances,
-            queue_depth
+            queue_depth,
+            prepared_sandboxes
         );
         if let Some(idle) = self.idle_timeout_seconds {
             spec.idle_timeout_seconds = Some(idle);
@@ -317,6 +332,9 @@ pub struct InstanceInfo {
     pub pinned: bool,
     /// Why it has not started yet, while it waits (for room on its server, say).
     pub waiting_reason: Option<String>,
+    /// The host-level id of its sandbox (OCI: the libcontainer id, which names its
+    /// cgroups under `ember/`), once it runs.
+    pub sandbox_id: Option<String>,
 }
 
 /// Roles a user can have.

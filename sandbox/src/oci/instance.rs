@@ -15,7 +15,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
@@ -48,6 +48,8 @@ impl Resources {
 }
 
 pub(crate) struct OciInstance {
+    /// Its libcontainer id, which names its cgroups and state directory.
+    pub(crate) sandbox_id: String,
     pub(crate) address: SocketAddr,
     pub(crate) client: Client<RetryingConnector, HttpBody>,
     pub(crate) exit: watch::Receiver<Option<String>>,
@@ -162,6 +164,10 @@ impl Instance for OciInstance {
     fn exit_signal(&self) -> Option<watch::Receiver<Option<String>>> {
         Some(self.exit.clone())
     }
+
+    fn sandbox_id(&self) -> Option<&str> {
+        Some(&self.sandbox_id)
+    }
 }
 
 /// Reaps `pid` (the container's init, a child of this process) when it exits, and
@@ -203,15 +209,19 @@ fn describe(status: WaitStatus) -> String {
 /// memory without bound.
 const MAX_LINE: usize = 16 * 1024;
 
-/// Reads one output pipe of an instance until it closes, a line at a time.
+/// Reads one output pipe of an instance until it closes, a line at a time. Lines are
+/// logged under the instance's name once it has one (a sandbox created ahead gets it
+/// when it starts), under `sandbox_id` before.
 pub(crate) fn forward_output(
     pipe: OwnedFd,
-    instance: String,
+    name: Arc<OnceLock<String>>,
+    sandbox_id: String,
     stream: LogStream,
     sink: LogSinkRef,
 ) -> std::io::Result<()> {
     let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)?;
     tokio::spawn(async move {
+        let instance = || name.get().map_or(sandbox_id.as_str(), String::as_str);
         let mut pending: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 8192];
         loop {
@@ -223,20 +233,20 @@ pub(crate) fn forward_output(
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
                 sink.0.line(
-                    &instance,
+                    instance(),
                     stream,
                     String::from_utf8_lossy(&line[..end]).trim_end_matches('\r'),
                 );
             }
             if pending.len() >= MAX_LINE {
                 sink.0
-                    .line(&instance, stream, &String::from_utf8_lossy(&pending));
+                    .line(instance(), stream, &String::from_utf8_lossy(&pending));
                 pending.clear();
             }
         }
         if !pending.is_empty() {
             sink.0
-                .line(&instance, stream, &String::from_utf8_lossy(&pending));
+                .line(instance(), stream, &String::from_utf8_lossy(&pending));
         }
     });
     Ok(())

@@ -1,0 +1,364 @@
+//! A container's two steps, apart: creating its sandbox (root filesystem, namespaces,
+//! cgroups, network; the init process waits, and no workload process runs yet), and
+//! starting it (the init executes the workload, which then listens on its port).
+//!
+//! Creating takes tens of milliseconds, starting well under one, so a sandbox created
+//! ahead of a request (see `prepared`) makes a cold start only the second step.
+
+use super::forked;
+use super::instance::{self, OciInstance, Resources};
+use super::network::Network;
+use super::process::ProcessPlan;
+use super::rootfs::InstanceDir;
+use super::spec;
+use super::{START_LOCK, Shared};
+use crate::{Instance, LogSinkRef, LogStream, SandboxError};
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::unistd::Pid;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Everything needed to create a sandbox for one revision.
+pub(crate) struct Recipe {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) network: Arc<Network>,
+    /// The container's name: the instances' hostname.
+    pub(crate) name: String,
+    pub(crate) layers: Vec<PathBuf>,
+    pub(crate) plan: ProcessPlan,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) limits: spec::Limits,
+    pub(crate) ephemeral_storage: u64,
+    pub(crate) request_timeout: Duration,
+    pub(crate) logs: LogSinkRef,
+}
+
+/// A created sandbox whose workload has not started.
+pub(crate) struct CreatedSandbox {
+    id: String,
+    resources: Resources,
+    pid: Pid,
+    exit: watch::Receiver<Option<String>>,
+    address: SocketAddr,
+    /// The instance name its output is logged under, known once it starts.
+    instance_name: Arc<OnceLock<String>>,
+}
+
+impl CreatedSandbox {
+    /// Whether its init process has ended (killed, say) while it waited.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+
+    /// Kills the waiting init and removes everything the sandbox holds.
+    pub(crate) async fn release(mut self) {
+        if let Some(container) = self.resources.container.as_mut() {
+            let _ = container.kill(nix::sys::signal::Signal::SIGKILL, true);
+        }
+        self.resources.release().await;
+    }
+}
+
+/// A fresh libcontainer id. Not derived from an instance's name: a sandbox may be
+/// created before the instance it will become has one.
+fn new_sandbox_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // RandomState is seeded from the OS's randomness once per process.
+    let random = std::collections::hash_map::RandomState::new().hash_one(n);
+    format!("ember-{random:016x}")
+}
+
+/// Interface names are at most 15 bytes: `ve` and 13 hex digits of the id.
+fn veth_name(sandbox_id: &str) -> String {
+    let hex: String = sandbox_id
+        .trim_start_matches("ember-")
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(13)
+        .collect();
+    format!("ve{hex}")
+}
+
+impl Recipe {
+    /// Creates a sandbox: mounts its root filesystem, creates the container (its init
+    /// waits for the start signal) and connects it to the network.
+    pub(crate) async fn create(&self) -> Result<CreatedSandbox, SandboxError> {
+        let mut resources = Resources {
+            container: None,
+            attachment: None,
+            dir: None,
+            network: self.network.clone(),
+        };
+        match self.create_into(&mut resources).await {
+            Ok(parts) => Ok(parts.finish(resources)),
+            Err(e) => {
+                if let Some(container) = resources.container.as_mut() {
+                    let _ = container.kill(nix::sys::signal::Signal::SIGKILL, true);
+                }
+                resources.release().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_into(&self, resources: &mut Resources) -> Result<Created, SandboxError> {
+        let id = new_sandbox_id();
+        let (stdout, stdout_writer) = output_pipe().map_err(|e| fail("creating pipes", &e))?;
+        let (stderr, stderr_writer) = output_pipe().map_err(|e| fail("creating pipes", &e))?;
+
+        // Filesystems, spec and the container's processes: all blocking work.
+        let (dir, created) = {
+            let shared = self.shared.clone();
+            let layers = self.layers.clone();
+            let (plan, limits, size) = (self.plan.clone(), self.limits, self.ephemeral_storage);
+            let (hostname, uid, gid) = (self.name.clone(), self.uid, self.gid);
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || {
+                let dir = match InstanceDir::mount(shared.instances_dir().join(&id), &layers, size)
+                {
+                    Ok(dir) => dir,
+                    Err(e) => return (None, Err(fail("mounting the root filesystem", &e))),
+                };
+                let instance = spec::InstanceSpec {
+                    rootfs: &dir.rootfs(),
+                    hostname: &hostname,
+                    cgroups_path: &format!("/ember/{id}"),
+                    uid,
+                    gid,
+                };
+                let bundle = dir.path().to_path_buf();
+                let created = spec::build(&plan, limits, &instance)
+                    .map_err(|e| fail("building the runtime spec", &e))
+                    .and_then(|spec| {
+                        spec.save(bundle.join("config.json"))
+                            .map_err(|e| fail("writing config.json", &e))
+                    })
+                    .and_then(|()| {
+                        build_container(&shared, &id, &bundle, stdout_writer, stderr_writer)
+                    })
+                    .and_then(|()| {
+                        Container::load(shared.state_dir().join(&id))
+                            .map_err(|e| fail("loading the created container", &e))
+                    });
+                (Some(dir), created)
+            })
+            .await
+            .map_err(|e| fail("creating the container", &e))?
+        };
+        resources.dir = dir;
+        let container = match created {
+            Ok(container) => container,
+            Err(e) => {
+                // libcontainer may have left its state directory behind.
+                if let Ok(container) = Container::load(self.shared.state_dir().join(&id)) {
+                    resources.container = Some(container);
+                }
+                return Err(e);
+            }
+        };
+        let pid = container.pid();
+        // Recorded before anything can fail, so that a failure still deletes it.
+        resources.container = Some(container);
+        let pid =
+            pid.ok_or_else(|| SandboxError::Start("the container has no init process".into()))?;
+        let exit =
+            instance::reap_on_exit(pid).map_err(|e| fail("watching the init process", &e))?;
+        let instance_name = Arc::new(OnceLock::new());
+        for (pipe, stream) in [(stdout, LogStream::Stdout), (stderr, LogStream::Stderr)] {
+            instance::forward_output(
+                pipe,
+                instance_name.clone(),
+                id.clone(),
+                stream,
+                self.logs.clone(),
+            )
+            .map_err(|e| fail("reading the container's output", &e))?;
+        }
+
+        let attachment = self
+            .network
+            .attach(pid.as_raw(), &veth_name(&id))
+            .await
+            .map_err(|e| fail("connecting the network", &e))?;
+        let address = SocketAddr::from((attachment.address, self.plan.port));
+        resources.attachment = Some(attachment);
+        Ok(Created {
+            id,
+            pid,
+            exit,
+            address,
+            instance_name,
+        })
+    }
+
+    /// Starts the workload in `sandbox` and waits until it listens: the instance is
+    /// named `instance` from then on. A failure removes the sandbox.
+    pub(crate) async fn start(
+        &self,
+        sandbox: CreatedSandbox,
+        instance: &str,
+    ) -> Result<Arc<dyn Instance>, SandboxError> {
+        let CreatedSandbox {
+            id,
+            mut resources,
+            pid,
+            exit,
+            address,
+            instance_name,
+        } = sandbox;
+        let _ = instance_name.set(instance.to_string());
+        let mut container = resources
+            .container
+            .take()
+            .expect("a created sandbox has its container");
+        let (container, started) = tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = START_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            let result = container.start();
+            (container, result)
+        })
+        .await
+        .map_err(|e| fail("starting the container", &e))?;
+        resources.container = Some(container);
+        let ready = match started {
+            Ok(()) => wait_until_ready(address, &exit, self.shared.config.startup_timeout).await,
+            Err(e) => Err(fail("starting the container", &e)),
+        };
+        if let Err(e) = ready {
+            if let Some(container) = resources.container.as_mut() {
+                let _ = container.kill(nix::sys::signal::Signal::SIGKILL, true);
+            }
+            resources.release().await;
+            return Err(e);
+        }
+        Ok(Arc::new(OciInstance {
+            sandbox_id: id,
+            address,
+            client: instance::client(),
+            exit,
+            resources: tokio::sync::Mutex::new(Some(resources)),
+            pid,
+            grace: self.shared.config.stop_grace,
+            request_timeout: self.request_timeout,
+        }))
+    }
+}
+
+/// What `create_into` made besides the resources it recorded.
+struct Created {
+    id: String,
+    pid: Pid,
+    exit: watch::Receiver<Option<String>>,
+    address: SocketAddr,
+    instance_name: Arc<OnceLock<String>>,
+}
+
+impl Created {
+    fn finish(self, resources: Resources) -> CreatedSandbox {
+        CreatedSandbox {
+            id: self.id,
+            resources,
+            pid: self.pid,
+            exit: self.exit,
+            address: self.address,
+            instance_name: self.instance_name,
+        }
+    }
+}
+
+fn fail(what: &str, e: &dyn std::fmt::Display) -> SandboxError {
+    SandboxError::Start(format!("{what}: {e}"))
+}
+
+/// Has libcontainer create the container, in a single-threaded copy (see `forked`).
+fn build_container(
+    shared: &Shared,
+    id: &str,
+    bundle: &std::path::Path,
+    stdout: std::os::fd::OwnedFd,
+    stderr: std::os::fd::OwnedFd,
+) -> Result<(), SandboxError> {
+    let keep = [stdout.as_raw_fd(), stderr.as_raw_fd()];
+    forked::run_forked(&keep, || {
+        ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(shared.state_dir())
+            .and_then(|b| {
+                b.with_executor(shared.executor.clone())
+                    .with_stdout(stdout)
+                    .with_stderr(stderr)
+                    .as_init(bundle)
+                    .with_systemd(false)
+                    .with_detach(true)
+                    .build()
+            })
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .map_err(|e| SandboxError::Start(format!("creating the container: {e}")))
+}
+
+/// A pipe whose write end goes to the container and whose read end stays here.
+fn output_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok((read, write))
+}
+
+/// Longest one readiness probe waits for its connection.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// Waits until the instance accepts TCP connections on its port, failing early when
+/// its process exits first.
+async fn wait_until_ready(
+    address: SocketAddr,
+    exit: &watch::Receiver<Option<String>>,
+    timeout: Duration,
+) -> Result<(), SandboxError> {
+    let began = Instant::now();
+    let mut pause = Duration::from_micros(100);
+    loop {
+        if let Some(reason) = exit.borrow().clone() {
+            return Err(SandboxError::Start(format!(
+                "the container {reason} before it listened on port {}",
+                address.port()
+            )));
+        }
+        // Time-boxed: a lost SYN would otherwise wait a second for its retransmit.
+        let connect = tokio::net::TcpStream::connect(address);
+        if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+            return Ok(());
+        }
+        if began.elapsed() >= timeout {
+            return Err(SandboxError::Start(format!(
+                "the container did not listen on port {} within {timeout:?}",
+                address.port()
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        // Capped low: a cold start waits on this loop.
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_ids_are_distinct_and_make_valid_interface_names() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_sandbox_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert!(id.starts_with("ember-"), "{id}");
+            let veth = veth_name(id);
+            assert_eq!(veth.len(), 15, "{veth}");
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! A revision ready to start, with sandboxes created ahead of need.
+//!
+//! A container keeps a few created-but-not-started sandboxes (its
+//! `preparedSandboxes`): their namespaces, cgroups, root filesystem and network are
+//! in place and their init waits, but no workload process runs. A cold start takes
+//! one and only starts it; another is created in the background to replace it.
+
+use super::created::{CreatedSandbox, Recipe};
+use crate::{BoxFuture, Instance, PreparedWorkload, SandboxError};
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+pub(crate) struct PreparedContainer {
+    recipe: Arc<Recipe>,
+    spares: Arc<Spares>,
+}
+
+struct Spares {
+    /// How many the container keeps ready.
+    wanted: usize,
+    state: Mutex<SpareState>,
+    /// Told whenever a creation has ended.
+    settled: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct SpareState {
+    ready: Vec<CreatedSandbox>,
+    /// Creations under way.
+    creating: usize,
+    /// No instance will start from this revision any more: keep nothing ready.
+    retired: bool,
+}
+
+impl PreparedContainer {
+    /// Call [`PreparedContainer::refill`] from the async runtime to create the first spares.
+    pub(crate) fn new(recipe: Recipe, wanted: usize) -> Self {
+        Self {
+            recipe: Arc::new(recipe),
+            spares: Arc::new(Spares {
+                wanted,
+                state: Mutex::default(),
+                settled: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    /// Creates, in the background, as many spares as are missing.
+    pub(crate) fn refill(&self) {
+        let mut state = self.spares.state.lock();
+        if state.retired {
+            return;
+        }
+        while state.ready.len() + state.creating < self.spares.wanted {
+            state.creating += 1;
+            let (recipe, spares) = (self.recipe.clone(), self.spares.clone());
+            tokio::spawn(async move {
+                let created = recipe.create().await;
+                let unwanted = {
+                    let mut state = spares.state.lock();
+                    match created {
+                        Ok(sandbox) if state.retired => Some(sandbox),
+                        Ok(sandbox) => {
+                            state.ready.push(sandbox);
+                            None
+                        }
+                        Err(e) => {
+                            // Not retried until the next start: a cause that lasts
+                            // (no address left, say) must not spin.
+                            tracing::warn!(container = %recipe.name, error = %e, "preparing a sandbox failed");
+                            None
+                        }
+                    }
+                };
+                if let Some(sandbox) = unwanted {
+                    sandbox.release().await;
+                }
+                spares.state.lock().creating -= 1;
+                spares.settled.notify_waiters();
+            });
+        }
+    }
+
+    /// A spare whose init still waits, if there is one; spares that ended are removed.
+    fn take_spare(&self) -> Option<CreatedSandbox> {
+        let mut state = self.spares.state.lock();
+        while let Some(spare) = state.ready.pop() {
+            if !spare.has_ended() {
+                return Some(spare);
+            }
+            tokio::spawn(spare.release());
+        }
+        None
+    }
+
+    async fn start_instance(&self, name: &str) -> Result<Arc<dyn Instance>, SandboxError> {
+        let started = match self.take_spare() {
+            Some(spare) => match self.recipe.start(spare, name).await {
+                Ok(instance) => Ok(instance),
+                Err(e) => {
+                    tracing::warn!(container = %self.recipe.name, error = %e, "a prepared sandbox failed to start; creating another");
+                    self.start_fresh(name).await
+                }
+            },
+            None => self.start_fresh(name).await,
+        };
+        // After the start, so that creating the replacement does not slow it.
+        self.refill();
+        started
+    }
+
+    async fn start_fresh(&self, name: &str) -> Result<Arc<dyn Instance>, SandboxError> {
+        let sandbox = self.recipe.create().await?;
+        self.recipe.start(sandbox, name).await
+    }
+
+    /// Waits until no creation is under way (those that end after retirement release
+    /// what they made).
+    async fn creations_ended(&self) {
+        loop {
+            let settled = self.spares.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if self.spares.state.lock().creating == 0 {
+                return;
+            }
+            settled.await;
+        }
+    }
+
+    /// Marks the revision retired and hands back its ready spares.
+    fn take_all_spares(&self) -> Vec<CreatedSandbox> {
+        let mut state = self.spares.state.lock();
+        state.retired = true;
+        std::mem::take(&mut state.ready)
+    }
+}
+
+impl PreparedWorkload for PreparedContainer {
+    fn start<'a>(
+        &'a self,
+        instance: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
+        Box::pin(self.start_instance(instance))
+    }
+
+    fn retire(&self) -> BoxFuture<'_, ()> {
+        let spares = self.take_all_spares();
+        Box::pin(async move {
+            futures::future::join_all(spares.into_iter().map(CreatedSandbox::release)).await;
+            self.creations_ended().await;
+        })
+    }
+
+    fn ready_sandboxes(&self) -> usize {
+        self.spares.state.lock().ready.len()
+    }
+}
+
+impl Drop for PreparedContainer {
+    /// A revision dropped without being retired still gives its spares back; what a
+    /// runtime without an async executor left is removed at its next start.
+    fn drop(&mut self) {
+        let spares = self.take_all_spares();
+        if spares.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                futures::future::join_all(spares.into_iter().map(CreatedSandbox::release)).await;
+            });
+        }
+    }
+}
