@@ -3,7 +3,10 @@
 //!
 //! Ember: the container (busybox httpd, built and pushed to a loopback registry by
 //! the test harness) is scaled to zero before each sample; a sample is one GET from
-//! sending to the first response byte. crun, runc: one `run` of a bundle whose rootfs
+//! sending to the first response byte. Two containers are measured: one with
+//! `preparedSandboxes: 0` (the cold start creates the container: namespaces,
+//! cgroups, mounts, network) and one with the default of 1, sampled once its
+//! prepared sandbox is ready (the cold start only starts it). crun, runc: one `run` of a bundle whose rootfs
 //! is the busybox layer, running `/bin/true`, from spawn to exit. On a hybrid cgroup
 //! machine crun refuses the layout unless /sys/fs/cgroup/unified is unmounted, so its
 //! loop runs in a private mount namespace (re-executing this binary there).
@@ -14,7 +17,7 @@
 mod common;
 
 use bytes::Bytes;
-use ember_runtime::model::{ContainerPatch, ContainerStatus};
+use ember_runtime::model::{Caller, ContainerPatch, ContainerStatus};
 use ember_runtime::{Runtime, RuntimeConfig};
 use http_body_util::{BodyExt, Empty};
 use std::path::{Path, PathBuf};
@@ -47,8 +50,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (ember, layer) = rt.block_on(ember_cold_starts());
-    report("ember (ingress, scale from zero)", ember);
+    let (nothing_prepared, prepared, layer) = rt.block_on(ember_cold_starts());
+    report("ember, cold, nothing prepared", nothing_prepared);
+    report("ember, cold, prepared sandbox", prepared);
 
     let bundle = common::temp_dir();
     write_bundle(bundle.path(), &layer);
@@ -59,8 +63,9 @@ fn main() {
     report("crun run /bin/true", crun_in_private_mounts(bundle.path()));
 }
 
-/// Cold starts through the ingress; also returns the unpacked busybox layer.
-async fn ember_cold_starts() -> (Vec<Duration>, PathBuf) {
+/// Cold starts through the ingress, with nothing prepared and with a prepared
+/// sandbox; also returns the unpacked busybox layer.
+async fn ember_cold_starts() -> (Vec<Duration>, Vec<Duration>, PathBuf) {
     let registry = common::registry::Registry::start();
     common::oci_image::push_busybox_http_image(registry.addr, "bench/httpd", "v1").await;
     let data = common::temp_dir();
@@ -74,48 +79,16 @@ async fn ember_cold_starts() -> (Vec<Duration>, PathBuf) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ingress = listener.local_addr().unwrap();
     tokio::spawn(ember_runtime::serve_ingress(runtime.clone(), listener));
-    let patch = ContainerPatch {
-        name: Some("bench".parse().unwrap()),
-        image: Some(format!("{}/bench/httpd:v1", registry.addr)),
-        ..Default::default()
+    let image = format!("{}/bench/httpd:v1", registry.addr);
+    let bench = ColdStarts {
+        runtime: &runtime,
+        caller: &caller,
+        ingress,
+        image: &image,
     };
-    let id = runtime
-        .create_container(&caller, patch)
-        .await
-        .unwrap()
-        .container
-        .id;
-    loop {
-        let view = runtime.get_container(&caller, id).unwrap();
-        match view.container.status {
-            ContainerStatus::Deployed => break,
-            ContainerStatus::Failed => panic!("{:?}", view.container.status_reason),
-            ContainerStatus::Deploying => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-    let stream = tokio::net::TcpStream::connect(ingress).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let mut samples = Vec::with_capacity(SAMPLES);
-    for _ in 0..SAMPLES + 5 {
-        runtime.stop_idle_instances(&caller, id).await.unwrap();
-        let request = hyper::Request::get("/")
-            .header("host", "bench.ember.localhost")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        sender.ready().await.unwrap();
-        let began = Instant::now();
-        let response = sender.send_request(request).await.unwrap();
-        let took = began.elapsed();
-        assert_eq!(response.status(), 200);
-        response.into_body().collect().await.unwrap();
-        samples.push(took);
-    }
-    samples.drain(..5);
+    let nothing_prepared = bench.measure("unprepared", 0).await;
+    let prepared = bench.measure("prepared", 1).await;
+
     let layer = std::fs::read_dir(data.path().join("oci/layers"))
         .unwrap()
         .flatten()
@@ -132,12 +105,78 @@ async fn ember_cold_starts() -> (Vec<Duration>, PathBuf) {
         .status()
         .unwrap();
     assert!(status.success());
-    runtime.stop_idle_instances(&caller, id).await.unwrap();
+    runtime.shut_down().await;
     let _ = Command::new("ip")
         .args(["link", "del", "embbench0"])
         .status();
     std::mem::forget(data);
-    (samples, copy)
+    (nothing_prepared, prepared, copy)
+}
+
+struct ColdStarts<'a> {
+    runtime: &'a Runtime,
+    caller: &'a Caller,
+    ingress: std::net::SocketAddr,
+    image: &'a str,
+}
+
+impl ColdStarts<'_> {
+    /// Deploys the image as `name` keeping `prepared` sandboxes, then times requests,
+    /// each after scaling to zero and, when sandboxes are prepared, once one is ready
+    /// (as for a container that has been idle a while).
+    async fn measure(&self, name: &str, prepared: u32) -> Vec<Duration> {
+        let (runtime, caller) = (self.runtime, self.caller);
+        let patch = ContainerPatch {
+            name: Some(name.parse().unwrap()),
+            image: Some(self.image.to_string()),
+            prepared_sandboxes: Some(prepared),
+            ..Default::default()
+        };
+        let id = runtime
+            .create_container(caller, patch)
+            .await
+            .unwrap()
+            .container
+            .id;
+        loop {
+            let view = runtime.get_container(caller, id).unwrap();
+            match view.container.status {
+                ContainerStatus::Deployed => break,
+                ContainerStatus::Failed => panic!("{:?}", view.container.status_reason),
+                ContainerStatus::Deploying => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        let stream = tokio::net::TcpStream::connect(self.ingress).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let ready_line =
+            format!("ember_container_prepared_sandboxes{{container=\"{id}\"}} {prepared}");
+        let mut samples = Vec::with_capacity(SAMPLES);
+        for _ in 0..SAMPLES + 5 {
+            runtime.stop_idle_instances(caller, id).await.unwrap();
+            while !runtime.metrics_text().lines().any(|l| l == ready_line) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let request = hyper::Request::get("/")
+                .header("host", format!("{name}.ember.localhost"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            sender.ready().await.unwrap();
+            let began = Instant::now();
+            let response = sender.send_request(request).await.unwrap();
+            let took = began.elapsed();
+            assert_eq!(response.status(), 200);
+            response.into_body().collect().await.unwrap();
+            samples.push(took);
+        }
+        samples.drain(..5);
+        runtime.stop_idle_instances(caller, id).await.unwrap();
+        samples
+    }
 }
 
 fn write_bundle(bundle: &Path, rootfs: &Path) {
