@@ -6,6 +6,8 @@
 //! runs from its send to its last body byte; a round's time runs until every request
 //! is answered. The single cold start is one request after scaling to zero. The
 //! containers take `concurrency` 20, so a burst of 200 needs at least 10 instances.
+//! OCI runs twice: with `preparedSandboxes: 0`, and with the default prepared
+//! sandbox, each sample and round beginning once it is ready.
 //!
 //! Target (issue 4): p99 of a 200-request burst at most 10 times a single cold start.
 //!
@@ -64,28 +66,29 @@ fn main() {
     rt.block_on(async {
         // No image: `run` uploads the hello component.
         let wasm = ContainerPatch::default();
-        run("wasm", wasm, settings.wasm_rounds, &settings, None).await;
+        run("wasm", wasm, settings.wasm_rounds, &settings).await;
         if nix::unistd::geteuid().is_root() {
             let registry = common::registry::Registry::start();
             common::oci_image::push_busybox_http_image(registry.addr, "bench/httpd", "v1").await;
-            let patch = ContainerPatch {
-                image: Some(format!("{}/bench/httpd:v1", registry.addr)),
-                ..ContainerPatch::default()
-            };
-            run("oci", patch, settings.oci_rounds, &settings, Some(registry)).await;
+            // Once with nothing prepared, once with the default prepared sandbox
+            // (each sample and round begins once it is ready).
+            for (kind, prepared) in [("oci, nothing prepared", 0), ("oci, prepared sandbox", 1)] {
+                let patch = ContainerPatch {
+                    image: Some(format!("{}/bench/httpd:v1", registry.addr)),
+                    prepared_sandboxes: Some(prepared),
+                    ..ContainerPatch::default()
+                };
+                run(kind, patch, settings.oci_rounds, &settings).await;
+            }
+            drop(registry);
         } else {
             println!("oci: skipped (running containers needs root)");
         }
     });
 }
 
-async fn run(
-    kind: &str,
-    mut patch: ContainerPatch,
-    rounds: usize,
-    settings: &Settings,
-    _registry: Option<common::registry::Registry>,
-) {
+async fn run(kind: &str, mut patch: ContainerPatch, rounds: usize, settings: &Settings) {
+    let prepared = patch.prepared_sandboxes.unwrap_or(0);
     let data = common::temp_dir();
     let mut config = RuntimeConfig::new(data.path());
     config.default_idle_timeout = Duration::from_secs(3600);
@@ -111,12 +114,19 @@ async fn run(
     patch.cpu = Some(1.0);
     patch.ram = Some("32Mi".parse().unwrap());
     let id = deploy(&runtime, &caller, patch).await;
+    let ready_line = format!("ember_container_prepared_sandboxes{{container=\"{id}\"}} {prepared}");
+    let scale_to_zero = || async {
+        runtime.stop_idle_instances(&caller, id).await.unwrap();
+        while !runtime.metrics_text().lines().any(|l| l == ready_line) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
 
     // One cold start at a time.
     let mut single = Vec::with_capacity(SINGLE_SAMPLES);
     let mut sender = connect(ingress).await;
     for _ in 0..SINGLE_SAMPLES + 3 {
-        runtime.stop_idle_instances(&caller, id).await.unwrap();
+        scale_to_zero().await;
         let began = Instant::now();
         get(&mut sender).await;
         single.push(began.elapsed());
@@ -128,7 +138,7 @@ async fn run(
     let mut round_times = Vec::with_capacity(rounds);
     let mut instances = Vec::with_capacity(rounds);
     for _ in 0..rounds {
-        runtime.stop_idle_instances(&caller, id).await.unwrap();
+        scale_to_zero().await;
         let mut senders = Vec::with_capacity(settings.requests);
         for _ in 0..settings.requests {
             senders.push(connect(ingress).await);

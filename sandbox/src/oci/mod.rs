@@ -174,7 +174,7 @@ impl Sandbox for OciSandbox {
             let prepared = tokio::task::spawn_blocking(move || prepare(shared, network, spec))
                 .await
                 .map_err(|e| SandboxError::Prepare(e.to_string()))??;
-            prepared.refill();
+            prepared.refill(Duration::ZERO);
             Ok(Arc::new(prepared) as Arc<dyn PreparedWorkload>)
         })
     }

@@ -9,6 +9,12 @@ use super::created::{CreatedSandbox, Recipe};
 use crate::{BoxFuture, Instance, PreparedWorkload, SandboxError};
 use parking_lot::Mutex;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long after a start its replacement begins to be created. Creating one takes
+/// both cores for tens of milliseconds; begun at once, it slows the very request
+/// the start was for. The next cold start comes only after an idle timeout.
+const REFILL_DELAY: Duration = Duration::from_millis(100);
 
 pub(crate) struct PreparedContainer {
     recipe: Arc<Recipe>,
@@ -33,7 +39,8 @@ struct SpareState {
 }
 
 impl PreparedContainer {
-    /// Call [`PreparedContainer::refill`] from the async runtime to create the first spares.
+    /// Call [`PreparedContainer::refill`] from the async runtime to create the first
+    /// spares.
     pub(crate) fn new(recipe: Recipe, wanted: usize) -> Self {
         Self {
             recipe: Arc::new(recipe),
@@ -45,8 +52,8 @@ impl PreparedContainer {
         }
     }
 
-    /// Creates, in the background, as many spares as are missing.
-    pub(crate) fn refill(&self) {
+    /// Creates, in the background after `delay`, as many spares as are missing.
+    pub(crate) fn refill(&self, delay: Duration) {
         let mut state = self.spares.state.lock();
         if state.retired {
             return;
@@ -55,6 +62,7 @@ impl PreparedContainer {
             state.creating += 1;
             let (recipe, spares) = (self.recipe.clone(), self.spares.clone());
             tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
                 let created = recipe.create().await;
                 let unwanted = {
                     let mut state = spares.state.lock();
@@ -104,8 +112,7 @@ impl PreparedContainer {
             },
             None => self.start_fresh(name).await,
         };
-        // After the start, so that creating the replacement does not slow it.
-        self.refill();
+        self.refill(REFILL_DELAY);
         started
     }
 
