@@ -278,6 +278,10 @@ fn fail(what: &str, e: &dyn std::fmt::Display) -> SandboxError {
     SandboxError::Start(format!("{what}: {e}"))
 }
 
+/// Longest a creation may take: tens of milliseconds normally, a few hundred under a
+/// burst on two cores. Past it the creating copy is taken as stuck (see `forked`).
+const CREATE_LIMIT: Duration = Duration::from_secs(10);
+
 /// Has libcontainer create the container, in a single-threaded copy (see `forked`).
 fn build_container(
     shared: &Shared,
@@ -287,7 +291,7 @@ fn build_container(
     stderr: std::os::fd::OwnedFd,
 ) -> Result<(), SandboxError> {
     let keep = [stdout.as_raw_fd(), stderr.as_raw_fd()];
-    forked::run_forked(&keep, || {
+    forked::run_forked(&keep, CREATE_LIMIT, || {
         ContainerBuilder::new(id.to_string(), SyscallType::default())
             .with_root_path(shared.state_dir())
             .and_then(|b| {

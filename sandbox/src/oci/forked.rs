@@ -12,6 +12,16 @@
 //! the workload, which for a prepared sandbox is much later. Inherited, the runtime's
 //! listening sockets and its state store's lock would outlive a killed runtime.
 //!
+//! Fork copies only the calling thread, and a lock another thread held at that moment
+//! stays held in the copy. glibc re-arms the allocator's locks, but Rust's standard
+//! library has its own: libcontainer's intermediate process ends with
+//! `std::process::exit`, whose clean-up takes a mutex that threads take as they
+//! start and end. When a thread of the runtime was starting or ending at the fork,
+//! the intermediate process waits for it forever (seen with gdb in a burst of 15
+//! creations). Such a creation is killed after [`run_forked`]'s time limit and
+//! reported as a failed start. Forking from a single-threaded helper process started
+//! before any thread would remove the cause.
+//!
 //! The copy exits once the container is created. Its children, the container's init
 //! among them, are then reparented to the runtime, which is their subreaper (see
 //! [`become_subreaper`]), so the runtime reaps them as before.
@@ -20,8 +30,9 @@ use nix::fcntl::OFlag;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork, pipe2};
 use std::io::Read;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
 
 /// Makes orphans of this process's descendants its children, so that the init of a
 /// container created by a forked copy is reaped here.
@@ -36,10 +47,12 @@ pub(crate) fn become_subreaper() -> std::io::Result<()> {
 }
 
 /// Runs `work` in a forked copy of this process and returns its outcome: its error
-/// message when it failed. In the copy, only the standard streams and the descriptors
-/// in `keep` stay open.
+/// message when it failed, or when it did not finish within `limit` (the copy is then
+/// killed). In the copy, only the standard streams and the descriptors in `keep`
+/// stay open.
 pub(crate) fn run_forked(
     keep: &[RawFd],
+    limit: Duration,
     work: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), String> {
     // Close-on-exec, and read only once the copy has exited: the container's init
@@ -76,6 +89,13 @@ pub(crate) fn run_forked(
         }
         Ok(ForkResult::Parent { child }) => {
             drop(write);
+            if !exits_within(child, limit) {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(format!(
+                    "the creating process did not finish within {limit:?} and was killed"
+                ));
+            }
             let status = loop {
                 match waitpid(child, None) {
                     Err(nix::errno::Errno::EINTR) => continue,
@@ -92,6 +112,38 @@ pub(crate) fn run_forked(
                 Ok(other) => Err(format!("the creating process ended: {other:?}")),
                 Err(e) => Err(format!("waiting for the creating process: {e}")),
             }
+        }
+    }
+}
+
+/// Waits until `child` has exited (without reaping it), for at most `limit`.
+fn exits_within(child: nix::unistd::Pid, limit: Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) };
+    if fd < 0 {
+        // No pidfd (a kernel before 5.3): wait without a limit.
+        return true;
+    }
+    // SAFETY: the descriptor was just created and is owned by nothing else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut poll = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd, for at most `millis`.
+        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+        if ready > 0 {
+            return true;
+        }
+        let interrupted =
+            ready < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
+        if !interrupted && Instant::now() >= deadline {
+            return false;
         }
     }
 }
@@ -128,13 +180,27 @@ mod tests {
 
     #[test]
     fn the_outcome_comes_back_from_the_copy() {
-        assert_eq!(run_forked(&[], || Ok(())), Ok(()));
+        let limit = Duration::from_secs(60);
+        assert_eq!(run_forked(&[], limit, || Ok(())), Ok(()));
         assert_eq!(
-            run_forked(&[], || Err("no room".into())),
+            run_forked(&[], limit, || Err("no room".into())),
             Err("no room".to_string())
         );
         let big = "x".repeat(10_000);
-        assert_eq!(run_forked(&[], || Err(big.clone())), Err(big.clone()));
+        assert_eq!(
+            run_forked(&[], limit, || Err(big.clone())),
+            Err(big.clone())
+        );
+    }
+
+    #[test]
+    fn a_copy_that_hangs_is_killed_at_the_limit() {
+        let outcome = run_forked(&[], Duration::from_millis(100), || {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        assert!(outcome.unwrap_err().contains("did not finish"));
     }
 
     #[test]
@@ -144,9 +210,11 @@ mod tests {
         let (kept_fd, other_fd) = (kept.as_raw_fd(), other.as_raw_fd());
         let open = |fd: RawFd| std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists();
         assert_eq!(
-            run_forked(&[kept_fd], || match (open(kept_fd), open(other_fd)) {
-                (true, false) => Ok(()),
-                seen => Err(format!("kept, other open: {seen:?}")),
+            run_forked(&[kept_fd], Duration::from_secs(60), || {
+                match (open(kept_fd), open(other_fd)) {
+                    (true, false) => Ok(()),
+                    seen => Err(format!("kept, other open: {seen:?}")),
+                }
             }),
             Ok(())
         );
