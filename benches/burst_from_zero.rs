@@ -36,6 +36,8 @@ struct Settings {
 }
 
 fn main() {
+    // Started again by the runtime to create one container.
+    ember_sandbox::oci::run_if_creator();
     let args: Vec<String> = std::env::args().collect();
     // `cargo test` runs benches once in test mode; only a real `cargo bench` measures.
     if !args.iter().any(|a| a == "--bench") {

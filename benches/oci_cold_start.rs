@@ -28,6 +28,8 @@ const SAMPLES: usize = 200;
 const CRUN_LOOP_FLAG: &str = "--crun-loop";
 
 fn main() {
+    // Started again by the runtime to create one container.
+    ember_sandbox::oci::run_if_creator();
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == CRUN_LOOP_FLAG) {
         // Inside the private mount namespace: time crun's runs and print them.

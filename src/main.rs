@@ -10,6 +10,8 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
+    // Started again by the runtime to create one container: see ember_sandbox's creator.
+    ember_sandbox::oci::run_if_creator();
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Serve(_)) {
         "info"

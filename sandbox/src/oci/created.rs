@@ -5,7 +5,7 @@
 //! Creating takes tens of milliseconds, starting well under one, so a sandbox created
 //! ahead of a request (see `prepared`) makes a cold start only the second step.
 
-use super::forked;
+use super::creator;
 use super::instance::{self, OciInstance, Resources};
 use super::network::Network;
 use super::process::ProcessPlan;
@@ -14,12 +14,9 @@ use super::spec;
 use super::{START_LOCK, Shared};
 use crate::{Instance, LogSinkRef, LogStream, SandboxError};
 use libcontainer::container::Container;
-use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::syscall::syscall::SyscallType;
 use nix::unistd::Pid;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -279,10 +276,10 @@ fn fail(what: &str, e: &dyn std::fmt::Display) -> SandboxError {
 }
 
 /// Longest a creation may take: tens of milliseconds normally, a few hundred under a
-/// burst on two cores. Past it the creating copy is taken as stuck (see `forked`).
+/// burst on two cores. Past it the creator is taken as stuck.
 const CREATE_LIMIT: Duration = Duration::from_secs(10);
 
-/// Has libcontainer create the container, in a single-threaded copy (see `forked`).
+/// Has libcontainer create the container, in a creator process (see `creator`).
 fn build_container(
     shared: &Shared,
     id: &str,
@@ -290,22 +287,14 @@ fn build_container(
     stdout: std::os::fd::OwnedFd,
     stderr: std::os::fd::OwnedFd,
 ) -> Result<(), SandboxError> {
-    let keep = [stdout.as_raw_fd(), stderr.as_raw_fd()];
-    forked::run_forked(&keep, CREATE_LIMIT, || {
-        ContainerBuilder::new(id.to_string(), SyscallType::default())
-            .with_root_path(shared.state_dir())
-            .and_then(|b| {
-                b.with_executor(shared.executor.clone())
-                    .with_stdout(stdout)
-                    .with_stderr(stderr)
-                    .as_init(bundle)
-                    .with_systemd(false)
-                    .with_detach(true)
-                    .build()
-            })
-            .map(drop)
-            .map_err(|e| e.to_string())
-    })
+    creator::create(
+        id,
+        &shared.state_dir(),
+        bundle,
+        stdout,
+        stderr,
+        CREATE_LIMIT,
+    )
     .map_err(|e| SandboxError::Start(format!("creating the container: {e}")))
 }
 

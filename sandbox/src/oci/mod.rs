@@ -4,8 +4,8 @@
 
 mod connector;
 mod created;
+mod creator;
 mod executor;
-mod forked;
 mod instance;
 pub mod layer;
 mod network;
@@ -15,13 +15,13 @@ mod rootfs;
 mod seccomp;
 mod spec;
 
+pub use creator::{CREATOR_ARG, run_if_creator};
 pub use network::{NetworkError, Subnet};
 
 use crate::blob_store::BlobStore;
 use crate::digest::Digest;
 use crate::{BoxFuture, PreparedWorkload, Sandbox, SandboxError, WorkloadKind, WorkloadSpec};
 use created::Recipe;
-use executor::EmberExecutor;
 use layer::LayerCompression;
 use libcontainer::container::Container;
 use network::Network;
@@ -56,7 +56,6 @@ struct Shared {
     /// Set up with the first OCI deployment, so that a runtime serving only wasm
     /// never creates a bridge.
     network: tokio::sync::OnceCell<Arc<Network>>,
-    executor: EmberExecutor,
 }
 
 impl Shared {
@@ -97,18 +96,16 @@ impl OciSandbox {
                 "OCI containers need the runtime to run as root; this one does not, so it serves wasm components only".into(),
             ));
         }
-        let seccomp = seccomp::default_profile()
+        // Compiled here only to fail early: each creator compiles its own.
+        seccomp::default_profile()
             .map_err(|e| SandboxError::Unsupported(format!("compiling seccomp profile: {e}")))?;
-        forked::become_subreaper().map_err(|e| {
+        creator::become_subreaper().map_err(|e| {
             SandboxError::Unsupported(format!("becoming the subreaper of containers: {e}"))
         })?;
         let shared = Arc::new(Shared {
             config,
             blobs,
             network: tokio::sync::OnceCell::new(),
-            executor: EmberExecutor {
-                seccomp: Arc::new(seccomp),
-            },
         });
         for dir in [
             shared.layers_dir(),

@@ -63,7 +63,13 @@ impl PreparedContainer {
             let (recipe, spares) = (self.recipe.clone(), self.spares.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let created = recipe.create().await;
+                // Retired while it waited: nothing to make (a runtime stopping would
+                // otherwise wait for a sandbox only to remove it).
+                let created = if spares.state.lock().retired {
+                    Err(SandboxError::Start("retired".into()))
+                } else {
+                    recipe.create().await
+                };
                 let unwanted = {
                     let mut state = spares.state.lock();
                     match created {
@@ -72,6 +78,7 @@ impl PreparedContainer {
                             state.ready.push(sandbox);
                             None
                         }
+                        Err(_) if state.retired => None,
                         Err(e) => {
                             // Not retried until the next start: a cause that lasts
                             // (no address left, say) must not spin.

@@ -18,7 +18,17 @@ impl InstanceDir {
         std::fs::create_dir_all(&dir)?;
         // From here on, tearing down undoes whatever part was done.
         let instance = Self { dir };
-        let rw = instance.dir.join("rw");
+        match instance.mount_parts(lowers, size) {
+            Ok(()) => Ok(instance),
+            Err(e) => {
+                instance.remove();
+                Err(e)
+            }
+        }
+    }
+
+    fn mount_parts(&self, lowers: &[PathBuf], size: u64) -> std::io::Result<()> {
+        let rw = self.dir.join("rw");
         std::fs::create_dir_all(&rw)?;
         nix::mount::mount(
             Some("tmpfs"),
@@ -30,7 +40,7 @@ impl InstanceDir {
         let (upper, work) = (rw.join("upper"), rw.join("work"));
         std::fs::create_dir(&upper)?;
         std::fs::create_dir(&work)?;
-        let rootfs = instance.rootfs();
+        let rootfs = self.rootfs();
         std::fs::create_dir_all(&rootfs)?;
         // Overlayfs lists lowers topmost first.
         let lowerdir = lowers
@@ -51,7 +61,7 @@ impl InstanceDir {
             MsFlags::empty(),
             Some(options.as_str()),
         )?;
-        Ok(instance)
+        Ok(())
     }
 
     pub(crate) fn path(&self) -> &Path {
