@@ -40,8 +40,13 @@ pub(crate) struct Recipe {
 
 /// A created sandbox whose workload has not started.
 pub(crate) struct CreatedSandbox {
-    id: String,
+    parts: SandboxParts,
     resources: Resources,
+}
+
+/// What a sandbox's creation made besides the resources it holds.
+struct SandboxParts {
+    id: String,
     pid: Pid,
     exit: watch::Receiver<Option<String>>,
     address: SocketAddr,
@@ -52,15 +57,12 @@ pub(crate) struct CreatedSandbox {
 impl CreatedSandbox {
     /// Whether its init process has ended (killed, say) while it waited.
     pub(crate) fn has_ended(&self) -> bool {
-        self.exit.borrow().is_some()
+        self.parts.exit.borrow().is_some()
     }
 
     /// Kills the waiting init and removes everything the sandbox holds.
-    pub(crate) async fn release(mut self) {
-        if let Some(container) = self.resources.container.as_mut() {
-            let _ = container.kill(nix::sys::signal::Signal::SIGKILL, true);
-        }
-        self.resources.release().await;
+    pub(crate) async fn release(self) {
+        self.resources.discard().await;
     }
 }
 
@@ -96,18 +98,15 @@ impl Recipe {
             network: self.network.clone(),
         };
         match self.create_into(&mut resources).await {
-            Ok(parts) => Ok(parts.finish(resources)),
+            Ok(parts) => Ok(CreatedSandbox { parts, resources }),
             Err(e) => {
-                if let Some(container) = resources.container.as_mut() {
-                    let _ = container.kill(nix::sys::signal::Signal::SIGKILL, true);
-                }
-                resources.release().await;
+                resources.discard().await;
                 Err(e)
             }
         }
     }
 
-    async fn create_into(&self, resources: &mut Resources) -> Result<Created, SandboxError> {
+    async fn create_into(&self, resources: &mut Resources) -> Result<SandboxParts, SandboxError> {
         let id = new_sandbox_id();
         let (stdout, stdout_writer) = output_pipe().map_err(|e| fail("creating pipes", &e))?;
         let (stderr, stderr_writer) = output_pipe().map_err(|e| fail("creating pipes", &e))?;
@@ -188,7 +187,7 @@ impl Recipe {
             .map_err(|e| fail("connecting the network", &e))?;
         let address = SocketAddr::from((attachment.address, self.plan.port));
         resources.attachment = Some(attachment);
-        Ok(Created {
+        Ok(SandboxParts {
             id,
             pid,
             exit,
@@ -205,12 +204,15 @@ impl Recipe {
         instance: &str,
     ) -> Result<Arc<dyn Instance>, SandboxError> {
         let CreatedSandbox {
-            id,
+            parts:
+                SandboxParts {
+                    id,
+                    pid,
+                    exit,
+                    address,
+                    instance_name,
+                },
             mut resources,
-            pid,
-            exit,
-            address,
-            instance_name,
         } = sandbox;
         let _ = instance_name.set(instance.to_string());
         let mut container = resources
@@ -230,10 +232,7 @@ impl Recipe {
             Err(e) => Err(fail("starting the container", &e)),
         };
         if let Err(e) = ready {
-            if let Some(container) = resources.container.as_mut() {
-                let _ = container.kill(nix::sys::signal::Signal::SIGKILL, true);
-            }
-            resources.release().await;
+            resources.discard().await;
             return Err(e);
         }
         Ok(Arc::new(OciInstance {
@@ -246,28 +245,6 @@ impl Recipe {
             grace: self.shared.config.stop_grace,
             request_timeout: self.request_timeout,
         }))
-    }
-}
-
-/// What `create_into` made besides the resources it recorded.
-struct Created {
-    id: String,
-    pid: Pid,
-    exit: watch::Receiver<Option<String>>,
-    address: SocketAddr,
-    instance_name: Arc<OnceLock<String>>,
-}
-
-impl Created {
-    fn finish(self, resources: Resources) -> CreatedSandbox {
-        CreatedSandbox {
-            id: self.id,
-            resources,
-            pid: self.pid,
-            exit: self.exit,
-            address: self.address,
-            instance_name: self.instance_name,
-        }
     }
 }
 

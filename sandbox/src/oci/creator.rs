@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The first argument that makes the executable create one container and exit.
-pub const CREATOR_ARG: &str = "__ember-create-container";
+const CREATOR_ARG: &str = "__ember-create-container";
 
 /// Where the creator finds the container's stdout, its stderr, and the pipe for
 /// its own error message.

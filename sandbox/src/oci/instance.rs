@@ -30,6 +30,14 @@ pub(crate) struct Resources {
 }
 
 impl Resources {
+    /// Kills the container's processes at once, then releases everything.
+    pub(crate) async fn discard(mut self) {
+        if let Some(container) = self.container.as_mut() {
+            let _ = container.kill(Signal::SIGKILL, true);
+        }
+        self.release().await;
+    }
+
     /// Kills what still runs and removes cgroups, state, veth, mounts and files.
     pub(crate) async fn release(mut self) {
         if let Some(mut container) = self.container.take() {

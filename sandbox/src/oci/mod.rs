@@ -15,7 +15,7 @@ mod rootfs;
 mod seccomp;
 mod spec;
 
-pub use creator::{CREATOR_ARG, run_if_creator};
+pub use creator::run_if_creator;
 pub use network::{NetworkError, Subnet};
 
 use crate::blob_store::BlobStore;

@@ -65,21 +65,23 @@ impl PreparedContainer {
                 tokio::time::sleep(delay).await;
                 // Retired while it waited: nothing to make (a runtime stopping would
                 // otherwise wait for a sandbox only to remove it).
-                let created = if spares.state.lock().retired {
-                    Err(SandboxError::Start("retired".into()))
+                let retired = spares.state.lock().retired;
+                let created = if retired {
+                    None
                 } else {
-                    recipe.create().await
+                    Some(recipe.create().await)
                 };
                 let unwanted = {
                     let mut state = spares.state.lock();
                     match created {
-                        Ok(sandbox) if state.retired => Some(sandbox),
-                        Ok(sandbox) => {
+                        None => None,
+                        Some(Ok(sandbox)) if state.retired => Some(sandbox),
+                        Some(Ok(sandbox)) => {
                             state.ready.push(sandbox);
                             None
                         }
-                        Err(_) if state.retired => None,
-                        Err(e) => {
+                        Some(Err(_)) if state.retired => None,
+                        Some(Err(e)) => {
                             // Not retried until the next start: a cause that lasts
                             // (no address left, say) must not spin.
                             tracing::warn!(container = %recipe.name, error = %e, "preparing a sandbox failed");
