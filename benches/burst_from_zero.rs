@@ -17,7 +17,8 @@
 mod common;
 
 use bytes::Bytes;
-use ember_runtime::model::{Caller, ContainerId, ContainerPatch, ContainerStatus};
+use common::in_process;
+use ember_runtime::model::ContainerPatch;
 use ember_runtime::{Runtime, RuntimeConfig};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
@@ -115,14 +116,8 @@ async fn run(kind: &str, mut patch: ContainerPatch, rounds: usize, settings: &Se
     // (more than the machine has) so that a burst's 15 instances are all placed.
     patch.cpu = Some(1.0);
     patch.ram = Some("32Mi".parse().unwrap());
-    let id = deploy(&runtime, &caller, patch).await;
-    let ready_line = format!("ember_container_prepared_sandboxes{{container=\"{id}\"}} {prepared}");
-    let scale_to_zero = || async {
-        runtime.stop_idle_instances(&caller, id).await.unwrap();
-        while !runtime.metrics_text().lines().any(|l| l == ready_line) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    };
+    let id = in_process::deploy(&runtime, &caller, patch).await;
+    let scale_to_zero = || in_process::scale_to_zero(&runtime, &caller, id, prepared);
 
     // One cold start at a time.
     let mut single = Vec::with_capacity(SINGLE_SAMPLES);
@@ -197,23 +192,6 @@ async fn run(kind: &str, mut patch: ContainerPatch, rounds: usize, settings: &Se
         "{kind}: burst p99 / single cold start p50 = {ratio:.1} (target at most 10): {}",
         if ratio <= 10.0 { "met" } else { "NOT met" }
     );
-}
-
-async fn deploy(runtime: &Runtime, caller: &Caller, patch: ContainerPatch) -> ContainerId {
-    let id = runtime
-        .create_container(caller, patch)
-        .await
-        .unwrap()
-        .container
-        .id;
-    loop {
-        let view = runtime.get_container(caller, id).unwrap();
-        match view.container.status {
-            ContainerStatus::Deployed => return id,
-            ContainerStatus::Failed => panic!("{:?}", view.container.status_reason),
-            ContainerStatus::Deploying => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
 }
 
 async fn connect(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {

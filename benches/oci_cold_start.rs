@@ -17,7 +17,8 @@
 mod common;
 
 use bytes::Bytes;
-use ember_runtime::model::{Caller, ContainerPatch, ContainerStatus};
+use common::in_process;
+use ember_runtime::model::{Caller, ContainerPatch};
 use ember_runtime::{Runtime, RuntimeConfig};
 use http_body_util::{BodyExt, Empty};
 use std::path::{Path, PathBuf};
@@ -134,20 +135,7 @@ impl ColdStarts<'_> {
             prepared_sandboxes: Some(prepared),
             ..Default::default()
         };
-        let id = runtime
-            .create_container(caller, patch)
-            .await
-            .unwrap()
-            .container
-            .id;
-        loop {
-            let view = runtime.get_container(caller, id).unwrap();
-            match view.container.status {
-                ContainerStatus::Deployed => break,
-                ContainerStatus::Failed => panic!("{:?}", view.container.status_reason),
-                ContainerStatus::Deploying => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
+        let id = in_process::deploy(runtime, caller, patch).await;
         let stream = tokio::net::TcpStream::connect(self.ingress).await.unwrap();
         stream.set_nodelay(true).unwrap();
         let (mut sender, connection) =
@@ -155,14 +143,9 @@ impl ColdStarts<'_> {
                 .await
                 .unwrap();
         tokio::spawn(connection);
-        let ready_line =
-            format!("ember_container_prepared_sandboxes{{container=\"{id}\"}} {prepared}");
         let mut samples = Vec::with_capacity(SAMPLES);
         for _ in 0..SAMPLES + 5 {
-            runtime.stop_idle_instances(caller, id).await.unwrap();
-            while !runtime.metrics_text().lines().any(|l| l == ready_line) {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            in_process::scale_to_zero(runtime, caller, id, prepared).await;
             let request = hyper::Request::get("/")
                 .header("host", format!("{name}.ember.localhost"))
                 .body(Empty::<Bytes>::new())

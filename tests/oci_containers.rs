@@ -309,6 +309,19 @@ fn sandbox_processes(sandbox: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Updates the container's `preparedSandboxes` and waits for the new revision.
+async fn set_prepared(ember: &Ember, id: &str, count: u32) {
+    let (status, body) = ember
+        .send_json(
+            reqwest::Method::PUT,
+            &format!("/v1/containers/{id}"),
+            &json!({ "preparedSandboxes": count }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    ember.wait_deployed(id).await;
+}
+
 async fn wait_prepared(ember: &Ember, id: &str, count: f64) {
     let series = format!("ember_container_prepared_sandboxes{{container=\"{id}\"}}");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -369,15 +382,7 @@ async fn a_prepared_sandbox_takes_the_cold_start_is_replaced_and_is_released() {
     assert_eq!(sandbox_dirs(data.path()).len(), 2);
 
     // Preparation turned off: the old revision's spare goes, and starts still work.
-    let (status, body) = ember
-        .send_json(
-            reqwest::Method::PUT,
-            &format!("/v1/containers/{id}"),
-            &json!({ "preparedSandboxes": 0 }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    ember.wait_deployed(&id).await;
+    set_prepared(&ember, &id, 0).await;
     ember
         .wait_scaled_to_zero(&id, Duration::from_secs(30))
         .await;
@@ -386,15 +391,7 @@ async fn a_prepared_sandbox_takes_the_cold_start_is_replaced_and_is_released() {
     assert_eq!(sandbox_dirs(data.path()).len(), 1);
 
     // Deleting the container removes everything, prepared or not.
-    let (status, body) = ember
-        .send_json(
-            reqwest::Method::PUT,
-            &format!("/v1/containers/{id}"),
-            &json!({ "preparedSandboxes": 2 }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    ember.wait_deployed(&id).await;
+    set_prepared(&ember, &id, 2).await;
     wait_prepared(&ember, &id, 2.0).await;
     let response = ember
         .api_request(reqwest::Method::DELETE, &format!("/v1/containers/{id}"))

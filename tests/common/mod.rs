@@ -5,6 +5,7 @@
 
 pub mod component;
 pub mod fixtures;
+pub mod in_process;
 pub mod oci_image;
 pub mod registry;
 
