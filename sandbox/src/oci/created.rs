@@ -197,11 +197,14 @@ impl Recipe {
     }
 
     /// Starts the workload in `sandbox` and waits until it listens: the instance is
-    /// named `instance` from then on. A failure removes the sandbox.
+    /// named `instance` from then on. A failure removes the sandbox, and so does
+    /// `abandoned` turning true while the workload is not listening yet (the
+    /// revision was retired: its container deleted, or the runtime stopping).
     pub(crate) async fn start(
         &self,
         sandbox: CreatedSandbox,
         instance: &str,
+        abandoned: &(dyn Fn() -> bool + Sync),
     ) -> Result<Arc<dyn Instance>, SandboxError> {
         let CreatedSandbox {
             parts:
@@ -228,7 +231,10 @@ impl Recipe {
         .map_err(|e| fail("starting the container", &e))?;
         resources.container = Some(container);
         let ready = match started {
-            Ok(()) => wait_until_ready(address, &exit, self.shared.config.startup_timeout).await,
+            Ok(()) => {
+                let timeout = self.shared.config.startup_timeout;
+                wait_until_ready(address, &exit, timeout, abandoned).await
+            }
             Err(e) => Err(fail("starting the container", &e)),
         };
         if let Err(e) = ready {
@@ -285,15 +291,21 @@ fn output_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)
 const PROBE_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// Waits until the instance accepts TCP connections on its port, failing early when
-/// its process exits first.
+/// its process exits first or the start is `abandoned`.
 async fn wait_until_ready(
     address: SocketAddr,
     exit: &watch::Receiver<Option<String>>,
     timeout: Duration,
+    abandoned: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), SandboxError> {
     let began = Instant::now();
     let mut pause = Duration::from_micros(100);
     loop {
+        if abandoned() {
+            return Err(SandboxError::Start(
+                "the start was abandoned: the revision is no longer served".into(),
+            ));
+        }
         if let Some(reason) = exit.borrow().clone() {
             return Err(SandboxError::Start(format!(
                 "the container {reason} before it listened on port {}",

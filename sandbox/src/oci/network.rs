@@ -223,9 +223,15 @@ impl Network {
     }
 
     async fn wire(&self, pid: i32, attachment: &Attachment) -> Result<(), NetworkError> {
-        // The peer is born inside the instance's namespace, already named eth0.
+        // The peer is born inside the instance's namespace, already named eth0, with
+        // a MAC derived from its address: an address handed out again comes with the
+        // same MAC, so the host's neighbour entry for it stays true. With random
+        // MACs, a reused address stayed mapped to the old instance's MAC until the
+        // entry expired, and connections to the new instance went nowhere for tens
+        // of seconds.
         let peer: LinkMessage = LinkMessageBuilder::<LinkUnspec>::new()
             .name("eth0".to_string())
+            .address(mac_for(attachment.address).to_vec())
             .setns_by_pid(pid as u32)
             .build();
         let veth = LinkVeth::new(&attachment.host_veth, "unused")
@@ -318,6 +324,13 @@ fn handle_in_netns_of(pid: i32) -> Result<Handle, NetworkError> {
     Ok(handle)
 }
 
+/// A locally administered unicast MAC (`02:42:` and the four address bytes, as
+/// Docker does) for an instance's address.
+fn mac_for(address: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = address.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +355,14 @@ mod tests {
         assert_eq!(pool.take(), None);
         pool.give_back(first);
         assert_eq!(pool.take(), Some(first));
+    }
+
+    #[test]
+    fn an_address_always_gets_the_same_local_unicast_mac() {
+        let mac = mac_for(Ipv4Addr::new(10, 88, 0, 7));
+        assert_eq!(mac, [0x02, 0x42, 10, 88, 0, 7]);
+        assert_eq!(mac[0] & 0x01, 0, "unicast");
+        assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
+        assert_ne!(mac, mac_for(Ipv4Addr::new(10, 88, 0, 8)));
     }
 }

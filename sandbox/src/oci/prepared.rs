@@ -25,7 +25,7 @@ struct Spares {
     /// How many the container keeps ready.
     wanted: usize,
     state: Mutex<SpareState>,
-    /// Told whenever a creation has ended.
+    /// Told whenever a creation or a start has ended.
     settled: tokio::sync::Notify,
 }
 
@@ -34,6 +34,8 @@ struct SpareState {
     ready: Vec<CreatedSandbox>,
     /// Creations under way.
     creating: usize,
+    /// Starts under way (a spare's or a fresh sandbox's).
+    starting: usize,
     /// No instance will start from this revision any more: keep nothing ready.
     retired: bool,
 }
@@ -111,8 +113,9 @@ impl PreparedContainer {
     }
 
     async fn start_instance(&self, name: &str) -> Result<Arc<dyn Instance>, SandboxError> {
+        let _counted = StartUnderWay::begin(&self.spares);
         let started = match self.take_spare() {
-            Some(spare) => match self.recipe.start(spare, name).await {
+            Some(spare) => match self.recipe.start(spare, name, &|| self.is_retired()).await {
                 Ok(instance) => Ok(instance),
                 Err(e) => {
                     tracing::warn!(container = %self.recipe.name, error = %e, "a prepared sandbox failed to start; creating another");
@@ -127,17 +130,28 @@ impl PreparedContainer {
 
     async fn start_fresh(&self, name: &str) -> Result<Arc<dyn Instance>, SandboxError> {
         let sandbox = self.recipe.create().await?;
-        self.recipe.start(sandbox, name).await
+        self.recipe
+            .start(sandbox, name, &|| self.is_retired())
+            .await
     }
 
-    /// Waits until no creation is under way (those that end after retirement release
-    /// what they made).
-    async fn creations_ended(&self) {
+    fn is_retired(&self) -> bool {
+        self.spares.state.lock().retired
+    }
+
+    /// Waits until no creation and no start is under way: those that end after
+    /// retirement release what they made, and a start still waiting for its
+    /// workload to listen gives up and removes its sandbox.
+    async fn work_ended(&self) {
         loop {
             let settled = self.spares.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
-            if self.spares.state.lock().creating == 0 {
+            let idle = {
+                let state = self.spares.state.lock();
+                state.creating == 0 && state.starting == 0
+            };
+            if idle {
                 return;
             }
             settled.await;
@@ -164,12 +178,30 @@ impl PreparedWorkload for PreparedContainer {
         let spares = self.take_all_spares();
         Box::pin(async move {
             futures::future::join_all(spares.into_iter().map(CreatedSandbox::release)).await;
-            self.creations_ended().await;
+            self.work_ended().await;
         })
     }
 
     fn ready_sandboxes(&self) -> usize {
         self.spares.state.lock().ready.len()
+    }
+}
+
+/// Counts a start in [`SpareState::starting`] for as long as it runs, even when
+/// its future is dropped half-way.
+struct StartUnderWay<'a>(&'a Spares);
+
+impl<'a> StartUnderWay<'a> {
+    fn begin(spares: &'a Spares) -> Self {
+        spares.state.lock().starting += 1;
+        Self(spares)
+    }
+}
+
+impl Drop for StartUnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().starting -= 1;
+        self.0.settled.notify_waiters();
     }
 }
 
