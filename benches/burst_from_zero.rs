@@ -71,8 +71,10 @@ fn main() {
         let wasm = ContainerPatch::default();
         run("wasm", wasm, settings.wasm_rounds, &settings).await;
         if nix::unistd::geteuid().is_root() {
-            let registry = common::registry::Registry::start();
-            common::oci_image::push_busybox_http_image(registry.addr, "bench/httpd", "v1").await;
+            let registry = common::registry::Registry::start().unwrap();
+            common::oci_image::push_busybox_http_image(registry.addr, "bench/httpd", "v1")
+                .await
+                .unwrap();
             // Once with nothing prepared, once with the default prepared sandbox
             // (each sample and round begins once it is ready).
             for (kind, prepared) in [("oci, nothing prepared", 0), ("oci, prepared sandbox", 1)] {

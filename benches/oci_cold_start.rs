@@ -69,8 +69,10 @@ fn main() {
 /// Cold starts through the ingress, with nothing prepared and with a prepared
 /// sandbox; also returns the unpacked busybox layer.
 async fn ember_cold_starts() -> (Vec<Duration>, Vec<Duration>, PathBuf) {
-    let registry = common::registry::Registry::start();
-    common::oci_image::push_busybox_http_image(registry.addr, "bench/httpd", "v1").await;
+    let registry = common::registry::Registry::start().unwrap();
+    common::oci_image::push_busybox_http_image(registry.addr, "bench/httpd", "v1")
+        .await
+        .unwrap();
     let data = common::temp_dir();
     let mut config = RuntimeConfig::new(data.path());
     config.default_idle_timeout = Duration::from_secs(3600);

@@ -25,6 +25,9 @@ pub enum Command {
     Rm(TargetArgs),
     /// Lists a container's revisions.
     Revisions(TargetArgs),
+    /// Measures cold starts, warm latency and throughput of wasm and OCI containers,
+    /// beside crun, runc, wasmtime serve and nginx where installed.
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -134,6 +137,29 @@ pub struct DeployArgs {
     pub no_wait: bool,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Measure the runtime at this API URL instead of starting one (token from
+    /// EMBER_TOKEN or --data-dir's admin token).
+    #[arg(long)]
+    pub api: Option<String>,
+    /// Data dir of the runtime given with --api, to read its admin token from.
+    #[arg(long, env = "EMBER_DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+    /// A short run (under a minute): fewer samples, 2 s of load per case.
+    #[arg(long)]
+    pub quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Also draw each case's latency distribution as SVG to this file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// The wasmtime CLI to compare with (default: `wasmtime` on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub wasmtime: Option<PathBuf>,
 }
 
 /// `$EMBER_DATA_DIR`, else `~/.local/share/ember`, else `./.ember`.

@@ -4,6 +4,7 @@ use crate::cli::ClientArgs;
 use anyhow::{Context, bail};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
+use std::time::{Duration, Instant};
 
 pub struct ApiClient {
     http: reqwest::Client,
@@ -26,11 +27,16 @@ impl ApiClient {
                     .to_string()
             }
         };
-        Ok(Self {
+        Ok(Self::with_token(&args.api, token))
+    }
+
+    /// A client for the API at `base` that authenticates with `token`.
+    pub fn with_token(base: &str, token: String) -> Self {
+        Self {
             http: reqwest::Client::new(),
-            base: args.api.trim_end_matches('/').to_string(),
+            base: base.trim_end_matches('/').to_string(),
             token,
-        })
+        }
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -67,6 +73,55 @@ impl ApiClient {
             .await
             .context("calling the API")?;
         check(response).await.map(drop)
+    }
+
+    /// The Prometheus text at `/metrics`.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let response = self
+            .request(Method::GET, "/metrics")
+            .send()
+            .await
+            .context("calling the API")?;
+        check(response)
+            .await?
+            .text()
+            .await
+            .context("reading the metrics")
+    }
+
+    /// Polls `container` (as the API returned it) until it is no longer deploying,
+    /// for at most `limit`; passes each new status reason (pull progress) to
+    /// `progress`. Fails when the deployment failed.
+    pub async fn wait_deployed(
+        &self,
+        mut container: Value,
+        limit: Duration,
+        mut progress: impl FnMut(&str),
+    ) -> anyhow::Result<Value> {
+        let id = container["id"].as_str().unwrap_or_default().to_string();
+        let started = Instant::now();
+        let mut shown = None;
+        while container["status"] == "deploying" {
+            if started.elapsed() > limit {
+                bail!("the deployment did not finish within {limit:?}");
+            }
+            let reason = container["statusReason"].as_str().map(str::to_string);
+            if reason.is_some() && reason != shown {
+                progress(reason.as_deref().unwrap_or_default());
+                shown = reason;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            container = self.get(&format!("/v1/containers/{id}")).await?;
+        }
+        if container["status"] == "failed" {
+            bail!(
+                "the deployment failed: {}",
+                container["statusReason"]
+                    .as_str()
+                    .unwrap_or("no reason given")
+            );
+        }
+        Ok(container)
     }
 
     /// Every container, following the pages.

@@ -3,11 +3,11 @@
 use crate::cli::{ClientArgs, DeployArgs, TargetArgs};
 use crate::client::ApiClient;
 use crate::table;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long `deploy` waits for a deployment to finish.
 const DEPLOY_WAIT: Duration = Duration::from_secs(300);
@@ -75,30 +75,10 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         }
     };
     if !args.no_wait {
-        let id = container["id"].as_str().unwrap_or_default().to_string();
-        let started = Instant::now();
-        let mut shown = None;
-        while container["status"] == "deploying" {
-            if started.elapsed() > DEPLOY_WAIT {
-                bail!("the deployment did not finish within {DEPLOY_WAIT:?}");
-            }
-            // Pull progress, as the runtime reports it, on stderr.
-            let reason = container["statusReason"].as_str().map(str::to_string);
-            if reason.is_some() && reason != shown {
-                eprintln!("{}", reason.as_deref().unwrap_or_default());
-                shown = reason;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            container = client.get(&format!("/v1/containers/{id}")).await?;
-        }
-        if container["status"] == "failed" {
-            bail!(
-                "the deployment failed: {}",
-                container["statusReason"]
-                    .as_str()
-                    .unwrap_or("no reason given")
-            );
-        }
+        // Pull progress, as the runtime reports it, on stderr.
+        container = client
+            .wait_deployed(container, DEPLOY_WAIT, |reason| eprintln!("{reason}"))
+            .await?;
     }
     print_containers(&args.client, &[container]);
     Ok(())

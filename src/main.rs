@@ -1,17 +1,14 @@
 //! The `ember` command: runs the runtime (`serve`) and talks to its API.
 
-mod cli;
-mod client;
-mod commands;
-mod serve;
-mod table;
-
 use clap::Parser;
-use cli::{Cli, Command};
+use ember::cli::{Cli, Command};
+use ember::{bench, commands, serve};
 
 fn main() -> std::process::ExitCode {
     // Started again by the runtime to create one container: see ember_sandbox's creator.
     ember_sandbox::oci::run_if_creator();
+    // Started again by `ember bench` to time crun's or runc's runs.
+    bench::peers::run_if_container_runs();
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Serve(_)) {
         "info"
@@ -46,6 +43,7 @@ fn main() -> std::process::ExitCode {
             Command::Ls(args) => commands::list(args).await,
             Command::Rm(args) => commands::remove(args).await,
             Command::Revisions(args) => commands::revisions(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

@@ -5,8 +5,8 @@
 mod common;
 
 use common::oci_image::{
-    Compression, LayerBuilder, ManifestFormat, busybox_http_config, busybox_layer, http_app_layer,
-    push_busybox_http_image, push_image, push_index,
+    Compression, LayerBuilder, ManifestFormat, RawEntries, busybox_http_config, busybox_layer,
+    http_app_layer, push_busybox_http_image, push_image, push_index,
 };
 use common::{Ember, registry::Registry, temp_dir};
 use reqwest::StatusCode;
@@ -70,8 +70,10 @@ struct Setup {
 }
 
 async fn setup(extra: &[&str]) -> Setup {
-    let registry = Registry::start();
-    push_busybox_http_image(registry.addr, "apps/httpd", "v1").await;
+    let registry = Registry::start().unwrap();
+    push_busybox_http_image(registry.addr, "apps/httpd", "v1")
+        .await
+        .unwrap();
     let network = TestNetwork::new();
     let data = temp_dir();
     let ember = start(data.path(), &network, extra);
@@ -162,10 +164,13 @@ impl Traces {
 }
 
 /// The sandbox id (which names cgroups, mounts and veth) of the container's only
-/// instance.
+/// instance; also checks that its address is on the test subnet at port 8080.
 async fn only_sandbox(ember: &Ember, id: &str) -> String {
     let instances = ember.instances(id).await;
     assert_eq!(instances.len(), 1, "{instances:?}");
+    let address: std::net::SocketAddr = instances[0]["address"].as_str().unwrap().parse().unwrap();
+    assert_eq!(address.port(), 8080, "{instances:?}");
+    assert!(!address.ip().is_loopback(), "{instances:?}");
     instances[0]["sandbox_id"].as_str().unwrap().to_string()
 }
 
@@ -294,16 +299,22 @@ fn sandbox_dirs(data: &Path) -> Vec<String> {
     dirs
 }
 
-/// The processes in a sandbox's cgroup (v1 pids controller, or v2).
-fn sandbox_processes(sandbox: &str) -> Vec<u32> {
+/// The `cgroup.procs` of a sandbox's cgroup (v1 pids controller, or v2).
+fn cgroup_procs_file(sandbox: &str) -> PathBuf {
     let v1 = Path::new("/sys/fs/cgroup/pids/ember").join(sandbox);
-    let dir = if v1.exists() {
+    let dir = if Path::new("/sys/fs/cgroup/pids").exists() {
         v1
     } else {
         Path::new("/sys/fs/cgroup/ember").join(sandbox)
     };
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+    dir.join("cgroup.procs")
+}
+
+/// The processes in a sandbox's cgroup.
+fn sandbox_processes(sandbox: &str) -> Vec<u32> {
+    let file = cgroup_procs_file(sandbox);
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
         .lines()
         .map(|l| l.parse().unwrap())
         .collect()
@@ -568,7 +579,7 @@ async fn memory_pids_and_disk_limits_hold_and_the_runtime_keeps_answering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malicious_layers_and_corrupt_blobs_are_refused() {
     require_root();
-    let registry = Registry::start();
+    let registry = Registry::start().unwrap();
     let network = TestNetwork::new();
     let data = temp_dir();
     let ember = start(data.path(), &network, &[]);
@@ -588,10 +599,11 @@ async fn malicious_layers_and_corrupt_blobs_are_refused() {
             "apps/evil",
             tag,
             &busybox_http_config(),
-            &[busybox_layer(), layer],
+            &[busybox_layer().unwrap(), layer],
             ManifestFormat::Oci,
         )
-        .await;
+        .await
+        .unwrap();
         let failed = deploy_failing(
             &ember,
             json!({ "name": format!("evil-{tag}"), "image": format!("{}/apps/evil:{tag}", registry.addr) }),
@@ -616,10 +628,11 @@ async fn malicious_layers_and_corrupt_blobs_are_refused() {
         "apps/corrupt",
         "v1",
         &busybox_http_config(),
-        &[busybox_layer(), app.clone()],
+        &[busybox_layer().unwrap(), app.clone()],
         ManifestFormat::Oci,
     )
-    .await;
+    .await
+    .unwrap();
     let blob = registry.blob_file(&app.digest());
     let mut bytes = std::fs::read(&blob).unwrap();
     let last = bytes.len() - 1;
@@ -684,12 +697,14 @@ async fn wait_failed(ember: &Ember, id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn indexes_docker_manifests_and_plain_layers_are_pulled() {
     require_root();
-    let registry = Registry::start();
+    let registry = Registry::start().unwrap();
     let network = TestNetwork::new();
     let data = temp_dir();
     let ember = start(data.path(), &network, &[]);
     let layers = [
-        busybox_layer().with_compression(Compression::DockerGzip),
+        busybox_layer()
+            .unwrap()
+            .with_compression(Compression::DockerGzip),
         http_app_layer().with_compression(Compression::DockerGzip),
     ];
     push_image(
@@ -700,14 +715,15 @@ async fn indexes_docker_manifests_and_plain_layers_are_pulled() {
         &layers,
         ManifestFormat::DockerV2,
     )
-    .await;
+    .await
+    .unwrap();
     push_index(
         registry.addr,
         "apps/multi",
         "v1",
         &busybox_http_config(),
         &[
-            busybox_layer(),
+            busybox_layer().unwrap(),
             http_app_layer().with_compression(Compression::Plain),
         ],
         ManifestFormat::Oci,
@@ -764,6 +780,54 @@ async fn a_killed_runtime_leaks_nothing_and_serves_again_after_restart() {
     assert_nothing_left(data.path()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_runtime_during_a_start_leaves_nothing() {
+    require_root();
+    let Setup {
+        ember,
+        data,
+        image,
+        network: _network,
+        _registry,
+    } = setup(&[]).await;
+    // Its workload never listens, so its start waits for the startup timeout (60 s).
+    deploy(
+        &ember,
+        json!({
+            "name": "deaf", "image": image, "preparedSandboxes": 0,
+            "command": ["/bin/sleep", "3600"],
+        }),
+    )
+    .await;
+    let ingress = ember.ingress;
+    let request = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(format!("http://{ingress}/"))
+            .header("host", "deaf.ember.localhost")
+            .send()
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let sandbox = loop {
+        // The workload runs once the init has turned into `sleep`.
+        if let Some(dir) = sandbox_dirs(data.path()).pop()
+            && cgroup_procs_file(&dir).exists()
+            && sandbox_processes(&dir).iter().any(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "sleep\n")
+            })
+        {
+            break dir;
+        }
+        assert!(Instant::now() < deadline, "the start never began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let traces = Traces::of(data.path(), &sandbox);
+    drop(ember);
+    wait_gone(&traces).await;
+    assert_nothing_left(data.path()).await;
+    request.abort();
+}
+
 /// Once the runtime has stopped: no instance directory (and so no mount) is left
 /// under its data dir.
 async fn assert_nothing_left(data: &Path) {
@@ -797,8 +861,10 @@ async fn wait_gone(traces: &Traces) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_root_oci_deployments_are_refused_and_wasm_still_serves() {
     require_root();
-    let registry = Registry::start();
-    push_busybox_http_image(registry.addr, "apps/httpd", "v1").await;
+    let registry = Registry::start().unwrap();
+    push_busybox_http_image(registry.addr, "apps/httpd", "v1")
+        .await
+        .unwrap();
     let data = temp_dir();
     // The runtime runs as nobody: its data dir must be its own.
     let nobody = 65534;

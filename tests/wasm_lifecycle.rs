@@ -131,9 +131,9 @@ fn compiled_files(data_dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::t
 
 #[tokio::test]
 async fn pulls_a_wasm_artifact_from_a_real_registry() {
-    let registry = Registry::start();
+    let registry = Registry::start().unwrap();
     let wasm = fixtures::hello("pulled from a registry\n");
-    registry.push_wasm("apps/hello", "v1", &wasm).await;
+    registry.push_wasm("apps/hello", "v1", &wasm).await.unwrap();
 
     let dir = temp_dir();
     let ember = Ember::start(dir.path(), &[]);
@@ -316,5 +316,15 @@ async fn ram_caps_what_a_guest_may_grow_its_memory_to() {
     assert_eq!(
         ember.invoke("large").await,
         (StatusCode::OK, "grown\n".to_string())
+    );
+}
+
+#[test]
+fn the_shipped_hello_component_is_built_from_its_source() {
+    let built = common::component::component_from_wat(include_str!("../examples/hello/hello.wat"));
+    assert!(
+        built == ember::workloads::HELLO_COMPONENT,
+        "examples/hello/hello.wasm is stale: rebuild it with \
+         `cargo run --example wat2component -- examples/hello/hello.wat examples/hello/hello.wasm`"
     );
 }

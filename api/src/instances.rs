@@ -148,6 +148,8 @@ struct InstanceJson {
     pinned: bool,
     /// The host-level id of its sandbox (OCI: names its cgroups), once it runs.
     sandbox_id: Option<String>,
+    /// Where it listens on the node's network (`ip:port`, OCI only), once it runs.
+    address: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -174,6 +176,7 @@ impl From<InstanceInfo> for InstanceJson {
             in_flight: i.in_flight,
             pinned: i.pinned,
             sandbox_id: i.sandbox_id,
+            address: i.address.map(|a| a.to_string()),
         }
     }
 }

@@ -609,6 +609,11 @@ impl Service {
             }
             Err(e) => {
                 drop(placement);
+                if unwanted() {
+                    // Abandoned: the container was deleted, the runtime is stopping or
+                    // another revision took over. Not a failure to back off from.
+                    return Err(Arc::from(e.to_string()));
+                }
                 tracing::warn!(container = %self.id, error = %e, "instance failed to start");
                 self.record_restart(&format!("an instance failed to start: {e}"), false);
                 let reason: Arc<str> = Arc::from(e.to_string());
@@ -829,6 +834,7 @@ impl Service {
             pinned: i.pinned,
             waiting_reason: None,
             sandbox_id: i.instance.sandbox_id().map(str::to_string),
+            address: i.instance.address(),
         });
         let starting = pool.starting.iter().map(|s| InstanceInfo {
             id: s.id,
@@ -841,6 +847,7 @@ impl Service {
             pinned: s.pinned,
             waiting_reason: s.waiting_reason.clone(),
             sandbox_id: None,
+            address: None,
         });
         running.chain(starting).collect()
     }

@@ -194,4 +194,10 @@ pub trait Instance: Send + Sync {
     fn sandbox_id(&self) -> Option<&str> {
         None
     }
+
+    /// Where the instance listens on the node's network (OCI: its address on the
+    /// bridge and the container's port), for kinds reachable that way.
+    fn address(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
 }

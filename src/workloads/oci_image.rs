@@ -1,9 +1,9 @@
-//! OCI / Docker container images built in the test process (tar layers, image
-//! config, manifests, indexes) and pushed to the loopback registry of
-//! [`super::registry`], so container tests need no docker, no network and no
-//! prebuilt fixtures.
+//! OCI / Docker container images built in memory (tar layers, image config,
+//! manifests) and pushed to a registry over its HTTP API, so the tests and `ember
+//! bench` need no docker, no network and no prebuilt fixtures.
 
 use super::registry::digest;
+use anyhow::{Context, bail, ensure};
 use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 
@@ -48,10 +48,10 @@ impl Compression {
             Self::Gzip | Self::DockerGzip => {
                 let mut encoder =
                     flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                encoder.write_all(tar).unwrap();
-                encoder.finish().unwrap()
+                encoder.write_all(tar).expect("writing to memory");
+                encoder.finish().expect("writing to memory")
             }
-            Self::Zstd => zstd::encode_all(tar, 3).unwrap(),
+            Self::Zstd => zstd::encode_all(tar, 3).expect("writing to memory"),
         }
     }
 }
@@ -91,7 +91,7 @@ impl ImageLayer {
         digest(&self.tar)
     }
 
-    fn descriptor(&self) -> Value {
+    pub fn descriptor(&self) -> Value {
         json!({
             "mediaType": self.media_type,
             "digest": self.digest(),
@@ -125,7 +125,7 @@ impl LayerBuilder {
         let mut header = header(tar::EntryType::Directory, mode, 0);
         self.builder
             .append_data(&mut header, relative(path), std::io::empty())
-            .unwrap();
+            .expect("writing to memory");
         self
     }
 
@@ -133,7 +133,7 @@ impl LayerBuilder {
         let mut header = header(tar::EntryType::Regular, mode, data.len() as u64);
         self.builder
             .append_data(&mut header, relative(path), data)
-            .unwrap();
+            .expect("writing to memory");
         self
     }
 
@@ -142,7 +142,7 @@ impl LayerBuilder {
         let mut header = header(tar::EntryType::Symlink, 0o777, 0);
         self.builder
             .append_link(&mut header, relative(path), target)
-            .unwrap();
+            .expect("writing to memory");
         self
     }
 
@@ -152,7 +152,7 @@ impl LayerBuilder {
         let mut header = header(tar::EntryType::Link, 0o644, 0);
         self.builder
             .append_link(&mut header, relative(path), relative(target))
-            .unwrap();
+            .expect("writing to memory");
         self
     }
 
@@ -176,26 +176,18 @@ impl LayerBuilder {
 
     /// Appends `header` and `data` exactly as given (the checksum too).
     pub fn raw_entry(mut self, header: tar::Header, data: &[u8]) -> Self {
-        self.builder.append(&header, data).unwrap();
+        self.builder
+            .append(&header, data)
+            .expect("writing to memory");
         self
-    }
-
-    /// A regular file whose name bytes are written unchecked (e.g. `../../x`,
-    /// `/etc/x`); at most 100 bytes.
-    pub fn raw_file(self, name: &[u8], mode: u32, data: &[u8]) -> Self {
-        let header = raw_header(tar::EntryType::Regular, name, b"", mode, data.len() as u64);
-        self.raw_entry(header, data)
-    }
-
-    /// A symlink or hard link (per `entry_type`) with unchecked name and target.
-    pub fn raw_link(self, entry_type: tar::EntryType, name: &[u8], target: &[u8]) -> Self {
-        let header = raw_header(entry_type, name, target, 0o777, 0);
-        self.raw_entry(header, b"")
     }
 
     /// Finishes the tar and compresses it.
     pub fn build(self, compression: Compression) -> ImageLayer {
-        ImageLayer::new(self.builder.into_inner().unwrap(), compression)
+        ImageLayer::new(
+            self.builder.into_inner().expect("writing to memory"),
+            compression,
+        )
     }
 }
 
@@ -303,11 +295,11 @@ impl ImageConfig {
             "config": config,
             "rootfs": { "type": "layers", "diff_ids": diff_ids },
         }))
-        .unwrap()
+        .expect("JSON of strings")
     }
 }
 
-/// Which manifest schema to push (and, for [`push_index`], which list type).
+/// Which manifest schema to push (and which list type names it in an index).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ManifestFormat {
     /// OCI image manifest / OCI image index.
@@ -349,8 +341,8 @@ pub async fn push_image(
     config: &ImageConfig,
     layers: &[ImageLayer],
     format: ManifestFormat,
-) -> String {
-    let manifest = push_image_blobs(registry_addr, repository, config, layers, format).await;
+) -> anyhow::Result<String> {
+    let manifest = push_image_blobs(registry_addr, repository, config, layers, format).await?;
     put_manifest(
         registry_addr,
         repository,
@@ -361,108 +353,21 @@ pub async fn push_image(
     .await
 }
 
-/// The digests [`push_index`] pushed.
-#[derive(Clone, Debug)]
-pub struct PushedIndex {
-    /// The tagged index (or manifest list).
-    pub index: String,
-    /// The linux/amd64 image: the one the runtime must run.
-    pub amd64: String,
-    /// The linux/arm64 decoy, listed first.
-    pub arm64: String,
-}
-
-/// Pushes the image of `config` and `layers` as linux/amd64 plus an arm64
-/// decoy (an image with no executable), both by digest, then an index listing
-/// the decoy first, tagged `repository:tag`. A runtime that takes the first
-/// entry instead of matching linux/amd64 fails to start the decoy.
-pub async fn push_index(
-    registry_addr: SocketAddr,
-    repository: &str,
-    tag: &str,
-    config: &ImageConfig,
-    layers: &[ImageLayer],
-    format: ManifestFormat,
-) -> PushedIndex {
-    let amd64 = ImageConfig {
-        architecture: "amd64".into(),
-        os: "linux".into(),
-        ..config.clone()
-    };
-    let arm64 = ImageConfig {
-        architecture: "arm64".into(),
-        ..config.clone()
-    };
-    let arm64_layers = [decoy_layer(format)];
-    let mut entries = Vec::new();
-    let mut digests = Vec::new();
-    for (config, layers, variant) in [
-        (&arm64, &arm64_layers[..], Some("v8")),
-        (&amd64, layers, None),
-    ] {
-        let manifest = push_image_blobs(registry_addr, repository, config, layers, format).await;
-        let media_type = format.manifest_media_type();
-        let digest = put_manifest(registry_addr, repository, "", media_type, &manifest).await;
-        let mut platform = json!({ "architecture": config.architecture, "os": "linux" });
-        if let Some(variant) = variant {
-            platform["variant"] = json!(variant);
-        }
-        entries.push(json!({
-            "mediaType": media_type,
-            "digest": digest,
-            "size": manifest.len(),
-            "platform": platform,
-        }));
-        digests.push(digest);
-    }
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": format.index_media_type(),
-        "manifests": entries,
-    }))
-    .unwrap();
-    let index = put_manifest(
-        registry_addr,
-        repository,
-        tag,
-        format.index_media_type(),
-        &index,
-    )
-    .await;
-    PushedIndex {
-        index,
-        arm64: digests.remove(0),
-        amd64: digests.remove(0),
-    }
-}
-
-/// The arm64 entry of [`push_index`]: one text file, nothing runnable.
-fn decoy_layer(format: ManifestFormat) -> ImageLayer {
-    let compression = match format {
-        ManifestFormat::Oci => Compression::Gzip,
-        ManifestFormat::DockerV2 => Compression::DockerGzip,
-    };
-    LayerBuilder::new()
-        .dir("etc", 0o755)
-        .file("etc/arch", 0o644, b"arm64\n")
-        .build(compression)
-}
-
 /// Pushes the config and layer blobs; returns the manifest naming them.
-async fn push_image_blobs(
+pub async fn push_image_blobs(
     registry_addr: SocketAddr,
     repository: &str,
     config: &ImageConfig,
     layers: &[ImageLayer],
     format: ManifestFormat,
-) -> Vec<u8> {
+) -> anyhow::Result<Vec<u8>> {
     let config = config.to_json(layers);
-    let config_digest = push_blob(registry_addr, repository, &config).await;
+    let config_digest = push_blob(registry_addr, repository, &config).await?;
     for layer in layers {
-        push_blob(registry_addr, repository, &layer.blob).await;
+        push_blob(registry_addr, repository, &layer.blob).await?;
     }
     let layers: Vec<Value> = layers.iter().map(ImageLayer::descriptor).collect();
-    serde_json::to_vec(&json!({
+    Ok(serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": format.manifest_media_type(),
         "config": {
@@ -472,11 +377,15 @@ async fn push_image_blobs(
         },
         "layers": layers,
     }))
-    .unwrap()
+    .expect("JSON of strings"))
 }
 
 /// Monolithic blob upload (POST, then PUT with `?digest=`); returns the digest.
-pub async fn push_blob(registry_addr: SocketAddr, repository: &str, bytes: &[u8]) -> String {
+pub async fn push_blob(
+    registry_addr: SocketAddr,
+    repository: &str,
+    bytes: &[u8],
+) -> anyhow::Result<String> {
     let client = reqwest::Client::new();
     let started = client
         .post(format!(
@@ -484,13 +393,17 @@ pub async fn push_blob(registry_addr: SocketAddr, repository: &str, bytes: &[u8]
         ))
         .send()
         .await
-        .unwrap();
-    assert_eq!(
-        started.status(),
-        reqwest::StatusCode::ACCEPTED,
-        "blob upload start"
+        .context("starting a blob upload")?;
+    ensure!(
+        started.status() == reqwest::StatusCode::ACCEPTED,
+        "starting a blob upload: the registry answered {}",
+        started.status()
     );
-    let location = started.headers()["location"].to_str().unwrap();
+    let location = started
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .context("the registry gave no upload location")?;
     let location = if location.starts_with("http") {
         location.to_string()
     } else {
@@ -504,9 +417,13 @@ pub async fn push_blob(registry_addr: SocketAddr, repository: &str, bytes: &[u8]
         .body(bytes.to_vec())
         .send()
         .await
-        .unwrap();
-    assert_eq!(finished.status(), reqwest::StatusCode::CREATED, "blob push");
-    digest
+        .context("uploading a blob")?;
+    ensure!(
+        finished.status() == reqwest::StatusCode::CREATED,
+        "uploading a blob: the registry answered {}",
+        finished.status()
+    );
+    Ok(digest)
 }
 
 /// PUTs a manifest or index under `tag`, or under its own digest when `tag`
@@ -517,7 +434,7 @@ pub async fn put_manifest(
     tag: &str,
     media_type: &str,
     manifest: &[u8],
-) -> String {
+) -> anyhow::Result<String> {
     let digest = digest(manifest);
     let reference = if tag.is_empty() { digest.as_str() } else { tag };
     let response = reqwest::Client::new()
@@ -528,48 +445,26 @@ pub async fn put_manifest(
         .body(manifest.to_vec())
         .send()
         .await
-        .unwrap();
+        .context("pushing a manifest")?;
     let status = response.status();
     let stored = response
         .headers()
         .get("docker-content-digest")
-        .map(|value| value.to_str().unwrap().to_string());
-    assert!(
-        status.is_success(),
-        "manifest push: {status} {}",
-        response.text().await.unwrap()
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        bail!("pushing a manifest: the registry answered {status} {body}");
+    }
+    ensure!(
+        stored.as_deref() == Some(digest.as_str()),
+        "the registry stored the manifest as {stored:?}, not {digest}"
     );
-    assert_eq!(stored.as_deref(), Some(digest.as_str()), "stored digest");
-    digest
+    Ok(digest)
 }
 
-/// GETs a manifest with `accept`; returns status, content type and body.
-pub async fn get_manifest(
-    registry_addr: SocketAddr,
-    repository: &str,
-    reference: &str,
-    accept: &str,
-) -> (reqwest::StatusCode, String, Vec<u8>) {
-    let response = reqwest::Client::new()
-        .get(format!(
-            "http://{registry_addr}/v2/{repository}/manifests/{reference}"
-        ))
-        .header("accept", accept)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|value| value.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (
-        status,
-        content_type,
-        response.bytes().await.unwrap().to_vec(),
-    )
-}
+/// The host's static busybox, which the busybox images are made of.
+pub const BUSYBOX: &str = "/usr/bin/busybox";
 
 /// Applets linked into /bin: those the images' commands and the CGI scripts use.
 const BUSYBOX_APPLETS: &[&str] = &[
@@ -579,15 +474,16 @@ const BUSYBOX_APPLETS: &[&str] = &[
 
 /// A root filesystem from the host's static busybox: /bin/busybox with applet
 /// symlinks, the usual directories, root and nobody (65534) users. Gzip.
-pub fn busybox_layer() -> ImageLayer {
-    let busybox = std::fs::read("/usr/bin/busybox").expect("/usr/bin/busybox (busybox-static)");
+pub fn busybox_layer() -> anyhow::Result<ImageLayer> {
+    let busybox = std::fs::read(BUSYBOX)
+        .with_context(|| format!("reading {BUSYBOX} (Debian's busybox-static)"))?;
     let mut layer = LayerBuilder::new()
         .dir("bin", 0o755)
         .file("bin/busybox", 0o755, &busybox);
     for applet in BUSYBOX_APPLETS {
         layer = layer.symlink(&format!("bin/{applet}"), "/bin/busybox");
     }
-    layer
+    Ok(layer
         .dir("etc", 0o755)
         .file(
             "etc/passwd",
@@ -602,7 +498,7 @@ pub fn busybox_layer() -> ImageLayer {
         .dir("sys", 0o555)
         .dir("dev", 0o755)
         .dir("root", 0o700)
-        .build(Compression::Gzip)
+        .build(Compression::Gzip))
 }
 
 /// CGI header and blank line; CRLF because the script's output goes to the
@@ -681,13 +577,13 @@ pub async fn push_busybox_http_image(
     registry_addr: SocketAddr,
     repository: &str,
     tag: &str,
-) -> String {
+) -> anyhow::Result<String> {
     push_image(
         registry_addr,
         repository,
         tag,
         &busybox_http_config(),
-        &[busybox_layer(), http_app_layer()],
+        &[busybox_layer()?, http_app_layer()],
         ManifestFormat::Oci,
     )
     .await

@@ -1,29 +1,31 @@
 //! A real OCI registry on loopback: Debian's `docker-registry`, with a temporary
-//! storage dir, and a push of wasm artifacts through its HTTP API.
+//! storage dir, and pushes of wasm artifacts through its HTTP API.
 
+use anyhow::{Context, bail, ensure};
 use sha2::{Digest, Sha256};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+/// Where Debian's docker-registry package puts the registry.
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
 pub struct Registry {
     child: Child,
     pub addr: SocketAddr,
-    _storage: tempfile::TempDir,
+    storage: tempfile::TempDir,
 }
 
 impl Registry {
-    /// Starts a registry on a free loopback port. Fails (never skips) when the
-    /// package is missing: the README's test command installs it.
-    pub fn start() -> Self {
-        assert!(
-            std::path::Path::new(REGISTRY_BIN).exists(),
+    /// Starts a registry on a free loopback port.
+    pub fn start() -> anyhow::Result<Self> {
+        ensure!(
+            Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: install Debian's docker-registry package (scripts/test does)"
         );
-        let storage = super::temp_dir();
-        let addr = free_port();
+        let storage = tempfile::tempdir().context("creating the registry's storage dir")?;
+        let addr = free_loopback_port()?;
         let config = storage.path().join("config.yml");
         std::fs::write(
             &config,
@@ -32,34 +34,34 @@ impl Registry {
                 storage.path().join("data").display()
             ),
         )
-        .unwrap();
+        .context("writing the registry's config")?;
         let child = Command::new(REGISTRY_BIN)
             .arg("serve")
             .arg(&config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("starting docker-registry");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
+            .context("starting docker-registry")?;
+        let registry = Self {
             child,
             addr,
-            _storage: storage,
+            storage,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("docker-registry did not listen on {addr} within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(registry)
     }
 
     /// Where the registry keeps the blob `digest` (`sha256:...`) on disk, so a test
     /// can corrupt what it serves.
-    pub fn blob_file(&self, digest: &str) -> std::path::PathBuf {
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
         let hex = digest.trim_start_matches("sha256:");
-        self._storage
+        self.storage
             .path()
             .join("data/docker/registry/v2/blobs/sha256")
             .join(&hex[..2])
@@ -69,10 +71,15 @@ impl Registry {
 
     /// Pushes `wasm` as a CNCF wasm OCI artifact at `repository:tag`; returns the
     /// manifest digest.
-    pub async fn push_wasm(&self, repository: &str, tag: &str, wasm: &[u8]) -> String {
+    pub async fn push_wasm(
+        &self,
+        repository: &str,
+        tag: &str,
+        wasm: &[u8],
+    ) -> anyhow::Result<String> {
         let config = br#"{"architecture":"wasm","os":"wasip2","layerDigests":[]}"#;
-        let config_digest = self.push_blob(repository, config).await;
-        let layer_digest = self.push_blob(repository, wasm).await;
+        let config_digest = self.push_blob(repository, config).await?;
+        let layer_digest = self.push_blob(repository, wasm).await?;
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -88,27 +95,18 @@ impl Registry {
             }],
         })
         .to_string();
-        let response = reqwest::Client::new()
-            .put(format!(
-                "http://{}/v2/{repository}/manifests/{tag}",
-                self.addr
-            ))
-            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
-            .body(manifest.clone())
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "manifest push: {} {}",
-            response.status(),
-            response.text().await.unwrap()
-        );
-        digest(manifest.as_bytes())
+        super::oci_image::put_manifest(
+            self.addr,
+            repository,
+            tag,
+            super::oci_image::OCI_MANIFEST,
+            manifest.as_bytes(),
+        )
+        .await
     }
 
     /// Monolithic blob upload: POST to start, PUT with the digest to finish.
-    pub async fn push_blob(&self, repository: &str, bytes: &[u8]) -> String {
+    pub async fn push_blob(&self, repository: &str, bytes: &[u8]) -> anyhow::Result<String> {
         super::oci_image::push_blob(self.addr, repository, bytes).await
     }
 }
@@ -120,11 +118,13 @@ impl Drop for Registry {
     }
 }
 
+/// `sha256:<hex>` of `bytes`.
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+/// A loopback address with a port nobody listens on right now.
+pub fn free_loopback_port() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+    Ok(listener.local_addr()?)
 }

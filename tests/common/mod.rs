@@ -7,7 +7,8 @@ pub mod component;
 pub mod fixtures;
 pub mod in_process;
 pub mod oci_image;
-pub mod registry;
+#[allow(unused_imports)]
+pub use ember::workloads::registry;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -335,6 +335,9 @@ pub struct InstanceInfo {
     /// The host-level id of its sandbox (OCI: the libcontainer id, which names its
     /// cgroups under `ember/`), once it runs.
     pub sandbox_id: Option<String>,
+    /// Where it listens on the node's network (OCI: bridge address and port), once
+    /// it runs.
+    pub address: Option<std::net::SocketAddr>,
 }
 
 /// Roles a user can have.

@@ -176,6 +176,10 @@ impl Instance for OciInstance {
     fn sandbox_id(&self) -> Option<&str> {
         Some(&self.sandbox_id)
     }
+
+    fn address(&self) -> Option<SocketAddr> {
+        Some(self.address)
+    }
 }
 
 /// Reaps `pid` (the container's init, a child of this process) when it exits, and

@@ -1,0 +1,10 @@
+//! The `ember` command's library: its arguments, the API client and client verbs,
+//! `serve`, `ember bench`, and the workloads the benchmarks and tests deploy.
+
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod serve;
+mod table;
+pub mod workloads;
