@@ -253,7 +253,7 @@ fn aligned(rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..columns)
         .map(|i| {
             rows.iter()
-                .filter(|r| r.len() > 2 || i < 2)
+                .filter(|r| r.len() == columns || i < 2)
                 .filter_map(|r| r.get(i))
                 .map(|cell| cell.chars().count())
                 .max()
@@ -315,7 +315,16 @@ mod tests {
     #[test]
     fn the_table_shows_figures_skips_and_comparisons() {
         let table = report().table();
-        assert!(table.contains("wasm warm latency  ember"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("wasm warm latency") && l.contains("ember")),
+            "{table}"
+        );
+        assert!(
+            table.contains("n  p50"),
+            "skips do not widen columns: {table}"
+        );
         assert!(table.contains("90.0 µs"), "{table}");
         assert!(table.contains("skipped: nginx is not installed"), "{table}");
         assert!(table.contains("1.50") && table.contains("met"), "{table}");
