@@ -178,10 +178,12 @@ impl Report {
     /// Each case as a row on a log time axis: a line from the fastest to the
     /// slowest sample, a box from p50 to p90, and a tick at p99.
     pub fn svg(&self) -> String {
-        let cases: Vec<&CaseResult> = self
+        // The percentiles come from each case's summary; only the fastest sample
+        // is read from the samples.
+        let cases: Vec<(&CaseResult, &Summary)> = self
             .cases
             .iter()
-            .filter(|c| !c.samples.is_empty())
+            .filter_map(|c| Some((c, c.summary.as_ref()?)))
             .collect();
         let (label_w, plot_w, row_h, top) = (330.0, 620.0, 26.0, 40.0);
         let height = top + row_h * cases.len() as f64 + 50.0;
@@ -209,13 +211,12 @@ impl Report {
                 height - 25.0
             );
         }
-        for (i, c) in cases.iter().enumerate() {
-            let mut sorted = c.samples.clone();
-            sorted.sort_unstable();
-            let us = |q: f64| {
-                let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-                super::stats::micros(sorted[rank - 1])
-            };
+        for (i, (c, s)) in cases.iter().enumerate() {
+            let fastest = c
+                .samples
+                .iter()
+                .min()
+                .map_or(s.p50_us, |d| super::stats::micros(*d));
             let y = top + row_h * i as f64 + row_h / 2.0;
             let colour = if c.subject == "ember" {
                 "#d9480f"
@@ -231,14 +232,14 @@ impl Report {
                 y + 4.0,
                 c.case,
                 c.subject,
-                x(super::stats::micros(sorted[0])),
-                x(super::stats::micros(sorted[sorted.len() - 1])),
-                x(us(0.5)),
+                x(fastest),
+                x(s.max_us),
+                x(s.p50_us),
                 y - 6.0,
-                (x(us(0.9)) - x(us(0.5))).max(1.5),
-                x(us(0.99)),
+                (x(s.p90_us) - x(s.p50_us)).max(1.5),
+                x(s.p99_us),
                 y - 8.0,
-                x(us(0.99)),
+                x(s.p99_us),
                 y + 8.0,
             );
         }
