@@ -66,7 +66,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let api = axum::serve(api_listener, ember_api::router(runtime.clone()));
     let outcome = tokio::select! {
         result = api => result.context("the API server failed"),
-        _ = ingress => Err(anyhow::anyhow!("the ingress stopped")),
+        served = ingress => match served {
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("the ingress failed")),
+            _ => Err(anyhow::anyhow!("the ingress stopped")),
+        },
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())

@@ -3,6 +3,7 @@
 //! bounded FIFO queue while the autoscaler starts as many instances as the demand
 //! needs, in parallel; each freed slot goes to the request that waited longest.
 
+use crate::background::Background;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::model::{ContainerId, InstanceId, InstanceInfo, InstanceState, ServerId};
@@ -15,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{oneshot, watch};
-use tokio_util::task::TaskTracker;
 
 /// A revision ready to start instances from.
 pub(crate) struct ServingRevision {
@@ -147,8 +147,9 @@ pub(crate) struct Service {
     clock: Clock,
     metrics: Arc<Metrics>,
     node: Arc<NodeCapacity>,
-    /// Instance stops under way, which the runtime waits for when it shuts down.
-    stops: TaskTracker,
+    /// Where starts and stops run, whichever thread the request that set them off
+    /// came in on.
+    background: Background,
 }
 
 /// The right to send one request to one instance; released when dropped (after the
@@ -188,7 +189,7 @@ impl Service {
         clock: Clock,
         metrics: Arc<Metrics>,
         node: Arc<NodeCapacity>,
-        stops: TaskTracker,
+        background: Background,
     ) -> Arc<Self> {
         let service = Arc::new(Self {
             id,
@@ -209,7 +210,7 @@ impl Service {
             clock,
             metrics,
             node,
-            stops,
+            background,
         });
         service.touch();
         service
@@ -284,7 +285,8 @@ impl Service {
                 .serving_revision()
                 .is_none_or(|new| !Arc::ptr_eq(&new, &old))
         {
-            self.stops.spawn(async move { old.prepared.retire().await });
+            self.background
+                .spawn_stop(async move { old.prepared.retire().await });
         }
     }
 
@@ -539,7 +541,7 @@ impl Service {
             waiting_reason: None,
         });
         let service = self.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let outcome = service.run_start(id, &revision, pinned, cold).await;
             done_tx.send_replace(Some(outcome));
         });
@@ -806,7 +808,7 @@ impl Service {
         if instances.is_empty() {
             return;
         }
-        self.stops.spawn(async move {
+        self.background.spawn_stop(async move {
             futures::future::join_all(instances.iter().map(|live| async move {
                 live.instance.stop().await;
                 tracing::debug!(instance = %live.id, "instance stopped");
@@ -906,8 +908,9 @@ fn take_idle(
 
 /// Tells `service` when the instance `id` ends; stops watching once the service is gone.
 fn watch_exit(service: &Arc<Service>, id: InstanceId, mut exit: watch::Receiver<Option<String>>) {
+    let background = &service.background;
     let service = Arc::downgrade(service);
-    tokio::spawn(async move {
+    background.spawn(async move {
         let reason = exit
             .wait_for(Option::is_some)
             .await
@@ -1019,7 +1022,7 @@ mod tests {
             Clock::start(),
             Arc::default(),
             node,
-            TaskTracker::new(),
+            Background::current(),
         );
         let starts = Arc::new(AtomicUsize::new(0));
         let most_at_once = Arc::new(AtomicUsize::new(0));

@@ -39,11 +39,14 @@ pub struct RuntimeConfig {
     pub node_cpus: Option<f64>,
     /// Memory this node offers instances; `None` for the machine's.
     pub node_memory_bytes: Option<u64>,
+    /// Threads the ingress serves connections on; one per CPU by default.
+    pub ingress_threads: usize,
 }
 
 impl RuntimeConfig {
     /// Defaults for a data dir: `ember.localhost`, port 8000, 60 s idle, 30 s requests;
-    /// OCI instances on bridge `ember0` in 10.88.0.0/16, 10 s stop grace, 1 MiB of logs.
+    /// OCI instances on bridge `ember0` in 10.88.0.0/16, 10 s stop grace, 1 MiB of logs;
+    /// an ingress thread per CPU.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -62,6 +65,7 @@ impl RuntimeConfig {
             log_retention_bytes: 1 << 20,
             node_cpus: None,
             node_memory_bytes: None,
+            ingress_threads: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }

@@ -14,18 +14,29 @@ use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tracing::{Instrument, field::Empty};
 
 /// Path answered by the ingress itself, on any host, for health checks.
 pub const HEALTH_PATH: &str = "/.well-known/ember/health";
 
-/// Serves the ingress on `listener` until the task is dropped.
-pub async fn serve_ingress(runtime: Runtime, listener: TcpListener) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+/// Serves the ingress on `listener` until the future is dropped; the ingress threads
+/// end then, and their connections with them. Fails only when a thread cannot start.
+///
+/// Connections are dealt in turn to `ingress_threads` threads, each with a
+/// single-threaded executor of its own: a connection's requests, and the wasm guests
+/// that answer them, stay on one thread from the first byte to the last. On one
+/// multi-threaded executor every request woke a second worker (to steal the work
+/// back and forth), which on a small machine cost more than the request itself.
+pub async fn serve_ingress(runtime: Runtime, listener: TcpListener) -> std::io::Result<()> {
+    let threads = (0..runtime.config().ingress_threads.max(1))
+        .map(|index| IngressThread::spawn(index, runtime.clone()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut next = 0;
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(conn) => conn,
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
             Err(e) => {
                 // Out of file descriptors and the like: back off rather than spin.
                 tracing::warn!(error = %e, "ingress accept failed");
@@ -33,7 +44,56 @@ pub async fn serve_ingress(runtime: Runtime, listener: TcpListener) {
                 continue;
             }
         };
+        threads[next].hand_over(stream);
+        next = (next + 1) % threads.len();
+    }
+}
+
+/// A thread that serves the connections handed to it.
+struct IngressThread {
+    connections: mpsc::UnboundedSender<std::net::TcpStream>,
+}
+
+impl IngressThread {
+    fn spawn(index: usize, runtime: Runtime) -> std::io::Result<Self> {
+        let executor = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (connections, handed_over) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name(format!("ember-ingress-{index}"))
+            .spawn(move || executor.block_on(serve_connections(runtime, handed_over)))?;
+        Ok(Self { connections })
+    }
+
+    /// Moves `stream` from the accepting executor to this thread's.
+    fn hand_over(&self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
+        match stream.into_std() {
+            Ok(stream) => {
+                if self.connections.send(stream).is_err() {
+                    tracing::warn!("an ingress thread has ended; connection dropped");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "ingress connection could not be handed over"),
+        }
+    }
+}
+
+/// Serves each connection handed over, on the calling thread, until the ingress stops.
+async fn serve_connections(
+    runtime: Runtime,
+    mut handed_over: mpsc::UnboundedReceiver<std::net::TcpStream>,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    while let Some(stream) = handed_over.recv().await {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "ingress connection could not be registered");
+                continue;
+            }
+        };
         let runtime = runtime.clone();
         let builder = builder.clone();
         tokio::spawn(async move {

@@ -2,6 +2,7 @@
 
 use crate::activator::{Service, ServingRevision, TrafficPolicy};
 use crate::auth;
+use crate::background::Background;
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
 use crate::deploy::Deployer;
@@ -24,7 +25,6 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio_util::task::TaskTracker;
 
 /// The runtime: cheap to clone, shared by the API, the ingress and background tasks.
 #[derive(Clone)]
@@ -42,8 +42,8 @@ pub(crate) struct Inner {
     clock: Clock,
     pub(crate) server_id: ServerId,
     pub(crate) node: Arc<NodeCapacity>,
-    /// Instance stops under way; shutting down waits for them.
-    stops: TaskTracker,
+    /// The executor of starts and stops, and the stops under way.
+    background: Background,
     /// Serialises read-modify-write of container records.
     pub(crate) records: Mutex<()>,
     /// How far each deploying container's pull has come, shown as its status reason.
@@ -121,7 +121,7 @@ impl Runtime {
             inner: Arc::new(Inner {
                 server_id,
                 node,
-                stops: TaskTracker::new(),
+                background: Background::current(),
                 config,
                 store,
                 deployer,
@@ -263,8 +263,7 @@ impl Runtime {
         let services: Vec<_> = self.inner.services.read().values().cloned().collect();
         futures::future::join_all(services.iter().map(|s| s.stop_everything())).await;
         // Stops begun before (scale-downs, deleted containers) end too.
-        self.inner.stops.close();
-        self.inner.stops.wait().await;
+        self.inner.background.wait_for_stops().await;
         if let Err(e) = self.inner.store.flush().await {
             tracing::warn!(error = %e, "flushing the state store at shutdown failed");
         }
@@ -525,7 +524,7 @@ impl Runtime {
                     self.inner.clock,
                     self.inner.metrics.clone(),
                     self.inner.node.clone(),
-                    self.inner.stops.clone(),
+                    self.inner.background.clone(),
                 )
             })
             .clone();

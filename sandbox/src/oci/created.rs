@@ -244,7 +244,7 @@ impl Recipe {
         Ok(Arc::new(OciInstance {
             sandbox_id: id,
             address,
-            client: instance::client(),
+            clients: thread_local::ThreadLocal::new(),
             exit,
             resources: tokio::sync::Mutex::new(Some(resources)),
             pid,

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use thread_local::ThreadLocal;
 use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
@@ -59,7 +60,10 @@ pub(crate) struct OciInstance {
     /// Its libcontainer id, which names its cgroups and state directory.
     pub(crate) sandbox_id: String,
     pub(crate) address: SocketAddr,
-    pub(crate) client: Client<RetryingConnector, HttpBody>,
+    /// A client, with its kept-alive connections, per thread that proxies here: a
+    /// connection is driven by the executor of the thread that opened it, so each
+    /// ingress thread keeps to connections of its own.
+    pub(crate) clients: ThreadLocal<Client<RetryingConnector, HttpBody>>,
     pub(crate) exit: watch::Receiver<Option<String>>,
     pub(crate) resources: tokio::sync::Mutex<Option<Resources>>,
     pub(crate) pid: Pid,
@@ -97,7 +101,7 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 }
 
 /// A client for one instance: kept-alive HTTP/1 connections to its address.
-pub(crate) fn client() -> Client<RetryingConnector, HttpBody> {
+fn client() -> Client<RetryingConnector, HttpBody> {
     Client::builder(TokioExecutor::new()).build(RetryingConnector::new())
 }
 
@@ -117,7 +121,8 @@ impl OciInstance {
             .map_err(|e| SandboxError::Guest(format!("bad request path: {e}")))?;
         strip_hop_by_hop(&mut parts.headers);
         let request = http::Request::from_parts(parts, body);
-        let response = tokio::time::timeout(self.request_timeout, self.client.request(request))
+        let client = self.clients.get_or(client);
+        let response = tokio::time::timeout(self.request_timeout, client.request(request))
             .await
             .map_err(|_| SandboxError::Timeout(self.request_timeout))?
             .map_err(|e| SandboxError::Guest(format!("the container did not answer: {e}")))?;

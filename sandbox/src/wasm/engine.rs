@@ -12,8 +12,9 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-/// How often the epoch advances; request deadlines are counted in these ticks.
-pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the epoch advances: a running guest yields at each tick, and its
+/// deadline is checked then.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Bytes of each linear memory and table reset in place rather than decommitted.
 const KEEP_RESIDENT_BYTES: usize = 64 << 10;

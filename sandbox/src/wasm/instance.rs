@@ -1,6 +1,6 @@
 //! Prepared components and their running instances.
 
-use super::engine::{EPOCH_TICK, load_compiled, pre_instantiate};
+use super::engine::{load_compiled, pre_instantiate};
 use super::guest::GuestState;
 use crate::{
     BoxError, BoxFuture, HttpBody, Instance, PreparedWorkload, SandboxError, WorkloadSpec,
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::oneshot::error::TryRecvError;
 use wasmtime::component::Linker;
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -34,7 +34,6 @@ struct GuestSpec {
     env: Vec<(String, String)>,
     args: Vec<String>,
     memory_limit: usize,
-    deadline_ticks: u64,
     timeout: std::time::Duration,
 }
 
@@ -47,8 +46,6 @@ impl PreparedComponent {
     ) -> Self {
         let mut args = vec![spec.name.clone()];
         args.extend(spec.arguments.iter().flatten().cloned());
-        let deadline_ticks =
-            (spec.request_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         Self {
             engine,
             linker,
@@ -57,7 +54,6 @@ impl PreparedComponent {
                 env: spec.env,
                 args,
                 memory_limit: usize::try_from(spec.memory_limit_bytes).unwrap_or(usize::MAX),
-                deadline_ticks,
                 timeout: spec.request_timeout,
             }),
         }
@@ -99,8 +95,22 @@ impl WasmInstance {
             GuestState::new(&spec.env, &spec.args, spec.memory_limit),
         );
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(spec.deadline_ticks);
-        store.epoch_deadline_trap();
+        // At every epoch tick the guest yields, so that a guest that computes for long
+        // holds up no other request served by the same thread; past its deadline it
+        // is stopped. tokio's own yield puts the guest behind the thread's pending I/O
+        // as well as its other tasks, so that new requests are read meanwhile.
+        let deadline = std::time::Instant::now() + spec.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if std::time::Instant::now() < deadline {
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            } else {
+                Err(Trap::Interrupt.into())
+            }
+        });
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let guest_error = |e: wasmtime::Error| SandboxError::Guest(format!("{e:#}"));
