@@ -18,7 +18,7 @@ pub mod logs;
 mod metrics;
 pub mod model;
 mod node;
-mod routing;
+pub mod routing;
 mod runtime;
 pub mod store;
 

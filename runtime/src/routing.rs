@@ -1,27 +1,35 @@
 //! The ingress routing table: host name to container, kept in step with the store.
 
-use crate::activator::Service;
 use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::Arc;
 
-/// Maps `<name>.<domain>` to the container's service.
-#[derive(Default)]
-pub(crate) struct RoutingTable {
-    hosts: RwLock<HashMap<String, Arc<Service>>>,
+/// Maps `<name>.<domain>` to what serves it (the runtime keeps each container's
+/// service there); looked up on every ingress request.
+pub struct RoutingTable<S> {
+    hosts: RwLock<HashMap<String, S>>,
 }
 
-impl RoutingTable {
-    pub(crate) fn insert(&self, host: String, service: Arc<Service>) {
+impl<S> Default for RoutingTable<S> {
+    fn default() -> Self {
+        Self {
+            hosts: RwLock::default(),
+        }
+    }
+}
+
+impl<S: Clone> RoutingTable<S> {
+    /// Routes `host` (lower case, no port) to `service`, replacing any earlier route.
+    pub fn insert(&self, host: String, service: S) {
         self.hosts.write().insert(host, service);
     }
 
-    pub(crate) fn remove(&self, host: &str) {
+    /// Removes the route of `host`.
+    pub fn remove(&self, host: &str) {
         self.hosts.write().remove(host);
     }
 
     /// Finds the service for a `Host` header value (port and case ignored).
-    pub(crate) fn lookup(&self, host_header: &str) -> Option<Arc<Service>> {
+    pub fn lookup(&self, host_header: &str) -> Option<S> {
         let host = strip_port(host_header);
         let hosts = self.hosts.read();
         if let Some(service) = hosts.get(host) {

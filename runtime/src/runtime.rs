@@ -37,7 +37,7 @@ pub(crate) struct Inner {
     pub(crate) store: Store,
     deployer: Deployer,
     pub(crate) services: RwLock<HashMap<ContainerId, Arc<Service>>>,
-    pub(crate) routes: RoutingTable,
+    pub(crate) routes: RoutingTable<Arc<Service>>,
     pub(crate) metrics: Arc<Metrics>,
     clock: Clock,
     pub(crate) server_id: ServerId,

@@ -366,8 +366,35 @@ pub async fn push_image_blobs(
     for layer in layers {
         push_blob(registry_addr, repository, &layer.blob).await?;
     }
+    Ok(manifest(format, &config, &config_digest, layers))
+}
+
+/// Stores the config, layer blobs and manifest in `blobs`, as a pull would; returns
+/// the manifest's digest (what a revision's artifact names).
+pub fn store_image(
+    blobs: &ember_sandbox::BlobStore,
+    config: &ImageConfig,
+    layers: &[ImageLayer],
+    format: ManifestFormat,
+) -> anyhow::Result<ember_sandbox::Digest> {
+    let config = config.to_json(layers);
+    let config_digest = blobs.put(&config)?;
+    for layer in layers {
+        blobs.put(&layer.blob)?;
+    }
+    let manifest = manifest(format, &config, &config_digest.to_string(), layers);
+    Ok(blobs.put(&manifest)?)
+}
+
+/// The manifest naming `config` and `layers`.
+fn manifest(
+    format: ManifestFormat,
+    config: &[u8],
+    config_digest: &str,
+    layers: &[ImageLayer],
+) -> Vec<u8> {
     let layers: Vec<Value> = layers.iter().map(ImageLayer::descriptor).collect();
-    Ok(serde_json::to_vec(&json!({
+    serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": format.manifest_media_type(),
         "config": {
@@ -377,7 +404,7 @@ pub async fn push_image_blobs(
         },
         "layers": layers,
     }))
-    .expect("JSON of strings"))
+    .expect("JSON of strings")
 }
 
 /// Monolithic blob upload (POST, then PUT with `?digest=`); returns the digest.

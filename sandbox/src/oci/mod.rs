@@ -17,6 +17,7 @@ mod spec;
 
 pub use creator::run_if_creator;
 pub use network::{NetworkError, Subnet};
+pub use rootfs::InstanceDir;
 
 use crate::blob_store::BlobStore;
 use crate::digest::Digest;

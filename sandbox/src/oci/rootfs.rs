@@ -8,13 +8,15 @@ use std::path::{Path, PathBuf};
 /// An instance's directory: `config.json` (the bundle), `rw/` (the sized tmpfs with
 /// `upper/` and `work/`) and `rootfs/` (the overlay).
 #[derive(Debug)]
-pub(crate) struct InstanceDir {
+pub struct InstanceDir {
     dir: PathBuf,
 }
 
 impl InstanceDir {
-    /// Mounts the instance's filesystems. `lowers` are the image's layers, bottom first.
-    pub(crate) fn mount(dir: PathBuf, lowers: &[PathBuf], size: u64) -> std::io::Result<Self> {
+    /// Mounts the instance's filesystems in `dir` (created if missing): a tmpfs of
+    /// `size` bytes for the writable layer, and the overlay. `lowers` are the image's
+    /// unpacked layers, bottom first. Needs root.
+    pub fn mount(dir: PathBuf, lowers: &[PathBuf], size: u64) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         // From here on, tearing down undoes whatever part was done.
         let instance = Self { dir };
@@ -68,12 +70,13 @@ impl InstanceDir {
         &self.dir
     }
 
-    pub(crate) fn rootfs(&self) -> PathBuf {
+    /// The overlay: the instance's root filesystem.
+    pub fn rootfs(&self) -> PathBuf {
         self.dir.join("rootfs")
     }
 
     /// Unmounts and removes everything; nothing of the instance stays on disk.
-    pub(crate) fn remove(self) {
+    pub fn remove(self) {
         remove_instance_dir(&self.dir);
     }
 }
