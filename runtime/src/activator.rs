@@ -84,6 +84,8 @@ struct Starting {
     pinned: bool,
     /// Why it has not started yet (no room on the node, say).
     waiting_reason: Option<String>,
+    /// Removed through the API while it started: it stops as soon as it is up.
+    removed: bool,
 }
 
 /// Instances that ended on their own, and when the next start may happen.
@@ -539,6 +541,7 @@ impl Service {
             since: SystemTime::now(),
             pinned,
             waiting_reason: None,
+            removed: false,
         });
         let service = self.clone();
         self.background.spawn(async move {
@@ -578,6 +581,7 @@ impl Service {
         let result = revision.prepared.start(&id.to_string()).await;
         let took = began.elapsed();
         let mut pool = self.pool.lock();
+        let removed = pool.starting.iter().any(|s| s.id == id && s.removed);
         pool.starting.retain(|s| s.id != id);
         match result {
             Ok(instance) => {
@@ -596,11 +600,12 @@ impl Service {
                     pinned,
                     _placement: placement,
                 });
-                if self.is_unavailable() {
-                    // Deleted (or shutting down) while it started.
+                if self.is_unavailable() || removed {
+                    // Deleted (or shutting down, or its instances removed) while it
+                    // started.
                     drop(pool);
                     self.stop_all(vec![live]);
-                    return Err("the container was deleted while the instance started".into());
+                    return Err("the instance was removed while it started".into());
                 }
                 if let Some(exit) = exit {
                     watch_exit(self, id, exit);
@@ -761,6 +766,11 @@ impl Service {
             let mut pool = self.pool.lock();
             pool.pinned_wanted = 0;
             pool.autoscaler = Autoscaler::new();
+            // Those still starting go too, once they are up: a start cannot be cut
+            // short, and one that joined after this call would outlive the removal.
+            for start in &mut pool.starting {
+                start.removed = true;
+            }
             std::mem::take(&mut pool.instances)
         };
         futures::future::join_all(all.iter().map(|live| live.instance.stop())).await;
@@ -1075,6 +1085,30 @@ mod tests {
         assert_eq!(service.instances()[0].in_flight, 50);
         drop(leases);
         assert_eq!(service.instances()[0].in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn instances_removed_while_they_start_stop_once_up() {
+        let (service, starts) = service(Settings::default());
+        let waiting = acquire_many(&service, 1);
+        while service.instances().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(service.instances()[0].state, InstanceState::Starting);
+        service.remove_all_instances().await;
+        // The start (50 ms) ends, and its instance goes instead of joining.
+        for _ in 0..400 {
+            if service.instances().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(service.instances().is_empty(), "{:?}", service.instances());
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        assert_eq!(service.instance_count(), 0);
+        for request in waiting {
+            request.abort();
+        }
     }
 
     #[tokio::test]

@@ -117,8 +117,8 @@ impl Target {
     pub async fn scale_to_zero(&self, container: &Deployed, prepared: u32) -> anyhow::Result<()> {
         let instances = format!("/v1/containers/{}/instances", container.id);
         self.client.delete(&instances).await?;
-        let mut deleted = Instant::now();
-        let deadline = deleted + Duration::from_secs(60);
+        // Instances still starting (after a burst, say) stop once they are up.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let listed = self.client.get(&instances).await?;
             if listed["data"].as_array().is_some_and(Vec::is_empty) {
@@ -126,12 +126,6 @@ impl Target {
             }
             if Instant::now() > deadline {
                 bail!("{} did not scale to zero within 60 s", container.id);
-            }
-            // Instances still starting when the DELETE came (after a burst, say)
-            // are not stopped by it: they join once started, and go with the next.
-            if deleted.elapsed() > Duration::from_millis(200) {
-                self.client.delete(&instances).await?;
-                deleted = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
