@@ -86,9 +86,11 @@ impl Connection {
         })
     }
 
-    /// Whether the server has closed it (a peer that answers HTTP/1.0 style).
-    pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
+    /// Waits until the connection can take another request; false when the server
+    /// closes it instead (after a `Connection: close`, or nginx's
+    /// `keepalive_requests`).
+    pub async fn is_reusable(&mut self) -> bool {
+        self.sender.ready().await.is_ok()
     }
 
     /// One GET, timed from send to the last body byte; anything but 200 is an error.
@@ -141,9 +143,13 @@ struct Reconnecting {
 
 impl Reconnecting {
     async fn get(&mut self) -> anyhow::Result<Duration> {
-        let mut connection = match self.connection.take() {
-            Some(c) if !c.is_closed() => c,
-            _ => Connection::open(&self.endpoint).await?,
+        let reused = match self.connection.take() {
+            Some(mut connection) => connection.is_reusable().await.then_some(connection),
+            None => None,
+        };
+        let mut connection = match reused {
+            Some(connection) => connection,
+            None => Connection::open(&self.endpoint).await?,
         };
         let took = connection.get().await?;
         self.connection = Some(connection);

@@ -218,7 +218,7 @@ impl Bench {
         let mut samples = Vec::with_capacity(count);
         for _ in 0..count {
             self.target.scale_to_zero(container, prepared).await?;
-            if connection.is_closed() {
+            if !connection.is_reusable().await {
                 connection = Connection::open(&endpoint).await?;
             }
             samples.push(connection.get().await?);
