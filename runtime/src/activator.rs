@@ -761,7 +761,7 @@ impl Service {
 
     /// Stops every instance and forgets the pinned ones; the autoscaler starts what
     /// the traffic and `minInstances` need again. Returns when all have stopped.
-    pub(crate) async fn remove_all_instances(&self) -> usize {
+    pub(crate) async fn remove_all_instances(&self, stopped: impl Fn() + Sync) -> usize {
         let all = {
             let mut pool = self.pool.lock();
             pool.pinned_wanted = 0;
@@ -773,7 +773,11 @@ impl Service {
             }
             std::mem::take(&mut pool.instances)
         };
-        futures::future::join_all(all.iter().map(|live| live.instance.stop())).await;
+        futures::future::join_all(all.iter().map(|live| async {
+            live.instance.stop().await;
+            stopped();
+        }))
+        .await;
         all.len()
     }
 
@@ -1095,7 +1099,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         assert_eq!(service.instances()[0].state, InstanceState::Starting);
-        service.remove_all_instances().await;
+        service.remove_all_instances(|| {}).await;
         // The start (50 ms) ends, and its instance goes instead of joining.
         for _ in 0..400 {
             if service.instances().is_empty() {
@@ -1252,7 +1256,7 @@ mod tests {
         service.remove_instance(instances[0].id).await.unwrap();
         service.reconcile();
         assert_eq!(service.instances().len(), 1);
-        assert_eq!(service.remove_all_instances().await, 1);
+        assert_eq!(service.remove_all_instances(|| {}).await, 1);
         service.reconcile();
         assert!(service.instances().is_empty());
     }

@@ -9,8 +9,14 @@ use crate::model::{
     ServerId,
 };
 use crate::runtime::Runtime;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+/// How long a finished job stays for clients to poll; older ones are removed when
+/// the runtime starts and whenever a job is created.
+pub(crate) const FINISHED_JOB_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl Runtime {
     /// One instance of a container.
@@ -75,7 +81,10 @@ impl Runtime {
             self.finish_job(job.id, Some("the container stopped serving".into()));
             return Ok(job);
         };
-        self.spawn_job(job.id, async move { wait_for_starts(outcomes).await });
+        let progress = self.job_progress(job.id);
+        self.spawn_job(job.id, async move {
+            wait_for_starts(outcomes, || progress.step()).await
+        });
         Ok(job)
     }
 
@@ -96,8 +105,9 @@ impl Runtime {
             (service, job)
         };
         self.inner().store.flush().await?;
+        let progress = self.job_progress(job.id);
         self.spawn_job(job.id, async move {
-            service.remove_all_instances().await;
+            service.remove_all_instances(|| progress.step()).await;
             Ok(())
         });
         Ok(job)
@@ -199,9 +209,19 @@ impl Runtime {
         action: JobAction,
         steps: u32,
     ) -> Result<Job, RuntimeError> {
-        let job = Job::new(action, id, caller.user_id, steps, SystemTime::now());
+        let now = SystemTime::now();
+        self.remove_old_jobs(now)?;
+        let job = Job::new(action, id, caller.user_id, steps, now);
         self.inner().store.save_job(&job)?;
         Ok(job)
+    }
+
+    /// Removes the jobs that finished more than [`FINISHED_JOB_RETENTION`] ago.
+    pub(crate) fn remove_old_jobs(&self, now: SystemTime) -> Result<(), RuntimeError> {
+        if let Some(cutoff) = now.checked_sub(FINISHED_JOB_RETENTION) {
+            self.inner().store.remove_jobs_finished_before(cutoff)?;
+        }
+        Ok(())
     }
 
     /// Runs `work` as job `id`: running now, completed or failed when it ends.
@@ -219,6 +239,14 @@ impl Runtime {
                 tracing::warn!(job = %id, error = %e, "flushing a finished job failed");
             }
         });
+    }
+
+    /// Counts job `id`'s steps as they are done, for clients that poll it.
+    fn job_progress(&self, id: JobId) -> JobProgress {
+        JobProgress {
+            runtime: self.clone(),
+            id,
+        }
     }
 
     fn finish_job(&self, id: JobId, error: Option<String>) {
@@ -249,17 +277,44 @@ impl Runtime {
     }
 }
 
-/// Waits for every start; the errors of those that failed.
-async fn wait_for_starts(outcomes: Vec<StartOutcome>) -> Result<(), Vec<String>> {
-    let mut errors = Vec::new();
-    for mut outcome in outcomes {
-        match outcome.wait_for(Option::is_some).await {
-            Ok(result) => {
-                if let Some(Err(reason)) = &*result {
-                    errors.push(reason.to_string());
-                }
+/// A job's step counter.
+struct JobProgress {
+    runtime: Runtime,
+    id: JobId,
+}
+
+impl JobProgress {
+    /// One more step is done (never more than the job has).
+    fn step(&self) {
+        self.runtime.update_job(self.id, |job| {
+            job.steps_done = (job.steps_done + 1).min(job.steps_total);
+        });
+    }
+}
+
+/// Waits for every start, calling `started` as each one succeeds, in the order
+/// they end; the errors of those that failed.
+async fn wait_for_starts(
+    outcomes: Vec<StartOutcome>,
+    started: impl Fn(),
+) -> Result<(), Vec<String>> {
+    let mut ends: FuturesUnordered<_> = outcomes
+        .into_iter()
+        .map(|mut outcome| async move {
+            match outcome.wait_for(Option::is_some).await {
+                Ok(result) => match &*result {
+                    Some(Err(reason)) => Err(reason.to_string()),
+                    _ => Ok(()),
+                },
+                Err(_) => Err("the start was abandoned".to_string()),
             }
-            Err(_) => errors.push("the start was abandoned".into()),
+        })
+        .collect();
+    let mut errors = Vec::new();
+    while let Some(end) = ends.next().await {
+        match end {
+            Ok(()) => started(),
+            Err(error) => errors.push(error),
         }
     }
     if errors.is_empty() {
@@ -273,5 +328,32 @@ fn instance_not_found(id: InstanceId) -> RuntimeError {
     RuntimeError::NotFound {
         what: "instance",
         id: id.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::watch;
+
+    #[tokio::test]
+    async fn starts_are_counted_as_each_one_ends() {
+        let (senders, outcomes): (Vec<_>, Vec<_>) = (0..3).map(|_| watch::channel(None)).unzip();
+        let started = Arc::new(AtomicUsize::new(0));
+        let counted = started.clone();
+        let waiting = tokio::spawn(wait_for_starts(outcomes, move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }));
+        // The last start ends first, and is counted before the others end.
+        senders[2].send_replace(Some(Ok(())));
+        while started.load(Ordering::SeqCst) < 1 {
+            tokio::task::yield_now().await;
+        }
+        senders[0].send_replace(Some(Err(Arc::from("no room"))));
+        senders[1].send_replace(Some(Ok(())));
+        let errors = waiting.await.unwrap().unwrap_err();
+        assert_eq!(errors, vec!["no room".to_string()]);
+        assert_eq!(started.load(Ordering::SeqCst), 2);
     }
 }

@@ -136,6 +136,7 @@ impl Runtime {
         };
         runtime.set_reclaimer();
         runtime.finish_interrupted_jobs()?;
+        runtime.remove_old_jobs(SystemTime::now())?;
         for container in runtime.inner.store.containers()? {
             runtime.register(&container);
             let number = container

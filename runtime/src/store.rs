@@ -274,6 +274,21 @@ impl Store {
         self.jobs.iter().values().map(|v| decode(&v?)).collect()
     }
 
+    /// Removes the jobs that finished before `cutoff`; returns how many.
+    pub fn remove_jobs_finished_before(
+        &self,
+        cutoff: std::time::SystemTime,
+    ) -> Result<usize, RuntimeError> {
+        let mut removed = 0;
+        for job in self.jobs()? {
+            if job.is_finished() && job.date_updated < cutoff {
+                self.jobs.remove(job.id.as_bytes())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Stores a token under the hash of its secret.
     pub fn insert_token(
         &self,
@@ -312,8 +327,41 @@ fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ContainerPatch;
-    use std::time::SystemTime;
+    use crate::model::{ContainerPatch, JobAction, JobState};
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn only_jobs_finished_before_the_cutoff_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let day_ago = SystemTime::now() - Duration::from_secs(86_400);
+        let job = |state, updated| {
+            let mut job = Job::new(
+                JobAction::DeleteInstances,
+                ContainerId::generate(),
+                UserId::generate(),
+                1,
+                updated,
+            );
+            job.state = state;
+            store.save_job(&job).unwrap();
+            job.id
+        };
+        let old_done = job(JobState::Completed, day_ago);
+        let old_failed = job(JobState::Error, day_ago);
+        let old_running = job(JobState::Running, day_ago);
+        let new_done = job(JobState::Completed, SystemTime::now());
+        let cutoff = SystemTime::now() - Duration::from_secs(3_600);
+        assert_eq!(store.remove_jobs_finished_before(cutoff).unwrap(), 2);
+        for (id, kept) in [
+            (old_done, false),
+            (old_failed, false),
+            (old_running, true),
+            (new_done, true),
+        ] {
+            assert_eq!(store.job(id).unwrap().is_some(), kept, "{id}");
+        }
+    }
 
     fn container(name: &str) -> (Container, Revision) {
         let spec = ContainerPatch {
