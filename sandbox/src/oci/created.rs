@@ -62,7 +62,7 @@ impl CreatedSandbox {
 
     /// Kills the waiting init and removes everything the sandbox holds.
     pub(crate) async fn release(self) {
-        self.resources.discard().await;
+        self.resources.discard_after_exit(&self.parts.exit).await;
     }
 }
 
@@ -238,7 +238,7 @@ impl Recipe {
             Err(e) => Err(fail("starting the container", &e)),
         };
         if let Err(e) = ready {
-            resources.discard().await;
+            resources.discard_after_exit(&exit).await;
             return Err(e);
         }
         Ok(Arc::new(OciInstance {

@@ -39,6 +39,18 @@ impl Resources {
         self.release().await;
     }
 
+    /// Kills the container's processes at once and, once its init has been reaped
+    /// (`exit` says so; 10 s at most), releases everything. Removing the cgroups of a
+    /// container whose processes have not yet gone fails, and would leave them.
+    pub(crate) async fn discard_after_exit(mut self, exit: &watch::Receiver<Option<String>>) {
+        if let Some(container) = self.container.as_mut() {
+            let _ = container.kill(Signal::SIGKILL, true);
+        }
+        let mut exit = exit.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(10), exit.wait_for(Option::is_some)).await;
+        self.release().await;
+    }
+
     /// Kills what still runs and removes cgroups, state, veth, mounts and files.
     pub(crate) async fn release(mut self) {
         if let Some(mut container) = self.container.take() {
