@@ -27,8 +27,8 @@ pub const HEALTH_PATH: &str = "/.well-known/ember/health";
 /// Connections are dealt in turn to `ingress_threads` threads, each with a
 /// single-threaded executor of its own: a connection's requests, and the wasm guests
 /// that answer them, stay on one thread from the first byte to the last. On one
-/// multi-threaded executor every request woke a second worker (to steal the work
-/// back and forth), which on a small machine cost more than the request itself.
+/// multi-threaded executor a request often woke a second worker and moved between
+/// threads, wake-ups that a warm wasm request, tens of microseconds, feels.
 pub async fn serve_ingress(runtime: Runtime, listener: TcpListener) -> std::io::Result<()> {
     let threads = (0..runtime.config().ingress_threads.max(1))
         .map(|index| IngressThread::spawn(index, runtime.clone()))
