@@ -5,6 +5,7 @@
 mod load;
 pub mod peers;
 mod report;
+mod servers;
 mod stats;
 mod target;
 

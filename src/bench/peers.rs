@@ -4,6 +4,7 @@
 //! container instance Ember's ingress proxies to.
 
 use super::load::Endpoint;
+use super::servers::spawn_tied_to_bench;
 use anyhow::{Context, bail, ensure};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -275,16 +276,17 @@ impl PeerServer {
         let file = dir.path().join("component.wasm");
         std::fs::write(&file, component)?;
         let addr = crate::workloads::registry::free_loopback_port()?;
-        let child = Command::new(wasmtime)
-            .arg("serve")
-            .arg("--addr")
-            .arg(addr.to_string())
-            .arg(&file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", wasmtime.display()))?;
+        let child = spawn_tied_to_bench(
+            Command::new(wasmtime)
+                .arg("serve")
+                .arg("--addr")
+                .arg(addr.to_string())
+                .arg(&file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .with_context(|| format!("starting {}", wasmtime.display()))?;
         Self::listening(child, addr, dir)
     }
 
@@ -305,17 +307,18 @@ impl PeerServer {
         );
         let file = dir.path().join("nginx.conf");
         std::fs::write(&file, config)?;
-        let child = Command::new(nginx)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&file)
-            .args(["-e", "stderr"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", nginx.display()))?;
+        let child = spawn_tied_to_bench(
+            Command::new(nginx)
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&file)
+                .args(["-e", "stderr"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .with_context(|| format!("starting {}", nginx.display()))?;
         Self::listening(child, addr, dir)
     }
 

@@ -32,7 +32,8 @@ impl Target {
     /// Starts `ember serve` (this executable) on free loopback ports.
     pub fn start_own() -> anyhow::Result<Self> {
         let data_dir = tempfile::tempdir().context("creating a data dir")?;
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut command = Command::new(std::env::current_exe()?);
+        command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir.path())
@@ -41,9 +42,9 @@ impl Target {
             .args(["--idle-timeout", "3600", "--stop-grace", "0"])
             .env("EMBER_LOG", "error")
             .env_remove("EMBER_ADMIN_TOKEN")
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting ember serve")?;
+            .stdout(Stdio::piped());
+        let mut child =
+            super::servers::spawn_tied_to_bench(&mut command).context("starting ember serve")?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
         let api = loop {
