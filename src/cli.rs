@@ -25,6 +25,9 @@ pub enum Command {
     Rm(TargetArgs),
     /// Lists a container's revisions.
     Revisions(TargetArgs),
+    /// Mints, lists and revokes API tokens (needs an ADMIN token).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Measures cold starts, warm latency and throughput of wasm and OCI containers,
     /// beside crun, runc, wasmtime serve and nginx where installed.
     Bench(BenchArgs),
@@ -87,6 +90,42 @@ pub struct ClientArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Mints a token for a user and prints its secret (shown this once).
+    Create(TokenCreateArgs),
+    /// Lists tokens (never their secrets).
+    Ls(ClientArgs),
+    /// Revokes a token by id.
+    Rm(TokenTargetArgs),
+}
+
+#[derive(Args)]
+pub struct TokenCreateArgs {
+    /// The user the token authenticates (made on first use of the name).
+    #[arg(long)]
+    pub user: String,
+    /// ADMIN or USER.
+    #[arg(long, default_value = "USER")]
+    pub role: String,
+    /// A scope to grant (repeatable; all of them when none is given).
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// A capability to grant (repeatable; all of them when none is given).
+    #[arg(long = "capability")]
+    pub capabilities: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args)]
+pub struct TokenTargetArgs {
+    /// Token id.
+    pub id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Args)]

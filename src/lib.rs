@@ -7,4 +7,5 @@ pub mod client;
 pub mod commands;
 pub mod serve;
 mod table;
+pub mod token_commands;
 pub mod workloads;

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use ember::cli::{Cli, Command};
-use ember::{bench, commands, serve};
+use ember::{bench, commands, serve, token_commands};
 
 fn main() -> std::process::ExitCode {
     // Started again by the runtime to create one container: see ember_sandbox's creator.
@@ -43,6 +43,7 @@ fn main() -> std::process::ExitCode {
             Command::Ls(args) => commands::list(args).await,
             Command::Rm(args) => commands::remove(args).await,
             Command::Revisions(args) => commands::revisions(args).await,
+            Command::Token(command) => token_commands::run(command).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

@@ -91,3 +91,62 @@ fn client_errors_are_clear() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no EMBER_TOKEN set"), "{stderr}");
 }
+
+#[tokio::test]
+async fn tokens_are_minted_listed_and_revoked_from_the_cli() {
+    let dir = temp_dir();
+    let ember = Ember::start(&dir.path().join("data"), &[]);
+    let minted = ember_cli(
+        &ember,
+        &[
+            "token",
+            "create",
+            "--user",
+            "alice",
+            "--capability",
+            "containers-view",
+        ],
+    );
+    let secret = stdout(&minted).trim().to_string();
+    assert!(secret.starts_with("ember_"), "{secret}");
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout(&ember_cli(&ember, &["token", "ls", "--json"]))).unwrap();
+    let alice = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["user"] == "alice")
+        .expect("alice's token is listed")
+        .clone();
+    assert_eq!(alice["role"], "USER");
+    assert_eq!(
+        alice["capabilities"],
+        serde_json::json!(["containers-view"])
+    );
+    let table = stdout(&ember_cli(&ember, &["token", "ls"]));
+    assert!(
+        table.starts_with("ID") && table.contains("alice"),
+        "{table}"
+    );
+
+    // Her token works for the client verbs, then not once revoked.
+    let as_alice = || {
+        Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["ls", "--json"])
+            .env("EMBER_API", format!("http://{}", ember.api))
+            .env("EMBER_TOKEN", &secret)
+            .output()
+            .unwrap()
+    };
+    assert!(as_alice().status.success());
+    let id = alice["id"].as_str().unwrap();
+    assert!(stdout(&ember_cli(&ember, &["token", "rm", id])).contains("revoked"));
+    let refused = as_alice();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("401") || stderr.contains("revoked"),
+        "{stderr}"
+    );
+}

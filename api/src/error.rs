@@ -64,6 +64,12 @@ impl From<RuntimeError> for ApiError {
         match e {
             RuntimeError::InvalidField { field, message } => Self::invalid_field(field, message),
             RuntimeError::NotFound { .. } => Self::not_found(e.to_string()),
+            RuntimeError::Forbidden(_) => {
+                Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+            }
+            RuntimeError::Conflict { code, .. } => {
+                Self::new(StatusCode::CONFLICT, code, e.to_string())
+            }
             RuntimeError::NameTaken(_) => {
                 Self::new(StatusCode::CONFLICT, "name_taken", e.to_string())
             }

@@ -5,13 +5,13 @@ use crate::auth::Authenticated;
 use crate::containers::{container_id, rfc3339};
 use crate::error::ApiError;
 use crate::jobs::JobJson;
-use crate::json::StrictJson;
+use crate::json::StrictJsonList;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use ember_runtime::Runtime;
-use ember_runtime::model::{InstanceId, InstanceInfo, InstanceState, ServerId};
+use ember_runtime::model::{Capability, InstanceId, InstanceInfo, InstanceState, ServerId};
 use serde::{Deserialize, Serialize};
 
 pub(crate) fn routes() -> Router<Runtime> {
@@ -31,6 +31,7 @@ async fn list(
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<DataEnvelope<Vec<InstanceJson>>>, ApiError> {
+    caller.require_capability(Capability::ContainersView)?;
     let instances = runtime.list_instances(&caller, container_id(&id)?)?;
     Ok(Json(DataEnvelope {
         data: instances.into_iter().map(InstanceJson::from).collect(),
@@ -42,6 +43,7 @@ async fn get_one(
     Authenticated(caller): Authenticated,
     Path((id, instance)): Path<(String, String)>,
 ) -> Result<Json<DataEnvelope<InstanceJson>>, ApiError> {
+    caller.require_capability(Capability::ContainersView)?;
     let info = runtime.get_instance(&caller, container_id(&id)?, instance_id(&instance)?)?;
     Ok(Json(DataEnvelope {
         data: InstanceJson::from(info),
@@ -63,8 +65,9 @@ async fn create(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
-    StrictJson(body): StrictJson<Vec<NewInstances>>,
+    StrictJsonList(body): StrictJsonList<NewInstances>,
 ) -> Result<(StatusCode, Json<DataEnvelope<JobJson>>), ApiError> {
+    caller.require_capability(Capability::ContainersUpdate)?;
     let id = container_id(&id)?;
     if body.is_empty() {
         return Err(ApiError::new(
@@ -99,6 +102,7 @@ async fn delete_all(
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<DataEnvelope<JobJson>>), ApiError> {
+    caller.require_capability(Capability::ContainersUpdate)?;
     let job = runtime
         .delete_instances(&caller, container_id(&id)?)
         .await?;
@@ -110,6 +114,7 @@ async fn delete_one(
     Authenticated(caller): Authenticated,
     Path((id, instance)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<DataEnvelope<JobJson>>), ApiError> {
+    caller.require_capability(Capability::ContainersUpdate)?;
     let job = runtime
         .delete_instance(&caller, container_id(&id)?, instance_id(&instance)?)
         .await?;

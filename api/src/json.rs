@@ -10,8 +10,11 @@ use serde::de::DeserializeOwned;
 /// Largest JSON body accepted.
 pub(crate) const MAX_JSON_BYTES: usize = 1 << 20;
 
-/// A JSON body deserialized strictly into `T`.
+/// A JSON object body deserialized strictly into `T`.
 pub(crate) struct StrictJson<T>(pub(crate) T);
+
+/// A JSON array body deserialized strictly into a list of `T`.
+pub(crate) struct StrictJsonList<T>(pub(crate) Vec<T>);
 
 /// Reads a whole body, refusing more than `limit` bytes with a 413.
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
@@ -34,25 +37,52 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        let is_json = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(';')
-                    .next()
-                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-            });
-        if !is_json {
+        let bytes = json_body(req).await?;
+        // serde fills a struct from an array too, field by field in order: a body of
+        // `["alice"]` would pass for `{"user": "alice"}`.
+        if first_token(&bytes) == Some(b'[') {
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as Content-Type: application/json",
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "the body must be a JSON object, not an array",
             ));
         }
-        let bytes = read_body(req.into_body(), MAX_JSON_BYTES).await?;
         parse(&bytes).map(StrictJson)
     }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJsonList<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let bytes = json_body(req).await?;
+        parse(&bytes).map(StrictJsonList)
+    }
+}
+
+/// The body of a request that must say it is JSON.
+async fn json_body(req: Request) -> Result<axum::body::Bytes, ApiError> {
+    let is_json = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    read_body(req.into_body(), MAX_JSON_BYTES).await
+}
+
+fn first_token(bytes: &[u8]) -> Option<u8> {
+    bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
 /// Deserializes `bytes`, naming the field at fault when one is.

@@ -15,6 +15,7 @@ mod json;
 mod logs;
 mod pagination;
 mod servers;
+mod tokens;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -32,6 +33,7 @@ pub fn router(runtime: Runtime) -> Router {
         .merge(servers::routes())
         .merge(logs::routes())
         .merge(blobs::routes())
+        .merge(tokens::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read by our own extractors, which answer 413 in JSON.

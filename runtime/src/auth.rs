@@ -1,8 +1,11 @@
-//! API tokens: minted at random, stored only as a hash, looked up by that hash.
+//! API tokens: minted at random, stored only as a hash, looked up by that hash, and
+//! revoked by removing that record.
 
 use crate::error::RuntimeError;
-use crate::model::{Caller, Role, TokenId, UserId};
-use crate::store::{Store, TokenRecord};
+use crate::model::{
+    Caller, Capabilities, NewToken, Role, Scopes, Token, TokenId, UserId, UserName,
+};
+use crate::store::Store;
 use sha2::{Digest as _, Sha256};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,29 +25,69 @@ fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// Who a bearer secret belongs to, if anyone. Lookup is by hash, so comparing
-/// secrets never leaks how much of one matched.
+/// Who a bearer secret belongs to, if anyone. Lookup is by the secret's SHA-256, so
+/// the time a lookup takes depends on the hash, never on how much of a stored secret
+/// a guess matched.
 pub fn authenticate(store: &Store, secret: &str) -> Result<Option<Caller>, RuntimeError> {
     Ok(store.token(&hash(secret))?.map(|t| Caller {
         user_id: t.user_id,
         role: t.role,
+        scopes: t.scopes,
+        capabilities: t.capabilities,
     }))
 }
 
-/// Stores the token unless it is already stored, so a restart keeps its id.
-fn register(store: &Store, secret: &str, user_id: UserId, role: Role) -> Result<(), RuntimeError> {
+/// Mints a token for `request.user` (made on first use of the name); returns the
+/// stored token and its secret, which is shown this once and never kept.
+pub fn mint(store: &Store, request: NewToken) -> Result<(Token, String), RuntimeError> {
+    let user_id = if request.user == UserName::admin() {
+        store.admin_user_id()?
+    } else {
+        store.user_id(&request.user, UserId::generate)?
+    };
+    let secret = generate_secret();
+    let token = Token {
+        id: TokenId::generate(),
+        user_id,
+        user: request.user,
+        role: request.role,
+        scopes: request.scopes,
+        capabilities: request.capabilities,
+        created: Some(std::time::SystemTime::now()),
+        bootstrap: false,
+    };
+    store.insert_token(&hash(&secret), &token)?;
+    Ok((token, secret))
+}
+
+/// Stores the bootstrap admin token unless it is already stored, so a restart keeps
+/// its id.
+fn register(store: &Store, secret: &str, user_id: UserId) -> Result<(), RuntimeError> {
     let hash = hash(secret);
-    if store.token(&hash)?.is_some() {
-        return Ok(());
+    match store.token(&hash)? {
+        Some(token) if token.bootstrap => Ok(()),
+        // Stored before tokens recorded this.
+        Some(token) => store.insert_token(
+            &hash,
+            &Token {
+                bootstrap: true,
+                ..token
+            },
+        ),
+        None => store.insert_token(
+            &hash,
+            &Token {
+                id: TokenId::generate(),
+                user_id,
+                user: UserName::admin(),
+                role: Role::Admin,
+                scopes: Scopes::all(),
+                capabilities: Capabilities::all(),
+                created: Some(std::time::SystemTime::now()),
+                bootstrap: true,
+            },
+        ),
     }
-    store.insert_token(
-        &hash,
-        &TokenRecord {
-            id: TokenId::generate(),
-            user_id,
-            role,
-        },
-    )
 }
 
 /// Makes sure an admin token exists. With `from_env` (`EMBER_ADMIN_TOKEN`) that token is
@@ -64,18 +107,18 @@ pub fn bootstrap_admin(
                 "must be at least 16 characters",
             ));
         }
-        register(store, secret, admin, Role::Admin)?;
+        register(store, secret, admin)?;
         return Ok(None);
     }
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     if path.exists() {
         let secret = std::fs::read_to_string(&path)
             .map_err(RuntimeError::io(format!("reading {}", path.display())))?;
-        register(store, secret.trim(), admin, Role::Admin)?;
+        register(store, secret.trim(), admin)?;
         return Ok(None);
     }
     let secret = generate_secret();
-    register(store, &secret, admin, Role::Admin)?;
+    register(store, &secret, admin)?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -19,6 +19,17 @@ pub enum RuntimeError {
         /// Its id as given.
         id: String,
     },
+    /// The caller is known but their role, scopes or capabilities do not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request conflicts with the state of what it names.
+    #[error("{message}")]
+    Conflict {
+        /// A stable code for clients.
+        code: &'static str,
+        /// What conflicts.
+        message: String,
+    },
     /// Another container already has this name (and so this URL).
     #[error("name `{0}` is already used by another container")]
     NameTaken(String),

@@ -21,6 +21,7 @@ mod node;
 pub mod routing;
 mod runtime;
 pub mod store;
+mod tokens;
 
 pub use config::RuntimeConfig;
 pub use error::RuntimeError;

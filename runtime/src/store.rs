@@ -2,12 +2,13 @@
 //!
 //! Trees: `meta` (schema version, server id, admin user), `containers`
 //! (id -> container), `names` (name -> id), `revisions` (id ++ number -> revision),
-//! `tokens` (sha256 of the secret -> token), `jobs` (id -> job). Values are JSON. Every write is
+//! `tokens` (sha256 of the secret -> token), `users` (name -> user id), `jobs` (id -> job). Values are JSON. Every write is
 //! flushed to disk before the command that made it returns.
 
 use crate::error::RuntimeError;
 use crate::model::{
-    Container, ContainerId, ContainerName, Job, JobId, Revision, Role, ServerId, TokenId, UserId,
+    Container, ContainerId, ContainerName, Job, JobId, Revision, ServerId, Token, TokenId, UserId,
+    UserName,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use sled::Transactional;
@@ -21,18 +22,6 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 const SERVER_ID_KEY: &[u8] = b"server_id";
 const ADMIN_USER_KEY: &[u8] = b"admin_user_id";
 
-/// A stored API token (the secret itself is never stored).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenRecord {
-    /// The token's id.
-    pub id: TokenId,
-    /// Whose it is.
-    pub user_id: UserId,
-    /// What it may do.
-    pub role: Role,
-}
-
 /// The runtime's state store.
 #[derive(Clone)]
 pub struct Store {
@@ -42,6 +31,7 @@ pub struct Store {
     names: sled::Tree,
     revisions: sled::Tree,
     tokens: sled::Tree,
+    users: sled::Tree,
     jobs: sled::Tree,
 }
 
@@ -55,6 +45,7 @@ impl Store {
             names: db.open_tree("names")?,
             revisions: db.open_tree("revisions")?,
             tokens: db.open_tree("tokens")?,
+            users: db.open_tree("users")?,
             jobs: db.open_tree("jobs")?,
             db,
         };
@@ -290,21 +281,58 @@ impl Store {
     }
 
     /// Stores a token under the hash of its secret.
-    pub fn insert_token(
-        &self,
-        secret_hash: &[u8],
-        token: &TokenRecord,
-    ) -> Result<(), RuntimeError> {
+    pub fn insert_token(&self, secret_hash: &[u8], token: &Token) -> Result<(), RuntimeError> {
         self.tokens.insert(secret_hash, encode(token)?)?;
         Ok(())
     }
 
     /// Looks a token up by the hash of its secret.
-    pub fn token(&self, secret_hash: &[u8]) -> Result<Option<TokenRecord>, RuntimeError> {
+    pub fn token(&self, secret_hash: &[u8]) -> Result<Option<Token>, RuntimeError> {
         self.tokens
             .get(secret_hash)?
             .map(|v| decode(&v))
             .transpose()
+    }
+
+    /// Every token, in no particular order.
+    pub fn tokens(&self) -> Result<Vec<Token>, RuntimeError> {
+        self.tokens.iter().values().map(|v| decode(&v?)).collect()
+    }
+
+    /// Removes the token with `id`; returns it, or `None` when there was none.
+    /// Tokens are keyed by their secret's hash, so this scans them: there are few.
+    pub fn remove_token(&self, id: TokenId) -> Result<Option<Token>, RuntimeError> {
+        for entry in self.tokens.iter() {
+            let (hash, raw) = entry?;
+            let token: Token = decode(&raw)?;
+            if token.id == id {
+                self.tokens.remove(hash)?;
+                return Ok(Some(token));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The id of the user called `name`, made with `generate` the first time.
+    pub fn user_id(
+        &self,
+        name: &UserName,
+        generate: impl FnOnce() -> UserId,
+    ) -> Result<UserId, RuntimeError> {
+        let new = generate();
+        let previous = self.users.compare_and_swap(
+            name.as_str().as_bytes(),
+            None as Option<&[u8]>,
+            Some(encode(&new)?),
+        )?;
+        match previous {
+            Ok(()) => Ok(new),
+            Err(existing) => decode(
+                &existing
+                    .current
+                    .expect("compare_and_swap failed on a value"),
+            ),
+        }
     }
 }
 
@@ -422,5 +450,46 @@ mod tests {
             Store::open(dir.path()),
             Err(RuntimeError::SchemaTooNew { .. })
         ));
+    }
+
+    #[test]
+    fn tokens_are_listed_and_removed_by_id_and_users_keep_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let alice: UserName = "alice".parse().unwrap();
+        let id = store.user_id(&alice, UserId::generate).unwrap();
+        assert_eq!(store.user_id(&alice, UserId::generate).unwrap(), id);
+        let bob = store
+            .user_id(&"bob".parse().unwrap(), UserId::generate)
+            .unwrap();
+        assert_ne!(bob, id);
+        let token = |user_id| Token {
+            id: TokenId::generate(),
+            user_id,
+            user: alice.clone(),
+            role: crate::model::Role::User,
+            scopes: crate::model::Scopes::all(),
+            capabilities: crate::model::Capabilities::none(),
+            created: Some(SystemTime::now()),
+            bootstrap: false,
+        };
+        let (first, second) = (token(id), token(id));
+        store.insert_token(b"hash-1", &first).unwrap();
+        store.insert_token(b"hash-2", &second).unwrap();
+        assert_eq!(store.tokens().unwrap().len(), 2);
+        assert_eq!(store.remove_token(first.id).unwrap(), Some(first.clone()));
+        assert_eq!(store.remove_token(first.id).unwrap(), None);
+        assert!(store.token(b"hash-1").unwrap().is_none());
+        assert_eq!(store.token(b"hash-2").unwrap(), Some(second));
+    }
+
+    #[test]
+    fn tokens_stored_by_schema_1_hold_every_grant() {
+        let raw = br#"{"id":"6d1c3f0a-6a3c-4b8e-9d55-2b0c4f5e7a10","userId":"5cf37266-3473-4006-984f-9325122678b7","role":"ADMIN"}"#;
+        let token: Token = decode(raw).unwrap();
+        assert_eq!(token.user, UserName::admin());
+        assert_eq!(token.scopes, crate::model::Scopes::all());
+        assert_eq!(token.capabilities, crate::model::Capabilities::all());
+        assert!(!token.bootstrap && token.created.is_none());
     }
 }

@@ -145,6 +145,27 @@ impl Ember {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// A request with another bearer token (`None`: with none at all); the body is
+    /// sent as JSON when given.
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, self.api_url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// Uploads a component and returns its `sha256:` digest.
     pub async fn upload(&self, wasm: &[u8]) -> String {
         let response = self

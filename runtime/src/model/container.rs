@@ -1,5 +1,6 @@
 //! Containers (deployed services), their immutable revisions, and instances.
 
+use super::access::{Capabilities, Capability, Grant, Scope, Scopes};
 use super::{ContainerId, ContainerName, InstanceId, Quantity, ServerId, UserId};
 use crate::error::RuntimeError;
 use std::collections::BTreeMap;
@@ -350,19 +351,68 @@ pub enum Role {
     User,
 }
 
-/// Who is making a request, once authenticated.
+/// Who is making a request, once authenticated, and what their token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
     /// The user.
     pub user_id: UserId,
     /// Their role.
     pub role: Role,
+    /// The token's scopes (documents 000 and 001).
+    pub scopes: Scopes,
+    /// The token's capabilities (document 004).
+    pub capabilities: Capabilities,
 }
 
 impl Caller {
+    /// A caller whose token holds every scope and capability.
+    pub fn with_all_grants(user_id: UserId, role: Role) -> Self {
+        Self {
+            user_id,
+            role,
+            scopes: Scopes::all(),
+            capabilities: Capabilities::all(),
+        }
+    }
+
     /// Whether the caller may see and change `container`.
     pub fn can_access(&self, container: &Container) -> bool {
         self.role == Role::Admin || container.created_by == self.user_id
+    }
+
+    /// Refuses a caller whose token lacks `capability`.
+    pub fn require_capability(&self, capability: Capability) -> Result<(), RuntimeError> {
+        if self.capabilities.contains(capability) {
+            Ok(())
+        } else {
+            Err(RuntimeError::Forbidden(format!(
+                "this token lacks the `{}` capability",
+                capability.name()
+            )))
+        }
+    }
+
+    /// Refuses a caller whose token lacks `scope`.
+    pub fn require_scope(&self, scope: Scope) -> Result<(), RuntimeError> {
+        if self.scopes.contains(scope) {
+            Ok(())
+        } else {
+            Err(RuntimeError::Forbidden(format!(
+                "this token lacks the `{}` scope",
+                scope.name()
+            )))
+        }
+    }
+
+    /// Refuses a caller without the ADMIN role.
+    pub fn require_admin(&self, what: &str) -> Result<(), RuntimeError> {
+        if self.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(RuntimeError::Forbidden(format!(
+                "{what} needs the ADMIN role"
+            )))
+        }
     }
 }
 

@@ -1,11 +1,18 @@
-//! Ember's domain model: containers, their revisions and instances, jobs, and users.
+//! Ember's domain model: containers, their revisions and instances, jobs, users and
+//! their tokens.
 
+mod access;
 mod container;
 mod ids;
 mod job;
 mod name;
 mod quantity;
+mod token;
 
+pub use access::{
+    Capabilities, Capability, Grant, GrantSet, InvalidUserName, Scope, Scopes, UnknownGrant,
+    UserName,
+};
 pub use container::{
     Caller, Container, ContainerPatch, ContainerSpec, ContainerStatus, InstanceInfo, InstanceState,
     Page, PageRequest, Revision, Role,
@@ -16,3 +23,4 @@ pub use ids::{ContainerId, InstanceId, InvalidId, JobId, ServerId, TokenId, User
 pub use job::{Job, JobAction, JobState};
 pub use name::{ContainerName, InvalidName};
 pub use quantity::{InvalidQuantity, Quantity};
+pub use token::{NewToken, Token};

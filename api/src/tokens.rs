@@ -1,0 +1,136 @@
+//! `/v1/tokens`: minting, listing and revoking API tokens (ADMIN role only).
+
+use crate::auth::Authenticated;
+use crate::containers::rfc3339;
+use crate::error::ApiError;
+use crate::json::StrictJson;
+use crate::pagination::{ListEnvelope, page_request};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use ember_runtime::Runtime;
+use ember_runtime::model::{Capabilities, NewToken, Role, Scopes, Token, TokenId, UserName};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+pub(crate) fn routes() -> Router<Runtime> {
+    Router::new()
+        .route("/v1/tokens", get(list).post(create))
+        .route("/v1/tokens/{id}", get(show).delete(revoke))
+}
+
+/// POST's body. Scopes and capabilities default to all of them, the role to USER.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    user: UserName,
+    #[serde(default = "user_role")]
+    role: Role,
+    #[serde(default = "Scopes::all")]
+    scopes: Scopes,
+    #[serde(default = "Capabilities::all")]
+    capabilities: Capabilities,
+}
+
+fn user_role() -> Role {
+    Role::User
+}
+
+/// What POST answers: the secret is shown here and never again.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MintedJson {
+    id: String,
+    token: String,
+    user_id: String,
+}
+
+/// A token as listed: everything but its secret, which is not kept.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenJson {
+    id: String,
+    user_id: String,
+    user: String,
+    role: Role,
+    scopes: Scopes,
+    capabilities: Capabilities,
+    created: Option<String>,
+    bootstrap: bool,
+}
+
+impl From<Token> for TokenJson {
+    fn from(t: Token) -> Self {
+        Self {
+            id: t.id.to_string(),
+            user_id: t.user_id.to_string(),
+            user: t.user.to_string(),
+            role: t.role,
+            scopes: t.scopes,
+            capabilities: t.capabilities,
+            created: t.created.map(rfc3339),
+            bootstrap: t.bootstrap,
+        }
+    }
+}
+
+async fn create(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    StrictJson(body): StrictJson<TokenRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let request = NewToken {
+        user: body.user,
+        role: body.role,
+        scopes: body.scopes,
+        capabilities: body.capabilities,
+    };
+    let (token, secret) = runtime.create_token(&caller, request).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(MintedJson {
+            id: token.id.to_string(),
+            token: secret,
+            user_id: token.user_id.to_string(),
+        }),
+    ))
+}
+
+async fn list(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let page = page_request(&query)?;
+    let tokens = runtime.list_tokens(&caller)?;
+    Ok(Json(ListEnvelope::from_page(
+        page.slice(tokens),
+        TokenJson::from,
+    )))
+}
+
+async fn show(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(TokenJson::from(
+        runtime.get_token(&caller, token_id(&id)?)?,
+    )))
+}
+
+async fn revoke(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    runtime.revoke_token(&caller, token_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn token_id(raw: &str) -> Result<TokenId, ApiError> {
+    raw.parse()
+        .map_err(|e: ember_runtime::model::InvalidId| ApiError::invalid_field("id", e.to_string()))
+}
