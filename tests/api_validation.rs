@@ -304,3 +304,31 @@ async fn the_documented_shapes_and_pagination() {
 fn uuid_like() -> &'static str {
     "5cf37266-3473-4006-984f-9325122678b7"
 }
+
+#[tokio::test]
+async fn gpu_models_list_the_documented_catalogue() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    let (status, list) = ember.get_json("/v1/gpu-models").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["total"], 25);
+    assert_eq!(list["page"], 1);
+    assert_eq!(list["rowsPerPage"], 100);
+    assert_eq!(
+        list["items"][0],
+        json!({ "code": "h100", "name": "Nvidia h100" })
+    );
+    assert_eq!(
+        list["items"][24],
+        json!({ "code": "1080ti", "name": "Nvidia gtx-1080-ti" })
+    );
+    let (_, last_page) = ember.get_json("/v1/gpu-models?rowsPerPage=10&page=3").await;
+    assert_eq!(last_page["items"].as_array().unwrap().len(), 5);
+    let (status, error) = ember.get_json("/v1/gpu-models?rowsPerPage=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["field"], "rowsPerPage");
+    let (status, _) = ember
+        .call_as(None, Method::GET, "/v1/gpu-models", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -229,10 +229,11 @@ async fn runs_an_image_and_passes_command_arguments_and_env() {
         .as_str()
         .unwrap()
         .to_string();
+    // A closed range (period_end) is answered and ends.
     let logs = ember
         .api_request(
             reqwest::Method::GET,
-            &format!("/v1/containers/{custom}/logs"),
+            &format!("/v1/containers/{custom}/logs?period_end=9999999999"),
         )
         .send()
         .await
@@ -243,6 +244,46 @@ async fn runs_an_image_and_passes_command_arguments_and_env() {
     let instances = ember.instances(&custom).await;
     let instance = instances[0]["id"].as_str().unwrap();
     assert!(text.contains(instance), "{text}");
+
+    // An open one replays the recent lines, then follows: a line the container
+    // writes while the client reads arrives on the same stream.
+    let mut follow = ember
+        .api_request(
+            reqwest::Method::GET,
+            &format!("/v1/containers/{custom}/logs"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow.status(), StatusCode::OK);
+    assert_eq!(follow.headers()["content-type"], "text/event-stream");
+    let mut streamed = String::new();
+    let mut read_until = async |needle: &str, streamed: &mut String| {
+        while !streamed.contains(needle) {
+            let chunk = tokio::time::timeout(Duration::from_secs(30), follow.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no `{needle}` within 30 s: {streamed}"))
+                .unwrap()
+                .expect("the stream ended");
+            streamed.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    read_until("started-from-the-container", &mut streamed).await;
+    assert!(!streamed.contains("logged while-following"));
+    assert_eq!(
+        get(&ember, "custom", "/cgi-bin/log?while-following").await,
+        (StatusCode::OK, "ok\n".to_string())
+    );
+    read_until("logged while-following", &mut streamed).await;
+    let event = streamed
+        .lines()
+        .find(|l| l.contains("logged while-following"))
+        .unwrap();
+    let event: serde_json::Value =
+        serde_json::from_str(event.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(event["stream"], "stdout");
+    assert_eq!(event["instance"], instance);
+
     assert!(ember.metric("ember_cold_starts_total{kind=\"oci\"}").await >= 2.0);
     drop(ember);
     assert_nothing_left(data.path()).await;

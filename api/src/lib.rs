@@ -9,6 +9,7 @@ mod auth;
 mod blobs;
 mod containers;
 pub mod error;
+mod gpu_models;
 mod instances;
 mod jobs;
 mod json;
@@ -34,6 +35,7 @@ pub fn router(runtime: Runtime) -> Router {
         .merge(logs::routes())
         .merge(blobs::routes())
         .merge(tokens::routes())
+        .merge(gpu_models::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read by our own extractors, which answer 413 in JSON.

@@ -1,17 +1,28 @@
-//! `GET /v1/containers/{id}/logs`: the container's recent output as an event stream
-//! (document 002), one event per line, each a JSON object.
+//! `GET /v1/containers/{id}/logs`: the container's output as an event stream
+//! (document 002), one event per line, each a JSON object: the recent lines, then
+//! each new line as it is written, until the client leaves or the container is
+//! deleted. With `period_end` the stream ends after the range instead.
 
 use crate::auth::Authenticated;
 use crate::containers::{container_id, rfc3339};
 use crate::error::ApiError;
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use ember_runtime::Runtime;
+use ember_runtime::logs::LogEntry;
+use futures::StreamExt;
 use serde::Deserialize;
+use std::convert::Infallible;
 use std::time::{Duration, SystemTime};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+/// How often a quiet stream sends a comment, so that proxies keep it open and a
+/// client that has gone is noticed.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub(crate) fn routes() -> Router<Runtime> {
     Router::new().route("/v1/containers/{id}/logs", get(logs))
@@ -49,25 +60,53 @@ async fn logs(
         period.period_start.as_deref(),
         now - Duration::from_secs(24 * 3600),
     )?;
-    let until = seconds("period_end", period.period_end.as_deref(), now)?;
+    let id = container_id(&id)?;
+    let event_stream = [
+        (header::CONTENT_TYPE, "text/event-stream"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    let Some(end) = period.period_end.as_deref() else {
+        let (recent, follower) = runtime.follow_logs(&caller, id, since)?;
+        let replay = futures::stream::iter(recent.iter().map(event).collect::<Vec<_>>());
+        let body = replay.chain(follow(follower)).map(Ok::<_, Infallible>);
+        return Ok((event_stream, Body::from_stream(body)));
+    };
+    let until = seconds("period_end", Some(end), now)?;
     if since > until {
         return Err(ApiError::invalid_field(
             "period_start",
             "must not be after period_end",
         ));
     }
-    let entries = runtime.read_logs(&caller, container_id(&id)?, since, until)?;
-    let mut body = String::new();
-    for entry in entries {
-        let event = serde_json::json!({
-            "timestamp": rfc3339(entry.time),
-            "instance": entry.instance,
-            "stream": entry.stream,
-            "line": entry.line,
-        });
-        body.push_str("data: ");
-        body.push_str(&event.to_string());
-        body.push_str("\n\n");
-    }
-    Ok(([(header::CONTENT_TYPE, "text/event-stream")], body))
+    let entries = runtime.read_logs(&caller, id, since, until)?;
+    let body: Vec<u8> = entries.iter().flat_map(|e| event(e).to_vec()).collect();
+    Ok((event_stream, Body::from(body)))
+}
+
+/// One line as an event.
+fn event(entry: &LogEntry) -> Bytes {
+    let data = serde_json::json!({
+        "timestamp": rfc3339(entry.time),
+        "instance": entry.instance,
+        "stream": entry.stream,
+        "line": entry.line,
+    });
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+/// Each line as it is written, a keep-alive comment after each quiet spell, and a
+/// comment saying how many lines a slow client missed.
+fn follow(follower: broadcast::Receiver<LogEntry>) -> impl futures::Stream<Item = Bytes> {
+    futures::stream::unfold(follower, |mut follower| async move {
+        let bytes = match tokio::time::timeout(KEEP_ALIVE, follower.recv()).await {
+            Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+            Ok(Ok(entry)) => event(&entry),
+            Ok(Err(RecvError::Lagged(missed))) => Bytes::from(format!(
+                ": {missed} lines skipped (the client read too slowly)\n\n"
+            )),
+            // The container was deleted.
+            Ok(Err(RecvError::Closed)) => return None,
+        };
+        Some((bytes, follower))
+    })
 }

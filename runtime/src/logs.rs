@@ -1,5 +1,6 @@
 //! The log store: what containers' instances write, kept per container in memory,
-//! oldest lines dropped first once a container's lines pass the retention size.
+//! oldest lines dropped first once a container's lines pass the retention size, and
+//! handed to followers as they come.
 
 use crate::model::ContainerId;
 use ember_sandbox::{LogSink, LogStream};
@@ -7,6 +8,10 @@ use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
+use tokio::sync::broadcast;
+
+/// Lines a follower may fall behind by before it misses some.
+const FOLLOWER_BACKLOG: usize = 1024;
 
 /// One line of output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +37,9 @@ impl LogEntry {
 struct ContainerLog {
     entries: VecDeque<LogEntry>,
     bytes: usize,
+    /// Made when the first follower comes; dropped with the container's log, which
+    /// ends every follow.
+    followers: Option<broadcast::Sender<LogEntry>>,
 }
 
 /// Every container's recent output.
@@ -53,6 +61,11 @@ impl LogStore {
     pub fn append(&self, container: ContainerId, entry: LogEntry) {
         let mut logs = self.logs.lock();
         let log = logs.entry(container).or_default();
+        if let Some(followers) = &log.followers
+            && followers.receiver_count() > 0
+        {
+            let _ = followers.send(entry.clone());
+        }
         log.bytes += entry.size();
         log.entries.push_back(entry);
         while log.bytes > self.retention_bytes {
@@ -80,6 +93,28 @@ impl LogStore {
                     .cloned()
                     .collect()
             })
+    }
+
+    /// The container's lines written since `since`, oldest first, and a receiver of
+    /// every line written after them: taken under one lock, so no line is missed or
+    /// repeated between the two.
+    pub fn follow(
+        &self,
+        container: ContainerId,
+        since: SystemTime,
+    ) -> (Vec<LogEntry>, broadcast::Receiver<LogEntry>) {
+        let mut logs = self.logs.lock();
+        let log = logs.entry(container).or_default();
+        let recent = log
+            .entries
+            .iter()
+            .filter(|e| e.time >= since)
+            .cloned()
+            .collect();
+        let followers = log
+            .followers
+            .get_or_insert_with(|| broadcast::channel(FOLLOWER_BACKLOG).0);
+        (recent, followers.subscribe())
     }
 
     /// Forgets a deleted container's output.
@@ -157,5 +192,27 @@ mod tests {
         assert_eq!(lines[0].stream, LogStream::Stderr);
         store.remove(a);
         assert_eq!(store.read(a, SystemTime::UNIX_EPOCH, later), []);
+    }
+
+    #[test]
+    fn followers_get_the_recent_lines_then_each_new_one_until_the_container_goes() {
+        let store = LogStore::new(1 << 20);
+        let (a, b) = (ContainerId::generate(), ContainerId::generate());
+        store.append(a, entry("before"));
+        let (recent, mut follower) = store.follow(a, SystemTime::UNIX_EPOCH);
+        assert_eq!(recent.len(), 1);
+        assert_eq!(recent[0].line, "before");
+        store.append(b, entry("elsewhere"));
+        store.append(a, entry("after"));
+        assert_eq!(follower.try_recv().unwrap().line, "after");
+        assert!(matches!(
+            follower.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ));
+        store.remove(a);
+        assert!(matches!(
+            follower.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
     }
 }

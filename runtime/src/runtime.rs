@@ -258,6 +258,18 @@ impl Runtime {
         Ok(self.inner.logs.read(id, since, until))
     }
 
+    /// The container's lines since `since`, then a receiver of each new line, until
+    /// the container is deleted.
+    pub fn follow_logs(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        since: SystemTime,
+    ) -> Result<(Vec<LogEntry>, tokio::sync::broadcast::Receiver<LogEntry>), RuntimeError> {
+        self.accessible(caller, id)?;
+        Ok(self.inner.logs.follow(id, since))
+    }
+
     /// Stops every instance of every container and waits for them to go, so that a
     /// runtime that exits leaves no container behind.
     pub async fn shut_down(&self) {

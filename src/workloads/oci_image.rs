@@ -545,7 +545,9 @@ fn numeric_query(default: u32) -> String {
 /// - `args`: /proc/1/cmdline with NULs as spaces, then a newline;
 /// - `hog`: buffers 1000 MB (or `?N` MB) of /dev/zero in `tail`, then `survived`;
 /// - `forkbomb`: starts up to 1000 background `sleep 30`, then `started <n>`;
-/// - `write`: dd of 200 MB (or `?N` MB) to /tmp/big, dd's report, then `rc=<status>`.
+/// - `write`: dd of 200 MB (or `?N` MB) to /tmp/big, dd's report, then `rc=<status>`;
+/// - `log`: writes `logged <query string>` to the container's stdout (pid 1's), then
+///   `ok`.
 pub fn http_app_layer() -> ImageLayer {
     let script = |body: &str| format!("{CGI_HEADER}{body}");
     let env = script("env\n");
@@ -573,6 +575,7 @@ pub fn http_app_layer() -> ImageLayer {
         "{}dd if=/dev/zero of=/tmp/big bs=1M count=\"$n\" 2>&1\necho rc=$?\n",
         numeric_query(200)
     ));
+    let log = script("echo \"logged $QUERY_STRING\" > /proc/1/fd/1\necho ok\n");
     LayerBuilder::new()
         .dir("www", 0o755)
         .file("www/index.html", 0o644, b"hello from busybox httpd\n")
@@ -582,6 +585,7 @@ pub fn http_app_layer() -> ImageLayer {
         .file("www/cgi-bin/hog", 0o755, hog.as_bytes())
         .file("www/cgi-bin/forkbomb", 0o755, forkbomb.as_bytes())
         .file("www/cgi-bin/write", 0o755, write.as_bytes())
+        .file("www/cgi-bin/log", 0o755, log.as_bytes())
         .build(Compression::Zstd)
 }
 

@@ -3,6 +3,7 @@
 
 mod access;
 mod container;
+mod gpu;
 mod ids;
 mod job;
 mod name;
@@ -19,6 +20,7 @@ pub use container::{
 };
 /// Nodes (servers) and the resources they offer, from the scheduler.
 pub use ember_scheduler::placement::{Node, Resources};
+pub use gpu::{GPU_MODELS, GpuModel};
 pub use ids::{ContainerId, InstanceId, InvalidId, JobId, ServerId, TokenId, UserId};
 pub use job::{Job, JobAction, JobState};
 pub use name::{ContainerName, InvalidName};
