@@ -126,10 +126,15 @@ impl ApiClient {
 
     /// Every container, following the pages.
     pub async fn all_containers(&self) -> anyhow::Result<Vec<Value>> {
+        self.all_items("/v1/containers").await
+    }
+
+    /// Every item of a paged /v1 list at `path`, following the pages.
+    pub async fn all_items(&self, path: &str) -> anyhow::Result<Vec<Value>> {
         let mut all = Vec::new();
         for page in 1.. {
             let body = self
-                .get(&format!("/v1/containers?page={page}&rowsPerPage=100"))
+                .get(&format!("{path}?page={page}&rowsPerPage=100"))
                 .await?;
             let items = body["items"].as_array().cloned().unwrap_or_default();
             let total = body["total"].as_u64().unwrap_or(0) as usize;

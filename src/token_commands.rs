@@ -42,18 +42,7 @@ async fn create(args: TokenCreateArgs) -> anyhow::Result<()> {
 
 async fn list(args: ClientArgs) -> anyhow::Result<()> {
     let client = ApiClient::new(&args)?;
-    let mut tokens = Vec::new();
-    for page in 1.. {
-        let body = client
-            .get(&format!("/v1/tokens?rowsPerPage=100&page={page}"))
-            .await?;
-        let items = body["items"].as_array().cloned().unwrap_or_default();
-        let done = items.len() < 100;
-        tokens.extend(items);
-        if done {
-            break;
-        }
-    }
+    let tokens = client.all_items("/v1/tokens").await?;
     if args.json {
         println!("{}", Value::Array(tokens));
         return Ok(());

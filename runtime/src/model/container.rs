@@ -1,6 +1,6 @@
 //! Containers (deployed services), their immutable revisions, and instances.
 
-use super::access::{Capabilities, Capability, Grant, Scope, Scopes};
+use super::access::{Capabilities, Capability, Grant, GrantSet, Scope, Scopes};
 use super::{ContainerId, ContainerName, InstanceId, Quantity, ServerId, UserId};
 use crate::error::RuntimeError;
 use std::collections::BTreeMap;
@@ -365,16 +365,6 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// A caller whose token holds every scope and capability.
-    pub fn with_all_grants(user_id: UserId, role: Role) -> Self {
-        Self {
-            user_id,
-            role,
-            scopes: Scopes::all(),
-            capabilities: Capabilities::all(),
-        }
-    }
-
     /// Whether the caller may see and change `container`.
     pub fn can_access(&self, container: &Container) -> bool {
         self.role == Role::Admin || container.created_by == self.user_id
@@ -382,26 +372,12 @@ impl Caller {
 
     /// Refuses a caller whose token lacks `capability`.
     pub fn require_capability(&self, capability: Capability) -> Result<(), RuntimeError> {
-        if self.capabilities.contains(capability) {
-            Ok(())
-        } else {
-            Err(RuntimeError::Forbidden(format!(
-                "this token lacks the `{}` capability",
-                capability.name()
-            )))
-        }
+        require_grant(&self.capabilities, capability, "capability")
     }
 
     /// Refuses a caller whose token lacks `scope`.
     pub fn require_scope(&self, scope: Scope) -> Result<(), RuntimeError> {
-        if self.scopes.contains(scope) {
-            Ok(())
-        } else {
-            Err(RuntimeError::Forbidden(format!(
-                "this token lacks the `{}` scope",
-                scope.name()
-            )))
-        }
+        require_grant(&self.scopes, scope, "scope")
     }
 
     /// Refuses a caller without the ADMIN role.
@@ -413,6 +389,17 @@ impl Caller {
                 "{what} needs the ADMIN role"
             )))
         }
+    }
+}
+
+fn require_grant<G: Grant>(held: &GrantSet<G>, grant: G, kind: &str) -> Result<(), RuntimeError> {
+    if held.contains(grant) {
+        Ok(())
+    } else {
+        Err(RuntimeError::Forbidden(format!(
+            "this token lacks the `{}` {kind}",
+            grant.name()
+        )))
     }
 }
 
