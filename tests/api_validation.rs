@@ -332,3 +332,86 @@ async fn gpu_models_list_the_documented_catalogue() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn instance_lists_filter_sort_page_and_include() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    let container = ember
+        // A quarter CPU each, so that three fit on a 2-core node.
+        .deploy_wasm("many", &fixtures::hello("many\n"), json!({ "cpu": 0.25 }))
+        .await;
+    let id = container["id"].as_str().unwrap();
+    let (_, servers) = ember.get_json("/v1/servers").await;
+    let server = servers["data"][0]["id"].as_str().unwrap();
+    let (status, job) = ember
+        .send_json(
+            Method::POST,
+            &format!("/v1/containers/{id}/instances"),
+            &json!([{ "server_id": server, "new_instances": 3 }]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let list = |query: &str| {
+        let path = format!("/v1/containers/{id}/instances{query}");
+        let ember = &ember;
+        async move { ember.get_json(&path).await }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while list("?filter[state]=running").await.1["data"]
+        .as_array()
+        .unwrap()
+        .len()
+        < 3
+    {
+        if std::time::Instant::now() > deadline {
+            let job = ember
+                .get_json(&format!("/v1/jobs/{}", job["data"]["id"].as_str().unwrap()))
+                .await;
+            panic!("3 instances never ran: {:?} {job:?}", list("").await);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let (_, plain) = list("").await;
+    assert_eq!(plain["includes"], json!({}));
+    let ids = |body: &Value| -> Vec<String> {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut ascending = ids(&plain);
+    assert_eq!(ascending.len(), 3);
+    let (_, descending) = list("?sort=-id").await;
+    ascending.reverse();
+    assert_eq!(ids(&descending), ascending);
+    let (_, second_page) = list("?sort=-id&page[size]=2&page[number]=2").await;
+    assert_eq!(ids(&second_page), [ascending[2].clone()]);
+    let (_, pinned) = list(&format!("?filter[pinned]=true&filter[server_id]={server}")).await;
+    assert_eq!(ids(&pinned).len(), 3);
+    let (_, starting) = list("?filter[state]=starting").await;
+    assert_eq!(ids(&starting).len(), 0);
+
+    let (status, included) = list("?include=servers,containers,creators,locations").await;
+    assert_eq!(status, StatusCode::OK, "{included}");
+    let includes = &included["includes"];
+    assert_eq!(includes["servers"][server]["id"], server);
+    assert_eq!(includes["containers"][id]["name"], "many");
+    let creator = container["createdBy"].as_str().unwrap();
+    assert_eq!(includes["creators"][creator]["id"], creator);
+    assert_eq!(includes["locations"], json!({}));
+
+    for (query, field) in [
+        ("?sort=name", "sort"),
+        ("?include=friends", "include"),
+        ("?filter[color]=red", "filter[color]"),
+        ("?page[size]=0", "page[size]"),
+    ] {
+        let (status, error) = list(query).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {error}");
+        assert_eq!(error["field"], field, "{query}: {error}");
+    }
+}

@@ -2,17 +2,22 @@
 //! instances started or stopped by hand (each a job: see [`crate::jobs`]).
 
 use crate::auth::Authenticated;
-use crate::containers::{container_id, rfc3339};
+use crate::containers::{ContainerJson, container_id, rfc3339};
 use crate::error::ApiError;
+use crate::instance_query::{Include, InstanceQuery};
 use crate::jobs::JobJson;
 use crate::json::StrictJsonList;
-use axum::extract::{Path, State};
+use crate::servers::ServerJson;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use ember_runtime::Runtime;
 use ember_runtime::model::{Capability, InstanceId, InstanceInfo, InstanceState, ServerId};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
 
 pub(crate) fn routes() -> Router<Runtime> {
     Router::new()
@@ -30,12 +35,51 @@ async fn list(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
-) -> Result<Json<DataEnvelope<Vec<InstanceJson>>>, ApiError> {
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<InstanceList>, ApiError> {
     caller.require_capability(Capability::ContainersView)?;
-    let instances = runtime.list_instances(&caller, container_id(&id)?)?;
-    Ok(Json(DataEnvelope {
+    let id = container_id(&id)?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
+    let query = InstanceQuery::parse(&query)?;
+    let instances = query.apply(runtime.list_instances(&caller, id)?);
+    let mut includes = BTreeMap::new();
+    for include in &query.includes {
+        let mut included = BTreeMap::new();
+        match include {
+            Include::Servers => {
+                for server in runtime.servers() {
+                    if instances.iter().any(|i| i.server_id == server.id) {
+                        included.insert(server.id.to_string(), json!(ServerJson::from(server)));
+                    }
+                }
+            }
+            Include::Containers => {
+                let view = runtime.get_container(&caller, id)?;
+                included.insert(
+                    id.to_string(),
+                    json!(ContainerJson::from_view(&runtime, view)),
+                );
+            }
+            Include::Creators => {
+                let creator = runtime.get_container(&caller, id)?.container.created_by;
+                included.insert(creator.to_string(), json!({ "id": creator.to_string() }));
+            }
+            Include::Locations | Include::Integrations | Include::Environments => {}
+        }
+        includes.insert(include.name(), included);
+    }
+    Ok(Json(InstanceList {
         data: instances.into_iter().map(InstanceJson::from).collect(),
+        includes,
     }))
+}
+
+/// Document 004's list: the instances, and the related resources asked for with
+/// `include`, each kind keyed by id.
+#[derive(Serialize)]
+struct InstanceList {
+    data: Vec<InstanceJson>,
+    includes: BTreeMap<&'static str, BTreeMap<String, serde_json::Value>>,
 }
 
 async fn get_one(

@@ -10,6 +10,7 @@ mod blobs;
 mod containers;
 pub mod error;
 mod gpu_models;
+mod instance_query;
 mod instances;
 mod jobs;
 mod json;

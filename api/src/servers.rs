@@ -28,7 +28,7 @@ async fn list(
 }
 
 #[derive(Serialize)]
-struct ServerJson {
+pub(crate) struct ServerJson {
     id: String,
     name: String,
     capacity: ResourcesJson,
