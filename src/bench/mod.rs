@@ -381,7 +381,7 @@ impl Bench {
 
     async fn oci(&mut self) -> anyhow::Result<()> {
         self.progress("starting a loopback registry and pushing the busybox httpd image");
-        let registry = Registry::start()?;
+        let registry = Registry::start_with(servers::spawn_tied_to_bench)?;
         oci_image::push_busybox_http_image(registry.addr, "bench/httpd", "v1").await?;
         let image = format!("{}/bench/httpd:v1", registry.addr);
         let unprepared = self

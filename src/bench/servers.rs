@@ -1,5 +1,5 @@
 //! Starting the servers a bench runs (its own `ember serve`, `wasmtime serve`,
-//! nginx) so that they do not outlive it.
+//! nginx, the loopback registry) so that they do not outlive it.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};

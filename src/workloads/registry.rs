@@ -20,6 +20,14 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry on a free loopback port.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(Command::spawn)
+    }
+
+    /// Starts a registry on a free loopback port, its process spawned by `spawn`
+    /// (`ember bench` ties it to its own life).
+    pub fn start_with(
+        spawn: impl FnOnce(&mut Command) -> std::io::Result<Child>,
+    ) -> anyhow::Result<Self> {
         ensure!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: install Debian's docker-registry package (scripts/test does)"
@@ -35,13 +43,14 @@ impl Registry {
             ),
         )
         .context("writing the registry's config")?;
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting docker-registry")?;
+        let child = spawn(
+            Command::new(REGISTRY_BIN)
+                .arg("serve")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .context("starting docker-registry")?;
         let registry = Self {
             child,
             addr,
