@@ -110,11 +110,7 @@ impl InstanceQuery {
             match key.as_str() {
                 "include" => {
                     for name in list(value) {
-                        let include = Include::ALL
-                            .iter()
-                            .find(|(n, _)| *n == name)
-                            .map(|(_, include)| *include)
-                            .ok_or_else(|| unknown(key, name, Include::ALL.map(|(n, _)| n)))?;
+                        let include = named(key, name, Include::ALL)?;
                         if !query.includes.contains(&include) {
                             query.includes.push(include);
                         }
@@ -126,11 +122,8 @@ impl InstanceQuery {
                             Some(field) => (field, true),
                             None => (name, false),
                         };
-                        let sort_key = SortKey::ALL
-                            .iter()
-                            .find(|(n, _)| *n == field)
-                            .map(|(_, k)| *k)
-                            .ok_or_else(|| unknown(key, name, SortKey::ALL.map(|(n, _)| n)))?;
+                        let sort_key = named(key, field, SortKey::ALL)
+                            .map_err(|_| unknown(key, name, SortKey::ALL.map(|(n, _)| n)))?;
                         query.sort.push((sort_key, descending));
                     }
                 }
@@ -182,6 +175,20 @@ impl InstanceQuery {
 
 fn list(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// The member of `table` called `name`; a 400 naming `key` and listing the names
+/// otherwise.
+fn named<T: Copy, const N: usize>(
+    key: &str,
+    name: &str,
+    table: [(&'static str, T); N],
+) -> Result<T, ApiError> {
+    table
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, member)| *member)
+        .ok_or_else(|| unknown(key, name, table.map(|(n, _)| n)))
 }
 
 fn unknown<const N: usize>(key: &str, name: &str, known: [&str; N]) -> ApiError {

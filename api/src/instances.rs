@@ -42,29 +42,37 @@ async fn list(
     let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
     let query = InstanceQuery::parse(&query)?;
     let instances = query.apply(runtime.list_instances(&caller, id)?);
+    // The container, once, for the includes that describe it.
+    let container = query
+        .includes
+        .iter()
+        .any(|i| matches!(i, Include::Containers | Include::Creators))
+        .then(|| runtime.get_container(&caller, id))
+        .transpose()?;
     let mut includes = BTreeMap::new();
     for include in &query.includes {
         let mut included = BTreeMap::new();
-        match include {
-            Include::Servers => {
+        match (include, &container) {
+            (Include::Servers, _) => {
                 for server in runtime.servers() {
                     if instances.iter().any(|i| i.server_id == server.id) {
                         included.insert(server.id.to_string(), json!(ServerJson::from(server)));
                     }
                 }
             }
-            Include::Containers => {
-                let view = runtime.get_container(&caller, id)?;
+            (Include::Containers, Some(view)) => {
                 included.insert(
                     id.to_string(),
-                    json!(ContainerJson::from_view(&runtime, view)),
+                    json!(ContainerJson::from_view(&runtime, view.clone())),
                 );
             }
-            Include::Creators => {
-                let creator = runtime.get_container(&caller, id)?.container.created_by;
-                included.insert(creator.to_string(), json!({ "id": creator.to_string() }));
+            (Include::Creators, Some(view)) => {
+                let creator = view.container.created_by.to_string();
+                included.insert(creator.clone(), json!({ "id": creator }));
             }
-            Include::Locations | Include::Integrations | Include::Environments => {}
+            // Fetched above whenever one of these two is asked for.
+            (Include::Containers | Include::Creators, None) => {}
+            (Include::Locations | Include::Integrations | Include::Environments, _) => {}
         }
         includes.insert(include.name(), included);
     }

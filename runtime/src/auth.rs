@@ -46,7 +46,14 @@ pub fn mint(store: &Store, request: NewToken) -> Result<(Token, String), Runtime
         store.user_id(&request.user, UserId::generate)?
     };
     let secret = generate_secret();
-    let token = Token {
+    let token = new_token(user_id, request, false);
+    store.insert_token(&hash(&secret), &token)?;
+    Ok((token, secret))
+}
+
+/// A token minted now for `user_id`, as `request` asks.
+fn new_token(user_id: UserId, request: NewToken, bootstrap: bool) -> Token {
+    Token {
         id: TokenId::generate(),
         user_id,
         user: request.user,
@@ -54,10 +61,8 @@ pub fn mint(store: &Store, request: NewToken) -> Result<(Token, String), Runtime
         scopes: request.scopes,
         capabilities: request.capabilities,
         created: Some(std::time::SystemTime::now()),
-        bootstrap: false,
-    };
-    store.insert_token(&hash(&secret), &token)?;
-    Ok((token, secret))
+        bootstrap,
+    }
 }
 
 /// Stores the bootstrap admin token unless it is already stored, so a restart keeps
@@ -76,16 +81,16 @@ fn register(store: &Store, secret: &str, user_id: UserId) -> Result<(), RuntimeE
         ),
         None => store.insert_token(
             &hash,
-            &Token {
-                id: TokenId::generate(),
+            &new_token(
                 user_id,
-                user: UserName::admin(),
-                role: Role::Admin,
-                scopes: Scopes::all(),
-                capabilities: Capabilities::all(),
-                created: Some(std::time::SystemTime::now()),
-                bootstrap: true,
-            },
+                NewToken {
+                    user: UserName::admin(),
+                    role: Role::Admin,
+                    scopes: Scopes::all(),
+                    capabilities: Capabilities::all(),
+                },
+                true,
+            ),
         ),
     }
 }

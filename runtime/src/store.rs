@@ -299,15 +299,28 @@ impl Store {
         self.tokens.iter().values().map(|v| decode(&v?)).collect()
     }
 
+    /// The token with `id`.
+    pub fn token_by_id(&self, id: TokenId) -> Result<Option<Token>, RuntimeError> {
+        Ok(self.find_token(id)?.map(|(_, token)| token))
+    }
+
     /// Removes the token with `id`; returns it, or `None` when there was none.
-    /// Tokens are keyed by their secret's hash, so this scans them: there are few.
     pub fn remove_token(&self, id: TokenId) -> Result<Option<Token>, RuntimeError> {
+        let Some((hash, token)) = self.find_token(id)? else {
+            return Ok(None);
+        };
+        self.tokens.remove(hash)?;
+        Ok(Some(token))
+    }
+
+    /// The token with `id` and the hash it is stored under. Tokens are keyed by
+    /// their secret's hash, so this scans them: there are few.
+    fn find_token(&self, id: TokenId) -> Result<Option<(sled::IVec, Token)>, RuntimeError> {
         for entry in self.tokens.iter() {
             let (hash, raw) = entry?;
             let token: Token = decode(&raw)?;
             if token.id == id {
-                self.tokens.remove(hash)?;
-                return Ok(Some(token));
+                return Ok(Some((hash, token)));
             }
         }
         Ok(None)

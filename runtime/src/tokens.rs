@@ -33,9 +33,7 @@ impl Runtime {
         caller.require_admin(MANAGING_TOKENS)?;
         self.inner()
             .store
-            .tokens()?
-            .into_iter()
-            .find(|t| t.id == id)
+            .token_by_id(id)?
             .ok_or_else(|| not_found(id))
     }
 
