@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// Output kept per container, in KiB.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub log_retention_kib: u64,
+    /// Milliseconds between samples of each instance's CPU and memory (the metrics
+    /// series of `/api/containers/{id}/metrics/*`).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub usage_sample_ms: u64,
     /// CPUs instances may ask for in all (default: the machine's).
     #[arg(long)]
     pub node_cpus: Option<f64>,

@@ -26,6 +26,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.stop_grace = Duration::from_secs(args.stop_grace);
     config.startup_timeout = Duration::from_secs(args.startup_timeout);
     config.pids_limit = args.pids_limit;
+    config.usage_sample_interval = Duration::from_millis(args.usage_sample_ms);
     if let Some(cpus) = args.node_cpus {
         anyhow::ensure!(
             cpus.is_finite() && cpus > 0.0,

@@ -17,18 +17,68 @@ impl FromRequestParts<Runtime> for Authenticated {
         let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
             ApiError::unauthorized("missing Authorization: Bearer <token> header")
         })?;
-        let secret = header
+        let credentials = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
+            .and_then(Credentials::parse)
             .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+                ApiError::unauthorized(
+                    "the Authorization header must be `Bearer <token>` or `ApiKey <user>:<token>`",
+                )
             })?;
-        runtime
-            .authenticate(secret)?
+        let caller = match credentials.user {
+            None => runtime.authenticate(credentials.secret)?,
+            Some(user) => runtime.authenticate_as(user, credentials.secret)?,
+        };
+        caller
             .map(Authenticated)
             .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))
+    }
+}
+
+/// What an Authorization header carries: a bearer token, or Tutum's (document 003)
+/// `ApiKey <user>:<key>`, whose key is a token of that user.
+struct Credentials<'a> {
+    user: Option<&'a str>,
+    secret: &'a str,
+}
+
+impl<'a> Credentials<'a> {
+    fn parse(header: &'a str) -> Option<Self> {
+        let credentials = if let Some(secret) = header.strip_prefix("Bearer ") {
+            Self {
+                user: None,
+                secret: secret.trim(),
+            }
+        } else {
+            let (user, secret) = header.strip_prefix("ApiKey ")?.trim().split_once(':')?;
+            Self {
+                user: Some(user),
+                secret,
+            }
+        };
+        (!credentials.secret.is_empty()).then_some(credentials)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_schemes_parse_and_nothing_else_does() {
+        let bearer = Credentials::parse("Bearer ember_abc").unwrap();
+        assert_eq!((bearer.user, bearer.secret), (None, "ember_abc"));
+        let api_key = Credentials::parse("ApiKey alice:ember_abc").unwrap();
+        assert_eq!((api_key.user, api_key.secret), (Some("alice"), "ember_abc"));
+        for bad in [
+            "Bearer ",
+            "ApiKey alice",
+            "ApiKey alice:",
+            "Basic YWxpY2U6eA==",
+            "ember_abc",
+        ] {
+            assert!(Credentials::parse(bad).is_none(), "{bad}");
+        }
     }
 }

@@ -83,11 +83,21 @@ impl SortKey {
 }
 
 fn state_rank(state: InstanceState) -> u8 {
-    match state {
-        InstanceState::Starting => 0,
-        InstanceState::Running => 1,
-    }
+    // The order an instance goes through them.
+    LISTED_STATES
+        .iter()
+        .position(|s| *s == state)
+        .map_or(u8::MAX, |p| p as u8)
 }
+
+/// The states a 004 list shows (terminated instances are not listed there).
+const LISTED_STATES: [InstanceState; 5] = [
+    InstanceState::Starting,
+    InstanceState::Running,
+    InstanceState::Stopping,
+    InstanceState::Stopped,
+    InstanceState::Terminating,
+];
 
 /// Most instances one page may hold.
 const MAX_PAGE_SIZE: usize = 100;
@@ -220,11 +230,14 @@ fn number_in(key: &str, value: &str, min: usize, max: usize) -> Result<usize, Ap
 fn filter(key: &str, field: &str, value: &str) -> Result<Filter, ApiError> {
     let bad = |what: &str| ApiError::invalid_field(key, format!("`{value}` is not {what}"));
     Ok(match field {
-        "state" => Filter::State(match value {
-            "starting" => InstanceState::Starting,
-            "running" => InstanceState::Running,
-            _ => return Err(bad("a state (`starting`, `running`)")),
-        }),
+        "state" => Filter::State(
+            LISTED_STATES
+                .into_iter()
+                .find(|s| s.name() == value)
+                .ok_or_else(|| {
+                    bad("a state (`starting`, `running`, `stopping`, `stopped`, `terminating`)")
+                })?,
+        ),
         "server_id" => Filter::ServerId(value.to_string()),
         "revision" => Filter::Revision(value.parse().map_err(|_| bad("a revision number"))?),
         "pinned" => Filter::Pinned(value.parse().map_err(|_| bad("`true` or `false`"))?),
@@ -259,6 +272,8 @@ mod tests {
         (0..5)
             .map(|n| InstanceInfo {
                 id: InstanceId::generate(),
+                ordinal: n + 1,
+                created: SystemTime::UNIX_EPOCH,
                 container_id: container,
                 server_id: server,
                 revision: 1 + n % 2,

@@ -9,6 +9,7 @@ mod auth;
 mod blobs;
 mod containers;
 pub mod error;
+mod faces;
 mod gpu_models;
 mod instance_query;
 mod instances;
@@ -37,6 +38,7 @@ pub fn router(runtime: Runtime) -> Router {
         .merge(blobs::routes())
         .merge(tokens::routes())
         .merge(gpu_models::routes())
+        .merge(faces::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read by our own extractors, which answer 413 in JSON.

@@ -37,7 +37,11 @@ struct Period {
     period_end: Option<String>,
 }
 
-fn seconds(field: &str, value: Option<&str>, default: SystemTime) -> Result<SystemTime, ApiError> {
+pub(crate) fn seconds(
+    field: &str,
+    value: Option<&str>,
+    default: SystemTime,
+) -> Result<SystemTime, ApiError> {
     match value {
         None => Ok(default),
         Some(text) => text

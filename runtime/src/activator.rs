@@ -8,7 +8,8 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::model::{ContainerId, InstanceId, InstanceInfo, InstanceState, ServerId};
 use crate::node::{NodeCapacity, Placement};
-use ember_sandbox::{Instance, PreparedWorkload, WorkloadKind};
+use crate::roster::{Identity, Roster};
+use ember_sandbox::{Instance, PreparedWorkload, ResourceUsage, WorkloadKind};
 use ember_scheduler::{Autoscaler, Observation, Request, ScaleReason, ScalingPolicy};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -61,6 +62,10 @@ pub(crate) enum ActivationError {
 /// One started instance and the requests it is serving.
 pub(crate) struct LiveInstance {
     id: InstanceId,
+    /// Its place among the container's instances, from 1.
+    ordinal: u32,
+    /// When it first started (it keeps its id across a stop and start).
+    created: SystemTime,
     revision: u32,
     instance: Arc<dyn Instance>,
     started: SystemTime,
@@ -78,7 +83,7 @@ pub(crate) type StartOutcome = watch::Receiver<Option<Result<(), Arc<str>>>>;
 
 /// An instance start in progress.
 struct Starting {
-    id: InstanceId,
+    identity: Identity,
     revision: u32,
     since: SystemTime,
     pinned: bool,
@@ -152,6 +157,10 @@ pub(crate) struct Service {
     /// Where starts and stops run, whichever thread the request that set them off
     /// came in on.
     background: Background,
+    /// Its instances that do not run: stopped by hand, or recently terminated.
+    roster: Arc<Roster>,
+    /// The next instance's ordinal.
+    next_ordinal: AtomicU32,
 }
 
 /// The right to send one request to one instance; released when dropped (after the
@@ -213,6 +222,8 @@ impl Service {
             metrics,
             node,
             background,
+            roster: Arc::default(),
+            next_ordinal: AtomicU32::new(1),
         });
         service.touch();
         service
@@ -308,7 +319,7 @@ impl Service {
     pub(crate) async fn stop_everything(&self) {
         self.make_unavailable("the runtime is shutting down");
         let all = std::mem::take(&mut self.pool.lock().instances);
-        futures::future::join_all(all.iter().map(|live| live.instance.stop())).await;
+        futures::future::join_all(all.iter().map(|live| terminate(&self.roster, live))).await;
         // The revision's prepared sandboxes go in a task `make_unavailable` began,
         // which the runtime waits for with the other stops.
     }
@@ -322,7 +333,7 @@ impl Service {
             pool.autoscaler = Autoscaler::new();
             take_idle(&mut pool.instances, |i| !i.pinned, usize::MAX)
         };
-        futures::future::join_all(idle.iter().map(|live| live.instance.stop())).await;
+        futures::future::join_all(idle.iter().map(|live| terminate(&self.roster, live))).await;
         idle.len()
     }
 
@@ -533,10 +544,27 @@ impl Service {
         pinned: bool,
         cold: bool,
     ) -> StartOutcome {
+        let identity = Identity {
+            id: InstanceId::generate(),
+            ordinal: self.next_ordinal.fetch_add(1, Ordering::Relaxed),
+            created: SystemTime::now(),
+        };
+        self.start_as(pool, identity, revision, pinned, cold)
+    }
+
+    /// Starts an instance that is `identity` (a new one, or one that stopped and
+    /// starts again).
+    fn start_as(
+        self: &Arc<Self>,
+        pool: &mut Pool,
+        identity: Identity,
+        revision: Arc<ServingRevision>,
+        pinned: bool,
+        cold: bool,
+    ) -> StartOutcome {
         let (done_tx, done) = watch::channel(None);
-        let id = InstanceId::generate();
         pool.starting.push(Starting {
-            id,
+            identity,
             revision: revision.number,
             since: SystemTime::now(),
             pinned,
@@ -545,7 +573,7 @@ impl Service {
         });
         let service = self.clone();
         self.background.spawn(async move {
-            let outcome = service.run_start(id, &revision, pinned, cold).await;
+            let outcome = service.run_start(identity, &revision, pinned, cold).await;
             done_tx.send_replace(Some(outcome));
         });
         done
@@ -553,11 +581,12 @@ impl Service {
 
     async fn run_start(
         self: &Arc<Self>,
-        id: InstanceId,
+        identity: Identity,
         revision: &Arc<ServingRevision>,
         pinned: bool,
         cold: bool,
     ) -> Result<(), Arc<str>> {
+        let id = identity.id;
         // After an instance ended on its own, the next start waits out the backoff.
         let not_before = self.restarts.lock().not_before;
         if let Some(wait) = not_before.checked_sub(self.clock.now()) {
@@ -574,15 +603,18 @@ impl Service {
             )
             .await;
         let Some(placement) = placement else {
-            self.pool.lock().starting.retain(|s| s.id != id);
+            self.pool.lock().starting.retain(|s| s.identity.id != id);
             return Err("the instance was no longer wanted".into());
         };
         let began = Instant::now();
         let result = revision.prepared.start(&id.to_string()).await;
         let took = began.elapsed();
         let mut pool = self.pool.lock();
-        let removed = pool.starting.iter().any(|s| s.id == id && s.removed);
-        pool.starting.retain(|s| s.id != id);
+        let removed = pool
+            .starting
+            .iter()
+            .any(|s| s.identity.id == id && s.removed);
+        pool.starting.retain(|s| s.identity.id != id);
         match result {
             Ok(instance) => {
                 if cold {
@@ -592,6 +624,8 @@ impl Service {
                 let exit = instance.exit_signal();
                 let live = Arc::new(LiveInstance {
                     id,
+                    ordinal: identity.ordinal,
+                    created: identity.created,
                     revision: revision.number,
                     instance,
                     started: SystemTime::now(),
@@ -643,7 +677,7 @@ impl Service {
             tracing::info!(container = %self.id, instance = %id, note, "instance waits for room");
         }
         let mut pool = self.pool.lock();
-        if let Some(start) = pool.starting.iter_mut().find(|s| s.id == id) {
+        if let Some(start) = pool.starting.iter_mut().find(|s| s.identity.id == id) {
             start.waiting_reason = note;
         }
     }
@@ -774,7 +808,7 @@ impl Service {
             std::mem::take(&mut pool.instances)
         };
         futures::future::join_all(all.iter().map(|live| async {
-            live.instance.stop().await;
+            terminate(&self.roster, live).await;
             stopped();
         }))
         .await;
@@ -793,8 +827,88 @@ impl Service {
             }
             live
         };
-        live.instance.stop().await;
+        terminate(&self.roster, &live).await;
         Some(())
+    }
+
+    /// Takes a running instance out of service, for a stop, restart or terminate by
+    /// hand; a pinned one is no longer counted as wanted (the caller stores the new
+    /// count).
+    pub(crate) fn take_running(&self, id: InstanceId) -> Result<Arc<LiveInstance>, Refusal> {
+        let mut pool = self.pool.lock();
+        if let Some(position) = pool.instances.iter().position(|i| i.id == id) {
+            let live = pool.instances.remove(position);
+            if live.pinned {
+                pool.pinned_wanted = pool.pinned_wanted.saturating_sub(1);
+            }
+            return Ok(live);
+        }
+        if pool.starting.iter().any(|s| s.identity.id == id) {
+            return Err(Refusal::InState(InstanceState::Starting));
+        }
+        drop(pool);
+        Err(self
+            .roster
+            .entries()
+            .iter()
+            .find(|e| e.identity.id == id)
+            .map_or(Refusal::NotFound, |e| Refusal::InState(e.state)))
+    }
+
+    /// Stops an instance [`Service::take_running`] gave: it shows as Stopping (or
+    /// Terminating) from now, and as `end` (Stopped or Terminated) once the returned
+    /// future has stopped it.
+    pub(crate) fn stop_taken(
+        &self,
+        live: Arc<LiveInstance>,
+        end: InstanceState,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let during = if end == InstanceState::Stopped {
+            InstanceState::Stopping
+        } else {
+            InstanceState::Terminating
+        };
+        self.roster
+            .record(live.identity(), live.revision, live.pinned, during);
+        let roster = self.roster.clone();
+        async move {
+            live.instance.stop().await;
+            roster.advance(live.id, end);
+        }
+    }
+
+    /// Starts a stopped instance again under its id; returns what to watch for the
+    /// start.
+    pub(crate) fn start_stopped(
+        self: &Arc<Self>,
+        id: InstanceId,
+        pinned: bool,
+    ) -> Result<StartOutcome, Refusal> {
+        let revision = self.serving_revision().ok_or(Refusal::NotServing)?;
+        let entry = self
+            .roster
+            .take_if(id, InstanceState::Stopped)
+            .map_err(|state| state.map_or(Refusal::NotFound, Refusal::InState))?;
+        let mut pool = self.pool.lock();
+        if pinned {
+            pool.pinned_wanted += 1;
+        }
+        Ok(self.start_as(&mut pool, entry.identity, revision, pinned, false))
+    }
+
+    /// Forgets a stopped instance for good: it shows as Terminated.
+    pub(crate) fn terminate_stopped(&self, id: InstanceId) -> Result<(), Refusal> {
+        let entry = self
+            .roster
+            .take_if(id, InstanceState::Stopped)
+            .map_err(|state| state.map_or(Refusal::NotFound, Refusal::InState))?;
+        self.roster.record(
+            entry.identity,
+            entry.revision,
+            entry.pinned,
+            InstanceState::Terminated,
+        );
+        Ok(())
     }
 
     /// Stops one idle, autoscaled instance beyond `minInstances`, the least recently
@@ -822,10 +936,23 @@ impl Service {
         if instances.is_empty() {
             return;
         }
+        for live in &instances {
+            self.roster.record(
+                live.identity(),
+                live.revision,
+                live.pinned,
+                InstanceState::Terminating,
+            );
+        }
+        let roster = self.roster.clone();
         self.background.spawn_stop(async move {
-            futures::future::join_all(instances.iter().map(|live| async move {
-                live.instance.stop().await;
-                tracing::debug!(instance = %live.id, "instance stopped");
+            futures::future::join_all(instances.iter().map(|live| {
+                let roster = &roster;
+                async move {
+                    live.instance.stop().await;
+                    roster.advance(live.id, InstanceState::Terminated);
+                    tracing::debug!(instance = %live.id, "instance stopped");
+                }
             }))
             .await;
         });
@@ -841,6 +968,8 @@ impl Service {
         let pool = self.pool.lock();
         let running = pool.instances.iter().map(|i| InstanceInfo {
             id: i.id,
+            ordinal: i.ordinal,
+            created: i.created,
             container_id: self.id,
             server_id: self.server_id,
             revision: i.revision,
@@ -853,7 +982,9 @@ impl Service {
             address: i.instance.address(),
         });
         let starting = pool.starting.iter().map(|s| InstanceInfo {
-            id: s.id,
+            id: s.identity.id,
+            ordinal: s.identity.ordinal,
+            created: s.identity.created,
             container_id: self.id,
             server_id: self.server_id,
             revision: s.revision,
@@ -865,7 +996,38 @@ impl Service {
             sandbox_id: None,
             address: None,
         });
-        running.chain(starting).collect()
+        let roster = self.roster.entries();
+        let resting = roster.iter().map(|e| InstanceInfo {
+            id: e.identity.id,
+            ordinal: e.identity.ordinal,
+            created: e.identity.created,
+            container_id: self.id,
+            server_id: self.server_id,
+            revision: e.revision,
+            state: e.state,
+            state_changed: e.since,
+            in_flight: 0,
+            pinned: e.pinned,
+            waiting_reason: None,
+            sandbox_id: None,
+            address: None,
+        });
+        running.chain(starting).chain(resting).collect()
+    }
+
+    /// What each running instance has used, by id.
+    pub(crate) fn usages(&self) -> Vec<(InstanceId, ResourceUsage)> {
+        let running: Vec<_> = self.pool.lock().instances.clone();
+        running.iter().map(|i| (i.id, i.usage())).collect()
+    }
+
+    /// The running instance `id`, if it runs.
+    pub(crate) fn running(&self, id: InstanceId) -> Option<Arc<dyn Instance>> {
+        let pool = self.pool.lock();
+        pool.instances
+            .iter()
+            .find(|i| i.id == id)
+            .map(|i| i.instance.clone())
     }
 
     /// Number of started instances.
@@ -899,6 +1061,49 @@ impl Service {
             .zip(&self.decisions)
             .map(|(reason, count)| (*reason, count.load(Ordering::Relaxed)))
     }
+}
+
+/// Why a power action cannot be done to an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The container has no such instance (not even a terminated one it remembers).
+    NotFound,
+    /// The instance is in a state the action does not apply to.
+    InState(InstanceState),
+    /// No revision serves, so nothing can start.
+    NotServing,
+}
+
+impl LiveInstance {
+    /// Started through the API rather than by the autoscaler.
+    pub(crate) fn is_pinned(&self) -> bool {
+        self.pinned
+    }
+
+    /// What the instance has used.
+    pub(crate) fn usage(&self) -> ResourceUsage {
+        self.instance.usage()
+    }
+
+    fn identity(&self) -> Identity {
+        Identity {
+            id: self.id,
+            ordinal: self.ordinal,
+            created: self.created,
+        }
+    }
+}
+
+/// Stops `live` for good, recording it Terminating, then Terminated.
+async fn terminate(roster: &Roster, live: &LiveInstance) {
+    roster.record(
+        live.identity(),
+        live.revision,
+        live.pinned,
+        InstanceState::Terminating,
+    );
+    live.instance.stop().await;
+    roster.advance(live.id, InstanceState::Terminated);
 }
 
 /// Removes up to `limit` instances that match `which` and serve no request.
@@ -942,6 +1147,13 @@ mod tests {
     use ember_sandbox::{BoxFuture, HttpBody, SandboxError};
     use ember_scheduler::Resources;
     use std::sync::atomic::AtomicUsize;
+
+    /// The instances that have not terminated.
+    fn live(service: &Service) -> Vec<InstanceInfo> {
+        let mut instances = service.instances();
+        instances.retain(|i| i.state != InstanceState::Terminated);
+        instances
+    }
 
     /// A workload whose starts take a while and are counted, with the most that ran
     /// at once.
@@ -1085,29 +1297,29 @@ mod tests {
         let leases = leases(acquire_many(&service, 50)).await;
         assert_eq!(leases.len(), 50);
         assert_eq!(starts.load(Ordering::SeqCst), 1);
-        assert_eq!(service.instances().len(), 1);
-        assert_eq!(service.instances()[0].in_flight, 50);
+        assert_eq!(live(&service).len(), 1);
+        assert_eq!(live(&service)[0].in_flight, 50);
         drop(leases);
-        assert_eq!(service.instances()[0].in_flight, 0);
+        assert_eq!(live(&service)[0].in_flight, 0);
     }
 
     #[tokio::test]
     async fn instances_removed_while_they_start_stop_once_up() {
         let (service, starts) = service(Settings::default());
         let waiting = acquire_many(&service, 1);
-        while service.instances().is_empty() {
+        while live(&service).is_empty() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert_eq!(service.instances()[0].state, InstanceState::Starting);
+        assert_eq!(live(&service)[0].state, InstanceState::Starting);
         service.remove_all_instances(|| {}).await;
         // The start (50 ms) ends, and its instance goes instead of joining.
         for _ in 0..400 {
-            if service.instances().is_empty() {
+            if live(&service).is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(service.instances().is_empty(), "{:?}", service.instances());
+        assert!(live(&service).is_empty(), "{:?}", live(&service));
         assert_eq!(starts.load(Ordering::SeqCst), 1);
         assert_eq!(service.instance_count(), 0);
         for request in waiting {
@@ -1125,7 +1337,7 @@ mod tests {
         // 100 requests at 7 per instance: 15 instances, all started together.
         assert_eq!(starts.load(Ordering::SeqCst), 15);
         assert_eq!(most_at_once.load(Ordering::SeqCst), 15);
-        let instances = service.instances();
+        let instances = live(&service);
         assert_eq!(instances.len(), 15);
         assert!(instances.iter().all(|i| i.in_flight <= 10), "{instances:?}");
         assert_eq!(instances.iter().map(|i| i.in_flight).sum::<u32>(), 100);
@@ -1249,16 +1461,16 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         service.reconcile();
-        let instances = service.instances();
+        let instances = live(&service);
         assert_eq!(instances.len(), 2);
         assert!(instances.iter().all(|i| i.pinned));
         // Stopping one by hand does not bring it back.
         service.remove_instance(instances[0].id).await.unwrap();
         service.reconcile();
-        assert_eq!(service.instances().len(), 1);
+        assert_eq!(live(&service).len(), 1);
         assert_eq!(service.remove_all_instances(|| {}).await, 1);
         service.reconcile();
-        assert!(service.instances().is_empty());
+        assert!(live(&service).is_empty());
     }
 
     #[tokio::test]

@@ -29,12 +29,25 @@ fn hash(secret: &str) -> [u8; 32] {
 /// the time a lookup takes depends on the hash, never on how much of a stored secret
 /// a guess matched.
 pub fn authenticate(store: &Store, secret: &str) -> Result<Option<Caller>, RuntimeError> {
-    Ok(store.token(&hash(secret))?.map(|t| Caller {
-        user_id: t.user_id,
-        role: t.role,
-        scopes: t.scopes,
-        capabilities: t.capabilities,
-    }))
+    authenticate_as(store, None, secret)
+}
+
+/// As [`authenticate`], for a secret presented with its user's name (Tutum's
+/// `ApiKey <user>:<key>`): a token of another user is no one's.
+pub fn authenticate_as(
+    store: &Store,
+    user: Option<&str>,
+    secret: &str,
+) -> Result<Option<Caller>, RuntimeError> {
+    let token = store.token(&hash(secret))?;
+    Ok(token
+        .filter(|t| user.is_none_or(|u| t.user.as_str() == u))
+        .map(|t| Caller {
+            user_id: t.user_id,
+            role: t.role,
+            scopes: t.scopes,
+            capabilities: t.capabilities,
+        }))
 }
 
 /// Mints a token for `request.user` (made on first use of the name); returns the

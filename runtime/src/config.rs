@@ -41,6 +41,8 @@ pub struct RuntimeConfig {
     pub node_memory_bytes: Option<u64>,
     /// Threads the ingress serves connections on; one per CPU by default.
     pub ingress_threads: usize,
+    /// Time between samples of each instance's CPU and memory.
+    pub usage_sample_interval: Duration,
 }
 
 impl RuntimeConfig {
@@ -66,6 +68,7 @@ impl RuntimeConfig {
             node_cpus: None,
             node_memory_bytes: None,
             ingress_threads: std::thread::available_parallelism().map_or(1, usize::from),
+            usage_sample_interval: Duration::from_secs(10),
         }
     }
 }

@@ -190,7 +190,7 @@ impl Runtime {
         Ok(())
     }
 
-    fn service(&self, id: ContainerId) -> Result<Arc<Service>, RuntimeError> {
+    pub(crate) fn service(&self, id: ContainerId) -> Result<Arc<Service>, RuntimeError> {
         self.inner()
             .services
             .read()

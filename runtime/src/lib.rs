@@ -18,12 +18,18 @@ pub mod logs;
 mod metrics;
 pub mod model;
 mod node;
+mod power;
+mod roster;
 pub mod routing;
 mod runtime;
 pub mod store;
 mod tokens;
+mod usage;
 
 pub use config::RuntimeConfig;
+pub use ember_sandbox::processes::ProcessRow;
 pub use error::RuntimeError;
 pub use ingress::serve_ingress;
+pub use power::PowerAction;
 pub use runtime::{ContainerView, MAX_BLOB_BYTES, Runtime};
+pub use usage::{SAMPLES_KEPT, UsageSample};

@@ -16,6 +16,7 @@ use crate::model::{
 use crate::node::{self, NodeCapacity};
 use crate::routing::RoutingTable;
 use crate::store::Store;
+use crate::usage::UsageSeries;
 use ember_sandbox::image::{Credentials, ImageRef, PullProgress, RegistryPuller};
 use ember_sandbox::oci::{OciConfig, OciSandbox};
 use ember_sandbox::wasm::{WasmConfig, WasmSandbox};
@@ -43,7 +44,9 @@ pub(crate) struct Inner {
     pub(crate) server_id: ServerId,
     pub(crate) node: Arc<NodeCapacity>,
     /// The executor of starts and stops, and the stops under way.
-    background: Background,
+    pub(crate) background: Background,
+    /// Samples of each instance's CPU and memory.
+    pub(crate) usage: UsageSeries,
     /// Serialises read-modify-write of container records.
     pub(crate) records: Mutex<()>,
     /// How far each deploying container's pull has come, shown as its status reason.
@@ -132,6 +135,7 @@ impl Runtime {
                 records: Mutex::new(()),
                 pulls: Mutex::default(),
                 logs,
+                usage: UsageSeries::default(),
             }),
         };
         runtime.set_reclaimer();
@@ -154,6 +158,7 @@ impl Runtime {
             runtime.spawn_deploy(container.id, number);
         }
         runtime.spawn_reconciler();
+        runtime.spawn_usage_sampler();
         Ok((runtime, new_admin_token))
     }
 
@@ -161,9 +166,22 @@ impl Runtime {
         &self.inner
     }
 
+    pub(crate) fn inner_arc(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
     /// Who holds `secret`, if anyone.
     pub fn authenticate(&self, secret: &str) -> Result<Option<Caller>, RuntimeError> {
         auth::authenticate(&self.inner.store, secret)
+    }
+
+    /// Who holds `secret`, if it is a token of `user`.
+    pub fn authenticate_as(
+        &self,
+        user: &str,
+        secret: &str,
+    ) -> Result<Option<Caller>, RuntimeError> {
+        auth::authenticate_as(&self.inner.store, Some(user), secret)
     }
 
     /// Creates a container and starts deploying its first revision.
@@ -297,6 +315,42 @@ impl Runtime {
         caller: &Caller,
         page: PageRequest,
     ) -> Result<Page<ContainerView>, RuntimeError> {
+        let page = page.slice(self.accessible_containers(caller)?);
+        Ok(Page {
+            items: page.items.into_iter().map(|c| self.view(c)).collect(),
+            total: page.total,
+            page: page.page,
+            rows_per_page: page.rows_per_page,
+        })
+    }
+
+    /// Every container of the caller's (all of them for an admin), oldest first.
+    pub fn all_containers(&self, caller: &Caller) -> Result<Vec<ContainerView>, RuntimeError> {
+        Ok(self
+            .accessible_containers(caller)?
+            .into_iter()
+            .map(|c| self.view(c))
+            .collect())
+    }
+
+    /// The caller's container whose integer id (as the numbered faces show it) is
+    /// `number`.
+    pub fn find_container_by_number(
+        &self,
+        caller: &Caller,
+        number: u64,
+    ) -> Result<ContainerView, RuntimeError> {
+        self.accessible_containers(caller)?
+            .into_iter()
+            .find(|c| c.id.number() == number)
+            .map(|c| self.view(c))
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "container service",
+                id: number.to_string(),
+            })
+    }
+
+    fn accessible_containers(&self, caller: &Caller) -> Result<Vec<Container>, RuntimeError> {
         let mut mine: Vec<_> = self
             .inner
             .store
@@ -305,13 +359,7 @@ impl Runtime {
             .filter(|c| caller.can_access(c))
             .collect();
         mine.sort_by_key(|c| (c.date_created, c.id));
-        let page = page.slice(mine);
-        Ok(Page {
-            items: page.items.into_iter().map(|c| self.view(c)).collect(),
-            total: page.total,
-            page: page.page,
-            rows_per_page: page.rows_per_page,
-        })
+        Ok(mine)
     }
 
     /// A container's revisions, newest first.
@@ -327,20 +375,15 @@ impl Runtime {
         Ok(page.slice(revisions))
     }
 
-    /// A container's live instances.
+    /// A container's instances, but for those terminated.
     pub fn list_instances(
         &self,
         caller: &Caller,
         id: ContainerId,
     ) -> Result<Vec<InstanceInfo>, RuntimeError> {
-        self.accessible(caller, id)?;
-        Ok(self
-            .inner
-            .services
-            .read()
-            .get(&id)
-            .map(|s| s.instances())
-            .unwrap_or_default())
+        let mut instances = self.list_all_instances(caller, id)?;
+        instances.retain(|i| i.state != crate::model::InstanceState::Terminated);
+        Ok(instances)
     }
 
     /// The servers instances run on (this one node today) and what they hold.

@@ -10,6 +10,7 @@ pub mod blob_store;
 pub mod digest;
 pub mod image;
 pub mod oci;
+pub mod processes;
 pub mod wasm;
 
 use bytes::Bytes;
@@ -200,4 +201,24 @@ pub trait Instance: Send + Sync {
     fn address(&self) -> Option<std::net::SocketAddr> {
         None
     }
+
+    /// What the instance has used: CPU time since it started, memory now.
+    fn usage(&self) -> ResourceUsage {
+        ResourceUsage::default()
+    }
+
+    /// The processes the instance runs (OCI: every process in its pid namespace);
+    /// none for kinds that run no process of their own.
+    fn processes(&self) -> std::io::Result<Vec<processes::ProcessRow>> {
+        Ok(Vec::new())
+    }
+}
+
+/// An instance's use of the node: what stats and metrics report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceUsage {
+    /// CPU time used since the instance started.
+    pub cpu_time: std::time::Duration,
+    /// Memory in use now.
+    pub memory_bytes: u64,
 }

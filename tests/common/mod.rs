@@ -108,6 +108,11 @@ impl Ember {
         let _ = self.child.wait();
     }
 
+    /// The client requests go out on (no token attached).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub fn api_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.api)
     }

@@ -310,6 +310,28 @@ pub enum InstanceState {
     Starting,
     /// Serving requests.
     Running,
+    /// Being stopped by hand; it keeps its id and can start again.
+    Stopping,
+    /// Stopped by hand: holds nothing on its server, and can start again.
+    Stopped,
+    /// Being stopped for good.
+    Terminating,
+    /// Gone for good; remembered for a while so that lists show what became of it.
+    Terminated,
+}
+
+impl InstanceState {
+    /// The state's name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Terminating => "terminating",
+            Self::Terminated => "terminated",
+        }
+    }
 }
 
 /// A live instance, as the API reports it.
@@ -317,6 +339,10 @@ pub enum InstanceState {
 pub struct InstanceInfo {
     /// Its id.
     pub id: InstanceId,
+    /// Its place among the container's instances, from 1.
+    pub ordinal: u32,
+    /// When it first started (an instance keeps its id across a stop and start).
+    pub created: SystemTime,
     /// The container it belongs to.
     pub container_id: ContainerId,
     /// The server it runs on.

@@ -127,7 +127,7 @@ impl Recipe {
                 let instance = spec::InstanceSpec {
                     rootfs: &dir.rootfs(),
                     hostname: &hostname,
-                    cgroups_path: &format!("/ember/{id}"),
+                    cgroups_path: &super::spec::cgroups_path(&id),
                     uid,
                     gid,
                 };

@@ -5,7 +5,7 @@
 use super::connector::RetryingConnector;
 use super::network::{Attachment, Network};
 use super::rootfs::InstanceDir;
-use crate::{BoxFuture, HttpBody, Instance, LogSinkRef, LogStream, SandboxError};
+use crate::{BoxFuture, HttpBody, Instance, LogSinkRef, LogStream, ResourceUsage, SandboxError};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -196,6 +196,14 @@ impl Instance for OciInstance {
 
     fn address(&self) -> Option<SocketAddr> {
         Some(self.address)
+    }
+
+    fn usage(&self) -> ResourceUsage {
+        super::usage::read(&super::spec::cgroups_path(&self.sandbox_id))
+    }
+
+    fn processes(&self) -> std::io::Result<Vec<crate::processes::ProcessRow>> {
+        crate::processes::list(self.pid.as_raw())
     }
 }
 

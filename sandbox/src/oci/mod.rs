@@ -14,6 +14,7 @@ pub mod process;
 mod rootfs;
 mod seccomp;
 mod spec;
+mod usage;
 
 pub use creator::run_if_creator;
 pub use network::{NetworkError, Subnet};

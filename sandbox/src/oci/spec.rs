@@ -49,6 +49,11 @@ pub(crate) struct InstanceSpec<'a> {
     pub(crate) gid: u32,
 }
 
+/// Where an instance's cgroups go, under each controller (or the v2 root).
+pub(crate) fn cgroups_path(sandbox_id: &str) -> String {
+    format!("/ember/{sandbox_id}")
+}
+
 /// Builds the spec: pid, network, ipc, uts, mount and cgroup namespaces; Docker's
 /// default capabilities; no new privileges; masked and read-only proc paths; limits.
 pub(crate) fn build(

@@ -1,7 +1,9 @@
 //! The per-request store data of a wasm guest.
 
+use super::meter::{MeteredLimits, WasmMeter};
+use std::sync::Arc;
+use wasmtime::StoreLimitsBuilder;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{
     Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
@@ -14,11 +16,16 @@ pub(crate) struct GuestState {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: NoOutboundHttp,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: MeteredLimits,
 }
 
 impl GuestState {
-    pub(crate) fn new(env: &[(String, String)], args: &[String], memory_limit: usize) -> Self {
+    pub(crate) fn new(
+        env: &[(String, String)],
+        args: &[String],
+        memory_limit: usize,
+        meter: Arc<WasmMeter>,
+    ) -> Self {
         // No preopened directories and the default socket policy (every address
         // refused): guests get no filesystem and no network unless Ember grants them.
         let wasi = WasiCtx::builder().envs(env).args(args).build();
@@ -27,10 +34,13 @@ impl GuestState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: NoOutboundHttp,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_limit)
-                .trap_on_grow_failure(false)
-                .build(),
+            limits: MeteredLimits::new(
+                StoreLimitsBuilder::new()
+                    .memory_size(memory_limit)
+                    .trap_on_grow_failure(false)
+                    .build(),
+                meter,
+            ),
         }
     }
 }

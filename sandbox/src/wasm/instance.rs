@@ -2,8 +2,10 @@
 
 use super::engine::{load_compiled, pre_instantiate};
 use super::guest::GuestState;
+use super::meter::{Timed, WasmMeter};
 use crate::{
-    BoxError, BoxFuture, HttpBody, Instance, PreparedWorkload, SandboxError, WorkloadSpec,
+    BoxError, BoxFuture, HttpBody, Instance, PreparedWorkload, ResourceUsage, SandboxError,
+    WorkloadSpec,
 };
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -73,6 +75,7 @@ impl PreparedWorkload for PreparedComponent {
             Ok(Arc::new(WasmInstance {
                 pre,
                 spec: self.spec.clone(),
+                meter: Arc::default(),
             }) as Arc<dyn Instance>)
         })
     }
@@ -82,6 +85,7 @@ impl PreparedWorkload for PreparedComponent {
 pub(crate) struct WasmInstance {
     pre: ProxyPre<GuestState>,
     spec: Arc<GuestSpec>,
+    meter: Arc<WasmMeter>,
 }
 
 impl WasmInstance {
@@ -92,7 +96,7 @@ impl WasmInstance {
         let spec = &self.spec;
         let mut store = Store::new(
             self.pre.engine(),
-            GuestState::new(&spec.env, &spec.args, spec.memory_limit),
+            GuestState::new(&spec.env, &spec.args, spec.memory_limit, self.meter.clone()),
         );
         store.limiter(|state| &mut state.limits);
         // At every epoch tick the guest yields, so that a guest that computes for long
@@ -128,13 +132,16 @@ impl WasmInstance {
             .new_response_outparam(sender)
             .map_err(guest_error)?;
         let pre = self.pre.clone();
-        let mut guest: GuestFuture = Box::pin(async move {
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await
-        });
+        let mut guest: GuestFuture = Timed::new(
+            Box::pin(async move {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            }),
+            self.meter.clone(),
+        );
 
         // Drive the guest here until it hands over the response head (or ends). The
         // guest runs before the receiver is polled: a receiver that had registered this
@@ -144,7 +151,7 @@ impl WasmInstance {
         let mut finished = None;
         let head = std::future::poll_fn(|cx| {
             if finished.is_none()
-                && let Poll::Ready(result) = guest.as_mut().poll(cx)
+                && let Poll::Ready(result) = Pin::new(&mut guest).poll(cx)
             {
                 finished = Some(result);
             }
@@ -187,7 +194,8 @@ impl WasmInstance {
     }
 }
 
-type GuestFuture = Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>;
+/// The guest's run, timed for the instance's CPU figure.
+type GuestFuture = Timed<Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>>;
 
 /// The response body of a wasm guest. Polling it also drives the guest, which
 /// writes the body as it runs: no task is spawned per request, and the guest is
@@ -207,7 +215,7 @@ impl Body for GuestDrivenBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Some(guest) = &mut this.guest
-            && let Poll::Ready(result) = guest.as_mut().poll(cx)
+            && let Poll::Ready(result) = Pin::new(&mut *guest).poll(cx)
         {
             this.guest = None;
             if let Err(e) = result {
@@ -251,5 +259,9 @@ impl Instance for WasmInstance {
     fn exit_signal(&self) -> Option<tokio::sync::watch::Receiver<Option<String>>> {
         // A component has no process of its own to exit.
         None
+    }
+
+    fn usage(&self) -> ResourceUsage {
+        self.meter.usage()
     }
 }

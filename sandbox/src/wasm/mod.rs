@@ -11,5 +11,6 @@ mod cache;
 mod engine;
 mod guest;
 mod instance;
+mod meter;
 
 pub use engine::{WasmConfig, WasmSandbox};

@@ -1,0 +1,143 @@
+//! The faces over the native model: document 000's `/api/containers` (an instance,
+//! by integer id), 001's `/api/container_services` (a container, by integer id) and
+//! 003's Tutum `/api/v1/container/` (an instance, by UUID). None keeps state: each
+//! reads and acts through the runtime as the `/v1` routes do.
+
+pub(crate) mod numbered;
+pub(crate) mod packages;
+pub(crate) mod services;
+pub(crate) mod tutum;
+
+use crate::containers::rfc3339;
+use crate::error::ApiError;
+use crate::logs::seconds;
+use axum::Router;
+use ember_runtime::Runtime;
+use ember_runtime::logs::LogEntry;
+use ember_runtime::model::{InstanceInfo, InstanceState};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+pub(crate) fn routes() -> Router<Runtime> {
+    Router::new()
+        .merge(numbered::routes())
+        .merge(services::routes())
+        .merge(tutum::routes())
+        .merge(packages::routes())
+}
+
+/// An instance's name in the faces that name instances: `<container>-<ordinal>`.
+pub(crate) fn unique_name(container: &str, instance: &InstanceInfo) -> String {
+    format!("{container}-{}", instance.ordinal)
+}
+
+/// An integer id from the path.
+pub(crate) fn number(field: &str, raw: &str) -> Result<u64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::invalid_field(field, format!("`{raw}` is not an integer id")))
+}
+
+/// Documents 000 and 001's log query: `limit` lines from `period_start` to
+/// `period_end` (seconds since the epoch; by default the last day).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogQuery {
+    limit: Option<String>,
+    period_start: Option<String>,
+    period_end: Option<String>,
+}
+
+/// Most rows a log answer holds.
+const MAX_LOG_ROWS: usize = 10_000;
+
+impl LogQuery {
+    /// The range, checked.
+    pub(crate) fn range(&self) -> Result<(SystemTime, SystemTime), ApiError> {
+        let now = SystemTime::now();
+        let since = seconds(
+            "period_start",
+            self.period_start.as_deref(),
+            now - Duration::from_secs(24 * 3600),
+        )?;
+        let until = seconds("period_end", self.period_end.as_deref(), now)?;
+        if since > until {
+            return Err(ApiError::invalid_field(
+                "period_start",
+                "must not be after period_end",
+            ));
+        }
+        Ok((since, until))
+    }
+
+    /// The newest `limit` entries as `[timestamp, name, line]` rows, newest first
+    /// (as the documents' example), `name` being the instance's unique name.
+    pub(crate) fn rows(
+        &self,
+        entries: Vec<LogEntry>,
+        names: &HashMap<String, String>,
+    ) -> Result<Vec<Value>, ApiError> {
+        let limit = match self.limit.as_deref() {
+            None => MAX_LOG_ROWS,
+            Some(raw) => raw
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_LOG_ROWS).contains(n))
+                .ok_or_else(|| {
+                    ApiError::invalid_field(
+                        "limit",
+                        format!("`{raw}` is not a number of lines from 1 to {MAX_LOG_ROWS}"),
+                    )
+                })?,
+        };
+        Ok(entries
+            .into_iter()
+            .rev()
+            .take(limit)
+            .map(|e| {
+                let at = e
+                    .time
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                let name = names.get(&e.instance).unwrap_or(&e.instance);
+                json!([at, name, e.line])
+            })
+            .collect())
+    }
+}
+
+/// Unique names of a container's instances, by instance id (as log entries name them).
+pub(crate) fn names_by_id(container: &str, instances: &[InstanceInfo]) -> HashMap<String, String> {
+    instances
+        .iter()
+        .map(|i| (i.id.to_string(), unique_name(container, i)))
+        .collect()
+}
+
+/// A time as document 000's metrics show it: `2021-03-11T21:55:51.000+00:00`.
+pub(crate) fn metrics_time(t: SystemTime) -> String {
+    let seconds = rfc3339(t);
+    let millis = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_millis();
+    format!("{}.{millis:03}+00:00", seconds.trim_end_matches('Z'))
+}
+
+/// Whether an instance is meant to run (document 000's `req_state`).
+pub(crate) fn wants_to_run(state: InstanceState) -> bool {
+    matches!(state, InstanceState::Starting | InstanceState::Running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_times_carry_milliseconds_and_an_offset() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_615_499_751_250);
+        assert_eq!(metrics_time(t), "2021-03-11T21:55:51.250+00:00");
+    }
+}

@@ -1,0 +1,194 @@
+//! Document 000, `/api/containers/{id}`: one instance, by integer id, with its stats,
+//! power actions, logs, processes and CPU and memory series.
+
+use super::{LogQuery, metrics_time, names_by_id, number, unique_name, wants_to_run};
+use crate::auth::Authenticated;
+use crate::containers::rfc3339;
+use crate::error::ApiError;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use ember_runtime::model::{Caller, InstanceInfo, InstanceState, Scope};
+use ember_runtime::{ContainerView, PowerAction, ProcessRow, Runtime, UsageSample};
+use serde_json::{Value, json};
+
+pub(crate) fn routes() -> Router<Runtime> {
+    Router::new()
+        .route("/api/containers/{id}", get(show))
+        .route("/api/containers/{id}/power/{action}", put(power))
+        .route("/api/containers/{id}/logs", get(logs))
+        .route("/api/containers/{id}/container_processes", get(processes))
+        .route("/api/containers/{id}/metrics/{kind}", get(metrics))
+}
+
+/// The instance with integer id `raw` and its container, if the caller may see them.
+fn find(
+    runtime: &Runtime,
+    caller: &Caller,
+    raw: &str,
+) -> Result<(ContainerView, InstanceInfo), ApiError> {
+    let instance = runtime.find_instance_by_number(caller, number("id", raw)?)?;
+    let view = runtime.get_container(caller, instance.container_id)?;
+    Ok((view, instance))
+}
+
+/// Document 000's `current_state` of an instance.
+fn current_state(state: InstanceState) -> &'static str {
+    match state {
+        InstanceState::Starting => "starting",
+        InstanceState::Running => "online",
+        InstanceState::Stopping | InstanceState::Terminating => "stopping",
+        InstanceState::Stopped | InstanceState::Terminated => "offline",
+    }
+}
+
+/// One instance as document 000 shows it.
+pub(crate) fn instance_json(
+    runtime: &Runtime,
+    view: &ContainerView,
+    instance: &InstanceInfo,
+    usage: Option<UsageSample>,
+) -> Value {
+    let container = &view.container;
+    let service_id = container.id.number();
+    json!({
+        "id": instance.id.number(),
+        "name": unique_name(container.spec.name.as_str(), instance),
+        "req_state": if wants_to_run(instance.state) { "running" } else { "stopped" },
+        "stats": {
+            "cpu": usage.map_or(0.0, |u| round2(u.cpu_percent)),
+            "mem": usage.map_or(0.0, |u| round2(u.memory_bytes as f64 / (1 << 20) as f64)),
+        },
+        "current_state": current_state(instance.state),
+        "local_ip": instance.address.map(|a| a.ip().to_string()),
+        "public_ip": null,
+        "created_at": rfc3339(instance.created),
+        "updated_at": rfc3339(instance.state_changed),
+        "ingress_rules": [{
+            "id": service_id,
+            "port": runtime.config().ingress_port,
+            "port_nat": container.spec.port,
+            "proto": "http",
+            "external_access": true,
+            "backend_ssl": false,
+            "tcp_proxy_opt": "none",
+            "redirect_ssl": false,
+            "restrict_cf": false,
+            "tcp_lb": false,
+            "created_at": rfc3339(container.date_created),
+            "updated_at": rfc3339(container.date_updated),
+            "container_service_id": service_id,
+            "load_balancer_rule_id": null,
+            "internal_load_balancer_id": null,
+            "load_balanced_rules": [],
+        }],
+    })
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+async fn show(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_scope(Scope::ProjectsRead)?;
+    let (view, instance) = find(&runtime, &caller, &id)?;
+    let usage = runtime.instance_usage_now(&caller, view.container.id, instance.id)?;
+    Ok(Json(json!({
+        "containers": [instance_json(&runtime, &view, &instance, usage)]
+    })))
+}
+
+/// Document 000's and 001's power actions.
+pub(crate) fn power_action(raw: &str) -> Result<PowerAction, ApiError> {
+    match raw {
+        "start" => Ok(PowerAction::Start),
+        "stop" => Ok(PowerAction::Stop),
+        "restart" => Ok(PowerAction::Restart),
+        "rebuild" => Ok(PowerAction::Rebuild),
+        _ => Err(ApiError::invalid_field(
+            "action",
+            format!("`{raw}` is not a power action (`start`, `stop`, `restart`, `rebuild`)"),
+        )),
+    }
+}
+
+async fn power(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require_scope(Scope::ProjectsWrite)?;
+    let action = power_action(&action)?;
+    let (view, instance) = find(&runtime, &caller, &id)?;
+    runtime
+        .power_instance(&caller, view.container.id, instance.id, action)
+        .await?;
+    let (view, instance) = find(&runtime, &caller, &id)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "containers": [instance_json(&runtime, &view, &instance, None)]
+        })),
+    ))
+}
+
+async fn logs(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    caller.require_scope(Scope::ProjectsRead)?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
+    let (since, until) = query.range()?;
+    let (view, instance) = find(&runtime, &caller, &id)?;
+    let own = instance.id.to_string();
+    let mut entries = runtime.read_logs(&caller, view.container.id, since, until)?;
+    entries.retain(|e| e.instance == own);
+    let names = names_by_id(view.container.spec.name.as_str(), &[instance]);
+    Ok(Json(query.rows(entries, &names)?))
+}
+
+async fn processes(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<ProcessRow>>, ApiError> {
+    caller.require_scope(Scope::ProjectsRead)?;
+    let (view, instance) = find(&runtime, &caller, &id)?;
+    Ok(Json(
+        runtime
+            .instance_processes(&caller, view.container.id, instance.id)
+            .await?,
+    ))
+}
+
+async fn metrics(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path((id, kind)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_scope(Scope::ProjectsRead)?;
+    let value: fn(&UsageSample) -> f64 = match kind.as_str() {
+        "cpu" => |s| round2(s.cpu_percent),
+        "memory" => |s| round2(s.memory_bytes as f64 / (1 << 20) as f64),
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "no metric `{kind}`: there are `cpu` (percent of one CPU) and `memory` (MiB)"
+            )));
+        }
+    };
+    let (view, instance) = find(&runtime, &caller, &id)?;
+    let series = runtime.instance_usage(&caller, view.container.id, instance.id)?;
+    let stats: Vec<Value> = series
+        .iter()
+        .map(|s| json!([metrics_time(s.at), value(s)]))
+        .collect();
+    Ok(Json(json!({ "stats": stats })))
+}

@@ -1,0 +1,145 @@
+//! The package catalogue of document 001: the plans a container service's instances
+//! can be sized to (`package_id` in a PATCH, `product_id` in a resize), served at
+//! `GET /api/products`. A package sets the container's cpu, ram and disk; a container
+//! sized some other way (through `/v1`) shows as the `custom` package, id 0.
+
+use crate::auth::Authenticated;
+use crate::error::ApiError;
+use axum::routing::get;
+use axum::{Json, Router};
+use ember_runtime::Runtime;
+use ember_runtime::model::{ContainerPatch, ContainerSpec, Quantity, Scope};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// One plan.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Package {
+    /// Its id (`product_id`, `package_id`).
+    pub(crate) id: u64,
+    pub(crate) label: &'static str,
+    /// CPUs per instance.
+    pub(crate) cpu: f64,
+    /// Memory per instance, MiB.
+    pub(crate) memory: u64,
+    /// Disk per instance, GiB.
+    pub(crate) storage: u64,
+    /// Monthly transfer, GB (not metered by Ember).
+    pub(crate) bandwidth: u64,
+    /// Local disk, GiB (the same as `storage`: instances have only one disk).
+    pub(crate) local_disk: u64,
+    /// Backup space, GiB (Ember keeps no backups).
+    pub(crate) backup: u64,
+    /// Swap, MiB (instances get none).
+    pub(crate) memory_swap: u64,
+    /// Kernel swappiness for the instances' cgroups.
+    pub(crate) memory_swappiness: u64,
+}
+
+const fn package(id: u64, label: &'static str, cpu: f64, memory: u64, storage: u64) -> Package {
+    Package {
+        id,
+        label,
+        cpu,
+        memory,
+        storage,
+        bandwidth: 1000,
+        local_disk: storage,
+        backup: 0,
+        memory_swap: 0,
+        memory_swappiness: 60,
+    }
+}
+
+/// The catalogue.
+pub(crate) const PACKAGES: [Package; 5] = [
+    package(1, "nano", 0.25, 256, 1),
+    package(2, "small", 0.5, 512, 2),
+    package(3, "medium", 1.0, 1024, 5),
+    package(4, "large", 2.0, 2048, 10),
+    package(5, "xlarge", 4.0, 4096, 20),
+];
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+impl Package {
+    /// The package `id`, or a 400 naming `field`.
+    pub(crate) fn find(field: &str, id: u64) -> Result<Self, ApiError> {
+        PACKAGES.into_iter().find(|p| p.id == id).ok_or_else(|| {
+            ApiError::invalid_field(
+                field,
+                format!("there is no package {id}; GET /api/products lists them (ids 1 to 5)"),
+            )
+        })
+    }
+
+    /// The package a spec matches, if any.
+    pub(crate) fn of(spec: &ContainerSpec) -> Option<Self> {
+        PACKAGES.into_iter().find(|p| {
+            p.cpu == spec.cpu
+                && p.memory * MIB == spec.ram.bytes()
+                && p.storage * GIB == spec.ephemeral_storage.bytes()
+        })
+    }
+
+    /// What sizing a container to this package changes.
+    pub(crate) fn apply(&self, patch: &mut ContainerPatch) {
+        patch.cpu = Some(self.cpu);
+        patch.ram = Some(quantity(self.memory * MIB));
+        patch.ephemeral_storage = Some(quantity(self.storage * GIB));
+    }
+
+    /// How a service shows its package: the catalogue's entry, or what the spec
+    /// holds as `custom`.
+    pub(crate) fn describe(spec: &ContainerSpec) -> (u64, Value) {
+        match Self::of(spec) {
+            Some(p) => (p.id, json!(p)),
+            None => (
+                0,
+                json!({
+                    "id": 0,
+                    "label": "custom",
+                    "cpu": spec.cpu,
+                    "memory": spec.ram.bytes() / MIB,
+                    "storage": spec.ephemeral_storage.bytes() / GIB,
+                    "bandwidth": 1000,
+                    "local_disk": spec.ephemeral_storage.bytes() / GIB,
+                    "backup": 0,
+                    "memory_swap": 0,
+                    "memory_swappiness": 60,
+                }),
+            ),
+        }
+    }
+}
+
+fn quantity(bytes: u64) -> Quantity {
+    bytes
+        .to_string()
+        .parse()
+        .expect("a whole number of bytes is a quantity")
+}
+
+pub(crate) fn routes() -> Router<Runtime> {
+    Router::new().route("/api/products", get(products))
+}
+
+async fn products(Authenticated(caller): Authenticated) -> Result<Json<Value>, ApiError> {
+    caller.require_scope(Scope::ProjectsRead)?;
+    Ok(Json(json!({ "products": PACKAGES })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_package_applied_is_the_package_read_back() {
+        let mut patch = ContainerPatch::default();
+        PACKAGES[1].apply(&mut patch);
+        assert_eq!(patch.ram.unwrap().bytes(), 512 * MIB);
+        assert_eq!(patch.ephemeral_storage.unwrap().bytes(), 2 * GIB);
+        assert!(Package::find("package_id", 9).is_err());
+    }
+}

@@ -1,0 +1,291 @@
+//! Document 001, `/api/container_services`: containers by integer id, with their
+//! package, scale, power actions on every instance, and logs.
+
+use super::numbered::{instance_json, power_action};
+use super::packages::Package;
+use super::{LogQuery, names_by_id, number};
+use crate::auth::Authenticated;
+use crate::containers::rfc3339;
+use crate::error::ApiError;
+use crate::json::StrictJson;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ember_runtime::model::{
+    Caller, ContainerName, ContainerPatch, ContainerStatus, InstanceState, Scope,
+};
+use ember_runtime::{ContainerView, Runtime};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub(crate) fn routes() -> Router<Runtime> {
+    Router::new()
+        .route("/api/container_services", get(list))
+        .route(
+            "/api/container_services/{id}",
+            get(show).patch(update).delete(remove),
+        )
+        .route("/api/container_services/{id}/containers", get(containers))
+        .route("/api/container_services/{id}/resize", post(resize))
+        .route("/api/container_services/{id}/scale", post(scale))
+        .route("/api/container_services/{id}/power/{action}", post(power))
+        .route("/api/container_services/{id}/logs", get(logs))
+}
+
+fn find(runtime: &Runtime, caller: &Caller, raw: &str) -> Result<ContainerView, ApiError> {
+    Ok(runtime.find_container_by_number(caller, number("id", raw)?)?)
+}
+
+/// Document 001's `current_state`, from the container's deployment and instances.
+fn current_state(view: &ContainerView, running: usize) -> &'static str {
+    match view.container.status {
+        ContainerStatus::Deploying => "working",
+        ContainerStatus::Failed => "alert",
+        ContainerStatus::Deployed if running > 0 => "online",
+        ContainerStatus::Deployed => "idle",
+    }
+}
+
+/// One container as document 001 shows it.
+fn service_json(runtime: &Runtime, caller: &Caller, view: &ContainerView) -> Value {
+    let c = &view.container;
+    let id = c.id.number();
+    let instances = runtime.list_instances(caller, c.id).unwrap_or_default();
+    let running = instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Running)
+        .count();
+    let (product_id, package) = Package::describe(&c.spec);
+    let host = view
+        .urls
+        .as_ref()
+        .and_then(|urls| urls.first().cloned())
+        .unwrap_or_default();
+    let base = format!("/api/container_services/{id}");
+    json!({
+        "id": id,
+        "name": c.spec.name.as_str(),
+        "default_domain": host,
+        "public_ip": null,
+        "command": c.spec.command.as_ref().map(|c| c.join(" ")).unwrap_or_default(),
+        "is_load_balancer": false,
+        "has_domain_management": false,
+        "container_image_id": null,
+        "current_state": current_state(view, running),
+        "auto_scale": c.spec.max_instances > c.spec.min_instances,
+        "auto_scale_horizontal": c.spec.max_instances > c.spec.min_instances,
+        "auto_scale_max": c.spec.max_instances,
+        "labels": {},
+        "created_at": rfc3339(c.date_created),
+        "updated_at": rfc3339(c.date_updated),
+        "project": null,
+        "package": package,
+        "has_sftp": false,
+        "ingress_rules": [id],
+        "product_id": product_id,
+        "bastions": [],
+        "domains": [],
+        "deployed_containers": running,
+        "help": {
+            "general": format!("Requests to http://{host}/ go to this service's instances."),
+            "ssh": "Ember instances take no SSH connections.",
+            "remote": format!("Each instance listens on port {} inside its sandbox.", c.spec.port),
+            "domain": format!("The service answers at {host}."),
+        },
+        "links": {
+            "containers": format!("{base}/containers"),
+            "logs": format!("{base}/logs"),
+            "products": "/api/products",
+        },
+    })
+}
+
+async fn list(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_scope(Scope::ProjectsRead)?;
+    let services: Vec<Value> = runtime
+        .all_containers(&caller)?
+        .iter()
+        .map(|view| service_json(&runtime, &caller, view))
+        .collect();
+    Ok(Json(json!({ "container_services": services })))
+}
+
+async fn show(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_scope(Scope::ProjectsRead)?;
+    let view = find(&runtime, &caller, &id)?;
+    Ok(Json(
+        json!({ "container_service": service_json(&runtime, &caller, &view) }),
+    ))
+}
+
+/// A body wrapped as the document wraps it: `{"container_service": {...}}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wrapped<T> {
+    container_service: T,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceUpdate {
+    name: Option<String>,
+    scale: Option<u32>,
+    package_id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resize {
+    product_id: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scale {
+    qty: u32,
+}
+
+/// Pins the instance count to `qty`: `minInstances` = `maxInstances` = `qty`.
+fn pin_count(patch: &mut ContainerPatch, qty: u32) {
+    patch.min_instances = Some(qty);
+    patch.max_instances = Some(qty);
+}
+
+/// Applies a patch (a new revision) and answers with the service.
+async fn apply(
+    runtime: &Runtime,
+    caller: &Caller,
+    view: ContainerView,
+    patch: ContainerPatch,
+) -> Result<Json<Value>, ApiError> {
+    let view = runtime
+        .update_container(caller, view.container.id, patch)
+        .await?;
+    Ok(Json(
+        json!({ "container_service": service_json(runtime, caller, &view) }),
+    ))
+}
+
+async fn update(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    StrictJson(body): StrictJson<Wrapped<ServiceUpdate>>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_scope(Scope::ProjectsWrite)?;
+    let body = body.container_service;
+    let mut patch = ContainerPatch::default();
+    if let Some(name) = &body.name {
+        patch.name = Some(
+            name.parse::<ContainerName>()
+                .map_err(|e| ApiError::invalid_field("container_service.name", e.to_string()))?,
+        );
+    }
+    if let Some(qty) = body.scale {
+        pin_count(&mut patch, qty);
+    }
+    if let Some(package) = body.package_id {
+        Package::find("container_service.package_id", package)?.apply(&mut patch);
+    }
+    let view = find(&runtime, &caller, &id)?;
+    apply(&runtime, &caller, view, patch).await
+}
+
+async fn resize(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    StrictJson(body): StrictJson<Wrapped<Resize>>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_scope(Scope::ProjectsWrite)?;
+    let mut patch = ContainerPatch::default();
+    Package::find(
+        "container_service.product_id",
+        body.container_service.product_id,
+    )?
+    .apply(&mut patch);
+    let view = find(&runtime, &caller, &id)?;
+    apply(&runtime, &caller, view, patch).await
+}
+
+async fn scale(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    StrictJson(body): StrictJson<Wrapped<Scale>>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_scope(Scope::ProjectsWrite)?;
+    let mut patch = ContainerPatch::default();
+    pin_count(&mut patch, body.container_service.qty);
+    let view = find(&runtime, &caller, &id)?;
+    apply(&runtime, &caller, view, patch).await
+}
+
+async fn remove(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_scope(Scope::ProjectsWrite)?;
+    let view = find(&runtime, &caller, &id)?;
+    runtime.delete_container(&caller, view.container.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn power(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require_scope(Scope::ProjectsWrite)?;
+    let action = power_action(&action)?;
+    let view = find(&runtime, &caller, &id)?;
+    let applied = runtime
+        .power_all_instances(&caller, view.container.id, action)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "action": action.name(), "containers": applied })),
+    ))
+}
+
+async fn containers(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_scope(Scope::ProjectsRead)?;
+    let view = find(&runtime, &caller, &id)?;
+    let instances = runtime.list_instances(&caller, view.container.id)?;
+    let listed: Vec<Value> = instances
+        .iter()
+        .map(|i| instance_json(&runtime, &view, i, None))
+        .collect();
+    Ok(Json(json!({ "containers": listed })))
+}
+
+async fn logs(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    caller.require_scope(Scope::ProjectsRead)?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
+    let (since, until) = query.range()?;
+    let view = find(&runtime, &caller, &id)?;
+    let id = view.container.id;
+    let entries = runtime.read_logs(&caller, id, since, until)?;
+    let instances = runtime.list_all_instances(&caller, id)?;
+    let names = names_by_id(view.container.spec.name.as_str(), &instances);
+    Ok(Json(query.rows(entries, &names)?))
+}

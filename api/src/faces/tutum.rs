@@ -1,0 +1,244 @@
+//! Document 003, Tutum's `/api/v1/container/`: instances by UUID, in Tutum's states
+//! (Init, Starting, Running, Stopping, Stopped, Terminating, Terminated) and its
+//! `meta`/`objects` list envelope. Ember's instances start the moment they are
+//! made, so none is ever in Init.
+
+use crate::auth::Authenticated;
+use crate::error::ApiError;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ember_runtime::model::{Caller, InstanceId, InstanceInfo, InstanceState, Scope};
+use ember_runtime::{ContainerView, PowerAction, Runtime};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub(crate) fn routes() -> Router<Runtime> {
+    Router::new()
+        .route("/api/v1/container/", get(list))
+        .route("/api/v1/container/{uuid}/", get(show).delete(terminate))
+        .route("/api/v1/container/{uuid}/logs/", get(logs))
+        .route("/api/v1/container/{uuid}/start/", post(start))
+        .route("/api/v1/container/{uuid}/stop/", post(stop))
+}
+
+/// Tutum's name of a state.
+fn state_name(state: InstanceState) -> &'static str {
+    match state {
+        InstanceState::Starting => "Starting",
+        InstanceState::Running => "Running",
+        InstanceState::Stopping => "Stopping",
+        InstanceState::Stopped => "Stopped",
+        InstanceState::Terminating => "Terminating",
+        InstanceState::Terminated => "Terminated",
+    }
+}
+
+const STATE_NAMES: [&str; 7] = [
+    "Init",
+    "Starting",
+    "Running",
+    "Stopping",
+    "Stopped",
+    "Terminating",
+    "Terminated",
+];
+
+fn object(view: &ContainerView, instance: &InstanceInfo) -> Value {
+    let spec = &view.container.spec;
+    let (image_name, image_tag) = split_image(&spec.image);
+    json!({
+        "uuid": instance.id.to_string(),
+        "resource_uri": format!("/api/v1/container/{}/", instance.id),
+        "image_name": spec.image,
+        "image_tag": image_tag.unwrap_or("latest"),
+        "image_repository": image_name,
+        "name": spec.name.as_str(),
+        "unique_name": super::unique_name(spec.name.as_str(), instance),
+        "state": state_name(instance.state),
+    })
+}
+
+/// An image reference's repository and tag (or digest).
+fn split_image(image: &str) -> (&str, Option<&str>) {
+    if let Some((name, digest)) = image.split_once('@') {
+        return (name, Some(digest));
+    }
+    match image.rsplit_once(':') {
+        // A colon in the last path segment is a tag; one before it is a port.
+        Some((name, tag)) if !tag.contains('/') => (name, Some(tag)),
+        _ => (image, None),
+    }
+}
+
+fn instance_id(raw: &str) -> Result<InstanceId, ApiError> {
+    raw.parse().map_err(|e: ember_runtime::model::InvalidId| {
+        ApiError::invalid_field("uuid", e.to_string())
+    })
+}
+
+fn find(
+    runtime: &Runtime,
+    caller: &Caller,
+    raw: &str,
+) -> Result<(ContainerView, InstanceInfo), ApiError> {
+    let instance = runtime.find_instance(caller, instance_id(raw)?)?;
+    let view = runtime.get_container(caller, instance.container_id)?;
+    Ok((view, instance))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    name: Option<String>,
+    unique_name: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+/// Instances a page holds when `limit` is not given (as Tutum).
+const DEFAULT_LIMIT: usize = 25;
+const MAX_LIMIT: usize = 1000;
+
+async fn list(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_scope(Scope::ProjectsRead)?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
+    if let Some(state) = &query.state
+        && !STATE_NAMES.contains(&state.as_str())
+    {
+        return Err(ApiError::invalid_field(
+            "state",
+            format!("`{state}` is not a state ({})", STATE_NAMES.join(", ")),
+        ));
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid_field(
+            "limit",
+            format!("must be from 1 to {MAX_LIMIT}"),
+        ));
+    }
+    let offset = query.offset.unwrap_or(0);
+    let mut objects = Vec::new();
+    for view in runtime.all_containers(&caller)? {
+        for instance in runtime.list_all_instances(&caller, view.container.id)? {
+            let object = object(&view, &instance);
+            let matches = |field: &str, wanted: &Option<String>| {
+                wanted.as_deref().is_none_or(|w| object[field] == w)
+            };
+            if matches("state", &query.state)
+                && matches("name", &query.name)
+                && matches("unique_name", &query.unique_name)
+            {
+                objects.push(object);
+            }
+        }
+    }
+    let total = objects.len();
+    let page: Vec<Value> = objects.into_iter().skip(offset).take(limit).collect();
+    let link = |offset: usize| format!("/api/v1/container/?limit={limit}&offset={offset}");
+    Ok(Json(json!({
+        "meta": {
+            "limit": limit,
+            "offset": offset,
+            "total_count": total,
+            "next": (offset + limit < total).then(|| link(offset + limit)),
+            "previous": (offset > 0).then(|| link(offset.saturating_sub(limit))),
+        },
+        "objects": page,
+    })))
+}
+
+async fn show(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(uuid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_scope(Scope::ProjectsRead)?;
+    let (view, instance) = find(&runtime, &caller, &uuid)?;
+    Ok(Json(object(&view, &instance)))
+}
+
+async fn logs(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(uuid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_scope(Scope::ProjectsRead)?;
+    let (view, instance) = find(&runtime, &caller, &uuid)?;
+    let own = instance.id.to_string();
+    let now = std::time::SystemTime::now();
+    let lines: String = runtime
+        .read_logs(&caller, view.container.id, std::time::UNIX_EPOCH, now)?
+        .into_iter()
+        .filter(|e| e.instance == own)
+        .map(|e| e.line + "\n")
+        .collect();
+    Ok(Json(json!({ "logs": lines })))
+}
+
+/// Applies `action` and answers with the instance as it is then.
+async fn act(
+    runtime: &Runtime,
+    caller: &Caller,
+    uuid: &str,
+    action: PowerAction,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require_scope(Scope::ProjectsWrite)?;
+    let (view, instance) = find(runtime, caller, uuid)?;
+    runtime
+        .power_instance(caller, view.container.id, instance.id, action)
+        .await?;
+    let (view, instance) = find(runtime, caller, uuid)?;
+    Ok((StatusCode::ACCEPTED, Json(object(&view, &instance))))
+}
+
+async fn start(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(uuid): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    act(&runtime, &caller, &uuid, PowerAction::Start).await
+}
+
+async fn stop(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(uuid): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    act(&runtime, &caller, &uuid, PowerAction::Stop).await
+}
+
+async fn terminate(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path(uuid): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    act(&runtime, &caller, &uuid, PowerAction::Terminate).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_split_into_repository_and_tag() {
+        assert_eq!(split_image("busybox:1.36"), ("busybox", Some("1.36")));
+        assert_eq!(
+            split_image("127.0.0.1:5000/app"),
+            ("127.0.0.1:5000/app", None)
+        );
+        assert_eq!(
+            split_image("127.0.0.1:5000/app:v2"),
+            ("127.0.0.1:5000/app", Some("v2"))
+        );
+        assert_eq!(split_image("app@sha256:abc"), ("app", Some("sha256:abc")));
+    }
+}

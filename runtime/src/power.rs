@@ -1,0 +1,316 @@
+//! Power actions on instances (document 000's power control, 001's power on every
+//! instance, 003's start, stop and terminate), and what an instance is using.
+//!
+//! An instance started by hand is pinned: it runs until stopped by hand, as a Tutum
+//! container does, rather than until the autoscaler finds it idle. The pinned count
+//! is stored before an action is accepted, so a restart brings the same number back;
+//! a stopped instance itself lives in memory only, and so does not outlive the
+//! runtime (it comes back as neither stopped nor running).
+
+use crate::activator::Refusal;
+use crate::error::RuntimeError;
+use crate::model::{Caller, ContainerId, InstanceId, InstanceInfo, InstanceState};
+use crate::runtime::Runtime;
+use crate::usage::UsageSample;
+use ember_sandbox::processes::ProcessRow;
+use std::sync::Arc;
+
+/// What can be done to an instance by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    /// Starts a stopped instance again, under its id.
+    Start,
+    /// Stops a running instance; it keeps its id and can start again.
+    Stop,
+    /// Stops a running instance and starts it again. A stopped one just starts.
+    Restart,
+    /// As restart: every start of an Ember instance is a fresh sandbox made from the
+    /// image, with nothing kept of the filesystem it wrote.
+    Rebuild,
+    /// Stops an instance for good (irreversible).
+    Terminate,
+}
+
+impl PowerAction {
+    /// The action's name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Restart => "restart",
+            Self::Rebuild => "rebuild",
+            Self::Terminate => "terminate",
+        }
+    }
+
+    /// The states the action applies to.
+    pub fn applies_to(self) -> &'static [InstanceState] {
+        match self {
+            Self::Start => &[InstanceState::Stopped],
+            Self::Stop => &[InstanceState::Running],
+            Self::Restart | Self::Rebuild | Self::Terminate => {
+                &[InstanceState::Running, InstanceState::Stopped]
+            }
+        }
+    }
+}
+
+impl Runtime {
+    /// Applies `action` to one instance. Returns once the instance shows the
+    /// action's first state (Stopping, Starting, Terminating, or Terminated for a
+    /// stopped one); the stop or start itself goes on in the background.
+    pub async fn power_instance(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        instance: InstanceId,
+        action: PowerAction,
+    ) -> Result<(), RuntimeError> {
+        {
+            let _records = self.inner().records.lock();
+            let mut container = self.accessible(caller, id)?;
+            let service = self.service(id)?;
+            let refused = |refusal| refusal_error(refusal, instance, action);
+            let pinned_before = container.pinned_instances;
+            let taken = match action {
+                // Never take a running instance for a start: it would have to go back.
+                PowerAction::Start => Err(service
+                    .instances()
+                    .into_iter()
+                    .find(|i| i.id == instance)
+                    .map_or(Refusal::NotFound, |i| Refusal::InState(i.state))),
+                _ => service.take_running(instance),
+            };
+            match taken {
+                Ok(live) => {
+                    if action == PowerAction::Stop || action == PowerAction::Terminate {
+                        if live.is_pinned() {
+                            container.pinned_instances -= 1;
+                        }
+                        let end = if action == PowerAction::Stop {
+                            InstanceState::Stopped
+                        } else {
+                            InstanceState::Terminated
+                        };
+                        self.inner()
+                            .background
+                            .spawn_stop(service.stop_taken(live, end));
+                    } else {
+                        // Restart, rebuild: the same instance, pinned or not, as before.
+                        let pinned = live.is_pinned();
+                        let stop = service.stop_taken(live, InstanceState::Stopped);
+                        let again = service.clone();
+                        self.inner().background.spawn_stop(async move {
+                            stop.await;
+                            if let Err(refusal) = again.start_stopped(instance, pinned) {
+                                tracing::warn!(%instance, ?refusal, "an instance stopped for a restart did not start again");
+                            }
+                        });
+                    }
+                }
+                Err(Refusal::InState(InstanceState::Stopped)) => match action {
+                    PowerAction::Terminate => {
+                        service.terminate_stopped(instance).map_err(refused)?;
+                    }
+                    PowerAction::Start | PowerAction::Restart | PowerAction::Rebuild => {
+                        let limit = container.spec.max_instances;
+                        if container.pinned_instances >= limit {
+                            return Err(RuntimeError::Conflict {
+                                code: "too_many_instances",
+                                message: format!(
+                                    "the container already keeps {limit} instances started by hand (maxInstances)"
+                                ),
+                            });
+                        }
+                        service.start_stopped(instance, true).map_err(refused)?;
+                        container.pinned_instances += 1;
+                    }
+                    PowerAction::Stop => {
+                        return Err(refused(Refusal::InState(InstanceState::Stopped)));
+                    }
+                },
+                Err(refusal) => return Err(refused(refusal)),
+            }
+            if container.pinned_instances != pinned_before {
+                self.inner().store.save_status(&container)?;
+            }
+        }
+        self.inner().store.flush().await
+    }
+
+    /// Applies `action` to every instance of a container it applies to; returns
+    /// how many it was applied to.
+    pub async fn power_all_instances(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        action: PowerAction,
+    ) -> Result<usize, RuntimeError> {
+        let instances = self.list_all_instances(caller, id)?;
+        let mut applied = 0;
+        for instance in instances {
+            if !action.applies_to().contains(&instance.state) {
+                continue;
+            }
+            match self.power_instance(caller, id, instance.id, action).await {
+                Ok(()) => applied += 1,
+                // It moved on meanwhile (ended on its own, say): not ours to report.
+                Err(RuntimeError::Conflict { .. } | RuntimeError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Every instance of a container the runtime knows: running, starting, stopped
+    /// by hand and recently terminated.
+    pub fn list_all_instances(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+    ) -> Result<Vec<InstanceInfo>, RuntimeError> {
+        self.accessible(caller, id)?;
+        Ok(self
+            .inner()
+            .services
+            .read()
+            .get(&id)
+            .map(|s| s.instances())
+            .unwrap_or_default())
+    }
+
+    /// Finds an instance by the integer id the numbered faces show, among the
+    /// caller's containers.
+    pub fn find_instance_by_number(
+        &self,
+        caller: &Caller,
+        number: u64,
+    ) -> Result<InstanceInfo, RuntimeError> {
+        let services: Vec<_> = self.inner().services.read().values().cloned().collect();
+        services
+            .iter()
+            .flat_map(|s| s.instances())
+            .find(|i| i.id.number() == number)
+            .filter(|i| self.accessible(caller, i.container_id).is_ok())
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "container",
+                id: number.to_string(),
+            })
+    }
+
+    /// Finds an instance by id among the caller's containers.
+    pub fn find_instance(
+        &self,
+        caller: &Caller,
+        id: InstanceId,
+    ) -> Result<InstanceInfo, RuntimeError> {
+        let services: Vec<_> = self.inner().services.read().values().cloned().collect();
+        services
+            .iter()
+            .flat_map(|s| s.instances())
+            .find(|i| i.id == id)
+            .filter(|i| self.accessible(caller, i.container_id).is_ok())
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "container",
+                id: id.to_string(),
+            })
+    }
+
+    /// The CPU and memory samples of an instance, oldest first.
+    pub fn instance_usage(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        instance: InstanceId,
+    ) -> Result<Vec<UsageSample>, RuntimeError> {
+        self.accessible(caller, id)?;
+        Ok(self.inner().usage.series(instance))
+    }
+
+    /// The latest CPU and memory sample of an instance, taken now if none was yet.
+    pub fn instance_usage_now(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        instance: InstanceId,
+    ) -> Result<Option<UsageSample>, RuntimeError> {
+        self.accessible(caller, id)?;
+        let service = self.service(id)?;
+        if let Some(sample) = self.inner().usage.latest(instance) {
+            return Ok(Some(sample));
+        }
+        Ok(service.running(instance).map(|running| {
+            let usage = running.usage();
+            UsageSample {
+                at: std::time::SystemTime::now(),
+                cpu_percent: 0.0,
+                memory_bytes: usage.memory_bytes,
+            }
+        }))
+    }
+
+    /// The processes a running instance runs (none for wasm).
+    pub async fn instance_processes(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        instance: InstanceId,
+    ) -> Result<Vec<ProcessRow>, RuntimeError> {
+        self.accessible(caller, id)?;
+        let Some(running) = self.service(id)?.running(instance) else {
+            return Ok(Vec::new());
+        };
+        tokio::task::spawn_blocking(move || running.processes())
+            .await
+            .map_err(|e| RuntimeError::Storage(format!("listing processes: {e}")))?
+            .map_err(RuntimeError::io("listing the instance's processes"))
+    }
+
+    /// Samples every running instance's usage at the configured interval.
+    pub(crate) fn spawn_usage_sampler(&self) {
+        let weak = Arc::downgrade(self.inner_arc());
+        let interval = self.config().usage_sample_interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let services: Vec<_> = inner.services.read().values().cloned().collect();
+                let usages = tokio::task::spawn_blocking(move || {
+                    services.iter().flat_map(|s| s.usages()).collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                inner.usage.record(std::time::SystemTime::now(), &usages);
+            }
+        });
+    }
+}
+
+fn refusal_error(refusal: Refusal, instance: InstanceId, action: PowerAction) -> RuntimeError {
+    match refusal {
+        Refusal::NotFound => RuntimeError::NotFound {
+            what: "instance",
+            id: instance.to_string(),
+        },
+        Refusal::InState(state) => RuntimeError::Conflict {
+            code: "invalid_state",
+            message: format!(
+                "instance {instance} is {}; {} applies only to an instance that is {}",
+                state.name(),
+                action.name(),
+                action
+                    .applies_to()
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+        },
+        Refusal::NotServing => RuntimeError::Conflict {
+            code: "not_serving",
+            message: "the container has no revision serving, so nothing can start".into(),
+        },
+    }
+}
