@@ -284,6 +284,87 @@ async fn runs_an_image_and_passes_command_arguments_and_env() {
     assert_eq!(event["stream"], "stdout");
     assert_eq!(event["instance"], instance);
 
+    // Document 000's view of the same instance: cgroup stats, its processes (pid 1
+    // is the exec'd httpd), its log rows; then a restart under the same id.
+    let (_, services) = ember.get_json("/api/container_services").await;
+    let service = services["container_services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "custom")
+        .unwrap()["id"]
+        .clone();
+    let (_, listed) = ember
+        .get_json(&format!("/api/container_services/{service}/containers"))
+        .await;
+    let number = listed["containers"][0]["id"].as_u64().unwrap();
+    let (status, shown) = ember.get_json(&format!("/api/containers/{number}")).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    let shown = &shown["containers"][0];
+    assert_eq!(shown["current_state"], "online", "{shown}");
+    let local_ip: std::net::Ipv4Addr = shown["local_ip"].as_str().unwrap().parse().unwrap();
+    assert!(local_ip.is_private(), "the bridge address: {shown}");
+    assert!(shown["stats"]["mem"].as_f64().unwrap() > 0.0, "{shown}");
+    let (status, processes) = ember
+        .get_json(&format!("/api/containers/{number}/container_processes"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{processes}");
+    let init = &processes[0];
+    assert_eq!(
+        (init["PID"].clone(), init["PPID"].clone()),
+        (json!(1), json!(0)),
+        "{processes}"
+    );
+    assert!(
+        init["CMD"]
+            .as_str()
+            .unwrap()
+            .starts_with("httpd -f -p 8080"),
+        "{processes}"
+    );
+    assert_eq!(init["UID"], "root");
+    for column in ["C", "STIME", "TTY", "TIME"] {
+        assert!(!init[column].is_null(), "{column}: {processes}");
+    }
+    let (status, rows) = ember
+        .get_json(&format!(
+            "/api/containers/{number}/logs?limit=100&period_start=0"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rows}");
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r[2].as_str()
+                .unwrap()
+                .contains("started-from-the-container")
+        })
+        .unwrap_or_else(|| panic!("{rows}"));
+    assert!(row[0].is_f64() && row[1] == "custom-1", "{row}");
+    let (status, restarted) = ember
+        .send_json(
+            reqwest::Method::PUT,
+            &format!("/api/containers/{number}/power/restart"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{restarted}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, shown) = ember.get_json(&format!("/api/containers/{number}")).await;
+        if shown["containers"][0]["current_state"] == "online" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never back: {shown}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        get(&ember, "custom", "/").await,
+        (StatusCode::OK, "from-the-container\n".into())
+    );
+
     assert!(ember.metric("ember_cold_starts_total{kind=\"oci\"}").await >= 2.0);
     drop(ember);
     assert_nothing_left(data.path()).await;
