@@ -494,6 +494,8 @@ async fn every_face_hides_another_users_things_and_checks_scopes() {
     };
     let bob = mint(json!({ "user": "bob" })).await;
     let base = path(&service);
+    let (_, containers) = ember.get_json("/v1/containers").await;
+    let native = containers["items"][0]["id"].as_str().unwrap().to_string();
     let wrapped = |body: Value| Some(json!({ "container_service": body }));
     let routes: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, format!("/api/containers/{instance}"), None),
@@ -555,6 +557,16 @@ async fn every_face_hides_another_users_things_and_checks_scopes() {
             None,
         ),
         (Method::DELETE, format!("/api/v1/container/{uuid}/"), None),
+        (
+            Method::GET,
+            format!("/v1/containers/{native}/instances/{uuid}/volumes"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/v1/containers/{native}/instances/{uuid}/telemetry/resources/report"),
+            None,
+        ),
     ];
     for (method, route, body) in &routes {
         let (status, answer) = ember
@@ -579,7 +591,10 @@ async fn every_face_hides_another_users_things_and_checks_scopes() {
         mint(json!({ "user": "admin", "role": "ADMIN", "scopes": ["projects_read"] })).await;
     let writer =
         mint(json!({ "user": "admin", "role": "ADMIN", "scopes": ["projects_write"] })).await;
-    for (method, route, body) in &routes {
+    for (method, route, body) in routes
+        .iter()
+        .filter(|(_, route, _)| route.starts_with("/api/"))
+    {
         let reads = *method == Method::GET;
         let (token, allowed) = if reads {
             (&writer, "projects_read")
@@ -597,4 +612,57 @@ async fn every_face_hides_another_users_things_and_checks_scopes() {
     }
     let after = numbered(&ember, instance).await;
     assert_eq!(after["current_state"], "online");
+}
+
+#[tokio::test]
+async fn an_instance_reports_its_volumes_and_resources() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    deploy_one(&ember, "report", json!({})).await;
+    let (_, containers) = ember.get_json("/v1/containers").await;
+    let id = containers["items"][0]["id"].as_str().unwrap().to_string();
+    let instance = ember.instances(&id).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let base = format!("/v1/containers/{id}/instances/{instance}");
+
+    let (status, volumes) = ember
+        .get_json(&format!(
+            "{base}/volumes?sort=-id&page[size]=5&page[number]=1"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{volumes}");
+    assert_eq!(
+        volumes,
+        json!({ "data": [] }),
+        "a component has no filesystem"
+    );
+    for bad in ["sort=size", "page[size]=0", "color=red"] {
+        let (status, body) = ember.get_json(&format!("{base}/volumes?{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+
+    let (status, report) = ember
+        .get_json(&format!("{base}/telemetry/resources/report"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let data = &report["data"];
+    assert_eq!(data["instance_id"], instance.as_str());
+    assert_eq!(data["cpu"]["limit_cores"], 0.25);
+    assert_eq!(data["memory"]["limit_bytes"], 512u64 << 20);
+    assert!(
+        data["memory"]["used_bytes"].is_u64() && data["cpu"]["usage_percent"].is_number(),
+        "{report}"
+    );
+    let (status, body) = ember
+        .get_json(&format!("{base}/telemetry/resources/report?filter[cpu]=1"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = ember
+        .get_json(&format!(
+            "/v1/containers/{id}/instances/0b7f1e9a-3c1d-4c55-9a57-2f1f2a0e0c11/volumes"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }

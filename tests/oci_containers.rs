@@ -343,6 +343,17 @@ async fn runs_an_image_and_passes_command_arguments_and_env() {
         })
         .unwrap_or_else(|| panic!("{rows}"));
     assert!(row[0].is_f64() && row[1] == "custom-1", "{row}");
+    // Document 004's volumes (the writable root) and report (cgroup memory).
+    let base = format!("/v1/containers/{custom}/instances/{instance}");
+    let (_, volumes) = ember.get_json(&format!("{base}/volumes")).await;
+    assert_eq!(volumes["data"][0]["path"], "/", "{volumes}");
+    let (_, report) = ember
+        .get_json(&format!("{base}/telemetry/resources/report"))
+        .await;
+    assert!(
+        report["data"]["memory"]["used_bytes"].as_u64().unwrap() > 0,
+        "{report}"
+    );
     let (status, restarted) = ember
         .send_json(
             reqwest::Method::PUT,

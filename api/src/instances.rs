@@ -182,7 +182,7 @@ fn accepted(job: ember_runtime::model::Job) -> (StatusCode, Json<DataEnvelope<Jo
     )
 }
 
-fn instance_id(raw: &str) -> Result<InstanceId, ApiError> {
+pub(crate) fn instance_id(raw: &str) -> Result<InstanceId, ApiError> {
     raw.parse().map_err(|e: ember_runtime::model::InvalidId| {
         ApiError::invalid_field("instanceId", e.to_string())
     })

@@ -12,6 +12,7 @@ pub mod error;
 mod faces;
 mod gpu_models;
 mod instance_query;
+mod instance_resources;
 mod instances;
 mod jobs;
 mod json;
@@ -32,6 +33,7 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/metrics", get(metrics))
         .merge(containers::routes())
         .merge(instances::routes())
+        .merge(instance_resources::routes())
         .merge(jobs::routes())
         .merge(servers::routes())
         .merge(logs::routes())

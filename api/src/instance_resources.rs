@@ -1,0 +1,144 @@
+//! Document 004's views of one instance's resources: its volumes, and a
+//! point-in-time telemetry report of what it uses against what it may use.
+
+use crate::auth::Authenticated;
+use crate::containers::{container_id, rfc3339};
+use crate::error::ApiError;
+use crate::instances::{DataEnvelope, instance_id};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use ember_runtime::Runtime;
+use ember_runtime::model::{Capability, InstanceState};
+use serde_json::{Value, json};
+
+pub(crate) fn routes() -> Router<Runtime> {
+    Router::new()
+        .route(
+            "/v1/containers/{id}/instances/{instance}/volumes",
+            get(volumes),
+        )
+        .route(
+            "/v1/containers/{id}/instances/{instance}/telemetry/resources/report",
+            get(report),
+        )
+}
+
+/// Checks the volume list's query: `sort` over `id` and `name` (`-` for
+/// descending), `page[size]` and `page[number]`. A list of at most one volume reads
+/// the same in every order and on its first page.
+fn check_volume_query(query: &[(String, String)]) -> Result<(usize, usize), ApiError> {
+    let (mut size, mut number) = (20usize, 1usize);
+    for (key, value) in query {
+        let bad =
+            |what: &str| ApiError::invalid_field(key.clone(), format!("`{value}` is not {what}"));
+        match key.as_str() {
+            "sort" => {
+                for field in value.split(',') {
+                    if !matches!(field.trim_start_matches('-'), "id" | "name") {
+                        return Err(bad("a sort over `id` or `name`"));
+                    }
+                }
+            }
+            "page[size]" => {
+                size = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or_else(|| bad("a page size from 1 to 100"))?;
+            }
+            "page[number]" => {
+                number = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| bad("a page number from 1"))?;
+            }
+            _ => {
+                return Err(ApiError::invalid_field(
+                    key.clone(),
+                    "volumes take `sort`, `page[size]` and `page[number]`",
+                ));
+            }
+        }
+    }
+    Ok((size, number))
+}
+
+/// A running OCI instance has one volume, its writable root filesystem (as big as
+/// the container's `ephemeralStorage`); a wasm instance has no filesystem, and a
+/// stopped instance has nothing mounted.
+async fn volumes(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path((id, instance)): Path<(String, String)>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<DataEnvelope<Vec<Value>>>, ApiError> {
+    caller.require_capability(Capability::ContainersView)?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
+    let (size, number) = check_volume_query(&query)?;
+    let id = container_id(&id)?;
+    let info = runtime.get_instance(&caller, id, instance_id(&instance)?)?;
+    let view = runtime.get_container(&caller, id)?;
+    let mut data = Vec::new();
+    if info.state == InstanceState::Running && info.sandbox_id.is_some() {
+        data.push(json!({
+            "id": format!("{}-rootfs", info.id),
+            "name": "rootfs",
+            "path": "/",
+            "kind": "ephemeral",
+            "read_only": false,
+            "size_bytes": view.container.spec.ephemeral_storage.bytes(),
+            "created": rfc3339(info.state_changed),
+        }));
+    }
+    let data = data
+        .into_iter()
+        .skip((number - 1) * size)
+        .take(size)
+        .collect();
+    Ok(Json(DataEnvelope { data }))
+}
+
+/// What the instance uses now against its limits. `network` is `null`: Ember does
+/// not meter instances' traffic yet.
+async fn report(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    Path((id, instance)): Path<(String, String)>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<DataEnvelope<Value>>, ApiError> {
+    caller.require_capability(Capability::ContainersView)?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
+    if let Some((key, _)) = query.first() {
+        return Err(ApiError::invalid_field(
+            key.clone(),
+            "the report takes no filter: it covers cpu, memory, storage and network",
+        ));
+    }
+    let id = container_id(&id)?;
+    let info = runtime.get_instance(&caller, id, instance_id(&instance)?)?;
+    let view = runtime.get_container(&caller, id)?;
+    let spec = &view.container.spec;
+    let sample = runtime.instance_usage_now(&caller, id, info.id)?;
+    Ok(Json(DataEnvelope {
+        data: json!({
+            "instance_id": info.id.to_string(),
+            "state": info.state,
+            "timestamp": rfc3339(sample.map_or_else(std::time::SystemTime::now, |s| s.at)),
+            "cpu": {
+                "usage_percent": sample.map_or(0.0, |s| s.cpu_percent),
+                "limit_cores": spec.cpu,
+            },
+            "memory": {
+                "used_bytes": sample.map_or(0, |s| s.memory_bytes),
+                "limit_bytes": spec.ram.bytes(),
+            },
+            "storage": {
+                "limit_bytes": spec.ephemeral_storage.bytes(),
+            },
+            "network": null,
+        }),
+    }))
+}
