@@ -4,17 +4,26 @@
 use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::json::read_body;
+use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
 use ember_runtime::{MAX_BLOB_BYTES, Runtime};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<Runtime> {
-    Router::new().route("/v1/blobs", post(upload))
+pub(crate) fn routes() -> OpenApiRouter<Runtime> {
+    OpenApiRouter::new().routes(routes!(upload))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/blobs",
+    tag = "runtime",
+    summary = "Stores a wasm component",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The component binary"),
+    responses((status = 201, description = "Its digest", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn upload(
     State(runtime): State<Runtime>,
     Authenticated(_caller): Authenticated,

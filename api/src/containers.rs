@@ -5,22 +5,22 @@ use crate::error::ApiError;
 use crate::json::StrictJson;
 use crate::pagination::{ListEnvelope, page_request};
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use ember_runtime::model::{ContainerId, ContainerPatch, Revision};
 use ember_runtime::{ContainerView, Runtime};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<Runtime> {
-    Router::new()
-        .route("/v1/containers", get(list).post(create))
-        .route("/v1/containers/{id}", get(show).put(update).delete(remove))
-        .route("/v1/containers/{id}/revisions", get(revisions))
+pub(crate) fn routes() -> OpenApiRouter<Runtime> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(revisions))
 }
 
 /// Parses a container id from the path.
@@ -29,6 +29,14 @@ pub(crate) fn container_id(raw: &str) -> Result<ContainerId, ApiError> {
         .map_err(|e: ember_runtime::model::InvalidId| ApiError::invalid_field("id", e.to_string()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/containers",
+    tag = "containers",
+    summary = "The caller's containers, oldest first",
+    params(("page" = Option<u32>, Query, description = "Page number, from 1"), ("rowsPerPage" = Option<u32>, Query, description = "Items per page")),
+    responses((status = 200, description = "A page of containers", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn list(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -40,6 +48,14 @@ async fn list(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/containers/{id}",
+    tag = "containers",
+    summary = "One container",
+    params(("id" = String, Path, description = "The container's id (a UUID)")),
+    responses((status = 200, description = "The container", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn show(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -49,6 +65,14 @@ async fn show(
     Ok(Json(ContainerJson::from_view(&runtime, view)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/containers",
+    tag = "containers",
+    summary = "Creates a container and deploys its first revision",
+    request_body = serde_json::Value,
+    responses((status = 201, description = "The container, deploying", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn create(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -62,6 +86,15 @@ async fn create(
     ))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/containers/{id}",
+    tag = "containers",
+    summary = "Updates a container: a new revision",
+    params(("id" = String, Path, description = "The container's id (a UUID)")),
+    request_body = serde_json::Value,
+    responses((status = 200, description = "The container, deploying the new revision", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn update(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -74,6 +107,14 @@ async fn update(
     Ok(Json(ContainerJson::from_view(&runtime, view)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/containers/{id}",
+    tag = "containers",
+    summary = "Deletes a container (ADMIN or its creator)",
+    params(("id" = String, Path, description = "The container's id (a UUID)")),
+    responses((status = 204, description = "Deleted"), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn remove(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -85,6 +126,14 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/containers/{id}/revisions",
+    tag = "containers",
+    summary = "A container's revisions, newest first",
+    params(("id" = String, Path, description = "The container's id (a UUID)"), ("page" = Option<u32>, Query, description = "Page number, from 1"), ("rowsPerPage" = Option<u32>, Query, description = "Items per page")),
+    responses((status = 200, description = "A page of revisions", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn revisions(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,

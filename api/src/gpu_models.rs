@@ -3,17 +3,26 @@
 use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::pagination::{ListEnvelope, page_request};
+use axum::Json;
 use axum::extract::Query;
-use axum::routing::get;
-use axum::{Json, Router};
 use ember_runtime::Runtime;
 use ember_runtime::model::{GPU_MODELS, GpuModel, PageRequest};
 use std::collections::HashMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<Runtime> {
-    Router::new().route("/v1/gpu-models", get(list))
+pub(crate) fn routes() -> OpenApiRouter<Runtime> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/gpu-models",
+    tag = "catalogue",
+    summary = "The GPU model catalogue",
+    params(("page" = Option<u32>, Query, description = "Page number, from 1"), ("rowsPerPage" = Option<u32>, Query, description = "Items per page")),
+    responses((status = 200, description = "A page of GPU models", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn list(
     Authenticated(_caller): Authenticated,
     Query(mut query): Query<HashMap<String, String>>,

@@ -5,24 +5,19 @@ use crate::auth::Authenticated;
 use crate::containers::{container_id, rfc3339};
 use crate::error::ApiError;
 use crate::instances::{DataEnvelope, instance_id};
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use ember_runtime::Runtime;
 use ember_runtime::model::{Capability, InstanceState};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<Runtime> {
-    Router::new()
-        .route(
-            "/v1/containers/{id}/instances/{instance}/volumes",
-            get(volumes),
-        )
-        .route(
-            "/v1/containers/{id}/instances/{instance}/telemetry/resources/report",
-            get(report),
-        )
+pub(crate) fn routes() -> OpenApiRouter<Runtime> {
+    OpenApiRouter::new()
+        .routes(routes!(volumes))
+        .routes(routes!(report))
 }
 
 /// Checks the volume list's query: `sort` over `id` and `name` (`-` for
@@ -69,6 +64,14 @@ fn check_volume_query(query: &[(String, String)]) -> Result<(usize, usize), ApiE
 /// A running OCI instance has one volume, its writable root filesystem (as big as
 /// the container's `ephemeralStorage`); a wasm instance has no filesystem, and a
 /// stopped instance has nothing mounted.
+#[utoipa::path(
+    get,
+    path = "/v1/containers/{id}/instances/{instance}/volumes",
+    tag = "instances",
+    summary = "An instance's volumes (needs containers-view)",
+    params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)"), ("sort" = Option<String>, Query, description = "id or name; - for descending"), ("page[size]" = Option<u32>, Query, description = "1 to 100"), ("page[number]" = Option<u32>, Query, description = "From 1")),
+    responses((status = 200, description = "The volumes", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn volumes(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -103,6 +106,14 @@ async fn volumes(
 
 /// What the instance uses now against its limits. `network` is `null`: Ember does
 /// not meter instances' traffic yet.
+#[utoipa::path(
+    get,
+    path = "/v1/containers/{id}/instances/{instance}/telemetry/resources/report",
+    tag = "instances",
+    summary = "What an instance uses against its limits (needs containers-view)",
+    params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)")),
+    responses((status = 200, description = "The report", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn report(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,

@@ -8,29 +8,32 @@ use crate::instance_query::{Include, InstanceQuery};
 use crate::jobs::JobJson;
 use crate::json::StrictJsonList;
 use crate::servers::ServerJson;
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use ember_runtime::Runtime;
 use ember_runtime::model::{Capability, InstanceId, InstanceInfo, InstanceState, ServerId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<Runtime> {
-    Router::new()
-        .route(
-            "/v1/containers/{id}/instances",
-            get(list).post(create).delete(delete_all),
-        )
-        .route(
-            "/v1/containers/{id}/instances/{instance}",
-            get(get_one).delete(delete_one),
-        )
+pub(crate) fn routes() -> OpenApiRouter<Runtime> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create, delete_all))
+        .routes(routes!(get_one, delete_one))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/containers/{id}/instances",
+    tag = "instances",
+    summary = "A container's instances (needs containers-view)",
+    params(("id" = String, Path, description = "The container's id (a UUID)"), ("filter[state]" = Option<String>, Query, description = "starting, running, stopping, stopped or terminating"), ("filter[server_id]" = Option<String>, Query, description = "A server's id"), ("filter[revision]" = Option<u32>, Query, description = "A revision number"), ("filter[pinned]" = Option<bool>, Query, description = "true or false"), ("sort" = Option<String>, Query, description = "id, state, revision, changed; - for descending"), ("page[size]" = Option<u32>, Query, description = "1 to 100"), ("page[number]" = Option<u32>, Query, description = "From 1"), ("include" = Option<String>, Query, description = "creators, servers, containers, locations, integrations, environments")),
+    responses((status = 200, description = "The instances and what include asked for", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn list(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -90,6 +93,14 @@ struct InstanceList {
     includes: BTreeMap<&'static str, BTreeMap<String, serde_json::Value>>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/containers/{id}/instances/{instance}",
+    tag = "instances",
+    summary = "One instance (needs containers-view)",
+    params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)")),
+    responses((status = 200, description = "The instance", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn get_one(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -113,6 +124,15 @@ struct NewInstances {
 /// Most instances one request may ask for on one server.
 const MAX_NEW_INSTANCES: u32 = 1000;
 
+#[utoipa::path(
+    post,
+    path = "/v1/containers/{id}/instances",
+    tag = "instances",
+    summary = "Starts pinned instances (needs containers-update)",
+    params(("id" = String, Path, description = "The container's id (a UUID)")),
+    request_body = serde_json::Value,
+    responses((status = 202, description = "The job that starts them", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn create(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -149,6 +169,14 @@ async fn create(
     Ok(accepted(job))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/containers/{id}/instances",
+    tag = "instances",
+    summary = "Stops every instance (needs containers-update)",
+    params(("id" = String, Path, description = "The container's id (a UUID)")),
+    responses((status = 202, description = "The job that stops them", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn delete_all(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -161,6 +189,14 @@ async fn delete_all(
     Ok(accepted(job))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/containers/{id}/instances/{instance}",
+    tag = "instances",
+    summary = "Stops one instance (needs containers-update)",
+    params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)")),
+    responses((status = 202, description = "The job that stops it", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn delete_one(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,

@@ -4,17 +4,26 @@ use crate::auth::Authenticated;
 use crate::containers::rfc3339;
 use crate::error::ApiError;
 use crate::instances::DataEnvelope;
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use ember_runtime::Runtime;
 use ember_runtime::model::{Job, JobAction, JobId, JobState};
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<Runtime> {
-    Router::new().route("/v1/jobs/{id}", get(get_job))
+pub(crate) fn routes() -> OpenApiRouter<Runtime> {
+    OpenApiRouter::new().routes(routes!(get_job))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    summary = "One job",
+    params(("id" = String, Path, description = "The job's id (a UUID)")),
+    responses((status = 200, description = "The job", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn get_job(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,

@@ -17,6 +17,7 @@ mod instances;
 mod jobs;
 mod json;
 mod logs;
+mod openapi;
 mod pagination;
 mod servers;
 mod tokens;
@@ -26,11 +27,45 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use ember_runtime::Runtime;
 use error::ApiError;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// The management API's routes over `runtime`.
+/// The management API's routes over `runtime`, with `GET /openapi.json`.
 pub fn router(runtime: Runtime) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
+    let (router, api) = documented_routes().split_for_parts();
+    let document: axum::body::Bytes = api
+        .to_json()
+        .expect("the OpenAPI document serialises")
+        .into();
+    router
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        document,
+                    )
+                }
+            }),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are read by our own extractors, which answer 413 in JSON.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(runtime)
+}
+
+/// The OpenAPI document of every route [`router`] serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented_routes().split_for_parts().1
+}
+
+fn documented_routes() -> OpenApiRouter<Runtime> {
+    use utoipa::OpenApi as _;
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(metrics))
         .merge(containers::routes())
         .merge(instances::routes())
         .merge(instance_resources::routes())
@@ -41,13 +76,16 @@ pub fn router(runtime: Runtime) -> Router {
         .merge(tokens::routes())
         .merge(gpu_models::routes())
         .merge(faces::routes())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        // Bodies are read by our own extractors, which answer 413 in JSON.
-        .layer(DefaultBodyLimit::disable())
-        .with_state(runtime)
 }
 
+/// Prometheus text: the runtime's and every container's series.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "runtime",
+    security(()),
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String))
+)]
 async fn metrics(
     axum::extract::State(runtime): axum::extract::State<Runtime>,
 ) -> impl axum::response::IntoResponse {

@@ -6,12 +6,10 @@
 use crate::auth::Authenticated;
 use crate::containers::{container_id, rfc3339};
 use crate::error::ApiError;
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use ember_runtime::Runtime;
 use ember_runtime::logs::LogEntry;
 use futures::StreamExt;
@@ -19,13 +17,15 @@ use serde::Deserialize;
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast::{self, error::RecvError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// How often a quiet stream sends a comment, so that proxies keep it open and a
 /// client that has gone is noticed.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-pub(crate) fn routes() -> Router<Runtime> {
-    Router::new().route("/v1/containers/{id}/logs", get(logs))
+pub(crate) fn routes() -> OpenApiRouter<Runtime> {
+    OpenApiRouter::new().routes(routes!(logs))
 }
 
 /// The range, in seconds since the epoch (document 000's `period_start`/`period_end`);
@@ -37,6 +37,9 @@ struct Period {
     period_end: Option<String>,
 }
 
+/// The last second of year 9999: later times are refused, not overflowed.
+const LATEST_SECONDS: u64 = 253_402_300_799;
+
 pub(crate) fn seconds(
     field: &str,
     value: Option<&str>,
@@ -46,11 +49,26 @@ pub(crate) fn seconds(
         None => Ok(default),
         Some(text) => text
             .parse::<u64>()
+            .ok()
+            .filter(|s| *s <= LATEST_SECONDS)
             .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-            .map_err(|_| ApiError::invalid_field(field, "must be whole seconds since the epoch")),
+            .ok_or_else(|| {
+                ApiError::invalid_field(
+                    field,
+                    format!("must be whole seconds since the epoch, at most {LATEST_SECONDS}"),
+                )
+            }),
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/containers/{id}/logs",
+    tag = "containers",
+    summary = "A container's output: recent lines, then each new one, as server-sent events",
+    params(("id" = String, Path, description = "The container's id (a UUID)"), ("period_start" = Option<u64>, Query, description = "Seconds since the epoch (default: a day ago)"), ("period_end" = Option<u64>, Query, description = "Seconds since the epoch; given, the stream ends after the range")),
+    responses((status = 200, description = "One event per line", content_type = "text/event-stream", body = String), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn logs(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,

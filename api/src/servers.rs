@@ -2,18 +2,26 @@
 
 use crate::auth::Authenticated;
 use crate::instances::DataEnvelope;
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use ember_runtime::Runtime;
 use ember_runtime::model::{Node, Resources, ServerId};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<Runtime> {
-    Router::new().route("/v1/servers", get(list))
+pub(crate) fn routes() -> OpenApiRouter<Runtime> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/servers",
+    tag = "catalogue",
+    summary = "The servers instances run on",
+    responses((status = 200, description = "The servers", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn list(
     State(runtime): State<Runtime>,
     Authenticated(_caller): Authenticated,

@@ -5,20 +5,21 @@ use crate::containers::rfc3339;
 use crate::error::ApiError;
 use crate::json::StrictJson;
 use crate::pagination::{ListEnvelope, page_request};
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
 use ember_runtime::Runtime;
 use ember_runtime::model::{Capabilities, NewToken, Role, Scopes, Token, TokenId, UserName};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<Runtime> {
-    Router::new()
-        .route("/v1/tokens", get(list).post(create))
-        .route("/v1/tokens/{id}", get(show).delete(revoke))
+pub(crate) fn routes() -> OpenApiRouter<Runtime> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, revoke))
 }
 
 /// POST's body. Scopes and capabilities default to all of them, the role to USER.
@@ -76,6 +77,14 @@ impl From<Token> for TokenJson {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "Mints a token (ADMIN only)",
+    request_body = serde_json::Value,
+    responses((status = 201, description = "The token's id, secret (shown once) and user id", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn create(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -98,6 +107,14 @@ async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "Every token (ADMIN only)",
+    params(("page" = Option<u32>, Query, description = "Page number, from 1"), ("rowsPerPage" = Option<u32>, Query, description = "Items per page")),
+    responses((status = 200, description = "A page of tokens", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn list(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -111,6 +128,14 @@ async fn list(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tokens/{id}",
+    tag = "tokens",
+    summary = "One token (ADMIN only)",
+    params(("id" = String, Path, description = "The token's id (a UUID)")),
+    responses((status = 200, description = "The token", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn show(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -121,6 +146,14 @@ async fn show(
     )))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    tag = "tokens",
+    summary = "Revokes a token (ADMIN only)",
+    params(("id" = String, Path, description = "The token's id (a UUID)")),
+    responses((status = 204, description = "Revoked"), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn revoke(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,

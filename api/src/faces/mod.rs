@@ -11,7 +11,6 @@ pub(crate) mod tutum;
 use crate::containers::rfc3339;
 use crate::error::ApiError;
 use crate::logs::seconds;
-use axum::Router;
 use ember_runtime::Runtime;
 use ember_runtime::logs::LogEntry;
 use ember_runtime::model::{InstanceInfo, InstanceState};
@@ -19,9 +18,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
+use utoipa_axum::router::OpenApiRouter;
 
-pub(crate) fn routes() -> Router<Runtime> {
-    Router::new()
+pub(crate) fn routes() -> OpenApiRouter<Runtime> {
+    OpenApiRouter::new()
         .merge(numbered::routes())
         .merge(services::routes())
         .merge(tutum::routes())

@@ -5,22 +5,23 @@ use super::{LogQuery, metrics_time, names_by_id, number, unique_name, wants_to_r
 use crate::auth::Authenticated;
 use crate::containers::rfc3339;
 use crate::error::ApiError;
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, put};
-use axum::{Json, Router};
 use ember_runtime::model::{Caller, InstanceInfo, InstanceState, Scope};
 use ember_runtime::{ContainerView, PowerAction, ProcessRow, Runtime, UsageSample};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<Runtime> {
-    Router::new()
-        .route("/api/containers/{id}", get(show))
-        .route("/api/containers/{id}/power/{action}", put(power))
-        .route("/api/containers/{id}/logs", get(logs))
-        .route("/api/containers/{id}/container_processes", get(processes))
-        .route("/api/containers/{id}/metrics/{kind}", get(metrics))
+pub(crate) fn routes() -> OpenApiRouter<Runtime> {
+    OpenApiRouter::new()
+        .routes(routes!(show))
+        .routes(routes!(power))
+        .routes(routes!(logs))
+        .routes(routes!(processes))
+        .routes(routes!(metrics))
 }
 
 /// The instance with integer id `raw` and its container, if the caller may see them.
@@ -91,6 +92,14 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/containers/{id}",
+    tag = "000",
+    summary = "One instance, by integer id. Needs the projects_read scope.",
+    params(("id" = u64, Path, description = "The integer id")),
+    responses((status = 200, description = "The instance", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn show(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -118,6 +127,14 @@ pub(crate) fn power_action(raw: &str) -> Result<PowerAction, ApiError> {
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/containers/{id}/power/{action}",
+    tag = "000",
+    summary = "A power action on the instance. Needs the projects_write scope.",
+    params(("id" = u64, Path, description = "The integer id"), ("action" = String, Path, description = "start, stop, restart or rebuild")),
+    responses((status = 202, description = "The instance, in the action's first state", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn power(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -138,6 +155,14 @@ async fn power(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/containers/{id}/logs",
+    tag = "000",
+    summary = "The instance's lines as [timestamp, name, line], newest first. Needs the projects_read scope.",
+    params(("id" = u64, Path, description = "The integer id"), ("limit" = Option<u32>, Query, description = "Most lines, 1 to 10000"), ("period_start" = Option<u64>, Query, description = "Seconds since the epoch (default: a day ago)"), ("period_end" = Option<u64>, Query, description = "Seconds since the epoch (default: now)")),
+    responses((status = 200, description = "The rows", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn logs(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -155,6 +180,14 @@ async fn logs(
     Ok(Json(query.rows(entries, &names)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/containers/{id}/container_processes",
+    tag = "000",
+    summary = "The processes in the instance, as ps -ef columns. Needs the projects_read scope.",
+    params(("id" = u64, Path, description = "The integer id")),
+    responses((status = 200, description = "The processes", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn processes(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -169,6 +202,14 @@ async fn processes(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/containers/{id}/metrics/{kind}",
+    tag = "000",
+    summary = "The instance's cpu (percent) or memory (MiB) series. Needs the projects_read scope.",
+    params(("id" = u64, Path, description = "The integer id"), ("kind" = String, Path, description = "cpu or memory")),
+    responses((status = 200, description = "The series", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn metrics(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,

@@ -5,12 +5,13 @@
 
 use crate::auth::Authenticated;
 use crate::error::ApiError;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use ember_runtime::Runtime;
 use ember_runtime::model::{ContainerPatch, ContainerSpec, Quantity, Scope};
 use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// One plan.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -121,10 +122,17 @@ fn quantity(bytes: u64) -> Quantity {
         .expect("a whole number of bytes is a quantity")
 }
 
-pub(crate) fn routes() -> Router<Runtime> {
-    Router::new().route("/api/products", get(products))
+pub(crate) fn routes() -> OpenApiRouter<Runtime> {
+    OpenApiRouter::new().routes(routes!(products))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/products",
+    tag = "001",
+    summary = "The package catalogue. Needs the projects_read scope.",
+    responses((status = 200, description = "The packages", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn products(Authenticated(caller): Authenticated) -> Result<Json<Value>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     Ok(Json(json!({ "products": PACKAGES })))

@@ -8,30 +8,28 @@ use crate::auth::Authenticated;
 use crate::containers::rfc3339;
 use crate::error::ApiError;
 use crate::json::StrictJson;
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use ember_runtime::model::{
     Caller, ContainerName, ContainerPatch, ContainerStatus, InstanceState, Scope,
 };
 use ember_runtime::{ContainerView, Runtime};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<Runtime> {
-    Router::new()
-        .route("/api/container_services", get(list))
-        .route(
-            "/api/container_services/{id}",
-            get(show).patch(update).delete(remove),
-        )
-        .route("/api/container_services/{id}/containers", get(containers))
-        .route("/api/container_services/{id}/resize", post(resize))
-        .route("/api/container_services/{id}/scale", post(scale))
-        .route("/api/container_services/{id}/power/{action}", post(power))
-        .route("/api/container_services/{id}/logs", get(logs))
+pub(crate) fn routes() -> OpenApiRouter<Runtime> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(containers))
+        .routes(routes!(resize))
+        .routes(routes!(scale))
+        .routes(routes!(power))
+        .routes(routes!(logs))
 }
 
 fn find(runtime: &Runtime, caller: &Caller, raw: &str) -> Result<ContainerView, ApiError> {
@@ -102,6 +100,13 @@ fn service_json(runtime: &Runtime, caller: &Caller, view: &ContainerView) -> Val
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/container_services",
+    tag = "001",
+    summary = "The caller's container services. Needs the projects_read scope.",
+    responses((status = 200, description = "The services", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn list(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -115,6 +120,14 @@ async fn list(
     Ok(Json(json!({ "container_services": services })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/container_services/{id}",
+    tag = "001",
+    summary = "One container service. Needs the projects_read scope.",
+    params(("id" = u64, Path, description = "The integer id")),
+    responses((status = 200, description = "The service", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn show(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -175,6 +188,15 @@ async fn apply(
     ))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/container_services/{id}",
+    tag = "001",
+    summary = "Changes name, scale or package. Needs the projects_write scope.",
+    params(("id" = u64, Path, description = "The integer id")),
+    request_body = serde_json::Value,
+    responses((status = 200, description = "The service", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn update(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -200,6 +222,15 @@ async fn update(
     apply(&runtime, &caller, view, patch).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/container_services/{id}/resize",
+    tag = "001",
+    summary = "Sizes the instances to a package. Needs the projects_write scope.",
+    params(("id" = u64, Path, description = "The integer id")),
+    request_body = serde_json::Value,
+    responses((status = 200, description = "The service", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn resize(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -217,6 +248,15 @@ async fn resize(
     apply(&runtime, &caller, view, patch).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/container_services/{id}/scale",
+    tag = "001",
+    summary = "Pins the instance count. Needs the projects_write scope.",
+    params(("id" = u64, Path, description = "The integer id")),
+    request_body = serde_json::Value,
+    responses((status = 200, description = "The service", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn scale(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -230,6 +270,14 @@ async fn scale(
     apply(&runtime, &caller, view, patch).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/container_services/{id}",
+    tag = "001",
+    summary = "Deletes the service. Needs the projects_write scope.",
+    params(("id" = u64, Path, description = "The integer id")),
+    responses((status = 204, description = "Deleted"), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn remove(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -241,6 +289,14 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/container_services/{id}/power/{action}",
+    tag = "001",
+    summary = "A power action on every instance it applies to. Needs the projects_write scope.",
+    params(("id" = u64, Path, description = "The integer id"), ("action" = String, Path, description = "start, stop, restart or rebuild")),
+    responses((status = 202, description = "How many instances it applied to", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn power(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -258,6 +314,14 @@ async fn power(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/container_services/{id}/containers",
+    tag = "001",
+    summary = "The service's instances, as document 000 shows them. Needs the projects_read scope.",
+    params(("id" = u64, Path, description = "The integer id")),
+    responses((status = 200, description = "The instances", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn containers(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -273,6 +337,14 @@ async fn containers(
     Ok(Json(json!({ "containers": listed })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/container_services/{id}/logs",
+    tag = "001",
+    summary = "Every instance's lines as [timestamp, name, line], newest first. Needs the projects_read scope.",
+    params(("id" = u64, Path, description = "The integer id"), ("limit" = Option<u32>, Query, description = "Most lines, 1 to 10000"), ("period_start" = Option<u64>, Query, description = "Seconds since the epoch (default: a day ago)"), ("period_end" = Option<u64>, Query, description = "Seconds since the epoch (default: now)")),
+    responses((status = 200, description = "The rows", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn logs(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,

@@ -5,23 +5,24 @@
 
 use crate::auth::Authenticated;
 use crate::error::ApiError;
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use ember_runtime::model::{Caller, InstanceId, InstanceInfo, InstanceState, Scope};
 use ember_runtime::{ContainerView, PowerAction, Runtime};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<Runtime> {
-    Router::new()
-        .route("/api/v1/container/", get(list))
-        .route("/api/v1/container/{uuid}/", get(show).delete(terminate))
-        .route("/api/v1/container/{uuid}/logs/", get(logs))
-        .route("/api/v1/container/{uuid}/start/", post(start))
-        .route("/api/v1/container/{uuid}/stop/", post(stop))
+pub(crate) fn routes() -> OpenApiRouter<Runtime> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show, terminate))
+        .routes(routes!(logs))
+        .routes(routes!(start))
+        .routes(routes!(stop))
 }
 
 /// Tutum's name of a state.
@@ -103,6 +104,14 @@ struct ListQuery {
 const DEFAULT_LIMIT: usize = 25;
 const MAX_LIMIT: usize = 1000;
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/container/",
+    tag = "003",
+    summary = "Current and recently terminated containers (instances). Needs the projects_read scope.",
+    params(("state" = Option<String>, Query, description = "Init, Starting, Running, Stopping, Stopped, Terminating or Terminated"), ("name" = Option<String>, Query, description = "A container name"), ("unique_name" = Option<String>, Query, description = "A unique name"), ("limit" = Option<u32>, Query, description = "1 to 1000"), ("offset" = Option<u32>, Query, description = "From 0")),
+    responses((status = 200, description = "meta and objects", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn list(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -156,6 +165,14 @@ async fn list(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/container/{uuid}/",
+    tag = "003",
+    summary = "One container. Needs the projects_read scope.",
+    params(("uuid" = String, Path, description = "The instance's UUID")),
+    responses((status = 200, description = "The container", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn show(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -166,6 +183,14 @@ async fn show(
     Ok(Json(object(&view, &instance)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/container/{uuid}/logs/",
+    tag = "003",
+    summary = "The container's output. Needs the projects_read scope.",
+    params(("uuid" = String, Path, description = "The instance's UUID")),
+    responses((status = 200, description = "The lines", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn logs(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -200,6 +225,14 @@ async fn act(
     Ok((StatusCode::ACCEPTED, Json(object(&view, &instance))))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/container/{uuid}/start/",
+    tag = "003",
+    summary = "Starts a stopped container. Needs the projects_write scope.",
+    params(("uuid" = String, Path, description = "The instance's UUID")),
+    responses((status = 202, description = "The container", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn start(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -208,6 +241,14 @@ async fn start(
     act(&runtime, &caller, &uuid, PowerAction::Start).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/container/{uuid}/stop/",
+    tag = "003",
+    summary = "Stops a running container. Needs the projects_write scope.",
+    params(("uuid" = String, Path, description = "The instance's UUID")),
+    responses((status = 202, description = "The container", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn stop(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
@@ -216,6 +257,14 @@ async fn stop(
     act(&runtime, &caller, &uuid, PowerAction::Stop).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/container/{uuid}/",
+    tag = "003",
+    summary = "Terminates the container (irreversible). Needs the projects_write scope.",
+    params(("uuid" = String, Path, description = "The instance's UUID")),
+    responses((status = 202, description = "The container", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+)]
 async fn terminate(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
