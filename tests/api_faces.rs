@@ -441,6 +441,18 @@ async fn container_services_resize_scale_power_and_delete() {
             json!({ "qty": 2 }),
             "",
         ),
+        (
+            Method::POST,
+            format!("{base}/scale"),
+            json!({ "container_service": { "qty": 5000 } }),
+            "container_service.qty",
+        ),
+        (
+            Method::PATCH,
+            base.clone(),
+            json!({ "container_service": { "scale": 5000 } }),
+            "container_service.scale",
+        ),
     ] {
         let (status, answer) = ember.send_json(method, &route, &body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
@@ -448,6 +460,18 @@ async fn container_services_resize_scale_power_and_delete() {
             assert_eq!(answer["field"], field, "{body}: {answer}");
         }
     }
+    // The same bound holds on the native API.
+    let (_, native) = ember.get_json("/v1/containers").await;
+    let native = native["items"][0]["id"].as_str().unwrap().to_string();
+    let (status, answer) = ember
+        .send_json(
+            Method::PUT,
+            &format!("/v1/containers/{native}"),
+            &json!({ "minInstances": 5000 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["field"], "minInstances", "{answer}");
     let (_, unchanged) = ember.get_json(&base).await;
     assert_eq!(unchanged["container_service"]["name"], "svc2");
 

@@ -35,7 +35,7 @@ pub(crate) fn container_id(raw: &str) -> Result<ContainerId, ApiError> {
     tag = "containers",
     summary = "The caller's containers, oldest first",
     params(("page" = Option<u32>, Query, description = "Page number, from 1"), ("rowsPerPage" = Option<u32>, Query, description = "Items per page")),
-    responses((status = 200, description = "A page of containers", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "A page of containers", body = ListEnvelope<ContainerJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn list(
     State(runtime): State<Runtime>,
@@ -54,7 +54,7 @@ async fn list(
     tag = "containers",
     summary = "One container",
     params(("id" = String, Path, description = "The container's id (a UUID)")),
-    responses((status = 200, description = "The container", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The container", body = ContainerJson), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn show(
     State(runtime): State<Runtime>,
@@ -71,7 +71,7 @@ async fn show(
     tag = "containers",
     summary = "Creates a container and deploys its first revision",
     request_body = serde_json::Value,
-    responses((status = 201, description = "The container, deploying", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 201, description = "The container, deploying", body = ContainerJson), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn create(
     State(runtime): State<Runtime>,
@@ -93,7 +93,7 @@ async fn create(
     summary = "Updates a container: a new revision",
     params(("id" = String, Path, description = "The container's id (a UUID)")),
     request_body = serde_json::Value,
-    responses((status = 200, description = "The container, deploying the new revision", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The container, deploying the new revision", body = ContainerJson), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn update(
     State(runtime): State<Runtime>,
@@ -132,7 +132,7 @@ async fn remove(
     tag = "containers",
     summary = "A container's revisions, newest first",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("page" = Option<u32>, Query, description = "Page number, from 1"), ("rowsPerPage" = Option<u32>, Query, description = "Items per page")),
-    responses((status = 200, description = "A page of revisions", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "A page of revisions", body = ListEnvelope<RevisionJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn revisions(
     State(runtime): State<Runtime>,
@@ -318,13 +318,14 @@ impl ContainerRequest {
 }
 
 /// A container as document 002 shows it, plus Ember's scaling fields.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ContainerJson {
     id: String,
     name: String,
     created_by: String,
     image: String,
+    #[schema(value_type = f64)]
     cpu: serde_json::Number,
     ram: String,
     gpu: u32,
@@ -335,6 +336,8 @@ pub(crate) struct ContainerJson {
     port: String,
     date_created: String,
     date_updated: String,
+    /// `deploying`, `deployed` or `failed`.
+    #[schema(value_type = String)]
     status: ember_runtime::model::ContainerStatus,
     status_reason: Option<String>,
     urls: Option<Vec<String>>,
@@ -403,7 +406,7 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
 }
 
 /// One revision, as document 002 shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct RevisionJson {
     #[serde(rename = "containerID")]

@@ -32,7 +32,7 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
     tag = "instances",
     summary = "A container's instances (needs containers-view)",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("filter[state]" = Option<String>, Query, description = "starting, running, stopping, stopped or terminating"), ("filter[server_id]" = Option<String>, Query, description = "A server's id"), ("filter[revision]" = Option<u32>, Query, description = "A revision number"), ("filter[pinned]" = Option<bool>, Query, description = "true or false"), ("sort" = Option<String>, Query, description = "id, state, revision, changed; - for descending"), ("page[size]" = Option<u32>, Query, description = "1 to 100"), ("page[number]" = Option<u32>, Query, description = "From 1"), ("include" = Option<String>, Query, description = "creators, servers, containers, locations, integrations, environments")),
-    responses((status = 200, description = "The instances and what include asked for", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The instances and what include asked for", body = InstanceList), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn list(
     State(runtime): State<Runtime>,
@@ -87,9 +87,10 @@ async fn list(
 
 /// Document 004's list: the instances, and the related resources asked for with
 /// `include`, each kind keyed by id.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct InstanceList {
     data: Vec<InstanceJson>,
+    #[schema(value_type = BTreeMap<String, BTreeMap<String, serde_json::Value>>)]
     includes: BTreeMap<&'static str, BTreeMap<String, serde_json::Value>>,
 }
 
@@ -99,7 +100,7 @@ struct InstanceList {
     tag = "instances",
     summary = "One instance (needs containers-view)",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)")),
-    responses((status = 200, description = "The instance", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The instance", body = DataEnvelope<InstanceJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn get_one(
     State(runtime): State<Runtime>,
@@ -131,7 +132,7 @@ const MAX_NEW_INSTANCES: u32 = 1000;
     summary = "Starts pinned instances (needs containers-update)",
     params(("id" = String, Path, description = "The container's id (a UUID)")),
     request_body = serde_json::Value,
-    responses((status = 202, description = "The job that starts them", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The job that starts them", body = DataEnvelope<JobJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn create(
     State(runtime): State<Runtime>,
@@ -175,7 +176,7 @@ async fn create(
     tag = "instances",
     summary = "Stops every instance (needs containers-update)",
     params(("id" = String, Path, description = "The container's id (a UUID)")),
-    responses((status = 202, description = "The job that stops them", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The job that stops them", body = DataEnvelope<JobJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn delete_all(
     State(runtime): State<Runtime>,
@@ -195,7 +196,7 @@ async fn delete_all(
     tag = "instances",
     summary = "Stops one instance (needs containers-update)",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)")),
-    responses((status = 202, description = "The job that stops it", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The job that stops it", body = DataEnvelope<JobJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn delete_one(
     State(runtime): State<Runtime>,
@@ -225,12 +226,12 @@ pub(crate) fn instance_id(raw: &str) -> Result<InstanceId, ApiError> {
 }
 
 /// Document 004's envelope: `{"data": ...}`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct DataEnvelope<T> {
     pub(crate) data: T,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct InstanceJson {
     id: String,
     container_id: String,
@@ -245,8 +246,10 @@ struct InstanceJson {
     address: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct StateJson {
+    /// `starting`, `running`, `stopping`, `stopped` or `terminating`.
+    #[schema(value_type = String)]
     current: InstanceState,
     changed: String,
     /// Why a starting instance has not started yet, while it waits.

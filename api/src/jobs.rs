@@ -22,7 +22,7 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
     tag = "jobs",
     summary = "One job",
     params(("id" = String, Path, description = "The job's id (a UUID)")),
-    responses((status = 200, description = "The job", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The job", body = DataEnvelope<JobJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn get_job(
     State(runtime): State<Runtime>,
@@ -39,7 +39,7 @@ async fn get_job(
 
 /// A job: what the instances endpoints answer (the job descriptor) and what
 /// GET /v1/jobs/{id} shows.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct JobJson {
     id: String,
     #[serde(rename = "type")]
@@ -54,20 +54,22 @@ pub(crate) struct JobJson {
     links: LinksJson,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct JobStateJson {
+    /// `queued`, `running`, `completed` or `error`.
+    #[schema(value_type = String)]
     current: JobState,
     changed: String,
     error: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct StepsJson {
     total: u32,
     done: u32,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct LinksJson {
     #[serde(rename = "self")]
     this: String,

@@ -29,7 +29,7 @@ pub(crate) fn page_request(query: &HashMap<String, String>) -> Result<PageReques
 }
 
 /// The list envelope of the /v1 API: `items`, `total`, `page`, `rowsPerPage`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ListEnvelope<T> {
     items: Vec<T>,

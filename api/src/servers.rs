@@ -20,7 +20,7 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
     path = "/v1/servers",
     tag = "catalogue",
     summary = "The servers instances run on",
-    responses((status = 200, description = "The servers", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The servers", body = DataEnvelope<Vec<ServerJson>>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn list(
     State(runtime): State<Runtime>,
@@ -35,7 +35,7 @@ async fn list(
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ServerJson {
     id: String,
     name: String,
@@ -43,7 +43,7 @@ pub(crate) struct ServerJson {
     allocated: ResourcesJson,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ResourcesJson {
     cpu: f64,
     ram: String,

@@ -40,7 +40,7 @@ fn user_role() -> Role {
 }
 
 /// What POST answers: the secret is shown here and never again.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct MintedJson {
     id: String,
@@ -49,14 +49,18 @@ struct MintedJson {
 }
 
 /// A token as listed: everything but its secret, which is not kept.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct TokenJson {
     id: String,
     user_id: String,
     user: String,
+    /// `USER` or `ADMIN`.
+    #[schema(value_type = String)]
     role: Role,
+    #[schema(value_type = Vec<String>)]
     scopes: Scopes,
+    #[schema(value_type = Vec<String>)]
     capabilities: Capabilities,
     created: Option<String>,
     bootstrap: bool,
@@ -83,7 +87,7 @@ impl From<Token> for TokenJson {
     tag = "tokens",
     summary = "Mints a token (ADMIN only)",
     request_body = serde_json::Value,
-    responses((status = 201, description = "The token's id, secret (shown once) and user id", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 201, description = "The token's id, secret (shown once) and user id", body = MintedJson), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn create(
     State(runtime): State<Runtime>,
@@ -113,7 +117,7 @@ async fn create(
     tag = "tokens",
     summary = "Every token (ADMIN only)",
     params(("page" = Option<u32>, Query, description = "Page number, from 1"), ("rowsPerPage" = Option<u32>, Query, description = "Items per page")),
-    responses((status = 200, description = "A page of tokens", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "A page of tokens", body = ListEnvelope<TokenJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn list(
     State(runtime): State<Runtime>,
@@ -134,7 +138,7 @@ async fn list(
     tag = "tokens",
     summary = "One token (ADMIN only)",
     params(("id" = String, Path, description = "The token's id (a UUID)")),
-    responses((status = 200, description = "The token", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The token", body = TokenJson), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn show(
     State(runtime): State<Runtime>,

@@ -27,7 +27,7 @@ mod tokens;
 mod usage;
 
 pub use config::RuntimeConfig;
-pub use ember_sandbox::processes::ProcessRow;
+pub use ember_sandbox::processes::ProcessInfo;
 pub use error::RuntimeError;
 pub use ingress::serve_ingress;
 pub use power::PowerAction;

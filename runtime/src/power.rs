@@ -12,7 +12,7 @@ use crate::error::RuntimeError;
 use crate::model::{Caller, ContainerId, InstanceId, InstanceInfo, InstanceState};
 use crate::runtime::Runtime;
 use crate::usage::UsageSample;
-use ember_sandbox::processes::ProcessRow;
+use ember_sandbox::processes::ProcessInfo;
 use std::sync::Arc;
 
 /// What can be done to an instance by hand.
@@ -255,7 +255,7 @@ impl Runtime {
         caller: &Caller,
         id: ContainerId,
         instance: InstanceId,
-    ) -> Result<Vec<ProcessRow>, RuntimeError> {
+    ) -> Result<Vec<ProcessInfo>, RuntimeError> {
         self.accessible(caller, id)?;
         let Some(running) = self.service(id)?.running(instance) else {
             return Ok(Vec::new());

@@ -209,7 +209,7 @@ pub trait Instance: Send + Sync {
 
     /// The processes the instance runs (OCI: every process in its pid namespace);
     /// none for kinds that run no process of their own.
-    fn processes(&self) -> std::io::Result<Vec<processes::ProcessRow>> {
+    fn processes(&self) -> std::io::Result<Vec<processes::ProcessInfo>> {
         Ok(Vec::new())
     }
 }

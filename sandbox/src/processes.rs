@@ -5,26 +5,25 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-/// One row of `ps -ef`, with pids as the instance sees them.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[allow(non_snake_case)]
-pub struct ProcessRow {
-    /// The owner's user id (`root` for 0).
-    pub UID: String,
+/// One process, with what `ps -ef` shows of it and pids as the instance sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// The owner (`root` for 0, else the number).
+    pub user: String,
     /// Its pid inside the instance.
-    pub PID: i64,
+    pub pid: i64,
     /// Its parent's pid inside the instance (0 for the init).
-    pub PPID: i64,
+    pub parent_pid: i64,
     /// CPU use over its lifetime, in percent.
-    pub C: i64,
-    /// When it started (HH:MM UTC today, else the date).
-    pub STIME: String,
+    pub cpu_percent: i64,
+    /// When it started (`HH:MM` UTC today, else the date).
+    pub start_time: String,
     /// Its terminal, `?` for none.
-    pub TTY: String,
+    pub tty: String,
     /// CPU time used, `[DD-]HH:MM:SS`.
-    pub TIME: String,
+    pub cpu_time: String,
     /// Its command line.
-    pub CMD: String,
+    pub command: String,
 }
 
 /// What one process's /proc files say.
@@ -117,7 +116,7 @@ fn civil_date(days: u64) -> (i64, u32, u32) {
 }
 
 /// The processes in the pid namespace of host pid `init`, init first, then by pid.
-pub(crate) fn list(init: i32) -> std::io::Result<Vec<ProcessRow>> {
+pub(crate) fn list(init: i32) -> std::io::Result<Vec<ProcessInfo>> {
     let proc = Path::new("/proc");
     let namespace = std::fs::read_link(proc.join(init.to_string()).join("ns/pid"))?;
     // SAFETY: sysconf has no preconditions.
@@ -151,7 +150,7 @@ pub(crate) fn list(init: i32) -> std::io::Result<Vec<ProcessRow>> {
         found.push((host_pid, ns_pid, uid, stat, cmdline));
     }
     let ns_pid_of: HashMap<i64, i64> = found.iter().map(|(host, ns, ..)| (*host, *ns)).collect();
-    let mut rows: Vec<ProcessRow> = found
+    let mut rows: Vec<ProcessInfo> = found
         .into_iter()
         .map(|(_, ns_pid, uid, stat, cmdline)| {
             let started =
@@ -166,27 +165,27 @@ pub(crate) fn list(init: i32) -> std::io::Result<Vec<ProcessRow>> {
                 .filter(|a| !a.is_empty())
                 .collect::<Vec<_>>()
                 .join(" ");
-            ProcessRow {
-                UID: if uid == 0 {
+            ProcessInfo {
+                user: if uid == 0 {
                     "root".into()
                 } else {
                     uid.to_string()
                 },
-                PID: ns_pid,
-                PPID: ns_pid_of.get(&stat.host_ppid).copied().unwrap_or(0),
-                C: if alive > 0.0 {
+                pid: ns_pid,
+                parent_pid: ns_pid_of.get(&stat.host_ppid).copied().unwrap_or(0),
+                cpu_percent: if alive > 0.0 {
                     (spent.as_secs_f64() / alive * 100.0) as i64
                 } else {
                     0
                 },
-                STIME: start_time(started, now),
-                TTY: tty_name(stat.tty_nr),
-                TIME: cpu_time(spent),
-                CMD: cmd,
+                start_time: start_time(started, now),
+                tty: tty_name(stat.tty_nr),
+                cpu_time: cpu_time(spent),
+                command: cmd,
             }
         })
         .collect();
-    rows.sort_by_key(|r| r.PID);
+    rows.sort_by_key(|r| r.pid);
     Ok(rows)
 }
 
@@ -246,8 +245,8 @@ mod tests {
         let rows = list(std::process::id() as i32).unwrap();
         let me = rows
             .iter()
-            .find(|r| r.CMD.contains("ember_sandbox"))
+            .find(|r| r.command.contains("ember_sandbox"))
             .expect("the test binary is listed");
-        assert_eq!(me.UID, "root");
+        assert_eq!(me.user, "root");
     }
 }

@@ -15,7 +15,6 @@ use ember_runtime::Runtime;
 use ember_runtime::logs::LogEntry;
 use ember_runtime::model::{InstanceInfo, InstanceState};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 use utoipa_axum::router::OpenApiRouter;
@@ -77,7 +76,7 @@ impl LogQuery {
         &self,
         entries: Vec<LogEntry>,
         names: &HashMap<String, String>,
-    ) -> Result<Vec<Value>, ApiError> {
+    ) -> Result<Vec<LogRow>, ApiError> {
         let limit = match self.limit.as_deref() {
             None => MAX_LOG_ROWS,
             Some(raw) => raw
@@ -101,12 +100,15 @@ impl LogQuery {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_secs_f64();
-                let name = names.get(&e.instance).unwrap_or(&e.instance);
-                json!([at, name, e.line])
+                let name = names.get(&e.instance).unwrap_or(&e.instance).clone();
+                (at, name, e.line)
             })
             .collect())
     }
 }
+
+/// One log line: seconds since the epoch, the instance's name, the line.
+pub(crate) type LogRow = (f64, String, String);
 
 /// Unique names of a container's instances, by instance id (as log entries name them).
 pub(crate) fn names_by_id(container: &str, instances: &[InstanceInfo]) -> HashMap<String, String> {

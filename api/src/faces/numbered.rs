@@ -1,6 +1,7 @@
 //! Document 000, `/api/containers/{id}`: one instance, by integer id, with its stats,
 //! power actions, logs, processes and CPU and memory series.
 
+use super::LogRow;
 use super::{LogQuery, metrics_time, names_by_id, number, unique_name, wants_to_run};
 use crate::auth::Authenticated;
 use crate::containers::rfc3339;
@@ -10,8 +11,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use ember_runtime::model::{Caller, InstanceInfo, InstanceState, Scope};
-use ember_runtime::{ContainerView, PowerAction, ProcessRow, Runtime, UsageSample};
-use serde_json::{Value, json};
+use ember_runtime::{ContainerView, PowerAction, ProcessInfo, Runtime, UsageSample};
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -45,47 +47,160 @@ fn current_state(state: InstanceState) -> &'static str {
     }
 }
 
+/// Document 000's view of one instance.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct NumberedInstance {
+    /// Its integer id.
+    id: u64,
+    /// `<container>-<n>`.
+    name: String,
+    /// `running` or `stopped`.
+    req_state: &'static str,
+    stats: Stats,
+    /// `starting`, `online`, `stopping` or `offline`.
+    current_state: &'static str,
+    /// An OCI instance's bridge address; `null` for wasm.
+    local_ip: Option<String>,
+    /// Always `null`: Ember has no public addresses.
+    public_ip: Option<String>,
+    created_at: String,
+    updated_at: String,
+    ingress_rules: Vec<IngressRule>,
+}
+
+/// CPU (percent of one CPU) and memory (MiB).
+#[derive(Serialize, ToSchema)]
+struct Stats {
+    cpu: f64,
+    mem: f64,
+}
+
+/// The container's ingress, as one rule.
+#[derive(Serialize, ToSchema)]
+struct IngressRule {
+    id: u64,
+    port: u16,
+    port_nat: u16,
+    proto: &'static str,
+    external_access: bool,
+    backend_ssl: bool,
+    tcp_proxy_opt: &'static str,
+    redirect_ssl: bool,
+    restrict_cf: bool,
+    tcp_lb: bool,
+    created_at: String,
+    updated_at: String,
+    container_service_id: u64,
+    load_balancer_rule_id: Option<u64>,
+    internal_load_balancer_id: Option<u64>,
+    load_balanced_rules: Vec<u64>,
+}
+
+/// `{"containers": [...]}`, as document 000 wraps instances.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Containers {
+    containers: Vec<NumberedInstance>,
+}
+
+impl Containers {
+    pub(crate) fn new(containers: Vec<NumberedInstance>) -> Self {
+        Self { containers }
+    }
+}
+
 /// One instance as document 000 shows it.
 pub(crate) fn instance_json(
     runtime: &Runtime,
     view: &ContainerView,
     instance: &InstanceInfo,
     usage: Option<UsageSample>,
-) -> Value {
+) -> NumberedInstance {
     let container = &view.container;
     let service_id = container.id.number();
-    json!({
-        "id": instance.id.number(),
-        "name": unique_name(container.spec.name.as_str(), instance),
-        "req_state": if wants_to_run(instance.state) { "running" } else { "stopped" },
-        "stats": {
-            "cpu": usage.map_or(0.0, |u| round2(u.cpu_percent)),
-            "mem": usage.map_or(0.0, |u| round2(u.memory_bytes as f64 / (1 << 20) as f64)),
+    NumberedInstance {
+        id: instance.id.number(),
+        name: unique_name(container.spec.name.as_str(), instance),
+        req_state: if wants_to_run(instance.state) {
+            "running"
+        } else {
+            "stopped"
         },
-        "current_state": current_state(instance.state),
-        "local_ip": instance.address.map(|a| a.ip().to_string()),
-        "public_ip": null,
-        "created_at": rfc3339(instance.created),
-        "updated_at": rfc3339(instance.state_changed),
-        "ingress_rules": [{
-            "id": service_id,
-            "port": runtime.config().ingress_port,
-            "port_nat": container.spec.port,
-            "proto": "http",
-            "external_access": true,
-            "backend_ssl": false,
-            "tcp_proxy_opt": "none",
-            "redirect_ssl": false,
-            "restrict_cf": false,
-            "tcp_lb": false,
-            "created_at": rfc3339(container.date_created),
-            "updated_at": rfc3339(container.date_updated),
-            "container_service_id": service_id,
-            "load_balancer_rule_id": null,
-            "internal_load_balancer_id": null,
-            "load_balanced_rules": [],
+        stats: Stats {
+            cpu: usage.map_or(0.0, |u| round2(u.cpu_percent)),
+            mem: usage.map_or(0.0, |u| mebibytes(u.memory_bytes)),
+        },
+        current_state: current_state(instance.state),
+        local_ip: instance.address.map(|a| a.ip().to_string()),
+        public_ip: None,
+        created_at: rfc3339(instance.created),
+        updated_at: rfc3339(instance.state_changed),
+        ingress_rules: vec![IngressRule {
+            id: service_id,
+            port: runtime.config().ingress_port,
+            port_nat: container.spec.port,
+            proto: "http",
+            external_access: true,
+            backend_ssl: false,
+            tcp_proxy_opt: "none",
+            redirect_ssl: false,
+            restrict_cf: false,
+            tcp_lb: false,
+            created_at: rfc3339(container.date_created),
+            updated_at: rfc3339(container.date_updated),
+            container_service_id: service_id,
+            load_balancer_rule_id: None,
+            internal_load_balancer_id: None,
+            load_balanced_rules: Vec::new(),
         }],
-    })
+    }
+}
+
+fn mebibytes(bytes: u64) -> f64 {
+    round2(bytes as f64 / (1 << 20) as f64)
+}
+
+/// One row of `ps -ef`, with pids as the instance sees them.
+#[derive(Serialize, ToSchema)]
+#[allow(non_snake_case)]
+pub(crate) struct ProcessRow {
+    /// The owner (`root` for 0, else the number).
+    UID: String,
+    PID: i64,
+    /// 0 for the init.
+    PPID: i64,
+    /// Lifetime CPU use, percent.
+    C: i64,
+    /// `HH:MM` UTC today, else the date.
+    STIME: String,
+    /// `?` for none.
+    TTY: String,
+    /// CPU time, `[DD-]HH:MM:SS`.
+    TIME: String,
+    CMD: String,
+}
+
+impl From<ProcessInfo> for ProcessRow {
+    fn from(p: ProcessInfo) -> Self {
+        Self {
+            UID: p.user,
+            PID: p.pid,
+            PPID: p.parent_pid,
+            C: p.cpu_percent,
+            STIME: p.start_time,
+            TTY: p.tty,
+            TIME: p.cpu_time,
+            CMD: p.command,
+        }
+    }
+}
+
+/// A metric's series: `[time, value]` pairs, oldest first.
+#[derive(Serialize, ToSchema)]
+struct Series {
+    /// `[time, value]` pairs; described as arrays of any value, since utoipa draws a
+    /// tuple as an `items` list, which OpenAPI 3.1 does not allow.
+    #[schema(value_type = Vec<Vec<serde_json::Value>>)]
+    stats: Vec<(String, f64)>,
 }
 
 fn round2(x: f64) -> f64 {
@@ -98,19 +213,19 @@ fn round2(x: f64) -> f64 {
     tag = "000",
     summary = "One instance, by integer id. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id")),
-    responses((status = 200, description = "The instance", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The instance", body = Containers), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn show(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Containers>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let (view, instance) = find(&runtime, &caller, &id)?;
     let usage = runtime.instance_usage_now(&caller, view.container.id, instance.id)?;
-    Ok(Json(json!({
-        "containers": [instance_json(&runtime, &view, &instance, usage)]
-    })))
+    Ok(Json(Containers::new(vec![instance_json(
+        &runtime, &view, &instance, usage,
+    )])))
 }
 
 /// Document 000's and 001's power actions.
@@ -133,13 +248,13 @@ pub(crate) fn power_action(raw: &str) -> Result<PowerAction, ApiError> {
     tag = "000",
     summary = "A power action on the instance. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id"), ("action" = String, Path, description = "start, stop, restart or rebuild")),
-    responses((status = 202, description = "The instance, in the action's first state", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The instance, in the action's first state", body = Containers), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn power(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path((id, action)): Path<(String, String)>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Containers>), ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
     let action = power_action(&action)?;
     let (view, instance) = find(&runtime, &caller, &id)?;
@@ -149,9 +264,9 @@ async fn power(
     let (view, instance) = find(&runtime, &caller, &id)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "containers": [instance_json(&runtime, &view, &instance, None)]
-        })),
+        Json(Containers::new(vec![instance_json(
+            &runtime, &view, &instance, None,
+        )])),
     ))
 }
 
@@ -161,14 +276,14 @@ async fn power(
     tag = "000",
     summary = "The instance's lines as [timestamp, name, line], newest first. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id"), ("limit" = Option<u32>, Query, description = "Most lines, 1 to 10000"), ("period_start" = Option<u64>, Query, description = "Seconds since the epoch (default: a day ago)"), ("period_end" = Option<u64>, Query, description = "Seconds since the epoch (default: now)")),
-    responses((status = 200, description = "The rows", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The rows", body = Vec<Vec<serde_json::Value>>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn logs(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
     query: Result<Query<LogQuery>, QueryRejection>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<LogRow>>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
     let (since, until) = query.range()?;
@@ -186,7 +301,7 @@ async fn logs(
     tag = "000",
     summary = "The processes in the instance, as ps -ef columns. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id")),
-    responses((status = 200, description = "The processes", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The processes", body = Vec<ProcessRow>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn processes(
     State(runtime): State<Runtime>,
@@ -195,11 +310,10 @@ async fn processes(
 ) -> Result<Json<Vec<ProcessRow>>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let (view, instance) = find(&runtime, &caller, &id)?;
-    Ok(Json(
-        runtime
-            .instance_processes(&caller, view.container.id, instance.id)
-            .await?,
-    ))
+    let processes = runtime
+        .instance_processes(&caller, view.container.id, instance.id)
+        .await?;
+    Ok(Json(processes.into_iter().map(ProcessRow::from).collect()))
 }
 
 #[utoipa::path(
@@ -208,17 +322,17 @@ async fn processes(
     tag = "000",
     summary = "The instance's cpu (percent) or memory (MiB) series. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id"), ("kind" = String, Path, description = "cpu or memory")),
-    responses((status = 200, description = "The series", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The series", body = Series), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn metrics(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path((id, kind)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Series>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let value: fn(&UsageSample) -> f64 = match kind.as_str() {
         "cpu" => |s| round2(s.cpu_percent),
-        "memory" => |s| round2(s.memory_bytes as f64 / (1 << 20) as f64),
+        "memory" => |s| mebibytes(s.memory_bytes),
         _ => {
             return Err(ApiError::not_found(format!(
                 "no metric `{kind}`: there are `cpu` (percent of one CPU) and `memory` (MiB)"
@@ -227,9 +341,9 @@ async fn metrics(
     };
     let (view, instance) = find(&runtime, &caller, &id)?;
     let series = runtime.instance_usage(&caller, view.container.id, instance.id)?;
-    let stats: Vec<Value> = series
+    let stats = series
         .iter()
-        .map(|s| json!([metrics_time(s.at), value(s)]))
+        .map(|s| (metrics_time(s.at), value(s)))
         .collect();
-    Ok(Json(json!({ "stats": stats })))
+    Ok(Json(Series { stats }))
 }

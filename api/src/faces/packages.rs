@@ -9,12 +9,12 @@ use axum::Json;
 use ember_runtime::Runtime;
 use ember_runtime::model::{ContainerPatch, ContainerSpec, Quantity, Scope};
 use serde::Serialize;
-use serde_json::{Value, json};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 /// One plan.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub(crate) struct Package {
     /// Its id (`product_id`, `package_id`).
     pub(crate) id: u64,
@@ -92,27 +92,23 @@ impl Package {
     }
 
     /// How a service shows its package: the catalogue's entry, or what the spec
-    /// holds as `custom`.
-    pub(crate) fn describe(spec: &ContainerSpec) -> (u64, Value) {
-        match Self::of(spec) {
-            Some(p) => (p.id, json!(p)),
-            None => (
-                0,
-                json!({
-                    "id": 0,
-                    "label": "custom",
-                    "cpu": spec.cpu,
-                    "memory": spec.ram.bytes() / MIB,
-                    "storage": spec.ephemeral_storage.bytes() / GIB,
-                    "bandwidth": 1000,
-                    "local_disk": spec.ephemeral_storage.bytes() / GIB,
-                    "backup": 0,
-                    "memory_swap": 0,
-                    "memory_swappiness": 60,
-                }),
-            ),
-        }
+    /// holds as `custom` (id 0).
+    pub(crate) fn describe(spec: &ContainerSpec) -> Self {
+        Self::of(spec).unwrap_or(Package {
+            id: 0,
+            label: "custom",
+            cpu: spec.cpu,
+            memory: spec.ram.bytes() / MIB,
+            storage: spec.ephemeral_storage.bytes() / GIB,
+            ..package(0, "custom", 0.0, 0, 0)
+        })
     }
+}
+
+/// `{"products": [...]}`.
+#[derive(Serialize, ToSchema)]
+struct Products {
+    products: Vec<Package>,
 }
 
 fn quantity(bytes: u64) -> Quantity {
@@ -131,11 +127,13 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
     path = "/api/products",
     tag = "001",
     summary = "The package catalogue. Needs the projects_read scope.",
-    responses((status = 200, description = "The packages", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The packages", body = Products), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
-async fn products(Authenticated(caller): Authenticated) -> Result<Json<Value>, ApiError> {
+async fn products(Authenticated(caller): Authenticated) -> Result<Json<Products>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    Ok(Json(json!({ "products": PACKAGES })))
+    Ok(Json(Products {
+        products: PACKAGES.to_vec(),
+    }))
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! Document 001, `/api/container_services`: containers by integer id, with their
 //! package, scale, power actions on every instance, and logs.
 
-use super::numbered::{instance_json, power_action};
+use super::numbered::{Containers, instance_json, power_action};
 use super::packages::Package;
-use super::{LogQuery, names_by_id, number};
+use super::{LogQuery, LogRow, names_by_id, number};
 use crate::auth::Authenticated;
 use crate::containers::rfc3339;
 use crate::error::ApiError;
@@ -13,11 +13,13 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use ember_runtime::model::{
-    Caller, ContainerName, ContainerPatch, ContainerStatus, InstanceState, Scope,
+    Caller, ContainerName, ContainerPatch, ContainerSpec, ContainerStatus, InstanceState, Scope,
 };
 use ember_runtime::{ContainerView, Runtime};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -47,7 +49,79 @@ fn current_state(view: &ContainerView, running: usize) -> &'static str {
 }
 
 /// One container as document 001 shows it.
-fn service_json(runtime: &Runtime, caller: &Caller, view: &ContainerView) -> Value {
+#[derive(Serialize, ToSchema)]
+struct ContainerService {
+    id: u64,
+    name: String,
+    /// The host its requests go to.
+    default_domain: String,
+    /// Always `null`: Ember has no public addresses.
+    public_ip: Option<String>,
+    command: String,
+    is_load_balancer: bool,
+    has_domain_management: bool,
+    /// Always `null`: images are not resources of their own.
+    container_image_id: Option<u64>,
+    /// `working`, `alert`, `online` or `idle`.
+    current_state: &'static str,
+    auto_scale: bool,
+    auto_scale_horizontal: bool,
+    /// `maxInstances` (documented as Boolean; the count is what carries meaning).
+    auto_scale_max: u32,
+    labels: BTreeMap<String, String>,
+    created_at: String,
+    updated_at: String,
+    /// Always `null`: Ember has no projects.
+    project: Option<u64>,
+    package: Package,
+    has_sftp: bool,
+    ingress_rules: Vec<u64>,
+    product_id: u64,
+    bastions: Vec<u64>,
+    domains: Vec<u64>,
+    /// Running instances.
+    deployed_containers: usize,
+    help: Help,
+    links: Links,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Help {
+    general: String,
+    ssh: String,
+    remote: String,
+    domain: String,
+}
+
+/// URLs that answer.
+#[derive(Serialize, ToSchema)]
+struct Links {
+    containers: String,
+    logs: String,
+    products: String,
+}
+
+/// `{"container_services": [...]}`.
+#[derive(Serialize, ToSchema)]
+struct ServiceList {
+    container_services: Vec<ContainerService>,
+}
+
+/// `{"container_service": {...}}`.
+#[derive(Serialize, ToSchema)]
+struct OneService {
+    container_service: ContainerService,
+}
+
+/// The answer to a power action on every instance.
+#[derive(Serialize, ToSchema)]
+struct PowerOutcome {
+    action: &'static str,
+    /// How many instances it applied to.
+    containers: usize,
+}
+
+fn service_json(runtime: &Runtime, caller: &Caller, view: &ContainerView) -> ContainerService {
     let c = &view.container;
     let id = c.id.number();
     let instances = runtime.list_instances(caller, c.id).unwrap_or_default();
@@ -55,49 +129,57 @@ fn service_json(runtime: &Runtime, caller: &Caller, view: &ContainerView) -> Val
         .iter()
         .filter(|i| i.state == InstanceState::Running)
         .count();
-    let (product_id, package) = Package::describe(&c.spec);
+    let package = Package::describe(&c.spec);
     let host = view
         .urls
         .as_ref()
         .and_then(|urls| urls.first().cloned())
         .unwrap_or_default();
     let base = format!("/api/container_services/{id}");
-    json!({
-        "id": id,
-        "name": c.spec.name.as_str(),
-        "default_domain": host,
-        "public_ip": null,
-        "command": c.spec.command.as_ref().map(|c| c.join(" ")).unwrap_or_default(),
-        "is_load_balancer": false,
-        "has_domain_management": false,
-        "container_image_id": null,
-        "current_state": current_state(view, running),
-        "auto_scale": c.spec.max_instances > c.spec.min_instances,
-        "auto_scale_horizontal": c.spec.max_instances > c.spec.min_instances,
-        "auto_scale_max": c.spec.max_instances,
-        "labels": {},
-        "created_at": rfc3339(c.date_created),
-        "updated_at": rfc3339(c.date_updated),
-        "project": null,
-        "package": package,
-        "has_sftp": false,
-        "ingress_rules": [id],
-        "product_id": product_id,
-        "bastions": [],
-        "domains": [],
-        "deployed_containers": running,
-        "help": {
-            "general": format!("Requests to http://{host}/ go to this service's instances."),
-            "ssh": "Ember instances take no SSH connections.",
-            "remote": format!("Each instance listens on port {} inside its sandbox.", c.spec.port),
-            "domain": format!("The service answers at {host}."),
+    ContainerService {
+        id,
+        name: c.spec.name.to_string(),
+        default_domain: host.clone(),
+        public_ip: None,
+        command: c
+            .spec
+            .command
+            .as_ref()
+            .map(|c| c.join(" "))
+            .unwrap_or_default(),
+        is_load_balancer: false,
+        has_domain_management: false,
+        container_image_id: None,
+        current_state: current_state(view, running),
+        auto_scale: c.spec.max_instances > c.spec.min_instances,
+        auto_scale_horizontal: c.spec.max_instances > c.spec.min_instances,
+        auto_scale_max: c.spec.max_instances,
+        labels: BTreeMap::new(),
+        created_at: rfc3339(c.date_created),
+        updated_at: rfc3339(c.date_updated),
+        project: None,
+        product_id: package.id,
+        package,
+        has_sftp: false,
+        ingress_rules: vec![id],
+        bastions: Vec::new(),
+        domains: Vec::new(),
+        deployed_containers: running,
+        help: Help {
+            general: format!("Requests to http://{host}/ go to this service's instances."),
+            ssh: "Ember instances take no SSH connections.".into(),
+            remote: format!(
+                "Each instance listens on port {} inside its sandbox.",
+                c.spec.port
+            ),
+            domain: format!("The service answers at {host}."),
         },
-        "links": {
-            "containers": format!("{base}/containers"),
-            "logs": format!("{base}/logs"),
-            "products": "/api/products",
+        links: Links {
+            containers: format!("{base}/containers"),
+            logs: format!("{base}/logs"),
+            products: "/api/products".into(),
         },
-    })
+    }
 }
 
 #[utoipa::path(
@@ -105,19 +187,19 @@ fn service_json(runtime: &Runtime, caller: &Caller, view: &ContainerView) -> Val
     path = "/api/container_services",
     tag = "001",
     summary = "The caller's container services. Needs the projects_read scope.",
-    responses((status = 200, description = "The services", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The services", body = ServiceList), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn list(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ServiceList>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let services: Vec<Value> = runtime
+    let container_services = runtime
         .all_containers(&caller)?
         .iter()
         .map(|view| service_json(&runtime, &caller, view))
         .collect();
-    Ok(Json(json!({ "container_services": services })))
+    Ok(Json(ServiceList { container_services }))
 }
 
 #[utoipa::path(
@@ -126,28 +208,28 @@ async fn list(
     tag = "001",
     summary = "One container service. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id")),
-    responses((status = 200, description = "The service", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The service", body = OneService), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn show(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OneService>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let view = find(&runtime, &caller, &id)?;
-    Ok(Json(
-        json!({ "container_service": service_json(&runtime, &caller, &view) }),
-    ))
+    Ok(Json(OneService {
+        container_service: service_json(&runtime, &caller, &view),
+    }))
 }
 
 /// A body wrapped as the document wraps it: `{"container_service": {...}}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Wrapped<T> {
     container_service: T,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ServiceUpdate {
     name: Option<String>,
@@ -155,22 +237,32 @@ struct ServiceUpdate {
     package_id: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Resize {
     product_id: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Scale {
     qty: u32,
 }
 
 /// Pins the instance count to `qty`: `minInstances` = `maxInstances` = `qty`.
-fn pin_count(patch: &mut ContainerPatch, qty: u32) {
+fn pin_count(patch: &mut ContainerPatch, field: &str, qty: u32) -> Result<(), ApiError> {
+    if qty > ContainerSpec::MAX_INSTANCES {
+        return Err(ApiError::invalid_field(
+            field,
+            format!(
+                "{qty} is more than the {} instances a service may have",
+                ContainerSpec::MAX_INSTANCES
+            ),
+        ));
+    }
     patch.min_instances = Some(qty);
     patch.max_instances = Some(qty);
+    Ok(())
 }
 
 /// Applies a patch (a new revision) and answers with the service.
@@ -179,13 +271,13 @@ async fn apply(
     caller: &Caller,
     view: ContainerView,
     patch: ContainerPatch,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OneService>, ApiError> {
     let view = runtime
         .update_container(caller, view.container.id, patch)
         .await?;
-    Ok(Json(
-        json!({ "container_service": service_json(runtime, caller, &view) }),
-    ))
+    Ok(Json(OneService {
+        container_service: service_json(runtime, caller, &view),
+    }))
 }
 
 #[utoipa::path(
@@ -194,15 +286,15 @@ async fn apply(
     tag = "001",
     summary = "Changes name, scale or package. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id")),
-    request_body = serde_json::Value,
-    responses((status = 200, description = "The service", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    request_body = Wrapped<ServiceUpdate>,
+    responses((status = 200, description = "The service", body = OneService), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn update(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
     StrictJson(body): StrictJson<Wrapped<ServiceUpdate>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OneService>, ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
     let body = body.container_service;
     let mut patch = ContainerPatch::default();
@@ -213,7 +305,7 @@ async fn update(
         );
     }
     if let Some(qty) = body.scale {
-        pin_count(&mut patch, qty);
+        pin_count(&mut patch, "container_service.scale", qty)?;
     }
     if let Some(package) = body.package_id {
         Package::find("container_service.package_id", package)?.apply(&mut patch);
@@ -228,15 +320,15 @@ async fn update(
     tag = "001",
     summary = "Sizes the instances to a package. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id")),
-    request_body = serde_json::Value,
-    responses((status = 200, description = "The service", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    request_body = Wrapped<Resize>,
+    responses((status = 200, description = "The service", body = OneService), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn resize(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
     StrictJson(body): StrictJson<Wrapped<Resize>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OneService>, ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
     let mut patch = ContainerPatch::default();
     Package::find(
@@ -254,18 +346,22 @@ async fn resize(
     tag = "001",
     summary = "Pins the instance count. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id")),
-    request_body = serde_json::Value,
-    responses((status = 200, description = "The service", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    request_body = Wrapped<Scale>,
+    responses((status = 200, description = "The service", body = OneService), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn scale(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
     StrictJson(body): StrictJson<Wrapped<Scale>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OneService>, ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
     let mut patch = ContainerPatch::default();
-    pin_count(&mut patch, body.container_service.qty);
+    pin_count(
+        &mut patch,
+        "container_service.qty",
+        body.container_service.qty,
+    )?;
     let view = find(&runtime, &caller, &id)?;
     apply(&runtime, &caller, view, patch).await
 }
@@ -295,13 +391,13 @@ async fn remove(
     tag = "001",
     summary = "A power action on every instance it applies to. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id"), ("action" = String, Path, description = "start, stop, restart or rebuild")),
-    responses((status = 202, description = "How many instances it applied to", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "How many instances it applied to", body = PowerOutcome), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn power(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path((id, action)): Path<(String, String)>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<PowerOutcome>), ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
     let action = power_action(&action)?;
     let view = find(&runtime, &caller, &id)?;
@@ -310,7 +406,10 @@ async fn power(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "action": action.name(), "containers": applied })),
+        Json(PowerOutcome {
+            action: action.name(),
+            containers: applied,
+        }),
     ))
 }
 
@@ -320,21 +419,21 @@ async fn power(
     tag = "001",
     summary = "The service's instances, as document 000 shows them. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id")),
-    responses((status = 200, description = "The instances", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The instances", body = Containers), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn containers(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Containers>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let view = find(&runtime, &caller, &id)?;
     let instances = runtime.list_instances(&caller, view.container.id)?;
-    let listed: Vec<Value> = instances
+    let listed = instances
         .iter()
         .map(|i| instance_json(&runtime, &view, i, None))
         .collect();
-    Ok(Json(json!({ "containers": listed })))
+    Ok(Json(Containers::new(listed)))
 }
 
 #[utoipa::path(
@@ -343,14 +442,14 @@ async fn containers(
     tag = "001",
     summary = "Every instance's lines as [timestamp, name, line], newest first. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id"), ("limit" = Option<u32>, Query, description = "Most lines, 1 to 10000"), ("period_start" = Option<u64>, Query, description = "Seconds since the epoch (default: a day ago)"), ("period_end" = Option<u64>, Query, description = "Seconds since the epoch (default: now)")),
-    responses((status = 200, description = "The rows", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The rows", body = Vec<Vec<serde_json::Value>>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn logs(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
     query: Result<Query<LogQuery>, QueryRejection>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<LogRow>>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
     let (since, until) = query.range()?;

@@ -12,7 +12,8 @@ use axum::http::StatusCode;
 use ember_runtime::model::{Caller, InstanceId, InstanceInfo, InstanceState, Scope};
 use ember_runtime::{ContainerView, PowerAction, Runtime};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -47,19 +48,60 @@ const STATE_NAMES: [&str; 7] = [
     "Terminated",
 ];
 
-fn object(view: &ContainerView, instance: &InstanceInfo) -> Value {
+/// A Tutum container (an Ember instance).
+#[derive(Serialize, ToSchema, Clone)]
+struct TutumContainer {
+    uuid: String,
+    /// `/api/v1/container/<uuid>/`, which answers.
+    resource_uri: String,
+    /// The image reference.
+    image_name: String,
+    /// Its tag or digest (`latest` when it has none).
+    image_tag: String,
+    image_repository: String,
+    name: String,
+    /// `<name>-<n>`.
+    unique_name: String,
+    /// `Starting`, `Running`, `Stopping`, `Stopped`, `Terminating` or `Terminated`.
+    state: &'static str,
+}
+
+/// Tutum's list envelope.
+#[derive(Serialize, ToSchema)]
+struct TutumList {
+    meta: Meta,
+    objects: Vec<TutumContainer>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Meta {
+    limit: usize,
+    offset: usize,
+    total_count: usize,
+    next: Option<String>,
+    previous: Option<String>,
+}
+
+/// A container's output.
+#[derive(Serialize, ToSchema)]
+struct TutumLogs {
+    /// Its lines, each ending in a newline.
+    logs: String,
+}
+
+fn object(view: &ContainerView, instance: &InstanceInfo) -> TutumContainer {
     let spec = &view.container.spec;
-    let (image_name, image_tag) = split_image(&spec.image);
-    json!({
-        "uuid": instance.id.to_string(),
-        "resource_uri": format!("/api/v1/container/{}/", instance.id),
-        "image_name": spec.image,
-        "image_tag": image_tag.unwrap_or("latest"),
-        "image_repository": image_name,
-        "name": spec.name.as_str(),
-        "unique_name": super::unique_name(spec.name.as_str(), instance),
-        "state": state_name(instance.state),
-    })
+    let (repository, tag) = split_image(&spec.image);
+    TutumContainer {
+        uuid: instance.id.to_string(),
+        resource_uri: format!("/api/v1/container/{}/", instance.id),
+        image_name: spec.image.clone(),
+        image_tag: tag.unwrap_or("latest").to_string(),
+        image_repository: repository.to_string(),
+        name: spec.name.to_string(),
+        unique_name: super::unique_name(spec.name.as_str(), instance),
+        state: state_name(instance.state),
+    }
 }
 
 /// An image reference's repository and tag (or digest).
@@ -110,13 +152,13 @@ const MAX_LIMIT: usize = 1000;
     tag = "003",
     summary = "Current and recently terminated containers (instances). Needs the projects_read scope.",
     params(("state" = Option<String>, Query, description = "Init, Starting, Running, Stopping, Stopped, Terminating or Terminated"), ("name" = Option<String>, Query, description = "A container name"), ("unique_name" = Option<String>, Query, description = "A unique name"), ("limit" = Option<u32>, Query, description = "1 to 1000"), ("offset" = Option<u32>, Query, description = "From 0")),
-    responses((status = 200, description = "meta and objects", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "meta and objects", body = TutumList), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn list(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TutumList>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
     if let Some(state) = &query.state
@@ -139,30 +181,29 @@ async fn list(
     for view in runtime.all_containers(&caller)? {
         for instance in runtime.list_all_instances(&caller, view.container.id)? {
             let object = object(&view, &instance);
-            let matches = |field: &str, wanted: &Option<String>| {
-                wanted.as_deref().is_none_or(|w| object[field] == w)
-            };
-            if matches("state", &query.state)
-                && matches("name", &query.name)
-                && matches("unique_name", &query.unique_name)
+            let matches =
+                |value: &str, wanted: &Option<String>| wanted.as_deref().is_none_or(|w| value == w);
+            if matches(object.state, &query.state)
+                && matches(&object.name, &query.name)
+                && matches(&object.unique_name, &query.unique_name)
             {
                 objects.push(object);
             }
         }
     }
     let total = objects.len();
-    let page: Vec<Value> = objects.into_iter().skip(offset).take(limit).collect();
+    let page = objects.into_iter().skip(offset).take(limit).collect();
     let link = |offset: usize| format!("/api/v1/container/?limit={limit}&offset={offset}");
-    Ok(Json(json!({
-        "meta": {
-            "limit": limit,
-            "offset": offset,
-            "total_count": total,
-            "next": (offset + limit < total).then(|| link(offset + limit)),
-            "previous": (offset > 0).then(|| link(offset.saturating_sub(limit))),
+    Ok(Json(TutumList {
+        meta: Meta {
+            limit,
+            offset,
+            total_count: total,
+            next: (offset + limit < total).then(|| link(offset + limit)),
+            previous: (offset > 0).then(|| link(offset.saturating_sub(limit))),
         },
-        "objects": page,
-    })))
+        objects: page,
+    }))
 }
 
 #[utoipa::path(
@@ -171,13 +212,13 @@ async fn list(
     tag = "003",
     summary = "One container. Needs the projects_read scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
-    responses((status = 200, description = "The container", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The container", body = TutumContainer), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn show(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(uuid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TutumContainer>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let (view, instance) = find(&runtime, &caller, &uuid)?;
     Ok(Json(object(&view, &instance)))
@@ -189,13 +230,13 @@ async fn show(
     tag = "003",
     summary = "The container's output. Needs the projects_read scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
-    responses((status = 200, description = "The lines", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The lines", body = TutumLogs), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn logs(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(uuid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TutumLogs>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let (view, instance) = find(&runtime, &caller, &uuid)?;
     let own = instance.id.to_string();
@@ -206,7 +247,7 @@ async fn logs(
         .filter(|e| e.instance == own)
         .map(|e| e.line + "\n")
         .collect();
-    Ok(Json(json!({ "logs": lines })))
+    Ok(Json(TutumLogs { logs: lines }))
 }
 
 /// Applies `action` and answers with the instance as it is then.
@@ -215,7 +256,7 @@ async fn act(
     caller: &Caller,
     uuid: &str,
     action: PowerAction,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TutumContainer>), ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
     let (view, instance) = find(runtime, caller, uuid)?;
     runtime
@@ -231,13 +272,13 @@ async fn act(
     tag = "003",
     summary = "Starts a stopped container. Needs the projects_write scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
-    responses((status = 202, description = "The container", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The container", body = TutumContainer), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn start(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(uuid): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TutumContainer>), ApiError> {
     act(&runtime, &caller, &uuid, PowerAction::Start).await
 }
 
@@ -247,13 +288,13 @@ async fn start(
     tag = "003",
     summary = "Stops a running container. Needs the projects_write scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
-    responses((status = 202, description = "The container", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The container", body = TutumContainer), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn stop(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(uuid): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TutumContainer>), ApiError> {
     act(&runtime, &caller, &uuid, PowerAction::Stop).await
 }
 
@@ -263,13 +304,13 @@ async fn stop(
     tag = "003",
     summary = "Terminates the container (irreversible). Needs the projects_write scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
-    responses((status = 202, description = "The container", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The container", body = TutumContainer), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn terminate(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     Path(uuid): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TutumContainer>), ApiError> {
     act(&runtime, &caller, &uuid, PowerAction::Terminate).await
 }
 

@@ -70,6 +70,8 @@ impl ContainerSpec {
     pub const DEFAULT_PORT: u16 = 8080;
     /// Upper bound of instances when none is given.
     pub const DEFAULT_MAX_INSTANCES: u32 = 100;
+    /// The most instances a container may ask for, as minimum or maximum.
+    pub const MAX_INSTANCES: u32 = 1000;
     /// Requests an OCI instance serves at once when none is given.
     pub const DEFAULT_OCI_CONCURRENCY: u32 = 100;
     /// Requests a wasm instance serves at once when none is given.
@@ -193,6 +195,20 @@ impl ContainerPatch {
         }
         if let Some(concurrency) = self.concurrency {
             spec.concurrency = Some(concurrency);
+        }
+        for (field, value) in [
+            ("minInstances", spec.min_instances),
+            ("maxInstances", spec.max_instances),
+        ] {
+            if value > ContainerSpec::MAX_INSTANCES {
+                return Err(RuntimeError::invalid(
+                    field,
+                    format!(
+                        "{value} is more than the {} instances a container may have",
+                        ContainerSpec::MAX_INSTANCES
+                    ),
+                ));
+            }
         }
         if spec.min_instances > spec.max_instances {
             return Err(RuntimeError::invalid(

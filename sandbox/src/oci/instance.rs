@@ -202,7 +202,7 @@ impl Instance for OciInstance {
         super::usage::read(&super::spec::cgroups_path(&self.sandbox_id))
     }
 
-    fn processes(&self) -> std::io::Result<Vec<crate::processes::ProcessRow>> {
+    fn processes(&self) -> std::io::Result<Vec<crate::processes::ProcessInfo>> {
         crate::processes::list(self.pid.as_raw())
     }
 }
