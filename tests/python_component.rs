@@ -82,6 +82,29 @@ async fn a_componentize_py_component_streams_bodies_both_ways() {
         "hello from python PUT /stream\nfirst-part;second-part"
     );
 
+    // What the guest printed is in the container's logs, as an OCI container's
+    // stdout is.
+    let (_, containers) = ember.get_json("/v1/containers").await;
+    let id = containers["items"][0]["id"].as_str().unwrap().to_string();
+    let logs = ember
+        .api_request(
+            reqwest::Method::GET,
+            &format!("/v1/containers/{id}/logs?period_end=9999999999"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("served POST /big?x=1"))
+        .unwrap_or_else(|| panic!("the guest's print is not logged: {logs}"));
+    let event: serde_json::Value =
+        serde_json::from_str(line.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(event["stream"], "stdout");
+
     // Guests have no outbound network: the host refuses the request itself.
     let response = client
         .get(ember.ingress_url("pyecho", "/outbound"))

@@ -41,6 +41,8 @@ class IncomingHandler(exports.IncomingHandler):
         outgoing_body = response.body()
         ResponseOutparam.set(response_out, Ok(response))
         greeting = os.environ.get("GREETING", "echo")
+        # Goes to the container's logs, as a container's stdout does.
+        print(f"served {method} {path}", flush=True)
         if path == "/outbound":
             with outgoing_body.write() as out:
                 out.blocking_write_and_flush(f"outbound: {try_outbound()}\n".encode())

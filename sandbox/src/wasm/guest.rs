@@ -1,6 +1,7 @@
 //! The per-request store data of a wasm guest.
 
 use super::meter::{MeteredLimits, WasmMeter};
+use super::output::GuestOutput;
 use std::sync::Arc;
 use wasmtime::StoreLimitsBuilder;
 use wasmtime::component::ResourceTable;
@@ -9,6 +10,12 @@ use wasmtime_wasi_http::{
     Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
     WasiHttpView,
 };
+
+/// Where an instance's guests write: its stdout and stderr.
+pub(crate) struct GuestOutputs {
+    pub(crate) stdout: GuestOutput,
+    pub(crate) stderr: GuestOutput,
+}
 
 /// What one request's store holds: WASI state, wasi:http state and limits.
 pub(crate) struct GuestState {
@@ -25,10 +32,16 @@ impl GuestState {
         args: &[String],
         memory_limit: usize,
         meter: Arc<WasmMeter>,
+        output: &GuestOutputs,
     ) -> Self {
         // No preopened directories and the default socket policy (every address
         // refused): guests get no filesystem and no network unless Ember grants them.
-        let wasi = WasiCtx::builder().envs(env).args(args).build();
+        let wasi = WasiCtx::builder()
+            .envs(env)
+            .args(args)
+            .stdout(output.stdout.clone())
+            .stderr(output.stderr.clone())
+            .build();
         Self {
             wasi,
             http: WasiHttpCtx::new(),

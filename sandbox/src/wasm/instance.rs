@@ -1,11 +1,12 @@
 //! Prepared components and their running instances.
 
 use super::engine::{load_compiled, pre_instantiate};
-use super::guest::GuestState;
+use super::guest::{GuestOutputs, GuestState};
 use super::meter::{Timed, WasmMeter};
+use super::output::GuestOutput;
 use crate::{
-    BoxError, BoxFuture, HttpBody, Instance, PreparedWorkload, ResourceUsage, SandboxError,
-    WorkloadSpec,
+    BoxError, BoxFuture, HttpBody, Instance, LogSinkRef, LogStream, PreparedWorkload,
+    ResourceUsage, SandboxError, WorkloadSpec,
 };
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -37,6 +38,7 @@ struct GuestSpec {
     args: Vec<String>,
     memory_limit: usize,
     timeout: std::time::Duration,
+    logs: LogSinkRef,
 }
 
 impl PreparedComponent {
@@ -57,6 +59,7 @@ impl PreparedComponent {
                 args,
                 memory_limit: usize::try_from(spec.memory_limit_bytes).unwrap_or(usize::MAX),
                 timeout: spec.request_timeout,
+                logs: spec.logs,
             }),
         }
     }
@@ -65,17 +68,23 @@ impl PreparedComponent {
 impl PreparedWorkload for PreparedComponent {
     fn start<'a>(
         &'a self,
-        _instance: &'a str,
+        instance: &'a str,
     ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
         Box::pin(async move {
             // The cold start: map the cached compiled code and resolve imports once.
             let component = load_compiled(&self.engine, &self.compiled)
                 .map_err(|e| SandboxError::Start(e.to_string()))?;
             let pre = pre_instantiate(&self.linker, &component)?;
+            let name: Arc<str> = instance.into();
+            let output = |stream| GuestOutput::new(self.spec.logs.clone(), name.clone(), stream);
             Ok(Arc::new(WasmInstance {
                 pre,
                 spec: self.spec.clone(),
                 meter: Arc::default(),
+                output: GuestOutputs {
+                    stdout: output(LogStream::Stdout),
+                    stderr: output(LogStream::Stderr),
+                },
             }) as Arc<dyn Instance>)
         })
     }
@@ -86,6 +95,7 @@ pub(crate) struct WasmInstance {
     pre: ProxyPre<GuestState>,
     spec: Arc<GuestSpec>,
     meter: Arc<WasmMeter>,
+    output: GuestOutputs,
 }
 
 impl WasmInstance {
@@ -96,7 +106,13 @@ impl WasmInstance {
         let spec = &self.spec;
         let mut store = Store::new(
             self.pre.engine(),
-            GuestState::new(&spec.env, &spec.args, spec.memory_limit, self.meter.clone()),
+            GuestState::new(
+                &spec.env,
+                &spec.args,
+                spec.memory_limit,
+                self.meter.clone(),
+                &self.output,
+            ),
         );
         store.limiter(|state| &mut state.limits);
         // At every epoch tick the guest yields, so that a guest that computes for long

@@ -12,5 +12,6 @@ mod engine;
 mod guest;
 mod instance;
 mod meter;
+mod output;
 
 pub use engine::{WasmConfig, WasmSandbox};
