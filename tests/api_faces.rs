@@ -189,6 +189,40 @@ async fn an_instance_by_integer_id_shows_stats_series_and_takes_power_actions() 
     }
     let (status, body) = ember.get_json("/api/containers/not-a-number").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // A stopped instance deleted through document 004 is terminated at once.
+    let (status, body) = power("stop").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_state(&ember, id, "offline").await;
+    let (_, containers) = ember.get_json("/v1/containers").await;
+    let native = containers["items"][0]["id"].as_str().unwrap().to_string();
+    let (_, tutum) = ember
+        .get_json("/api/v1/container/?unique_name=numbered-1")
+        .await;
+    let uuid = tutum["objects"][0]["uuid"].as_str().unwrap().to_string();
+    let (status, job) = ember
+        .send_json(
+            Method::DELETE,
+            &format!("/v1/containers/{native}/instances/{uuid}"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["data"]["state"]["current"], "completed", "{job}");
+    let (_, terminated) = ember.get_json(&format!("/api/v1/container/{uuid}/")).await;
+    assert_eq!(terminated["state"], "Terminated", "{terminated}");
+    let (status, body) = ember
+        .send_json(
+            Method::DELETE,
+            &format!("/v1/containers/{native}/instances/{uuid}"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "004 lists no terminated instance: {body}"
+    );
 }
 
 #[tokio::test]

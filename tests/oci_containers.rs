@@ -376,6 +376,50 @@ async fn runs_an_image_and_passes_command_arguments_and_env() {
         (StatusCode::OK, "from-the-container\n".into())
     );
 
+    // Tutum's stop and start on the same instance: Stopped holds no process, and
+    // Running again serves.
+    let tutum = |action: &'static str| {
+        let ember = &ember;
+        let path = format!("/api/v1/container/{instance}/{action}/");
+        async move {
+            ember
+                .send_json(reqwest::Method::POST, &path, &json!({}))
+                .await
+        }
+    };
+    let wait_tutum = |wanted: &'static str| {
+        let ember = &ember;
+        let path = format!("/api/v1/container/{instance}/");
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let (_, object) = ember.get_json(&path).await;
+                if object["state"] == wanted {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never {wanted}: {object}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (status, body) = tutum("stop").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_tutum("Stopped").await;
+    let (_, processes) = ember
+        .get_json(&format!("/api/containers/{number}/container_processes"))
+        .await;
+    assert_eq!(processes, json!([]), "a stopped instance runs nothing");
+    let (status, body) = tutum("start").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_tutum("Running").await;
+    assert_eq!(
+        get(&ember, "custom", "/").await,
+        (StatusCode::OK, "from-the-container\n".into())
+    );
+
     assert!(ember.metric("ember_cold_starts_total{kind=\"oci\"}").await >= 2.0);
     drop(ember);
     assert_nothing_left(data.path()).await;

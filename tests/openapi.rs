@@ -1,6 +1,7 @@
 //! `GET /openapi.json`: the OpenAPI document made from the handlers covers every
-//! route of every face, and schemathesis (PyPI), fuzzing the API from it, finds no
-//! 5xx and no answer that breaks the document's schemas.
+//! route of every face, the API reference (docs/API.md) names every route in it, and
+//! schemathesis (PyPI), fuzzing the API from it, finds no 5xx and no answer that
+//! breaks the document's schemas.
 
 mod common;
 
@@ -85,6 +86,61 @@ async fn the_document_covers_every_route() {
     );
     assert!(document["components"]["securitySchemes"]["bearer"].is_object());
     assert!(document["components"]["schemas"]["ErrorBody"].is_object());
+}
+
+/// `METHOD /path` with every path parameter's name dropped, so that `{id}` and
+/// `{instanceId}` compare equal.
+fn normalised(method: &str, path: &str) -> String {
+    let mut out = format!("`{} ", method.to_uppercase());
+    let mut in_parameter = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_parameter = true;
+                out.push('{');
+            }
+            '}' => {
+                in_parameter = false;
+                out.push('}');
+            }
+            _ if in_parameter => {}
+            _ => out.push(c),
+        }
+    }
+    out.push('`');
+    out
+}
+
+#[tokio::test]
+async fn the_api_reference_names_every_documented_route() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    let document: serde_json::Value = reqwest::get(ember.api_url("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reference =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/API.md")).unwrap();
+    // The reference's own spans, normalised as the document's are.
+    let spans: Vec<String> = reference
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter_map(|span| span.split_once(' '))
+        .map(|(method, path)| normalised(method, path))
+        .collect();
+    let mut missing = Vec::new();
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            let wanted = normalised(method, path);
+            if !spans.contains(&wanted) {
+                missing.push(wanted);
+            }
+        }
+    }
+    assert!(missing.is_empty(), "docs/API.md does not name {missing:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,13 +90,12 @@ fn state_rank(state: InstanceState) -> u8 {
         .map_or(u8::MAX, |p| p as u8)
 }
 
-/// The states a 004 list shows (terminated instances are not listed there).
-const LISTED_STATES: [InstanceState; 5] = [
+/// The states a 004 list shows (instances on their way out are not listed there).
+const LISTED_STATES: [InstanceState; 4] = [
     InstanceState::Starting,
     InstanceState::Running,
     InstanceState::Stopping,
     InstanceState::Stopped,
-    InstanceState::Terminating,
 ];
 
 /// Most instances one page may hold.
@@ -234,9 +233,7 @@ fn filter(key: &str, field: &str, value: &str) -> Result<Filter, ApiError> {
             LISTED_STATES
                 .into_iter()
                 .find(|s| s.name() == value)
-                .ok_or_else(|| {
-                    bad("a state (`starting`, `running`, `stopping`, `stopped`, `terminating`)")
-                })?,
+                .ok_or_else(|| bad("a state (`starting`, `running`, `stopping`, `stopped`)"))?,
         ),
         "server_id" => Filter::ServerId(value.to_string()),
         "revision" => Filter::Revision(value.parse().map_err(|_| bad("a revision number"))?),

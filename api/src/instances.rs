@@ -31,7 +31,7 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
     path = "/v1/containers/{id}/instances",
     tag = "instances",
     summary = "A container's instances (needs containers-view)",
-    params(("id" = String, Path, description = "The container's id (a UUID)"), ("filter[state]" = Option<String>, Query, description = "starting, running, stopping, stopped or terminating"), ("filter[server_id]" = Option<String>, Query, description = "A server's id"), ("filter[revision]" = Option<u32>, Query, description = "A revision number"), ("filter[pinned]" = Option<bool>, Query, description = "true or false"), ("sort" = Option<String>, Query, description = "id, state, revision, changed; - for descending"), ("page[size]" = Option<u32>, Query, description = "1 to 100"), ("page[number]" = Option<u32>, Query, description = "From 1"), ("include" = Option<String>, Query, description = "creators, servers, containers, locations, integrations, environments")),
+    params(("id" = String, Path, description = "The container's id (a UUID)"), ("filter[state]" = Option<String>, Query, description = "starting, running, stopping or stopped"), ("filter[server_id]" = Option<String>, Query, description = "A server's id"), ("filter[revision]" = Option<u32>, Query, description = "A revision number"), ("filter[pinned]" = Option<bool>, Query, description = "true or false"), ("sort" = Option<String>, Query, description = "id, state, revision, changed; - for descending"), ("page[size]" = Option<u32>, Query, description = "1 to 100"), ("page[number]" = Option<u32>, Query, description = "From 1"), ("include" = Option<String>, Query, description = "creators, servers, containers, locations, integrations, environments")),
     responses((status = 200, description = "The instances and what include asked for", body = InstanceList), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn list(
@@ -248,7 +248,7 @@ struct InstanceJson {
 
 #[derive(Serialize, utoipa::ToSchema)]
 struct StateJson {
-    /// `starting`, `running`, `stopping`, `stopped` or `terminating`.
+    /// `starting`, `running`, `stopping` or `stopped`.
     #[schema(value_type = String)]
     current: InstanceState,
     changed: String,

@@ -807,6 +807,7 @@ impl Service {
             }
             std::mem::take(&mut pool.instances)
         };
+        self.roster.terminate_stopped();
         futures::future::join_all(all.iter().map(|live| async {
             terminate(&self.roster, live).await;
             stopped();

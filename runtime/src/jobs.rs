@@ -113,14 +113,14 @@ impl Runtime {
         Ok(job)
     }
 
-    /// Stops one instance; a pinned one is not replaced.
+    /// Stops one instance (a pinned one is not replaced), or forgets a stopped one.
     pub async fn delete_instance(
         &self,
         caller: &Caller,
         id: ContainerId,
         instance: InstanceId,
     ) -> Result<Job, RuntimeError> {
-        let (service, job) = {
+        let (service, job, was_stopped) = {
             let _records = self.inner().records.lock();
             let mut container = self.accessible(caller, id)?;
             let service = self.service(id)?;
@@ -129,14 +129,35 @@ impl Runtime {
                 .into_iter()
                 .find(|i| i.id == instance)
                 .ok_or_else(|| instance_not_found(instance))?;
-            if info.state == InstanceState::Starting {
-                return Err(RuntimeError::Unprocessable(format!(
-                    "instance {instance} is still starting; delete it once it runs"
-                )));
-            }
-            if info.pinned {
-                container.pinned_instances = container.pinned_instances.saturating_sub(1);
-                self.inner().store.save_status(&container)?;
+            match info.state {
+                InstanceState::Starting => {
+                    return Err(RuntimeError::Unprocessable(format!(
+                        "instance {instance} is still starting; delete it once it runs"
+                    )));
+                }
+                InstanceState::Running => {
+                    if info.pinned {
+                        container.pinned_instances = container.pinned_instances.saturating_sub(1);
+                        self.inner().store.save_status(&container)?;
+                    }
+                }
+                // Holds nothing and no longer counts as pinned: it is only forgotten.
+                InstanceState::Stopped => service
+                    .terminate_stopped(instance)
+                    .map_err(|_| instance_not_found(instance))?,
+                // Document 004 does not list instances on their way out.
+                InstanceState::Terminating | InstanceState::Terminated => {
+                    return Err(instance_not_found(instance));
+                }
+                InstanceState::Stopping => {
+                    return Err(RuntimeError::Conflict {
+                        code: "invalid_state",
+                        message: format!(
+                            "instance {instance} is {}; wait until it has stopped",
+                            info.state.name()
+                        ),
+                    });
+                }
             }
             let job = self.new_job(
                 caller,
@@ -146,9 +167,15 @@ impl Runtime {
                 },
                 1,
             )?;
-            (service, job)
+            (service, job, info.state == InstanceState::Stopped)
         };
+        if was_stopped {
+            self.finish_job(job.id, None);
+        }
         self.inner().store.flush().await?;
+        if was_stopped {
+            return self.get_job(caller, job.id);
+        }
         self.spawn_job(job.id, async move {
             service
                 .remove_instance(instance)

@@ -13,7 +13,6 @@ use crate::model::{Caller, ContainerId, InstanceId, InstanceInfo, InstanceState}
 use crate::runtime::Runtime;
 use crate::usage::UsageSample;
 use ember_sandbox::processes::ProcessInfo;
-use std::sync::Arc;
 
 /// What can be done to an instance by hand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,22 +267,15 @@ impl Runtime {
 
     /// Samples every running instance's usage at the configured interval.
     pub(crate) fn spawn_usage_sampler(&self) {
-        let weak = Arc::downgrade(self.inner_arc());
-        let interval = self.config().usage_sample_interval;
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                let services: Vec<_> = inner.services.read().values().cloned().collect();
-                let usages = tokio::task::spawn_blocking(move || {
-                    services.iter().flat_map(|s| s.usages()).collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default();
-                inner.usage.record(std::time::SystemTime::now(), &usages);
-            }
+        self.spawn_periodic(self.config().usage_sample_interval, |inner| async move {
+            let services: Vec<_> = inner.services.read().values().cloned().collect();
+            // Reading cgroup files blocks.
+            let usages = tokio::task::spawn_blocking(move || {
+                services.iter().flat_map(|s| s.usages()).collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            inner.usage.record(std::time::SystemTime::now(), &usages);
         });
     }
 }

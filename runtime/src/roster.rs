@@ -96,6 +96,17 @@ impl Roster {
         Ok(entries.remove(position))
     }
 
+    /// Forgets every stopped instance for good: they show as Terminated.
+    pub(crate) fn terminate_stopped(&self) {
+        let now = SystemTime::now();
+        for entry in self.entries.lock().iter_mut() {
+            if entry.state == InstanceState::Stopped {
+                entry.state = InstanceState::Terminated;
+                entry.since = now;
+            }
+        }
+    }
+
     /// Everything recorded, oldest first.
     pub(crate) fn entries(&self) -> Vec<Entry> {
         self.entries.lock().clone()

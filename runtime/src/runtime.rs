@@ -166,10 +166,6 @@ impl Runtime {
         &self.inner
     }
 
-    pub(crate) fn inner_arc(&self) -> &Arc<Inner> {
-        &self.inner
-    }
-
     /// Who holds `secret`, if anyone.
     pub fn authenticate(&self, secret: &str) -> Result<Option<Caller>, RuntimeError> {
         auth::authenticate(&self.inner.store, secret)
@@ -375,14 +371,16 @@ impl Runtime {
         Ok(page.slice(revisions))
     }
 
-    /// A container's instances, but for those terminated.
+    /// A container's instances, but for those terminating or terminated: those
+    /// starting, running, and stopping or stopped by hand.
     pub fn list_instances(
         &self,
         caller: &Caller,
         id: ContainerId,
     ) -> Result<Vec<InstanceInfo>, RuntimeError> {
+        use crate::model::InstanceState::{Terminated, Terminating};
         let mut instances = self.list_all_instances(caller, id)?;
-        instances.retain(|i| i.state != crate::model::InstanceState::Terminated);
+        instances.retain(|i| !matches!(i.state, Terminating | Terminated));
         Ok(instances)
     }
 
@@ -669,18 +667,29 @@ impl Runtime {
     }
 
     fn spawn_reconciler(&self) {
+        self.spawn_periodic(self.inner.config.reconcile_interval, |inner| async move {
+            let services: Vec<_> = inner.services.read().values().cloned().collect();
+            for service in services {
+                service.reconcile();
+            }
+        });
+    }
+
+    /// Runs `tick` every `interval` (a late tick is not made up for) until the
+    /// runtime is gone.
+    pub(crate) fn spawn_periodic<F, Fut>(&self, interval: Duration, tick: F)
+    where
+        F: Fn(Arc<Inner>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
         let weak = Arc::downgrade(&self.inner);
-        let interval = self.inner.config.reconcile_interval;
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let services: Vec<_> = inner.services.read().values().cloned().collect();
-                for service in services {
-                    service.reconcile();
-                }
+                tick(inner).await;
             }
         });
     }

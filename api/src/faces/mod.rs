@@ -40,11 +40,18 @@ pub(crate) fn number(field: &str, raw: &str) -> Result<u64, ApiError> {
 
 /// Documents 000 and 001's log query: `limit` lines from `period_start` to
 /// `period_end` (seconds since the epoch; by default the last day).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LogQuery {
+    /// Most lines, 1 to 10000 (default: all).
+    #[param(value_type = Option<u32>)]
     limit: Option<String>,
+    /// Seconds since the epoch (default: a day ago).
+    #[param(value_type = Option<u64>)]
     period_start: Option<String>,
+    /// Seconds since the epoch (default: now).
+    #[param(value_type = Option<u64>)]
     period_end: Option<String>,
 }
 

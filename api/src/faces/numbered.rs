@@ -275,7 +275,7 @@ async fn power(
     path = "/api/containers/{id}/logs",
     tag = "000",
     summary = "The instance's lines as [timestamp, name, line], newest first. Needs the projects_read scope.",
-    params(("id" = u64, Path, description = "The integer id"), ("limit" = Option<u32>, Query, description = "Most lines, 1 to 10000"), ("period_start" = Option<u64>, Query, description = "Seconds since the epoch (default: a day ago)"), ("period_end" = Option<u64>, Query, description = "Seconds since the epoch (default: now)")),
+    params(("id" = u64, Path, description = "The integer id"), LogQuery),
     responses((status = 200, description = "The rows", body = Vec<Vec<serde_json::Value>>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn logs(
