@@ -724,3 +724,47 @@ async fn an_instance_reports_its_volumes_and_resources() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+#[tokio::test]
+async fn a_stopped_instance_stays_stopped_across_a_restart() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    deploy_one(&ember, "kept", json!({})).await;
+    let (_, list) = ember
+        .get_json("/api/v1/container/?unique_name=kept-1")
+        .await;
+    let uuid = list["objects"][0]["uuid"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/container/{uuid}/");
+    let (status, body) = ember
+        .send_json(Method::POST, &format!("{path}stop/"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_for(&ember, &path, |b| (b["state"] == "Stopped").then_some(())).await;
+    drop(ember);
+
+    let ember = Ember::start(dir.path(), &[]);
+    let (status, object) = ember.get_json(&path).await;
+    assert_eq!(status, StatusCode::OK, "{object}");
+    assert_eq!(
+        (object["state"].clone(), object["unique_name"].clone()),
+        (json!("Stopped"), json!("kept-1"))
+    );
+    let (status, body) = ember
+        .send_json(Method::POST, &format!("{path}start/"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_for(&ember, &path, |b| (b["state"] == "Running").then_some(())).await;
+    // Instances started since count on from the restored ones.
+    let (_, all) = ember.get_json("/api/v1/container/").await;
+    let names: Vec<_> = all["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["unique_name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| *n == "kept-1").count(),
+        1,
+        "{names:?}"
+    );
+}

@@ -6,7 +6,9 @@
 use crate::background::Background;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::model::{ContainerId, InstanceId, InstanceInfo, InstanceState, ServerId};
+use crate::model::{
+    ContainerId, InstanceId, InstanceInfo, InstanceState, ServerId, StoppedInstance,
+};
 use crate::node::{NodeCapacity, Placement};
 use crate::roster::{Identity, Roster};
 use ember_sandbox::{Instance, PreparedWorkload, ResourceUsage, WorkloadKind};
@@ -241,6 +243,15 @@ impl Service {
 
     pub(crate) fn set_policy(&self, policy: TrafficPolicy) {
         self.pool.lock().policy = policy;
+    }
+
+    /// Brings back the instances that were stopped by hand before a restart; new
+    /// instances count on from the highest ordinal among them.
+    pub(crate) fn restore_stopped(&self, stopped: &[StoppedInstance]) {
+        self.roster.restore(stopped);
+        if let Some(highest) = stopped.iter().map(|s| s.ordinal).max() {
+            self.next_ordinal.fetch_max(highest + 1, Ordering::Relaxed);
+        }
     }
 
     /// Sets how many pinned instances the container keeps (after a restart).
@@ -1084,6 +1095,16 @@ impl LiveInstance {
     /// What the instance has used.
     pub(crate) fn usage(&self) -> ResourceUsage {
         self.instance.usage()
+    }
+
+    /// The instance as stored once stopped by hand.
+    pub(crate) fn as_stopped(&self) -> StoppedInstance {
+        StoppedInstance {
+            id: self.id,
+            ordinal: self.ordinal,
+            created: self.created,
+            revision: self.revision,
+        }
     }
 
     fn identity(&self) -> Identity {

@@ -99,6 +99,7 @@ impl Runtime {
             let mut container = self.accessible(caller, id)?;
             let service = self.service(id)?;
             container.pinned_instances = 0;
+            container.stopped_instances.clear();
             self.inner().store.save_status(&container)?;
             let running = service.instance_count() as u32;
             let job = self.new_job(caller, id, JobAction::DeleteInstances, running)?;
@@ -142,9 +143,13 @@ impl Runtime {
                     }
                 }
                 // Holds nothing and no longer counts as pinned: it is only forgotten.
-                InstanceState::Stopped => service
-                    .terminate_stopped(instance)
-                    .map_err(|_| instance_not_found(instance))?,
+                InstanceState::Stopped => {
+                    service
+                        .terminate_stopped(instance)
+                        .map_err(|_| instance_not_found(instance))?;
+                    container.stopped_instances.retain(|s| s.id != instance);
+                    self.inner().store.save_status(&container)?;
+                }
                 // Document 004 does not list instances on their way out.
                 InstanceState::Terminating | InstanceState::Terminated => {
                     return Err(instance_not_found(instance));

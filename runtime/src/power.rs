@@ -3,9 +3,9 @@
 //!
 //! An instance started by hand is pinned: it runs until stopped by hand, as a Tutum
 //! container does, rather than until the autoscaler finds it idle. The pinned count
-//! is stored before an action is accepted, so a restart brings the same number back;
-//! a stopped instance itself lives in memory only, and so does not outlive the
-//! runtime (it comes back as neither stopped nor running).
+//! and the stopped instances are stored before an action is accepted, so a restart
+//! of the runtime brings back as many pinned instances, and the stopped ones as
+//! stopped, under their ids.
 
 use crate::activator::Refusal;
 use crate::error::RuntimeError;
@@ -70,7 +70,7 @@ impl Runtime {
             let mut container = self.accessible(caller, id)?;
             let service = self.service(id)?;
             let refused = |refusal| refusal_error(refusal, instance, action);
-            let pinned_before = container.pinned_instances;
+            let before = container.clone();
             let taken = match action {
                 // Never take a running instance for a start: it would have to go back.
                 PowerAction::Start => Err(service
@@ -84,9 +84,11 @@ impl Runtime {
                 Ok(live) => {
                     if action == PowerAction::Stop || action == PowerAction::Terminate {
                         if live.is_pinned() {
-                            container.pinned_instances -= 1;
+                            container.pinned_instances =
+                                container.pinned_instances.saturating_sub(1);
                         }
                         let end = if action == PowerAction::Stop {
+                            container.stopped_instances.push(live.as_stopped());
                             InstanceState::Stopped
                         } else {
                             InstanceState::Terminated
@@ -110,6 +112,7 @@ impl Runtime {
                 Err(Refusal::InState(InstanceState::Stopped)) => match action {
                     PowerAction::Terminate => {
                         service.terminate_stopped(instance).map_err(refused)?;
+                        container.stopped_instances.retain(|s| s.id != instance);
                     }
                     PowerAction::Start | PowerAction::Restart | PowerAction::Rebuild => {
                         let limit = container.spec.max_instances;
@@ -123,6 +126,7 @@ impl Runtime {
                         }
                         service.start_stopped(instance, true).map_err(refused)?;
                         container.pinned_instances += 1;
+                        container.stopped_instances.retain(|s| s.id != instance);
                     }
                     PowerAction::Stop => {
                         return Err(refused(Refusal::InState(InstanceState::Stopped)));
@@ -130,7 +134,9 @@ impl Runtime {
                 },
                 Err(refusal) => return Err(refused(refusal)),
             }
-            if container.pinned_instances != pinned_before {
+            if container.pinned_instances != before.pinned_instances
+                || container.stopped_instances != before.stopped_instances
+            {
                 self.inner().store.save_status(&container)?;
             }
         }

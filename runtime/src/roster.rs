@@ -2,7 +2,7 @@
 //! start again under the same id, and those recently terminated, which lists keep
 //! showing for a while (as Tutum lists "current and recently terminated" ones).
 
-use crate::model::{InstanceId, InstanceState};
+use crate::model::{InstanceId, InstanceState, StoppedInstance};
 use parking_lot::Mutex;
 use std::time::SystemTime;
 
@@ -94,6 +94,18 @@ impl Roster {
             return Err(Some(entries[position].state));
         }
         Ok(entries.remove(position))
+    }
+
+    /// Records instances stopped before the runtime restarted.
+    pub(crate) fn restore(&self, stopped: &[StoppedInstance]) {
+        for s in stopped {
+            let identity = Identity {
+                id: s.id,
+                ordinal: s.ordinal,
+                created: s.created,
+            };
+            self.record(identity, s.revision, false, InstanceState::Stopped);
+        }
     }
 
     /// Forgets every stopped instance for good: they show as Terminated.

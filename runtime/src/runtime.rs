@@ -142,7 +142,9 @@ impl Runtime {
         runtime.finish_interrupted_jobs()?;
         runtime.remove_old_jobs(SystemTime::now())?;
         for container in runtime.inner.store.containers()? {
-            runtime.register(&container);
+            runtime
+                .register(&container)
+                .restore_stopped(&container.stopped_instances);
             let number = container
                 .serving_revision
                 .unwrap_or(container.latest_revision);

@@ -261,6 +261,24 @@ pub struct Container {
     /// Instances started through the instances API, kept beyond the autoscaler's count.
     #[serde(default)]
     pub pinned_instances: u32,
+    /// Instances stopped by hand, which keep their ids to start again (also after a
+    /// restart of the runtime).
+    #[serde(default)]
+    pub stopped_instances: Vec<StoppedInstance>,
+}
+
+/// An instance stopped by hand, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoppedInstance {
+    /// Its id.
+    pub id: InstanceId,
+    /// Its place among the container's instances.
+    pub ordinal: u32,
+    /// When it first started.
+    pub created: SystemTime,
+    /// The revision it ran.
+    pub revision: u32,
 }
 
 impl Container {
@@ -277,6 +295,7 @@ impl Container {
             latest_revision: 1,
             serving_revision: None,
             pinned_instances: 0,
+            stopped_instances: Vec::new(),
         }
     }
 }

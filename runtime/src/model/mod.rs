@@ -16,7 +16,7 @@ pub use access::{
 };
 pub use container::{
     Caller, Container, ContainerPatch, ContainerSpec, ContainerStatus, InstanceInfo, InstanceState,
-    Page, PageRequest, Revision, Role,
+    Page, PageRequest, Revision, Role, StoppedInstance,
 };
 /// Nodes (servers) and the resources they offer, from the scheduler.
 pub use ember_scheduler::placement::{Node, Resources};
