@@ -713,6 +713,10 @@ async fn an_instance_reports_its_volumes_and_resources() {
         data["memory"]["used_bytes"].is_u64() && data["cpu"]["usage_percent"].is_number(),
         "{report}"
     );
+    assert!(
+        data["network"].is_null(),
+        "a component has no interface: {report}"
+    );
     let (status, body) = ember
         .get_json(&format!("{base}/telemetry/resources/report?filter[cpu]=1"))
         .await;

@@ -354,6 +354,15 @@ async fn runs_an_image_and_passes_command_arguments_and_env() {
         report["data"]["memory"]["used_bytes"].as_u64().unwrap() > 0,
         "{report}"
     );
+    let network = &report["data"]["network"];
+    assert!(
+        network["received_bytes"].as_u64().unwrap() > 0,
+        "it was sent requests: {report}"
+    );
+    assert!(
+        network["sent_bytes"].as_u64().unwrap() > 0,
+        "it answered: {report}"
+    );
     let (status, restarted) = ember
         .send_json(
             reqwest::Method::PUT,

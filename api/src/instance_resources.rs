@@ -104,8 +104,8 @@ async fn volumes(
     Ok(Json(DataEnvelope { data }))
 }
 
-/// What the instance uses now against its limits. `network` is `null`: Ember does
-/// not meter instances' traffic yet.
+/// What the instance uses now against its limits. `network` counts the bytes
+/// through an OCI instance's interface; a wasm instance has none (`null`).
 #[utoipa::path(
     get,
     path = "/v1/containers/{id}/instances/{instance}/telemetry/resources/report",
@@ -149,7 +149,10 @@ async fn report(
             "storage": {
                 "limit_bytes": spec.ephemeral_storage.bytes(),
             },
-            "network": null,
+            "network": sample.and_then(|s| s.network).map(|n| json!({
+                "received_bytes": n.received_bytes,
+                "sent_bytes": n.sent_bytes,
+            })),
         }),
     }))
 }

@@ -250,6 +250,7 @@ impl Runtime {
                 at: std::time::SystemTime::now(),
                 cpu_percent: 0.0,
                 memory_bytes: usage.memory_bytes,
+                network: usage.network,
             }
         }))
     }

@@ -2,7 +2,7 @@
 //! a bounded window: the stats and metrics series of document 000.
 
 use crate::model::InstanceId;
-use ember_sandbox::ResourceUsage;
+use ember_sandbox::{NetworkUsage, ResourceUsage};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime};
@@ -19,6 +19,8 @@ pub struct UsageSample {
     pub cpu_percent: f64,
     /// Memory in use, in bytes.
     pub memory_bytes: u64,
+    /// Bytes through the instance's network interface since it started (OCI).
+    pub network: Option<NetworkUsage>,
 }
 
 #[derive(Default)]
@@ -55,6 +57,7 @@ impl UsageSeries {
                 at,
                 cpu_percent,
                 memory_bytes: usage.memory_bytes,
+                network: usage.network,
             });
             if series.points.len() > SAMPLES_KEPT {
                 series.points.pop_front();
@@ -96,6 +99,7 @@ mod tests {
         ResourceUsage {
             cpu_time: Duration::from_millis(cpu_ms),
             memory_bytes,
+            network: None,
         }
     }
 

@@ -221,4 +221,15 @@ pub struct ResourceUsage {
     pub cpu_time: std::time::Duration,
     /// Memory in use now.
     pub memory_bytes: u64,
+    /// Bytes through the instance's own network interface, for kinds that have one.
+    pub network: Option<NetworkUsage>,
+}
+
+/// Bytes an instance's network interface carried since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetworkUsage {
+    /// Bytes the instance received.
+    pub received_bytes: u64,
+    /// Bytes the instance sent.
+    pub sent_bytes: u64,
 }

@@ -77,7 +77,7 @@ fn new_sandbox_id() -> String {
 }
 
 /// Interface names are at most 15 bytes: `ve` and 13 hex digits of the id.
-fn veth_name(sandbox_id: &str) -> String {
+pub(crate) fn veth_name(sandbox_id: &str) -> String {
     let hex: String = sandbox_id
         .trim_start_matches("ember-")
         .chars()

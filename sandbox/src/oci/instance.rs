@@ -199,7 +199,10 @@ impl Instance for OciInstance {
     }
 
     fn usage(&self) -> ResourceUsage {
-        super::usage::read(&super::spec::cgroups_path(&self.sandbox_id))
+        ResourceUsage {
+            network: super::usage::read_network(&super::created::veth_name(&self.sandbox_id)),
+            ..super::usage::read(&super::spec::cgroups_path(&self.sandbox_id))
+        }
     }
 
     fn processes(&self) -> std::io::Result<Vec<crate::processes::ProcessInfo>> {

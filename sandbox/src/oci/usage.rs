@@ -1,10 +1,22 @@
 //! An OCI instance's CPU time and memory, read from its cgroups (v1 or v2).
 
-use crate::ResourceUsage;
+use crate::{NetworkUsage, ResourceUsage};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The traffic through the host end of an instance's veth: what the host end
+/// received, the instance sent. `None` when the interface is gone.
+pub(crate) fn read_network(host_veth: &str) -> Option<NetworkUsage> {
+    let statistics = Path::new("/sys/class/net")
+        .join(host_veth)
+        .join("statistics");
+    Some(NetworkUsage {
+        sent_bytes: read_number(&statistics.join("rx_bytes"))?,
+        received_bytes: read_number(&statistics.join("tx_bytes"))?,
+    })
+}
 
 /// Reads the usage of the cgroups at `cgroups_path` (as in the spec's
 /// `linux.cgroupsPath`, e.g. `/ember/<id>`); what cannot be read counts as zero.
@@ -18,6 +30,7 @@ pub(crate) fn read(cgroups_path: &str) -> ResourceUsage {
                 .and_then(|stat| usage_usec(&stat))
                 .map_or(Duration::ZERO, Duration::from_micros),
             memory_bytes: read_number(&dir.join("memory.current")).unwrap_or(0),
+            network: None,
         }
     } else {
         ResourceUsage {
@@ -27,6 +40,7 @@ pub(crate) fn read(cgroups_path: &str) -> ResourceUsage {
             memory_bytes: v1_file(root, &["memory"], relative, "memory.usage_in_bytes")
                 .and_then(|path| read_number(&path))
                 .unwrap_or(0),
+            network: None,
         }
     }
 }
@@ -63,6 +77,12 @@ mod tests {
         let stat = "usage_usec 12345\nuser_usec 10000\nsystem_usec 2345\n";
         assert_eq!(usage_usec(stat), Some(12345));
         assert_eq!(usage_usec("user_usec 1\n"), None);
+    }
+
+    #[test]
+    fn loopback_has_statistics_and_a_missing_interface_has_none() {
+        assert!(read_network("lo").is_some());
+        assert_eq!(read_network("ve-no-such"), None);
     }
 
     #[test]

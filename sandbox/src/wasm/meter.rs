@@ -22,6 +22,8 @@ impl WasmMeter {
         ResourceUsage {
             cpu_time: Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed)),
             memory_bytes: self.memory_bytes.load(Ordering::Relaxed),
+            // A component has no network interface of its own.
+            network: None,
         }
     }
 }
