@@ -157,8 +157,11 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         .await;
     let url = ember.api_url("/openapi.json");
     let auth = format!("Authorization: Bearer {}", ember.token);
+    // schemathesis keeps a cache in the directory it runs in: not the checkout's.
+    let scratch = dir.path().to_path_buf();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("schemathesis")
+            .current_dir(scratch)
             .args(["run", &url, "-H", &auth])
             .args(["--checks", "not_a_server_error,response_schema_conformance"])
             .args(["--max-examples", "25", "--request-timeout", "10"])
