@@ -10,7 +10,7 @@ use crate::model::{
     ContainerId, InstanceId, InstanceInfo, InstanceState, ServerId, StoppedInstance,
 };
 use crate::node::{NodeCapacity, Placement};
-use crate::roster::{Identity, Roster};
+use crate::roster::{Entry, Identity, Roster};
 use ember_sandbox::{Instance, PreparedWorkload, ResourceUsage, WorkloadKind};
 use ember_scheduler::{Autoscaler, Observation, Request, ScaleReason, ScalingPolicy};
 use parking_lot::Mutex;
@@ -330,7 +330,10 @@ impl Service {
     pub(crate) async fn stop_everything(&self) {
         self.make_unavailable("the runtime is shutting down");
         let all = std::mem::take(&mut self.pool.lock().instances);
-        futures::future::join_all(all.iter().map(|live| terminate(&self.roster, live))).await;
+        let stops = all
+            .into_iter()
+            .map(|live| self.stop_taken(live, InstanceState::Terminated));
+        futures::future::join_all(stops).await;
         // The revision's prepared sandboxes go in a task `make_unavailable` began,
         // which the runtime waits for with the other stops.
     }
@@ -344,8 +347,12 @@ impl Service {
             pool.autoscaler = Autoscaler::new();
             take_idle(&mut pool.instances, |i| !i.pinned, usize::MAX)
         };
-        futures::future::join_all(idle.iter().map(|live| terminate(&self.roster, live))).await;
-        idle.len()
+        let count = idle.len();
+        let stops = idle
+            .into_iter()
+            .map(|live| self.stop_taken(live, InstanceState::Terminated));
+        futures::future::join_all(stops).await;
+        count
     }
 
     /// Finds an instance with a free slot for one request, waiting in the queue (while
@@ -819,9 +826,13 @@ impl Service {
             std::mem::take(&mut pool.instances)
         };
         self.roster.terminate_stopped();
-        futures::future::join_all(all.iter().map(|live| async {
-            terminate(&self.roster, live).await;
-            stopped();
+        futures::future::join_all(all.iter().map(|live| {
+            let stop = self.stop_taken(live.clone(), InstanceState::Terminated);
+            let stopped = &stopped;
+            async move {
+                stop.await;
+                stopped();
+            }
         }))
         .await;
         all.len()
@@ -839,7 +850,7 @@ impl Service {
             }
             live
         };
-        terminate(&self.roster, &live).await;
+        self.stop_taken(live, InstanceState::Terminated).await;
         Some(())
     }
 
@@ -855,19 +866,36 @@ impl Service {
             }
             return Ok(live);
         }
+        drop(pool);
+        Err(self.refusal_for(id))
+    }
+
+    /// Why an action that wanted the instance in another state cannot have it: the
+    /// state it is in, or that there is no such instance.
+    pub(crate) fn refusal_for(&self, id: InstanceId) -> Refusal {
+        let pool = self.pool.lock();
+        if pool.instances.iter().any(|i| i.id == id) {
+            return Refusal::InState(InstanceState::Running);
+        }
         if pool.starting.iter().any(|s| s.identity.id == id) {
-            return Err(Refusal::InState(InstanceState::Starting));
+            return Refusal::InState(InstanceState::Starting);
         }
         drop(pool);
-        Err(self
-            .roster
+        self.roster
             .entries()
             .iter()
             .find(|e| e.identity.id == id)
-            .map_or(Refusal::NotFound, |e| Refusal::InState(e.state)))
+            .map_or(Refusal::NotFound, |e| Refusal::InState(e.state))
     }
 
-    /// Stops an instance [`Service::take_running`] gave: it shows as Stopping (or
+    /// Takes a stopped instance out of the roster.
+    fn take_stopped(&self, id: InstanceId) -> Result<Entry, Refusal> {
+        self.roster
+            .take_if(id, InstanceState::Stopped)
+            .map_err(|state| state.map_or(Refusal::NotFound, Refusal::InState))
+    }
+
+    /// Stops an instance already taken out of the pool: it shows as Stopping (or
     /// Terminating) from now, and as `end` (Stopped or Terminated) once the returned
     /// future has stopped it.
     pub(crate) fn stop_taken(
@@ -886,6 +914,7 @@ impl Service {
         async move {
             live.instance.stop().await;
             roster.advance(live.id, end);
+            tracing::debug!(instance = %live.id, "instance stopped");
         }
     }
 
@@ -897,10 +926,7 @@ impl Service {
         pinned: bool,
     ) -> Result<StartOutcome, Refusal> {
         let revision = self.serving_revision().ok_or(Refusal::NotServing)?;
-        let entry = self
-            .roster
-            .take_if(id, InstanceState::Stopped)
-            .map_err(|state| state.map_or(Refusal::NotFound, Refusal::InState))?;
+        let entry = self.take_stopped(id)?;
         let mut pool = self.pool.lock();
         if pinned {
             pool.pinned_wanted += 1;
@@ -910,10 +936,7 @@ impl Service {
 
     /// Forgets a stopped instance for good: it shows as Terminated.
     pub(crate) fn terminate_stopped(&self, id: InstanceId) -> Result<(), Refusal> {
-        let entry = self
-            .roster
-            .take_if(id, InstanceState::Stopped)
-            .map_err(|state| state.map_or(Refusal::NotFound, Refusal::InState))?;
+        let entry = self.take_stopped(id)?;
         self.roster.record(
             entry.identity,
             entry.revision,
@@ -948,25 +971,12 @@ impl Service {
         if instances.is_empty() {
             return;
         }
-        for live in &instances {
-            self.roster.record(
-                live.identity(),
-                live.revision,
-                live.pinned,
-                InstanceState::Terminating,
-            );
-        }
-        let roster = self.roster.clone();
+        let stops: Vec<_> = instances
+            .into_iter()
+            .map(|live| self.stop_taken(live, InstanceState::Terminated))
+            .collect();
         self.background.spawn_stop(async move {
-            futures::future::join_all(instances.iter().map(|live| {
-                let roster = &roster;
-                async move {
-                    live.instance.stop().await;
-                    roster.advance(live.id, InstanceState::Terminated);
-                    tracing::debug!(instance = %live.id, "instance stopped");
-                }
-            }))
-            .await;
+            futures::future::join_all(stops).await;
         });
     }
 
@@ -1114,18 +1124,6 @@ impl LiveInstance {
             created: self.created,
         }
     }
-}
-
-/// Stops `live` for good, recording it Terminating, then Terminated.
-async fn terminate(roster: &Roster, live: &LiveInstance) {
-    roster.record(
-        live.identity(),
-        live.revision,
-        live.pinned,
-        InstanceState::Terminating,
-    );
-    live.instance.stop().await;
-    roster.advance(live.id, InstanceState::Terminated);
 }
 
 /// Removes up to `limit` instances that match `which` and serve no request.

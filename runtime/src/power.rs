@@ -10,7 +10,7 @@
 use crate::activator::Refusal;
 use crate::error::RuntimeError;
 use crate::model::{Caller, ContainerId, InstanceId, InstanceInfo, InstanceState};
-use crate::runtime::Runtime;
+use crate::runtime::{ContainerView, Runtime};
 use crate::usage::UsageSample;
 use ember_sandbox::processes::ProcessInfo;
 
@@ -73,11 +73,7 @@ impl Runtime {
             let before = container.clone();
             let taken = match action {
                 // Never take a running instance for a start: it would have to go back.
-                PowerAction::Start => Err(service
-                    .instances()
-                    .into_iter()
-                    .find(|i| i.id == instance)
-                    .map_or(Refusal::NotFound, |i| Refusal::InState(i.state))),
+                PowerAction::Start => Err(service.refusal_for(instance)),
                 _ => service.take_running(instance),
             };
             match taken {
@@ -184,41 +180,48 @@ impl Runtime {
             .unwrap_or_default())
     }
 
-    /// Finds an instance by the integer id the numbered faces show, among the
-    /// caller's containers.
+    /// The caller's instance whose integer id (as the numbered faces show it) is
+    /// `number`, with its container.
     pub fn find_instance_by_number(
         &self,
         caller: &Caller,
         number: u64,
-    ) -> Result<InstanceInfo, RuntimeError> {
-        let services: Vec<_> = self.inner().services.read().values().cloned().collect();
-        services
-            .iter()
-            .flat_map(|s| s.instances())
-            .find(|i| i.id.number() == number)
-            .filter(|i| self.accessible(caller, i.container_id).is_ok())
-            .ok_or_else(|| RuntimeError::NotFound {
-                what: "container",
-                id: number.to_string(),
-            })
+    ) -> Result<(ContainerView, InstanceInfo), RuntimeError> {
+        self.find_instance_where(caller, |id| id.number() == number, number.to_string())
     }
 
-    /// Finds an instance by id among the caller's containers.
+    /// The caller's instance `id`, with its container.
     pub fn find_instance(
         &self,
         caller: &Caller,
         id: InstanceId,
-    ) -> Result<InstanceInfo, RuntimeError> {
+    ) -> Result<(ContainerView, InstanceInfo), RuntimeError> {
+        self.find_instance_where(caller, |i| i == id, id.to_string())
+    }
+
+    /// The caller's instance whose id `matches`, with its container; another user's
+    /// is not found, as if it did not exist (`shown` is the id as asked for).
+    fn find_instance_where(
+        &self,
+        caller: &Caller,
+        matches: impl Fn(InstanceId) -> bool,
+        shown: String,
+    ) -> Result<(ContainerView, InstanceInfo), RuntimeError> {
         let services: Vec<_> = self.inner().services.read().values().cloned().collect();
-        services
+        let not_found = || RuntimeError::NotFound {
+            what: "container",
+            id: shown.clone(),
+        };
+        let instance = services
             .iter()
             .flat_map(|s| s.instances())
-            .find(|i| i.id == id)
-            .filter(|i| self.accessible(caller, i.container_id).is_ok())
-            .ok_or_else(|| RuntimeError::NotFound {
-                what: "container",
-                id: id.to_string(),
-            })
+            .find(|i| matches(i.id))
+            .ok_or_else(not_found)?;
+        match self.get_container(caller, instance.container_id) {
+            Ok(view) => Ok((view, instance)),
+            Err(RuntimeError::NotFound { .. }) => Err(not_found()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The CPU and memory samples of an instance, oldest first.

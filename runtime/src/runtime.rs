@@ -274,6 +274,22 @@ impl Runtime {
         Ok(self.inner.logs.read(id, since, until))
     }
 
+    /// What one of the container's instances wrote between `since` and `until`,
+    /// oldest first.
+    pub fn read_instance_logs(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        instance: crate::model::InstanceId,
+        since: SystemTime,
+        until: SystemTime,
+    ) -> Result<Vec<LogEntry>, RuntimeError> {
+        let own = instance.to_string();
+        let mut entries = self.read_logs(caller, id, since, until)?;
+        entries.retain(|e| e.instance == own);
+        Ok(entries)
+    }
+
     /// The container's lines since `since`, then a receiver of each new line, until
     /// the container is deleted.
     pub fn follow_logs(

@@ -32,9 +32,7 @@ fn find(
     caller: &Caller,
     raw: &str,
 ) -> Result<(ContainerView, InstanceInfo), ApiError> {
-    let instance = runtime.find_instance_by_number(caller, number("id", raw)?)?;
-    let view = runtime.get_container(caller, instance.container_id)?;
-    Ok((view, instance))
+    Ok(runtime.find_instance_by_number(caller, number("id", raw)?)?)
 }
 
 /// Document 000's `current_state` of an instance.
@@ -288,9 +286,8 @@ async fn logs(
     let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
     let (since, until) = query.range()?;
     let (view, instance) = find(&runtime, &caller, &id)?;
-    let own = instance.id.to_string();
-    let mut entries = runtime.read_logs(&caller, view.container.id, since, until)?;
-    entries.retain(|e| e.instance == own);
+    let entries =
+        runtime.read_instance_logs(&caller, view.container.id, instance.id, since, until)?;
     let names = names_by_id(view.container.spec.name.as_str(), &[instance]);
     Ok(Json(query.rows(entries, &names)?))
 }

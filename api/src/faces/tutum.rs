@@ -127,9 +127,7 @@ fn find(
     caller: &Caller,
     raw: &str,
 ) -> Result<(ContainerView, InstanceInfo), ApiError> {
-    let instance = runtime.find_instance(caller, instance_id(raw)?)?;
-    let view = runtime.get_container(caller, instance.container_id)?;
-    Ok((view, instance))
+    Ok(runtime.find_instance(caller, instance_id(raw)?)?)
 }
 
 #[derive(Deserialize)]
@@ -239,12 +237,16 @@ async fn logs(
 ) -> Result<Json<TutumLogs>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let (view, instance) = find(&runtime, &caller, &uuid)?;
-    let own = instance.id.to_string();
     let now = std::time::SystemTime::now();
     let lines: String = runtime
-        .read_logs(&caller, view.container.id, std::time::UNIX_EPOCH, now)?
+        .read_instance_logs(
+            &caller,
+            view.container.id,
+            instance.id,
+            std::time::UNIX_EPOCH,
+            now,
+        )?
         .into_iter()
-        .filter(|e| e.instance == own)
         .map(|e| e.line + "\n")
         .collect();
     Ok(Json(TutumLogs { logs: lines }))
