@@ -8,7 +8,7 @@ mod common;
 use common::{Ember, fixtures, temp_dir};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Deploys a wasm container that keeps one instance; returns its 001 service (by
 /// way of the list) and its one instance's 000 id.
@@ -29,15 +29,16 @@ async fn deploy_one(ember: &Ember, name: &str, extra: Value) -> (Value, u64) {
         .find(|s| s["name"] == name)
         .unwrap_or_else(|| panic!("{name} is not listed: {services} ({container})"))
         .clone();
-    let instance = wait_for(ember, &format!("{}/containers", path(&service)), |b| {
-        b["containers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["current_state"] == "online")
-            .map(|c| c["id"].as_u64().unwrap())
-    })
-    .await;
+    let instance = ember
+        .wait_for(&format!("{}/containers", path(&service)), WITHIN, |b| {
+            b["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["current_state"] == "online")
+                .map(|c| c["id"].as_u64().unwrap())
+        })
+        .await;
     (service, instance)
 }
 
@@ -45,23 +46,8 @@ fn path(service: &Value) -> String {
     format!("/api/container_services/{}", service["id"])
 }
 
-/// Polls GET `path` until `found` finds something in its body.
-async fn wait_for<T>(ember: &Ember, path: &str, found: impl Fn(&Value) -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = ember.get_json(path).await;
-        if status == StatusCode::OK
-            && let Some(found) = found(&body)
-        {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never showed it: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+/// How long a state change may take to show.
+const WITHIN: Duration = Duration::from_secs(30);
 
 /// The 000 view of an instance.
 async fn numbered(ember: &Ember, id: u64) -> Value {
@@ -71,10 +57,11 @@ async fn numbered(ember: &Ember, id: u64) -> Value {
 }
 
 async fn wait_state(ember: &Ember, id: u64, state: &str) -> Value {
-    wait_for(ember, &format!("/api/containers/{id}"), |b| {
-        (b["containers"][0]["current_state"] == state).then(|| b["containers"][0].clone())
-    })
-    .await
+    ember
+        .wait_for(&format!("/api/containers/{id}"), WITHIN, |b| {
+            (b["containers"][0]["current_state"] == state).then(|| b["containers"][0].clone())
+        })
+        .await
 }
 
 #[tokio::test]
@@ -97,15 +84,16 @@ async fn an_instance_by_integer_id_shows_stats_series_and_takes_power_actions() 
     let (status, _) = ember.invoke("numbered").await;
     assert_eq!(status, StatusCode::OK);
     for kind in ["cpu", "memory"] {
-        let stats = wait_for(
-            &ember,
-            &format!("/api/containers/{id}/metrics/{kind}"),
-            |b| {
-                let stats = b["stats"].as_array().unwrap();
-                (stats.len() >= 2).then(|| stats.clone())
-            },
-        )
-        .await;
+        let stats = ember
+            .wait_for(
+                &format!("/api/containers/{id}/metrics/{kind}"),
+                WITHIN,
+                |b| {
+                    let stats = b["stats"].as_array().unwrap();
+                    (stats.len() >= 2).then(|| stats.clone())
+                },
+            )
+            .await;
         assert!(
             stats[0][0].as_str().unwrap().ends_with("+00:00"),
             "{stats:?}"
@@ -308,25 +296,11 @@ async fn tutum_containers_walk_only_the_documented_state_transitions() {
         assert_eq!(response.status(), expected, "{auth}");
     }
 
-    let state = |uuid: String| {
-        let call = &call;
-        async move {
-            call(Method::GET, format!("/api/v1/container/{uuid}/"))
-                .await
-                .1["state"]
-                .clone()
-        }
-    };
+    let object_path = format!("/api/v1/container/{uuid}/");
     let wait = |wanted: &'static str| {
-        let state = &state;
-        let uuid = uuid.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while state(uuid.clone()).await != wanted {
-                assert!(Instant::now() < deadline, "never {wanted}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        ember.wait_for(&object_path, WITHIN, move |b| {
+            (b["state"] == wanted).then_some(())
+        })
     };
     let (status, body) = call(Method::POST, format!("/api/v1/container/{uuid}/start/")).await;
     assert_eq!(status, StatusCode::CONFLICT, "Running cannot start: {body}");
@@ -415,10 +389,11 @@ async fn container_services_resize_scale_power_and_delete() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{scaled}");
-    wait_for(&ember, &base, |b| {
-        (b["container_service"]["deployed_containers"] == 2).then_some(())
-    })
-    .await;
+    ember
+        .wait_for(&base, WITHIN, |b| {
+            (b["container_service"]["deployed_containers"] == 2).then_some(())
+        })
+        .await;
     let (_, container) = ember.get_json("/v1/containers?rowsPerPage=10").await;
     let spec = &container["items"][0];
     assert_eq!(
@@ -515,13 +490,14 @@ async fn container_services_resize_scale_power_and_delete() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert!(body["containers"].as_u64().unwrap() >= 1, "{body}");
-    wait_for(&ember, &format!("{base}/containers"), |b| {
-        let all = b["containers"].as_array().unwrap();
-        all.iter()
-            .any(|c| c["current_state"] == "offline")
-            .then_some(())
-    })
-    .await;
+    ember
+        .wait_for(&format!("{base}/containers"), WITHIN, |b| {
+            let all = b["containers"].as_array().unwrap();
+            all.iter()
+                .any(|c| c["current_state"] == "offline")
+                .then_some(())
+        })
+        .await;
     let (status, body) = ember
         .send_json(Method::POST, &format!("{base}/power/start"), &json!({}))
         .await;
@@ -743,7 +719,9 @@ async fn a_stopped_instance_stays_stopped_across_a_restart() {
         .send_json(Method::POST, &format!("{path}stop/"), &json!({}))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    wait_for(&ember, &path, |b| (b["state"] == "Stopped").then_some(())).await;
+    ember
+        .wait_for(&path, WITHIN, |b| (b["state"] == "Stopped").then_some(()))
+        .await;
     drop(ember);
 
     let ember = Ember::start(dir.path(), &[]);
@@ -757,7 +735,9 @@ async fn a_stopped_instance_stays_stopped_across_a_restart() {
         .send_json(Method::POST, &format!("{path}start/"), &json!({}))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    wait_for(&ember, &path, |b| (b["state"] == "Running").then_some(())).await;
+    ember
+        .wait_for(&path, WITHIN, |b| (b["state"] == "Running").then_some(()))
+        .await;
     // Instances started since count on from the restored ones.
     let (_, all) = ember.get_json("/api/v1/container/").await;
     let names: Vec<_> = all["objects"]

@@ -371,15 +371,12 @@ async fn runs_an_image_and_passes_command_arguments_and_env() {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{restarted}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, shown) = ember.get_json(&format!("/api/containers/{number}")).await;
-        if shown["containers"][0]["current_state"] == "online" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never back: {shown}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let back_within = Duration::from_secs(60);
+    ember
+        .wait_for(&format!("/api/containers/{number}"), back_within, |b| {
+            (b["containers"][0]["current_state"] == "online").then_some(())
+        })
+        .await;
     assert_eq!(
         get(&ember, "custom", "/").await,
         (StatusCode::OK, "from-the-container\n".into())
@@ -396,23 +393,11 @@ async fn runs_an_image_and_passes_command_arguments_and_env() {
                 .await
         }
     };
+    let object_path = format!("/api/v1/container/{instance}/");
     let wait_tutum = |wanted: &'static str| {
-        let ember = &ember;
-        let path = format!("/api/v1/container/{instance}/");
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                let (_, object) = ember.get_json(&path).await;
-                if object["state"] == wanted {
-                    return;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "never {wanted}: {object}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        ember.wait_for(&object_path, back_within, move |b| {
+            (b["state"] == wanted).then_some(())
+        })
     };
     let (status, body) = tutum("stop").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");

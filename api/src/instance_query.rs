@@ -98,8 +98,8 @@ const LISTED_STATES: [InstanceState; 4] = [
     InstanceState::Stopped,
 ];
 
-/// Most instances one page may hold.
-const MAX_PAGE_SIZE: usize = 100;
+/// Most items one page of a document-004 list may hold.
+pub(crate) const MAX_PAGE_SIZE: usize = 100;
 
 /// A parsed list query.
 #[derive(Debug, Default, PartialEq)]
@@ -211,7 +211,8 @@ fn unknown<const N: usize>(key: &str, name: &str, known: [&str; N]) -> ApiError 
     )
 }
 
-fn number_in(key: &str, value: &str, min: usize, max: usize) -> Result<usize, ApiError> {
+/// `value` as a whole number from `min` to `max`, or a 400 naming `key`.
+pub(crate) fn number_in(key: &str, value: &str, min: usize, max: usize) -> Result<usize, ApiError> {
     value
         .parse::<usize>()
         .ok()

@@ -4,6 +4,7 @@
 use crate::auth::Authenticated;
 use crate::containers::{container_id, rfc3339};
 use crate::error::ApiError;
+use crate::instance_query::{MAX_PAGE_SIZE, number_in};
 use crate::instances::{DataEnvelope, instance_id};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -26,30 +27,18 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
 fn check_volume_query(query: &[(String, String)]) -> Result<(usize, usize), ApiError> {
     let (mut size, mut number) = (20usize, 1usize);
     for (key, value) in query {
-        let bad =
-            |what: &str| ApiError::invalid_field(key.clone(), format!("`{value}` is not {what}"));
         match key.as_str() {
             "sort" => {
-                for field in value.split(',') {
-                    if !matches!(field.trim_start_matches('-'), "id" | "name") {
-                        return Err(bad("a sort over `id` or `name`"));
-                    }
+                let sortable = |field: &str| matches!(field.trim_start_matches('-'), "id" | "name");
+                if !value.split(',').all(sortable) {
+                    return Err(ApiError::invalid_field(
+                        key.clone(),
+                        format!("`{value}` is not a sort over `id` or `name`"),
+                    ));
                 }
             }
-            "page[size]" => {
-                size = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=100).contains(n))
-                    .ok_or_else(|| bad("a page size from 1 to 100"))?;
-            }
-            "page[number]" => {
-                number = value
-                    .parse()
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| bad("a page number from 1"))?;
-            }
+            "page[size]" => size = number_in(key, value, 1, MAX_PAGE_SIZE)?,
+            "page[number]" => number = number_in(key, value, 1, usize::MAX)?,
             _ => {
                 return Err(ApiError::invalid_field(
                     key.clone(),

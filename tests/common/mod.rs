@@ -313,6 +313,30 @@ impl Ember {
         results
     }
 
+    /// Polls GET `path` until `found` finds something in its OK answer; fails after
+    /// `within`.
+    pub async fn wait_for<T>(
+        &self,
+        path: &str,
+        within: Duration,
+        found: impl Fn(&Value) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, body) = self.get_json(path).await;
+            if status == StatusCode::OK
+                && let Some(found) = found(&body)
+            {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never showed it: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Waits until the container has no instance left.
     pub async fn wait_scaled_to_zero(&self, id: &str, within: Duration) {
         let deadline = Instant::now() + within;

@@ -94,13 +94,14 @@ impl Package {
     /// How a service shows its package: the catalogue's entry, or what the spec
     /// holds as `custom` (id 0).
     pub(crate) fn describe(spec: &ContainerSpec) -> Self {
-        Self::of(spec).unwrap_or(Package {
-            id: 0,
-            label: "custom",
-            cpu: spec.cpu,
-            memory: spec.ram.bytes() / MIB,
-            storage: spec.ephemeral_storage.bytes() / GIB,
-            ..package(0, "custom", 0.0, 0, 0)
+        Self::of(spec).unwrap_or_else(|| {
+            package(
+                0,
+                "custom",
+                spec.cpu,
+                spec.ram.bytes() / MIB,
+                spec.ephemeral_storage.bytes() / GIB,
+            )
         })
     }
 }
