@@ -1,18 +1,39 @@
 //! Where an instance runs: nodes (the API documents' servers) with a capacity, and
 //! placement of instances by the CPU, memory and GPUs they ask for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-/// What an instance asks for, or what a node has.
+/// One GPU of a node. GPUs are not interchangeable units of a count: each is a
+/// device given to one instance at a time, so placement hands out devices.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Gpu {
+    /// Its model, as `desiredGPUs` names it.
+    pub model: String,
+    /// The device that gives it to an instance (a CDI device name).
+    pub device: String,
+}
+
+/// What a node has, or what instances hold of it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
     /// Thousandths of a CPU.
     pub millicpus: u64,
     /// Bytes of memory.
     pub memory_bytes: u64,
-    /// GPUs by model name.
-    pub gpus: BTreeMap<String, u32>,
+    /// GPUs, each one device.
+    pub gpus: BTreeSet<Gpu>,
+}
+
+impl Resources {
+    /// How many GPUs of each model.
+    pub fn gpu_counts(&self) -> BTreeMap<String, u32> {
+        let mut counts = BTreeMap::new();
+        for gpu in &self.gpus {
+            *counts.entry(gpu.model.clone()).or_default() += 1;
+        }
+        counts
+    }
 }
 
 /// What one instance asks for.
@@ -49,6 +70,8 @@ pub enum Misfit {
     Gpus {
         /// GPUs asked for.
         requested: u32,
+        /// The models accepted; empty accepts any.
+        models: Vec<String>,
         /// GPUs of accepted models available.
         available: u32,
     },
@@ -77,8 +100,20 @@ impl fmt::Display for Misfit {
             ),
             Misfit::Gpus {
                 requested,
+                models,
                 available,
-            } => write!(f, "asks for {requested} GPUs, {available} available"),
+            } => {
+                let noun = if *requested == 1 { "GPU" } else { "GPUs" };
+                if models.is_empty() {
+                    write!(f, "asks for {requested} {noun}, {available} available")
+                } else {
+                    write!(
+                        f,
+                        "asks for {requested} {noun} of model {}, {available} available",
+                        models.join(" or ")
+                    )
+                }
+            }
         }
     }
 }
@@ -134,25 +169,14 @@ impl<Id: Clone + Eq> Node<Id> {
         fits(&self.capacity, &self.allocated, request)
     }
 
-    /// Places `request`, taking GPUs of the accepted models in name order.
+    /// Places `request`, taking free GPUs of the accepted models in (model, device)
+    /// order.
     pub fn allocate(&mut self, request: &Request) -> Result<Allocation<Id>, Misfit> {
         self.fits_now(request)?;
-        let mut gpus = BTreeMap::new();
-        let mut needed = request.gpus;
-        for (model, total) in &self.capacity.gpus {
-            if needed == 0 {
-                break;
-            }
-            if !accepts(request, model) {
-                continue;
-            }
-            let used = self.allocated.gpus.get(model).copied().unwrap_or(0);
-            let take = total.saturating_sub(used).min(needed);
-            if take > 0 {
-                gpus.insert(model.clone(), take);
-                needed -= take;
-            }
-        }
+        let gpus: BTreeSet<Gpu> = free_gpus(&self.capacity, &self.allocated, request)
+            .take(request.gpus as usize)
+            .cloned()
+            .collect();
         let held = Resources {
             millicpus: request.millicpus,
             memory_bytes: request.memory_bytes,
@@ -160,9 +184,7 @@ impl<Id: Clone + Eq> Node<Id> {
         };
         self.allocated.millicpus += held.millicpus;
         self.allocated.memory_bytes += held.memory_bytes;
-        for (model, n) in &held.gpus {
-            *self.allocated.gpus.entry(model.clone()).or_default() += n;
-        }
+        self.allocated.gpus.extend(held.gpus.iter().cloned());
         Ok(Allocation {
             node: self.id.clone(),
             held,
@@ -178,16 +200,26 @@ impl<Id: Clone + Eq> Node<Id> {
             .allocated
             .memory_bytes
             .saturating_sub(held.memory_bytes);
-        for (model, n) in &held.gpus {
-            if let Some(used) = self.allocated.gpus.get_mut(model) {
-                *used = used.saturating_sub(*n);
-            }
+        for gpu in &held.gpus {
+            self.allocated.gpus.remove(gpu);
         }
     }
 }
 
 fn accepts(request: &Request, model: &str) -> bool {
     request.gpu_models.is_empty() || request.gpu_models.iter().any(|m| m == model)
+}
+
+/// The GPUs of `capacity` not in `used` whose model `request` accepts.
+fn free_gpus<'a>(
+    capacity: &'a Resources,
+    used: &'a Resources,
+    request: &'a Request,
+) -> impl Iterator<Item = &'a Gpu> {
+    capacity
+        .gpus
+        .iter()
+        .filter(move |gpu| accepts(request, &gpu.model) && !used.gpus.contains(*gpu))
 }
 
 fn fits(capacity: &Resources, used: &Resources, request: &Request) -> Result<(), Misfit> {
@@ -206,16 +238,12 @@ fn fits(capacity: &Resources, used: &Resources, request: &Request) -> Result<(),
         });
     }
     if request.gpus > 0 {
-        let free: u32 = capacity
-            .gpus
-            .iter()
-            .filter(|(model, _)| accepts(request, model))
-            .map(|(model, total)| total.saturating_sub(used.gpus.get(model).copied().unwrap_or(0)))
-            .sum();
-        if request.gpus > free {
+        let free = free_gpus(capacity, used, request).count();
+        if request.gpus as usize > free {
             return Err(Misfit::Gpus {
                 requested: request.gpus,
-                available: free,
+                models: request.gpu_models.clone(),
+                available: free as u32,
             });
         }
     }
@@ -303,9 +331,21 @@ mod tests {
             Resources {
                 millicpus,
                 memory_bytes: memory_gib * GI,
-                gpus: BTreeMap::from([("a100".into(), 2), ("h100".into(), 1)]),
+                gpus: [
+                    gpu("a100", "gpu=0"),
+                    gpu("a100", "gpu=1"),
+                    gpu("h100", "gpu=2"),
+                ]
+                .into(),
             },
         )
+    }
+
+    fn gpu(model: &str, device: &str) -> Gpu {
+        Gpu {
+            model: model.into(),
+            device: device.into(),
+        }
     }
 
     fn request(millicpus: u64, memory_gib: u64) -> Request {
@@ -352,7 +392,7 @@ mod tests {
     }
 
     #[test]
-    fn gpus_come_from_accepted_models_only() {
+    fn gpus_come_from_accepted_models_only_and_each_is_held_once() {
         let mut nodes = [node(1, 8000, 8)];
         let h100 = Request {
             gpus: 1,
@@ -360,21 +400,53 @@ mod tests {
             ..request(100, 1)
         };
         let taken = place(&mut nodes, &h100).unwrap();
-        assert_eq!(taken.held.gpus, BTreeMap::from([("h100".into(), 1)]));
+        assert_eq!(taken.held.gpus, [gpu("h100", "gpu=2")].into());
         let err = place(&mut nodes, &h100).unwrap_err();
-        assert!(
-            err.to_string().contains("asks for 1 GPUs, 0 available"),
-            "{err}"
+        assert!(err.could_fit_later);
+        assert_eq!(
+            err.to_string(),
+            "node node-1: asks for 1 GPU of model h100, 0 available"
         );
         let any_two = Request {
             gpus: 2,
             ..request(100, 1)
         };
+        let both_a100 = place(&mut nodes, &any_two).unwrap();
         assert_eq!(
-            place(&mut nodes, &any_two).unwrap().held.gpus,
-            BTreeMap::from([("a100".into(), 2)])
+            both_a100.held.gpus,
+            [gpu("a100", "gpu=0"), gpu("a100", "gpu=1")].into()
+        );
+        assert_eq!(
+            nodes[0].allocated.gpu_counts(),
+            BTreeMap::from([("a100".into(), 2), ("h100".into(), 1)])
         );
         nodes[0].release(&taken);
-        assert!(place(&mut nodes, &h100).is_ok());
+        let again = place(&mut nodes, &h100).unwrap();
+        assert_eq!(
+            again.held.gpus, taken.held.gpus,
+            "the same device, free again"
+        );
+        nodes[0].release(&both_a100);
+        assert_eq!(nodes[0].allocated.gpus.len(), 1);
+    }
+
+    #[test]
+    fn more_gpus_of_a_model_than_a_node_has_can_never_fit() {
+        let nodes = [node(1, 8000, 8)];
+        let three_a100 = Request {
+            gpus: 3,
+            gpu_models: vec!["a100".into(), "t4".into()],
+            ..request(100, 1)
+        };
+        let err = could_ever_place(&nodes, &three_a100).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "node node-1: asks for 3 GPUs of model a100 or t4, 2 available"
+        );
+        let any_three = Request {
+            gpu_models: vec![],
+            ..three_a100
+        };
+        assert!(could_ever_place(&nodes, &any_three).is_ok());
     }
 }
