@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod blob_store;
+pub mod cdi;
 pub mod digest;
 pub mod image;
 pub mod oci;
@@ -78,6 +79,8 @@ pub struct WorkloadSpec {
     /// How many sandboxes (OCI) to keep created ahead of need, so that a cold start
     /// only starts one.
     pub prepared_sandboxes: u32,
+    /// CDI devices every instance gets (OCI).
+    pub devices: Vec<cdi::CdiDeviceName>,
 }
 
 /// Which output stream a log line came from.
@@ -159,6 +162,23 @@ pub trait PreparedWorkload: Send + Sync {
         &'a self,
         instance: &'a str,
     ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>>;
+
+    /// Starts one instance that also gets `devices` (CDI devices of its own, such as
+    /// the GPUs placement gave it). Kinds without devices refuse any.
+    fn start_with_devices<'a>(
+        &'a self,
+        instance: &'a str,
+        devices: &'a [cdi::CdiDeviceName],
+    ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
+        if devices.is_empty() {
+            return self.start(instance);
+        }
+        Box::pin(async {
+            Err(SandboxError::Unsupported(
+                "this kind of workload cannot be given devices".into(),
+            ))
+        })
+    }
 
     /// Gives back what the workload holds ready for starts (OCI: its prepared
     /// sandboxes): no instance will start from it any more. Starts still work after,

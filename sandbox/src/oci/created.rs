@@ -12,6 +12,7 @@ use super::process::ProcessPlan;
 use super::rootfs::InstanceDir;
 use super::spec;
 use super::{START_LOCK, Shared};
+use crate::cdi::CdiDeviceName;
 use crate::{Instance, LogSinkRef, LogStream, SandboxError};
 use libcontainer::container::Container;
 use nix::unistd::Pid;
@@ -36,6 +37,8 @@ pub(crate) struct Recipe {
     pub(crate) ephemeral_storage: u64,
     pub(crate) request_timeout: Duration,
     pub(crate) logs: LogSinkRef,
+    /// CDI devices every sandbox gets.
+    pub(crate) devices: Vec<CdiDeviceName>,
 }
 
 /// A created sandbox whose workload has not started.
@@ -89,15 +92,19 @@ pub(crate) fn veth_name(sandbox_id: &str) -> String {
 
 impl Recipe {
     /// Creates a sandbox: mounts its root filesystem, creates the container (its init
-    /// waits for the start signal) and connects it to the network.
-    pub(crate) async fn create(&self) -> Result<CreatedSandbox, SandboxError> {
+    /// waits for the start signal) and connects it to the network. It gets the
+    /// recipe's devices and `extra_devices`.
+    pub(crate) async fn create(
+        &self,
+        extra_devices: &[CdiDeviceName],
+    ) -> Result<CreatedSandbox, SandboxError> {
         let mut resources = Resources {
             container: None,
             attachment: None,
             dir: None,
             network: self.network.clone(),
         };
-        match self.create_into(&mut resources).await {
+        match self.create_into(&mut resources, extra_devices).await {
             Ok(parts) => Ok(CreatedSandbox { parts, resources }),
             Err(e) => {
                 resources.discard().await;
@@ -106,7 +113,11 @@ impl Recipe {
         }
     }
 
-    async fn create_into(&self, resources: &mut Resources) -> Result<SandboxParts, SandboxError> {
+    async fn create_into(
+        &self,
+        resources: &mut Resources,
+        extra_devices: &[CdiDeviceName],
+    ) -> Result<SandboxParts, SandboxError> {
         let id = new_sandbox_id();
         let (stdout, stdout_writer) = output_pipe().map_err(|e| fail("creating pipes", &e))?;
         let (stderr, stderr_writer) = output_pipe().map_err(|e| fail("creating pipes", &e))?;
@@ -118,6 +129,8 @@ impl Recipe {
             let (plan, limits, size) = (self.plan.clone(), self.limits, self.ephemeral_storage);
             let (hostname, uid, gid) = (self.name.clone(), self.uid, self.gid);
             let id = id.clone();
+            let devices: Vec<CdiDeviceName> =
+                self.devices.iter().chain(extra_devices).cloned().collect();
             tokio::task::spawn_blocking(move || {
                 let dir = match InstanceDir::mount(shared.instances_dir().join(&id), &layers, size)
                 {
@@ -134,6 +147,13 @@ impl Recipe {
                 let bundle = dir.path().to_path_buf();
                 let created = spec::build(&plan, limits, &instance)
                     .map_err(|e| fail("building the runtime spec", &e))
+                    .and_then(|mut spec| {
+                        shared
+                            .cdi
+                            .inject(&devices, &mut spec)
+                            .map_err(|e| SandboxError::Start(e.to_string()))?;
+                        Ok(spec)
+                    })
                     .and_then(|spec| {
                         spec.save(bundle.join("config.json"))
                             .map_err(|e| fail("writing config.json", &e))

@@ -21,6 +21,7 @@ pub use network::{NetworkError, Subnet};
 pub use rootfs::InstanceDir;
 
 use crate::blob_store::BlobStore;
+use crate::cdi::CdiRegistry;
 use crate::digest::Digest;
 use crate::{BoxFuture, PreparedWorkload, Sandbox, SandboxError, WorkloadKind, WorkloadSpec};
 use created::Recipe;
@@ -55,6 +56,8 @@ pub struct OciConfig {
 struct Shared {
     config: OciConfig,
     blobs: BlobStore,
+    /// The CDI devices containers may be given.
+    cdi: Arc<CdiRegistry>,
     /// Set up with the first OCI deployment, so that a runtime serving only wasm
     /// never creates a bridge.
     network: tokio::sync::OnceCell<Arc<Network>>,
@@ -92,7 +95,11 @@ pub struct OciSandbox {
 impl OciSandbox {
     /// Cleans up whatever an earlier run of the runtime left
     /// (containers, mounts, instance directories): nothing is leaked across a crash.
-    pub async fn new(config: OciConfig, blobs: BlobStore) -> Result<Self, SandboxError> {
+    pub async fn new(
+        config: OciConfig,
+        blobs: BlobStore,
+        cdi: Arc<CdiRegistry>,
+    ) -> Result<Self, SandboxError> {
         if !nix::unistd::geteuid().is_root() {
             return Err(SandboxError::Unsupported(
                 "OCI containers need the runtime to run as root; this one does not, so it serves wasm components only".into(),
@@ -107,6 +114,7 @@ impl OciSandbox {
         let shared = Arc::new(Shared {
             config,
             blobs,
+            cdi,
             network: tokio::sync::OnceCell::new(),
         });
         for dir in [
@@ -241,6 +249,7 @@ fn prepare(
         ephemeral_storage: spec.ephemeral_storage_bytes,
         request_timeout: spec.request_timeout,
         logs: spec.logs,
+        devices: spec.devices,
     };
     Ok(PreparedContainer::new(recipe, spares))
 }

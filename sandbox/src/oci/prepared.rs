@@ -6,6 +6,7 @@
 //! one and only starts it; another is created in the background to replace it.
 
 use super::created::{CreatedSandbox, Recipe};
+use crate::cdi::CdiDeviceName;
 use crate::{BoxFuture, Instance, PreparedWorkload, SandboxError};
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -71,7 +72,7 @@ impl PreparedContainer {
                 let created = if retired {
                     None
                 } else {
-                    Some(recipe.create().await)
+                    Some(recipe.create(&[]).await)
                 };
                 let unwanted = {
                     let mut state = spares.state.lock();
@@ -119,17 +120,23 @@ impl PreparedContainer {
                 Ok(instance) => Ok(instance),
                 Err(e) => {
                     tracing::warn!(container = %self.recipe.name, error = %e, "a prepared sandbox failed to start; creating another");
-                    self.start_fresh(name).await
+                    self.start_fresh(name, &[]).await
                 }
             },
-            None => self.start_fresh(name).await,
+            None => self.start_fresh(name, &[]).await,
         };
         self.refill(REFILL_DELAY);
         started
     }
 
-    async fn start_fresh(&self, name: &str) -> Result<Arc<dyn Instance>, SandboxError> {
-        let sandbox = self.recipe.create().await?;
+    /// Creates a sandbox for this start alone: spares are made before anyone knows
+    /// which devices their instance will hold.
+    async fn start_fresh(
+        &self,
+        name: &str,
+        devices: &[CdiDeviceName],
+    ) -> Result<Arc<dyn Instance>, SandboxError> {
+        let sandbox = self.recipe.create(devices).await?;
         self.recipe
             .start(sandbox, name, &|| self.is_retired())
             .await
@@ -172,6 +179,20 @@ impl PreparedWorkload for PreparedContainer {
         instance: &'a str,
     ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
         Box::pin(self.start_instance(instance))
+    }
+
+    fn start_with_devices<'a>(
+        &'a self,
+        instance: &'a str,
+        devices: &'a [CdiDeviceName],
+    ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
+        if devices.is_empty() {
+            return self.start(instance);
+        }
+        Box::pin(async move {
+            let _counted = StartUnderWay::begin(&self.spares);
+            self.start_fresh(instance, devices).await
+        })
     }
 
     fn retire(&self) -> BoxFuture<'_, ()> {

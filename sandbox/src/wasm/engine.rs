@@ -137,6 +137,11 @@ impl Sandbox for WasmSandbox {
         spec: WorkloadSpec,
     ) -> BoxFuture<'_, Result<Arc<dyn PreparedWorkload>, SandboxError>> {
         Box::pin(async move {
+            if !spec.devices.is_empty() {
+                return Err(SandboxError::InvalidWorkload(
+                    "a wasm component cannot be given devices: GPUs and CDI devices are for OCI containers".into(),
+                ));
+            }
             let component = self.load(&spec).await?;
             // Fail at deploy time, not at the first request, if it cannot serve HTTP.
             pre_instantiate(&self.linker, &component)?;
