@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use ember_runtime::model::{ContainerId, ContainerPatch, Revision};
+use ember_runtime::model::{CdiDeviceName, ContainerId, ContainerPatch, Revision};
 use ember_runtime::{ContainerView, Runtime};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -163,6 +163,7 @@ pub(crate) struct ContainerRequest {
     port: Option<PortValue>,
     #[serde(rename = "desiredGPUs", default, deserialize_with = "present")]
     desired_gpus: Option<Option<Vec<String>>>,
+    cdi_devices: Option<Vec<String>>,
     min_instances: Option<u32>,
     max_instances: Option<u32>,
     idle_timeout_seconds: Option<u64>,
@@ -294,6 +295,19 @@ impl ContainerRequest {
                 format!("{count} is not between 0 and {MAX_PREPARED_SANDBOXES}"),
             ));
         }
+        let cdi_devices = self
+            .cdi_devices
+            .map(|names| {
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| {
+                        name.parse::<CdiDeviceName>()
+                            .map_err(|e| invalid(&format!("cdiDevices[{i}]"), e))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
         Ok(ContainerPatch {
             name,
             // Checked by the runtime, which also knows whether a `sha256:` blob exists.
@@ -307,6 +321,7 @@ impl ContainerRequest {
             env: self.env,
             port,
             desired_gpus: self.desired_gpus,
+            cdi_devices,
             min_instances: self.min_instances,
             max_instances: self.max_instances,
             idle_timeout_seconds: self.idle_timeout_seconds,
@@ -343,6 +358,8 @@ pub(crate) struct ContainerJson {
     urls: Option<Vec<String>>,
     #[serde(rename = "desiredGPUs")]
     desired_gpus: Option<Vec<String>>,
+    /// CDI devices every instance gets, by qualified name.
+    cdi_devices: Vec<String>,
     min_instances: u32,
     max_instances: u32,
     idle_timeout_seconds: u64,
@@ -377,6 +394,7 @@ impl ContainerJson {
             status_reason: c.status_reason,
             urls: view.urls,
             desired_gpus: spec.desired_gpus,
+            cdi_devices: spec.cdi_devices.iter().map(ToString::to_string).collect(),
             min_instances: spec.min_instances,
             max_instances: spec.max_instances,
             idle_timeout_seconds: spec

@@ -59,6 +59,15 @@ impl ApiError {
     }
 }
 
+/// A query string that does not parse into what the route takes. Handlers take
+/// the extraction's `Result` and apply `?` after their permission checks, so that a
+/// caller without the right scope hears that first.
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        Self::invalid_field("query", e.body_text())
+    }
+}
+
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
         match e {

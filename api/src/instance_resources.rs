@@ -68,7 +68,7 @@ async fn volumes(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<DataEnvelope<Vec<Value>>>, ApiError> {
     caller.require_capability(Capability::ContainersView)?;
-    let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
+    let Query(query) = query?;
     let (size, number) = check_volume_query(&query)?;
     let id = container_id(&id)?;
     let info = runtime.get_instance(&caller, id, instance_id(&instance)?)?;
@@ -110,7 +110,7 @@ async fn report(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<DataEnvelope<Value>>, ApiError> {
     caller.require_capability(Capability::ContainersView)?;
-    let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
+    let Query(query) = query?;
     if let Some((key, _)) = query.first() {
         return Err(ApiError::invalid_field(
             key.clone(),

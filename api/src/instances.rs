@@ -42,7 +42,7 @@ async fn list(
 ) -> Result<Json<InstanceList>, ApiError> {
     caller.require_capability(Capability::ContainersView)?;
     let id = container_id(&id)?;
-    let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
+    let Query(query) = query?;
     let query = InstanceQuery::parse(&query)?;
     let instances = query.apply(runtime.list_instances(&caller, id)?);
     // The container, once, for the includes that describe it.

@@ -75,7 +75,7 @@ async fn logs(
     Path(id): Path<String>,
     query: Result<Query<Period>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Query(period) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
+    let Query(period) = query?;
     let now = SystemTime::now();
     let since = seconds(
         "period_start",

@@ -55,7 +55,7 @@ impl From<&Resources> for ResourcesJson {
         Self {
             cpu: r.millicpus as f64 / 1000.0,
             ram: format!("{}Mi", r.memory_bytes / (1 << 20)),
-            gpus: r.gpus.clone(),
+            gpus: r.gpu_counts(),
         }
     }
 }

@@ -625,7 +625,12 @@ impl Service {
             return Err("the instance was no longer wanted".into());
         };
         let began = Instant::now();
-        let result = revision.prepared.start(&id.to_string()).await;
+        let instance_name = id.to_string();
+        let gpus = placement.gpu_devices();
+        let result = revision
+            .prepared
+            .start_with_devices(&instance_name, &gpus)
+            .await;
         let took = began.elapsed();
         let mut pool = self.pool.lock();
         let removed = pool

@@ -1,5 +1,6 @@
 //! Runtime settings.
 
+use ember_sandbox::cdi::DEFAULT_SPEC_DIRS;
 use ember_sandbox::oci::Subnet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,12 +44,14 @@ pub struct RuntimeConfig {
     pub ingress_threads: usize,
     /// Time between samples of each instance's CPU and memory.
     pub usage_sample_interval: Duration,
+    /// Where CDI specs are read from, later directories overriding earlier ones.
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 impl RuntimeConfig {
     /// Defaults for a data dir: `ember.localhost`, port 8000, 60 s idle, 30 s requests;
     /// OCI instances on bridge `ember0` in 10.88.0.0/16, 10 s stop grace, 1 MiB of logs;
-    /// an ingress thread per CPU.
+    /// an ingress thread per CPU; CDI specs from /etc/cdi and /var/run/cdi.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -69,6 +72,7 @@ impl RuntimeConfig {
             node_memory_bytes: None,
             ingress_threads: std::thread::available_parallelism().map_or(1, usize::from),
             usage_sample_interval: Duration::from_secs(10),
+            cdi_spec_dirs: DEFAULT_SPEC_DIRS.iter().map(PathBuf::from).collect(),
         }
     }
 }

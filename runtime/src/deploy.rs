@@ -2,7 +2,8 @@
 
 use crate::error::RuntimeError;
 use crate::logs::LogStore;
-use crate::model::Revision;
+use crate::model::{ContainerSpec, Revision};
+use ember_sandbox::cdi::CdiRegistry;
 use ember_sandbox::image::{ImageRef, PullProgress, RegistryPuller};
 use ember_sandbox::{BlobStore, LogSinkRef, PreparedWorkload, Sandbox, WorkloadKind, WorkloadSpec};
 use std::sync::Arc;
@@ -17,6 +18,26 @@ pub(crate) struct Deployer {
     pub(crate) oci: Result<Arc<dyn Sandbox>, String>,
     pub(crate) request_timeout: Duration,
     pub(crate) logs: Arc<LogStore>,
+    /// The CDI devices of this node.
+    pub(crate) cdi: Arc<CdiRegistry>,
+}
+
+/// Refuses GPUs and devices for a wasm component, naming the field: there is nothing
+/// a component could do with them.
+pub(crate) fn check_wasm_has_no_devices(spec: &ContainerSpec) -> Result<(), RuntimeError> {
+    if spec.gpu > 0 {
+        return Err(RuntimeError::invalid(
+            "gpu",
+            "wasm components cannot use GPUs; GPUs are for OCI container images",
+        ));
+    }
+    if !spec.cdi_devices.is_empty() {
+        return Err(RuntimeError::invalid(
+            "cdiDevices",
+            "wasm components cannot be given CDI devices; devices are for OCI container images",
+        ));
+    }
+    Ok(())
 }
 
 impl Deployer {
@@ -80,13 +101,14 @@ impl Deployer {
                 .as_ref()
                 .map_err(|why| RuntimeError::Unprocessable(why.clone()))?,
         };
-        if kind == WorkloadKind::Wasm && revision.spec.gpu > 0 {
-            return Err(RuntimeError::invalid(
-                "gpu",
-                "wasm containers cannot use GPUs",
-            ));
-        }
         let spec = &revision.spec;
+        if kind == WorkloadKind::Wasm {
+            check_wasm_has_no_devices(spec)?;
+        }
+        // A device may have gone from the specs since the container was created.
+        self.cdi
+            .check(&spec.cdi_devices)
+            .map_err(|e| RuntimeError::invalid("cdiDevices", e.to_string()))?;
         let workload = WorkloadSpec {
             name: spec.name.to_string(),
             artifact: artifact.clone(),
@@ -103,7 +125,14 @@ impl Deployer {
             port: Some(spec.port),
             request_timeout: self.request_timeout,
             logs: LogSinkRef(Arc::new(self.logs.sink(revision.container_id))),
-            prepared_sandboxes: spec.prepared_sandboxes,
+            // A sandbox made ahead of need cannot know which GPUs its instance will
+            // be placed on: instances with GPUs are created when they start.
+            prepared_sandboxes: if spec.gpu > 0 {
+                0
+            } else {
+                spec.prepared_sandboxes
+            },
+            devices: spec.cdi_devices.clone(),
         };
         Ok(sandbox.prepare(workload).await?)
     }

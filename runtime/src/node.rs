@@ -1,9 +1,11 @@
 //! This machine as a node (a server, in the API documents' words): its capacity, what
 //! instances hold of it, and waiting for room.
 
-use crate::model::{ContainerId, ContainerSpec, ServerId};
-use ember_scheduler::placement::{self, Allocation, Node, Request, Resources, Unplaced};
+use crate::model::{ContainerId, ContainerSpec, GpuModel, ServerId};
+use ember_sandbox::cdi::{CdiDeviceName, CdiRegistry};
+use ember_scheduler::placement::{self, Allocation, Gpu, Node, Request, Resources, Unplaced};
 use parking_lot::Mutex;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -23,6 +25,19 @@ pub(crate) struct NodeCapacity {
 pub(crate) struct Placement {
     node: Arc<NodeCapacity>,
     allocation: Allocation<ServerId>,
+}
+
+impl Placement {
+    /// The GPUs it holds, as the CDI devices that give them to the instance.
+    pub(crate) fn gpu_devices(&self) -> Vec<CdiDeviceName> {
+        self.allocation
+            .held
+            .gpus
+            .iter()
+            // Node GPUs come from CDI names (see `detect_capacity`), so they parse.
+            .filter_map(|gpu| gpu.device.parse().ok())
+            .collect()
+    }
 }
 
 impl Drop for Placement {
@@ -105,25 +120,55 @@ impl NodeCapacity {
     }
 }
 
-/// What one instance of `spec` asks of its node.
+/// What one instance of `spec` asks of its node. `desiredGPUs` may name catalogue
+/// models by code or name; placement matches codes.
 pub(crate) fn instance_request(spec: &ContainerSpec) -> Request {
     Request {
         millicpus: (spec.cpu * 1000.0).ceil() as u64,
         memory_bytes: spec.ram.bytes(),
         gpus: spec.gpu,
-        gpu_models: spec.desired_gpus.clone().unwrap_or_default(),
+        gpu_models: spec
+            .desired_gpus
+            .iter()
+            .flatten()
+            .map(|desired| GpuModel::find(desired).map_or(desired.clone(), |m| m.code.into()))
+            .collect(),
     }
 }
 
-/// This machine's capacity: its CPUs and memory, unless the configuration says less.
-pub(crate) fn detect_capacity(cpus: Option<f64>, memory_bytes: Option<u64>) -> Resources {
+/// Reads the CDI specs, saying in the log what they offer and which are broken.
+pub(crate) fn load_cdi_specs(dirs: &[PathBuf]) -> CdiRegistry {
+    let registry = CdiRegistry::load(dirs);
+    for broken in registry.broken() {
+        tracing::warn!(path = %broken.path.display(), error = %broken.error, "a CDI spec is unusable");
+    }
+    let devices = registry.devices().count();
+    let gpus = registry.gpus().len();
+    tracing::info!(devices, gpus, dirs = ?dirs, "CDI specs loaded");
+    registry
+}
+
+/// This machine's capacity: its CPUs and memory, unless the configuration says less,
+/// and the GPUs its CDI specs define.
+pub(crate) fn detect_capacity(
+    cpus: Option<f64>,
+    memory_bytes: Option<u64>,
+    cdi: &CdiRegistry,
+) -> Resources {
     let cpus = cpus
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64));
     let memory_bytes = memory_bytes.unwrap_or_else(|| total_memory().unwrap_or(1 << 30));
     Resources {
         millicpus: (cpus * 1000.0) as u64,
         memory_bytes,
-        gpus: Default::default(),
+        gpus: cdi
+            .gpus()
+            .into_iter()
+            .map(|gpu| Gpu {
+                model: gpu.model,
+                device: gpu.device.to_string(),
+            })
+            .collect(),
     }
 }
 

@@ -10,8 +10,8 @@ use crate::error::RuntimeError;
 use crate::logs::{LogEntry, LogStore};
 use crate::metrics::{ContainerTraffic, Metrics};
 use crate::model::{
-    Caller, Container, ContainerId, ContainerPatch, ContainerSpec, ContainerStatus, InstanceInfo,
-    Page, PageRequest, Revision, ServerId,
+    Caller, Container, ContainerId, ContainerPatch, ContainerSpec, ContainerStatus, GpuModel,
+    InstanceInfo, Page, PageRequest, Revision, ServerId,
 };
 use crate::node::{self, NodeCapacity};
 use crate::routing::RoutingTable;
@@ -80,6 +80,7 @@ impl Runtime {
         let new_admin_token =
             auth::bootstrap_admin(&store, data_dir, config.admin_token.as_deref())?;
         let blobs = BlobStore::open(data_dir.join("blobs"))?;
+        let cdi = Arc::new(node::load_cdi_specs(&config.cdi_spec_dirs));
         let wasm = WasmSandbox::new(
             &WasmConfig {
                 cache_dir: data_dir.join("compiled"),
@@ -98,6 +99,7 @@ impl Runtime {
                 pids_limit: config.pids_limit,
             },
             blobs.clone(),
+            cdi.clone(),
         )
         .await
         .map(|sandbox| Arc::new(sandbox) as Arc<dyn Sandbox>)
@@ -113,12 +115,13 @@ impl Runtime {
             oci,
             request_timeout: config.request_timeout,
             logs: logs.clone(),
+            cdi: cdi.clone(),
         };
         let server_id = store.server_id()?;
         let node = NodeCapacity::new(
             server_id,
             node::host_name(),
-            node::detect_capacity(config.node_cpus, config.node_memory_bytes),
+            node::detect_capacity(config.node_cpus, config.node_memory_bytes, &cdi),
         );
         let runtime = Self {
             inner: Arc::new(Inner {
@@ -189,8 +192,7 @@ impl Runtime {
         patch: ContainerPatch,
     ) -> Result<ContainerView, RuntimeError> {
         let spec = patch.into_new_spec()?;
-        self.check_image(&spec.image)?;
-        self.check_fits(&spec)?;
+        self.check_spec(&spec)?;
         let now = SystemTime::now();
         let container = Container::new(spec.clone(), caller.user_id, now);
         let revision = Revision::new(container.id, 1, spec, now);
@@ -215,8 +217,7 @@ impl Runtime {
             let _records = self.inner.records.lock();
             let mut container = self.accessible(caller, id)?;
             let spec = patch.apply(&container.spec)?;
-            self.check_image(&spec.image)?;
-            self.check_fits(&spec)?;
+            self.check_spec(&spec)?;
             let old_name = container.spec.name.clone();
             let now = SystemTime::now();
             container.latest_revision += 1;
@@ -460,6 +461,52 @@ impl Runtime {
     /// The runtime's settings.
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.config
+    }
+
+    /// What a create or update must pass before anything is stored: the image, the
+    /// devices, and room for an instance on the node.
+    fn check_spec(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        self.check_image(&spec.image)?;
+        self.check_devices(spec)?;
+        self.check_fits(spec)
+    }
+
+    /// Refuses GPU models neither the catalogue nor this node has, CDI devices no
+    /// valid spec defines or that are one of the node's GPUs (those are scheduled, so
+    /// that each is held by one instance), and any device for a wasm blob.
+    fn check_devices(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        if matches!(spec.image.parse::<ImageRef>(), Ok(ImageRef::Local(_))) {
+            // A blob is always a wasm component.
+            crate::deploy::check_wasm_has_no_devices(spec)?;
+        }
+        let capacity = self.inner.node.snapshot().capacity;
+        let node_models = capacity.gpu_counts();
+        for desired in spec.desired_gpus.iter().flatten() {
+            if GpuModel::find(desired).is_none() && !node_models.contains_key(desired) {
+                return Err(RuntimeError::invalid(
+                    "desiredGPUs",
+                    format!("{desired:?} is not a GPU model: GET /v1/gpu-models lists them"),
+                ));
+            }
+        }
+        self.inner
+            .deployer
+            .cdi
+            .check(&spec.cdi_devices)
+            .map_err(|e| RuntimeError::invalid("cdiDevices", e.to_string()))?;
+        if let Some(device) = spec
+            .cdi_devices
+            .iter()
+            .find(|d| capacity.gpus.iter().any(|gpu| gpu.device == d.to_string()))
+        {
+            return Err(RuntimeError::invalid(
+                "cdiDevices",
+                format!(
+                    "{device} is one of this node's GPUs; ask for GPUs with gpu and desiredGPUs, so that each is held by one instance at a time"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn check_image(&self, image: &str) -> Result<(), RuntimeError> {

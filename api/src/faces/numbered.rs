@@ -283,7 +283,7 @@ async fn logs(
     query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Json<Vec<LogRow>>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
+    let Query(query) = query?;
     let (since, until) = query.range()?;
     let (view, instance) = find(&runtime, &caller, &id)?;
     let entries =

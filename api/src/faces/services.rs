@@ -451,7 +451,7 @@ async fn logs(
     query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Json<Vec<LogRow>>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
+    let Query(query) = query?;
     let (since, until) = query.range()?;
     let view = find(&runtime, &caller, &id)?;
     let id = view.container.id;

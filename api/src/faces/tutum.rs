@@ -158,7 +158,7 @@ async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<TutumList>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let Query(query) = query.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
+    let Query(query) = query?;
     if let Some(state) = &query.state
         && !STATE_NAMES.contains(&state.as_str())
     {

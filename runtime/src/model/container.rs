@@ -3,6 +3,7 @@
 use super::access::{Capabilities, Capability, Grant, GrantSet, Scope, Scopes};
 use super::{ContainerId, ContainerName, InstanceId, Quantity, ServerId, UserId};
 use crate::error::RuntimeError;
+use ember_sandbox::cdi::CdiDeviceName;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
@@ -32,6 +33,10 @@ pub struct ContainerSpec {
     pub port: u16,
     /// GPU models the container accepts.
     pub desired_gpus: Option<Vec<String>>,
+    /// CDI devices every instance gets, named directly (not GPUs: those are
+    /// scheduled by `gpu` and `desiredGPUs`).
+    #[serde(default)]
+    pub cdi_devices: Vec<CdiDeviceName>,
     /// Instances kept with no traffic.
     pub min_instances: u32,
     /// Instances never exceeded.
@@ -118,6 +123,8 @@ pub struct ContainerPatch {
     pub port: Option<u16>,
     /// New GPU models.
     pub desired_gpus: Option<Option<Vec<String>>>,
+    /// New CDI devices.
+    pub cdi_devices: Option<Vec<CdiDeviceName>>,
     /// New minimum.
     pub min_instances: Option<u32>,
     /// New maximum.
@@ -157,6 +164,7 @@ impl ContainerPatch {
             env: BTreeMap::new(),
             port: ContainerSpec::DEFAULT_PORT,
             desired_gpus: None,
+            cdi_devices: Vec::new(),
             min_instances: 0,
             max_instances: ContainerSpec::DEFAULT_MAX_INSTANCES,
             idle_timeout_seconds: None,
@@ -185,6 +193,7 @@ impl ContainerPatch {
             env,
             port,
             desired_gpus,
+            cdi_devices,
             min_instances,
             max_instances,
             queue_depth,

@@ -114,9 +114,73 @@ pub const GPU_MODELS: &[GpuModel] = &[
     },
 ];
 
+impl GpuModel {
+    /// The catalogue model `desired` names, by code or by name, in any case
+    /// (document 002 shows both: `h100` and `Nvidia a100`).
+    pub fn find(desired: &str) -> Option<&'static GpuModel> {
+        GPU_MODELS
+            .iter()
+            .find(|m| m.code.eq_ignore_ascii_case(desired) || m.name.eq_ignore_ascii_case(desired))
+    }
+
+    /// The catalogue model of a GPU the driver calls `product` (`NVIDIA H100 80GB
+    /// HBM3`, `Tesla T4`, `NVIDIA GeForce RTX 3060 Ti`): the model whose code is one
+    /// word of the product name, or two joined (`3060` and `ti`), the longest such.
+    pub fn for_product(product: &str) -> Option<&'static GpuModel> {
+        let words = product_words(product);
+        let pairs = words.windows(2).map(|w| format!("{}{}", w[0], w[1]));
+        let candidates: Vec<String> = words.iter().cloned().chain(pairs).collect();
+        GPU_MODELS
+            .iter()
+            .filter(|m| candidates.iter().any(|c| c == m.code))
+            .max_by_key(|m| m.code.len())
+    }
+
+    /// The model code a GPU called `product` is scheduled under: its catalogue code,
+    /// or for a product the catalogue lacks, the product name in lower case with
+    /// dashes (`nvidia-l4`), which only requests accepting any model match.
+    pub fn code_for_product(product: &str) -> String {
+        match Self::for_product(product) {
+            Some(model) => model.code.to_string(),
+            None => product_words(product).join("-"),
+        }
+    }
+}
+
+/// A product name's words, in lower case: `NVIDIA A100-SXM4-80GB` gives `nvidia`,
+/// `a100`, `sxm4`, `80gb`.
+fn product_words(product: &str) -> Vec<String> {
+    product
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn models_are_found_by_code_or_name_and_products_map_to_them() {
+        assert_eq!(GpuModel::find("h100").unwrap().code, "h100");
+        assert_eq!(GpuModel::find("Nvidia tesla-p4").unwrap().code, "p4");
+        assert_eq!(GpuModel::find("NVIDIA A100").unwrap().code, "a100");
+        assert!(GpuModel::find("h200").is_none());
+        for (product, code) in [
+            ("NVIDIA H100 80GB HBM3", "h100"),
+            ("NVIDIA A100-SXM4-80GB", "a100"),
+            ("Tesla T4", "t4"),
+            ("Tesla V100-SXM2-16GB", "v100"),
+            ("Tesla P4", "p4"),
+            ("NVIDIA GeForce RTX 3060 Ti", "3060ti"),
+            ("NVIDIA GeForce RTX 3060", "3060"),
+            ("NVIDIA GeForce GTX 1080 Ti", "1080ti"),
+            ("NVIDIA L4", "nvidia-l4"),
+        ] {
+            assert_eq!(GpuModel::code_for_product(product), code, "{product}");
+        }
+    }
 
     #[test]
     fn codes_are_unique() {

@@ -18,6 +18,8 @@ pub use container::{
     Caller, Container, ContainerPatch, ContainerSpec, ContainerStatus, InstanceInfo, InstanceState,
     Page, PageRequest, Revision, Role, StoppedInstance,
 };
+/// A CDI device's qualified name (`vendor.com/class=name`), from the sandbox.
+pub use ember_sandbox::cdi::{CdiDeviceName, InvalidCdiDeviceName};
 /// Nodes (servers) and the resources they offer, from the scheduler.
 pub use ember_scheduler::placement::{Node, Resources};
 pub use gpu::{GPU_MODELS, GpuModel};
