@@ -164,7 +164,7 @@ fn oci_starts(c: &mut Criterion) {
             startup_timeout: Duration::from_secs(30),
             pids_limit: 1024,
         };
-        let sandbox = OciSandbox::new(config, blobs)
+        let sandbox = OciSandbox::new(config, blobs, Arc::default())
             .await
             .expect("the OCI sandbox");
         (sandbox, artifact)
@@ -183,6 +183,7 @@ fn oci_starts(c: &mut Criterion) {
             request_timeout: Duration::from_secs(30),
             logs: LogSinkRef(Arc::new(DiscardLogs)),
             prepared_sandboxes,
+            devices: Vec::new(),
         };
         rt.block_on(sandbox.prepare(spec)).expect("prepared")
     };

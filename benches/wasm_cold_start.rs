@@ -179,6 +179,7 @@ fn wasm(c: &mut Criterion) {
             logs: ember_sandbox::LogSinkRef(std::sync::Arc::new(ember_sandbox::DiscardLogs)),
             request_timeout: Duration::from_secs(30),
             prepared_sandboxes: 0,
+            devices: Vec::new(),
         };
         let prepared = ember_sandbox::Sandbox::prepare(&sandbox, spec)
             .await

@@ -31,6 +31,28 @@ pub enum Command {
     /// Measures cold starts, warm latency and throughput of wasm and OCI containers,
     /// beside crun, runc, wasmtime serve and nginx where installed.
     Bench(BenchArgs),
+    /// GPUs: writes the CDI spec of this host's NVIDIA GPUs.
+    #[command(subcommand)]
+    Gpu(GpuCommand),
+}
+
+#[derive(Subcommand)]
+pub enum GpuCommand {
+    /// Finds the NVIDIA GPUs and driver files of this host and writes a CDI spec
+    /// with a device per GPU (nvidia.com/gpu=<index>, =<uuid>) and nvidia.com/gpu=all.
+    CdiGenerate {
+        /// Where to write the spec; `-` prints it.
+        #[arg(long, default_value = crate::gpu_commands::DEFAULT_NVIDIA_SPEC)]
+        output: PathBuf,
+    },
+    /// The createContainer hook of generated specs: reads the container's OCI
+    /// state on stdin and adds the folders to its linker cache.
+    #[command(hide = true)]
+    UpdateLdcache {
+        /// A folder inside the container holding driver libraries.
+        #[arg(long = "folder")]
+        folders: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -81,6 +103,14 @@ pub struct ServeArgs {
     /// Memory instances may ask for in all, e.g. 16Gi (default: the machine's).
     #[arg(long)]
     pub node_memory: Option<ember_runtime::model::Quantity>,
+    /// A directory of CDI specs; repeat for several, later ones overriding earlier
+    /// ones (default: /etc/cdi and /var/run/cdi).
+    #[arg(long = "cdi-spec-dir")]
+    pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Writes the CDI spec of this host's NVIDIA GPUs (as `ember gpu cdi-generate`)
+    /// into the last spec directory before starting.
+    #[arg(long)]
+    pub generate_nvidia_cdi: bool,
 }
 
 #[derive(Args, Clone)]
@@ -156,6 +186,16 @@ pub struct DeployArgs {
     /// CPUs per instance.
     #[arg(long)]
     pub cpu: Option<f64>,
+    /// GPUs each instance holds.
+    #[arg(long)]
+    pub gpu: Option<u32>,
+    /// A GPU model the instances accept, as GET /v1/gpu-models names it
+    /// (repeatable; none: any model).
+    #[arg(long = "gpu-model")]
+    pub gpu_models: Vec<String>,
+    /// A CDI device every instance gets, vendor.com/class=name (repeatable).
+    #[arg(long = "cdi-device")]
+    pub cdi_devices: Vec<String>,
     /// Instances kept warm with no traffic.
     #[arg(long)]
     pub min_instances: Option<u32>,

@@ -42,6 +42,15 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if let Some(cpu) = args.cpu {
         body["cpu"] = json!(cpu);
     }
+    if let Some(gpu) = args.gpu {
+        body["gpu"] = json!(gpu);
+    }
+    if !args.gpu_models.is_empty() {
+        body["desiredGPUs"] = json!(args.gpu_models);
+    }
+    if !args.cdi_devices.is_empty() {
+        body["cdiDevices"] = json!(args.cdi_devices);
+    }
     if let Some(n) = args.min_instances {
         body["minInstances"] = json!(n);
     }

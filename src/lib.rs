@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod gpu_commands;
 pub mod serve;
 mod table;
 pub mod token_commands;

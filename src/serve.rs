@@ -35,6 +35,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.node_cpus = Some(cpus);
     }
     config.node_memory_bytes = args.node_memory.map(|q| q.bytes());
+    if !args.cdi_spec_dirs.is_empty() {
+        config.cdi_spec_dirs = args.cdi_spec_dirs.clone();
+    }
+    if args.generate_nvidia_cdi {
+        let dir = config
+            .cdi_spec_dirs
+            .last()
+            .context("--generate-nvidia-cdi needs a CDI spec directory")?;
+        crate::gpu_commands::generate_into(&dir.join("ember-nvidia.json"))
+            .context("generating the NVIDIA CDI spec (--generate-nvidia-cdi)")?;
+    }
     config.log_retention_bytes =
         usize::try_from(args.log_retention_kib * 1024).unwrap_or(usize::MAX);
     config.admin_token = std::env::var("EMBER_ADMIN_TOKEN")
