@@ -308,7 +308,12 @@ fn uuid_like() -> &'static str {
 #[tokio::test]
 async fn gpu_models_list_the_documented_catalogue() {
     let dir = temp_dir();
-    let ember = Ember::start(dir.path(), &[]);
+    // No CDI specs: whatever the machine has, this node offers no GPU.
+    let specs = dir.path().join("no-cdi-specs");
+    let ember = Ember::start(
+        &dir.path().join("data"),
+        &["--cdi-spec-dir", specs.to_str().unwrap()],
+    );
     let (status, list) = ember.get_json("/v1/gpu-models").await;
     assert_eq!(status, StatusCode::OK, "{list}");
     assert_eq!(list["total"], 25);
@@ -316,11 +321,11 @@ async fn gpu_models_list_the_documented_catalogue() {
     assert_eq!(list["rowsPerPage"], 100);
     assert_eq!(
         list["items"][0],
-        json!({ "code": "h100", "name": "Nvidia h100" })
+        json!({ "code": "h100", "name": "Nvidia h100", "installed": 0, "free": 0 })
     );
     assert_eq!(
         list["items"][24],
-        json!({ "code": "1080ti", "name": "Nvidia gtx-1080-ti" })
+        json!({ "code": "1080ti", "name": "Nvidia gtx-1080-ti", "installed": 0, "free": 0 })
     );
     let (_, last_page) = ember.get_json("/v1/gpu-models?rowsPerPage=10&page=3").await;
     assert_eq!(last_page["items"].as_array().unwrap().len(), 5);

@@ -107,14 +107,33 @@ async fn a_full_queue_answers_503_with_retry_after_and_the_queued_are_served() {
 #[tokio::test]
 async fn a_container_that_can_never_fit_is_refused_at_create() {
     let data = temp_dir();
-    let ember = Ember::start(data.path(), &["--node-cpus", "2", "--node-memory", "4Gi"]);
+    // No CDI specs, so no GPUs, whatever the machine has.
+    let specs = data.path().join("no-cdi-specs");
+    let ember = Ember::start(
+        &data.path().join("data"),
+        &[
+            "--node-cpus",
+            "2",
+            "--node-memory",
+            "4Gi",
+            "--cdi-spec-dir",
+            specs.to_str().unwrap(),
+        ],
+    );
     let digest = ember.upload(&fixtures::hello("hi")).await;
-    for (field, value, needle) in [
-        ("ram", json!("100Ti"), "of memory, 4096Mi available"),
-        ("cpu", json!(3), "asks for 3 CPU, 2 available"),
-        ("gpu", json!(1), "asks for 1 GPUs, 0 available"),
+    // GPUs are for container images (never pulled: refused before).
+    let image = "127.0.0.1:1/never/pulled:v1".to_string();
+    for (field, value, needle, image) in [
+        (
+            "ram",
+            json!("100Ti"),
+            "of memory, 4096Mi available",
+            &digest,
+        ),
+        ("cpu", json!(3), "asks for 3 CPU, 2 available", &digest),
+        ("gpu", json!(1), "asks for 1 GPU, 0 available", &image),
     ] {
-        let mut body = json!({ "name": "huge", "image": digest });
+        let mut body = json!({ "name": "huge", "image": image });
         body[field] = value;
         let (status, error) = ember.send_json(Method::POST, "/v1/containers", &body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");

@@ -6,14 +6,20 @@ use common::{Ember, fixtures, temp_dir};
 use reqwest::StatusCode;
 use std::process::{Command, Output};
 
-fn ember_cli(ember: &Ember, args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_ember"))
+/// Runs the CLI against `ember` with its admin token, whatever the outcome.
+fn run_ember_cli(ember: &Ember, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(args)
         .env("EMBER_API", format!("http://{}", ember.api))
         .env("EMBER_DATA_DIR", &ember.data_dir)
         .env_remove("EMBER_TOKEN")
         .output()
-        .expect("running ember");
+        .expect("running ember")
+}
+
+/// Runs the CLI against `ember`, which must succeed.
+fn ember_cli(ember: &Ember, args: &[&str]) -> Output {
+    let output = run_ember_cli(ember, args);
     assert!(
         output.status.success(),
         "ember {args:?} failed: {}",
@@ -48,6 +54,27 @@ async fn deploy_a_local_file_list_revise_and_remove() {
         ember.invoke("clihello").await,
         (StatusCode::OK, "cli v1\n".to_string())
     );
+
+    // Device flags reach the API, which refuses them for a wasm component.
+    for flags in [
+        &["--gpu", "1", "--gpu-model", "t4"][..],
+        &["--cdi-device", "vendor.com/class=dev"][..],
+    ] {
+        let mut args = vec!["deploy", "clihello", v2.to_str().unwrap()];
+        args.extend(flags);
+        let refused = run_ember_cli(&ember, &args);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{stderr}");
+        let field = if flags[0] == "--gpu" {
+            "gpu"
+        } else {
+            "cdiDevices"
+        };
+        assert!(
+            stderr.contains(&format!("{field}: wasm components cannot")),
+            "{stderr}"
+        );
+    }
 
     // Deploying the same name again updates it: a second revision.
     ember_cli(&ember, &["deploy", "clihello", v2.to_str().unwrap()]);
@@ -147,6 +174,49 @@ async fn tokens_are_minted_listed_and_revoked_from_the_cli() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         stderr.contains("401") || stderr.contains("revoked"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn nvidia_spec_generation_on_a_host_without_a_gpu_says_why_and_writes_nothing() {
+    let dir = temp_dir();
+    let spec = dir.path().join("cdi/ember-nvidia.json");
+    let generate = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["gpu", "cdi-generate", "--output"])
+        .arg(&spec)
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&generate.stderr);
+    assert!(!generate.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("listing the NVIDIA GPUs failed: nvidia-smi is not on the PATH"),
+        "{stderr}"
+    );
+    assert!(!spec.exists());
+
+    // Asked for at start-up, the same failure stops the runtime before it serves.
+    let serve = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "serve",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--ingress-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--cdi-spec-dir")
+        .arg(dir.path().join("cdi"))
+        .arg("--generate-nvidia-cdi")
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert!(!serve.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("generating the NVIDIA CDI spec (--generate-nvidia-cdi)"),
         "{stderr}"
     );
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::oci::{Setup, TestNetwork, deploy, get, require_root, setup, start};
 use common::oci_image::{
     Compression, LayerBuilder, ManifestFormat, RawEntries, busybox_http_config, busybox_layer,
     http_app_layer, push_busybox_http_image, push_image, push_index,
@@ -12,104 +13,7 @@ use common::{Ember, registry::Registry, temp_dir};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "OCI container tests need root (CI runs them as root); run `scripts/test` as root"
-    );
-}
-
-/// A bridge and subnet of this test's own, removed when the test ends.
-struct TestNetwork {
-    bridge: String,
-    subnet: String,
-}
-
-impl TestNetwork {
-    fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let pid = std::process::id();
-        Self {
-            bridge: format!("embt{:x}{n}", pid % 0xffff),
-            subnet: format!("10.{}.{}.0/24", 200 + (pid % 50), n),
-        }
-    }
-
-    fn flags(&self) -> Vec<String> {
-        vec![
-            "--bridge".into(),
-            self.bridge.clone(),
-            "--subnet".into(),
-            self.subnet.clone(),
-            "--stop-grace".into(),
-            "1".into(),
-        ]
-    }
-}
-
-impl Drop for TestNetwork {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
-    }
-}
-
-/// What most tests start from: a registry holding the busybox httpd image (`image`),
-/// a network and data dir of the test's own, and Ember running on them.
-struct Setup {
-    ember: Ember,
-    data: tempfile::TempDir,
-    image: String,
-    network: TestNetwork,
-    _registry: Registry,
-}
-
-async fn setup(extra: &[&str]) -> Setup {
-    let registry = Registry::start().unwrap();
-    push_busybox_http_image(registry.addr, "apps/httpd", "v1")
-        .await
-        .unwrap();
-    let network = TestNetwork::new();
-    let data = temp_dir();
-    let ember = start(data.path(), &network, extra);
-    Setup {
-        ember,
-        image: format!("{}/apps/httpd:v1", registry.addr),
-        data,
-        network,
-        _registry: registry,
-    }
-}
-
-fn start(data: &Path, network: &TestNetwork, extra: &[&str]) -> Ember {
-    let mut flags = network.flags();
-    flags.extend(extra.iter().map(|s| s.to_string()));
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    Ember::start(data, &flags)
-}
-
-async fn deploy(ember: &Ember, body: Value) -> String {
-    let container = ember.deploy(body).await;
-    let id = container["id"].as_str().unwrap().to_string();
-    ember.wait_deployed(&id).await;
-    id
-}
-
-async fn get(ember: &Ember, name: &str, path: &str) -> (StatusCode, String) {
-    let response = ember
-        .ingress_client(name)
-        .get(ember.ingress_url(name, path))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .unwrap();
-    (response.status(), response.text().await.unwrap())
-}
 
 /// Everything one instance holds on the host, to check it is all gone afterwards.
 struct Traces {
@@ -230,16 +134,7 @@ async fn runs_an_image_and_passes_command_arguments_and_env() {
         .unwrap()
         .to_string();
     // A closed range (period_end) is answered and ends.
-    let logs = ember
-        .api_request(
-            reqwest::Method::GET,
-            &format!("/v1/containers/{custom}/logs?period_end=9999999999"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(logs.status(), StatusCode::OK);
-    let text = logs.text().await.unwrap();
+    let text = ember.logs(&custom).await;
     assert!(text.contains("started-from-the-container"), "{text}");
     let instances = ember.instances(&custom).await;
     let instance = instances[0]["id"].as_str().unwrap();

@@ -86,17 +86,7 @@ async fn a_componentize_py_component_streams_bodies_both_ways() {
     // stdout is.
     let (_, containers) = ember.get_json("/v1/containers").await;
     let id = containers["items"][0]["id"].as_str().unwrap().to_string();
-    let logs = ember
-        .api_request(
-            reqwest::Method::GET,
-            &format!("/v1/containers/{id}/logs?period_end=9999999999"),
-        )
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let logs = ember.logs(&id).await;
     let line = logs
         .lines()
         .find(|l| l.contains("served POST /big?x=1"))

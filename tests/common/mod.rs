@@ -6,6 +6,7 @@
 pub mod component;
 pub mod fixtures;
 pub mod in_process;
+pub mod oci;
 pub mod oci_image;
 #[allow(unused_imports)]
 pub use ember::workloads::registry;
@@ -252,6 +253,21 @@ impl Ember {
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body["data"].as_array().unwrap().clone()
+    }
+
+    /// Every log line the container has kept, as the logs stream's closed range
+    /// (`period_end`) sends them: one `data: {json}` event per line.
+    pub async fn logs(&self, id: &str) -> String {
+        let response = self
+            .api_request(
+                reqwest::Method::GET,
+                &format!("/v1/containers/{id}/logs?period_end=9999999999"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.unwrap()
     }
 
     /// The value of one metric line (`name{labels}`) in /metrics.
