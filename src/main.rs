@@ -7,6 +7,7 @@ use ember::{bench, commands, gpu_commands, serve, token_commands};
 fn main() -> std::process::ExitCode {
     // Started again by the runtime to create one container: see ember_sandbox's creator.
     ember_sandbox::oci::run_if_creator();
+    ember_sandbox::oci::run_if_joiner();
     // Started again by `ember bench` to time crun's or runc's runs.
     bench::peers::run_if_container_runs();
     let cli = Cli::parse();

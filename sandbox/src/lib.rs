@@ -9,6 +9,7 @@
 pub mod blob_store;
 pub mod cdi;
 pub mod digest;
+pub mod entered;
 pub mod image;
 pub mod oci;
 pub mod processes;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 pub use blob_store::{BlobError, BlobStore};
 pub use digest::Digest;
+pub use entered::{EnterRequest, EnteredProcess, Terminal, TerminalSize};
 
 /// Boxed error carried by HTTP bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -232,6 +234,24 @@ pub trait Instance: Send + Sync {
     fn processes(&self) -> std::io::Result<Vec<processes::ProcessInfo>> {
         Ok(Vec::new())
     }
+
+    /// Writes `data` to the instance's standard input, for kinds that have one.
+    fn write_input<'a>(&'a self, data: &'a [u8]) -> BoxFuture<'a, Result<(), SandboxError>> {
+        let _ = data;
+        Box::pin(async {
+            Err(SandboxError::Unsupported(
+                "this instance has no standard input".into(),
+            ))
+        })
+    }
+
+    /// Runs a command (or a shell) inside the instance, for kinds that run processes.
+    fn enter(&self, request: &EnterRequest) -> Result<EnteredProcess, SandboxError> {
+        let _ = request;
+        Err(SandboxError::Unsupported(
+            "this instance runs no processes of its own, so there is no shell to enter".into(),
+        ))
+    }
 }
 
 /// An instance's use of the node: what stats and metrics report.
@@ -243,6 +263,8 @@ pub struct ResourceUsage {
     pub memory_bytes: u64,
     /// Bytes through the instance's own network interface, for kinds that have one.
     pub network: Option<NetworkUsage>,
+    /// Bytes written to the instance's writable filesystem, for kinds that have one.
+    pub storage_bytes: Option<u64>,
 }
 
 /// Bytes an instance's network interface carried since it started.

@@ -5,7 +5,7 @@
 //! Creating takes tens of milliseconds, starting well under one, so a sandbox created
 //! ahead of a request (see `prepared`) makes a cold start only the second step.
 
-use super::creator;
+use super::creator::{self, Stdio3};
 use super::instance::{self, OciInstance, Resources};
 use super::network::Network;
 use super::process::ProcessPlan;
@@ -18,6 +18,7 @@ use libcontainer::container::Container;
 use nix::unistd::Pid;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -55,6 +56,8 @@ struct SandboxParts {
     address: SocketAddr,
     /// The instance name its output is logged under, known once it starts.
     instance_name: Arc<OnceLock<String>>,
+    /// The runtime's end of the container's standard input.
+    stdin: OwnedFd,
 }
 
 impl CreatedSandbox {
@@ -119,8 +122,14 @@ impl Recipe {
         extra_devices: &[CdiDeviceName],
     ) -> Result<SandboxParts, SandboxError> {
         let id = new_sandbox_id();
-        let (stdout, stdout_writer) = output_pipe().map_err(|e| fail("creating pipes", &e))?;
-        let (stderr, stderr_writer) = output_pipe().map_err(|e| fail("creating pipes", &e))?;
+        let (stdin_reader, stdin) = pipe().map_err(|e| fail("creating pipes", &e))?;
+        let (stdout, stdout_writer) = pipe().map_err(|e| fail("creating pipes", &e))?;
+        let (stderr, stderr_writer) = pipe().map_err(|e| fail("creating pipes", &e))?;
+        let stdio = Stdio3 {
+            stdin: stdin_reader,
+            stdout: stdout_writer,
+            stderr: stderr_writer,
+        };
 
         // Filesystems, spec and the container's processes: all blocking work.
         let (dir, created) = {
@@ -158,9 +167,7 @@ impl Recipe {
                         spec.save(bundle.join("config.json"))
                             .map_err(|e| fail("writing config.json", &e))
                     })
-                    .and_then(|()| {
-                        build_container(&shared, &id, &bundle, stdout_writer, stderr_writer)
-                    })
+                    .and_then(|()| build_container(&shared, &id, &bundle, stdio))
                     .and_then(|()| {
                         Container::load(shared.state_dir().join(&id))
                             .map_err(|e| fail("loading the created container", &e))
@@ -213,6 +220,7 @@ impl Recipe {
             exit,
             address,
             instance_name,
+            stdin,
         })
     }
 
@@ -234,6 +242,7 @@ impl Recipe {
                     exit,
                     address,
                     instance_name,
+                    stdin,
                 },
             mut resources,
         } = sandbox;
@@ -261,6 +270,7 @@ impl Recipe {
             resources.discard_after_exit(&exit).await;
             return Err(e);
         }
+        let writable_dir = self.shared.instances_dir().join(&id).join("rw");
         Ok(Arc::new(OciInstance {
             sandbox_id: id,
             address,
@@ -270,6 +280,11 @@ impl Recipe {
             pid,
             grace: self.shared.config.stop_grace,
             request_timeout: self.request_timeout,
+            writable_dir,
+            stdin: tokio::sync::Mutex::new(
+                tokio::net::unix::pipe::Sender::from_owned_fd(stdin)
+                    .map_err(|e| fail("opening the container's standard input", &e))?,
+            ),
         }))
     }
 }
@@ -287,22 +302,14 @@ fn build_container(
     shared: &Shared,
     id: &str,
     bundle: &std::path::Path,
-    stdout: std::os::fd::OwnedFd,
-    stderr: std::os::fd::OwnedFd,
+    stdio: Stdio3,
 ) -> Result<(), SandboxError> {
-    creator::create(
-        id,
-        &shared.state_dir(),
-        bundle,
-        stdout,
-        stderr,
-        CREATE_LIMIT,
-    )
-    .map_err(|e| SandboxError::Start(format!("creating the container: {e}")))
+    creator::create(id, &shared.state_dir(), bundle, stdio, CREATE_LIMIT)
+        .map_err(|e| SandboxError::Start(format!("creating the container: {e}")))
 }
 
-/// A pipe whose write end goes to the container and whose read end stays here.
-fn output_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+/// A pipe between the container and the runtime: its read end, its write end.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     Ok((read, write))
 }

@@ -35,11 +35,12 @@ use std::time::{Duration, Instant};
 /// The first argument that makes the executable create one container and exit.
 const CREATOR_ARG: &str = "__ember-create-container";
 
-/// Where the creator finds the container's stdout, its stderr, and the pipe for
+/// Where the creator finds the container's stdin, stdout, stderr, and the pipe for
 /// its own error message.
-const STDOUT_FD: RawFd = 3;
-const STDERR_FD: RawFd = 4;
-const MESSAGE_FD: RawFd = 5;
+const STDIN_FD: RawFd = 3;
+const STDOUT_FD: RawFd = 4;
+const STDERR_FD: RawFd = 5;
+const MESSAGE_FD: RawFd = 6;
 
 /// Makes orphans of this process's descendants its children, so that the init of a
 /// container whose creator has exited is reaped here.
@@ -64,15 +65,16 @@ pub fn run_if_creator() {
         std::process::exit(2);
     };
     // SAFETY: the runtime handed these descriptors over, open, for this process alone.
-    let (stdout, stderr, message) = unsafe {
+    let (stdin, stdout, stderr, message) = unsafe {
         (
+            OwnedFd::from_raw_fd(STDIN_FD),
             OwnedFd::from_raw_fd(STDOUT_FD),
             OwnedFd::from_raw_fd(STDERR_FD),
             std::fs::File::from_raw_fd(MESSAGE_FD),
         )
     };
     // The init inherits them; they must not reach the workload it executes.
-    for fd in [&stdout, &stderr] {
+    for fd in [&stdin, &stdout, &stderr] {
         set_close_on_exec(fd.as_raw_fd());
     }
     set_close_on_exec(message.as_raw_fd());
@@ -80,8 +82,11 @@ pub fn run_if_creator() {
         &id.to_string_lossy(),
         Path::new(&state_dir),
         Path::new(&bundle),
-        stdout,
-        stderr,
+        Stdio3 {
+            stdin,
+            stdout,
+            stderr,
+        },
     );
     match outcome {
         Ok(()) => std::process::exit(0),
@@ -98,13 +103,14 @@ fn set_close_on_exec(fd: RawFd) {
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
 }
 
-fn create_here(
-    id: &str,
-    state_dir: &Path,
-    bundle: &Path,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-) -> Result<(), String> {
+/// The container's standard streams: its ends of the runtime's pipes.
+pub(crate) struct Stdio3 {
+    pub(crate) stdin: OwnedFd,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
+}
+
+fn create_here(id: &str, state_dir: &Path, bundle: &Path, stdio: Stdio3) -> Result<(), String> {
     let seccomp = seccomp::default_profile().map_err(|e| format!("seccomp profile: {e}"))?;
     ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(state_dir)
@@ -112,8 +118,9 @@ fn create_here(
             b.with_executor(EmberExecutor {
                 seccomp: Arc::new(seccomp),
             })
-            .with_stdout(stdout)
-            .with_stderr(stderr)
+            .with_stdin(stdio.stdin)
+            .with_stdout(stdio.stdout)
+            .with_stderr(stdio.stderr)
             .as_init(bundle)
             .with_systemd(false)
             .with_detach(true)
@@ -129,8 +136,7 @@ pub(crate) fn create(
     id: &str,
     state_dir: &Path,
     bundle: &Path,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
+    stdio: Stdio3,
     limit: Duration,
 ) -> Result<(), String> {
     let exe =
@@ -141,8 +147,9 @@ pub(crate) fn create(
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
             .map_err(|e| format!("creating a pipe: {e}"))?;
     let handed = [
-        stdout.as_raw_fd(),
-        stderr.as_raw_fd(),
+        stdio.stdin.as_raw_fd(),
+        stdio.stdout.as_raw_fd(),
+        stdio.stderr.as_raw_fd(),
         message_write.as_raw_fd(),
     ];
     let mut command = Command::new(exe);
@@ -159,14 +166,17 @@ pub(crate) fn create(
     unsafe {
         command.pre_exec(move || {
             // Moved above the targets first, so that no dup2 overwrites a source.
-            let mut moved = [0; 3];
+            let mut moved = [0; 4];
             for (slot, fd) in moved.iter_mut().zip(handed) {
                 *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
                 if *slot < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            for (fd, target) in moved.into_iter().zip([STDOUT_FD, STDERR_FD, MESSAGE_FD]) {
+            for (fd, target) in moved
+                .into_iter()
+                .zip([STDIN_FD, STDOUT_FD, STDERR_FD, MESSAGE_FD])
+            {
                 if libc::dup2(fd, target) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -178,7 +188,7 @@ pub(crate) fn create(
     let mut child = command
         .spawn()
         .map_err(|e| format!("starting the creator: {e}"))?;
-    drop((stdout, stderr, message_write));
+    drop((stdio, message_write));
     if !exits_within(child.id() as i32, limit) {
         let _ = child.kill();
         let _ = child.wait();

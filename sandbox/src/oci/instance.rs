@@ -5,7 +5,10 @@
 use super::connector::RetryingConnector;
 use super::network::{Attachment, Network};
 use super::rootfs::InstanceDir;
-use crate::{BoxFuture, HttpBody, Instance, LogSinkRef, LogStream, ResourceUsage, SandboxError};
+use crate::{
+    BoxFuture, EnterRequest, EnteredProcess, HttpBody, Instance, LogSinkRef, LogStream,
+    ResourceUsage, SandboxError,
+};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -18,8 +21,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use thread_local::ThreadLocal;
-use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 /// What must be undone when the instance goes.
@@ -81,7 +84,15 @@ pub(crate) struct OciInstance {
     pub(crate) pid: Pid,
     pub(crate) grace: Duration,
     pub(crate) request_timeout: Duration,
+    /// The write end of the container's standard input, held open as long as the
+    /// instance runs (as `docker run -i` does), for the console.
+    pub(crate) stdin: tokio::sync::Mutex<tokio::net::unix::pipe::Sender>,
+    /// The sized tmpfs under its root filesystem's writable layer.
+    pub(crate) writable_dir: std::path::PathBuf,
 }
+
+/// Longest a console write waits for a container that does not read its input.
+const INPUT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Removes the headers that concern one connection only (RFC 9110, 7.6.1), and those
 /// the `Connection` header names.
@@ -201,12 +212,33 @@ impl Instance for OciInstance {
     fn usage(&self) -> ResourceUsage {
         ResourceUsage {
             network: super::usage::read_network(&super::created::veth_name(&self.sandbox_id)),
+            storage_bytes: super::usage::read_filesystem_used(&self.writable_dir),
             ..super::usage::read(&super::spec::cgroups_path(&self.sandbox_id))
         }
     }
 
     fn processes(&self) -> std::io::Result<Vec<crate::processes::ProcessInfo>> {
         crate::processes::list(self.pid.as_raw())
+    }
+
+    fn write_input<'a>(&'a self, data: &'a [u8]) -> BoxFuture<'a, Result<(), SandboxError>> {
+        Box::pin(async move {
+            let mut stdin = self.stdin.lock().await;
+            match tokio::time::timeout(INPUT_TIMEOUT, stdin.write_all(data)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(SandboxError::Guest(format!(
+                    "the container's standard input is closed: {e}"
+                ))),
+                Err(_) => Err(SandboxError::Timeout(INPUT_TIMEOUT)),
+            }
+        })
+    }
+
+    fn enter(&self, request: &EnterRequest) -> Result<EnteredProcess, SandboxError> {
+        if self.exit.borrow().is_some() {
+            return Err(SandboxError::Guest("the instance has ended".into()));
+        }
+        super::enter::enter(self.pid, request)
     }
 }
 

@@ -5,8 +5,10 @@
 mod connector;
 mod created;
 mod creator;
+mod enter;
 mod executor;
 mod instance;
+mod joiner;
 pub mod layer;
 mod network;
 mod prepared;
@@ -17,6 +19,7 @@ mod spec;
 mod usage;
 
 pub use creator::run_if_creator;
+pub use joiner::run_if_joiner;
 pub use network::{NetworkError, Subnet};
 pub use rootfs::InstanceDir;
 

@@ -18,6 +18,13 @@ pub(crate) fn read_network(host_veth: &str) -> Option<NetworkUsage> {
     })
 }
 
+/// Bytes in use on the filesystem mounted at `mount` (an instance's sized tmpfs).
+pub(crate) fn read_filesystem_used(mount: &Path) -> Option<u64> {
+    let stats = nix::sys::statvfs::statvfs(mount).ok()?;
+    let used_blocks = stats.blocks().saturating_sub(stats.blocks_free());
+    Some(used_blocks as u64 * stats.fragment_size() as u64)
+}
+
 /// Reads the usage of the cgroups at `cgroups_path` (as in the spec's
 /// `linux.cgroupsPath`, e.g. `/ember/<id>`); what cannot be read counts as zero.
 pub(crate) fn read(cgroups_path: &str) -> ResourceUsage {
@@ -31,6 +38,7 @@ pub(crate) fn read(cgroups_path: &str) -> ResourceUsage {
                 .map_or(Duration::ZERO, Duration::from_micros),
             memory_bytes: read_number(&dir.join("memory.current")).unwrap_or(0),
             network: None,
+            storage_bytes: None,
         }
     } else {
         ResourceUsage {
@@ -41,6 +49,7 @@ pub(crate) fn read(cgroups_path: &str) -> ResourceUsage {
                 .and_then(|path| read_number(&path))
                 .unwrap_or(0),
             network: None,
+            storage_bytes: None,
         }
     }
 }

@@ -24,6 +24,8 @@ impl WasmMeter {
             memory_bytes: self.memory_bytes.load(Ordering::Relaxed),
             // A component has no network interface of its own.
             network: None,
+            // Nor a filesystem.
+            storage_bytes: None,
         }
     }
 }
