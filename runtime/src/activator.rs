@@ -15,8 +15,8 @@ use ember_sandbox::{Instance, PreparedWorkload, ResourceUsage, WorkloadKind};
 use ember_scheduler::{Autoscaler, Observation, Request, ScaleReason, ScalingPolicy};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{oneshot, watch};
 
@@ -69,6 +69,7 @@ pub(crate) struct LiveInstance {
     /// When it first started (it keeps its id across a stop and start).
     created: SystemTime,
     revision: u32,
+    kind: WorkloadKind,
     instance: Arc<dyn Instance>,
     started: SystemTime,
     /// Clock time of the start, for the restart backoff.
@@ -650,6 +651,7 @@ impl Service {
                     ordinal: identity.ordinal,
                     created: identity.created,
                     revision: revision.number,
+                    kind: revision.kind,
                     instance,
                     started: SystemTime::now(),
                     started_at: self.clock.now(),
@@ -665,7 +667,7 @@ impl Service {
                     return Err("the instance was removed while it started".into());
                 }
                 if let Some(exit) = exit {
-                    watch_exit(self, id, exit);
+                    watch_exit(self, &live, exit);
                 }
                 pool.instances.push(live);
                 self.dispatch(&mut pool);
@@ -747,12 +749,18 @@ impl Service {
 
     /// An instance ended without being stopped: it leaves the pool, its remains are
     /// cleaned up, and a replacement starts after the backoff when one is wanted.
-    fn instance_exited(self: &Arc<Self>, id: InstanceId, reason: &str) {
+    fn instance_exited(self: &Arc<Self>, ended: &Weak<LiveInstance>, reason: &str) {
         let mut pool = self.pool.lock();
-        let Some(position) = pool.instances.iter().position(|i| i.id == id) else {
+        // By identity, not id: a replaced instance's successor has its id.
+        let Some(position) = pool
+            .instances
+            .iter()
+            .position(|i| std::ptr::eq(Arc::as_ptr(i), ended.as_ptr()))
+        else {
             // Stopped on purpose: it was taken out of the pool first.
             return;
         };
+        let id = pool.instances[position].id;
         let live = pool.instances.remove(position);
         let ran_long = self.clock.now().saturating_sub(live.started_at) >= STABLE_UPTIME;
         let backoff = self.record_restart(&format!("instance {id} {reason}"), ran_long);
@@ -1057,6 +1065,107 @@ impl Service {
             .map(|i| i.instance.clone())
     }
 
+    /// The kind of workload the running instance `id` is, if it runs.
+    pub(crate) fn running_kind(&self, id: InstanceId) -> Option<WorkloadKind> {
+        let pool = self.pool.lock();
+        pool.instances.iter().find(|i| i.id == id).map(|i| i.kind)
+    }
+
+    /// Recreates the running instance `id` under the same identity, as a migration
+    /// within this node: a new sandbox starts beside the old one and takes its place
+    /// once it serves; the old one stops when its last request is done, so no
+    /// request fails. Returns the work, to run as a job.
+    pub(crate) fn replace_instance(
+        self: &Arc<Self>,
+        id: InstanceId,
+    ) -> Result<impl Future<Output = Result<(), String>> + Send + 'static, Refusal> {
+        let found = self
+            .pool
+            .lock()
+            .instances
+            .iter()
+            .find(|i| i.id == id)
+            .cloned();
+        let old = found.ok_or_else(|| self.refusal_for(id))?;
+        let revision = self.serving_revision().ok_or(Refusal::NotServing)?;
+        let service = self.clone();
+        Ok(async move { service.run_replacement(old, revision).await })
+    }
+
+    async fn run_replacement(
+        self: &Arc<Self>,
+        old: Arc<LiveInstance>,
+        revision: Arc<ServingRevision>,
+    ) -> Result<(), String> {
+        let id = old.id;
+        let unwanted = || self.is_unavailable() || self.serving_number() != Some(revision.number);
+        let placement = self
+            .node
+            .place(
+                self.id,
+                &revision.request,
+                |note| self.note_waiting(id, note),
+                unwanted,
+            )
+            .await
+            .ok_or("the container stopped serving before the new sandbox had room")?;
+        let gpus = placement.gpu_devices();
+        let instance = revision
+            .prepared
+            .start_with_devices(&id.to_string(), &gpus)
+            .await
+            .map_err(|e| format!("the new sandbox did not start: {e}"))?;
+        let exit = instance.exit_signal();
+        let new = Arc::new(LiveInstance {
+            id,
+            ordinal: old.ordinal,
+            created: old.created,
+            revision: revision.number,
+            kind: revision.kind,
+            instance,
+            started: SystemTime::now(),
+            started_at: self.clock.now(),
+            in_flight: AtomicU32::new(0),
+            pinned: old.pinned,
+            _placement: placement,
+        });
+        {
+            let mut pool = self.pool.lock();
+            let Some(position) = pool.instances.iter().position(|i| Arc::ptr_eq(i, &old)) else {
+                drop(pool);
+                self.discard(new);
+                return Err(format!(
+                    "instance {id} stopped or ended while its new sandbox started"
+                ));
+            };
+            if let Some(exit) = exit {
+                watch_exit(self, &new, exit);
+            }
+            pool.instances[position] = new;
+            self.dispatch(&mut pool);
+        }
+        tracing::info!(container = %self.id, instance = %id, "instance moved to a new sandbox");
+        // Requests under way on the old sandbox finish there; none new reach it.
+        while old.in_flight.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (stopped, done) = oneshot::channel();
+        let retired = old.instance.clone();
+        drop(old);
+        self.background.spawn_stop(async move {
+            retired.stop().await;
+            let _ = stopped.send(());
+        });
+        let _ = done.await;
+        Ok(())
+    }
+
+    /// Stops an instance that never joined the pool, leaving the roster as it is.
+    fn discard(&self, live: Arc<LiveInstance>) {
+        self.background
+            .spawn_stop(async move { live.instance.stop().await });
+    }
+
     /// Number of started instances.
     pub(crate) fn instance_count(&self) -> usize {
         self.pool.lock().instances.len()
@@ -1150,10 +1259,15 @@ fn take_idle(
     taken
 }
 
-/// Tells `service` when the instance `id` ends; stops watching once the service is gone.
-fn watch_exit(service: &Arc<Service>, id: InstanceId, mut exit: watch::Receiver<Option<String>>) {
+/// Tells `service` when `live` ends; stops watching once the service is gone.
+fn watch_exit(
+    service: &Arc<Service>,
+    live: &Arc<LiveInstance>,
+    mut exit: watch::Receiver<Option<String>>,
+) {
     let background = &service.background;
     let service = Arc::downgrade(service);
+    let live = Arc::downgrade(live);
     background.spawn(async move {
         let reason = exit
             .wait_for(Option::is_some)
@@ -1161,7 +1275,7 @@ fn watch_exit(service: &Arc<Service>, id: InstanceId, mut exit: watch::Receiver<
             .ok()
             .and_then(|r| r.clone());
         if let (Some(service), Some(reason)) = (service.upgrade(), reason) {
-            service.instance_exited(id, &reason);
+            service.instance_exited(&live, &reason);
         }
     });
 }
@@ -1447,6 +1561,42 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(starts.load(Ordering::SeqCst), 3);
         assert!(service.waiting_note().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_replaced_instance_keeps_its_id_and_its_old_sandbox_finishes_its_requests() {
+        let (service, starts) = service(Settings::default());
+        let held = service.acquire(Duration::from_secs(5)).await.unwrap();
+        let id = live(&service)[0].id;
+        let work = tokio::spawn(service.replace_instance(id).unwrap());
+        // The new sandbox takes the requests while the old one finishes its own.
+        let next = loop {
+            let lease = service.acquire(Duration::from_secs(5)).await.unwrap();
+            if !Arc::ptr_eq(lease.instance(), held.instance()) {
+                break lease;
+            }
+            drop(lease);
+            if work.is_finished() {
+                panic!("{:?}", work.await);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !work.is_finished(),
+            "the old sandbox still serves a request"
+        );
+        drop(held);
+        work.await.unwrap().unwrap();
+        drop(next);
+        let instances = live(&service);
+        assert_eq!(instances.len(), 1);
+        assert_eq!(instances[0].id, id);
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+        assert!(matches!(
+            service.replace_instance(InstanceId::generate()),
+            Err(Refusal::NotFound)
+        ));
     }
 
     #[tokio::test]

@@ -46,12 +46,17 @@ pub struct RuntimeConfig {
     pub usage_sample_interval: Duration,
     /// Where CDI specs are read from, later directories overriding earlier ones.
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Where the SSH server listens, once bound; `None` when it does not run.
+    pub ssh_addr: Option<std::net::SocketAddr>,
+    /// How long generated SSH credentials stay valid.
+    pub ssh_credential_lifetime: Duration,
 }
 
 impl RuntimeConfig {
     /// Defaults for a data dir: `ember.localhost`, port 8000, 60 s idle, 30 s requests;
     /// OCI instances on bridge `ember0` in 10.88.0.0/16, 10 s stop grace, 1 MiB of logs;
-    /// an ingress thread per CPU; CDI specs from /etc/cdi and /var/run/cdi.
+    /// an ingress thread per CPU; CDI specs from /etc/cdi and /var/run/cdi; no SSH
+    /// server, and SSH credentials valid for 30 minutes.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -73,6 +78,8 @@ impl RuntimeConfig {
             ingress_threads: std::thread::available_parallelism().map_or(1, usize::from),
             usage_sample_interval: Duration::from_secs(10),
             cdi_spec_dirs: DEFAULT_SPEC_DIRS.iter().map(PathBuf::from).collect(),
+            ssh_addr: None,
+            ssh_credential_lifetime: Duration::from_secs(30 * 60),
         }
     }
 }

@@ -234,7 +234,7 @@ impl Runtime {
             })
     }
 
-    fn new_job(
+    pub(crate) fn new_job(
         &self,
         caller: &Caller,
         id: ContainerId,
@@ -257,7 +257,7 @@ impl Runtime {
     }
 
     /// Runs `work` as job `id`: running now, completed or failed when it ends.
-    fn spawn_job(
+    pub(crate) fn spawn_job(
         &self,
         id: JobId,
         work: impl Future<Output = Result<(), Vec<String>>> + Send + 'static,
@@ -356,7 +356,7 @@ async fn wait_for_starts(
     }
 }
 
-fn instance_not_found(id: InstanceId) -> RuntimeError {
+pub(crate) fn instance_not_found(id: InstanceId) -> RuntimeError {
     RuntimeError::NotFound {
         what: "instance",
         id: id.to_string(),

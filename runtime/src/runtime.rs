@@ -11,7 +11,7 @@ use crate::logs::{LogEntry, LogStore};
 use crate::metrics::{ContainerTraffic, Metrics};
 use crate::model::{
     Caller, Container, ContainerId, ContainerPatch, ContainerSpec, ContainerStatus, GpuModel,
-    InstanceInfo, Page, PageRequest, Revision, ServerId,
+    InstanceId, InstanceInfo, Page, PageRequest, Revision, ServerId,
 };
 use crate::node::{self, NodeCapacity};
 use crate::routing::RoutingTable;
@@ -51,7 +51,12 @@ pub(crate) struct Inner {
     pub(crate) records: Mutex<()>,
     /// How far each deploying container's pull has come, shown as its status reason.
     pulls: Mutex<HashMap<ContainerId, String>>,
-    logs: Arc<LogStore>,
+    pub(crate) logs: Arc<LogStore>,
+    /// Stream tokens and SSH credentials in force.
+    pub(crate) grants: crate::grants::Grants,
+    /// Instances moved by a migration job, and the server each came from, for a
+    /// revert.
+    pub(crate) migrations: Mutex<HashMap<InstanceId, ServerId>>,
 }
 
 /// A container with the parts of its view the store does not hold.
@@ -139,6 +144,8 @@ impl Runtime {
                 pulls: Mutex::default(),
                 logs,
                 usage: UsageSeries::default(),
+                grants: crate::grants::Grants::default(),
+                migrations: Mutex::default(),
             }),
         };
         runtime.set_reclaimer();

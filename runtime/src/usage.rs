@@ -100,6 +100,7 @@ mod tests {
             cpu_time: Duration::from_millis(cpu_ms),
             memory_bytes,
             network: None,
+            storage_bytes: None,
         }
     }
 

@@ -19,6 +19,14 @@ pub enum JobAction {
         /// Which.
         instance_id: InstanceId,
     },
+    /// Move one instance to another server (on a node of one, into a new sandbox
+    /// here), or back where a migration took it from.
+    MigrateInstance {
+        /// Which.
+        instance_id: InstanceId,
+        /// Whether this undoes an earlier migration.
+        revert: bool,
+    },
 }
 
 impl JobAction {
@@ -28,6 +36,12 @@ impl JobAction {
             JobAction::CreateInstances { .. } => "container.instances.create",
             JobAction::DeleteInstances => "container.instances.delete",
             JobAction::DeleteInstance { .. } => "container.instance.delete",
+            JobAction::MigrateInstance { revert: false, .. } => {
+                "container.instance.migration.start"
+            }
+            JobAction::MigrateInstance { revert: true, .. } => {
+                "container.instance.migration.revert"
+            }
         }
     }
 }

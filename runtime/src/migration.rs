@@ -1,0 +1,104 @@
+//! Instance tasks: migrating an instance to another server, and undoing that. On a
+//! node of one, the only server is this one: a migration recreates the instance in
+//! a new sandbox here, under the same id, while the old one keeps serving until the
+//! new one does (see `Service::replace_instance`).
+
+use crate::activator::Refusal;
+use crate::error::RuntimeError;
+use crate::jobs::instance_not_found;
+use crate::model::{Caller, ContainerId, InstanceId, InstanceState, Job, JobAction, ServerId};
+use crate::runtime::Runtime;
+
+/// What an instance task does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceTask {
+    /// Move the instance to `server` (this node's when `None`).
+    MigrationStart {
+        /// Where to.
+        server: Option<ServerId>,
+    },
+    /// Move the instance back to where its last migration took it from.
+    MigrationRevert,
+}
+
+impl Runtime {
+    /// Starts `task` on the caller's running instance, as a job.
+    pub async fn run_instance_task(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        instance: InstanceId,
+        task: InstanceTask,
+    ) -> Result<Job, RuntimeError> {
+        let here = self.inner().server_id;
+        let revert = task == InstanceTask::MigrationRevert;
+        if let InstanceTask::MigrationStart {
+            server: Some(server),
+        } = task
+            && server != here
+        {
+            return Err(RuntimeError::invalid(
+                "contents.server_id",
+                format!("there is no server {server}; this runtime's server is {here}"),
+            ));
+        }
+        let (work, job) = {
+            let _records = self.inner().records.lock();
+            self.accessible(caller, id)?;
+            let service = self.service(id)?;
+            if revert && !self.inner().migrations.lock().contains_key(&instance) {
+                self.get_instance(caller, id, instance)?;
+                return Err(RuntimeError::Conflict {
+                    code: "no_migration",
+                    message: format!("instance {instance} has no migration to revert"),
+                });
+            }
+            let work = service
+                .replace_instance(instance)
+                .map_err(|refusal| refused(refusal, instance))?;
+            let job = self.new_job(
+                caller,
+                id,
+                JobAction::MigrateInstance {
+                    instance_id: instance,
+                    revert,
+                },
+                1,
+            )?;
+            (work, job)
+        };
+        self.inner().store.flush().await?;
+        let runtime = self.clone();
+        self.spawn_job(job.id, async move {
+            work.await.map_err(|e| vec![e])?;
+            let mut migrations = runtime.inner().migrations.lock();
+            if revert {
+                migrations.remove(&instance);
+            } else {
+                migrations.insert(instance, here);
+            }
+            Ok(())
+        });
+        Ok(job)
+    }
+}
+
+fn refused(refusal: Refusal, instance: InstanceId) -> RuntimeError {
+    match refusal {
+        Refusal::NotFound => instance_not_found(instance),
+        Refusal::InState(InstanceState::Terminating | InstanceState::Terminated) => {
+            instance_not_found(instance)
+        }
+        Refusal::InState(state) => RuntimeError::Conflict {
+            code: "invalid_state",
+            message: format!(
+                "instance {instance} is {}; only a running instance can migrate",
+                state.name()
+            ),
+        },
+        Refusal::NotServing => RuntimeError::Conflict {
+            code: "not_serving",
+            message: "the container has no revision serving, so nothing can start".into(),
+        },
+    }
+}
