@@ -5,7 +5,7 @@ use crate::auth::Authenticated;
 use crate::containers::{ContainerJson, container_id, rfc3339};
 use crate::error::ApiError;
 use crate::instance_query::{Include, InstanceQuery};
-use crate::jobs::JobJson;
+pub(crate) use crate::jobs::JobJson;
 use crate::json::StrictJsonList;
 use crate::servers::ServerJson;
 use axum::Json;
@@ -210,7 +210,9 @@ async fn delete_one(
     Ok(accepted(job))
 }
 
-fn accepted(job: ember_runtime::model::Job) -> (StatusCode, Json<DataEnvelope<JobJson>>) {
+pub(crate) fn accepted(
+    job: ember_runtime::model::Job,
+) -> (StatusCode, Json<DataEnvelope<JobJson>>) {
     (
         StatusCode::ACCEPTED,
         Json(DataEnvelope {

@@ -79,7 +79,8 @@ struct LinksJson {
 impl From<Job> for JobJson {
     fn from(job: Job) -> Self {
         let instance_id = match &job.action {
-            JobAction::DeleteInstance { instance_id } => Some(instance_id.to_string()),
+            JobAction::DeleteInstance { instance_id }
+            | JobAction::MigrateInstance { instance_id, .. } => Some(instance_id.to_string()),
             _ => None,
         };
         Self {

@@ -11,6 +11,7 @@ mod containers;
 pub mod error;
 mod faces;
 mod gpu_models;
+mod instance_access;
 mod instance_query;
 mod instance_resources;
 mod instances;
@@ -20,6 +21,7 @@ mod logs;
 mod openapi;
 mod pagination;
 mod servers;
+mod streams;
 mod tokens;
 
 use axum::Router;
@@ -69,6 +71,8 @@ fn documented_routes() -> OpenApiRouter<Runtime> {
         .merge(containers::routes())
         .merge(instances::routes())
         .merge(instance_resources::routes())
+        .merge(instance_access::routes())
+        .merge(streams::routes())
         .merge(jobs::routes())
         .merge(servers::routes())
         .merge(logs::routes())
