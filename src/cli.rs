@@ -66,6 +66,13 @@ pub struct ServeArgs {
     /// Address of the ingress that serves containers.
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub ingress_addr: SocketAddr,
+    /// Address of the SSH server that logs in to instances with credentials from
+    /// GET .../instances/{id}/ssh.
+    #[arg(long, default_value = "127.0.0.1:2222")]
+    pub ssh_addr: SocketAddr,
+    /// How long generated SSH credentials stay valid (e.g. 30m, 90s).
+    #[arg(long, default_value = "30m", value_parser = parse_lifetime)]
+    pub ssh_credential_lifetime: std::time::Duration,
     /// Containers are served at <name>.<domain>.
     #[arg(long, default_value = "ember.localhost")]
     pub domain: String,
@@ -250,4 +257,13 @@ pub fn default_data_dir() -> PathBuf {
     std::env::var_os("HOME")
         .map(|home| PathBuf::from(home).join(".local/share/ember"))
         .unwrap_or_else(|| PathBuf::from(".ember"))
+}
+
+/// A duration of at least a second, as humantime writes them (`30m`, `90s`).
+fn parse_lifetime(raw: &str) -> Result<std::time::Duration, String> {
+    let lifetime = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if lifetime < std::time::Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(lifetime)
 }

@@ -13,12 +13,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let ingress_listener = TcpListener::bind(args.ingress_addr)
         .await
         .with_context(|| format!("binding the ingress to {}", args.ingress_addr))?;
+    let ssh_listener = TcpListener::bind(args.ssh_addr)
+        .await
+        .with_context(|| format!("binding the SSH server to {}", args.ssh_addr))?;
     let api_addr = api_listener.local_addr()?;
     let ingress_addr = ingress_listener.local_addr()?;
+    let ssh_addr = ssh_listener.local_addr()?;
 
     let mut config = RuntimeConfig::new(&args.data_dir);
     config.domain = args.domain.to_ascii_lowercase();
     config.ingress_port = ingress_addr.port();
+    config.ssh_addr = Some(ssh_addr);
+    config.ssh_credential_lifetime = args.ssh_credential_lifetime;
     config.default_idle_timeout = Duration::from_secs(args.idle_timeout);
     config.request_timeout = Duration::from_secs(args.request_timeout);
     config.bridge = args.bridge.clone();
@@ -70,17 +76,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.domain,
         ingress_addr.port()
     );
+    println!("ssh listening on {ssh_addr} (log in with GET .../instances/<id>/ssh)");
 
     let ingress = tokio::spawn(ember_runtime::serve_ingress(
         runtime.clone(),
         ingress_listener,
     ));
+    let ssh = tokio::spawn(ember_runtime::serve_ssh(runtime.clone(), ssh_listener));
     let api = axum::serve(api_listener, ember_api::router(runtime.clone()));
     let outcome = tokio::select! {
         result = api => result.context("the API server failed"),
         served = ingress => match served {
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("the ingress failed")),
             _ => Err(anyhow::anyhow!("the ingress stopped")),
+        },
+        served = ssh => match served {
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("the SSH server failed")),
+            _ => Err(anyhow::anyhow!("the SSH server stopped")),
         },
         _ = shutdown_signal() => {
             tracing::info!("shutting down");

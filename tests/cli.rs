@@ -204,6 +204,8 @@ fn nvidia_spec_generation_on_a_host_without_a_gpu_says_why_and_writes_nothing() 
             "127.0.0.1:0",
             "--ingress-addr",
             "127.0.0.1:0",
+            "--ssh-addr",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))

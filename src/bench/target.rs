@@ -38,6 +38,7 @@ impl Target {
             .arg("--data-dir")
             .arg(data_dir.path())
             .args(["--api-addr", "127.0.0.1:0", "--ingress-addr", "127.0.0.1:0"])
+            .args(["--ssh-addr", "127.0.0.1:0"])
             .args(["--bridge", BENCH_BRIDGE, "--subnet", BENCH_SUBNET])
             .args(["--idle-timeout", "3600", "--stop-grace", "0"])
             .env("EMBER_LOG", "error")

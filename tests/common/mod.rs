@@ -25,6 +25,7 @@ pub struct Ember {
     pub data_dir: PathBuf,
     pub api: SocketAddr,
     pub ingress: SocketAddr,
+    pub ssh: SocketAddr,
     pub token: String,
     http: reqwest::Client,
 }
@@ -58,6 +59,7 @@ impl Ember {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--api-addr", "127.0.0.1:0", "--ingress-addr", "127.0.0.1:0"])
+            .args(["--ssh-addr", "127.0.0.1:0"])
             .args(extra)
             .env("EMBER_LOG", "warn")
             .env_remove("EMBER_ADMIN_TOKEN")
@@ -66,8 +68,8 @@ impl Ember {
             .expect("starting ember serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut api, mut ingress) = (None, None);
-        while api.is_none() || ingress.is_none() {
+        let (mut api, mut ingress, mut ssh) = (None, None, None);
+        while api.is_none() || ingress.is_none() || ssh.is_none() {
             let line = lines
                 .next()
                 .expect("ember serve exited before listening")
@@ -83,6 +85,7 @@ impl Ember {
             };
             api = api.or(addr("api listening on http://"));
             ingress = ingress.or(addr("ingress listening on http://"));
+            ssh = ssh.or(addr("ssh listening on "));
         }
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
@@ -95,6 +98,7 @@ impl Ember {
             data_dir: data_dir.to_path_buf(),
             api: api.unwrap(),
             ingress: ingress.unwrap(),
+            ssh: ssh.unwrap(),
             token,
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
