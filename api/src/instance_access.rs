@@ -10,8 +10,8 @@ use crate::json::StrictJson;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use ember_runtime::grants::{StreamGrant, StreamPurpose};
-use ember_runtime::model::{Capability, ServerId};
+use ember_runtime::grants::StreamPurpose;
+use ember_runtime::model::{Caller, Capability, ContainerId, InstanceId, ServerId};
 use ember_runtime::{InstanceTask, Runtime};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -53,20 +53,6 @@ fn request_host(headers: &HeaderMap) -> Result<&str, ApiError> {
         })
 }
 
-fn stream_authorization(
-    headers: &HeaderMap,
-    path: &str,
-    grant: StreamGrant,
-) -> Result<Json<DataEnvelope<StreamAuthorization>>, ApiError> {
-    Ok(Json(DataEnvelope {
-        data: StreamAuthorization {
-            address: format!("ws://{}{path}", request_host(headers)?),
-            token: grant.token,
-            expires: rfc3339(grant.expires),
-        },
-    }))
-}
-
 #[utoipa::path(
     get,
     path = "/v1/containers/{id}/instances/{instance}/console",
@@ -81,14 +67,8 @@ async fn console(
     Path((id, instance)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<DataEnvelope<StreamAuthorization>>, ApiError> {
-    caller.require_capability(Capability::ContainersConsole)?;
-    let grant = runtime.grant_stream(
-        &caller,
-        container_id(&id)?,
-        instance_id(&instance)?,
-        StreamPurpose::Console,
-    )?;
-    stream_authorization(&headers, crate::streams::CONSOLE_PATH, grant)
+    let ids = (container_id(&id)?, instance_id(&instance)?);
+    authorize_stream(&runtime, &caller, ids, &headers, StreamPurpose::Console)
 }
 
 #[utoipa::path(
@@ -105,14 +85,32 @@ async fn telemetry_stream(
     Path((id, instance)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<DataEnvelope<StreamAuthorization>>, ApiError> {
-    caller.require_capability(Capability::ContainersView)?;
-    let grant = runtime.grant_stream(
-        &caller,
-        container_id(&id)?,
-        instance_id(&instance)?,
-        StreamPurpose::Telemetry,
-    )?;
-    stream_authorization(&headers, crate::streams::TELEMETRY_PATH, grant)
+    let ids = (container_id(&id)?, instance_id(&instance)?);
+    authorize_stream(&runtime, &caller, ids, &headers, StreamPurpose::Telemetry)
+}
+
+/// A token for `purpose`'s WebSocket of the caller's instance, behind the
+/// capability that stream needs.
+fn authorize_stream(
+    runtime: &Runtime,
+    caller: &Caller,
+    (id, instance): (ContainerId, InstanceId),
+    headers: &HeaderMap,
+    purpose: StreamPurpose,
+) -> Result<Json<DataEnvelope<StreamAuthorization>>, ApiError> {
+    let (capability, path) = match purpose {
+        StreamPurpose::Console => (Capability::ContainersConsole, crate::streams::CONSOLE_PATH),
+        StreamPurpose::Telemetry => (Capability::ContainersView, crate::streams::TELEMETRY_PATH),
+    };
+    caller.require_capability(capability)?;
+    let grant = runtime.grant_stream(caller, id, instance, purpose)?;
+    Ok(Json(DataEnvelope {
+        data: StreamAuthorization {
+            address: format!("ws://{}{path}", request_host(headers)?),
+            token: grant.token,
+            expires: rfc3339(grant.expires),
+        },
+    }))
 }
 
 /// How to log in to an instance over SSH.
