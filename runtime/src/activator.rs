@@ -646,19 +646,14 @@ impl Service {
                 }
                 tracing::info!(container = %self.id, instance = %id, revision = revision.number, took_us = took.as_micros() as u64, pinned, "instance started");
                 let exit = instance.exit_signal();
-                let live = Arc::new(LiveInstance {
-                    id,
-                    ordinal: identity.ordinal,
-                    created: identity.created,
-                    revision: revision.number,
-                    kind: revision.kind,
+                let live = Arc::new(LiveInstance::new(
+                    identity,
+                    revision,
                     instance,
-                    started: SystemTime::now(),
-                    started_at: self.clock.now(),
-                    in_flight: AtomicU32::new(0),
                     pinned,
-                    _placement: placement,
-                });
+                    placement,
+                    self.clock.now(),
+                ));
                 if self.is_unavailable() || removed {
                     // Deleted (or shutting down, or its instances removed) while it
                     // started.
@@ -1116,19 +1111,14 @@ impl Service {
             .await
             .map_err(|e| format!("the new sandbox did not start: {e}"))?;
         let exit = instance.exit_signal();
-        let new = Arc::new(LiveInstance {
-            id,
-            ordinal: old.ordinal,
-            created: old.created,
-            revision: revision.number,
-            kind: revision.kind,
+        let new = Arc::new(LiveInstance::new(
+            old.identity(),
+            &revision,
             instance,
-            started: SystemTime::now(),
-            started_at: self.clock.now(),
-            in_flight: AtomicU32::new(0),
-            pinned: old.pinned,
-            _placement: placement,
-        });
+            old.pinned,
+            placement,
+            self.clock.now(),
+        ));
         {
             let mut pool = self.pool.lock();
             let Some(position) = pool.instances.iter().position(|i| Arc::ptr_eq(i, &old)) else {
@@ -1211,6 +1201,30 @@ pub(crate) enum Refusal {
 }
 
 impl LiveInstance {
+    /// `identity`, just started from `revision` at clock time `now`.
+    fn new(
+        identity: Identity,
+        revision: &ServingRevision,
+        instance: Arc<dyn Instance>,
+        pinned: bool,
+        placement: Placement,
+        now: Duration,
+    ) -> Self {
+        Self {
+            id: identity.id,
+            ordinal: identity.ordinal,
+            created: identity.created,
+            revision: revision.number,
+            kind: revision.kind,
+            instance,
+            started: SystemTime::now(),
+            started_at: now,
+            in_flight: AtomicU32::new(0),
+            pinned,
+            _placement: placement,
+        }
+    }
+
     /// Started through the API rather than by the autoscaler.
     pub(crate) fn is_pinned(&self) -> bool {
         self.pinned
