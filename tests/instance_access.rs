@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::oci::{Setup, deploy, get, require_root, setup};
+use common::oci::{deploy, get, require_root, setup};
 use common::{Ember, fixtures};
 
 use futures::{SinkExt, StreamExt};
@@ -82,18 +82,13 @@ async fn read_until(socket: &mut Socket, found: impl Fn(&str) -> bool) -> String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_an_instance_s_output_and_feeds_its_input() {
     require_root();
-    let Setup {
-        ember,
-        image,
-        data: _data,
-        network: _network,
-        _registry,
-    } = setup(&[]).await;
+    let setup = Arc::new(setup(&[]).await);
+    let (ember, image) = (&setup.ember, setup.image.as_str());
     let script = "echo console-ready; while read line; do echo \"got: $line\"; done";
-    let id = deploy(&ember, busybox("echoer", &image, script)).await;
-    let instance = running_instance(&ember, &id).await;
+    let id = deploy(ember, busybox("echoer", image, script)).await;
+    let instance = running_instance(ember, &id).await;
 
-    let (status, authorization) = instance_get(&ember, &id, &instance, "console").await;
+    let (status, authorization) = instance_get(ember, &id, &instance, "console").await;
     assert_eq!(status, StatusCode::OK, "{authorization}");
     let address = authorization["data"]["address"].as_str().unwrap();
     assert_eq!(address, format!("ws://{}/v1/streams/console", ember.api));
@@ -123,7 +118,7 @@ async fn the_console_shows_an_instance_s_output_and_feeds_its_input() {
         assert!(refused.to_string().contains("401"), "{refused}");
     }
     // A telemetry token does not open the console.
-    let (_, telemetry) = instance_get(&ember, &id, &instance, "telemetry/resources/stream").await;
+    let (_, telemetry) = instance_get(ember, &id, &instance, "telemetry/resources/stream").await;
     let url = format!(
         "ws://{}/v1/streams/console?token={}",
         ember.api,
@@ -157,24 +152,19 @@ async fn the_console_shows_an_instance_s_output_and_feeds_its_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_telemetry_stream_follows_memory_as_the_instance_allocates() {
     require_root();
-    let Setup {
-        ember,
-        image,
-        data: _data,
-        network: _network,
-        _registry,
-    } = setup(&[]).await;
+    let setup = Arc::new(setup(&[]).await);
+    let (ember, image) = (&setup.ember, setup.image.as_str());
     // Files on the instance's tmpfs are memory charged to its cgroup: 4 MiB more
     // every quarter second for ten seconds.
     let script = "i=0; while [ $i -lt 40 ]; do dd if=/dev/zero of=/fill$i bs=1M count=4 2>/dev/null; i=$((i+1)); sleep 0.25; done; sleep 3600";
-    let mut body = busybox("allocator", &image, script);
+    let mut body = busybox("allocator", image, script);
     body["ram"] = json!("512Mi");
     body["ephemeralStorage"] = json!("1Gi");
-    let id = deploy(&ember, body).await;
-    let instance = running_instance(&ember, &id).await;
+    let id = deploy(ember, body).await;
+    let instance = running_instance(ember, &id).await;
 
     let (status, authorization) =
-        instance_get(&ember, &id, &instance, "telemetry/resources/stream").await;
+        instance_get(ember, &id, &instance, "telemetry/resources/stream").await;
     assert_eq!(status, StatusCode::OK, "{authorization}");
     let mut socket = open_stream(&authorization).await;
     let mut samples: Vec<Value> = Vec::new();
@@ -317,17 +307,12 @@ fn commands(ps: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_logs_in_to_the_instance_alone_until_the_credentials_expire() {
     require_root();
-    let Setup {
-        ember,
-        image,
-        data: _data,
-        network: _network,
-        _registry,
-    } = setup(&["--ssh-credential-lifetime", "4s"]).await;
-    let id = deploy(&ember, busybox("shelly", &image, "sleep 3600")).await;
-    let instance = running_instance(&ember, &id).await;
+    let setup = Arc::new(setup(&["--ssh-credential-lifetime", "4s"]).await);
+    let (ember, image) = (&setup.ember, setup.image.as_str());
+    let id = deploy(ember, busybox("shelly", image, "sleep 3600")).await;
+    let instance = running_instance(ember, &id).await;
 
-    let credentials = ssh_credentials(&ember, &id, &instance).await;
+    let credentials = ssh_credentials(ember, &id, &instance).await;
     assert_eq!(credentials["user"], instance.as_str());
     assert_eq!(credentials["address"], ember.ssh.to_string());
     let valid_until =
@@ -354,7 +339,7 @@ async fn ssh_logs_in_to_the_instance_alone_until_the_credentials_expire() {
     assert_eq!(status, Some(7), "{exit}");
 
     // OpenSSH's client, with the password from an askpass program.
-    let credentials = ssh_credentials(&ember, &id, &instance).await;
+    let credentials = ssh_credentials(ember, &id, &instance).await;
     let output = openssh(&credentials, &[], "ps").await;
     let ps = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -365,7 +350,7 @@ async fn ssh_logs_in_to_the_instance_alone_until_the_credentials_expire() {
     assert!(commands(&ps).iter().any(|c| c.contains("httpd")), "{ps}");
     assert!(!ps.contains("ember"), "{ps}");
     // With -tt the command runs on a terminal, with the client's TERM.
-    let credentials = ssh_credentials(&ember, &id, &instance).await;
+    let credentials = ssh_credentials(ember, &id, &instance).await;
     let command = "[ -t 0 ] && [ -t 1 ] && echo on-a-terminal; echo TERM=$TERM";
     let output = openssh(&credentials, &["-tt"], command).await;
     let shown = String::from_utf8_lossy(&output.stdout);
@@ -373,7 +358,7 @@ async fn ssh_logs_in_to_the_instance_alone_until_the_credentials_expire() {
     assert!(shown.contains("TERM=xterm-test"), "{shown}");
 
     // A wrong password is refused; so are credentials after DELETE expires them.
-    let mut wrong = ssh_credentials(&ember, &id, &instance).await;
+    let mut wrong = ssh_credentials(ember, &id, &instance).await;
     wrong["secret"] = json!("not-the-secret");
     assert!(russh_login(&wrong).await.is_none());
     let (status, expired) = ember
@@ -392,7 +377,7 @@ async fn ssh_logs_in_to_the_instance_alone_until_the_credentials_expire() {
     assert!(russh_login(&credentials).await.is_none());
 
     // Credentials past their valid_until are refused.
-    let credentials = ssh_credentials(&ember, &id, &instance).await;
+    let credentials = ssh_credentials(ember, &id, &instance).await;
     tokio::time::sleep(Duration::from_millis(4500)).await;
     assert!(russh_login(&credentials).await.is_none());
 
@@ -406,8 +391,8 @@ async fn ssh_logs_in_to_the_instance_alone_until_the_credentials_expire() {
         .await;
     let wasm_id = wasm["id"].as_str().unwrap().to_string();
     ember.wait_deployed(&wasm_id).await;
-    let wasm_instance = running_instance(&ember, &wasm_id).await;
-    let (status, refused) = instance_get(&ember, &wasm_id, &wasm_instance, "ssh").await;
+    let wasm_instance = running_instance(ember, &wasm_id).await;
+    let (status, refused) = instance_get(ember, &wasm_id, &wasm_instance, "ssh").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     assert!(
         refused["message"].as_str().unwrap().contains("no shell"),
@@ -418,30 +403,24 @@ async fn ssh_logs_in_to_the_instance_alone_until_the_credentials_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_moves_the_instance_while_every_request_is_served() {
     require_root();
-    let Setup {
-        ember,
-        image,
-        data: _data,
-        network: _network,
-        _registry,
-    } = setup(&[]).await;
-    let id = deploy(&ember, busybox("mover", &image, "sleep 3600")).await;
-    let instance = running_instance(&ember, &id).await;
+    let setup = Arc::new(setup(&[]).await);
+    let (ember, image) = (&setup.ember, setup.image.as_str());
+    let id = deploy(ember, busybox("mover", image, "sleep 3600")).await;
+    let instance = running_instance(ember, &id).await;
     let sandbox = |list: Vec<Value>| list[0]["sandbox_id"].as_str().unwrap().to_string();
     let before = sandbox(ember.instances(&id).await);
-    assert_eq!(get(&ember, "mover", "/").await.0, StatusCode::OK);
+    assert_eq!(get(ember, "mover", "/").await.0, StatusCode::OK);
 
     // Steady traffic through the whole move.
     let stop = Arc::new(AtomicBool::new(false));
     let (served, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let ember = Arc::new(ember);
     let load: Vec<_> = (0..4)
         .map(|_| {
-            let (ember, stop) = (ember.clone(), stop.clone());
+            let (setup, stop) = (setup.clone(), stop.clone());
             let (served, failed) = (served.clone(), failed.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let (status, _) = get(&ember, "mover", "/").await;
+                    let (status, _) = get(&setup.ember, "mover", "/").await;
                     let counter = if status == StatusCode::OK {
                         &served
                     } else {
@@ -461,7 +440,7 @@ async fn a_migration_moves_the_instance_while_every_request_is_served() {
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     assert_eq!(job["data"]["type"], "container.instance.migration.start");
     assert_eq!(job["data"]["instance_id"], instance.as_str());
-    wait_for_job(&ember, &job).await;
+    wait_for_job(ember, &job).await;
     let after = ember.instances(&id).await;
     assert_eq!(after.len(), 1, "{after:?}");
     assert_eq!(
@@ -476,7 +455,7 @@ async fn a_migration_moves_the_instance_while_every_request_is_served() {
         .send_json(Method::POST, &path, &task("migration.revert"))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    wait_for_job(&ember, &job).await;
+    wait_for_job(ember, &job).await;
     assert_ne!(sandbox(ember.instances(&id).await), moved);
 
     stop.store(true, Ordering::Relaxed);
@@ -531,13 +510,8 @@ async fn wait_for_job(ember: &Ember, job: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_route_needs_its_capability_and_hides_other_users_instances() {
     require_root();
-    let Setup {
-        ember,
-        image,
-        data: _data,
-        network: _network,
-        _registry,
-    } = setup(&[]).await;
+    let setup = Arc::new(setup(&[]).await);
+    let (ember, image) = (&setup.ember, setup.image.as_str());
     let mint = async |user: &str, capabilities: Value| {
         let body = json!({
             "user": user,
@@ -563,7 +537,7 @@ async fn each_route_needs_its_capability_and_hides_other_users_instances() {
             Some(&alice),
             Method::POST,
             "/v1/containers",
-            Some(&busybox("guarded", &image, "sleep 3600")),
+            Some(&busybox("guarded", image, "sleep 3600")),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
@@ -573,7 +547,7 @@ async fn each_route_needs_its_capability_and_hides_other_users_instances() {
         .unwrap()
         .to_string();
     ember.wait_deployed(&id).await;
-    let instance = running_instance(&ember, &id).await;
+    let instance = running_instance(ember, &id).await;
     let base = format!("/v1/containers/{id}/instances/{instance}");
     let body = json!({ "action": "migration.start", "contents": {} });
     for (method, path, capability) in [
