@@ -21,7 +21,10 @@ pub fn generate_secret() -> String {
     format!("ember_{}", hex::encode(bytes))
 }
 
-fn hash(secret: &str) -> [u8; 32] {
+/// The SHA-256 of a secret: all that is kept of one.
+pub(crate) type SecretHash = [u8; 32];
+
+pub(crate) fn hash(secret: &str) -> SecretHash {
     Sha256::digest(secret.as_bytes()).into()
 }
 

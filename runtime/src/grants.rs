@@ -1,11 +1,11 @@
 //! Short-lived grants to reach one instance: tokens for its console and telemetry
-//! WebSockets, and credentials for its SSH server. Only their SHA-256 digests are
-//! kept, in memory: a restart of the runtime expires every grant, which errs on the
-//! side of refusing.
+//! WebSockets, and credentials for its SSH server. Their secrets are made and
+//! hashed as API tokens are; only the hashes are kept, in memory: a restart of the
+//! runtime expires every grant, which errs on the side of refusing.
 
+use crate::auth::{SecretHash, generate_secret, hash};
 use crate::model::{ContainerId, InstanceId, UserId};
 use parking_lot::Mutex;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 use subtle::ConstantTimeEq;
@@ -53,8 +53,6 @@ pub struct SshCredentials {
     pub valid_until: SystemTime,
 }
 
-type SecretDigest = [u8; 32];
-
 struct StreamEntry {
     purpose: StreamPurpose,
     target: GrantTarget,
@@ -62,7 +60,7 @@ struct StreamEntry {
 }
 
 struct SshEntry {
-    digest: SecretDigest,
+    hash: SecretHash,
     target: GrantTarget,
     valid_until: SystemTime,
 }
@@ -70,20 +68,8 @@ struct SshEntry {
 /// Every grant in force.
 #[derive(Default)]
 pub(crate) struct Grants {
-    streams: Mutex<HashMap<SecretDigest, StreamEntry>>,
+    streams: Mutex<HashMap<SecretHash, StreamEntry>>,
     ssh: Mutex<HashMap<InstanceId, Vec<SshEntry>>>,
-}
-
-fn digest(secret: &str) -> SecretDigest {
-    Sha256::digest(secret.as_bytes()).into()
-}
-
-/// 32 random bytes, URL-safe base64 without padding.
-fn new_secret() -> String {
-    use base64::Engine as _;
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the OS gives random bytes");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 impl Grants {
@@ -95,12 +81,12 @@ impl Grants {
         target: GrantTarget,
         now: SystemTime,
     ) -> StreamGrant {
-        let token = new_secret();
+        let token = generate_secret();
         let expires = now + STREAM_TOKEN_LIFETIME;
         let mut streams = self.streams.lock();
         streams.retain(|_, entry| entry.expires > now);
         streams.insert(
-            digest(&token),
+            hash(&token),
             StreamEntry {
                 purpose,
                 target,
@@ -119,7 +105,7 @@ impl Grants {
         now: SystemTime,
     ) -> Option<GrantTarget> {
         let mut streams = self.streams.lock();
-        let key = digest(token);
+        let key = hash(token);
         let entry = streams.get(&key)?;
         if entry.purpose != purpose {
             return None;
@@ -135,13 +121,13 @@ impl Grants {
         lifetime: Duration,
         now: SystemTime,
     ) -> SshCredentials {
-        let secret = new_secret();
+        let secret = generate_secret();
         let valid_until = now + lifetime;
         let mut ssh = self.ssh.lock();
         let entries = ssh.entry(target.instance).or_default();
         entries.retain(|entry| entry.valid_until > now);
         entries.push(SshEntry {
-            digest: digest(&secret),
+            hash: hash(&secret),
             target,
             valid_until,
         });
@@ -161,12 +147,12 @@ impl Grants {
         now: SystemTime,
     ) -> Option<GrantTarget> {
         let instance: InstanceId = user.parse().ok()?;
-        let offered = digest(secret);
+        let offered = hash(secret);
         let ssh = self.ssh.lock();
         ssh.get(&instance)?
             .iter()
             .filter(|entry| entry.valid_until > now)
-            .find(|entry| bool::from(entry.digest.ct_eq(&offered)))
+            .find(|entry| bool::from(entry.hash.ct_eq(&offered)))
             .map(|entry| entry.target)
     }
 
