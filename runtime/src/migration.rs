@@ -7,6 +7,7 @@ use crate::activator::Refusal;
 use crate::error::RuntimeError;
 use crate::jobs::instance_not_found;
 use crate::model::{Caller, ContainerId, InstanceId, InstanceState, Job, JobAction, ServerId};
+use crate::power::refusal_error;
 use crate::runtime::Runtime;
 
 /// What an instance task does.
@@ -19,6 +20,16 @@ pub enum InstanceTask {
     },
     /// Move the instance back to where its last migration took it from.
     MigrationRevert,
+}
+
+impl InstanceTask {
+    /// The action's name, as the API takes it.
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::MigrationStart { .. } => "migration.start",
+            Self::MigrationRevert => "migration.revert",
+        }
+    }
 }
 
 impl Runtime {
@@ -55,7 +66,7 @@ impl Runtime {
             }
             let work = service
                 .replace_instance(instance)
-                .map_err(|refusal| refused(refusal, instance))?;
+                .map_err(|refusal| refused(refusal, instance, task.action()))?;
             let job = self.new_job(
                 caller,
                 id,
@@ -83,22 +94,13 @@ impl Runtime {
     }
 }
 
-fn refused(refusal: Refusal, instance: InstanceId) -> RuntimeError {
+/// A refused migration: one of an instance on its way out is not found (document
+/// 004 lists no such instances), the rest as any action on an instance.
+fn refused(refusal: Refusal, instance: InstanceId, action: &str) -> RuntimeError {
     match refusal {
-        Refusal::NotFound => instance_not_found(instance),
         Refusal::InState(InstanceState::Terminating | InstanceState::Terminated) => {
             instance_not_found(instance)
         }
-        Refusal::InState(state) => RuntimeError::Conflict {
-            code: "invalid_state",
-            message: format!(
-                "instance {instance} is {}; only a running instance can migrate",
-                state.name()
-            ),
-        },
-        Refusal::NotServing => RuntimeError::Conflict {
-            code: "not_serving",
-            message: "the container has no revision serving, so nothing can start".into(),
-        },
+        other => refusal_error(other, instance, action, &[InstanceState::Running]),
     }
 }

@@ -69,7 +69,8 @@ impl Runtime {
             let _records = self.inner().records.lock();
             let mut container = self.accessible(caller, id)?;
             let service = self.service(id)?;
-            let refused = |refusal| refusal_error(refusal, instance, action);
+            let refused =
+                |refusal| refusal_error(refusal, instance, action.name(), action.applies_to());
             let before = container.clone();
             let taken = match action {
                 // Never take a running instance for a start: it would have to go back.
@@ -290,7 +291,13 @@ impl Runtime {
     }
 }
 
-fn refusal_error(refusal: Refusal, instance: InstanceId, action: PowerAction) -> RuntimeError {
+/// Why `action`, which needs the instance in one of `applies_to`, was refused.
+pub(crate) fn refusal_error(
+    refusal: Refusal,
+    instance: InstanceId,
+    action: &str,
+    applies_to: &[InstanceState],
+) -> RuntimeError {
     match refusal {
         Refusal::NotFound => RuntimeError::NotFound {
             what: "instance",
@@ -301,9 +308,8 @@ fn refusal_error(refusal: Refusal, instance: InstanceId, action: PowerAction) ->
             message: format!(
                 "instance {instance} is {}; {} applies only to an instance that is {}",
                 state.name(),
-                action.name(),
-                action
-                    .applies_to()
+                action,
+                applies_to
                     .iter()
                     .map(|s| s.name())
                     .collect::<Vec<_>>()
