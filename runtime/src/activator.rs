@@ -611,17 +611,7 @@ impl Service {
         if let Some(wait) = not_before.checked_sub(self.clock.now()) {
             tokio::time::sleep(wait).await;
         }
-        let unwanted = || self.is_unavailable() || self.serving_number() != Some(revision.number);
-        let placement = self
-            .node
-            .place(
-                self.id,
-                &revision.request,
-                |note| self.note_waiting(id, note),
-                unwanted,
-            )
-            .await;
-        let Some(placement) = placement else {
+        let Some(placement) = self.room_for(id, revision).await else {
             self.pool.lock().starting.retain(|s| s.identity.id != id);
             return Err("the instance was no longer wanted".into());
         };
@@ -670,7 +660,7 @@ impl Service {
             }
             Err(e) => {
                 drop(placement);
-                if unwanted() {
+                if self.is_retired(revision) {
                     // Abandoned: the container was deleted, the runtime is stopping or
                     // another revision took over. Not a failure to back off from.
                     return Err(Arc::from(e.to_string()));
@@ -690,6 +680,25 @@ impl Service {
                 Err(reason)
             }
         }
+    }
+
+    /// Whether `revision` no longer serves: the container was deleted, the runtime
+    /// is stopping, or another revision took over.
+    fn is_retired(&self, revision: &ServingRevision) -> bool {
+        self.is_unavailable() || self.serving_number() != Some(revision.number)
+    }
+
+    /// Room on the node for instance `id` of `revision`, once there is some (its
+    /// state says why it waits); `None` if the revision retires first.
+    async fn room_for(&self, id: InstanceId, revision: &ServingRevision) -> Option<Placement> {
+        self.node
+            .place(
+                self.id,
+                &revision.request,
+                |note| self.note_waiting(id, note),
+                || self.is_retired(revision),
+            )
+            .await
     }
 
     fn note_waiting(&self, id: InstanceId, note: Option<String>) {
@@ -1093,15 +1102,8 @@ impl Service {
         revision: Arc<ServingRevision>,
     ) -> Result<(), String> {
         let id = old.id;
-        let unwanted = || self.is_unavailable() || self.serving_number() != Some(revision.number);
         let placement = self
-            .node
-            .place(
-                self.id,
-                &revision.request,
-                |note| self.note_waiting(id, note),
-                unwanted,
-            )
+            .room_for(id, &revision)
             .await
             .ok_or("the container stopped serving before the new sandbox had room")?;
         let gpus = placement.gpu_devices();
