@@ -8,7 +8,8 @@ use crate::jobs::instance_not_found;
 use crate::logs::LogEntry;
 use crate::model::{Caller, ContainerId, ContainerSpec, InstanceId, InstanceState};
 use crate::runtime::Runtime;
-use ember_sandbox::{EnterRequest, EnteredProcess, ResourceUsage, WorkloadKind};
+use ember_sandbox::{EnterRequest, EnteredProcess, Instance, ResourceUsage, WorkloadKind};
+use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::broadcast;
 
@@ -72,10 +73,16 @@ impl Runtime {
             .redeem_stream(token, purpose, SystemTime::now())
     }
 
+    /// The instance a grant opens, while it runs (and its container is there).
+    fn granted_instance(&self, target: &GrantTarget) -> Option<Arc<dyn Instance>> {
+        self.service(target.container)
+            .ok()?
+            .running(target.instance)
+    }
+
     /// Whether the instance a grant opens still runs.
     pub fn grant_is_running(&self, target: &GrantTarget) -> bool {
-        self.service(target.container)
-            .is_ok_and(|service| service.running(target.instance).is_some())
+        self.granted_instance(target).is_some()
     }
 
     /// The instance's retained output, then a receiver of the container's new lines
@@ -100,8 +107,7 @@ impl Runtime {
         data: &[u8],
     ) -> Result<(), RuntimeError> {
         let running = self
-            .service(target.container)?
-            .running(target.instance)
+            .granted_instance(target)
             .ok_or_else(|| instance_not_found(target.instance))?;
         Ok(running.write_input(data).await?)
     }
@@ -110,10 +116,7 @@ impl Runtime {
     /// container's limits; `None` once it no longer runs.
     pub fn telemetry_reading(&self, target: &GrantTarget) -> Option<TelemetryReading> {
         let container = self.inner().store.container(target.container).ok()??;
-        let running = self
-            .service(target.container)
-            .ok()?
-            .running(target.instance)?;
+        let running = self.granted_instance(target)?;
         Some(TelemetryReading {
             at: SystemTime::now(),
             state: InstanceState::Running,
@@ -172,8 +175,7 @@ impl Runtime {
         request: &EnterRequest,
     ) -> Result<EnteredProcess, RuntimeError> {
         let running = self
-            .service(target.container)?
-            .running(target.instance)
+            .granted_instance(target)
             .ok_or_else(|| RuntimeError::Conflict {
                 code: "invalid_state",
                 message: format!("instance {} no longer runs", target.instance),
