@@ -11,6 +11,7 @@ use oci_client::{Client, Reference};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Config media type of the CNCF wasm OCI artifact layout.
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
@@ -52,6 +53,9 @@ pub enum PullError {
     /// Storing (or verifying) a blob failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// The failure of a pull that this one shared (see [`RegistryPuller::pull`]).
+    #[error(transparent)]
+    Shared(Arc<PullError>),
 }
 
 /// What a pull produced.
@@ -84,9 +88,21 @@ pub struct PullProgress {
 pub struct RegistryPuller {
     blobs: BlobStore,
     credentials: Credentials,
-    /// One lock per image: concurrent pulls of one image wait for the first, then
-    /// find its blobs stored and fetch nothing again.
-    in_flight: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The pulls of each image that someone is waiting for.
+    in_flight: Arc<Mutex<HashMap<String, Arc<ImagePulls>>>>,
+}
+
+/// One image's pulls: one at a time, each remembered for those who queued behind
+/// it.
+#[derive(Default)]
+struct ImagePulls {
+    /// Held while a pull runs; the last pull's outcome.
+    last: tokio::sync::Mutex<Option<FinishedPull>>,
+}
+
+struct FinishedPull {
+    started: Instant,
+    outcome: Result<PulledImage, Arc<PullError>>,
 }
 
 impl RegistryPuller {
@@ -101,6 +117,11 @@ impl RegistryPuller {
 
     /// Resolves `image` and brings its runnable content into the store.
     /// Blobs already present are not fetched again.
+    ///
+    /// Pulls of one image are shared: a caller gets the outcome of a pull that
+    /// started after it asked (so a tag moved before it asked is seen), and while
+    /// one pull runs, everyone who asks meanwhile waits and then shares the next.
+    /// A burst of deployments of one image costs at most two manifest resolutions.
     pub async fn pull(&self, image: &RegistryRef) -> Result<PulledImage, PullError> {
         self.pull_with_progress(image, &|_| {}).await
     }
@@ -111,23 +132,36 @@ impl RegistryPuller {
         image: &RegistryRef,
         progress: &(dyn Fn(PullProgress) + Send + Sync),
     ) -> Result<PulledImage, PullError> {
+        let asked = Instant::now();
         let display = image.to_string();
-        let lock = self
+        let pulls = self
             .in_flight
             .lock()
             .entry(display.clone())
             .or_default()
             .clone();
-        let result = {
-            let _pulling = lock.lock().await;
-            self.pull_now(image, progress).await
+        let outcome = {
+            let mut last = pulls.last.lock().await;
+            match &*last {
+                Some(pull) if pull.started >= asked => pull.outcome.clone(),
+                _ => {
+                    let started = Instant::now();
+                    let outcome = self.pull_now(image, progress).await.map_err(Arc::new);
+                    *last = Some(FinishedPull {
+                        started,
+                        outcome: outcome.clone(),
+                    });
+                    outcome
+                }
+            }
         };
         let mut in_flight = self.in_flight.lock();
-        // The last puller of this image forgets its lock.
-        if Arc::strong_count(&lock) == 2 {
+        // The last one waiting for this image forgets its pulls, so that a later
+        // deployment resolves the tag afresh.
+        if Arc::strong_count(&pulls) == 2 {
             in_flight.remove(&display);
         }
-        result
+        outcome.map_err(PullError::Shared)
     }
 
     async fn pull_now(

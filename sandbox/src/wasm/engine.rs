@@ -3,8 +3,11 @@
 use super::cache::CompiledCache;
 use super::guest::GuestState;
 use super::instance::PreparedComponent;
+use crate::Digest;
 use crate::blob_store::{BlobStore, write_atomically};
 use crate::{BoxFuture, PreparedWorkload, Sandbox, SandboxError, WorkloadKind, WorkloadSpec};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +41,13 @@ pub struct WasmSandbox {
     linker: Arc<Linker<GuestState>>,
     blobs: BlobStore,
     cache: CompiledCache,
+    /// Artifacts whose compiled code loaded and linked with this engine and linker:
+    /// preparing one again (another container of the same image, a restart's
+    /// warm-up) only checks that its code is still on disk.
+    linked: Mutex<HashSet<Digest>>,
+    /// One compile of an artifact at a time: concurrent deployments of one image
+    /// wait for the first to compile, then find its code on disk.
+    compiling: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl WasmSandbox {
@@ -58,6 +68,8 @@ impl WasmSandbox {
             linker: Arc::new(linker),
             blobs,
             cache,
+            linked: Mutex::default(),
+            compiling: Mutex::default(),
         })
     }
 
@@ -68,9 +80,34 @@ impl WasmSandbox {
         if path.is_file() {
             return Ok(path);
         }
+        let lock = self
+            .compiling
+            .lock()
+            .entry(spec.artifact.clone())
+            .or_default()
+            .clone();
+        let _compiling = lock.lock().await;
+        let compiled = self.compile(spec, &path).await;
+        let mut compiling = self.compiling.lock();
+        // The last one through forgets the lock.
+        if Arc::strong_count(&lock) == 2 {
+            compiling.remove(&spec.artifact);
+        }
+        compiled.map(|()| path)
+    }
+
+    /// Compiles the artifact into `path`, unless a compile before did meanwhile.
+    async fn compile(
+        &self,
+        spec: &WorkloadSpec,
+        path: &std::path::Path,
+    ) -> Result<(), SandboxError> {
+        if path.is_file() {
+            return Ok(());
+        }
         let wasm = self.blobs.read(&spec.artifact)?;
         let engine = self.engine.clone();
-        let target = path.clone();
+        let target = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
             let compiled = engine
                 .precompile_component(&wasm)
@@ -81,21 +118,40 @@ impl WasmSandbox {
         .await
         .map_err(|e| SandboxError::Prepare(e.to_string()))??;
         tracing::info!(artifact = %spec.artifact, "compiled wasm component");
-        Ok(path)
+        Ok(())
     }
 
-    /// Loads cached compiled code; a file this engine cannot load is recompiled once.
-    async fn load(&self, spec: &WorkloadSpec) -> Result<Component, SandboxError> {
-        let path = self.ensure_compiled(spec).await?;
-        match load_compiled(&self.engine, &path) {
-            Ok(component) => Ok(component),
-            Err(first) => {
-                tracing::warn!(path = %path.display(), error = %first, "cached code did not load; recompiling");
-                let _ = std::fs::remove_file(&path);
-                let path = self.ensure_compiled(spec).await?;
-                load_compiled(&self.engine, &path)
-            }
+    /// Makes sure the artifact's compiled code is on disk and links: loaded and
+    /// pre-instantiated the first time, on a blocking thread; a file this engine
+    /// cannot load is recompiled once.
+    async fn ensure_linked(&self, spec: &WorkloadSpec) -> Result<(), SandboxError> {
+        if self.linked.lock().contains(&spec.artifact) && self.cache.path(&spec.artifact).is_file()
+        {
+            return Ok(());
         }
+        let path = self.ensure_compiled(spec).await?;
+        if let Err(first) = self.link(&path).await {
+            if matches!(first, SandboxError::InvalidWorkload(_)) {
+                return Err(first);
+            }
+            tracing::warn!(path = %path.display(), error = %first, "cached code did not load; recompiling");
+            let _ = std::fs::remove_file(&path);
+            let path = self.ensure_compiled(spec).await?;
+            self.link(&path).await?;
+        }
+        self.linked.lock().insert(spec.artifact.clone());
+        Ok(())
+    }
+
+    /// Loads compiled code and checks that it serves HTTP.
+    async fn link(&self, path: &std::path::Path) -> Result<(), SandboxError> {
+        let (engine, linker, path) = (self.engine.clone(), self.linker.clone(), path.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            let component = load_compiled(&engine, &path)?;
+            pre_instantiate(&linker, &component).map(drop)
+        })
+        .await
+        .map_err(|e| SandboxError::Prepare(e.to_string()))?
     }
 }
 
@@ -142,9 +198,8 @@ impl Sandbox for WasmSandbox {
                     "a wasm component cannot be given devices: GPUs and CDI devices are for OCI containers".into(),
                 ));
             }
-            let component = self.load(&spec).await?;
             // Fail at deploy time, not at the first request, if it cannot serve HTTP.
-            pre_instantiate(&self.linker, &component)?;
+            self.ensure_linked(&spec).await?;
             let prepared = PreparedComponent::new(
                 self.engine.clone(),
                 self.linker.clone(),
