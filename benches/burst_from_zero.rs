@@ -102,7 +102,11 @@ async fn run(kind: &str, mut patch: ContainerPatch, rounds: usize, settings: &Se
     config.subnet = "10.251.0.0/24".parse().unwrap();
     config.node_cpus = Some(32.0);
     let (runtime, token) = Runtime::start(config).await.unwrap();
-    let caller = runtime.authenticate(&token.unwrap()).unwrap().unwrap();
+    let caller = runtime
+        .authenticate(&token.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ingress = listener.local_addr().unwrap();
     tokio::spawn(ember_runtime::serve_ingress(runtime.clone(), listener));
@@ -161,7 +165,7 @@ async fn run(kind: &str, mut patch: ContainerPatch, rounds: usize, settings: &Se
             latencies.push(task.await.unwrap());
         }
         round_times.push(began.elapsed());
-        instances.push(runtime.list_instances(&caller, id).unwrap().len());
+        instances.push(runtime.list_instances(&caller, id).await.unwrap().len());
     }
     runtime.stop_idle_instances(&caller, id).await.unwrap();
     runtime.shut_down().await;

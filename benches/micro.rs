@@ -3,9 +3,12 @@
 //! - **routing/lookup_among_10000**: the ingress's host lookup, with 10,000
 //!   containers routed, for a `Host` header with a port (as browsers send it);
 //! - **state/insert_container_and_flush**: what the API does before it answers a
-//!   create: one sled transaction writing the container, its name and its first
-//!   revision, then a flush to disk;
-//! - **state/save_status**: a status change, as deploys make them (unflushed);
+//!   create: one sled transaction on the store's writer writing the container, its
+//!   name, its first revision and its index entries, then a flush to disk;
+//! - **state/save_status**: a status change, as deploys make them, durable;
+//! - **state/first_page_among_{100,10000}** and **state/cursor_page_among_10000**:
+//!   a page of 100 containers read from the store's index, with 100 and 10,000
+//!   containers stored;
 //! - **oci/overlay_mount** (root): an instance's root filesystem, a sized tmpfs for
 //!   the writable layer and the overlay over the image's layer, mounted and torn down;
 //! - **oci/create_and_start** (root): the OCI sandbox starting an instance of the
@@ -21,7 +24,9 @@
 
 use criterion::{BatchSize, Criterion, criterion_group};
 use ember::workloads::oci_image;
-use ember_runtime::model::{Container, ContainerPatch, Revision, UserId};
+use ember_runtime::model::{
+    Container, ContainerPatch, ContainerQuery, PageRequest, Revision, UserId,
+};
 use ember_runtime::routing::RoutingTable;
 use ember_runtime::store::Store;
 use ember_sandbox::oci::{InstanceDir, OciConfig, OciSandbox};
@@ -68,11 +73,12 @@ fn container(name: &str) -> (Container, Revision) {
 }
 
 fn state(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("a temporary dir");
-    let store = Store::open(dir.path()).expect("the store opens");
-    let flusher = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .build()
         .expect("a runtime");
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let store = Store::open(dir.path()).expect("the store opens");
     let mut group = c.benchmark_group("state");
     let mut n = 0;
     group.bench_function("insert_container_and_flush", |b| {
@@ -82,23 +88,77 @@ fn state(c: &mut Criterion) {
                 container(&format!("app-{n}"))
             },
             |(container, revision)| {
-                store
-                    .insert_container(&container, &revision)
-                    .expect("inserted");
-                flusher.block_on(store.flush()).expect("flushed");
+                rt.block_on(store.insert_container(container, revision))
+                    .expect("inserted")
             },
             BatchSize::SmallInput,
         )
     });
     let (mut saved, revision) = container("status");
-    store.insert_container(&saved, &revision).expect("inserted");
+    rt.block_on(store.insert_container(saved.clone(), revision))
+        .expect("inserted");
     group.bench_function("save_status", |b| {
         b.iter(|| {
             saved.status_reason = Some(format!("pulling: {n} bytes"));
             n += 1;
-            assert!(store.save_status(&saved).expect("saved"));
+            assert!(
+                rt.block_on(store.save_status(saved.clone()))
+                    .expect("saved")
+            );
         })
     });
+    for count in [100, 10_000] {
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let store = Store::open(dir.path()).expect("the store opens");
+        rt.block_on(async {
+            let writes = (0..count).map(|n| {
+                let (container, revision) = container(&format!("c{n}"));
+                store.insert_container(container, revision)
+            });
+            for written in futures::future::join_all(writes).await {
+                written.expect("inserted");
+            }
+        });
+        let first = ContainerQuery {
+            page: PageRequest {
+                page: 1,
+                rows_per_page: 100,
+            },
+            ..Default::default()
+        };
+        group.bench_function(format!("first_page_among_{count}"), |b| {
+            b.iter(|| {
+                let page = rt
+                    .block_on(store.list_containers(first.clone()))
+                    .expect("listed");
+                assert_eq!(page.items.len(), 100);
+            })
+        });
+        if count == 10_000 {
+            let mut cursor = None;
+            for _ in 0..50 {
+                cursor = rt
+                    .block_on(store.list_containers(ContainerQuery {
+                        after: cursor,
+                        ..first.clone()
+                    }))
+                    .expect("listed")
+                    .next;
+            }
+            let middle = ContainerQuery {
+                after: cursor,
+                ..first.clone()
+            };
+            group.bench_function("cursor_page_among_10000", |b| {
+                b.iter(|| {
+                    let page = rt
+                        .block_on(store.list_containers(middle.clone()))
+                        .expect("listed");
+                    assert_eq!(page.items.len(), 100);
+                })
+            });
+        }
+    }
     group.finish();
 }
 

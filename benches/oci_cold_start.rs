@@ -80,7 +80,11 @@ async fn ember_cold_starts() -> (Vec<Duration>, Vec<Duration>, PathBuf) {
     config.bridge = "embbench0".into();
     config.subnet = "10.250.0.0/24".parse().unwrap();
     let (runtime, token) = Runtime::start(config).await.unwrap();
-    let caller = runtime.authenticate(&token.unwrap()).unwrap().unwrap();
+    let caller = runtime
+        .authenticate(&token.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ingress = listener.local_addr().unwrap();
     tokio::spawn(ember_runtime::serve_ingress(runtime.clone(), listener));

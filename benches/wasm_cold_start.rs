@@ -34,7 +34,11 @@ async fn fixture() -> Fixture {
     let mut config = RuntimeConfig::new(dir.path());
     config.default_idle_timeout = Duration::from_secs(3600);
     let (runtime, token) = Runtime::start(config).await.unwrap();
-    let caller = runtime.authenticate(&token.unwrap()).unwrap().unwrap();
+    let caller = runtime
+        .authenticate(&token.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ingress = listener.local_addr().unwrap();
     tokio::spawn(ember_runtime::serve_ingress(runtime.clone(), listener));
@@ -54,6 +58,7 @@ async fn fixture() -> Fixture {
         .id;
     while runtime
         .get_container(&caller, container)
+        .await
         .unwrap()
         .container
         .status

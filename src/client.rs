@@ -49,6 +49,19 @@ impl ApiClient {
         json(self.request(Method::GET, path).send().await).await
     }
 
+    /// As [`ApiClient::get`], with `None` for a `404`.
+    pub async fn get_if_found(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        let response = self
+            .request(Method::GET, path)
+            .send()
+            .await
+            .context("calling the API")?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        json(Ok(response)).await.map(Some)
+    }
+
     pub async fn send_json(
         &self,
         method: Method,
@@ -129,30 +142,44 @@ impl ApiClient {
         self.all_items("/v1/containers").await
     }
 
-    /// Every item of a paged /v1 list at `path`, following the pages.
+    /// Every item of a paged /v1 list at `path`, following its cursors (or, for a
+    /// list without them, its page numbers).
     pub async fn all_items(&self, path: &str) -> anyhow::Result<Vec<Value>> {
         let mut all = Vec::new();
-        for page in 1.. {
-            let body = self
-                .get(&format!("{path}?page={page}&rowsPerPage=100"))
-                .await?;
+        let mut next = format!("{path}?rowsPerPage=100");
+        for page in 2.. {
+            let body = self.get(&next).await?;
             let items = body["items"].as_array().cloned().unwrap_or_default();
             let total = body["total"].as_u64().unwrap_or(0) as usize;
+            let empty = items.is_empty();
             all.extend(items);
-            if all.len() >= total || body["items"].as_array().is_none_or(Vec::is_empty) {
-                break;
-            }
+            next = match body["continue"].as_str() {
+                Some(cursor) => format!("{path}?rowsPerPage=100&continue={cursor}"),
+                None if all.len() < total && !empty => {
+                    format!("{path}?rowsPerPage=100&page={page}")
+                }
+                None => break,
+            };
         }
         Ok(all)
     }
 
-    /// A container by name or id.
+    /// A container by name or id: one read of the API either way.
     pub async fn find(&self, name_or_id: &str) -> anyhow::Result<Option<Value>> {
-        Ok(self
-            .all_containers()
-            .await?
-            .into_iter()
-            .find(|c| c["name"] == name_or_id || c["id"] == name_or_id))
+        if name_or_id
+            .parse::<ember_runtime::model::ContainerId>()
+            .is_ok()
+        {
+            return self
+                .get_if_found(&format!("/v1/containers/{name_or_id}"))
+                .await;
+        }
+        let body = self
+            .get(&format!("/v1/containers?name={name_or_id}"))
+            .await?;
+        Ok(body["items"]
+            .as_array()
+            .and_then(|items| items.first().cloned()))
     }
 }
 

@@ -27,8 +27,8 @@ impl FromRequestParts<Runtime> for Authenticated {
                 )
             })?;
         let caller = match credentials.user {
-            None => runtime.authenticate(credentials.secret)?,
-            Some(user) => runtime.authenticate_as(user, credentials.secret)?,
+            None => runtime.authenticate(credentials.secret).await?,
+            Some(user) => runtime.authenticate_as(user, credentials.secret).await?,
         };
         caller
             .map(Authenticated)

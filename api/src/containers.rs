@@ -8,7 +8,10 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use ember_runtime::model::{CdiDeviceName, ContainerId, ContainerPatch, Revision};
+use ember_runtime::model::{
+    CdiDeviceName, ContainerId, ContainerName, ContainerPatch, ContainerQuery, ContainerStatus,
+    Revision,
+};
 use ember_runtime::{ContainerView, Runtime};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -23,6 +26,66 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
         .routes(routes!(revisions))
 }
 
+/// The list's filters, page and cursor.
+fn container_query(query: &HashMap<String, String>) -> Result<ContainerQuery, ApiError> {
+    let page = page_request(query)?;
+    let after = query.get("continue").cloned();
+    if after.is_some() && query.contains_key("page") {
+        return Err(ApiError::invalid_field(
+            "continue",
+            "continues a list after a page: give it or `page`, not both",
+        ));
+    }
+    let status = query
+        .get("status")
+        .map(|raw| match raw.as_str() {
+            "deploying" => Ok(ContainerStatus::Deploying),
+            "deployed" => Ok(ContainerStatus::Deployed),
+            "failed" => Ok(ContainerStatus::Failed),
+            _ => Err(ApiError::invalid_field(
+                "status",
+                format!("`{raw}` is not a status (deploying, deployed or failed)"),
+            )),
+        })
+        .transpose()?;
+    let name_prefix = query
+        .get("namePrefix")
+        .map(|raw| {
+            let fits = !raw.is_empty()
+                && raw.len() <= ContainerName::MAX_LEN
+                && raw
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if fits {
+                Ok(raw.clone())
+            } else {
+                Err(ApiError::invalid_field(
+                    "namePrefix",
+                    format!(
+                        "`{raw}` cannot begin a container name (1 to {} lower-case letters, digits and hyphens)",
+                        ContainerName::MAX_LEN
+                    ),
+                ))
+            }
+        })
+        .transpose()?;
+    let name = query
+        .get("name")
+        .map(|raw| {
+            raw.parse::<ContainerName>()
+                .map_err(|e| ApiError::invalid_field("name", e.to_string()))
+        })
+        .transpose()?;
+    Ok(ContainerQuery {
+        owner: None,
+        status,
+        name_prefix,
+        name,
+        page,
+        after,
+    })
+}
+
 /// Parses a container id from the path.
 pub(crate) fn container_id(raw: &str) -> Result<ContainerId, ApiError> {
     raw.parse()
@@ -33,8 +96,15 @@ pub(crate) fn container_id(raw: &str) -> Result<ContainerId, ApiError> {
     get,
     path = "/v1/containers",
     tag = "containers",
-    summary = "The caller's containers, oldest first",
-    params(("page" = Option<u32>, Query, description = "Page number, from 1"), ("rowsPerPage" = Option<u32>, Query, description = "Items per page")),
+    summary = "The caller's containers, oldest first (by name with namePrefix)",
+    params(
+        ("page" = Option<u32>, Query, description = "Page number, from 1"),
+        ("rowsPerPage" = Option<u32>, Query, description = "Items per page"),
+        ("continue" = Option<String>, Query, description = "Continue after the page that answered this cursor (its `continue`), instead of a page number"),
+        ("status" = Option<String>, Query, description = "Only containers in this status: deploying, deployed or failed"),
+        ("namePrefix" = Option<String>, Query, description = "Only containers whose name starts with this; the list is then in name order"),
+        ("name" = Option<String>, Query, description = "Only the container with this name"),
+    ),
     responses((status = 200, description = "A page of containers", body = ListEnvelope<ContainerJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn list(
@@ -42,7 +112,9 @@ async fn list(
     Authenticated(caller): Authenticated,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let page = runtime.list_containers(&caller, page_request(&query)?)?;
+    let page = runtime
+        .list_containers(&caller, container_query(&query)?)
+        .await?;
     Ok(Json(ListEnvelope::from_page(page, |c| {
         ContainerJson::from_view(&runtime, c)
     })))
@@ -61,7 +133,7 @@ async fn show(
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let view = runtime.get_container(&caller, container_id(&id)?)?;
+    let view = runtime.get_container(&caller, container_id(&id)?).await?;
     Ok(Json(ContainerJson::from_view(&runtime, view)))
 }
 
@@ -140,7 +212,9 @@ async fn revisions(
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let page = runtime.list_revisions(&caller, container_id(&id)?, page_request(&query)?)?;
+    let page = runtime
+        .list_revisions(&caller, container_id(&id)?, page_request(&query)?)
+        .await?;
     Ok(Json(ListEnvelope::from_page(page, RevisionJson::from)))
 }
 

@@ -68,7 +68,7 @@ async fn console(
     headers: HeaderMap,
 ) -> Result<Json<DataEnvelope<StreamAuthorization>>, ApiError> {
     let ids = (container_id(&id)?, instance_id(&instance)?);
-    authorize_stream(&runtime, &caller, ids, &headers, StreamPurpose::Console)
+    authorize_stream(&runtime, &caller, ids, &headers, StreamPurpose::Console).await
 }
 
 #[utoipa::path(
@@ -86,12 +86,12 @@ async fn telemetry_stream(
     headers: HeaderMap,
 ) -> Result<Json<DataEnvelope<StreamAuthorization>>, ApiError> {
     let ids = (container_id(&id)?, instance_id(&instance)?);
-    authorize_stream(&runtime, &caller, ids, &headers, StreamPurpose::Telemetry)
+    authorize_stream(&runtime, &caller, ids, &headers, StreamPurpose::Telemetry).await
 }
 
 /// A token for `purpose`'s WebSocket of the caller's instance, behind the
 /// capability that stream needs.
-fn authorize_stream(
+async fn authorize_stream(
     runtime: &Runtime,
     caller: &Caller,
     (id, instance): (ContainerId, InstanceId),
@@ -103,7 +103,7 @@ fn authorize_stream(
         StreamPurpose::Telemetry => (Capability::ContainersView, crate::streams::TELEMETRY_PATH),
     };
     caller.require_capability(capability)?;
-    let grant = runtime.grant_stream(caller, id, instance, purpose)?;
+    let grant = runtime.grant_stream(caller, id, instance, purpose).await?;
     Ok(Json(DataEnvelope {
         data: StreamAuthorization {
             address: format!("ws://{}{path}", request_host(headers)?),
@@ -156,7 +156,7 @@ async fn ssh_credentials(
             "this runtime runs no SSH server (ember serve --ssh-addr)",
         ));
     };
-    let credentials = runtime.grant_ssh(&caller, id, instance)?;
+    let credentials = runtime.grant_ssh(&caller, id, instance).await?;
     // A server listening on every address is reached by the host the client used.
     let address = if ssh_addr.ip().is_unspecified() {
         let host = request_host(&headers)?;
@@ -203,7 +203,9 @@ async fn expire_ssh_credentials(
     Path((id, instance)): Path<(String, String)>,
 ) -> Result<Json<DataEnvelope<Expired>>, ApiError> {
     caller.require_capability(Capability::ContainersSsh)?;
-    let removed = runtime.expire_ssh(&caller, container_id(&id)?, instance_id(&instance)?)?;
+    let removed = runtime
+        .expire_ssh(&caller, container_id(&id)?, instance_id(&instance)?)
+        .await?;
     Ok(Json(DataEnvelope {
         data: Expired { removed },
     }))

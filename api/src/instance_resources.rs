@@ -71,8 +71,10 @@ async fn volumes(
     let Query(query) = query?;
     let (size, number) = check_volume_query(&query)?;
     let id = container_id(&id)?;
-    let info = runtime.get_instance(&caller, id, instance_id(&instance)?)?;
-    let view = runtime.get_container(&caller, id)?;
+    let info = runtime
+        .get_instance(&caller, id, instance_id(&instance)?)
+        .await?;
+    let view = runtime.get_container(&caller, id).await?;
     let mut data = Vec::new();
     if info.state == InstanceState::Running && info.sandbox_id.is_some() {
         data.push(json!({
@@ -118,10 +120,12 @@ async fn report(
         ));
     }
     let id = container_id(&id)?;
-    let info = runtime.get_instance(&caller, id, instance_id(&instance)?)?;
-    let view = runtime.get_container(&caller, id)?;
+    let info = runtime
+        .get_instance(&caller, id, instance_id(&instance)?)
+        .await?;
+    let view = runtime.get_container(&caller, id).await?;
     let spec = &view.container.spec;
-    let sample = runtime.instance_usage_now(&caller, id, info.id)?;
+    let sample = runtime.instance_usage_now(&caller, id, info.id).await?;
     Ok(Json(DataEnvelope {
         data: json!({
             "instance_id": info.id.to_string(),

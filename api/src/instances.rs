@@ -44,14 +44,17 @@ async fn list(
     let id = container_id(&id)?;
     let Query(query) = query?;
     let query = InstanceQuery::parse(&query)?;
-    let instances = query.apply(runtime.list_instances(&caller, id)?);
+    let instances = query.apply(runtime.list_instances(&caller, id).await?);
     // The container, once, for the includes that describe it.
-    let container = query
+    let container = if query
         .includes
         .iter()
         .any(|i| matches!(i, Include::Containers | Include::Creators))
-        .then(|| runtime.get_container(&caller, id))
-        .transpose()?;
+    {
+        Some(runtime.get_container(&caller, id).await?)
+    } else {
+        None
+    };
     let mut includes = BTreeMap::new();
     for include in &query.includes {
         let mut included = BTreeMap::new();
@@ -108,7 +111,9 @@ async fn get_one(
     Path((id, instance)): Path<(String, String)>,
 ) -> Result<Json<DataEnvelope<InstanceJson>>, ApiError> {
     caller.require_capability(Capability::ContainersView)?;
-    let info = runtime.get_instance(&caller, container_id(&id)?, instance_id(&instance)?)?;
+    let info = runtime
+        .get_instance(&caller, container_id(&id)?, instance_id(&instance)?)
+        .await?;
     Ok(Json(DataEnvelope {
         data: InstanceJson::from(info),
     }))

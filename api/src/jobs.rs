@@ -33,7 +33,7 @@ async fn get_job(
         ApiError::invalid_field("id", e.to_string())
     })?;
     Ok(Json(DataEnvelope {
-        data: JobJson::from(runtime.get_job(&caller, id)?),
+        data: JobJson::from(runtime.get_job(&caller, id).await?),
     }))
 }
 

@@ -68,6 +68,8 @@ fn documented_routes() -> OpenApiRouter<Runtime> {
     use utoipa::OpenApi as _;
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(metrics))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
         .merge(containers::routes())
         .merge(instances::routes())
         .merge(instance_resources::routes())
@@ -100,6 +102,50 @@ async fn metrics(
         )],
         runtime.metrics_text(),
     )
+}
+
+/// The state of a probe's answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ProbeBody {
+    /// `ok` for liveness, `ready` for readiness.
+    status: &'static str,
+}
+
+/// Liveness: the process answers. Reads nothing.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "runtime",
+    security(()),
+    responses((status = 200, description = "The runtime is alive", body = ProbeBody))
+)]
+async fn healthz() -> axum::Json<ProbeBody> {
+    axum::Json(ProbeBody { status: "ok" })
+}
+
+/// Readiness: the state store can write and the ingress is routing. Reads only
+/// memory, so it answers at once whatever the runtime is doing.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "runtime",
+    security(()),
+    responses(
+        (status = 200, description = "The runtime takes work", body = ProbeBody),
+        (status = 503, description = "Why it does not, in `message` (code `not_ready`)", body = error::ErrorBody)
+    )
+)]
+async fn readyz(
+    axum::extract::State(runtime): axum::extract::State<Runtime>,
+) -> Result<axum::Json<ProbeBody>, ApiError> {
+    runtime.readiness().map_err(|why| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            why,
+        )
+    })?;
+    Ok(axum::Json(ProbeBody { status: "ready" }))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -88,7 +88,7 @@ async fn logs(
         (header::CACHE_CONTROL, "no-cache"),
     ];
     let Some(end) = period.period_end.as_deref() else {
-        let (recent, follower) = runtime.follow_logs(&caller, id, since)?;
+        let (recent, follower) = runtime.follow_logs(&caller, id, since).await?;
         let replay = futures::stream::iter(recent.iter().map(event).collect::<Vec<_>>());
         let body = replay.chain(follow(follower)).map(Ok::<_, Infallible>);
         return Ok((event_stream, Body::from_stream(body)));
@@ -100,7 +100,7 @@ async fn logs(
             "must not be after period_end",
         ));
     }
-    let entries = runtime.read_logs(&caller, id, since, until)?;
+    let entries = runtime.read_logs(&caller, id, since, until).await?;
     let body: Vec<u8> = entries.iter().flat_map(|e| event(e).to_vec()).collect();
     Ok((event_stream, Body::from(body)))
 }

@@ -28,7 +28,8 @@ pub(crate) fn page_request(query: &HashMap<String, String>) -> Result<PageReques
     Ok(request)
 }
 
-/// The list envelope of the /v1 API: `items`, `total`, `page`, `rowsPerPage`.
+/// The list envelope of the /v1 API: `items`, `total`, `page`, `rowsPerPage`, and
+/// `continue` when the list goes on and can be continued by cursor.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ListEnvelope<T> {
@@ -36,6 +37,9 @@ pub(crate) struct ListEnvelope<T> {
     total: usize,
     page: u32,
     rows_per_page: u32,
+    /// Pass as `?continue=` for the page after this one (with the same filters).
+    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 impl<T> ListEnvelope<T> {
@@ -45,6 +49,7 @@ impl<T> ListEnvelope<T> {
             total: page.total,
             page: page.page,
             rows_per_page: page.rows_per_page,
+            next: page.next,
         }
     }
 }

@@ -183,7 +183,7 @@ async fn stream_telemetry(runtime: Runtime, target: GrantTarget, mut socket: Web
     loop {
         tokio::select! {
             _ = ticks.tick() => {
-                let Some(reading) = runtime.telemetry_reading(&target) else {
+                let Some(reading) = runtime.telemetry_reading(&target).await else {
                     close(socket, (CLOSE_NORMAL, "the instance stopped".into())).await;
                     return;
                 };

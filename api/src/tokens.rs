@@ -124,12 +124,8 @@ async fn list(
     Authenticated(caller): Authenticated,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let page = page_request(&query)?;
-    let tokens = runtime.list_tokens(&caller)?;
-    Ok(Json(ListEnvelope::from_page(
-        page.slice(tokens),
-        TokenJson::from,
-    )))
+    let page = runtime.list_tokens(&caller, page_request(&query)?).await?;
+    Ok(Json(ListEnvelope::from_page(page, TokenJson::from)))
 }
 
 #[utoipa::path(
@@ -146,7 +142,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(TokenJson::from(
-        runtime.get_token(&caller, token_id(&id)?)?,
+        runtime.get_token(&caller, token_id(&id)?).await?,
     )))
 }
 

@@ -1002,6 +1002,19 @@ impl Service {
         self.last_activity()
     }
 
+    /// Whether the container has an instance to show: running, starting, stopped
+    /// or recently terminated. Cheap, so that walks over every container can skip
+    /// those at zero.
+    pub(crate) fn has_instances(&self) -> bool {
+        {
+            let pool = self.pool.lock();
+            if !pool.instances.is_empty() || !pool.starting.is_empty() {
+                return true;
+            }
+        }
+        !self.roster.is_empty()
+    }
+
     /// The live and starting instances, for the API.
     pub(crate) fn instances(&self) -> Vec<InstanceInfo> {
         let pool = self.pool.lock();

@@ -31,18 +31,18 @@ pub(crate) fn hash(secret: &str) -> SecretHash {
 /// Who a bearer secret belongs to, if anyone. Lookup is by the secret's SHA-256, so
 /// the time a lookup takes depends on the hash, never on how much of a stored secret
 /// a guess matched.
-pub fn authenticate(store: &Store, secret: &str) -> Result<Option<Caller>, RuntimeError> {
-    authenticate_as(store, None, secret)
+pub async fn authenticate(store: &Store, secret: &str) -> Result<Option<Caller>, RuntimeError> {
+    authenticate_as(store, None, secret).await
 }
 
 /// As [`authenticate`], for a secret presented with its user's name (Tutum's
 /// `ApiKey <user>:<key>`): a token of another user is no one's.
-pub fn authenticate_as(
+pub async fn authenticate_as(
     store: &Store,
     user: Option<&str>,
     secret: &str,
 ) -> Result<Option<Caller>, RuntimeError> {
-    let token = store.token(&hash(secret))?;
+    let token = store.token(hash(secret).to_vec()).await?;
     Ok(token
         .filter(|t| user.is_none_or(|u| t.user.as_str() == u))
         .map(|t| Caller {
@@ -55,15 +55,19 @@ pub fn authenticate_as(
 
 /// Mints a token for `request.user` (made on first use of the name); returns the
 /// stored token and its secret, which is shown this once and never kept.
-pub fn mint(store: &Store, request: NewToken) -> Result<(Token, String), RuntimeError> {
+pub async fn mint(store: &Store, request: NewToken) -> Result<(Token, String), RuntimeError> {
     let user_id = if request.user == UserName::admin() {
-        store.admin_user_id()?
+        store.admin_user_id()
     } else {
-        store.user_id(&request.user, UserId::generate)?
+        store
+            .user_id(request.user.clone(), UserId::generate)
+            .await?
     };
     let secret = generate_secret();
     let token = new_token(user_id, request, false);
-    store.insert_token(&hash(&secret), &token)?;
+    store
+        .insert_token(hash(&secret).to_vec(), token.clone())
+        .await?;
     Ok((token, secret))
 }
 
@@ -83,31 +87,39 @@ fn new_token(user_id: UserId, request: NewToken, bootstrap: bool) -> Token {
 
 /// Stores the bootstrap admin token unless it is already stored, so a restart keeps
 /// its id.
-fn register(store: &Store, secret: &str, user_id: UserId) -> Result<(), RuntimeError> {
-    let hash = hash(secret);
-    match store.token(&hash)? {
+async fn register(store: &Store, secret: &str, user_id: UserId) -> Result<(), RuntimeError> {
+    let hash = hash(secret).to_vec();
+    match store.token(hash.clone()).await? {
         Some(token) if token.bootstrap => Ok(()),
         // Stored before tokens recorded this.
-        Some(token) => store.insert_token(
-            &hash,
-            &Token {
-                bootstrap: true,
-                ..token
-            },
-        ),
-        None => store.insert_token(
-            &hash,
-            &new_token(
-                user_id,
-                NewToken {
-                    user: UserName::admin(),
-                    role: Role::Admin,
-                    scopes: Scopes::all(),
-                    capabilities: Capabilities::all(),
-                },
-                true,
-            ),
-        ),
+        Some(token) => {
+            store
+                .insert_token(
+                    hash,
+                    Token {
+                        bootstrap: true,
+                        ..token
+                    },
+                )
+                .await
+        }
+        None => {
+            store
+                .insert_token(
+                    hash,
+                    new_token(
+                        user_id,
+                        NewToken {
+                            user: UserName::admin(),
+                            role: Role::Admin,
+                            scopes: Scopes::all(),
+                            capabilities: Capabilities::all(),
+                        },
+                        true,
+                    ),
+                )
+                .await
+        }
     }
 }
 
@@ -115,12 +127,12 @@ fn register(store: &Store, secret: &str, user_id: UserId) -> Result<(), RuntimeE
 /// the admin's; otherwise a token is generated on first start and written to
 /// `<data-dir>/admin.token` with mode 0600. Returns a newly generated secret so the
 /// caller can print it once.
-pub fn bootstrap_admin(
+pub async fn bootstrap_admin(
     store: &Store,
     data_dir: &Path,
     from_env: Option<&str>,
 ) -> Result<Option<String>, RuntimeError> {
-    let admin = store.admin_user_id()?;
+    let admin = store.admin_user_id();
     if let Some(secret) = from_env {
         if secret.len() < 16 {
             return Err(RuntimeError::invalid(
@@ -128,18 +140,18 @@ pub fn bootstrap_admin(
                 "must be at least 16 characters",
             ));
         }
-        register(store, secret, admin)?;
+        register(store, secret, admin).await?;
         return Ok(None);
     }
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     if path.exists() {
         let secret = std::fs::read_to_string(&path)
             .map_err(RuntimeError::io(format!("reading {}", path.display())))?;
-        register(store, secret.trim(), admin)?;
+        register(store, secret.trim(), admin).await?;
         return Ok(None);
     }
     let secret = generate_secret();
-    register(store, &secret, admin)?;
+    register(store, &secret, admin).await?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -157,22 +169,31 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    #[test]
-    fn generated_admin_token_is_private_and_authenticates() {
+    #[tokio::test]
+    async fn generated_admin_token_is_private_and_authenticates() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state")).unwrap();
-        let secret = bootstrap_admin(&store, dir.path(), None).unwrap().unwrap();
+        let secret = bootstrap_admin(&store, dir.path(), None)
+            .await
+            .unwrap()
+            .unwrap();
         let file = dir.path().join(ADMIN_TOKEN_FILE);
         assert_eq!(
             std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let caller = authenticate(&store, &secret).unwrap().unwrap();
+        let caller = authenticate(&store, &secret).await.unwrap().unwrap();
         assert_eq!(caller.role, Role::Admin);
-        assert!(authenticate(&store, "ember_wrong").unwrap().is_none());
+        assert!(authenticate(&store, "ember_wrong").await.unwrap().is_none());
         // A second start reuses the file, prints nothing, and keeps the token's id.
-        let id = store.token(&hash(&secret)).unwrap().unwrap().id;
-        assert!(bootstrap_admin(&store, dir.path(), None).unwrap().is_none());
-        assert_eq!(store.token(&hash(&secret)).unwrap().unwrap().id, id);
+        let stored = || store.token(hash(&secret).to_vec());
+        let id = stored().await.unwrap().unwrap().id;
+        assert!(
+            bootstrap_admin(&store, dir.path(), None)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(stored().await.unwrap().unwrap().id, id);
     }
 }

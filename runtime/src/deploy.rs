@@ -3,9 +3,12 @@
 use crate::error::RuntimeError;
 use crate::logs::LogStore;
 use crate::model::{ContainerSpec, Revision};
-use ember_sandbox::cdi::CdiRegistry;
+use ember_sandbox::cdi::{CdiDeviceName, CdiRegistry};
 use ember_sandbox::image::{ImageRef, PullProgress, RegistryPuller};
-use ember_sandbox::{BlobStore, LogSinkRef, PreparedWorkload, Sandbox, WorkloadKind, WorkloadSpec};
+use ember_sandbox::{
+    BlobStore, BoxFuture, Instance, LogSinkRef, PreparedWorkload, Sandbox, SandboxError,
+    WorkloadKind, WorkloadSpec,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,5 +138,91 @@ impl Deployer {
             devices: spec.cdi_devices.clone(),
         };
         Ok(sandbox.prepare(workload).await?)
+    }
+}
+
+/// A revision that was serving before a restart, prepared again when first needed:
+/// at its first cold start, or by the runtime's background warm-up, whichever
+/// comes first. Until then it holds nothing, so a restart costs no work per
+/// container before the runtime answers.
+pub(crate) struct PreparedLater {
+    deployer: Arc<Deployer>,
+    revision: Revision,
+    prepared: tokio::sync::OnceCell<Arc<dyn PreparedWorkload>>,
+    /// Set once the revision no longer serves: what is prepared after is given
+    /// back at once.
+    retired: std::sync::atomic::AtomicBool,
+    /// Set by whoever gives the prepared workload back, so that it goes once.
+    given_back: std::sync::atomic::AtomicBool,
+}
+
+impl PreparedLater {
+    pub(crate) fn new(deployer: Arc<Deployer>, revision: Revision) -> Self {
+        Self {
+            deployer,
+            revision,
+            prepared: tokio::sync::OnceCell::new(),
+            retired: false.into(),
+            given_back: false.into(),
+        }
+    }
+
+    /// The prepared revision, preparing it now if no one has yet.
+    pub(crate) async fn prepared(&self) -> Result<&Arc<dyn PreparedWorkload>, RuntimeError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let prepared = self
+            .prepared
+            .get_or_try_init(|| self.deployer.prepare(&self.revision))
+            .await?;
+        if self.retired.load(SeqCst) {
+            // Retired while it was being prepared.
+            self.give_back().await;
+            return Err(RuntimeError::Unprocessable(
+                "the revision no longer serves".into(),
+            ));
+        }
+        Ok(prepared)
+    }
+
+    async fn give_back(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if let Some(prepared) = self.prepared.get()
+            && !self.given_back.swap(true, SeqCst)
+        {
+            prepared.retire().await;
+        }
+    }
+}
+
+impl PreparedWorkload for PreparedLater {
+    fn start<'a>(
+        &'a self,
+        instance: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
+        self.start_with_devices(instance, &[])
+    }
+
+    fn start_with_devices<'a>(
+        &'a self,
+        instance: &'a str,
+        devices: &'a [CdiDeviceName],
+    ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
+        Box::pin(async move {
+            let prepared = self.prepared().await.map_err(|e| match e {
+                RuntimeError::Sandbox(e) => e,
+                other => SandboxError::Prepare(other.to_string()),
+            })?;
+            prepared.start_with_devices(instance, devices).await
+        })
+    }
+
+    fn retire(&self) -> BoxFuture<'_, ()> {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(self.give_back())
+    }
+
+    fn ready_sandboxes(&self) -> usize {
+        self.prepared.get().map_or(0, |p| p.ready_sandboxes())
     }
 }

@@ -33,6 +33,10 @@ pub async fn serve_ingress(runtime: Runtime, listener: TcpListener) -> std::io::
     let threads = (0..runtime.config().ingress_threads.max(1))
         .map(|index| IngressThread::spawn(index, runtime.clone()))
         .collect::<std::io::Result<Vec<_>>>()?;
+    runtime
+        .inner()
+        .ingress_routing
+        .store(true, std::sync::atomic::Ordering::Release);
     let mut next = 0;
     loop {
         let stream = match listener.accept().await {

@@ -28,13 +28,13 @@ pub struct TelemetryReading {
 
 impl Runtime {
     /// The caller's running instance, as a grant target; a stopped one conflicts.
-    fn grant_target(
+    async fn grant_target(
         &self,
         caller: &Caller,
         id: ContainerId,
         instance: InstanceId,
     ) -> Result<GrantTarget, RuntimeError> {
-        let info = self.get_instance(caller, id, instance)?;
+        let info = self.get_instance(caller, id, instance).await?;
         if info.state != InstanceState::Running {
             return Err(RuntimeError::Conflict {
                 code: "invalid_state",
@@ -52,14 +52,14 @@ impl Runtime {
     }
 
     /// A single-use token for `purpose`'s WebSocket of the caller's running instance.
-    pub fn grant_stream(
+    pub async fn grant_stream(
         &self,
         caller: &Caller,
         id: ContainerId,
         instance: InstanceId,
         purpose: StreamPurpose,
     ) -> Result<StreamGrant, RuntimeError> {
-        let target = self.grant_target(caller, id, instance)?;
+        let target = self.grant_target(caller, id, instance).await?;
         Ok(self
             .inner()
             .grants
@@ -114,8 +114,13 @@ impl Runtime {
 
     /// The instance's usage now, read live (not from the sampler's series), with its
     /// container's limits; `None` once it no longer runs.
-    pub fn telemetry_reading(&self, target: &GrantTarget) -> Option<TelemetryReading> {
-        let container = self.inner().store.container(target.container).ok()??;
+    pub async fn telemetry_reading(&self, target: &GrantTarget) -> Option<TelemetryReading> {
+        let container = self
+            .inner()
+            .store
+            .container(target.container)
+            .await
+            .ok()??;
         let running = self.granted_instance(target)?;
         Some(TelemetryReading {
             at: SystemTime::now(),
@@ -127,13 +132,13 @@ impl Runtime {
 
     /// New SSH credentials for the caller's running instance. A wasm instance runs no
     /// processes, so it has no shell to log in to.
-    pub fn grant_ssh(
+    pub async fn grant_ssh(
         &self,
         caller: &Caller,
         id: ContainerId,
         instance: InstanceId,
     ) -> Result<SshCredentials, RuntimeError> {
-        let target = self.grant_target(caller, id, instance)?;
+        let target = self.grant_target(caller, id, instance).await?;
         if self.service(id)?.running_kind(instance) == Some(WorkloadKind::Wasm) {
             return Err(RuntimeError::Unprocessable(format!(
                 "instance {instance} is a WebAssembly component: it runs no processes, so there is no shell to log in to"
@@ -148,13 +153,13 @@ impl Runtime {
 
     /// Expires every SSH credential of the caller's instance (running or not);
     /// returns how many were still valid.
-    pub fn expire_ssh(
+    pub async fn expire_ssh(
         &self,
         caller: &Caller,
         id: ContainerId,
         instance: InstanceId,
     ) -> Result<usize, RuntimeError> {
-        self.get_instance(caller, id, instance)?;
+        self.get_instance(caller, id, instance).await?;
         Ok(self.inner().grants.expire_ssh(instance, SystemTime::now()))
     }
 

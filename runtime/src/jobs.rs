@@ -20,13 +20,14 @@ pub(crate) const FINISHED_JOB_RETENTION: Duration = Duration::from_secs(24 * 60 
 
 impl Runtime {
     /// One instance of a container.
-    pub fn get_instance(
+    pub async fn get_instance(
         &self,
         caller: &Caller,
         id: ContainerId,
         instance: InstanceId,
     ) -> Result<InstanceInfo, RuntimeError> {
-        self.list_instances(caller, id)?
+        self.list_instances(caller, id)
+            .await?
             .into_iter()
             .find(|i| i.id == instance)
             .ok_or_else(|| instance_not_found(instance))
@@ -52,8 +53,8 @@ impl Runtime {
             count = count.saturating_add(*n);
         }
         let (service, job) = {
-            let _records = self.inner().records.lock();
-            let mut container = self.accessible(caller, id)?;
+            let _record = self.inner().records.lock(id).await;
+            let mut container = self.accessible(caller, id).await?;
             let service = self.service(id)?;
             let limit = container.spec.max_instances;
             let pinned = container.pinned_instances.saturating_add(count);
@@ -71,14 +72,16 @@ impl Runtime {
                 ));
             }
             container.pinned_instances = pinned;
-            self.inner().store.save_status(&container)?;
-            let job = self.new_job(caller, id, JobAction::CreateInstances { count }, count)?;
+            self.inner().store.save_status(container).await?;
+            let job = self
+                .new_job(caller, id, JobAction::CreateInstances { count }, count)
+                .await?;
             (service, job)
         };
-        self.inner().store.flush().await?;
         let Some(outcomes) = service.add_pinned(count) else {
             // Unavailable since: the job says so; the count stands for when it serves.
-            self.finish_job(job.id, Some("the container stopped serving".into()));
+            self.finish_job(job.id, Some("the container stopped serving".into()))
+                .await;
             return Ok(job);
         };
         let progress = self.job_progress(job.id);
@@ -95,17 +98,18 @@ impl Runtime {
         id: ContainerId,
     ) -> Result<Job, RuntimeError> {
         let (service, job) = {
-            let _records = self.inner().records.lock();
-            let mut container = self.accessible(caller, id)?;
+            let _record = self.inner().records.lock(id).await;
+            let mut container = self.accessible(caller, id).await?;
             let service = self.service(id)?;
             container.pinned_instances = 0;
             container.stopped_instances.clear();
-            self.inner().store.save_status(&container)?;
+            self.inner().store.save_status(container).await?;
             let running = service.instance_count() as u32;
-            let job = self.new_job(caller, id, JobAction::DeleteInstances, running)?;
+            let job = self
+                .new_job(caller, id, JobAction::DeleteInstances, running)
+                .await?;
             (service, job)
         };
-        self.inner().store.flush().await?;
         let progress = self.job_progress(job.id);
         self.spawn_job(job.id, async move {
             service.remove_all_instances(|| progress.step()).await;
@@ -122,8 +126,8 @@ impl Runtime {
         instance: InstanceId,
     ) -> Result<Job, RuntimeError> {
         let (service, job, was_stopped) = {
-            let _records = self.inner().records.lock();
-            let mut container = self.accessible(caller, id)?;
+            let _record = self.inner().records.lock(id).await;
+            let mut container = self.accessible(caller, id).await?;
             let service = self.service(id)?;
             let info = service
                 .instances()
@@ -139,7 +143,7 @@ impl Runtime {
                 InstanceState::Running => {
                     if info.pinned {
                         container.pinned_instances = container.pinned_instances.saturating_sub(1);
-                        self.inner().store.save_status(&container)?;
+                        self.inner().store.save_status(container).await?;
                     }
                 }
                 // Holds nothing and no longer counts as pinned: it is only forgotten.
@@ -148,7 +152,7 @@ impl Runtime {
                         .terminate_stopped(instance)
                         .map_err(|_| instance_not_found(instance))?;
                     container.stopped_instances.retain(|s| s.id != instance);
-                    self.inner().store.save_status(&container)?;
+                    self.inner().store.save_status(container).await?;
                 }
                 // Document 004 does not list instances on their way out.
                 InstanceState::Terminating | InstanceState::Terminated => {
@@ -164,22 +168,21 @@ impl Runtime {
                     });
                 }
             }
-            let job = self.new_job(
-                caller,
-                id,
-                JobAction::DeleteInstance {
-                    instance_id: instance,
-                },
-                1,
-            )?;
+            let job = self
+                .new_job(
+                    caller,
+                    id,
+                    JobAction::DeleteInstance {
+                        instance_id: instance,
+                    },
+                    1,
+                )
+                .await?;
             (service, job, info.state == InstanceState::Stopped)
         };
         if was_stopped {
-            self.finish_job(job.id, None);
-        }
-        self.inner().store.flush().await?;
-        if was_stopped {
-            return self.get_job(caller, job.id);
+            self.finish_job(job.id, None).await;
+            return self.get_job(caller, job.id).await;
         }
         self.spawn_job(job.id, async move {
             service
@@ -191,34 +194,28 @@ impl Runtime {
     }
 
     /// One job, if the caller may see its container (or made it).
-    pub fn get_job(&self, caller: &Caller, id: JobId) -> Result<Job, RuntimeError> {
-        self.inner()
-            .store
-            .job(id)?
-            .filter(|job| {
-                caller.user_id == job.created_by
-                    || caller.role == crate::model::Role::Admin
-                    || self.accessible(caller, job.container_id).is_ok()
-            })
-            .ok_or_else(|| RuntimeError::NotFound {
-                what: "job",
-                id: id.to_string(),
-            })
+    pub async fn get_job(&self, caller: &Caller, id: JobId) -> Result<Job, RuntimeError> {
+        let not_found = || RuntimeError::NotFound {
+            what: "job",
+            id: id.to_string(),
+        };
+        let job = self.inner().store.job(id).await?.ok_or_else(not_found)?;
+        let visible = caller.user_id == job.created_by
+            || caller.role == crate::model::Role::Admin
+            || self.accessible(caller, job.container_id).await.is_ok();
+        if visible { Ok(job) } else { Err(not_found()) }
     }
 
     /// Jobs that were under way when the runtime stopped end with an error that says
     /// so; what they asked for (the pinned count) was stored and stands.
-    pub(crate) fn finish_interrupted_jobs(&self) -> Result<(), RuntimeError> {
-        for mut job in self.inner().store.jobs()? {
-            if !job.is_finished() {
-                job.state = JobState::Error;
-                job.error = Some(
-                    "the runtime stopped before the job finished; pinned instances it asked for start again with the runtime".into(),
-                );
-                job.date_updated = SystemTime::now();
-                self.inner().store.save_job(&job)?;
-            }
-        }
+    pub(crate) async fn finish_interrupted_jobs(&self) -> Result<(), RuntimeError> {
+        self.inner()
+            .store
+            .fail_unfinished_jobs(
+                "the runtime stopped before the job finished; pinned instances it asked for start again with the runtime".into(),
+                SystemTime::now(),
+            )
+            .await?;
         Ok(())
     }
 
@@ -234,26 +231,16 @@ impl Runtime {
             })
     }
 
-    pub(crate) fn new_job(
+    pub(crate) async fn new_job(
         &self,
         caller: &Caller,
         id: ContainerId,
         action: JobAction,
         steps: u32,
     ) -> Result<Job, RuntimeError> {
-        let now = SystemTime::now();
-        self.remove_old_jobs(now)?;
-        let job = Job::new(action, id, caller.user_id, steps, now);
-        self.inner().store.save_job(&job)?;
+        let job = Job::new(action, id, caller.user_id, steps, SystemTime::now());
+        self.inner().store.save_job(job.clone()).await?;
         Ok(job)
-    }
-
-    /// Removes the jobs that finished more than [`FINISHED_JOB_RETENTION`] ago.
-    pub(crate) fn remove_old_jobs(&self, now: SystemTime) -> Result<(), RuntimeError> {
-        if let Some(cutoff) = now.checked_sub(FINISHED_JOB_RETENTION) {
-            self.inner().store.remove_jobs_finished_before(cutoff)?;
-        }
-        Ok(())
     }
 
     /// Runs `work` as job `id`: running now, completed or failed when it ends.
@@ -262,14 +249,13 @@ impl Runtime {
         id: JobId,
         work: impl Future<Output = Result<(), Vec<String>>> + Send + 'static,
     ) {
-        self.update_job(id, |job| job.state = JobState::Running);
         let runtime = self.clone();
         tokio::spawn(async move {
+            runtime
+                .update_job(id, |job| job.state = JobState::Running)
+                .await;
             let error = work.await.err().map(|errors| errors.join("; "));
-            runtime.finish_job(id, error);
-            if let Err(e) = runtime.inner().store.flush().await {
-                tracing::warn!(job = %id, error = %e, "flushing a finished job failed");
-            }
+            runtime.finish_job(id, error).await;
         });
     }
 
@@ -281,7 +267,7 @@ impl Runtime {
         }
     }
 
-    fn finish_job(&self, id: JobId, error: Option<String>) {
+    async fn finish_job(&self, id: JobId, error: Option<String>) {
         self.update_job(id, |job| {
             job.state = if error.is_some() {
                 JobState::Error
@@ -292,17 +278,19 @@ impl Runtime {
                 job.steps_done = job.steps_total;
             }
             job.error = error;
-        });
+        })
+        .await;
     }
 
-    fn update_job(&self, id: JobId, change: impl FnOnce(&mut Job)) {
-        let store = &self.inner().store;
-        let result = store.job(id).and_then(|job| {
-            let Some(mut job) = job else { return Ok(()) };
-            change(&mut job);
-            job.date_updated = SystemTime::now();
-            store.save_job(&job)
-        });
+    async fn update_job(&self, id: JobId, change: impl FnOnce(&mut Job) + Send + 'static) {
+        let result = self
+            .inner()
+            .store
+            .update_job(id, move |job| {
+                change(job);
+                job.date_updated = SystemTime::now();
+            })
+            .await;
         if let Err(e) = result {
             tracing::warn!(job = %id, error = %e, "recording a job's progress failed");
         }
@@ -316,10 +304,16 @@ struct JobProgress {
 }
 
 impl JobProgress {
-    /// One more step is done (never more than the job has).
+    /// One more step is done (never more than the job has); recorded in the
+    /// background, since steps are counted from code that cannot wait.
     fn step(&self) {
-        self.runtime.update_job(self.id, |job| {
-            job.steps_done = (job.steps_done + 1).min(job.steps_total);
+        let (runtime, id) = (self.runtime.clone(), self.id);
+        tokio::spawn(async move {
+            runtime
+                .update_job(id, |job| {
+                    job.steps_done = (job.steps_done + 1).min(job.steps_total);
+                })
+                .await;
         });
     }
 }

@@ -22,6 +22,7 @@ mod migration;
 pub mod model;
 mod node;
 mod power;
+mod record_locks;
 mod roster;
 pub mod routing;
 mod runtime;

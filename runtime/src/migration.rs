@@ -54,11 +54,12 @@ impl Runtime {
             ));
         }
         let (work, job) = {
-            let _records = self.inner().records.lock();
-            self.accessible(caller, id)?;
+            let _record = self.inner().records.lock(id).await;
+            self.accessible(caller, id).await?;
             let service = self.service(id)?;
-            if revert && !self.inner().migrations.lock().contains_key(&instance) {
-                self.get_instance(caller, id, instance)?;
+            let remembered = self.inner().migrations.lock().contains_key(&instance);
+            if revert && !remembered {
+                self.get_instance(caller, id, instance).await?;
                 return Err(RuntimeError::Conflict {
                     code: "no_migration",
                     message: format!("instance {instance} has no migration to revert"),
@@ -67,18 +68,19 @@ impl Runtime {
             let work = service
                 .replace_instance(instance)
                 .map_err(|refusal| refused(refusal, instance, task.action()))?;
-            let job = self.new_job(
-                caller,
-                id,
-                JobAction::MigrateInstance {
-                    instance_id: instance,
-                    revert,
-                },
-                1,
-            )?;
+            let job = self
+                .new_job(
+                    caller,
+                    id,
+                    JobAction::MigrateInstance {
+                        instance_id: instance,
+                        revert,
+                    },
+                    1,
+                )
+                .await?;
             (work, job)
         };
-        self.inner().store.flush().await?;
         let runtime = self.clone();
         self.spawn_job(job.id, async move {
             work.await.map_err(|e| vec![e])?;

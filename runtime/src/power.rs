@@ -65,13 +65,13 @@ impl Runtime {
         instance: InstanceId,
         action: PowerAction,
     ) -> Result<(), RuntimeError> {
+        let _record = self.inner().records.lock(id).await;
+        let mut container = self.accessible(caller, id).await?;
+        let before = container.clone();
         {
-            let _records = self.inner().records.lock();
-            let mut container = self.accessible(caller, id)?;
             let service = self.service(id)?;
             let refused =
                 |refusal| refusal_error(refusal, instance, action.name(), action.applies_to());
-            let before = container.clone();
             let taken = match action {
                 // Never take a running instance for a start: it would have to go back.
                 PowerAction::Start => Err(service.refusal_for(instance)),
@@ -131,13 +131,13 @@ impl Runtime {
                 },
                 Err(refusal) => return Err(refused(refusal)),
             }
-            if container.pinned_instances != before.pinned_instances
-                || container.stopped_instances != before.stopped_instances
-            {
-                self.inner().store.save_status(&container)?;
-            }
         }
-        self.inner().store.flush().await
+        if container.pinned_instances != before.pinned_instances
+            || container.stopped_instances != before.stopped_instances
+        {
+            self.inner().store.save_status(container).await?;
+        }
+        Ok(())
     }
 
     /// Applies `action` to every instance of a container it applies to; returns
@@ -148,7 +148,7 @@ impl Runtime {
         id: ContainerId,
         action: PowerAction,
     ) -> Result<usize, RuntimeError> {
-        let instances = self.list_all_instances(caller, id)?;
+        let instances = self.list_all_instances(caller, id).await?;
         let mut applied = 0;
         for instance in instances {
             if !action.applies_to().contains(&instance.state) {
@@ -166,12 +166,12 @@ impl Runtime {
 
     /// Every instance of a container the runtime knows: running, starting, stopped
     /// by hand and recently terminated.
-    pub fn list_all_instances(
+    pub async fn list_all_instances(
         &self,
         caller: &Caller,
         id: ContainerId,
     ) -> Result<Vec<InstanceInfo>, RuntimeError> {
-        self.accessible(caller, id)?;
+        self.accessible(caller, id).await?;
         Ok(self
             .inner()
             .services
@@ -181,34 +181,88 @@ impl Runtime {
             .unwrap_or_default())
     }
 
+    /// Every instance of the caller's containers, with its container, ordered by
+    /// the containers' age: a walk over the containers in memory that reads from
+    /// the store only those with instances.
+    pub async fn all_instances(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<(ContainerView, Vec<InstanceInfo>)>, RuntimeError> {
+        let mut found = Vec::new();
+        for service in self.services_with_instances() {
+            let Some(container) = self.inner().store.container(service.id).await? else {
+                continue;
+            };
+            if caller.can_access(&container) {
+                let instances = service.instances();
+                found.push((self.view(container), instances));
+            }
+        }
+        found.sort_by_key(|(view, _)| (view.container.date_created, view.container.id));
+        Ok(found)
+    }
+
+    /// The instances of a container the caller was shown (its view), read from
+    /// memory: those starting, running, stopping or stopped, as
+    /// [`Runtime::list_instances`] gives them.
+    pub fn instances_of(&self, view: &ContainerView) -> Vec<InstanceInfo> {
+        let mut instances = self
+            .inner()
+            .services
+            .read()
+            .get(&view.container.id)
+            .map(|s| s.instances())
+            .unwrap_or_default();
+        instances.retain(|i| {
+            !matches!(
+                i.state,
+                InstanceState::Terminating | InstanceState::Terminated
+            )
+        });
+        instances
+    }
+
+    /// The containers that have an instance to show.
+    pub(crate) fn services_with_instances(&self) -> Vec<std::sync::Arc<crate::activator::Service>> {
+        self.inner()
+            .services
+            .read()
+            .values()
+            .filter(|s| s.has_instances())
+            .cloned()
+            .collect()
+    }
+
     /// The caller's instance whose integer id (as the numbered faces show it) is
     /// `number`, with its container.
-    pub fn find_instance_by_number(
+    pub async fn find_instance_by_number(
         &self,
         caller: &Caller,
         number: u64,
     ) -> Result<(ContainerView, InstanceInfo), RuntimeError> {
         self.find_instance_where(caller, |id| id.number() == number, number.to_string())
+            .await
     }
 
     /// The caller's instance `id`, with its container.
-    pub fn find_instance(
+    pub async fn find_instance(
         &self,
         caller: &Caller,
         id: InstanceId,
     ) -> Result<(ContainerView, InstanceInfo), RuntimeError> {
         self.find_instance_where(caller, |i| i == id, id.to_string())
+            .await
     }
 
     /// The caller's instance whose id `matches`, with its container; another user's
     /// is not found, as if it did not exist (`shown` is the id as asked for).
-    fn find_instance_where(
+    async fn find_instance_where(
         &self,
         caller: &Caller,
         matches: impl Fn(InstanceId) -> bool,
         shown: String,
     ) -> Result<(ContainerView, InstanceInfo), RuntimeError> {
-        let services: Vec<_> = self.inner().services.read().values().cloned().collect();
+        let services = self.services_with_instances();
         let not_found = || RuntimeError::NotFound {
             what: "container",
             id: shown.clone(),
@@ -218,7 +272,7 @@ impl Runtime {
             .flat_map(|s| s.instances())
             .find(|i| matches(i.id))
             .ok_or_else(not_found)?;
-        match self.get_container(caller, instance.container_id) {
+        match self.get_container(caller, instance.container_id).await {
             Ok(view) => Ok((view, instance)),
             Err(RuntimeError::NotFound { .. }) => Err(not_found()),
             Err(e) => Err(e),
@@ -226,24 +280,24 @@ impl Runtime {
     }
 
     /// The CPU and memory samples of an instance, oldest first.
-    pub fn instance_usage(
+    pub async fn instance_usage(
         &self,
         caller: &Caller,
         id: ContainerId,
         instance: InstanceId,
     ) -> Result<Vec<UsageSample>, RuntimeError> {
-        self.accessible(caller, id)?;
+        self.accessible(caller, id).await?;
         Ok(self.inner().usage.series(instance))
     }
 
     /// The latest CPU and memory sample of an instance, taken now if none was yet.
-    pub fn instance_usage_now(
+    pub async fn instance_usage_now(
         &self,
         caller: &Caller,
         id: ContainerId,
         instance: InstanceId,
     ) -> Result<Option<UsageSample>, RuntimeError> {
-        self.accessible(caller, id)?;
+        self.accessible(caller, id).await?;
         let service = self.service(id)?;
         if let Some(sample) = self.inner().usage.latest(instance) {
             return Ok(Some(sample));
@@ -266,7 +320,7 @@ impl Runtime {
         id: ContainerId,
         instance: InstanceId,
     ) -> Result<Vec<ProcessInfo>, RuntimeError> {
-        self.accessible(caller, id)?;
+        self.accessible(caller, id).await?;
         let Some(running) = self.service(id)?.running(instance) else {
             return Ok(Vec::new());
         };

@@ -120,6 +120,10 @@ impl Roster {
     }
 
     /// Everything recorded, oldest first.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.lock().is_empty()
+    }
+
     pub(crate) fn entries(&self) -> Vec<Entry> {
         self.entries.lock().clone()
     }

@@ -5,15 +5,16 @@ use crate::auth;
 use crate::background::Background;
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
-use crate::deploy::Deployer;
+use crate::deploy::{Deployer, PreparedLater};
 use crate::error::RuntimeError;
 use crate::logs::{LogEntry, LogStore};
 use crate::metrics::{ContainerTraffic, Metrics};
 use crate::model::{
-    Caller, Container, ContainerId, ContainerPatch, ContainerSpec, ContainerStatus, GpuModel,
-    InstanceId, InstanceInfo, Page, PageRequest, Revision, ServerId,
+    Caller, Container, ContainerId, ContainerPatch, ContainerQuery, ContainerSpec, ContainerStatus,
+    GpuModel, InstanceId, InstanceInfo, Page, PageRequest, Revision, ServerId,
 };
 use crate::node::{self, NodeCapacity};
+use crate::record_locks::RecordLocks;
 use crate::routing::RoutingTable;
 use crate::store::Store;
 use crate::usage::UsageSeries;
@@ -36,7 +37,7 @@ pub struct Runtime {
 pub(crate) struct Inner {
     config: RuntimeConfig,
     pub(crate) store: Store,
-    deployer: Deployer,
+    deployer: Arc<Deployer>,
     pub(crate) services: RwLock<HashMap<ContainerId, Arc<Service>>>,
     pub(crate) routes: RoutingTable<Arc<Service>>,
     pub(crate) metrics: Arc<Metrics>,
@@ -47,8 +48,10 @@ pub(crate) struct Inner {
     pub(crate) background: Background,
     /// Samples of each instance's CPU and memory.
     pub(crate) usage: UsageSeries,
-    /// Serialises read-modify-write of container records.
-    pub(crate) records: Mutex<()>,
+    /// Serialises read-modify-write of each container's record.
+    pub(crate) records: RecordLocks,
+    /// Deployments that may pull and prepare at once; the rest wait their turn.
+    deploy_slots: Arc<tokio::sync::Semaphore>,
     /// How far each deploying container's pull has come, shown as its status reason.
     pulls: Mutex<HashMap<ContainerId, String>>,
     pub(crate) logs: Arc<LogStore>,
@@ -57,6 +60,8 @@ pub(crate) struct Inner {
     /// Instances moved by a migration job, and the server each came from, for a
     /// revert.
     pub(crate) migrations: Mutex<HashMap<InstanceId, ServerId>>,
+    /// Set once the ingress serves: every stored container is routed by then.
+    pub(crate) ingress_routing: std::sync::atomic::AtomicBool,
 }
 
 /// A container with the parts of its view the store does not hold.
@@ -70,6 +75,14 @@ pub struct ContainerView {
     pub restarts: u32,
 }
 
+/// Deployments that pull and prepare at once. Pulls of one image are shared and
+/// compiled code is kept, so more at once would only queue on the registry and
+/// the CPUs.
+const CONCURRENT_DEPLOYS: usize = 32;
+
+/// Restored revisions prepared at once in the background after a restart.
+const CONCURRENT_WARM_UPS: usize = 4;
+
 /// Largest blob the content store takes through the API.
 pub const MAX_BLOB_BYTES: usize = 256 << 20;
 
@@ -77,13 +90,25 @@ impl Runtime {
     /// Opens the data dir, loads every container and starts serving them (routes,
     /// deployments, the autoscaler). Returns the runtime and, on the first start, the
     /// generated admin token to print once.
+    ///
+    /// What a restart must redo per container does not hold this up: a revision
+    /// that was serving before serves again at once, prepared anew at its first
+    /// cold start or by a background warm-up with bounded concurrency, whichever
+    /// comes first.
     pub async fn start(config: RuntimeConfig) -> Result<(Self, Option<String>), RuntimeError> {
-        let data_dir = &config.data_dir;
-        std::fs::create_dir_all(data_dir)
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)
             .map_err(RuntimeError::io(format!("creating {}", data_dir.display())))?;
-        let store = Store::open(&data_dir.join("state"))?;
+        let state_dir = data_dir.join("state");
+        let (store, stored) = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&state_dir)?;
+            let stored = load_containers(&store)?;
+            Ok::<_, RuntimeError>((store, stored))
+        })
+        .await
+        .map_err(|e| RuntimeError::Storage(format!("opening the store: {e}")))??;
         let new_admin_token =
-            auth::bootstrap_admin(&store, data_dir, config.admin_token.as_deref())?;
+            auth::bootstrap_admin(&store, &data_dir, config.admin_token.as_deref()).await?;
         let blobs = BlobStore::open(data_dir.join("blobs"))?;
         let cdi = Arc::new(node::load_cdi_specs(&config.cdi_spec_dirs));
         let wasm = WasmSandbox::new(
@@ -113,7 +138,7 @@ impl Runtime {
             e.to_string()
         });
         let logs = LogStore::new(config.log_retention_bytes);
-        let deployer = Deployer {
+        let deployer = Arc::new(Deployer {
             puller: RegistryPuller::new(blobs.clone(), Credentials::from_env()),
             blobs,
             wasm: Arc::new(wasm),
@@ -121,8 +146,8 @@ impl Runtime {
             request_timeout: config.request_timeout,
             logs: logs.clone(),
             cdi: cdi.clone(),
-        };
-        let server_id = store.server_id()?;
+        });
+        let server_id = store.server_id();
         let node = NodeCapacity::new(
             server_id,
             node::host_name(),
@@ -140,38 +165,118 @@ impl Runtime {
                 routes: RoutingTable::default(),
                 metrics: Arc::default(),
                 clock: Clock::start(),
-                records: Mutex::new(()),
+                records: RecordLocks::default(),
+                deploy_slots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DEPLOYS)),
                 pulls: Mutex::default(),
                 logs,
                 usage: UsageSeries::default(),
                 grants: crate::grants::Grants::default(),
                 migrations: Mutex::default(),
+                ingress_routing: false.into(),
             }),
         };
         runtime.set_reclaimer();
-        runtime.finish_interrupted_jobs()?;
-        runtime.remove_old_jobs(SystemTime::now())?;
-        for container in runtime.inner.store.containers()? {
-            runtime
-                .register(&container)
-                .restore_stopped(&container.stopped_instances);
-            let number = container
-                .serving_revision
-                .unwrap_or(container.latest_revision);
-            if container
-                .serving_revision
-                .is_some_and(|n| n != container.latest_revision)
-                && container.status == ContainerStatus::Deploying
-            {
-                // An update was deploying when the runtime stopped: serve the old
-                // revision and carry on with the new one.
-                runtime.spawn_deploy(container.id, container.latest_revision);
-            }
-            runtime.spawn_deploy(container.id, number);
-        }
+        runtime.finish_interrupted_jobs().await?;
+        runtime.restore(stored);
         runtime.spawn_reconciler();
         runtime.spawn_usage_sampler();
+        runtime.spawn_job_cleaner();
         Ok((runtime, new_admin_token))
+    }
+
+    /// Serves every stored container again: routes at once, each revision that was
+    /// serving prepared later (see [`PreparedLater`]), and the deployments a stop
+    /// interrupted (or that failed) carried on in the background.
+    fn restore(&self, stored: Vec<(Container, Option<Revision>)>) {
+        let mut warm_ups = Vec::new();
+        for (container, serving) in stored {
+            let service = self.register(&container);
+            service.restore_stopped(&container.stopped_instances);
+            let resolved = serving.filter(|r| r.artifact.is_some() && r.kind.is_some());
+            let redeploy = match resolved {
+                Some(revision) => {
+                    let number = revision.number;
+                    let kind = revision.kind.unwrap_or(WorkloadKind::Wasm);
+                    let prepared = Arc::new(PreparedLater::new(
+                        self.inner.deployer.clone(),
+                        revision.clone(),
+                    ));
+                    service.set_policy(self.policy(&container, kind));
+                    service.serve(Arc::new(ServingRevision {
+                        number,
+                        kind,
+                        prepared: prepared.clone(),
+                        request: node::instance_request(&revision.spec),
+                    }));
+                    warm_ups.push((container.id, number, prepared));
+                    // An update was deploying when the runtime stopped: carry on
+                    // with it while the old revision serves.
+                    (container.latest_revision != number
+                        && container.status == ContainerStatus::Deploying)
+                        .then_some(container.latest_revision)
+                }
+                None => Some(
+                    container
+                        .serving_revision
+                        .unwrap_or(container.latest_revision),
+                ),
+            };
+            if let Some(number) = redeploy {
+                self.spawn_deploy(container.id, number);
+            }
+        }
+        self.spawn_warm_ups(warm_ups);
+    }
+
+    /// Prepares restored revisions ahead of their first request, a few at a time;
+    /// one that no longer prepares fails its container's status, as a deployment
+    /// would.
+    fn spawn_warm_ups(&self, warm_ups: Vec<(ContainerId, u32, Arc<PreparedLater>)>) {
+        if warm_ups.is_empty() {
+            return;
+        }
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            let count = warm_ups.len();
+            let started = std::time::Instant::now();
+            let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_WARM_UPS));
+            let mut tasks = tokio::task::JoinSet::new();
+            for (id, number, prepared) in warm_ups {
+                let permit = slots.clone().acquire_owned().await;
+                let runtime = runtime.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = prepared.prepared().await {
+                        runtime.record_failed_warm_up(id, number, &e).await;
+                    }
+                });
+                // Keep the set small: finished tasks are reaped as we go.
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+            tracing::info!(revisions = count, took = ?started.elapsed(), "restored revisions prepared");
+        });
+    }
+
+    /// A restored revision that no longer prepares: the container fails with the
+    /// reason, as its deployment would have.
+    async fn record_failed_warm_up(&self, id: ContainerId, number: u32, error: &RuntimeError) {
+        tracing::warn!(container = %id, revision = number, %error, "a restored revision did not prepare");
+        let _record = self.inner.records.lock(id).await;
+        let Ok(Some(mut container)) = self.inner.store.container(id).await else {
+            return;
+        };
+        if container.serving_revision != Some(number) {
+            return;
+        }
+        container.status = ContainerStatus::Failed;
+        container.status_reason = Some(error.to_string());
+        if let Some(service) = self.inner.services.read().get(&id) {
+            service.make_unavailable(&error.to_string());
+        }
+        if let Err(e) = self.inner.store.save_status(container).await {
+            tracing::warn!(container = %id, error = %e, "recording a failed warm-up failed");
+        }
     }
 
     pub(crate) fn inner(&self) -> &Inner {
@@ -179,17 +284,17 @@ impl Runtime {
     }
 
     /// Who holds `secret`, if anyone.
-    pub fn authenticate(&self, secret: &str) -> Result<Option<Caller>, RuntimeError> {
-        auth::authenticate(&self.inner.store, secret)
+    pub async fn authenticate(&self, secret: &str) -> Result<Option<Caller>, RuntimeError> {
+        auth::authenticate(&self.inner.store, secret).await
     }
 
     /// Who holds `secret`, if it is a token of `user`.
-    pub fn authenticate_as(
+    pub async fn authenticate_as(
         &self,
         user: &str,
         secret: &str,
     ) -> Result<Option<Caller>, RuntimeError> {
-        auth::authenticate_as(&self.inner.store, Some(user), secret)
+        auth::authenticate_as(&self.inner.store, Some(user), secret).await
     }
 
     /// Creates a container and starts deploying its first revision.
@@ -203,11 +308,10 @@ impl Runtime {
         let now = SystemTime::now();
         let container = Container::new(spec.clone(), caller.user_id, now);
         let revision = Revision::new(container.id, 1, spec, now);
-        {
-            let _records = self.inner.records.lock();
-            self.inner.store.insert_container(&container, &revision)?;
-        }
-        self.inner.store.flush().await?;
+        self.inner
+            .store
+            .insert_container(container.clone(), revision)
+            .await?;
         self.register(&container);
         self.spawn_deploy(container.id, 1);
         Ok(self.view(container))
@@ -221,8 +325,8 @@ impl Runtime {
         patch: ContainerPatch,
     ) -> Result<ContainerView, RuntimeError> {
         let (container, old_name) = {
-            let _records = self.inner.records.lock();
-            let mut container = self.accessible(caller, id)?;
+            let _record = self.inner.records.lock(id).await;
+            let mut container = self.accessible(caller, id).await?;
             let spec = patch.apply(&container.spec)?;
             self.check_spec(&spec)?;
             let old_name = container.spec.name.clone();
@@ -235,10 +339,10 @@ impl Runtime {
             let revision = Revision::new(id, container.latest_revision, spec, now);
             self.inner
                 .store
-                .update_container(&container, &old_name, &revision)?;
+                .update_container(container.clone(), old_name.clone(), revision)
+                .await?;
             (container, old_name)
         };
-        self.inner.store.flush().await?;
         if old_name != container.spec.name {
             self.inner.routes.remove(&self.host(old_name.as_str()));
         }
@@ -254,12 +358,11 @@ impl Runtime {
         id: ContainerId,
     ) -> Result<(), RuntimeError> {
         let container = {
-            let _records = self.inner.records.lock();
-            let container = self.accessible(caller, id)?;
-            self.inner.store.remove_container(&container)?;
+            let _record = self.inner.records.lock(id).await;
+            let container = self.accessible(caller, id).await?;
+            self.inner.store.remove_container(container.clone()).await?;
             container
         };
-        self.inner.store.flush().await?;
         self.inner
             .routes
             .remove(&self.host(container.spec.name.as_str()));
@@ -271,20 +374,20 @@ impl Runtime {
     }
 
     /// What the container's instances wrote between `since` and `until`, oldest first.
-    pub fn read_logs(
+    pub async fn read_logs(
         &self,
         caller: &Caller,
         id: ContainerId,
         since: SystemTime,
         until: SystemTime,
     ) -> Result<Vec<LogEntry>, RuntimeError> {
-        self.accessible(caller, id)?;
+        self.accessible(caller, id).await?;
         Ok(self.inner.logs.read(id, since, until))
     }
 
     /// What one of the container's instances wrote between `since` and `until`,
     /// oldest first.
-    pub fn read_instance_logs(
+    pub async fn read_instance_logs(
         &self,
         caller: &Caller,
         id: ContainerId,
@@ -293,20 +396,20 @@ impl Runtime {
         until: SystemTime,
     ) -> Result<Vec<LogEntry>, RuntimeError> {
         let own = instance.to_string();
-        let mut entries = self.read_logs(caller, id, since, until)?;
+        let mut entries = self.read_logs(caller, id, since, until).await?;
         entries.retain(|e| e.instance == own);
         Ok(entries)
     }
 
     /// The container's lines since `since`, then a receiver of each new line, until
     /// the container is deleted.
-    pub fn follow_logs(
+    pub async fn follow_logs(
         &self,
         caller: &Caller,
         id: ContainerId,
         since: SystemTime,
     ) -> Result<(Vec<LogEntry>, tokio::sync::broadcast::Receiver<LogEntry>), RuntimeError> {
-        self.accessible(caller, id)?;
+        self.accessible(caller, id).await?;
         Ok(self.inner.logs.follow(id, since))
     }
 
@@ -317,54 +420,43 @@ impl Runtime {
         futures::future::join_all(services.iter().map(|s| s.stop_everything())).await;
         // Stops begun before (scale-downs, deleted containers) end too.
         self.inner.background.wait_for_stops().await;
-        if let Err(e) = self.inner.store.flush().await {
-            tracing::warn!(error = %e, "flushing the state store at shutdown failed");
-        }
     }
 
     /// One container.
-    pub fn get_container(
+    pub async fn get_container(
         &self,
         caller: &Caller,
         id: ContainerId,
     ) -> Result<ContainerView, RuntimeError> {
-        self.accessible(caller, id).map(|c| self.view(c))
+        self.accessible(caller, id).await.map(|c| self.view(c))
     }
 
-    /// The caller's containers (all of them for an admin), oldest first.
-    pub fn list_containers(
+    /// A page of the caller's containers (all of them for an admin) that `query`
+    /// asks for: oldest first, or by name for a name prefix. Its owner is set
+    /// from the caller.
+    pub async fn list_containers(
         &self,
         caller: &Caller,
-        page: PageRequest,
+        mut query: ContainerQuery,
     ) -> Result<Page<ContainerView>, RuntimeError> {
-        let page = page.slice(self.accessible_containers(caller)?);
-        Ok(Page {
-            items: page.items.into_iter().map(|c| self.view(c)).collect(),
-            total: page.total,
-            page: page.page,
-            rows_per_page: page.rows_per_page,
-        })
-    }
-
-    /// Every container of the caller's (all of them for an admin), oldest first.
-    pub fn all_containers(&self, caller: &Caller) -> Result<Vec<ContainerView>, RuntimeError> {
-        Ok(self
-            .accessible_containers(caller)?
-            .into_iter()
-            .map(|c| self.view(c))
-            .collect())
+        query.owner = caller.owner_scope();
+        let page = self.inner.store.list_containers(query).await?;
+        Ok(page.map(|c| self.view(c)))
     }
 
     /// The caller's container whose integer id (as the numbered faces show it) is
     /// `number`.
-    pub fn find_container_by_number(
+    pub async fn find_container_by_number(
         &self,
         caller: &Caller,
         number: u64,
     ) -> Result<ContainerView, RuntimeError> {
-        self.accessible_containers(caller)?
+        self.inner
+            .store
+            .containers_numbered(number)
+            .await?
             .into_iter()
-            .find(|c| c.id.number() == number)
+            .find(|c| caller.can_access(c))
             .map(|c| self.view(c))
             .ok_or_else(|| RuntimeError::NotFound {
                 what: "container service",
@@ -372,40 +464,26 @@ impl Runtime {
             })
     }
 
-    fn accessible_containers(&self, caller: &Caller) -> Result<Vec<Container>, RuntimeError> {
-        let mut mine: Vec<_> = self
-            .inner
-            .store
-            .containers()?
-            .into_iter()
-            .filter(|c| caller.can_access(c))
-            .collect();
-        mine.sort_by_key(|c| (c.date_created, c.id));
-        Ok(mine)
-    }
-
     /// A container's revisions, newest first.
-    pub fn list_revisions(
+    pub async fn list_revisions(
         &self,
         caller: &Caller,
         id: ContainerId,
         page: PageRequest,
     ) -> Result<Page<Revision>, RuntimeError> {
-        self.accessible(caller, id)?;
-        let mut revisions = self.inner.store.revisions(id)?;
-        revisions.reverse();
-        Ok(page.slice(revisions))
+        self.accessible(caller, id).await?;
+        self.inner.store.revisions(id, page).await
     }
 
     /// A container's instances, but for those terminating or terminated: those
     /// starting, running, and stopping or stopped by hand.
-    pub fn list_instances(
+    pub async fn list_instances(
         &self,
         caller: &Caller,
         id: ContainerId,
     ) -> Result<Vec<InstanceInfo>, RuntimeError> {
         use crate::model::InstanceState::{Terminated, Terminating};
-        let mut instances = self.list_all_instances(caller, id)?;
+        let mut instances = self.list_all_instances(caller, id).await?;
         instances.retain(|i| !matches!(i.state, Terminating | Terminated));
         Ok(instances)
     }
@@ -422,7 +500,7 @@ impl Runtime {
         caller: &Caller,
         id: ContainerId,
     ) -> Result<usize, RuntimeError> {
-        self.accessible(caller, id)?;
+        self.accessible(caller, id).await?;
         let service = self.inner.services.read().get(&id).cloned();
         Ok(match service {
             Some(service) => service.stop_idle_instances().await,
@@ -463,6 +541,22 @@ impl Runtime {
             .collect();
         crate::metrics::render_per_container(&mut text, &per_container);
         text
+    }
+
+    /// Whether the runtime takes work, as a readiness probe asks: its store can
+    /// make changes durable and its ingress is routing. Reads only memory.
+    pub fn readiness(&self) -> Result<(), String> {
+        if let Some(fault) = self.inner.store.fault() {
+            return Err(format!("the state store cannot write: {fault}"));
+        }
+        if !self
+            .inner
+            .ingress_routing
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err("the ingress is not serving yet".into());
+        }
+        Ok(())
     }
 
     /// The runtime's settings.
@@ -572,14 +666,15 @@ impl Runtime {
     }
 
     /// The container, if it exists and the caller may see it; otherwise not found.
-    pub(crate) fn accessible(
+    pub(crate) async fn accessible(
         &self,
         caller: &Caller,
         id: ContainerId,
     ) -> Result<Container, RuntimeError> {
         self.inner
             .store
-            .container(id)?
+            .container(id)
+            .await?
             .filter(|c| caller.can_access(c))
             .ok_or_else(|| RuntimeError::NotFound {
                 what: "container",
@@ -591,7 +686,7 @@ impl Runtime {
         format!("{name}.{}", self.inner.config.domain)
     }
 
-    fn view(&self, mut container: Container) -> ContainerView {
+    pub(crate) fn view(&self, mut container: Container) -> ContainerView {
         if container.status == ContainerStatus::Deploying
             && let Some(note) = self.inner.pulls.lock().get(&container.id)
         {
@@ -661,9 +756,13 @@ impl Runtime {
         service
     }
 
+    /// Deploys revision `number` in the background, when a deployment slot is free.
     fn spawn_deploy(&self, id: ContainerId, number: u32) {
         let runtime = self.clone();
         tokio::spawn(async move {
+            let Ok(_slot) = runtime.inner.deploy_slots.clone().acquire_owned().await else {
+                return;
+            };
             if let Err(e) = runtime.deploy(id, number).await {
                 tracing::error!(container = %id, revision = number, error = %e, "recording a deployment failed");
             }
@@ -673,7 +772,7 @@ impl Runtime {
     /// Resolves and prepares revision `number`, then moves traffic to it and records
     /// the outcome. A revision superseded meanwhile, or a deleted container, is left alone.
     async fn deploy(&self, id: ContainerId, number: u32) -> Result<(), RuntimeError> {
-        let Some(mut revision) = self.inner.store.revision(id, number)? else {
+        let Some(mut revision) = self.inner.store.revision(id, number).await? else {
             return Ok(());
         };
         let pulls = &self.inner.pulls;
@@ -691,15 +790,15 @@ impl Runtime {
             let resolved = self.inner.deployer.resolve(&mut revision, &progress).await;
             self.inner.pulls.lock().remove(&id);
             if resolved? {
-                self.inner.store.save_revision(&revision)?;
+                self.inner.store.save_revision(revision.clone()).await?;
             }
             self.inner.deployer.prepare(&revision).await
         }
         .await;
 
         let service = self.inner.services.read().get(&id).cloned();
-        let _records = self.inner.records.lock();
-        let (Some(mut container), Some(service)) = (self.inner.store.container(id)?, service)
+        let _record = self.inner.records.lock(id).await;
+        let (Some(mut container), Some(service)) = (self.inner.store.container(id).await?, service)
         else {
             return Ok(());
         };
@@ -707,6 +806,11 @@ impl Runtime {
         if container.latest_revision != number && !is_serving {
             return Ok(());
         }
+        let before = (
+            container.status,
+            container.status_reason.clone(),
+            container.serving_revision,
+        );
         match outcome {
             Ok(prepared) => {
                 let kind = revision.kind.unwrap_or(WorkloadKind::Wasm);
@@ -733,9 +837,15 @@ impl Runtime {
                 }
             }
         }
-        self.inner.store.save_status(&container)?;
-        drop(_records);
-        self.inner.store.flush().await
+        let after = (
+            container.status,
+            container.status_reason.clone(),
+            container.serving_revision,
+        );
+        if after != before {
+            self.inner.store.save_status(container).await?;
+        }
+        Ok(())
     }
 
     fn spawn_reconciler(&self) {
@@ -743,6 +853,18 @@ impl Runtime {
             let services: Vec<_> = inner.services.read().values().cloned().collect();
             for service in services {
                 service.reconcile();
+            }
+        });
+    }
+
+    /// Removes finished jobs past their retention, now and every hour.
+    fn spawn_job_cleaner(&self) {
+        self.spawn_periodic(Duration::from_secs(3600), |inner| async move {
+            let now = SystemTime::now();
+            if let Some(cutoff) = now.checked_sub(crate::jobs::FINISHED_JOB_RETENTION)
+                && let Err(e) = inner.store.remove_jobs_finished_before(cutoff).await
+            {
+                tracing::warn!(error = %e, "removing old jobs failed");
             }
         });
     }
@@ -765,6 +887,21 @@ impl Runtime {
             }
         });
     }
+}
+
+/// Every stored container, with the revision it was serving (if any). Blocks.
+fn load_containers(store: &Store) -> Result<Vec<(Container, Option<Revision>)>, RuntimeError> {
+    store
+        .containers_blocking()?
+        .into_iter()
+        .map(|container| {
+            let serving = match container.serving_revision {
+                Some(number) => store.revision_blocking(container.id, number)?,
+                None => None,
+            };
+            Ok((container, serving))
+        })
+        .collect()
 }
 
 /// A component binary starts with the wasm magic and the component layer's version.

@@ -2,7 +2,7 @@
 
 use crate::auth;
 use crate::error::RuntimeError;
-use crate::model::{Caller, NewToken, Token, TokenId};
+use crate::model::{Caller, NewToken, Page, PageRequest, Token, TokenId};
 use crate::runtime::Runtime;
 
 const MANAGING_TOKENS: &str = "managing tokens";
@@ -15,32 +15,33 @@ impl Runtime {
         request: NewToken,
     ) -> Result<(Token, String), RuntimeError> {
         caller.require_admin(MANAGING_TOKENS)?;
-        let minted = auth::mint(&self.inner().store, request)?;
-        self.inner().store.flush().await?;
-        Ok(minted)
+        auth::mint(&self.inner().store, request).await
     }
 
-    /// Every token, oldest first.
-    pub fn list_tokens(&self, caller: &Caller) -> Result<Vec<Token>, RuntimeError> {
+    /// A page of the tokens, oldest first.
+    pub async fn list_tokens(
+        &self,
+        caller: &Caller,
+        page: PageRequest,
+    ) -> Result<Page<Token>, RuntimeError> {
         caller.require_admin(MANAGING_TOKENS)?;
-        let mut tokens = self.inner().store.tokens()?;
-        tokens.sort_by_key(|t| (t.created, t.id));
-        Ok(tokens)
+        self.inner().store.tokens(page).await
     }
 
     /// One token.
-    pub fn get_token(&self, caller: &Caller, id: TokenId) -> Result<Token, RuntimeError> {
+    pub async fn get_token(&self, caller: &Caller, id: TokenId) -> Result<Token, RuntimeError> {
         caller.require_admin(MANAGING_TOKENS)?;
         self.inner()
             .store
-            .token_by_id(id)?
+            .token_by_id(id)
+            .await?
             .ok_or_else(|| not_found(id))
     }
 
     /// Revokes a token: it authenticates nothing from now on. The bootstrap admin
     /// token is refused, since the runtime would set it up again at its next start.
     pub async fn revoke_token(&self, caller: &Caller, id: TokenId) -> Result<Token, RuntimeError> {
-        let token = self.get_token(caller, id)?;
+        let token = self.get_token(caller, id).await?;
         if token.bootstrap {
             return Err(RuntimeError::Conflict {
                 code: "bootstrap_token",
@@ -52,9 +53,9 @@ impl Runtime {
         let removed = self
             .inner()
             .store
-            .remove_token(id)?
+            .remove_token(id)
+            .await?
             .ok_or_else(|| not_found(id))?;
-        self.inner().store.flush().await?;
         Ok(removed)
     }
 }

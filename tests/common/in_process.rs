@@ -14,7 +14,7 @@ pub async fn deploy(runtime: &Runtime, caller: &Caller, patch: ContainerPatch) -
         .container
         .id;
     loop {
-        let view = runtime.get_container(caller, id).unwrap();
+        let view = runtime.get_container(caller, id).await.unwrap();
         match view.container.status {
             ContainerStatus::Deployed => return id,
             ContainerStatus::Failed => panic!("{:?}", view.container.status_reason),

@@ -27,12 +27,14 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
 }
 
 /// The instance with integer id `raw` and its container, if the caller may see them.
-fn find(
+async fn find(
     runtime: &Runtime,
     caller: &Caller,
     raw: &str,
 ) -> Result<(ContainerView, InstanceInfo), ApiError> {
-    Ok(runtime.find_instance_by_number(caller, number("id", raw)?)?)
+    Ok(runtime
+        .find_instance_by_number(caller, number("id", raw)?)
+        .await?)
 }
 
 /// Document 000's `current_state` of an instance.
@@ -219,8 +221,10 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Containers>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let (view, instance) = find(&runtime, &caller, &id)?;
-    let usage = runtime.instance_usage_now(&caller, view.container.id, instance.id)?;
+    let (view, instance) = find(&runtime, &caller, &id).await?;
+    let usage = runtime
+        .instance_usage_now(&caller, view.container.id, instance.id)
+        .await?;
     Ok(Json(Containers::new(vec![instance_json(
         &runtime, &view, &instance, usage,
     )])))
@@ -255,11 +259,11 @@ async fn power(
 ) -> Result<(StatusCode, Json<Containers>), ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
     let action = power_action(&action)?;
-    let (view, instance) = find(&runtime, &caller, &id)?;
+    let (view, instance) = find(&runtime, &caller, &id).await?;
     runtime
         .power_instance(&caller, view.container.id, instance.id, action)
         .await?;
-    let (view, instance) = find(&runtime, &caller, &id)?;
+    let (view, instance) = find(&runtime, &caller, &id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Containers::new(vec![instance_json(
@@ -285,9 +289,10 @@ async fn logs(
     caller.require_scope(Scope::ProjectsRead)?;
     let Query(query) = query?;
     let (since, until) = query.range()?;
-    let (view, instance) = find(&runtime, &caller, &id)?;
-    let entries =
-        runtime.read_instance_logs(&caller, view.container.id, instance.id, since, until)?;
+    let (view, instance) = find(&runtime, &caller, &id).await?;
+    let entries = runtime
+        .read_instance_logs(&caller, view.container.id, instance.id, since, until)
+        .await?;
     let names = names_by_id(view.container.spec.name.as_str(), &[instance]);
     Ok(Json(query.rows(entries, &names)?))
 }
@@ -306,7 +311,7 @@ async fn processes(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<ProcessRow>>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let (view, instance) = find(&runtime, &caller, &id)?;
+    let (view, instance) = find(&runtime, &caller, &id).await?;
     let processes = runtime
         .instance_processes(&caller, view.container.id, instance.id)
         .await?;
@@ -336,8 +341,10 @@ async fn metrics(
             )));
         }
     };
-    let (view, instance) = find(&runtime, &caller, &id)?;
-    let series = runtime.instance_usage(&caller, view.container.id, instance.id)?;
+    let (view, instance) = find(&runtime, &caller, &id).await?;
+    let series = runtime
+        .instance_usage(&caller, view.container.id, instance.id)
+        .await?;
     let stats = series
         .iter()
         .map(|s| (metrics_time(s.at), value(s)))

@@ -13,7 +13,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use ember_runtime::model::{
-    Caller, ContainerName, ContainerPatch, ContainerSpec, ContainerStatus, InstanceState, Scope,
+    Caller, ContainerName, ContainerPatch, ContainerQuery, ContainerSpec, ContainerStatus,
+    InstanceState, PageRequest, Scope,
 };
 use ember_runtime::{ContainerView, Runtime};
 use serde::Deserialize;
@@ -34,8 +35,10 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
         .routes(routes!(logs))
 }
 
-fn find(runtime: &Runtime, caller: &Caller, raw: &str) -> Result<ContainerView, ApiError> {
-    Ok(runtime.find_container_by_number(caller, number("id", raw)?)?)
+async fn find(runtime: &Runtime, caller: &Caller, raw: &str) -> Result<ContainerView, ApiError> {
+    Ok(runtime
+        .find_container_by_number(caller, number("id", raw)?)
+        .await?)
 }
 
 /// Document 001's `current_state`, from the container's deployment and instances.
@@ -121,10 +124,10 @@ struct PowerOutcome {
     containers: usize,
 }
 
-fn service_json(runtime: &Runtime, caller: &Caller, view: &ContainerView) -> ContainerService {
+fn service_json(runtime: &Runtime, view: &ContainerView) -> ContainerService {
     let c = &view.container;
     let id = c.id.number();
-    let instances = runtime.list_instances(caller, c.id).unwrap_or_default();
+    let instances = runtime.instances_of(view);
     let running = instances
         .iter()
         .filter(|i| i.state == InstanceState::Running)
@@ -182,23 +185,107 @@ fn service_json(runtime: &Runtime, caller: &Caller, view: &ContainerView) -> Con
     }
 }
 
+/// Paging of the service list, which the document does not page: without these,
+/// every service (as the document's clients expect); with them, one page.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// Page number, from 1 (default 1 once `per_page` is given).
+    #[param(value_type = Option<u32>)]
+    page: Option<String>,
+    /// Services per page, 1 to 100 (default 100 once `page` is given).
+    #[param(value_type = Option<u32>)]
+    per_page: Option<String>,
+}
+
+impl ListQuery {
+    /// The page asked for, or `None` for every service.
+    fn page(&self) -> Result<Option<PageRequest>, ApiError> {
+        if self.page.is_none() && self.per_page.is_none() {
+            return Ok(None);
+        }
+        let page = match &self.page {
+            None => 1,
+            Some(raw) => raw.parse().ok().filter(|&p| p >= 1).ok_or_else(|| {
+                ApiError::invalid_field("page", format!("`{raw}` is not a page number (1 or more)"))
+            })?,
+        };
+        let rows_per_page = match &self.per_page {
+            None => PageRequest::MAX_ROWS,
+            Some(raw) => raw
+                .parse()
+                .ok()
+                .filter(|r| (1..=PageRequest::MAX_ROWS).contains(r))
+                .ok_or_else(|| {
+                    ApiError::invalid_field(
+                        "per_page",
+                        format!("`{raw}` is not between 1 and {}", PageRequest::MAX_ROWS),
+                    )
+                })?,
+        };
+        Ok(Some(PageRequest {
+            page,
+            rows_per_page,
+        }))
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/api/container_services",
     tag = "001",
-    summary = "The caller's container services. Needs the projects_read scope.",
+    summary = "The caller's container services, oldest first. Needs the projects_read scope.",
+    params(ListQuery),
     responses((status = 200, description = "The services", body = ServiceList), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
 )]
 async fn list(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<ServiceList>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let container_services = runtime
-        .all_containers(&caller)?
-        .iter()
-        .map(|view| service_json(&runtime, &caller, view))
-        .collect();
+    let Query(query) = query?;
+    let mut container_services = Vec::new();
+    match query.page()? {
+        Some(page) => {
+            let listed = runtime
+                .list_containers(
+                    &caller,
+                    ContainerQuery {
+                        page,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            container_services.extend(listed.items.iter().map(|view| service_json(&runtime, view)));
+        }
+        // Every service, a page at a time, each page read after the one before.
+        None => {
+            let mut after = None;
+            loop {
+                let listed = runtime
+                    .list_containers(
+                        &caller,
+                        ContainerQuery {
+                            page: PageRequest {
+                                page: 1,
+                                rows_per_page: PageRequest::MAX_ROWS,
+                            },
+                            after,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                container_services
+                    .extend(listed.items.iter().map(|view| service_json(&runtime, view)));
+                match listed.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+    }
     Ok(Json(ServiceList { container_services }))
 }
 
@@ -216,9 +303,9 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<OneService>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let view = find(&runtime, &caller, &id)?;
+    let view = find(&runtime, &caller, &id).await?;
     Ok(Json(OneService {
-        container_service: service_json(&runtime, &caller, &view),
+        container_service: service_json(&runtime, &view),
     }))
 }
 
@@ -276,7 +363,7 @@ async fn apply(
         .update_container(caller, view.container.id, patch)
         .await?;
     Ok(Json(OneService {
-        container_service: service_json(runtime, caller, &view),
+        container_service: service_json(runtime, &view),
     }))
 }
 
@@ -310,7 +397,7 @@ async fn update(
     if let Some(package) = body.package_id {
         Package::find("container_service.package_id", package)?.apply(&mut patch);
     }
-    let view = find(&runtime, &caller, &id)?;
+    let view = find(&runtime, &caller, &id).await?;
     apply(&runtime, &caller, view, patch).await
 }
 
@@ -336,7 +423,7 @@ async fn resize(
         body.container_service.product_id,
     )?
     .apply(&mut patch);
-    let view = find(&runtime, &caller, &id)?;
+    let view = find(&runtime, &caller, &id).await?;
     apply(&runtime, &caller, view, patch).await
 }
 
@@ -362,7 +449,7 @@ async fn scale(
         "container_service.qty",
         body.container_service.qty,
     )?;
-    let view = find(&runtime, &caller, &id)?;
+    let view = find(&runtime, &caller, &id).await?;
     apply(&runtime, &caller, view, patch).await
 }
 
@@ -380,7 +467,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
-    let view = find(&runtime, &caller, &id)?;
+    let view = find(&runtime, &caller, &id).await?;
     runtime.delete_container(&caller, view.container.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -400,7 +487,7 @@ async fn power(
 ) -> Result<(StatusCode, Json<PowerOutcome>), ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
     let action = power_action(&action)?;
-    let view = find(&runtime, &caller, &id)?;
+    let view = find(&runtime, &caller, &id).await?;
     let applied = runtime
         .power_all_instances(&caller, view.container.id, action)
         .await?;
@@ -427,8 +514,8 @@ async fn containers(
     Path(id): Path<String>,
 ) -> Result<Json<Containers>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let view = find(&runtime, &caller, &id)?;
-    let instances = runtime.list_instances(&caller, view.container.id)?;
+    let view = find(&runtime, &caller, &id).await?;
+    let instances = runtime.list_instances(&caller, view.container.id).await?;
     let listed = instances
         .iter()
         .map(|i| instance_json(&runtime, &view, i, None))
@@ -453,10 +540,10 @@ async fn logs(
     caller.require_scope(Scope::ProjectsRead)?;
     let Query(query) = query?;
     let (since, until) = query.range()?;
-    let view = find(&runtime, &caller, &id)?;
+    let view = find(&runtime, &caller, &id).await?;
     let id = view.container.id;
-    let entries = runtime.read_logs(&caller, id, since, until)?;
-    let instances = runtime.list_all_instances(&caller, id)?;
+    let entries = runtime.read_logs(&caller, id, since, until).await?;
+    let instances = runtime.list_all_instances(&caller, id).await?;
     let names = names_by_id(view.container.spec.name.as_str(), &instances);
     Ok(Json(query.rows(entries, &names)?))
 }

@@ -122,12 +122,12 @@ fn instance_id(raw: &str) -> Result<InstanceId, ApiError> {
     })
 }
 
-fn find(
+async fn find(
     runtime: &Runtime,
     caller: &Caller,
     raw: &str,
 ) -> Result<(ContainerView, InstanceInfo), ApiError> {
-    Ok(runtime.find_instance(caller, instance_id(raw)?)?)
+    Ok(runtime.find_instance(caller, instance_id(raw)?).await?)
 }
 
 #[derive(Deserialize)]
@@ -176,8 +176,8 @@ async fn list(
     }
     let offset = query.offset.unwrap_or(0);
     let mut objects = Vec::new();
-    for view in runtime.all_containers(&caller)? {
-        for instance in runtime.list_all_instances(&caller, view.container.id)? {
+    for (view, instances) in runtime.all_instances(&caller).await? {
+        for instance in instances {
             let object = object(&view, &instance);
             let matches =
                 |value: &str, wanted: &Option<String>| wanted.as_deref().is_none_or(|w| value == w);
@@ -218,7 +218,7 @@ async fn show(
     Path(uuid): Path<String>,
 ) -> Result<Json<TutumContainer>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let (view, instance) = find(&runtime, &caller, &uuid)?;
+    let (view, instance) = find(&runtime, &caller, &uuid).await?;
     Ok(Json(object(&view, &instance)))
 }
 
@@ -236,7 +236,7 @@ async fn logs(
     Path(uuid): Path<String>,
 ) -> Result<Json<TutumLogs>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let (view, instance) = find(&runtime, &caller, &uuid)?;
+    let (view, instance) = find(&runtime, &caller, &uuid).await?;
     let now = std::time::SystemTime::now();
     let lines: String = runtime
         .read_instance_logs(
@@ -245,7 +245,8 @@ async fn logs(
             instance.id,
             std::time::UNIX_EPOCH,
             now,
-        )?
+        )
+        .await?
         .into_iter()
         .map(|e| e.line + "\n")
         .collect();
@@ -260,11 +261,11 @@ async fn act(
     action: PowerAction,
 ) -> Result<(StatusCode, Json<TutumContainer>), ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
-    let (view, instance) = find(runtime, caller, uuid)?;
+    let (view, instance) = find(runtime, caller, uuid).await?;
     runtime
         .power_instance(caller, view.container.id, instance.id, action)
         .await?;
-    let (view, instance) = find(runtime, caller, uuid)?;
+    let (view, instance) = find(runtime, caller, uuid).await?;
     Ok((StatusCode::ACCEPTED, Json(object(&view, &instance))))
 }
 

@@ -435,6 +435,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whose containers the caller sees: `None` for every one (an admin).
+    pub fn owner_scope(&self) -> Option<UserId> {
+        (self.role != Role::Admin).then_some(self.user_id)
+    }
+
     /// Whether the caller may see and change `container`.
     pub fn can_access(&self, container: &Container) -> bool {
         self.role == Role::Admin || container.created_by == self.user_id
@@ -491,18 +496,27 @@ impl PageRequest {
     /// Cuts one page out of `items`.
     pub fn slice<T>(&self, items: Vec<T>) -> Page<T> {
         let total = items.len();
-        let skip =
-            (self.page.saturating_sub(1) as usize).saturating_mul(self.rows_per_page as usize);
         let items = items
             .into_iter()
-            .skip(skip)
+            .skip(self.skip())
             .take(self.rows_per_page as usize)
             .collect();
+        self.page_of(items, total, None)
+    }
+
+    /// How many items come before this page.
+    pub fn skip(&self) -> usize {
+        (self.page.saturating_sub(1) as usize).saturating_mul(self.rows_per_page as usize)
+    }
+
+    /// This page, holding `items`, of a list of `total`; `next` continues after it.
+    pub fn page_of<T>(&self, items: Vec<T>, total: usize, next: Option<String>) -> Page<T> {
         Page {
             items,
             total,
             page: self.page,
             rows_per_page: self.rows_per_page,
+            next,
         }
     }
 }
@@ -527,6 +541,39 @@ pub struct Page<T> {
     pub page: u32,
     /// The page size.
     pub rows_per_page: u32,
+    /// A cursor that continues the list after this page, when more follows (for
+    /// lists read from an index).
+    pub next: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// The same page with each item mapped.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            total: self.total,
+            page: self.page,
+            rows_per_page: self.rows_per_page,
+            next: self.next,
+        }
+    }
+}
+
+/// Which containers a list returns, and which page of them.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerQuery {
+    /// Whose containers: `None` for every one (an admin's view).
+    pub owner: Option<UserId>,
+    /// Only those in this status.
+    pub status: Option<ContainerStatus>,
+    /// Only those whose name starts with this (then the list is in name order).
+    pub name_prefix: Option<String>,
+    /// Only the one with this name.
+    pub name: Option<ContainerName>,
+    /// The page by number.
+    pub page: PageRequest,
+    /// Continue after the page that gave this cursor (`page` is then 1).
+    pub after: Option<String>,
 }
 
 #[cfg(test)]

@@ -22,6 +22,11 @@ macro_rules! uuid_id {
                 self.0.as_bytes()
             }
 
+            /// The identifier whose bytes are `bytes` (as stored in a key).
+            pub fn from_bytes(bytes: [u8; 16]) -> Self {
+                Self(Uuid::from_bytes(bytes))
+            }
+
             /// The integer id the faces that number things (documents 000 and 001)
             /// show: the UUID's first 48 bits, so it is stable, needs no counter, and
             /// is exact in every JSON number type.

@@ -15,8 +15,8 @@ pub use access::{
     UserName,
 };
 pub use container::{
-    Caller, Container, ContainerPatch, ContainerSpec, ContainerStatus, InstanceInfo, InstanceState,
-    Page, PageRequest, Revision, Role, StoppedInstance,
+    Caller, Container, ContainerPatch, ContainerQuery, ContainerSpec, ContainerStatus,
+    InstanceInfo, InstanceState, Page, PageRequest, Revision, Role, StoppedInstance,
 };
 /// A CDI device's qualified name (`vendor.com/class=name`), from the sandbox.
 pub use ember_sandbox::cdi::{CdiDeviceName, InvalidCdiDeviceName};

@@ -1,30 +1,42 @@
-//! Persistent state in sled: typed trees under a versioned schema.
+//! Persistent state in sled: typed trees under a versioned schema, indexes that
+//! keep every list one page's work, and one writer that makes changes durable in
+//! groups.
 //!
 //! Trees: `meta` (schema version, server id, admin user), `containers`
 //! (id -> container), `names` (name -> id), `revisions` (id ++ number -> revision),
-//! `tokens` (sha256 of the secret -> token), `users` (name -> user id), `jobs` (id -> job). Values are JSON. Every write is
-//! flushed to disk before the command that made it returns.
+//! `tokens` (sha256 of the secret -> token), `users` (name -> user id), `jobs`
+//! (id -> job), and `index` (see [`index`]). Values are JSON.
+//!
+//! Every change runs on the store's writer thread (see [`writer`]) and is durable
+//! before the `async` call that asked for it returns. Reads run on tokio's blocking
+//! threads, never on an async worker, since a sled read may wait for a
+//! transaction's lock.
+
+mod index;
+mod schema;
+mod writer;
 
 use crate::error::RuntimeError;
 use crate::model::{
-    Container, ContainerId, ContainerName, Job, JobId, Revision, ServerId, Token, TokenId, UserId,
-    UserName,
+    Container, ContainerId, ContainerName, ContainerQuery, Job, JobId, Page, PageRequest, Revision,
+    ServerId, Token, TokenId, UserId, UserName,
 };
+use index::IndexChange;
 use serde::{Serialize, de::DeserializeOwned};
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
+use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
+use writer::{Durable, GroupCommit};
 
-/// The on-disk schema this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub use schema::SCHEMA_VERSION;
 
-const SCHEMA_KEY: &[u8] = b"schema_version";
-const SERVER_ID_KEY: &[u8] = b"server_id";
-const ADMIN_USER_KEY: &[u8] = b"admin_user_id";
-
-/// The runtime's state store.
+/// The sled trees of the store.
 #[derive(Clone)]
-pub struct Store {
+struct Trees {
     db: sled::Db,
     meta: sled::Tree,
     containers: sled::Tree,
@@ -33,13 +45,32 @@ pub struct Store {
     tokens: sled::Tree,
     users: sled::Tree,
     jobs: sled::Tree,
+    index: sled::Tree,
+}
+
+impl Durable for Trees {
+    fn make_durable(&self) -> Result<(), RuntimeError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// The runtime's state store: cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    trees: Trees,
+    writer: Arc<GroupCommit<Trees>>,
+    server_id: ServerId,
+    admin_user_id: UserId,
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, checking the schema version.
+    /// Opens (or creates) the store in `dir`: checks the schema version, brings an
+    /// older schema up to date, and starts the writer. Blocks: call it from a
+    /// blocking thread.
     pub fn open(dir: &Path) -> Result<Self, RuntimeError> {
         let db = sled::Config::new().path(dir).open()?;
-        let store = Self {
+        let trees = Trees {
             meta: db.open_tree("meta")?,
             containers: db.open_tree("containers")?,
             names: db.open_tree("names")?,
@@ -47,66 +78,55 @@ impl Store {
             tokens: db.open_tree("tokens")?,
             users: db.open_tree("users")?,
             jobs: db.open_tree("jobs")?,
+            index: db.open_tree("index")?,
             db,
         };
-        match store.meta.get(SCHEMA_KEY)? {
-            None => {
-                store
-                    .meta
-                    .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-            }
-            Some(raw) => {
-                let found = u32::from_be_bytes(raw.as_ref().try_into().map_err(|_| {
-                    RuntimeError::Storage("the schema version record is corrupt".into())
-                })?);
-                if found > SCHEMA_VERSION {
-                    return Err(RuntimeError::SchemaTooNew {
-                        found,
-                        supported: SCHEMA_VERSION,
-                    });
-                }
-            }
-        }
-        store.db.flush()?;
-        Ok(store)
-    }
-
-    /// Makes every write so far durable.
-    pub async fn flush(&self) -> Result<(), RuntimeError> {
-        self.db.flush_async().await?;
-        Ok(())
+        schema::bring_up_to_date(&trees)?;
+        let server_id = schema::id_in_meta(&trees, schema::SERVER_ID_KEY, ServerId::generate)?;
+        let admin_user_id = schema::id_in_meta(&trees, schema::ADMIN_USER_KEY, UserId::generate)?;
+        trees.db.flush()?;
+        let writer = GroupCommit::start(trees.clone())
+            .map(Arc::new)
+            .map_err(|e| RuntimeError::Storage(format!("starting the store's writer: {e}")))?;
+        Ok(Self {
+            trees,
+            writer,
+            server_id,
+            admin_user_id,
+        })
     }
 
     /// This server's id, made on first start.
-    pub fn server_id(&self) -> Result<ServerId, RuntimeError> {
-        self.id_in_meta(SERVER_ID_KEY, ServerId::generate)
+    pub fn server_id(&self) -> ServerId {
+        self.server_id
     }
 
     /// The admin user's id, made on first start.
-    pub fn admin_user_id(&self) -> Result<UserId, RuntimeError> {
-        self.id_in_meta(ADMIN_USER_KEY, UserId::generate)
+    pub fn admin_user_id(&self) -> UserId {
+        self.admin_user_id
     }
 
-    /// The id stored under `key`, made with `generate` the first time.
-    fn id_in_meta<T: Serialize + DeserializeOwned>(
+    /// Why the store cannot make changes durable now, if it cannot (its writer
+    /// stopped, or its last flush failed).
+    pub fn fault(&self) -> Option<String> {
+        self.writer.fault()
+    }
+
+    /// Runs `read` on a blocking thread.
+    async fn read<T: Send + 'static>(
         &self,
-        key: &[u8],
-        generate: fn() -> T,
+        read: impl FnOnce(&Trees) -> Result<T, RuntimeError> + Send + 'static,
     ) -> Result<T, RuntimeError> {
-        if let Some(raw) = self.meta.get(key)? {
-            return decode(&raw);
-        }
-        let fresh = generate();
-        let _ = self
-            .meta
-            .compare_and_swap(key, None as Option<&[u8]>, Some(encode(&fresh)?))?;
-        self.db.flush()?;
-        decode(&self.meta.get(key)?.expect("just written"))
+        let trees = self.trees.clone();
+        tokio::task::spawn_blocking(move || read(&trees))
+            .await
+            .map_err(|e| RuntimeError::Storage(format!("a read of the store failed: {e}")))?
     }
 
-    /// All containers.
-    pub fn containers(&self) -> Result<Vec<Container>, RuntimeError> {
-        self.containers
+    /// Every container, for loading them at start. Blocks.
+    pub fn containers_blocking(&self) -> Result<Vec<Container>, RuntimeError> {
+        self.trees
+            .containers
             .iter()
             .values()
             .map(|v| decode(&v?))
@@ -114,239 +134,571 @@ impl Store {
     }
 
     /// One container.
-    pub fn container(&self, id: ContainerId) -> Result<Option<Container>, RuntimeError> {
-        self.containers
-            .get(id.as_bytes())?
-            .map(|v| decode(&v))
-            .transpose()
+    pub async fn container(&self, id: ContainerId) -> Result<Option<Container>, RuntimeError> {
+        self.read(move |t| get(&t.containers, id.as_bytes())).await
+    }
+
+    /// The container called `name`.
+    pub async fn container_named(
+        &self,
+        name: ContainerName,
+    ) -> Result<Option<Container>, RuntimeError> {
+        self.read(move |t| {
+            let Some(id) = t.names.get(name.as_str().as_bytes())? else {
+                return Ok(None);
+            };
+            get(&t.containers, &id)
+        })
+        .await
+    }
+
+    /// The containers whose integer id (as the numbered faces show it) is `number`:
+    /// one, but for a clash of 48-bit numbers.
+    pub async fn containers_numbered(&self, number: u64) -> Result<Vec<Container>, RuntimeError> {
+        self.read(move |t| {
+            t.index
+                .scan_prefix(index::by_number_prefix(number))
+                .map(|entry| {
+                    let (key, value) = entry?;
+                    let id = index::container_id_of(&key, &value).ok_or_else(corrupt_index)?;
+                    get(&t.containers, id.as_bytes())?.ok_or_else(corrupt_index)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// One page of the containers `query` asks for, read from an index: it costs
+    /// the rows it returns (and, for a page by number, a walk over the keys before
+    /// them), whatever the number of containers.
+    pub async fn list_containers(
+        &self,
+        query: ContainerQuery,
+    ) -> Result<Page<Container>, RuntimeError> {
+        self.read(move |t| list_containers(t, &query)).await
     }
 
     /// Stores a new container and its first revision; refuses a name in use.
-    pub fn insert_container(
+    pub async fn insert_container(
         &self,
-        container: &Container,
-        revision: &Revision,
+        container: Container,
+        revision: Revision,
     ) -> Result<(), RuntimeError> {
-        self.write_container(container, None, revision)
+        self.writer
+            .write(move |t| write_container(t, &container, None, &revision))
+            .await
     }
 
     /// Stores an updated container with its new revision. `previous_name` frees the old
     /// name when it changed.
-    pub fn update_container(
+    pub async fn update_container(
         &self,
-        container: &Container,
-        previous_name: &ContainerName,
-        revision: &Revision,
+        container: Container,
+        previous_name: ContainerName,
+        revision: Revision,
     ) -> Result<(), RuntimeError> {
-        self.write_container(container, Some(previous_name), revision)
+        self.writer
+            .write(move |t| write_container(t, &container, Some(&previous_name), &revision))
+            .await
     }
 
-    fn write_container(
-        &self,
-        container: &Container,
-        previous_name: Option<&ContainerName>,
-        revision: &Revision,
-    ) -> Result<(), RuntimeError> {
-        let value = encode(container)?;
-        let revision_value = encode(revision)?;
-        let id = container.id;
-        let name = container.spec.name.as_str().as_bytes();
-        let result = (&self.containers, &self.names, &self.revisions).transaction(
-            |(containers, names, revisions)| {
-                if names
-                    .get(name)?
-                    .is_some_and(|owner| owner.as_ref() != id.as_bytes())
-                {
-                    return Err(ConflictableTransactionError::Abort(()));
-                }
-                if let Some(old) = previous_name.filter(|old| *old != &container.spec.name) {
-                    names.remove(old.as_str().as_bytes())?;
-                }
-                names.insert(name, id.as_bytes())?;
-                containers.insert(id.as_bytes(), value.as_slice())?;
-                revisions.insert(
-                    &revision_key(id, revision.number)[..],
-                    revision_value.as_slice(),
-                )?;
-                Ok(())
-            },
-        );
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort(())) => {
-                Err(RuntimeError::NameTaken(container.spec.name.to_string()))
-            }
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-        }
-    }
-
-    /// Replaces a container record (status changes); no-op if it was deleted meanwhile.
-    pub fn save_status(&self, container: &Container) -> Result<bool, RuntimeError> {
-        let value = encode(container)?;
-        let key = container.id.as_bytes();
-        let result = self.containers.transaction(|tree| {
-            if tree.get(key)?.is_none() {
-                return Ok(false);
-            }
-            tree.insert(key, value.as_slice())?;
-            Ok(true)
-        });
-        result.map_err(|e: TransactionError<()>| RuntimeError::Storage(format!("{e:?}")))
+    /// Replaces a container record (status changes); `false`, and nothing written,
+    /// when it was deleted meanwhile.
+    pub async fn save_status(&self, container: Container) -> Result<bool, RuntimeError> {
+        self.writer
+            .write(move |t| {
+                let value = encode(&container)?;
+                transact((&t.containers, &t.index), |(containers, index)| {
+                    let key = container.id.as_bytes();
+                    let Some(old) = containers.get(key)? else {
+                        return Ok(false);
+                    };
+                    let old: Container = decode_in(&old)?;
+                    containers.insert(key, value.as_slice())?;
+                    apply_index_change(
+                        index,
+                        &IndexChange::containers(Some(&old), Some(&container)),
+                    )?;
+                    Ok(true)
+                })
+            })
+            .await
     }
 
     /// Records the artifact a revision's image resolved to.
-    pub fn save_revision(&self, revision: &Revision) -> Result<(), RuntimeError> {
-        self.revisions.insert(
-            &revision_key(revision.container_id, revision.number)[..],
-            encode(revision)?,
-        )?;
-        Ok(())
+    pub async fn save_revision(&self, revision: Revision) -> Result<(), RuntimeError> {
+        self.writer
+            .write(move |t| {
+                t.revisions.insert(
+                    &revision_key(revision.container_id, revision.number)[..],
+                    encode(&revision)?,
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     /// One revision.
-    pub fn revision(&self, id: ContainerId, number: u32) -> Result<Option<Revision>, RuntimeError> {
-        self.revisions
-            .get(&revision_key(id, number)[..])?
-            .map(|v| decode(&v))
-            .transpose()
+    pub async fn revision(
+        &self,
+        id: ContainerId,
+        number: u32,
+    ) -> Result<Option<Revision>, RuntimeError> {
+        self.read(move |t| get(&t.revisions, &revision_key(id, number)))
+            .await
     }
 
-    /// A container's revisions, oldest first.
-    pub fn revisions(&self, id: ContainerId) -> Result<Vec<Revision>, RuntimeError> {
-        self.revisions
-            .scan_prefix(id.as_bytes())
-            .values()
-            .map(|v| decode(&v?))
-            .collect()
+    /// One revision, for start-up work on a blocking thread. Blocks.
+    pub fn revision_blocking(
+        &self,
+        id: ContainerId,
+        number: u32,
+    ) -> Result<Option<Revision>, RuntimeError> {
+        get(&self.trees.revisions, &revision_key(id, number))
+    }
+
+    /// A page of a container's revisions, newest first.
+    pub async fn revisions(
+        &self,
+        id: ContainerId,
+        page: PageRequest,
+    ) -> Result<Page<Revision>, RuntimeError> {
+        self.read(move |t| {
+            let total = t.revisions.scan_prefix(id.as_bytes()).count();
+            let items = t
+                .revisions
+                .scan_prefix(id.as_bytes())
+                .values()
+                .rev()
+                .skip(page.skip())
+                .take(page.rows_per_page as usize)
+                .map(|v| decode(&v?))
+                .collect::<Result<_, _>>()?;
+            Ok(page.page_of(items, total, None))
+        })
+        .await
     }
 
     /// Removes a container, its name and its revisions.
-    pub fn remove_container(&self, container: &Container) -> Result<(), RuntimeError> {
-        let keys: Vec<_> = self
-            .revisions
-            .scan_prefix(container.id.as_bytes())
-            .keys()
-            .collect::<Result<_, _>>()?;
-        let name = container.spec.name.as_str().as_bytes();
-        let id = container.id;
-        (&self.containers, &self.names, &self.revisions)
-            .transaction(|(containers, names, revisions)| {
-                containers.remove(id.as_bytes())?;
-                if names
-                    .get(name)?
-                    .is_some_and(|owner| owner.as_ref() == id.as_bytes())
-                {
-                    names.remove(name)?;
-                }
-                for key in &keys {
-                    revisions.remove(key.as_ref())?;
-                }
-                Ok::<_, ConflictableTransactionError<()>>(())
+    pub async fn remove_container(&self, container: Container) -> Result<(), RuntimeError> {
+        self.writer
+            .write(move |t| {
+                let keys: Vec<_> = t
+                    .revisions
+                    .scan_prefix(container.id.as_bytes())
+                    .keys()
+                    .collect::<Result<_, _>>()?;
+                let name = container.spec.name.as_str().as_bytes();
+                let id = container.id;
+                transact(
+                    (&t.containers, &t.names, &t.revisions, &t.index),
+                    |(containers, names, revisions, index)| {
+                        let Some(old) = containers.remove(id.as_bytes())? else {
+                            return Ok(());
+                        };
+                        let old: Container = decode_in(&old)?;
+                        if names
+                            .get(name)?
+                            .is_some_and(|owner| owner.as_ref() == id.as_bytes())
+                        {
+                            names.remove(name)?;
+                        }
+                        for key in &keys {
+                            revisions.remove(key.as_ref())?;
+                        }
+                        apply_index_change(index, &IndexChange::containers(Some(&old), None))
+                    },
+                )
             })
-            .map_err(|e| RuntimeError::Storage(format!("{e:?}")))
+            .await
     }
 
     /// Writes a job (new or changed).
-    pub fn save_job(&self, job: &Job) -> Result<(), RuntimeError> {
-        self.jobs.insert(job.id.as_bytes(), encode(job)?)?;
-        Ok(())
+    pub async fn save_job(&self, job: Job) -> Result<(), RuntimeError> {
+        self.writer
+            .write(move |t| {
+                t.jobs.insert(job.id.as_bytes(), encode(&job)?)?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Changes job `id` with `change`, if it exists; the job as changed.
+    pub async fn update_job(
+        &self,
+        id: JobId,
+        change: impl FnOnce(&mut Job) + Send + 'static,
+    ) -> Result<Option<Job>, RuntimeError> {
+        self.writer
+            .write(move |t| {
+                let Some(mut job) = get::<Job>(&t.jobs, id.as_bytes())? else {
+                    return Ok(None);
+                };
+                change(&mut job);
+                t.jobs.insert(id.as_bytes(), encode(&job)?)?;
+                Ok(Some(job))
+            })
+            .await
     }
 
     /// One job.
-    pub fn job(&self, id: JobId) -> Result<Option<Job>, RuntimeError> {
-        self.jobs
-            .get(id.as_bytes())?
-            .map(|v| decode(&v))
-            .transpose()
+    pub async fn job(&self, id: JobId) -> Result<Option<Job>, RuntimeError> {
+        self.read(move |t| get(&t.jobs, id.as_bytes())).await
     }
 
-    /// Every job.
-    pub fn jobs(&self) -> Result<Vec<Job>, RuntimeError> {
-        self.jobs.iter().values().map(|v| decode(&v?)).collect()
+    /// Marks every job still under way as failed with `error`: at start, for the
+    /// jobs a stopped runtime left. Returns how many.
+    pub async fn fail_unfinished_jobs(
+        &self,
+        error: String,
+        now: std::time::SystemTime,
+    ) -> Result<usize, RuntimeError> {
+        self.writer
+            .write(move |t| {
+                let mut failed = 0;
+                for value in t.jobs.iter().values() {
+                    let mut job: Job = decode(&value?)?;
+                    if !job.is_finished() {
+                        job.state = crate::model::JobState::Error;
+                        job.error = Some(error.clone());
+                        job.date_updated = now;
+                        t.jobs.insert(job.id.as_bytes(), encode(&job)?)?;
+                        failed += 1;
+                    }
+                }
+                Ok(failed)
+            })
+            .await
     }
 
     /// Removes the jobs that finished before `cutoff`; returns how many.
-    pub fn remove_jobs_finished_before(
+    pub async fn remove_jobs_finished_before(
         &self,
         cutoff: std::time::SystemTime,
     ) -> Result<usize, RuntimeError> {
-        let mut removed = 0;
-        for job in self.jobs()? {
-            if job.is_finished() && job.date_updated < cutoff {
-                self.jobs.remove(job.id.as_bytes())?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        self.writer
+            .write(move |t| {
+                let mut removed = 0;
+                for value in t.jobs.iter().values() {
+                    let job: Job = decode(&value?)?;
+                    if job.is_finished() && job.date_updated < cutoff {
+                        t.jobs.remove(job.id.as_bytes())?;
+                        removed += 1;
+                    }
+                }
+                Ok(removed)
+            })
+            .await
     }
 
-    /// Stores a token under the hash of its secret.
-    pub fn insert_token(&self, secret_hash: &[u8], token: &Token) -> Result<(), RuntimeError> {
-        self.tokens.insert(secret_hash, encode(token)?)?;
-        Ok(())
+    /// Stores a token under the hash of its secret (replacing the token stored
+    /// under it, if any).
+    pub async fn insert_token(
+        &self,
+        secret_hash: Vec<u8>,
+        token: Token,
+    ) -> Result<(), RuntimeError> {
+        self.writer
+            .write(move |t| {
+                let value = encode(&token)?;
+                transact((&t.tokens, &t.index), |(tokens, index)| {
+                    let old = tokens.insert(secret_hash.as_slice(), value.as_slice())?;
+                    match old {
+                        Some(old) => {
+                            let old: Token = decode_in(&old)?;
+                            for (key, _) in index::token_entries(&old, &secret_hash) {
+                                index.remove(key)?;
+                            }
+                        }
+                        None => add_to_counter(index, &index::token_counter(), 1)?,
+                    }
+                    for (key, value) in index::token_entries(&token, &secret_hash) {
+                        index.insert(key, value)?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Looks a token up by the hash of its secret.
-    pub fn token(&self, secret_hash: &[u8]) -> Result<Option<Token>, RuntimeError> {
-        self.tokens
-            .get(secret_hash)?
-            .map(|v| decode(&v))
-            .transpose()
+    pub async fn token(&self, secret_hash: Vec<u8>) -> Result<Option<Token>, RuntimeError> {
+        self.read(move |t| get(&t.tokens, &secret_hash)).await
     }
 
-    /// Every token, in no particular order.
-    pub fn tokens(&self) -> Result<Vec<Token>, RuntimeError> {
-        self.tokens.iter().values().map(|v| decode(&v?)).collect()
+    /// A page of the tokens, oldest first.
+    pub async fn tokens(&self, page: PageRequest) -> Result<Page<Token>, RuntimeError> {
+        self.read(move |t| {
+            let total = index::decode_count(t.index.get(index::token_counter())?.as_deref());
+            let items = t
+                .index
+                .scan_prefix(index::tokens_by_age_prefix())
+                .values()
+                .skip(page.skip())
+                .take(page.rows_per_page as usize)
+                .map(|hash| get(&t.tokens, &hash?)?.ok_or_else(corrupt_index))
+                .collect::<Result<_, _>>()?;
+            Ok(page.page_of(items, usize::try_from(total).unwrap_or(usize::MAX), None))
+        })
+        .await
     }
 
     /// The token with `id`.
-    pub fn token_by_id(&self, id: TokenId) -> Result<Option<Token>, RuntimeError> {
-        Ok(self.find_token(id)?.map(|(_, token)| token))
+    pub async fn token_by_id(&self, id: TokenId) -> Result<Option<Token>, RuntimeError> {
+        self.read(move |t| {
+            let Some(hash) = t.index.get(index::token_by_id(&id))? else {
+                return Ok(None);
+            };
+            get(&t.tokens, &hash)
+        })
+        .await
     }
 
     /// Removes the token with `id`; returns it, or `None` when there was none.
-    pub fn remove_token(&self, id: TokenId) -> Result<Option<Token>, RuntimeError> {
-        let Some((hash, token)) = self.find_token(id)? else {
-            return Ok(None);
-        };
-        self.tokens.remove(hash)?;
-        Ok(Some(token))
-    }
-
-    /// The token with `id` and the hash it is stored under. Tokens are keyed by
-    /// their secret's hash, so this scans them: there are few.
-    fn find_token(&self, id: TokenId) -> Result<Option<(sled::IVec, Token)>, RuntimeError> {
-        for entry in self.tokens.iter() {
-            let (hash, raw) = entry?;
-            let token: Token = decode(&raw)?;
-            if token.id == id {
-                return Ok(Some((hash, token)));
-            }
-        }
-        Ok(None)
+    pub async fn remove_token(&self, id: TokenId) -> Result<Option<Token>, RuntimeError> {
+        self.writer
+            .write(move |t| {
+                transact((&t.tokens, &t.index), |(tokens, index)| {
+                    let Some(hash) = index.get(index::token_by_id(&id))? else {
+                        return Ok(None);
+                    };
+                    let Some(old) = tokens.remove(&hash)? else {
+                        return Ok(None);
+                    };
+                    let token: Token = decode_in(&old)?;
+                    for (key, _) in index::token_entries(&token, &hash) {
+                        index.remove(key)?;
+                    }
+                    add_to_counter(index, &index::token_counter(), -1)?;
+                    Ok(Some(token))
+                })
+            })
+            .await
     }
 
     /// The id of the user called `name`, made with `generate` the first time.
-    pub fn user_id(
+    pub async fn user_id(
         &self,
-        name: &UserName,
-        generate: impl FnOnce() -> UserId,
+        name: UserName,
+        generate: impl FnOnce() -> UserId + Send + 'static,
     ) -> Result<UserId, RuntimeError> {
-        let new = generate();
-        let previous = self.users.compare_and_swap(
-            name.as_str().as_bytes(),
-            None as Option<&[u8]>,
-            Some(encode(&new)?),
-        )?;
-        match previous {
-            Ok(()) => Ok(new),
-            Err(existing) => decode(
-                &existing
-                    .current
-                    .expect("compare_and_swap failed on a value"),
-            ),
+        self.writer
+            .write(move |t| {
+                let new = generate();
+                let previous = t.users.compare_and_swap(
+                    name.as_str().as_bytes(),
+                    None as Option<&[u8]>,
+                    Some(encode(&new)?),
+                )?;
+                match previous {
+                    Ok(()) => Ok(new),
+                    Err(existing) => decode(&existing.current.ok_or_else(corrupt_index)?),
+                }
+            })
+            .await
+    }
+}
+
+fn list_containers(t: &Trees, query: &ContainerQuery) -> Result<Page<Container>, RuntimeError> {
+    let scope = index::scope_of(query.owner);
+    let page = query.page;
+    if let Some(name) = &query.name {
+        // One name is one row at most: the names index answers.
+        let found = match t.names.get(name.as_str().as_bytes())? {
+            Some(id) => get::<Container>(&t.containers, &id)?,
+            None => None,
+        };
+        let items: Vec<_> = found
+            .filter(|c| query.owner.is_none_or(|owner| c.created_by == owner))
+            .filter(|c| query.status.is_none_or(|s| c.status == s))
+            .into_iter()
+            .collect();
+        let total = items.len();
+        let items = items.into_iter().skip(page.skip()).collect();
+        return Ok(page.page_of(items, total, None));
+    }
+    let (prefix, counter) = match (&query.name_prefix, query.status) {
+        (Some(name_prefix), _) => (index::by_name_prefix(&scope, name_prefix), None),
+        (None, Some(status)) => (
+            index::by_status_prefix(&scope, status),
+            Some(index::container_counter(&scope, Some(status))),
+        ),
+        (None, None) => (
+            index::by_age_prefix(&scope),
+            Some(index::container_counter(&scope, None)),
+        ),
+    };
+    // Only a name prefix with a status needs the rows themselves to filter.
+    let filter = query.name_prefix.as_ref().and(query.status);
+    let keep = |container: &Container| filter.is_none_or(|s| container.status == s);
+    let start = match &query.after {
+        None => Bound::Included(prefix.clone()),
+        Some(cursor) => {
+            let key = hex::decode(cursor)
+                .ok()
+                .filter(|key| key.starts_with(&prefix) && key.len() > prefix.len())
+                .ok_or_else(|| {
+                    RuntimeError::invalid(
+                        "continue",
+                        "is not a cursor of this list: pass the `continue` of the page before, with the same filters",
+                    )
+                })?;
+            Bound::Excluded(key)
+        }
+    };
+    let entries = t
+        .index
+        .range::<Vec<u8>, _>((start, Bound::Unbounded))
+        .take_while(|entry| {
+            entry
+                .as_ref()
+                .map_or(true, |(key, _)| key.starts_with(&prefix))
+        });
+    let row = |key: &[u8], value: &[u8]| -> Result<Container, RuntimeError> {
+        let id = index::container_id_of(key, value).ok_or_else(corrupt_index)?;
+        get(&t.containers, id.as_bytes())?.ok_or_else(corrupt_index)
+    };
+    let mut items = Vec::with_capacity(page.rows_per_page as usize);
+    let mut last_key = None;
+    let mut more = false;
+    let mut skipped = 0;
+    for entry in entries {
+        let (key, value) = entry?;
+        if filter.is_some() {
+            let container = row(&key, &value)?;
+            if !keep(&container) {
+                continue;
+            }
+            if skipped < page.skip() {
+                skipped += 1;
+            } else if items.len() < page.rows_per_page as usize {
+                items.push(container);
+                last_key = Some(key);
+            } else {
+                more = true;
+                break;
+            }
+        } else if skipped < page.skip() {
+            skipped += 1;
+        } else if items.len() < page.rows_per_page as usize {
+            items.push(row(&key, &value)?);
+            last_key = Some(key);
+        } else {
+            more = true;
+            break;
         }
     }
+    let total = match counter {
+        Some(counter) => usize::try_from(index::decode_count(t.index.get(counter)?.as_deref()))
+            .unwrap_or(usize::MAX),
+        // A name prefix: the keys under it, read without their rows unless the
+        // status filter needs them.
+        None => {
+            let mut total = 0;
+            for entry in t.index.scan_prefix(&prefix) {
+                let (key, value) = entry?;
+                if filter.is_none() || keep(&row(&key, &value)?) {
+                    total += 1;
+                }
+            }
+            total
+        }
+    };
+    let next = more.then(|| last_key.map(hex::encode)).flatten();
+    Ok(page.page_of(items, total, next))
+}
+
+/// Writes a container, its revision and its name in one transaction, with the
+/// index entries that point to it.
+fn write_container(
+    t: &Trees,
+    container: &Container,
+    previous_name: Option<&ContainerName>,
+    revision: &Revision,
+) -> Result<(), RuntimeError> {
+    let value = encode(container)?;
+    let revision_value = encode(revision)?;
+    let id = container.id;
+    let name = container.spec.name.as_str().as_bytes();
+    let result = (&t.containers, &t.names, &t.revisions, &t.index).transaction(
+        |(containers, names, revisions, index)| {
+            if names
+                .get(name)?
+                .is_some_and(|owner| owner.as_ref() != id.as_bytes())
+            {
+                return Err(ConflictableTransactionError::Abort(TxAbort::NameTaken));
+            }
+            if let Some(old) = previous_name.filter(|old| *old != &container.spec.name) {
+                names.remove(old.as_str().as_bytes())?;
+            }
+            names.insert(name, id.as_bytes())?;
+            let old = containers.insert(id.as_bytes(), value.as_slice())?;
+            let old = old.map(|raw| decode_in::<Container>(&raw)).transpose()?;
+            revisions.insert(
+                &revision_key(id, revision.number)[..],
+                revision_value.as_slice(),
+            )?;
+            apply_index_change(
+                index,
+                &IndexChange::containers(old.as_ref(), Some(container)),
+            )?;
+            Ok(())
+        },
+    );
+    match result {
+        Ok(()) => Ok(()),
+        Err(TransactionError::Abort(TxAbort::NameTaken)) => {
+            Err(RuntimeError::NameTaken(container.spec.name.to_string()))
+        }
+        Err(TransactionError::Abort(TxAbort::Corrupt(e))) => Err(e),
+        Err(TransactionError::Storage(e)) => Err(e.into()),
+    }
+}
+
+/// Why a transaction gave up.
+#[derive(Debug)]
+enum TxAbort {
+    NameTaken,
+    Corrupt(RuntimeError),
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<TxAbort>>;
+
+/// Runs a transaction whose only abort is a record that does not decode.
+fn transact<Tx: Transactional<TxAbort>, T>(
+    trees: Tx,
+    body: impl Fn(&Tx::View) -> TxResult<T>,
+) -> Result<T, RuntimeError> {
+    trees.transaction(|view| body(view)).map_err(|e| match e {
+        TransactionError::Abort(TxAbort::Corrupt(e)) => e,
+        TransactionError::Abort(TxAbort::NameTaken) => {
+            RuntimeError::Storage("a transaction aborted unexpectedly".into())
+        }
+        TransactionError::Storage(e) => e.into(),
+    })
+}
+
+fn apply_index_change(index: &TransactionalTree, change: &IndexChange) -> TxResult<()> {
+    for key in &change.remove {
+        index.remove(key.as_slice())?;
+    }
+    for (key, value) in &change.insert {
+        index.insert(key.as_slice(), value.as_slice())?;
+    }
+    for (counter, delta) in &change.counts {
+        add_to_counter(index, counter, *delta)?;
+    }
+    Ok(())
+}
+
+fn add_to_counter(
+    index: &TransactionalTree,
+    counter: &[u8],
+    delta: i64,
+) -> Result<(), UnabortableTransactionError> {
+    let count = index::decode_count(index.get(counter)?.as_deref());
+    index.insert(counter, &index::moved(count, delta))?;
+    Ok(())
 }
 
 /// Revisions sort by container, then number (big-endian keeps numeric order).
@@ -357,6 +709,14 @@ fn revision_key(id: ContainerId, number: u32) -> [u8; 20] {
     key
 }
 
+fn corrupt_index() -> RuntimeError {
+    RuntimeError::Storage("an index entry points to no record".into())
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, RuntimeError> {
+    tree.get(key)?.map(|v| decode(&v)).transpose()
+}
+
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RuntimeError> {
     serde_json::to_vec(value).map_err(|e| RuntimeError::Storage(format!("encoding: {e}")))
 }
@@ -365,144 +725,10 @@ fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, RuntimeError> {
     serde_json::from_slice(raw).map_err(|e| RuntimeError::Storage(format!("decoding: {e}")))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{ContainerPatch, JobAction, JobState};
-    use std::time::{Duration, SystemTime};
-
-    #[test]
-    fn only_jobs_finished_before_the_cutoff_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let day_ago = SystemTime::now() - Duration::from_secs(86_400);
-        let job = |state, updated| {
-            let mut job = Job::new(
-                JobAction::DeleteInstances,
-                ContainerId::generate(),
-                UserId::generate(),
-                1,
-                updated,
-            );
-            job.state = state;
-            store.save_job(&job).unwrap();
-            job.id
-        };
-        let old_done = job(JobState::Completed, day_ago);
-        let old_failed = job(JobState::Error, day_ago);
-        let old_running = job(JobState::Running, day_ago);
-        let new_done = job(JobState::Completed, SystemTime::now());
-        let cutoff = SystemTime::now() - Duration::from_secs(3_600);
-        assert_eq!(store.remove_jobs_finished_before(cutoff).unwrap(), 2);
-        for (id, kept) in [
-            (old_done, false),
-            (old_failed, false),
-            (old_running, true),
-            (new_done, true),
-        ] {
-            assert_eq!(store.job(id).unwrap().is_some(), kept, "{id}");
-        }
-    }
-
-    fn container(name: &str) -> (Container, Revision) {
-        let spec = ContainerPatch {
-            name: Some(name.parse().unwrap()),
-            image: Some("a/b:1".into()),
-            ..Default::default()
-        }
-        .into_new_spec()
-        .unwrap();
-        let now = SystemTime::now();
-        let container = Container::new(spec.clone(), UserId::generate(), now);
-        let revision = Revision::new(container.id, 1, spec, now);
-        (container, revision)
-    }
-
-    #[test]
-    fn names_are_unique_and_freed_on_removal() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (a, rev_a) = container("same");
-        let (b, rev_b) = container("same");
-        store.insert_container(&a, &rev_a).unwrap();
-        assert!(matches!(
-            store.insert_container(&b, &rev_b),
-            Err(RuntimeError::NameTaken(_))
-        ));
-        assert_eq!(store.containers().unwrap().len(), 1);
-        store.remove_container(&a).unwrap();
-        assert!(store.revisions(a.id).unwrap().is_empty());
-        store.insert_container(&b, &rev_b).unwrap();
-    }
-
-    #[test]
-    fn state_survives_reopening_and_newer_schemas_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let (c, rev) = container("kept");
-        let server = {
-            let store = Store::open(dir.path()).unwrap();
-            store.insert_container(&c, &rev).unwrap();
-            store.db.flush().unwrap();
-            store.server_id().unwrap()
-        };
-        {
-            let store = Store::open(dir.path()).unwrap();
-            assert_eq!(
-                store.container(c.id).unwrap().unwrap().spec.name,
-                c.spec.name
-            );
-            assert_eq!(store.revision(c.id, 1).unwrap().unwrap().number, 1);
-            assert_eq!(store.server_id().unwrap(), server);
-            store
-                .meta
-                .insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes())
-                .unwrap();
-            store.db.flush().unwrap();
-        }
-        assert!(matches!(
-            Store::open(dir.path()),
-            Err(RuntimeError::SchemaTooNew { .. })
-        ));
-    }
-
-    #[test]
-    fn tokens_are_listed_and_removed_by_id_and_users_keep_their_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let alice: UserName = "alice".parse().unwrap();
-        let id = store.user_id(&alice, UserId::generate).unwrap();
-        assert_eq!(store.user_id(&alice, UserId::generate).unwrap(), id);
-        let bob = store
-            .user_id(&"bob".parse().unwrap(), UserId::generate)
-            .unwrap();
-        assert_ne!(bob, id);
-        let token = |user_id| Token {
-            id: TokenId::generate(),
-            user_id,
-            user: alice.clone(),
-            role: crate::model::Role::User,
-            scopes: crate::model::Scopes::all(),
-            capabilities: crate::model::Capabilities::none(),
-            created: Some(SystemTime::now()),
-            bootstrap: false,
-        };
-        let (first, second) = (token(id), token(id));
-        store.insert_token(b"hash-1", &first).unwrap();
-        store.insert_token(b"hash-2", &second).unwrap();
-        assert_eq!(store.tokens().unwrap().len(), 2);
-        assert_eq!(store.remove_token(first.id).unwrap(), Some(first.clone()));
-        assert_eq!(store.remove_token(first.id).unwrap(), None);
-        assert!(store.token(b"hash-1").unwrap().is_none());
-        assert_eq!(store.token(b"hash-2").unwrap(), Some(second));
-    }
-
-    #[test]
-    fn tokens_stored_by_schema_1_hold_every_grant() {
-        let raw = br#"{"id":"6d1c3f0a-6a3c-4b8e-9d55-2b0c4f5e7a10","userId":"5cf37266-3473-4006-984f-9325122678b7","role":"ADMIN"}"#;
-        let token: Token = decode(raw).unwrap();
-        assert_eq!(token.user, UserName::admin());
-        assert_eq!(token.scopes, crate::model::Scopes::all());
-        assert_eq!(token.capabilities, crate::model::Capabilities::all());
-        assert!(!token.bootstrap && token.created.is_none());
-    }
+/// As [`decode`], inside a transaction.
+fn decode_in<T: DeserializeOwned>(raw: &[u8]) -> TxResult<T> {
+    decode(raw).map_err(|e| ConflictableTransactionError::Abort(TxAbort::Corrupt(e)))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! The store's one writer: every change to the state runs on one thread, in the
+//! order it was asked for, and is made durable together with the changes queued
+//! beside it (group commit) before its caller hears back.
+//!
+//! Why one thread: sled 0.34 deadlocks when `flush_async` calls overlap with each
+//! other and with transactions (sled's issues #1308, #1241 and #1412), and its
+//! transactions take a process-wide lock that a reader may have to wait for. With
+//! one writer, flushes never overlap, no transaction waits on a flush, and no tokio
+//! worker ever waits on sled's I/O. Group commit keeps the cost of durability at
+//! one flush per batch, however many writers are waiting.
+
+use crate::error::RuntimeError;
+use parking_lot::Mutex;
+use std::sync::{Arc, mpsc};
+use tokio::sync::oneshot;
+
+/// Most changes applied before one flush. A batch this large is already far
+/// cheaper per change than one flush each; a bound keeps the first caller's wait
+/// bounded too.
+const MAX_BATCH: usize = 4096;
+
+/// Where the writer's changes go, and how they are made durable.
+pub(super) trait Durable: Send + Sync + 'static {
+    /// Makes every change applied so far survive a crash.
+    fn make_durable(&self) -> Result<(), RuntimeError>;
+}
+
+/// Answers a caller once its batch is durable (or was not).
+type Reply = Box<dyn FnOnce(Result<(), &RuntimeError>) + Send>;
+/// A change: applied on the writer thread; `None` when its caller has been answered
+/// already (the change failed, so nothing waits on a flush).
+type Change<D> = Box<dyn FnOnce(&D) -> Option<Reply> + Send>;
+
+/// The handle that queues changes for the writer thread. Dropping it drains the
+/// queue and waits for the thread to end, so that the store can be opened again at
+/// once (sled locks its files while open).
+pub(super) struct GroupCommit<D> {
+    queue: Option<mpsc::Sender<Change<D>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Why the last batch did not become durable, until one does.
+    fault: Arc<Mutex<Option<String>>>,
+}
+
+impl<D> Drop for GroupCommit<D> {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the store's writer panicked");
+        }
+    }
+}
+
+impl<D: Durable> GroupCommit<D> {
+    /// Starts the writer thread over `target`.
+    pub(super) fn start(target: D) -> std::io::Result<Self> {
+        let (queue, changes) = mpsc::channel::<Change<D>>();
+        let fault = Arc::default();
+        let thread = {
+            let fault = Arc::clone(&fault);
+            std::thread::Builder::new()
+                .name("ember-store-writer".into())
+                .spawn(move || run(&target, &changes, &fault))?
+        };
+        Ok(Self {
+            queue: Some(queue),
+            thread: Some(thread),
+            fault,
+        })
+    }
+
+    /// Why changes cannot be made durable now, if they cannot: the writer has
+    /// stopped, or the last flush failed.
+    pub(super) fn fault(&self) -> Option<String> {
+        if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+            return Some("the store's writer has stopped".into());
+        }
+        self.fault.lock().clone()
+    }
+
+    /// Applies `change` on the writer thread; its result once it is durable. A change
+    /// that fails is answered at once and must have written nothing.
+    pub(super) async fn write<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&D) -> Result<T, RuntimeError> + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        let (answer, answered) = oneshot::channel();
+        self.submit(change, answer)?;
+        answered.await.map_err(|_| writer_gone())?
+    }
+
+    fn submit<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&D) -> Result<T, RuntimeError> + Send + 'static,
+        answer: oneshot::Sender<Result<T, RuntimeError>>,
+    ) -> Result<(), RuntimeError> {
+        let change: Change<D> = Box::new(move |target| match change(target) {
+            Err(e) => {
+                let _ = answer.send(Err(e));
+                None
+            }
+            Ok(value) => Some(Box::new(move |durable: Result<(), &RuntimeError>| {
+                let _ = answer.send(match durable {
+                    Ok(()) => Ok(value),
+                    Err(e) => Err(RuntimeError::Storage(format!(
+                        "the change was not made durable: {e}"
+                    ))),
+                });
+            })),
+        });
+        self.queue
+            .as_ref()
+            .ok_or_else(writer_gone)?
+            .send(change)
+            .map_err(|_| writer_gone())
+    }
+}
+
+fn writer_gone() -> RuntimeError {
+    RuntimeError::Storage("the store's writer has stopped".into())
+}
+
+/// The writer thread: takes whatever is queued (up to [`MAX_BATCH`]), applies it in
+/// order, makes it durable once, then answers every caller of the batch.
+fn run<D: Durable>(target: &D, changes: &mpsc::Receiver<Change<D>>, fault: &Mutex<Option<String>>) {
+    while let Ok(first) = changes.recv() {
+        let mut waiting = Vec::new();
+        let batch = std::iter::once(first).chain(std::iter::from_fn(|| changes.try_recv().ok()));
+        for change in batch.take(MAX_BATCH) {
+            waiting.extend(change(target));
+        }
+        if waiting.is_empty() {
+            continue;
+        }
+        let durable = target.make_durable();
+        if let Err(e) = &durable {
+            tracing::error!(error = %e, changes = waiting.len(), "making the state durable failed");
+        }
+        *fault.lock() = durable.as_ref().err().map(ToString::to_string);
+        for reply in waiting {
+            reply(durable.as_ref().map(|_| ()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A fake target: a list of applied values and a count of flushes, each of which
+    /// takes a while, as a disk's would.
+    #[derive(Default)]
+    struct Recorder {
+        applied: Mutex<Vec<u32>>,
+        durable: Mutex<usize>,
+        flushes: AtomicUsize,
+        fail_flushes: bool,
+    }
+
+    impl Durable for Arc<Recorder> {
+        fn make_durable(&self) -> Result<(), RuntimeError> {
+            std::thread::sleep(Duration::from_millis(2));
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            if self.fail_flushes {
+                return Err(RuntimeError::Storage("disk on fire".into()));
+            }
+            *self.durable.lock() = self.applied.lock().len();
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_share_flushes_and_hear_back_once_durable() {
+        let recorder = Arc::new(Recorder::default());
+        let writer = Arc::new(GroupCommit::start(recorder.clone()).unwrap());
+        let tasks: Vec<_> = (0..1000u32)
+            .map(|n| {
+                let writer = writer.clone();
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    let position = writer
+                        .write(move |r: &Arc<Recorder>| {
+                            let mut applied = r.applied.lock();
+                            applied.push(n);
+                            Ok(applied.len())
+                        })
+                        .await
+                        .unwrap();
+                    // Answered only once the change is durable.
+                    assert!(*recorder.durable.lock() >= position);
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut applied = recorder.applied.lock().clone();
+        applied.sort_unstable();
+        assert_eq!(applied, (0..1000).collect::<Vec<_>>());
+        let flushes = recorder.flushes.load(Ordering::SeqCst);
+        assert!(flushes < 500, "{flushes} flushes for 1000 writes");
+    }
+
+    #[tokio::test]
+    async fn a_failed_change_is_answered_at_once_and_a_failed_flush_fails_its_batch() {
+        let recorder = Arc::new(Recorder {
+            fail_flushes: true,
+            ..Default::default()
+        });
+        let writer = GroupCommit::start(recorder.clone()).unwrap();
+        let refused = writer
+            .write(|_: &Arc<Recorder>| Err::<(), _>(RuntimeError::NameTaken("x".into())))
+            .await;
+        assert!(matches!(refused, Err(RuntimeError::NameTaken(_))));
+        assert_eq!(recorder.flushes.load(Ordering::SeqCst), 0);
+        assert_eq!(writer.fault(), None);
+        let lost = writer.write(|_: &Arc<Recorder>| Ok(1)).await.unwrap_err();
+        assert!(lost.to_string().contains("disk on fire"), "{lost}");
+        assert!(writer.fault().unwrap().contains("disk on fire"));
+    }
+}
