@@ -250,6 +250,20 @@ pub struct BenchArgs {
     /// The wasmtime CLI to compare with (default: `wasmtime` on PATH).
     #[arg(long, value_name = "PATH")]
     pub wasmtime: Option<PathBuf>,
+    /// Measure what many containers cost instead: for each count (--scale-counts),
+    /// a fresh runtime gets that many wasm containers; create latency, time until
+    /// all are deployed, a page of the list, memory, idle CPU and restart time.
+    #[arg(long)]
+    pub scale: bool,
+    /// The container counts --scale measures (default 100,1000,10000,100000;
+    /// 100,1000 with --quick).
+    #[arg(
+        long,
+        value_name = "N,N,...",
+        value_delimiter = ',',
+        requires = "scale"
+    )]
+    pub scale_counts: Vec<usize>,
 }
 
 /// `$EMBER_DATA_DIR`, else `~/.local/share/ember`, else `./.ember`.

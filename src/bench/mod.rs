@@ -5,6 +5,7 @@
 mod load;
 pub mod peers;
 mod report;
+mod scale;
 mod servers;
 mod stats;
 mod target;
@@ -72,6 +73,9 @@ impl Plan {
 const IDLE_MEMORY_GOAL_MIB: f64 = 150.0;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.scale {
+        return run_scale(&args).await;
+    }
     let plan = Plan::new(args.quick);
     let target = match &args.api {
         Some(api) => Target::existing(ApiClient::new(&ClientArgs {
@@ -117,6 +121,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     outcome
+}
+
+/// `ember bench --scale`: the table, and the JSON and plot when asked for.
+async fn run_scale(args: &BenchArgs) -> anyhow::Result<()> {
+    let counts = match (&args.scale_counts[..], args.quick) {
+        ([], true) => scale::QUICK_COUNTS.to_vec(),
+        ([], false) => scale::DEFAULT_COUNTS.to_vec(),
+        (counts, _) => counts.to_vec(),
+    };
+    let report = scale::run(&counts).await?;
+    println!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, report.svg())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 struct Bench {

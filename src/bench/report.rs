@@ -86,7 +86,7 @@ pub struct Report {
     pub comparisons: Vec<Comparison>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Machine {
     pub cpus: usize,
     pub kernel: String,
