@@ -3,6 +3,7 @@
 mod credentials;
 mod pull;
 mod reference;
+mod shared;
 
 pub use credentials::Credentials;
 pub use pull::{

@@ -2,16 +2,14 @@
 
 use super::credentials::Credentials;
 use super::reference::RegistryRef;
+use super::shared::Shared;
 use crate::WorkloadKind;
 use crate::blob_store::{BlobError, BlobStore};
 use crate::digest::Digest;
 use oci_client::client::{ClientConfig, ClientProtocol, linux_amd64_resolver};
 use oci_client::manifest::OciDescriptor;
 use oci_client::{Client, Reference};
-use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Config media type of the CNCF wasm OCI artifact layout.
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
@@ -88,21 +86,8 @@ pub struct PullProgress {
 pub struct RegistryPuller {
     blobs: BlobStore,
     credentials: Credentials,
-    /// The pulls of each image that someone is waiting for.
-    in_flight: Arc<Mutex<HashMap<String, Arc<ImagePulls>>>>,
-}
-
-/// One image's pulls: one at a time, each remembered for those who queued behind
-/// it.
-#[derive(Default)]
-struct ImagePulls {
-    /// Held while a pull runs; the last pull's outcome.
-    last: tokio::sync::Mutex<Option<FinishedPull>>,
-}
-
-struct FinishedPull {
-    started: Instant,
-    outcome: Result<PulledImage, Arc<PullError>>,
+    /// Pulls shared by the callers asking for one image at about the same time.
+    shared: Arc<Shared<String, Result<PulledImage, Arc<PullError>>>>,
 }
 
 impl RegistryPuller {
@@ -111,7 +96,7 @@ impl RegistryPuller {
         Self {
             blobs,
             credentials,
-            in_flight: Arc::default(),
+            shared: Arc::default(),
         }
     }
 
@@ -132,36 +117,12 @@ impl RegistryPuller {
         image: &RegistryRef,
         progress: &(dyn Fn(PullProgress) + Send + Sync),
     ) -> Result<PulledImage, PullError> {
-        let asked = Instant::now();
-        let display = image.to_string();
-        let pulls = self
-            .in_flight
-            .lock()
-            .entry(display.clone())
-            .or_default()
-            .clone();
-        let outcome = {
-            let mut last = pulls.last.lock().await;
-            match &*last {
-                Some(pull) if pull.started >= asked => pull.outcome.clone(),
-                _ => {
-                    let started = Instant::now();
-                    let outcome = self.pull_now(image, progress).await.map_err(Arc::new);
-                    *last = Some(FinishedPull {
-                        started,
-                        outcome: outcome.clone(),
-                    });
-                    outcome
-                }
-            }
-        };
-        let mut in_flight = self.in_flight.lock();
-        // The last one waiting for this image forgets its pulls, so that a later
-        // deployment resolves the tag afresh.
-        if Arc::strong_count(&pulls) == 2 {
-            in_flight.remove(&display);
-        }
-        outcome.map_err(PullError::Shared)
+        self.shared
+            .run(&image.to_string(), || async {
+                self.pull_now(image, progress).await.map_err(Arc::new)
+            })
+            .await
+            .map_err(PullError::Shared)
     }
 
     async fn pull_now(
