@@ -420,3 +420,145 @@ async fn instance_lists_filter_sort_page_and_include() {
         assert_eq!(error["field"], field, "{query}: {error}");
     }
 }
+
+/// The names in a list page, in order.
+fn names(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items in {page}"))
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn lists_continue_by_cursor_filter_by_status_and_name_and_refuse_bad_queries() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    let digest = ember.upload(&fixtures::hello("listed\n")).await;
+    let mut made = Vec::new();
+    for i in 0..6 {
+        for kind in ["web", "api"] {
+            let name = format!("{kind}-{i}");
+            ember.deploy(json!({ "name": name, "image": digest })).await;
+            made.push(name);
+        }
+    }
+    // A registry no one listens on: the deployment fails.
+    let (status, broken) = ember
+        .send_json(
+            Method::POST,
+            "/v1/containers",
+            &json!({ "name": "broken", "image": "127.0.0.1:9/none/such:v1" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{broken}");
+    made.push("broken".into());
+    ember
+        .wait_for(
+            "/v1/containers?status=failed",
+            std::time::Duration::from_secs(30),
+            |p| (p["total"] == 1).then_some(()),
+        )
+        .await;
+
+    // Cursors read the whole list once, oldest first.
+    let mut seen = Vec::new();
+    let mut path = "/v1/containers?rowsPerPage=5".to_string();
+    loop {
+        let (status, page) = ember.get_json(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["total"], 13);
+        seen.extend(names(&page));
+        match page["continue"].as_str() {
+            Some(cursor) => path = format!("/v1/containers?rowsPerPage=5&continue={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, made);
+
+    // Filters.
+    let (_, webs) = ember
+        .get_json("/v1/containers?namePrefix=web&rowsPerPage=100")
+        .await;
+    assert_eq!(webs["total"], 6);
+    assert_eq!(
+        names(&webs),
+        (0..6).map(|i| format!("web-{i}")).collect::<Vec<_>>()
+    );
+    let (_, deployed) = ember
+        .get_json("/v1/containers?status=deployed&rowsPerPage=100")
+        .await;
+    assert_eq!(deployed["total"], 12);
+    let (_, failed) = ember.get_json("/v1/containers?status=failed").await;
+    assert_eq!(names(&failed), ["broken"]);
+    let (_, one) = ember.get_json("/v1/containers?name=api-3").await;
+    assert_eq!(
+        (one["total"].clone(), names(&one)),
+        (json!(1), vec!["api-3".to_string()])
+    );
+    let (_, none) = ember
+        .get_json("/v1/containers?name=api-3&status=failed")
+        .await;
+    assert_eq!(none["total"], 0);
+
+    // Another user sees none of these, even by name.
+    let (status, minted) = ember
+        .send_json(Method::POST, "/v1/tokens", &json!({ "user": "alice" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{minted}");
+    let alice = minted["token"].as_str().unwrap();
+    let (status, hers) = ember
+        .call_as(Some(alice), Method::GET, "/v1/containers?name=api-3", None)
+        .await;
+    assert_eq!((status, hers["total"].clone()), (StatusCode::OK, json!(0)));
+
+    // Bad queries name the parameter.
+    let (_, first) = ember.get_json("/v1/containers?rowsPerPage=5").await;
+    let cursor = first["continue"].as_str().unwrap().to_string();
+    for (query, field) in [
+        ("status=sleeping", "status"),
+        ("namePrefix=Web", "namePrefix"),
+        ("namePrefix=", "namePrefix"),
+        ("name=-x", "name"),
+        ("continue=zz", "continue"),
+        (&*format!("continue={cursor}&page=2"), "continue"),
+        (&*format!("continue={cursor}&status=deployed"), "continue"),
+        ("rowsPerPage=0", "rowsPerPage"),
+    ] {
+        let (status, body) = ember.get_json(&format!("/v1/containers?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["field"], field, "{query}: {body}");
+    }
+
+    // The container services list pages when asked to, and holds every one when not.
+    let (_, all) = ember.get_json("/api/container_services").await;
+    assert_eq!(all["container_services"].as_array().unwrap().len(), 13);
+    let (_, page) = ember
+        .get_json("/api/container_services?page=2&per_page=5")
+        .await;
+    let services = page["container_services"].as_array().unwrap();
+    let expected: Vec<_> = made[5..10].to_vec();
+    let got: Vec<_> = services
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, expected);
+    let (status, body) = ember
+        .get_json("/api/container_services?per_page=1000")
+        .await;
+    assert_eq!(
+        (status, body["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("per_page"))
+    );
+
+    // The probes answer without a token.
+    for (path, state) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let (status, body) = ember.call_as(None, Method::GET, path, None).await;
+        assert_eq!(
+            (status, body["status"].clone()),
+            (StatusCode::OK, json!(state)),
+            "{path}"
+        );
+    }
+}

@@ -13,6 +13,8 @@ use std::process::Command;
 /// Every route the API serves, as the document names it.
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
     ("post", "/v1/blobs"),
     ("get", "/v1/containers"),
     ("post", "/v1/containers"),
