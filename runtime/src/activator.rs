@@ -131,6 +131,19 @@ struct Pool {
     pinned_wanted: u32,
 }
 
+impl Pool {
+    /// Nothing runs, starts or waits, nothing is pinned or kept at a minimum, and
+    /// the autoscaler has no demand on record: reconciling would do nothing.
+    fn is_at_rest(&self) -> bool {
+        self.instances.is_empty()
+            && self.starting.is_empty()
+            && self.queue.is_empty()
+            && self.pinned_wanted == 0
+            && self.policy.scaling.min_instances == 0
+            && self.autoscaler.is_at_rest()
+    }
+}
+
 /// A point-in-time view of a container's traffic, for metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct TrafficStats {
@@ -803,6 +816,10 @@ impl Service {
     /// fixed interval, which is also when the demand is sampled.
     pub(crate) fn reconcile(self: &Arc<Self>) {
         let mut pool = self.pool.lock();
+        if pool.is_at_rest() {
+            // At zero with nothing asked for: a decision would be zero again.
+            return;
+        }
         let number = self.serving_number();
         // Instances of older revisions leave once their last request is done.
         let mut stopped = take_idle(

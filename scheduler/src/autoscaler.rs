@@ -153,6 +153,16 @@ impl Autoscaler {
         }
     }
 
+    /// Whether the autoscaler has nothing on record that could move a decision
+    /// from zero: no demand in any sample it holds, and no burst being held. For a
+    /// container with nothing running, starting or waiting and no minimum, a
+    /// decision then is zero, and recording another zero demand changes nothing,
+    /// so a caller may skip both until demand comes (a runtime with many
+    /// containers at zero spends nothing on them).
+    pub fn is_at_rest(&self) -> bool {
+        self.panic_since.is_none() && self.samples.iter().all(|&(_, demand)| demand == 0)
+    }
+
     /// Whether a burst is being handled.
     pub fn is_panicking(&self) -> bool {
         self.panic_since.is_some()
@@ -384,6 +394,33 @@ mod tests {
         // The maximum still holds.
         let decision = Autoscaler::new().decide(&policy(0, 5, 60), &observed, SECOND);
         assert_eq!(decision.desired, 5);
+    }
+
+    #[test]
+    fn at_rest_only_once_no_demand_is_on_record_and_then_decisions_stay_at_zero() {
+        let mut sim = Simulation::new(policy(0, 100, 1));
+        assert!(sim.scaler.is_at_rest());
+        sim.run(SECOND * 5, 50);
+        assert!(!sim.scaler.is_at_rest(), "demand on record");
+        // Idle: down to zero, but the burst's samples stay for a stable window.
+        sim.run(SECOND * 5, 0);
+        assert_eq!(sim.ready, 0);
+        assert!(!sim.scaler.is_at_rest());
+        sim.run(STABLE_WINDOW, 0);
+        assert!(sim.scaler.is_at_rest());
+        // Skipping ticks from here changes nothing: a decision much later is zero,
+        // and a request still starts one instance at once.
+        sim.now += SECOND * 3600;
+        let quiet = Observation {
+            last_activity: sim.last_activity,
+            ..Default::default()
+        };
+        assert_eq!(sim.scaler.decide(&sim.policy, &quiet, sim.now).desired, 0);
+        let asked = Observation {
+            waiting: 1,
+            ..quiet
+        };
+        assert_eq!(sim.scaler.decide(&sim.policy, &asked, sim.now).desired, 1);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! `ember bench --scale`: what many containers cost one node. For each count, a
 //! fresh runtime gets that many wasm containers of one image from a loopback
-//! registry, created over a few keep-alive connections; then the bench measures
-//! how long deployment trails the last create, what a page of the list costs
-//! (first, by cursor, and deep by number), the runtime's resident memory and idle
-//! CPU, and how soon it answers again after a SIGKILL.
+//! registry, created one after another over one keep-alive connection while the
+//! earlier ones deploy; then the bench measures how long deployment trails the
+//! last create, what a page of the list costs (first, by cursor, and deep by
+//! number), the runtime's resident memory and idle CPU, and how soon it answers
+//! again after a SIGKILL.
 
 use super::servers::spawn_tied_to_bench;
 use crate::workloads::HELLO_COMPONENT;
@@ -20,8 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Clients creating containers at once, each on its own keep-alive connection.
-const CLIENTS: usize = 8;
+/// Clients creating containers at once, each on its own keep-alive connection:
+/// one, creating containers one after another, so that a create's latency is the
+/// API's own and not a queue behind other clients on a saturated machine.
+const CLIENTS: usize = 1;
 /// Page size measured.
 const PAGE: usize = 100;
 /// Times each page is read for its median.
@@ -181,7 +184,7 @@ async fn measure(count: usize, image: &str) -> anyhow::Result<ScaleRow> {
         None => first_page,
     };
     let numbered_page = runtime
-        .page_time(&client, &format!("rowsPerPage={PAGE}&page={}", middle + 1))
+        .page_time(&client, &format!("rowsPerPage={PAGE}&page={middle}"))
         .await?;
 
     // Let the deployments' last writes and the first idle scale-downs pass.

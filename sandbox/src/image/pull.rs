@@ -88,6 +88,9 @@ pub struct RegistryPuller {
     credentials: Credentials,
     /// Pulls shared by the callers asking for one image at about the same time.
     shared: Arc<Shared<String, Result<PulledImage, Arc<PullError>>>>,
+    /// One registry client per registry, kept: a client loads the system's root
+    /// certificates when made, and keeps its connections and tokens.
+    clients: Arc<parking_lot::Mutex<std::collections::HashMap<String, Client>>>,
 }
 
 impl RegistryPuller {
@@ -97,6 +100,7 @@ impl RegistryPuller {
             blobs,
             credentials,
             shared: Arc::default(),
+            clients: Arc::default(),
         }
     }
 
@@ -135,7 +139,12 @@ impl RegistryPuller {
             reference: display.clone(),
             message: e.to_string(),
         };
-        let client = client_for(image);
+        let client = self
+            .clients
+            .lock()
+            .entry(image.registry.clone())
+            .or_insert_with(|| client_for(image))
+            .clone();
         let reference = oci_reference(image);
         let auth = self.credentials.for_registry(&image.registry);
         // An image index resolves to its linux/amd64 manifest here.
