@@ -3,6 +3,7 @@
 //! bounded FIFO queue while the autoscaler starts as many instances as the demand
 //! needs, in parallel; each freed slot goes to the request that waited longest.
 
+use crate::awake::{AwakeSet, Membership};
 use crate::background::Background;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -131,6 +132,64 @@ struct Pool {
     pinned_wanted: u32,
 }
 
+/// The pool behind its lock. Whoever leaves the pool not at rest puts the
+/// container among those the reconciler visits, as the lock is released: no
+/// change can forget to.
+struct PoolCell {
+    pool: Mutex<Pool>,
+    membership: Membership<Service>,
+}
+
+/// The pool, locked.
+struct PoolGuard<'a> {
+    pool: parking_lot::MutexGuard<'a, Pool>,
+    membership: &'a Membership<Service>,
+}
+
+impl PoolCell {
+    fn lock(&self) -> PoolGuard<'_> {
+        PoolGuard {
+            pool: self.pool.lock(),
+            membership: &self.membership,
+        }
+    }
+}
+
+impl PoolCell {
+    #[cfg(test)]
+    fn membership_is_awake(&self) -> bool {
+        self.membership.is_awake()
+    }
+}
+
+impl PoolGuard<'_> {
+    /// Leaves the reconciler's set; the pool is at rest.
+    fn sleep(&self) {
+        self.membership.sleep();
+    }
+}
+
+impl std::ops::Deref for PoolGuard<'_> {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl std::ops::DerefMut for PoolGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Pool {
+        &mut self.pool
+    }
+}
+
+impl Drop for PoolGuard<'_> {
+    fn drop(&mut self) {
+        if !self.pool.is_at_rest() {
+            self.membership.wake();
+        }
+    }
+}
+
 impl Pool {
     /// Nothing runs, starts or waits, nothing is pinned or kept at a minimum, and
     /// the autoscaler has no demand on record: reconciling would do nothing.
@@ -156,12 +215,24 @@ pub(crate) struct TrafficStats {
     pub(crate) prepared: u32,
 }
 
+/// What the services of every container on this node share.
+#[derive(Clone)]
+pub(crate) struct ServiceShared {
+    pub(crate) server_id: ServerId,
+    pub(crate) clock: Clock,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) node: Arc<NodeCapacity>,
+    pub(crate) background: Background,
+    /// The containers the reconciler visits.
+    pub(crate) awake: Arc<AwakeSet<Service>>,
+}
+
 /// One container's traffic state: its serving revision and its instances.
 pub(crate) struct Service {
     pub(crate) id: ContainerId,
     server_id: ServerId,
     serving: watch::Sender<Serving>,
-    pool: Mutex<Pool>,
+    pool: PoolCell,
     restarts: Mutex<Restarts>,
     /// Nanoseconds since the clock's origin of the last request start or end.
     last_activity: AtomicU64,
@@ -209,28 +280,31 @@ impl Drop for Lease {
 }
 
 impl Service {
-    pub(crate) fn new(
-        id: ContainerId,
-        server_id: ServerId,
-        policy: TrafficPolicy,
-        clock: Clock,
-        metrics: Arc<Metrics>,
-        node: Arc<NodeCapacity>,
-        background: Background,
-    ) -> Arc<Self> {
-        let service = Arc::new(Self {
+    pub(crate) fn new(id: ContainerId, policy: TrafficPolicy, shared: &ServiceShared) -> Arc<Self> {
+        let ServiceShared {
+            server_id,
+            clock,
+            metrics,
+            node,
+            background,
+            awake,
+        } = shared.clone();
+        let service = Arc::new_cyclic(|me| Self {
             id,
             server_id,
             serving: watch::Sender::new(Serving::Deploying),
-            pool: Mutex::new(Pool {
-                policy,
-                instances: Vec::new(),
-                starting: Vec::new(),
-                queue: VecDeque::new(),
-                autoscaler: Autoscaler::new(),
-                desired: 0,
-                pinned_wanted: 0,
-            }),
+            pool: PoolCell {
+                pool: Mutex::new(Pool {
+                    policy,
+                    instances: Vec::new(),
+                    starting: Vec::new(),
+                    queue: VecDeque::new(),
+                    autoscaler: Autoscaler::new(),
+                    desired: 0,
+                    pinned_wanted: 0,
+                }),
+                membership: Membership::new(awake, id, me.clone()),
+            },
             restarts: Mutex::default(),
             last_activity: AtomicU64::new(0),
             decisions: Default::default(),
@@ -817,7 +891,9 @@ impl Service {
     pub(crate) fn reconcile(self: &Arc<Self>) {
         let mut pool = self.pool.lock();
         if pool.is_at_rest() {
-            // At zero with nothing asked for: a decision would be zero again.
+            // At zero with nothing asked for: a decision would be zero again, until
+            // something wakes the container.
+            pool.sleep();
             return;
         }
         let number = self.serving_number();
@@ -1428,12 +1504,15 @@ mod tests {
         );
         let service = Service::new(
             ContainerId::generate(),
-            ServerId::generate(),
             policy,
-            Clock::start(),
-            Arc::default(),
-            node,
-            Background::current(),
+            &ServiceShared {
+                server_id: ServerId::generate(),
+                clock: Clock::start(),
+                metrics: Arc::default(),
+                node,
+                background: Background::current(),
+                awake: Arc::default(),
+            },
         );
         let starts = Arc::new(AtomicUsize::new(0));
         let most_at_once = Arc::new(AtomicUsize::new(0));
@@ -1474,6 +1553,26 @@ mod tests {
             leases.push(task.await.unwrap().unwrap());
         }
         leases
+    }
+
+    #[tokio::test]
+    async fn a_container_at_rest_leaves_the_reconcilers_set_and_a_request_brings_it_back() {
+        let (service, _) = service(Settings::default());
+        let awake = || service.pool.membership_is_awake();
+        // Never asked for anything: at rest, and the reconciler makes it sleep.
+        service.reconcile();
+        assert!(!awake());
+        let lease = service.acquire(Duration::from_secs(5)).await.unwrap();
+        assert!(awake(), "a request wakes it");
+        service.reconcile();
+        drop(lease);
+        // An instance runs: it stays awake, so that its idle timeout is watched.
+        service.reconcile();
+        assert!(awake());
+        // Scaled to zero by hand, which also forgets the demand on record: at rest.
+        service.stop_idle_instances().await;
+        service.reconcile();
+        assert!(!awake());
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 
 mod activator;
 pub mod auth;
+mod awake;
 mod background;
 mod clock;
 mod config;

@@ -1,7 +1,8 @@
 //! The runtime handle: typed commands for the API and CLI.
 
-use crate::activator::{Service, ServingRevision, TrafficPolicy};
+use crate::activator::{Service, ServiceShared, ServingRevision, TrafficPolicy};
 use crate::auth;
+use crate::awake::AwakeSet;
 use crate::background::Background;
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
@@ -39,6 +40,8 @@ pub(crate) struct Inner {
     pub(crate) store: Store,
     deployer: Arc<Deployer>,
     pub(crate) services: RwLock<HashMap<ContainerId, Arc<Service>>>,
+    /// The containers the reconciler visits: those not at rest.
+    awake: Arc<AwakeSet<Service>>,
     pub(crate) routes: RoutingTable<Arc<Service>>,
     pub(crate) metrics: Arc<Metrics>,
     clock: Clock,
@@ -79,6 +82,9 @@ pub struct ContainerView {
 /// compiled code is kept, so more at once would only queue on the registry and
 /// the CPUs.
 const CONCURRENT_DEPLOYS: usize = 32;
+
+/// Containers the reconciler looks at before it lets other tasks run.
+const RECONCILED_BETWEEN_YIELDS: usize = 256;
 
 /// Restored revisions prepared at once in the background after a restart.
 const CONCURRENT_WARM_UPS: usize = 4;
@@ -162,6 +168,7 @@ impl Runtime {
                 store,
                 deployer,
                 services: RwLock::default(),
+                awake: Arc::default(),
                 routes: RoutingTable::default(),
                 metrics: Arc::default(),
                 clock: Clock::start(),
@@ -740,12 +747,15 @@ impl Runtime {
             .or_insert_with(|| {
                 Service::new(
                     container.id,
-                    self.inner.server_id,
                     self.policy(container, WorkloadKind::Wasm),
-                    self.inner.clock,
-                    self.inner.metrics.clone(),
-                    self.inner.node.clone(),
-                    self.inner.background.clone(),
+                    &ServiceShared {
+                        server_id: self.inner.server_id,
+                        clock: self.inner.clock,
+                        metrics: self.inner.metrics.clone(),
+                        node: self.inner.node.clone(),
+                        background: self.inner.background.clone(),
+                        awake: self.inner.awake.clone(),
+                    },
                 )
             })
             .clone();
@@ -850,9 +860,14 @@ impl Runtime {
 
     fn spawn_reconciler(&self) {
         self.spawn_periodic(self.inner.config.reconcile_interval, |inner| async move {
-            let services: Vec<_> = inner.services.read().values().cloned().collect();
-            for service in services {
+            let services = inner.awake.members();
+            for (n, service) in services.iter().enumerate() {
                 service.reconcile();
+                // With many containers a pass takes milliseconds: let the API and
+                // the probes in between.
+                if n % RECONCILED_BETWEEN_YIELDS == RECONCILED_BETWEEN_YIELDS - 1 {
+                    tokio::task::yield_now().await;
+                }
             }
         });
     }

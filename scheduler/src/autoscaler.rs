@@ -129,6 +129,8 @@ pub struct ScaleDecision {
 pub struct Autoscaler {
     /// Demand samples, oldest first, none older than the stable window.
     samples: VecDeque<(Duration, u32)>,
+    /// How many of `samples` saw some demand.
+    samples_with_demand: usize,
     /// When the panic condition last held, while panicking.
     panic_since: Option<Duration>,
     /// The most instances wanted during this panic.
@@ -145,11 +147,13 @@ impl Autoscaler {
     /// windows' averages are averages over time.
     pub fn record(&mut self, now: Duration, demand: u32) {
         self.samples.push_back((now, demand));
-        while let Some(&(at, _)) = self.samples.front() {
+        self.samples_with_demand += usize::from(demand > 0);
+        while let Some(&(at, old)) = self.samples.front() {
             if now.saturating_sub(at) < STABLE_WINDOW {
                 break;
             }
             self.samples.pop_front();
+            self.samples_with_demand -= usize::from(old > 0);
         }
     }
 
@@ -160,7 +164,7 @@ impl Autoscaler {
     /// so a caller may skip both until demand comes (a runtime with many
     /// containers at zero spends nothing on them).
     pub fn is_at_rest(&self) -> bool {
-        self.panic_since.is_none() && self.samples.iter().all(|&(_, demand)| demand == 0)
+        self.panic_since.is_none() && self.samples_with_demand == 0
     }
 
     /// Whether a burst is being handled.
