@@ -8,7 +8,8 @@ use crate::background::Background;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::model::{
-    ContainerId, InstanceId, InstanceInfo, InstanceState, ServerId, StoppedInstance,
+    ContainerId, ContainerName, InstanceId, InstanceInfo, InstanceState, ServerId, StoppedInstance,
+    UserId,
 };
 use crate::node::{NodeCapacity, Placement};
 use crate::roster::{Entry, Identity, Roster};
@@ -227,9 +228,20 @@ pub(crate) struct ServiceShared {
     pub(crate) awake: Arc<AwakeSet<Service>>,
 }
 
+/// What lists of instances need of their container, kept in memory so that a list
+/// reads from the store only the containers of the rows it returns.
+#[derive(Debug, Clone)]
+pub(crate) struct Listing {
+    pub(crate) owner: UserId,
+    pub(crate) created: SystemTime,
+    pub(crate) name: ContainerName,
+}
+
 /// One container's traffic state: its serving revision and its instances.
 pub(crate) struct Service {
     pub(crate) id: ContainerId,
+    /// Its owner, age and name, as of its last change.
+    listing: Mutex<Listing>,
     server_id: ServerId,
     serving: watch::Sender<Serving>,
     pool: PoolCell,
@@ -280,7 +292,12 @@ impl Drop for Lease {
 }
 
 impl Service {
-    pub(crate) fn new(id: ContainerId, policy: TrafficPolicy, shared: &ServiceShared) -> Arc<Self> {
+    pub(crate) fn new(
+        id: ContainerId,
+        listing: Listing,
+        policy: TrafficPolicy,
+        shared: &ServiceShared,
+    ) -> Arc<Self> {
         let ServiceShared {
             server_id,
             clock,
@@ -291,6 +308,7 @@ impl Service {
         } = shared.clone();
         let service = Arc::new_cyclic(|me| Self {
             id,
+            listing: Mutex::new(listing),
             server_id,
             serving: watch::Sender::new(Serving::Deploying),
             pool: PoolCell {
@@ -327,6 +345,15 @@ impl Service {
     fn touch(&self) {
         let now = self.clock.now().as_nanos() as u64;
         self.last_activity.store(now, Ordering::Relaxed);
+    }
+
+    /// What lists need of the container.
+    pub(crate) fn listing(&self) -> Listing {
+        self.listing.lock().clone()
+    }
+
+    pub(crate) fn set_listing(&self, listing: Listing) {
+        *self.listing.lock() = listing;
     }
 
     pub(crate) fn set_policy(&self, policy: TrafficPolicy) {
@@ -1504,6 +1531,11 @@ mod tests {
         );
         let service = Service::new(
             ContainerId::generate(),
+            Listing {
+                owner: crate::model::UserId::generate(),
+                created: SystemTime::now(),
+                name: "test".parse().unwrap(),
+            },
             policy,
             &ServiceShared {
                 server_id: ServerId::generate(),

@@ -9,7 +9,7 @@
 
 use crate::activator::Refusal;
 use crate::error::RuntimeError;
-use crate::model::{Caller, ContainerId, InstanceId, InstanceInfo, InstanceState};
+use crate::model::{Caller, ContainerId, ContainerName, InstanceId, InstanceInfo, InstanceState};
 use crate::runtime::{ContainerView, Runtime};
 use crate::usage::UsageSample;
 use ember_sandbox::processes::ProcessInfo;
@@ -181,25 +181,57 @@ impl Runtime {
             .unwrap_or_default())
     }
 
-    /// Every instance of the caller's containers, with its container, ordered by
-    /// the containers' age: a walk over the containers in memory that reads from
-    /// the store only those with instances.
-    pub async fn all_instances(
+    /// Every instance of the caller's containers, with its container's id and
+    /// name, ordered by the containers' age, then as each container lists them.
+    /// Read from memory: pair it with [`Runtime::views`] for the rows returned.
+    pub fn all_instances(
         &self,
         caller: &Caller,
-    ) -> Result<Vec<(ContainerView, Vec<InstanceInfo>)>, RuntimeError> {
-        let mut found = Vec::new();
-        for service in self.services_with_instances() {
-            let Some(container) = self.inner().store.container(service.id).await? else {
+    ) -> Vec<(ContainerId, ContainerName, InstanceInfo)> {
+        let mut found: Vec<_> = self
+            .services_with_instances()
+            .into_iter()
+            .map(|service| (service.listing(), service))
+            .filter(|(listing, _)| {
+                caller
+                    .owner_scope()
+                    .is_none_or(|user| listing.owner == user)
+            })
+            .collect();
+        found.sort_by_key(|(listing, service)| (listing.created, service.id));
+        found
+            .into_iter()
+            .flat_map(|(listing, service)| {
+                let id = service.id;
+                service
+                    .instances()
+                    .into_iter()
+                    .map(move |instance| (id, listing.name.clone(), instance))
+            })
+            .collect()
+    }
+
+    /// The caller's views of containers `ids` (those it may not see are left out):
+    /// a store read each.
+    pub async fn views(
+        &self,
+        caller: &Caller,
+        ids: Vec<ContainerId>,
+    ) -> Result<std::collections::HashMap<ContainerId, ContainerView>, RuntimeError> {
+        let mut views = std::collections::HashMap::new();
+        for id in ids {
+            if views.contains_key(&id) {
                 continue;
-            };
-            if caller.can_access(&container) {
-                let instances = service.instances();
-                found.push((self.view(container), instances));
+            }
+            match self.get_container(caller, id).await {
+                Ok(view) => {
+                    views.insert(id, view);
+                }
+                Err(RuntimeError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
-        found.sort_by_key(|(view, _)| (view.container.date_created, view.container.id));
-        Ok(found)
+        Ok(views)
     }
 
     /// The instances of a container the caller was shown (its view), read from

@@ -1,6 +1,6 @@
 //! The runtime handle: typed commands for the API and CLI.
 
-use crate::activator::{Service, ServiceShared, ServingRevision, TrafficPolicy};
+use crate::activator::{Listing, Service, ServiceShared, ServingRevision, TrafficPolicy};
 use crate::auth;
 use crate::awake::AwakeSet;
 use crate::background::Background;
@@ -747,6 +747,7 @@ impl Runtime {
             .or_insert_with(|| {
                 Service::new(
                     container.id,
+                    listing(container),
                     self.policy(container, WorkloadKind::Wasm),
                     &ServiceShared {
                         server_id: self.inner.server_id,
@@ -759,6 +760,7 @@ impl Runtime {
                 )
             })
             .clone();
+        service.set_listing(listing(container));
         service.set_pinned(container.pinned_instances);
         self.inner
             .routes
@@ -901,6 +903,15 @@ impl Runtime {
                 tick(inner).await;
             }
         });
+    }
+}
+
+/// What lists of instances keep of a container.
+fn listing(container: &Container) -> Listing {
+    Listing {
+        owner: container.created_by,
+        created: container.date_created,
+        name: container.spec.name.clone(),
     }
 }
 

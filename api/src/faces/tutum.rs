@@ -175,22 +175,29 @@ async fn list(
         ));
     }
     let offset = query.offset.unwrap_or(0);
-    let mut objects = Vec::new();
-    for (view, instances) in runtime.all_instances(&caller).await? {
-        for instance in instances {
-            let object = object(&view, &instance);
-            let matches =
-                |value: &str, wanted: &Option<String>| wanted.as_deref().is_none_or(|w| value == w);
-            if matches(object.state, &query.state)
-                && matches(&object.name, &query.name)
-                && matches(&object.unique_name, &query.unique_name)
-            {
-                objects.push(object);
-            }
-        }
-    }
-    let total = objects.len();
-    let page = objects.into_iter().skip(offset).take(limit).collect();
+    // Filtered in memory; only the page's containers are read from the store.
+    let matches =
+        |value: &str, wanted: &Option<String>| wanted.as_deref().is_none_or(|w| value == w);
+    let rows: Vec<_> = runtime
+        .all_instances(&caller)
+        .into_iter()
+        .filter(|(_, name, instance)| {
+            matches(state_name(instance.state), &query.state)
+                && matches(name.as_str(), &query.name)
+                && matches(
+                    &super::unique_name(name.as_str(), instance),
+                    &query.unique_name,
+                )
+        })
+        .collect();
+    let total = rows.len();
+    let rows: Vec<_> = rows.into_iter().skip(offset).take(limit).collect();
+    let ids: Vec<_> = rows.iter().map(|(id, _, _)| *id).collect();
+    let views = runtime.views(&caller, ids).await?;
+    let page = rows
+        .iter()
+        .filter_map(|(id, _, instance)| Some(object(views.get(id)?, instance)))
+        .collect();
     let link = |offset: usize| format!("/api/v1/container/?limit={limit}&offset={offset}");
     Ok(Json(TutumList {
         meta: Meta {
