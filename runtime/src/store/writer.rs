@@ -95,25 +95,42 @@ impl<D: Durable> GroupCommit<D> {
         change: impl FnOnce(&D) -> Result<T, RuntimeError> + Send + 'static,
         answer: oneshot::Sender<Result<T, RuntimeError>>,
     ) -> Result<(), RuntimeError> {
-        let change: Change<D> = Box::new(move |target| match change(target) {
-            Err(e) => {
-                let _ = answer.send(Err(e));
-                None
-            }
-            Ok(value) => Some(Box::new(move |durable: Result<(), &RuntimeError>| {
-                let _ = answer.send(match durable {
-                    Ok(()) => Ok(value),
-                    Err(e) => Err(RuntimeError::Storage(format!(
-                        "the change was not made durable: {e}"
-                    ))),
+        let change: Change<D> = Box::new(move |target| {
+            // A change that panics fails alone; the writer goes on with the others.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change(target)))
+                .unwrap_or_else(|_| {
+                    Err(RuntimeError::Storage(
+                        "a change of the state panicked and was abandoned".into(),
+                    ))
                 });
-            })),
+            finish(outcome, answer)
         });
         self.queue
             .as_ref()
             .ok_or_else(writer_gone)?
             .send(change)
             .map_err(|_| writer_gone())
+    }
+}
+
+/// Answers a failed change at once; a change that succeeded waits for the flush.
+fn finish<T: Send + 'static>(
+    outcome: Result<T, RuntimeError>,
+    answer: oneshot::Sender<Result<T, RuntimeError>>,
+) -> Option<Reply> {
+    match outcome {
+        Err(e) => {
+            let _ = answer.send(Err(e));
+            None
+        }
+        Ok(value) => Some(Box::new(move |durable: Result<(), &RuntimeError>| {
+            let _ = answer.send(match durable {
+                Ok(()) => Ok(value),
+                Err(e) => Err(RuntimeError::Storage(format!(
+                    "the change was not made durable: {e}"
+                ))),
+            });
+        })),
     }
 }
 
@@ -217,6 +234,11 @@ mod tests {
         assert!(matches!(refused, Err(RuntimeError::NameTaken(_))));
         assert_eq!(recorder.flushes.load(Ordering::SeqCst), 0);
         assert_eq!(writer.fault(), None);
+        let panicked = writer
+            .write(|_: &Arc<Recorder>| -> Result<(), RuntimeError> { panic!("a bug") })
+            .await
+            .unwrap_err();
+        assert!(panicked.to_string().contains("panicked"), "{panicked}");
         let lost = writer.write(|_: &Arc<Recorder>| Ok(1)).await.unwrap_err();
         assert!(lost.to_string().contains("disk on fire"), "{lost}");
         assert!(writer.fault().unwrap().contains("disk on fire"));
