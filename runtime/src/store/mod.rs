@@ -13,13 +13,16 @@
 //! transaction's lock.
 
 mod index;
+mod jobs;
+mod list;
 mod schema;
+mod tokens;
 mod writer;
 
 use crate::error::RuntimeError;
 use crate::model::{
-    Container, ContainerId, ContainerName, ContainerQuery, Job, JobId, Page, PageRequest, Revision,
-    ServerId, Token, TokenId, UserId, UserName,
+    Container, ContainerId, ContainerName, ContainerQuery, Page, PageRequest, Revision, ServerId,
+    UserId,
 };
 use index::IndexChange;
 use serde::{Serialize, de::DeserializeOwned};
@@ -27,7 +30,6 @@ use sled::Transactional;
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
-use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use writer::{Durable, GroupCommit};
@@ -138,20 +140,6 @@ impl Store {
         self.read(move |t| get(&t.containers, id.as_bytes())).await
     }
 
-    /// The container called `name`.
-    pub async fn container_named(
-        &self,
-        name: ContainerName,
-    ) -> Result<Option<Container>, RuntimeError> {
-        self.read(move |t| {
-            let Some(id) = t.names.get(name.as_str().as_bytes())? else {
-                return Ok(None);
-            };
-            get(&t.containers, &id)
-        })
-        .await
-    }
-
     /// The containers whose integer id (as the numbered faces show it) is `number`:
     /// one, but for a clash of 48-bit numbers.
     pub async fn containers_numbered(&self, number: u64) -> Result<Vec<Container>, RuntimeError> {
@@ -175,7 +163,7 @@ impl Store {
         &self,
         query: ContainerQuery,
     ) -> Result<Page<Container>, RuntimeError> {
-        self.read(move |t| list_containers(t, &query)).await
+        self.read(move |t| list::list_containers(t, &query)).await
     }
 
     /// Stores a new container and its first revision; refuses a name in use.
@@ -312,300 +300,6 @@ impl Store {
             })
             .await
     }
-
-    /// Writes a job (new or changed).
-    pub async fn save_job(&self, job: Job) -> Result<(), RuntimeError> {
-        self.writer
-            .write(move |t| {
-                t.jobs.insert(job.id.as_bytes(), encode(&job)?)?;
-                Ok(())
-            })
-            .await
-    }
-
-    /// Changes job `id` with `change`, if it exists; the job as changed.
-    pub async fn update_job(
-        &self,
-        id: JobId,
-        change: impl FnOnce(&mut Job) + Send + 'static,
-    ) -> Result<Option<Job>, RuntimeError> {
-        self.writer
-            .write(move |t| {
-                let Some(mut job) = get::<Job>(&t.jobs, id.as_bytes())? else {
-                    return Ok(None);
-                };
-                change(&mut job);
-                t.jobs.insert(id.as_bytes(), encode(&job)?)?;
-                Ok(Some(job))
-            })
-            .await
-    }
-
-    /// One job.
-    pub async fn job(&self, id: JobId) -> Result<Option<Job>, RuntimeError> {
-        self.read(move |t| get(&t.jobs, id.as_bytes())).await
-    }
-
-    /// Marks every job still under way as failed with `error`: at start, for the
-    /// jobs a stopped runtime left. Returns how many.
-    pub async fn fail_unfinished_jobs(
-        &self,
-        error: String,
-        now: std::time::SystemTime,
-    ) -> Result<usize, RuntimeError> {
-        self.writer
-            .write(move |t| {
-                let mut failed = 0;
-                for value in t.jobs.iter().values() {
-                    let mut job: Job = decode(&value?)?;
-                    if !job.is_finished() {
-                        job.state = crate::model::JobState::Error;
-                        job.error = Some(error.clone());
-                        job.date_updated = now;
-                        t.jobs.insert(job.id.as_bytes(), encode(&job)?)?;
-                        failed += 1;
-                    }
-                }
-                Ok(failed)
-            })
-            .await
-    }
-
-    /// Removes the jobs that finished before `cutoff`; returns how many.
-    pub async fn remove_jobs_finished_before(
-        &self,
-        cutoff: std::time::SystemTime,
-    ) -> Result<usize, RuntimeError> {
-        self.writer
-            .write(move |t| {
-                let mut removed = 0;
-                for value in t.jobs.iter().values() {
-                    let job: Job = decode(&value?)?;
-                    if job.is_finished() && job.date_updated < cutoff {
-                        t.jobs.remove(job.id.as_bytes())?;
-                        removed += 1;
-                    }
-                }
-                Ok(removed)
-            })
-            .await
-    }
-
-    /// Stores a token under the hash of its secret (replacing the token stored
-    /// under it, if any).
-    pub async fn insert_token(
-        &self,
-        secret_hash: Vec<u8>,
-        token: Token,
-    ) -> Result<(), RuntimeError> {
-        self.writer
-            .write(move |t| {
-                let value = encode(&token)?;
-                transact((&t.tokens, &t.index), |(tokens, index)| {
-                    let old = tokens.insert(secret_hash.as_slice(), value.as_slice())?;
-                    match old {
-                        Some(old) => {
-                            let old: Token = decode_in(&old)?;
-                            for (key, _) in index::token_entries(&old, &secret_hash) {
-                                index.remove(key)?;
-                            }
-                        }
-                        None => add_to_counter(index, &index::token_counter(), 1)?,
-                    }
-                    for (key, value) in index::token_entries(&token, &secret_hash) {
-                        index.insert(key, value)?;
-                    }
-                    Ok(())
-                })
-            })
-            .await
-    }
-
-    /// Looks a token up by the hash of its secret.
-    pub async fn token(&self, secret_hash: Vec<u8>) -> Result<Option<Token>, RuntimeError> {
-        self.read(move |t| get(&t.tokens, &secret_hash)).await
-    }
-
-    /// A page of the tokens, oldest first.
-    pub async fn tokens(&self, page: PageRequest) -> Result<Page<Token>, RuntimeError> {
-        self.read(move |t| {
-            let total = index::decode_count(t.index.get(index::token_counter())?.as_deref());
-            let items = t
-                .index
-                .scan_prefix(index::tokens_by_age_prefix())
-                .values()
-                .skip(page.skip())
-                .take(page.rows_per_page as usize)
-                .map(|hash| get(&t.tokens, &hash?)?.ok_or_else(corrupt_index))
-                .collect::<Result<_, _>>()?;
-            Ok(page.page_of(items, usize::try_from(total).unwrap_or(usize::MAX), None))
-        })
-        .await
-    }
-
-    /// The token with `id`.
-    pub async fn token_by_id(&self, id: TokenId) -> Result<Option<Token>, RuntimeError> {
-        self.read(move |t| {
-            let Some(hash) = t.index.get(index::token_by_id(&id))? else {
-                return Ok(None);
-            };
-            get(&t.tokens, &hash)
-        })
-        .await
-    }
-
-    /// Removes the token with `id`; returns it, or `None` when there was none.
-    pub async fn remove_token(&self, id: TokenId) -> Result<Option<Token>, RuntimeError> {
-        self.writer
-            .write(move |t| {
-                transact((&t.tokens, &t.index), |(tokens, index)| {
-                    let Some(hash) = index.get(index::token_by_id(&id))? else {
-                        return Ok(None);
-                    };
-                    let Some(old) = tokens.remove(&hash)? else {
-                        return Ok(None);
-                    };
-                    let token: Token = decode_in(&old)?;
-                    for (key, _) in index::token_entries(&token, &hash) {
-                        index.remove(key)?;
-                    }
-                    add_to_counter(index, &index::token_counter(), -1)?;
-                    Ok(Some(token))
-                })
-            })
-            .await
-    }
-
-    /// The id of the user called `name`, made with `generate` the first time.
-    pub async fn user_id(
-        &self,
-        name: UserName,
-        generate: impl FnOnce() -> UserId + Send + 'static,
-    ) -> Result<UserId, RuntimeError> {
-        self.writer
-            .write(move |t| {
-                let new = generate();
-                let previous = t.users.compare_and_swap(
-                    name.as_str().as_bytes(),
-                    None as Option<&[u8]>,
-                    Some(encode(&new)?),
-                )?;
-                match previous {
-                    Ok(()) => Ok(new),
-                    Err(existing) => decode(&existing.current.ok_or_else(corrupt_index)?),
-                }
-            })
-            .await
-    }
-}
-
-fn list_containers(t: &Trees, query: &ContainerQuery) -> Result<Page<Container>, RuntimeError> {
-    let scope = index::scope_of(query.owner);
-    let page = query.page;
-    if let Some(name) = &query.name {
-        // One name is one row at most: the names index answers.
-        let found = match t.names.get(name.as_str().as_bytes())? {
-            Some(id) => get::<Container>(&t.containers, &id)?,
-            None => None,
-        };
-        let items: Vec<_> = found
-            .filter(|c| query.owner.is_none_or(|owner| c.created_by == owner))
-            .filter(|c| query.status.is_none_or(|s| c.status == s))
-            .into_iter()
-            .collect();
-        let total = items.len();
-        let items = items.into_iter().skip(page.skip()).collect();
-        return Ok(page.page_of(items, total, None));
-    }
-    let (prefix, counter) = match (&query.name_prefix, query.status) {
-        (Some(name_prefix), _) => (index::by_name_prefix(&scope, name_prefix), None),
-        (None, Some(status)) => (
-            index::by_status_prefix(&scope, status),
-            Some(index::container_counter(&scope, Some(status))),
-        ),
-        (None, None) => (
-            index::by_age_prefix(&scope),
-            Some(index::container_counter(&scope, None)),
-        ),
-    };
-    // Only a name prefix with a status needs the rows themselves to filter.
-    let filter = query.name_prefix.as_ref().and(query.status);
-    let keep = |container: &Container| filter.is_none_or(|s| container.status == s);
-    let start = match &query.after {
-        None => Bound::Included(prefix.clone()),
-        Some(cursor) => {
-            let key = hex::decode(cursor)
-                .ok()
-                .filter(|key| key.starts_with(&prefix) && key.len() > prefix.len())
-                .ok_or_else(|| {
-                    RuntimeError::invalid(
-                        "continue",
-                        "is not a cursor of this list: pass the `continue` of the page before, with the same filters",
-                    )
-                })?;
-            Bound::Excluded(key)
-        }
-    };
-    let entries = t
-        .index
-        .range::<Vec<u8>, _>((start, Bound::Unbounded))
-        .take_while(|entry| {
-            entry
-                .as_ref()
-                .map_or(true, |(key, _)| key.starts_with(&prefix))
-        });
-    let row = |key: &[u8], value: &[u8]| -> Result<Container, RuntimeError> {
-        let id = index::container_id_of(key, value).ok_or_else(corrupt_index)?;
-        get(&t.containers, id.as_bytes())?.ok_or_else(corrupt_index)
-    };
-    let mut items = Vec::with_capacity(page.rows_per_page as usize);
-    let mut last_key = None;
-    let mut more = false;
-    let mut skipped = 0;
-    for entry in entries {
-        let (key, value) = entry?;
-        if filter.is_some() {
-            let container = row(&key, &value)?;
-            if !keep(&container) {
-                continue;
-            }
-            if skipped < page.skip() {
-                skipped += 1;
-            } else if items.len() < page.rows_per_page as usize {
-                items.push(container);
-                last_key = Some(key);
-            } else {
-                more = true;
-                break;
-            }
-        } else if skipped < page.skip() {
-            skipped += 1;
-        } else if items.len() < page.rows_per_page as usize {
-            items.push(row(&key, &value)?);
-            last_key = Some(key);
-        } else {
-            more = true;
-            break;
-        }
-    }
-    let total = match counter {
-        Some(counter) => usize::try_from(index::decode_count(t.index.get(counter)?.as_deref()))
-            .unwrap_or(usize::MAX),
-        // A name prefix: the keys under it, read without their rows unless the
-        // status filter needs them.
-        None => {
-            let mut total = 0;
-            for entry in t.index.scan_prefix(&prefix) {
-                let (key, value) = entry?;
-                if filter.is_none() || keep(&row(&key, &value)?) {
-                    total += 1;
-                }
-            }
-            total
-        }
-    };
-    let next = more.then(|| last_key.map(hex::encode)).flatten();
-    Ok(page.page_of(items, total, next))
 }
 
 /// Writes a container, its revision and its name in one transaction, with the

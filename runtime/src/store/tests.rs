@@ -1,5 +1,7 @@
 use super::*;
-use crate::model::{ContainerPatch, ContainerStatus, JobAction, JobState, Role};
+use crate::model::{
+    ContainerPatch, ContainerStatus, Job, JobAction, JobState, Role, Token, TokenId, UserName,
+};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
