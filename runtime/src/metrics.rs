@@ -70,6 +70,17 @@ impl Metrics {
     }
 
     /// Renders the Prometheus text exposition format. `gauges` are appended as they are.
+    /// The series of the state store's writer: changes applied and flushes made.
+    pub fn render_store_writes(out: &mut String, (changes, flushes): (u64, u64)) {
+        let _ = writeln!(
+            out,
+            "# HELP ember_store_changes_total Changes the state store's writer applied.\n\
+             # TYPE ember_store_changes_total counter\nember_store_changes_total {changes}\n\
+             # HELP ember_store_flushes_total Flushes of the state store, each making the changes queued before it durable.\n\
+             # TYPE ember_store_flushes_total counter\nember_store_flushes_total {flushes}"
+        );
+    }
+
     pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP ember_requests_total Requests answered by the ingress.\n");

@@ -547,6 +547,7 @@ impl Runtime {
             })
             .collect();
         crate::metrics::render_per_container(&mut text, &per_container);
+        Metrics::render_store_writes(&mut text, self.inner.store.write_counts());
         text
     }
 

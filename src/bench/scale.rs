@@ -51,6 +51,9 @@ pub struct ScaleRow {
     pub create_seconds: f64,
     /// From the last create answered until no container is deploying.
     pub deployed_after_last_create_seconds: f64,
+    /// Changes of the state store per flush while creating and deploying (the
+    /// writer's group commit).
+    pub changes_per_flush: f64,
     /// Median time of the first page of 100.
     pub first_page_ms: f64,
     /// Median time of a page of 100 in the middle of the list, by cursor.
@@ -162,6 +165,8 @@ async fn measure(count: usize, image: &str) -> anyhow::Result<ScaleRow> {
     let deployed_after = last_create.elapsed().as_secs_f64();
     probing.store(false, Ordering::Relaxed);
     let probe_max_ms = prober.await??;
+    let (changes, flushes) = runtime.store_writes(&client).await?;
+    let changes_per_flush = changes as f64 / flushes.max(1) as f64;
     let failed = runtime.total(&client, "status=failed").await?;
     ensure!(failed == 0, "{failed} deployments failed");
     latencies.sort_unstable();
@@ -219,6 +224,7 @@ async fn measure(count: usize, image: &str) -> anyhow::Result<ScaleRow> {
         probe_max_ms,
         create_seconds,
         deployed_after_last_create_seconds: deployed_after,
+        changes_per_flush,
         first_page_ms: first_page,
         cursor_page_ms: cursor_page,
         numbered_page_ms: numbered_page,
@@ -307,13 +313,14 @@ impl ScaleReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:>9}  {:>10}  {:>10}  {:>9}  {:>9}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  {:>8}  {:>9}",
+            "{:>9}  {:>10}  {:>10}  {:>9}  {:>9}  {:>10}  {:>9}  {:>10}  {:>10}  {:>10}  {:>8}  {:>8}  {:>9}",
             "containers",
             "create p50",
             "create p99",
             "probe max",
             "creates",
             "deployed+",
+            "per flush",
             "page 1",
             "by cursor",
             "by number",
@@ -324,13 +331,14 @@ impl ScaleReport {
         for r in &self.rows {
             let _ = writeln!(
                 out,
-                "{:>10}  {:>8.2}ms  {:>8.2}ms  {:>7.2}ms  {:>8.1}s  {:>9.2}s  {:>8.2}ms  {:>8.2}ms  {:>8.2}ms  {:>8.1}  {:>7.2}%  {:>8.2}s",
+                "{:>10}  {:>8.2}ms  {:>8.2}ms  {:>7.2}ms  {:>8.1}s  {:>9.2}s  {:>9.1}  {:>8.2}ms  {:>8.2}ms  {:>8.2}ms  {:>8.1}  {:>7.2}%  {:>8.2}s",
                 r.containers,
                 r.create_p50_ms,
                 r.create_p99_ms,
                 r.probe_max_ms,
                 r.create_seconds,
                 r.deployed_after_last_create_seconds,
+                r.changes_per_flush,
                 r.first_page_ms,
                 r.cursor_page_ms,
                 r.numbered_page_ms,
@@ -487,6 +495,27 @@ impl OwnRuntime {
         page["total"].as_u64().context("a total")
     }
 
+    /// The store writer's changes and flushes so far, from `/metrics`.
+    async fn store_writes(&self, client: &reqwest::Client) -> anyhow::Result<(u64, u64)> {
+        let text = client
+            .get(format!("http://{}/metrics", self.api))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let counter = |name: &str| -> anyhow::Result<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .with_context(|| format!("{name} in /metrics"))?
+                .parse()
+                .with_context(|| format!("{name} in /metrics"))
+        };
+        Ok((
+            counter("ember_store_changes_total")?,
+            counter("ember_store_flushes_total")?,
+        ))
+    }
+
     /// The median time of reading one page of the list.
     async fn page_time(&self, client: &reqwest::Client, query: &str) -> anyhow::Result<f64> {
         let mut times = Vec::with_capacity(PAGE_READS);
@@ -583,6 +612,7 @@ mod tests {
             probe_max_ms: 1.0,
             create_seconds: 1.0,
             deployed_after_last_create_seconds: 0.5,
+            changes_per_flush: 2.0,
             first_page_ms: page,
             cursor_page_ms: page,
             numbered_page_ms: page * 3.0,

@@ -114,6 +114,16 @@ impl Store {
         self.writer.fault()
     }
 
+    /// Changes applied and flushes made since the store opened: their ratio is how
+    /// many changes each flush made durable.
+    pub fn write_counts(&self) -> (u64, u64) {
+        let counts = self.writer.counts();
+        (
+            counts.changes.load(std::sync::atomic::Ordering::Relaxed),
+            counts.flushes.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// Runs `read` on a blocking thread.
     async fn read<T: Send + 'static>(
         &self,

@@ -11,6 +11,7 @@
 
 use crate::error::RuntimeError;
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use tokio::sync::oneshot;
 
@@ -39,6 +40,16 @@ pub(super) struct GroupCommit<D> {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Why the last batch did not become durable, until one does.
     fault: Arc<Mutex<Option<String>>>,
+    counts: Arc<Counts>,
+}
+
+/// What the writer has done since it started.
+#[derive(Debug, Default)]
+pub(super) struct Counts {
+    /// Changes applied (failed ones too).
+    pub(super) changes: AtomicU64,
+    /// Flushes, each making a batch of changes durable.
+    pub(super) flushes: AtomicU64,
 }
 
 impl<D> Drop for GroupCommit<D> {
@@ -57,17 +68,24 @@ impl<D: Durable> GroupCommit<D> {
     pub(super) fn start(target: D) -> std::io::Result<Self> {
         let (queue, changes) = mpsc::channel::<Change<D>>();
         let fault = Arc::default();
+        let counts = Arc::<Counts>::default();
         let thread = {
-            let fault = Arc::clone(&fault);
+            let (fault, counts) = (Arc::clone(&fault), Arc::clone(&counts));
             std::thread::Builder::new()
                 .name("ember-store-writer".into())
-                .spawn(move || run(&target, &changes, &fault))?
+                .spawn(move || run(&target, &changes, &fault, &counts))?
         };
         Ok(Self {
             queue: Some(queue),
             thread: Some(thread),
             fault,
+            counts,
         })
+    }
+
+    /// What the writer has done so far.
+    pub(super) fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     /// Why changes cannot be made durable now, if they cannot: the writer has
@@ -140,17 +158,24 @@ fn writer_gone() -> RuntimeError {
 
 /// The writer thread: takes whatever is queued (up to [`MAX_BATCH`]), applies it in
 /// order, makes it durable once, then answers every caller of the batch.
-fn run<D: Durable>(target: &D, changes: &mpsc::Receiver<Change<D>>, fault: &Mutex<Option<String>>) {
+fn run<D: Durable>(
+    target: &D,
+    changes: &mpsc::Receiver<Change<D>>,
+    fault: &Mutex<Option<String>>,
+    counts: &Counts,
+) {
     while let Ok(first) = changes.recv() {
         let mut waiting = Vec::new();
         let batch = std::iter::once(first).chain(std::iter::from_fn(|| changes.try_recv().ok()));
         for change in batch.take(MAX_BATCH) {
             waiting.extend(change(target));
+            counts.changes.fetch_add(1, Ordering::Relaxed);
         }
         if waiting.is_empty() {
             continue;
         }
         let durable = target.make_durable();
+        counts.flushes.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &durable {
             tracing::error!(error = %e, changes = waiting.len(), "making the state durable failed");
         }
@@ -164,7 +189,7 @@ fn run<D: Durable>(target: &D, changes: &mpsc::Receiver<Change<D>>, fault: &Mute
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
     /// A fake target: a list of applied values and a count of flushes, each of which
@@ -219,6 +244,11 @@ mod tests {
         assert_eq!(applied, (0..1000).collect::<Vec<_>>());
         let flushes = recorder.flushes.load(Ordering::SeqCst);
         assert!(flushes < 500, "{flushes} flushes for 1000 writes");
+        assert_eq!(writer.counts().changes.load(Ordering::Relaxed), 1000);
+        assert_eq!(
+            writer.counts().flushes.load(Ordering::Relaxed),
+            flushes as u64
+        );
     }
 
     #[tokio::test]
