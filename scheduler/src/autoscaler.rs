@@ -241,8 +241,17 @@ impl Autoscaler {
         };
         let (wanted, reason) = if demand > 0 && current == 0 {
             (want_panic.max(hard_floor), ScaleReason::ColdStart)
-        } else if idle && current > min {
-            (min, ScaleReason::Idle)
+        } else if idle {
+            // However high the averages still are from before: no request for the
+            // idle timeout means the minimum. Instances already stopped (or still
+            // stopping) never count, so without this the averages would start one
+            // again at once, and the count would flap between zero and one.
+            let reason = if current > min {
+                ScaleReason::Idle
+            } else {
+                ScaleReason::BelowMinimum
+            };
+            (min, reason)
         } else if self.is_panicking() {
             self.panic_desired = self
                 .panic_desired
@@ -326,6 +335,10 @@ mod tests {
         now: Duration,
         ready: u32,
         starting: u32,
+        /// Ticks an instance takes to start, after the one it is asked for in.
+        start_ticks: u32,
+        /// Starts under way, with the ticks each has left.
+        pending: Vec<u32>,
         last_activity: Option<Duration>,
     }
 
@@ -337,6 +350,8 @@ mod tests {
                 now: Duration::ZERO,
                 ready: 0,
                 starting: 0,
+                start_ticks: 0,
+                pending: Vec::new(),
                 last_activity: None,
             }
         }
@@ -347,7 +362,13 @@ mod tests {
             let end = self.now + duration;
             while self.now < end {
                 self.now += TICK;
-                self.ready += std::mem::take(&mut self.starting);
+                for left in &mut self.pending {
+                    *left = left.saturating_sub(1);
+                }
+                let started = self.pending.iter().filter(|left| **left == 0).count() as u32;
+                self.pending.retain(|left| *left > 0);
+                self.ready += started;
+                self.starting = self.pending.len() as u32;
                 if demand > 0 {
                     self.last_activity = Some(self.now);
                 }
@@ -361,9 +382,15 @@ mod tests {
                 };
                 self.scaler.record(self.now, observed.demand());
                 let decision = self.scaler.decide(&self.policy, &observed, self.now);
-                if decision.desired > self.ready {
-                    self.starting = decision.desired - self.ready;
-                } else {
+                let current = self.ready + self.starting;
+                if decision.desired > current {
+                    let more = decision.desired - current;
+                    self.pending
+                        .extend(std::iter::repeat_n(self.start_ticks + 1, more as usize));
+                    self.starting = self.pending.len() as u32;
+                } else if decision.desired < self.ready {
+                    // Stopped instances leave the count at once, however long
+                    // their stop takes.
                     self.ready = decision.desired;
                 }
                 last = Some(decision);
@@ -466,8 +493,15 @@ mod tests {
         assert_eq!(sim.ready, 1);
         sim.run(SECOND * 29, 0);
         assert_eq!(sim.ready, 1, "scaled to zero before the idle timeout");
-        let decision = sim.run(SECOND * 2, 0);
-        assert_eq!((sim.ready, decision.reason), (0, ScaleReason::Idle));
+        let mut decision = sim.run(TICK, 0);
+        while sim.ready > 0 {
+            assert!(sim.now < SECOND * 45, "never scaled to zero");
+            decision = sim.run(TICK, 0);
+        }
+        assert_eq!(decision.reason, ScaleReason::Idle);
+        // And it stays there: nothing starts again without a request.
+        assert_eq!(sim.run(SECOND * 120, 0).desired, 0);
+        assert_eq!(sim.ready + sim.starting, 0);
     }
 
     #[test]
@@ -572,6 +606,42 @@ mod tests {
                 if was_panicking && scaler.is_panicking() && current <= max_eff {
                     prop_assert!(d.desired >= current, "scaled down in panic: {observed:?} {d:?}");
                 }
+            }
+        }
+
+        /// After the last request, with no traffic at all: the count reaches zero
+        /// once the idle timeout has passed and stays there, however long the
+        /// instances it stopped take to go (they leave the count the moment they
+        /// are told to stop, as the runtime takes them out of its pool first).
+        #[test]
+        fn with_no_traffic_the_count_reaches_zero_after_the_idle_timeout_and_stays(
+            idle_secs in 1u64..90,
+            concurrency in 1u32..50,
+            busy in prop::collection::vec(0u32..200, 1..240),
+            start_ticks in 0u32..8,
+        ) {
+            let policy = ScalingPolicy {
+                min_instances: 0,
+                max_instances: 100,
+                idle_timeout: Duration::from_secs(idle_secs),
+                concurrency,
+            };
+            let mut sim = Simulation::new(policy);
+            sim.start_ticks = start_ticks;
+            for demand in busy {
+                sim.run(TICK, demand);
+            }
+            // The last request ends now.
+            sim.last_activity = Some(sim.now);
+            let quiet_until = sim.now + policy.idle_timeout + TICK * 2;
+            while sim.now < quiet_until {
+                sim.run(TICK, 0);
+            }
+            prop_assert_eq!(sim.ready + sim.starting, 0, "not at zero after the idle timeout");
+            for _ in 0..(2 * STABLE_WINDOW.as_millis() / TICK.as_millis()) {
+                let decision = sim.run(TICK, 0);
+                prop_assert_eq!(decision.desired, 0, "started again with no traffic: {:?}", decision);
+                prop_assert_eq!(sim.ready + sim.starting, 0);
             }
         }
     }
