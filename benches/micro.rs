@@ -244,6 +244,7 @@ fn oci_starts(c: &mut Criterion) {
             logs: LogSinkRef(Arc::new(DiscardLogs)),
             prepared_sandboxes,
             devices: Vec::new(),
+            init: true,
         };
         rt.block_on(sandbox.prepare(spec)).expect("prepared")
     };

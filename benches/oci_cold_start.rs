@@ -6,7 +6,9 @@
 //! sending to the first response byte. Two containers are measured: one with
 //! `preparedSandboxes: 0` (the cold start creates the container: namespaces,
 //! cgroups, mounts, network) and one with the default of 1, sampled once its
-//! prepared sandbox is ready (the cold start only starts it). crun, runc: one `run` of a bundle whose rootfs
+//! prepared sandbox is ready (the cold start only starts it); the latter again
+//! with `init: false`, so that the difference is what Ember's init (PID 1, which
+//! then starts httpd as its child) adds to a cold start. crun, runc: one `run` of a bundle whose rootfs
 //! is the busybox layer, running `/bin/true`, from spawn to exit. On a hybrid cgroup
 //! machine crun refuses the layout unless /sys/fs/cgroup/unified is unmounted, so its
 //! loop runs in a private mount namespace (re-executing this binary there).
@@ -53,9 +55,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (nothing_prepared, prepared, layer) = rt.block_on(ember_cold_starts());
+    let (nothing_prepared, prepared, without_init, layer) = rt.block_on(ember_cold_starts());
     report("ember, cold, nothing prepared", nothing_prepared);
     report("ember, cold, prepared sandbox", prepared);
+    report("ember, cold, prepared sandbox, no init", without_init);
 
     let bundle = common::temp_dir();
     write_bundle(bundle.path(), &layer);
@@ -68,7 +71,7 @@ fn main() {
 
 /// Cold starts through the ingress, with nothing prepared and with a prepared
 /// sandbox; also returns the unpacked busybox layer.
-async fn ember_cold_starts() -> (Vec<Duration>, Vec<Duration>, PathBuf) {
+async fn ember_cold_starts() -> (Vec<Duration>, Vec<Duration>, Vec<Duration>, PathBuf) {
     let registry = common::registry::Registry::start().unwrap();
     common::oci_image::push_busybox_http_image(registry.addr, "bench/httpd", "v1")
         .await
@@ -95,8 +98,9 @@ async fn ember_cold_starts() -> (Vec<Duration>, Vec<Duration>, PathBuf) {
         ingress,
         image: &image,
     };
-    let nothing_prepared = bench.measure("unprepared", 0).await;
-    let prepared = bench.measure("prepared", 1).await;
+    let nothing_prepared = bench.measure("unprepared", 0, true).await;
+    let prepared = bench.measure("prepared", 1, true).await;
+    let without_init = bench.measure("noinit", 1, false).await;
 
     let layer = std::fs::read_dir(data.path().join("oci/layers"))
         .unwrap()
@@ -119,7 +123,7 @@ async fn ember_cold_starts() -> (Vec<Duration>, Vec<Duration>, PathBuf) {
         .args(["link", "del", "embbench0"])
         .status();
     std::mem::forget(data);
-    (nothing_prepared, prepared, copy)
+    (nothing_prepared, prepared, without_init, copy)
 }
 
 struct ColdStarts<'a> {
@@ -133,12 +137,13 @@ impl ColdStarts<'_> {
     /// Deploys the image as `name` keeping `prepared` sandboxes, then times requests,
     /// each after scaling to zero and, when sandboxes are prepared, once one is ready
     /// (as for a container that has been idle a while).
-    async fn measure(&self, name: &str, prepared: u32) -> Vec<Duration> {
+    async fn measure(&self, name: &str, prepared: u32, init: bool) -> Vec<Duration> {
         let (runtime, caller) = (self.runtime, self.caller);
         let patch = ContainerPatch {
             name: Some(name.parse().unwrap()),
             image: Some(self.image.to_string()),
             prepared_sandboxes: Some(prepared),
+            init: Some(init),
             ..Default::default()
         };
         let id = in_process::deploy(runtime, caller, patch).await;

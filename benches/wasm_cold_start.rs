@@ -185,6 +185,7 @@ fn wasm(c: &mut Criterion) {
             request_timeout: Duration::from_secs(30),
             prepared_sandboxes: 0,
             devices: Vec::new(),
+            init: true,
         };
         let prepared = ember_sandbox::Sandbox::prepare(&sandbox, spec)
             .await

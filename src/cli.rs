@@ -222,6 +222,10 @@ pub struct DeployArgs {
     /// preparation off).
     #[arg(long)]
     pub prepared_sandboxes: Option<u32>,
+    /// Run an OCI image's entrypoint as PID 1 itself, without Ember's init (which
+    /// passes signals on and reaps orphans).
+    #[arg(long)]
+    pub no_init: bool,
     /// Return at once instead of waiting for the deployment to finish.
     #[arg(long)]
     pub no_wait: bool,

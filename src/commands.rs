@@ -69,6 +69,9 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if let Some(n) = args.prepared_sandboxes {
         body["preparedSandboxes"] = json!(n);
     }
+    if args.no_init {
+        body["init"] = json!(false);
+    }
     let mut container = match client.find(&args.name).await? {
         Some(existing) => {
             let id = existing["id"].as_str().unwrap_or_default().to_string();

@@ -321,13 +321,16 @@ async fn ssh_logs_in_to_the_instance_alone_until_the_credentials_expire() {
     let session = russh_login(&credentials).await.expect("valid credentials");
     let (ps, status) = russh_exec(&session, "ps").await;
     assert_eq!(status, Some(0), "{ps}");
-    // The instance's own processes, from its pid namespace: its init (the sleep its
-    // shell became), its web server, and this ps; nothing of the host's.
+    // The instance's own processes, from its pid namespace: Ember's init as PID 1,
+    // the sleep its shell became, its web server, and this ps; nothing of the
+    // host's (the runtime's own executable is nowhere).
     let seen = commands(&ps);
+    assert!(seen[0].starts_with("/.ember/init -- sh -c"), "{ps}");
     assert!(seen.iter().any(|c| c.contains("httpd")), "{ps}");
     assert!(seen.iter().any(|c| c.contains("ps")), "{ps}");
     assert!(seen.len() <= 6, "more than the instance's processes: {ps}");
-    assert!(!ps.contains("ember"), "{ps}");
+    let host_binary = env!("CARGO_BIN_EXE_ember");
+    assert!(!ps.contains("__ember") && !ps.contains(host_binary), "{ps}");
     let (inside, _) = russh_exec(&session, "hostname; id -u; cat /proc/self/cgroup").await;
     assert!(inside.starts_with("shelly\n0\n"), "{inside}");
     // In the instance's cgroups: at the root of its cgroup namespace in every
@@ -348,7 +351,7 @@ async fn ssh_logs_in_to_the_instance_alone_until_the_credentials_expire() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(commands(&ps).iter().any(|c| c.contains("httpd")), "{ps}");
-    assert!(!ps.contains("ember"), "{ps}");
+    assert!(!ps.contains("__ember") && !ps.contains(host_binary), "{ps}");
     // With -tt the command runs on a terminal, with the client's TERM.
     let credentials = ssh_credentials(ember, &id, &instance).await;
     let command = "[ -t 0 ] && [ -t 1 ] && echo on-a-terminal; echo TERM=$TERM";

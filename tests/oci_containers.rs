@@ -116,7 +116,25 @@ async fn runs_an_image_and_passes_command_arguments_and_env() {
         get(&ember, "custom", "/").await,
         (StatusCode::OK, "from-the-container\n".into())
     );
+    // PID 1 is Ember's init, which ran the command with its arguments.
     let (_, args) = get(&ember, "custom", "/cgi-bin/args").await;
+    assert!(
+        args.starts_with("/.ember/init -- /bin/sh -c echo started-$GREETING"),
+        "pid 1 is the init: {args}"
+    );
+    // Without it, the command itself is PID 1: the shell that exec'd httpd.
+    deploy(
+        &ember,
+        json!({
+            "name": "bare",
+            "image": image,
+            "command": ["/bin/sh", "-c"],
+            "arguments": [script],
+            "init": false,
+        }),
+    )
+    .await;
+    let (_, args) = get(&ember, "bare", "/cgi-bin/args").await;
     assert!(
         args.starts_with("httpd -f -p 8080"),
         "pid 1 is exec'd httpd: {args}"
@@ -214,10 +232,19 @@ async fn runs_an_image_and_passes_command_arguments_and_env() {
         init["CMD"]
             .as_str()
             .unwrap()
-            .starts_with("httpd -f -p 8080"),
+            .starts_with("/.ember/init -- /bin/sh -c"),
         "{processes}"
     );
     assert_eq!(init["UID"], "root");
+    let workload = &processes[1];
+    assert_eq!(workload["PPID"], 1, "{processes}");
+    assert!(
+        workload["CMD"]
+            .as_str()
+            .unwrap()
+            .starts_with("httpd -f -p 8080"),
+        "{processes}"
+    );
     for column in ["C", "STIME", "TTY", "TIME"] {
         assert!(!init[column].is_null(), "{column}: {processes}");
     }

@@ -244,6 +244,7 @@ pub(crate) struct ContainerRequest {
     concurrency: Option<u32>,
     queue_depth: Option<u32>,
     prepared_sandboxes: Option<u32>,
+    init: Option<bool>,
 }
 
 /// The port may be written as the document does (`"80"`) or as a number.
@@ -402,6 +403,7 @@ impl ContainerRequest {
             concurrency: self.concurrency,
             queue_depth: self.queue_depth,
             prepared_sandboxes: self.prepared_sandboxes,
+            init: self.init,
         })
     }
 }
@@ -441,6 +443,9 @@ pub(crate) struct ContainerJson {
     concurrency: Option<u32>,
     queue_depth: u32,
     prepared_sandboxes: u32,
+    /// Whether OCI instances run under Ember's init (PID 1 passes signals on to the
+    /// workload and reaps orphans).
+    init: bool,
     pinned_instances: u32,
     restarts: u32,
 }
@@ -477,6 +482,7 @@ impl ContainerJson {
             concurrency: spec.concurrency,
             queue_depth: spec.queue_depth,
             prepared_sandboxes: spec.prepared_sandboxes,
+            init: spec.init,
             pinned_instances: c.pinned_instances,
             restarts: view.restarts,
         }

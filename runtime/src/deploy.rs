@@ -136,6 +136,7 @@ impl Deployer {
                 spec.prepared_sandboxes
             },
             devices: spec.cdi_devices.clone(),
+            init: spec.init,
         };
         Ok(sandbox.prepare(workload).await?)
     }

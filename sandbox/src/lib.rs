@@ -81,6 +81,9 @@ pub struct WorkloadSpec {
     /// How many sandboxes (OCI) to keep created ahead of need, so that a cold start
     /// only starts one.
     pub prepared_sandboxes: u32,
+    /// Whether an OCI instance's PID 1 is Ember's init, which runs the workload as
+    /// its child, passes signals on and reaps orphans (wasm has no processes).
+    pub init: bool,
     /// CDI devices every instance gets (OCI).
     pub devices: Vec<cdi::CdiDeviceName>,
 }

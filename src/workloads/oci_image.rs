@@ -496,7 +496,7 @@ pub const BUSYBOX: &str = "/usr/bin/busybox";
 /// Applets linked into /bin: those the images' commands and the CGI scripts use.
 const BUSYBOX_APPLETS: &[&str] = &[
     "sh", "httpd", "echo", "cat", "sleep", "env", "ls", "head", "tail", "seq", "kill", "true",
-    "false", "id", "mkdir", "dd", "tr", "rm", "wc", "ps", "grep", "uname", "hostname",
+    "false", "id", "mkdir", "dd", "tr", "rm", "wc", "ps", "grep", "uname", "hostname", "awk",
 ];
 
 /// A root filesystem from the host's static busybox: /bin/busybox with applet
@@ -547,7 +547,10 @@ fn numeric_query(default: u32) -> String {
 /// - `forkbomb`: starts up to 1000 background `sleep 30`, then `started <n>`;
 /// - `write`: dd of 200 MB (or `?N` MB) to /tmp/big, dd's report, then `rc=<status>`;
 /// - `log`: writes `logged <query string>` to the container's stdout (pid 1's), then
-///   `ok`.
+///   `ok`;
+/// - `orphan`: leaves a `sleep 0.2` behind, whose parent has exited (so that it is
+///   reparented to PID 1), then `left`;
+/// - `zombies`: how many processes in the container are zombies, then a newline.
 pub fn http_app_layer() -> ImageLayer {
     let script = |body: &str| format!("{CGI_HEADER}{body}");
     let env = script("env\n");
@@ -576,6 +579,8 @@ pub fn http_app_layer() -> ImageLayer {
         numeric_query(200)
     ));
     let log = script("echo \"logged $QUERY_STRING\" > /proc/1/fd/1\necho ok\n");
+    let orphan = script("sh -c 'sleep 0.2 </dev/null >/dev/null 2>&1 &'\necho left\n");
+    let zombies = script("cat /proc/[0-9]*/stat 2>/dev/null | awk '$3 == \"Z\"' | wc -l\n");
     LayerBuilder::new()
         .dir("www", 0o755)
         .file("www/index.html", 0o644, b"hello from busybox httpd\n")
@@ -586,6 +591,8 @@ pub fn http_app_layer() -> ImageLayer {
         .file("www/cgi-bin/forkbomb", 0o755, forkbomb.as_bytes())
         .file("www/cgi-bin/write", 0o755, write.as_bytes())
         .file("www/cgi-bin/log", 0o755, log.as_bytes())
+        .file("www/cgi-bin/orphan", 0o755, orphan.as_bytes())
+        .file("www/cgi-bin/zombies", 0o755, zombies.as_bytes())
         .build(Compression::Zstd)
 }
 

@@ -53,6 +53,14 @@ pub struct ContainerSpec {
     /// OCI sandboxes kept created ahead of need, so that a cold start only starts one.
     #[serde(default = "default_prepared_sandboxes")]
     pub prepared_sandboxes: u32,
+    /// Whether an OCI instance's PID 1 is Ember's init, which runs the workload as
+    /// its child (as `docker run --init`), or the workload itself.
+    #[serde(default = "default_init")]
+    pub init: bool,
+}
+
+fn default_init() -> bool {
+    true
 }
 
 fn default_queue_depth() -> u32 {
@@ -137,6 +145,8 @@ pub struct ContainerPatch {
     pub queue_depth: Option<u32>,
     /// New number of prepared sandboxes.
     pub prepared_sandboxes: Option<u32>,
+    /// Whether to run OCI instances under Ember's init.
+    pub init: Option<bool>,
 }
 
 impl ContainerPatch {
@@ -171,6 +181,7 @@ impl ContainerPatch {
             concurrency: None,
             queue_depth: ContainerSpec::DEFAULT_QUEUE_DEPTH,
             prepared_sandboxes: ContainerSpec::DEFAULT_PREPARED_SANDBOXES,
+            init: true,
         };
         self.apply(&base)
     }
@@ -197,7 +208,8 @@ impl ContainerPatch {
             min_instances,
             max_instances,
             queue_depth,
-            prepared_sandboxes
+            prepared_sandboxes,
+            init
         );
         if let Some(idle) = self.idle_timeout_seconds {
             spec.idle_timeout_seconds = Some(idle);

@@ -40,6 +40,8 @@ pub(crate) struct Recipe {
     pub(crate) logs: LogSinkRef,
     /// CDI devices every sandbox gets.
     pub(crate) devices: Vec<CdiDeviceName>,
+    /// Whether the instance's PID 1 is Ember's init.
+    pub(crate) init: bool,
 }
 
 /// A created sandbox whose workload has not started.
@@ -137,6 +139,7 @@ impl Recipe {
             let layers = self.layers.clone();
             let (plan, limits, size) = (self.plan.clone(), self.limits, self.ephemeral_storage);
             let (hostname, uid, gid) = (self.name.clone(), self.uid, self.gid);
+            let init = self.init.then(|| self.shared.init.clone());
             let id = id.clone();
             let devices: Vec<CdiDeviceName> =
                 self.devices.iter().chain(extra_devices).cloned().collect();
@@ -152,6 +155,7 @@ impl Recipe {
                     cgroups_path: &super::spec::cgroups_path(&id),
                     uid,
                     gid,
+                    init: init.as_deref(),
                 };
                 let bundle = dir.path().to_path_buf();
                 let created = spec::build(&plan, limits, &instance)

@@ -7,6 +7,7 @@ mod created;
 mod creator;
 mod enter;
 mod executor;
+mod init;
 mod instance;
 mod joiner;
 pub mod layer;
@@ -58,6 +59,8 @@ pub struct OciConfig {
 
 struct Shared {
     config: OciConfig,
+    /// Ember's init, installed for instances to mount.
+    init: PathBuf,
     blobs: BlobStore,
     /// The CDI devices containers may be given.
     cdi: Arc<CdiRegistry>,
@@ -114,7 +117,13 @@ impl OciSandbox {
         creator::become_subreaper().map_err(|e| {
             SandboxError::Unsupported(format!("becoming the subreaper of containers: {e}"))
         })?;
+        std::fs::create_dir_all(&config.root).map_err(|e| {
+            SandboxError::Unsupported(format!("creating {}: {e}", config.root.display()))
+        })?;
+        let init = init::install(&config.root)
+            .map_err(|e| SandboxError::Unsupported(format!("installing Ember's init: {e}")))?;
         let shared = Arc::new(Shared {
+            init,
             config,
             blobs,
             cdi,
@@ -253,6 +262,7 @@ fn prepare(
         request_timeout: spec.request_timeout,
         logs: spec.logs,
         devices: spec.devices,
+        init: spec.init,
     };
     Ok(PreparedContainer::new(recipe, spares))
 }

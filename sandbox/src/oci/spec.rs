@@ -47,6 +47,8 @@ pub(crate) struct InstanceSpec<'a> {
     pub(crate) cgroups_path: &'a str,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
+    /// Ember's init on the host, when the instance runs under it.
+    pub(crate) init: Option<&'a Path>,
 }
 
 /// Where an instance's cgroups go, under each controller (or the v2 root).
@@ -67,8 +69,12 @@ pub(crate) fn build(
         .effective(caps.clone())
         .permitted(caps)
         .build()?;
+    let args = match instance.init {
+        Some(_) => super::init::wrap(&plan.args),
+        None => plan.args.clone(),
+    };
     let process = ProcessBuilder::default()
-        .args(plan.args.clone())
+        .args(args)
         .env(plan.env.clone())
         .cwd(plan.cwd.clone())
         .user(
@@ -108,6 +114,10 @@ pub(crate) fn build(
         .cgroups_path(instance.cgroups_path)
         .build()?;
 
+    let mut mounts = get_default_mounts();
+    if let Some(init) = instance.init {
+        mounts.push(super::init::mount(init)?);
+    }
     let mut spec = Spec::default();
     spec.set_process(Some(process))
         .set_root(Some(
@@ -117,7 +127,7 @@ pub(crate) fn build(
                 .build()?,
         ))
         .set_hostname(Some(instance.hostname.to_string()))
-        .set_mounts(Some(get_default_mounts()))
+        .set_mounts(Some(mounts))
         .set_linux(Some(linux));
     Ok(spec)
 }
@@ -148,6 +158,7 @@ mod tests {
                 cgroups_path: "/ember/abc",
                 uid: 65534,
                 gid: 65534,
+                init: Some(Path::new("/data/oci/ember-init")),
             },
         )
         .unwrap();
@@ -158,6 +169,19 @@ mod tests {
         assert_eq!(resources["pids"]["limit"], 100);
         assert_eq!(json["linux"]["cgroupsPath"], "/ember/abc");
         assert_eq!(json["process"]["noNewPrivileges"], true);
+        // The init runs the plan's program, mounted read-only.
+        assert_eq!(
+            json["process"]["args"],
+            serde_json::json!(["/.ember/init", "--", "/bin/httpd"])
+        );
+        let init = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/.ember/init")
+            .unwrap();
+        assert_eq!(init["source"], "/data/oci/ember-init");
+        assert!(init["options"].as_array().unwrap().contains(&"ro".into()));
         assert_eq!(json["process"]["user"]["uid"], 65534);
         let namespaces: Vec<&str> = json["linux"]["namespaces"]
             .as_array()

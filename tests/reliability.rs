@@ -1,0 +1,157 @@
+//! Scale to zero for every image, and Ember's init, as root on real OCI images:
+//! busybox httpd as its own PID 1 has no SIGTERM handler, so the kernel drops a
+//! stop's SIGTERM and only SIGKILL ends it.
+
+mod common;
+
+use common::oci::{TestNetwork, deploy, get, require_root};
+use common::oci_image::push_busybox_http_image;
+use common::{Ember, registry::Registry, temp_dir};
+use reqwest::StatusCode;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// The runtime on a network of the test's own, with `stop_grace` seconds between
+/// SIGTERM and SIGKILL, and extra flags.
+fn start(data: &std::path::Path, network: &TestNetwork, stop_grace: u64, extra: &[&str]) -> Ember {
+    let grace = stop_grace.to_string();
+    let mut flags = vec![
+        "--bridge",
+        &network.bridge,
+        "--subnet",
+        &network.subnet,
+        "--stop-grace",
+        &grace,
+    ];
+    flags.extend_from_slice(extra);
+    Ember::start(data, &flags)
+}
+
+async fn image(registry: &Registry) -> String {
+    push_busybox_http_image(registry.addr, "apps/httpd", "v1")
+        .await
+        .unwrap();
+    format!("{}/apps/httpd:v1", registry.addr)
+}
+
+/// How often each decision that started instances was taken for the container.
+async fn starts_by_scaling(ember: &Ember, id: &str) -> f64 {
+    let mut total = 0.0;
+    for reason in ["cold_start", "panic", "scale_up", "below_minimum"] {
+        let series =
+            format!("ember_scaling_decisions_total{{container=\"{id}\",reason=\"{reason}\"}}");
+        let text = ember
+            .http()
+            .get(ember.api_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        total += text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&series)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0);
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_whose_pid_1_ignores_sigterm_reaches_zero_and_stays_there() {
+    require_root();
+    let registry = Registry::start().unwrap();
+    let image = image(&registry).await;
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    // A stop of such an instance takes the whole grace: 3 s.
+    let ember = start(data.path(), &network, 3, &[]);
+    for prepared in [0, 1] {
+        let name = format!("stubborn-{prepared}");
+        let id = deploy(
+            &ember,
+            json!({
+                "name": name, "image": image, "init": false, "idleTimeoutSeconds": 2,
+                "preparedSandboxes": prepared, "cpu": 0.25, "ram": "64Mi",
+            }),
+        )
+        .await;
+        assert_eq!(get(&ember, &name, "/").await.0, StatusCode::OK);
+        assert_eq!(starts_by_scaling(&ember, &id).await, 1.0);
+        ember
+            .wait_scaled_to_zero(&id, Duration::from_secs(30))
+            .await;
+        // Through the stop's grace and well after: nothing starts again.
+        let quiet = Instant::now();
+        while quiet.elapsed() < Duration::from_secs(6) {
+            let instances = ember.instances(&id).await;
+            assert!(
+                instances.is_empty(),
+                "started again with no traffic: {instances:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(starts_by_scaling(&ember, &id).await, 1.0, "{name}");
+        // A request still starts it.
+        assert_eq!(get(&ember, &name, "/").await.0, StatusCode::OK);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_ember_s_init_a_stop_takes_no_grace_and_orphans_are_reaped() {
+    require_root();
+    let registry = Registry::start().unwrap();
+    let image = image(&registry).await;
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    // A grace long enough that a stop within it can only be the SIGTERM's doing.
+    let ember = start(data.path(), &network, 10, &[]);
+    let id = deploy(
+        &ember,
+        json!({ "name": "initd", "image": image, "cpu": 0.25, "ram": "64Mi" }),
+    )
+    .await;
+    // Orphans are reparented to PID 1, the init, which reaps them when they end.
+    assert_eq!(get(&ember, "initd", "/cgi-bin/orphan").await.1, "left\n");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(get(&ember, "initd", "/cgi-bin/zombies").await.1, "0\n");
+
+    // A stop by hand: httpd, no longer PID 1, ends at SIGTERM.
+    let instance = ember.instances(&id).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let number = u64::from_str_radix(&instance.replace('-', "")[..12], 16).unwrap();
+    let stopping = Instant::now();
+    let response = ember
+        .api_request(
+            reqwest::Method::PUT,
+            &format!("/api/containers/{number}/power/stop"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+    ember
+        .wait_for(
+            &format!("/v1/containers/{id}/instances/{instance}"),
+            Duration::from_secs(9),
+            |i| (i["data"]["state"]["current"] == "stopped").then_some(()),
+        )
+        .await;
+    let took = stopping.elapsed();
+    eprintln!("stopped under the init in {took:?} (grace 10 s)");
+    assert!(
+        took < Duration::from_secs(5),
+        "the stop waited for the grace: {took:?}"
+    );
+}
