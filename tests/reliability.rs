@@ -155,3 +155,129 @@ async fn under_ember_s_init_a_stop_takes_no_grace_and_orphans_are_reaped() {
         "the stop waited for the grace: {took:?}"
     );
 }
+
+/// A slow request (`/cgi-bin/slow?secs`) to `name`, answered in a task.
+fn slow_request(
+    ember: &std::sync::Arc<Ember>,
+    name: &'static str,
+    secs: u32,
+) -> tokio::task::JoinHandle<(StatusCode, String)> {
+    let ember = ember.clone();
+    tokio::spawn(async move { get(&ember, name, &format!("/cgi-bin/slow?{secs}")).await })
+}
+
+/// The integer id the numbered face gives instance `id` (its UUID's first 48 bits).
+fn number(id: &str) -> u64 {
+    u64::from_str_radix(&id.replace('-', "")[..12], 16).unwrap()
+}
+
+async fn only_instance(ember: &Ember, id: &str) -> String {
+    let instances = ember.instances(id).await;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    instances[0]["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_in_flight_is_cut_by_a_stop_a_new_revision_a_migration_or_idleness() {
+    require_root();
+    let registry = Registry::start().unwrap();
+    let image = image(&registry).await;
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    let ember = std::sync::Arc::new(start(data.path(), &network, 10, &[]));
+    let id = deploy(
+        &ember,
+        json!({ "name": "drained", "image": image, "cpu": 0.25, "ram": "64Mi", "idleTimeoutSeconds": 1 }),
+    )
+    .await;
+    let slept = (StatusCode::OK, "slept\n".to_string());
+
+    // Idleness: a request longer than the idle timeout holds its instance.
+    assert_eq!(slow_request(&ember, "drained", 3).await.unwrap(), slept);
+
+    // A stop by hand while a request runs: it finishes, then the instance stops.
+    let running = slow_request(&ember, "drained", 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let instance = only_instance(&ember, &id).await;
+    let response = ember
+        .api_request(
+            reqwest::Method::PUT,
+            &format!("/api/containers/{}/power/stop", number(&instance)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    assert_eq!(running.await.unwrap(), slept, "the stop cut the request");
+    ember
+        .wait_for(
+            &format!("/v1/containers/{id}/instances/{instance}"),
+            Duration::from_secs(9),
+            |i| (i["data"]["state"]["current"] == "stopped").then_some(()),
+        )
+        .await;
+    let response = ember
+        .api_request(
+            reqwest::Method::PUT,
+            &format!("/api/containers/{}/power/start", number(&instance)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+
+    // A new revision while a request runs on the old one.
+    assert_eq!(get(&ember, "drained", "/").await.0, StatusCode::OK);
+    let running = slow_request(&ember, "drained", 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, updated) = ember
+        .send_json(
+            reqwest::Method::PUT,
+            &format!("/v1/containers/{id}"),
+            &json!({ "env": { "REVISION": "2" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(
+        running.await.unwrap(),
+        slept,
+        "the new revision cut the request"
+    );
+    ember.wait_deployed(&id).await;
+
+    // A migration while a request runs on the old sandbox.
+    assert_eq!(get(&ember, "drained", "/").await.0, StatusCode::OK);
+    // The instance started by hand came back on the new revision; the old one goes.
+    let instance = ember
+        .wait_for(
+            &format!("/v1/containers/{id}/instances"),
+            Duration::from_secs(15),
+            |list| {
+                let running: Vec<_> = list["data"]
+                    .as_array()?
+                    .iter()
+                    .filter(|i| i["state"]["current"] == "running")
+                    .collect();
+                match running[..] {
+                    [only] if only["revision"] == 2 => Some(only["id"].as_str()?.to_string()),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+    let running = slow_request(&ember, "drained", 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, job) = ember
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/v1/containers/{id}/instances/{instance}/tasks"),
+            &json!({ "action": "migration.start", "contents": {} }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(
+        running.await.unwrap(),
+        slept,
+        "the migration cut the request"
+    );
+}

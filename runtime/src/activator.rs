@@ -77,6 +77,8 @@ pub(crate) struct LiveInstance {
     /// Clock time of the start, for the restart backoff.
     started_at: Duration,
     in_flight: AtomicU32,
+    /// Woken each time the last request in flight ends, for a drain.
+    idle: tokio::sync::Notify,
     /// Started through the instances API: the autoscaler neither counts nor stops it.
     pinned: bool,
     /// Its room on the node, given back when the last reference goes.
@@ -226,6 +228,9 @@ pub(crate) struct ServiceShared {
     pub(crate) background: Background,
     /// The containers the reconciler visits.
     pub(crate) awake: Arc<AwakeSet<Service>>,
+    /// Longest an instance taken out of service waits for its requests to end
+    /// before it stops (the request timeout).
+    pub(crate) drain_limit: Duration,
 }
 
 /// What lists of instances need of their container, kept in memory so that a list
@@ -256,6 +261,8 @@ pub(crate) struct Service {
     /// Where starts and stops run, whichever thread the request that set them off
     /// came in on.
     background: Background,
+    /// See [`ServiceShared::drain_limit`].
+    drain_limit: Duration,
     /// Its instances that do not run: stopped by hand, or recently terminated.
     roster: Arc<Roster>,
     /// The next instance's ordinal.
@@ -278,7 +285,7 @@ impl Lease {
     /// Gives the slot back without handing it on: for a lease that never reached
     /// its request.
     fn disarm(mut self) {
-        self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.instance.end_request();
         self.armed = false;
     }
 }
@@ -305,6 +312,7 @@ impl Service {
             node,
             background,
             awake,
+            drain_limit,
         } = shared.clone();
         let service = Arc::new_cyclic(|me| Self {
             id,
@@ -330,6 +338,7 @@ impl Service {
             metrics,
             node,
             background,
+            drain_limit,
             roster: Arc::default(),
             next_ordinal: AtomicU32::new(1),
         });
@@ -551,7 +560,7 @@ impl Service {
 
     /// A request ended: its slot goes to the next waiting request.
     fn release(self: &Arc<Self>, instance: &LiveInstance) {
-        instance.in_flight.fetch_sub(1, Ordering::AcqRel);
+        instance.end_request();
         self.touch();
         let mut pool = self.pool.lock();
         if !pool.queue.is_empty() {
@@ -1048,7 +1057,13 @@ impl Service {
         self.roster
             .record(live.identity(), live.revision, live.pinned, during);
         let roster = self.roster.clone();
+        let drain_limit = self.drain_limit;
         async move {
+            // What it serves finishes first (it is out of the pool: nothing new
+            // reaches it), up to the request timeout.
+            if !live.drained(drain_limit).await {
+                tracing::warn!(instance = %live.id, "requests still in flight at the end of the drain; stopping anyway");
+            }
             live.instance.stop().await;
             roster.advance(live.id, end);
             tracing::debug!(instance = %live.id, "instance stopped");
@@ -1271,9 +1286,7 @@ impl Service {
         }
         tracing::info!(container = %self.id, instance = %id, "instance moved to a new sandbox");
         // Requests under way on the old sandbox finish there; none new reach it.
-        while old.in_flight.load(Ordering::Acquire) > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        old.drained(self.drain_limit).await;
         let (stopped, done) = oneshot::channel();
         let retired = old.instance.clone();
         drop(old);
@@ -1355,8 +1368,35 @@ impl LiveInstance {
             started: SystemTime::now(),
             started_at: now,
             in_flight: AtomicU32::new(0),
+            idle: tokio::sync::Notify::new(),
             pinned,
             _placement: placement,
+        }
+    }
+
+    /// One request it served has ended.
+    fn end_request(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits until it serves no request, for at most `limit`; whether it got there.
+    /// It is out of the pool by then, so no new request reaches it.
+    async fn drained(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the check, so that a request ending in between
+            // still wakes this wait.
+            idle.as_mut().enable();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.in_flight.load(Ordering::Acquire) == 0;
+            }
         }
     }
 
@@ -1544,6 +1584,7 @@ mod tests {
                 node,
                 background: Background::current(),
                 awake: Arc::default(),
+                drain_limit: Duration::from_secs(5),
             },
         );
         let starts = Arc::new(AtomicUsize::new(0));
@@ -1605,6 +1646,46 @@ mod tests {
         service.stop_idle_instances().await;
         service.reconcile();
         assert!(!awake());
+    }
+
+    #[tokio::test]
+    async fn a_stop_by_hand_waits_for_the_requests_in_flight_and_takes_no_new_ones() {
+        let (service, _) = service(Settings::default());
+        let lease = service.acquire(Duration::from_secs(5)).await.unwrap();
+        let id = live(&service)[0].id;
+        let taken = service.take_running(id).unwrap();
+        let stop = tokio::spawn(service.stop_taken(taken, InstanceState::Stopped));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!stop.is_finished(), "stopped with a request in flight");
+        assert_eq!(live(&service)[0].state, InstanceState::Stopping);
+        // A new request goes elsewhere (a new instance), not to the draining one.
+        let other = service.acquire(Duration::from_secs(5)).await.unwrap();
+        assert!(
+            live(&service)
+                .iter()
+                .any(|i| i.id != id && i.state == InstanceState::Running)
+        );
+        drop(lease);
+        tokio::time::timeout(Duration::from_secs(2), stop)
+            .await
+            .expect("the stop follows the last request")
+            .unwrap();
+        let stopped = live(&service).into_iter().find(|i| i.id == id).unwrap();
+        assert_eq!(stopped.state, InstanceState::Stopped);
+        drop(other);
+    }
+
+    #[tokio::test]
+    async fn a_drain_ends_at_its_limit_even_with_a_request_in_flight() {
+        let (service, _) = service(Settings::default());
+        let lease = service.acquire(Duration::from_secs(5)).await.unwrap();
+        let id = live(&service)[0].id;
+        let taken = service.take_running(id).unwrap();
+        // The test services drain for at most 5 s.
+        let began = Instant::now();
+        service.stop_taken(taken, InstanceState::Terminated).await;
+        assert!(began.elapsed() >= Duration::from_secs(5));
+        drop(lease);
     }
 
     #[tokio::test]

@@ -757,6 +757,7 @@ impl Runtime {
                         node: self.inner.node.clone(),
                         background: self.inner.background.clone(),
                         awake: self.inner.awake.clone(),
+                        drain_limit: self.inner.config.request_timeout,
                     },
                 )
             })

@@ -241,6 +241,12 @@ impl Autoscaler {
         };
         let (wanted, reason) = if demand > 0 && current == 0 {
             (want_panic.max(hard_floor), ScaleReason::ColdStart)
+        } else if current == 0 && demand == 0 {
+            // Only demand (or the minimum) starts instances from zero. The
+            // averages may still remember requests, but the instances that served
+            // them are gone or going (stopped by hand, idle, moved): starting one
+            // again for no request would only hold capacity.
+            (min, ScaleReason::BelowMinimum)
         } else if idle {
             // However high the averages still are from before: no request for the
             // idle timeout means the minimum. Instances already stopped (or still
@@ -603,6 +609,9 @@ mod tests {
                         "scaled to zero before the idle timeout: {observed:?} {d:?}"
                     );
                 }
+                if current == 0 && demand == 0 {
+                    prop_assert!(d.desired <= min, "started from zero without demand: {observed:?} {d:?}");
+                }
                 if was_panicking && scaler.is_panicking() && current <= max_eff {
                     prop_assert!(d.desired >= current, "scaled down in panic: {observed:?} {d:?}");
                 }
@@ -633,7 +642,8 @@ mod tests {
             }
             // The last request ends now.
             sim.last_activity = Some(sim.now);
-            let quiet_until = sim.now + policy.idle_timeout + TICK * 2;
+            // A start under way is not cut short: it ends, then the instance goes.
+            let quiet_until = sim.now + policy.idle_timeout + TICK * (start_ticks + 2);
             while sim.now < quiet_until {
                 sim.run(TICK, 0);
             }

@@ -61,7 +61,11 @@ impl Ember {
             .args(["--api-addr", "127.0.0.1:0", "--ingress-addr", "127.0.0.1:0"])
             .args(["--ssh-addr", "127.0.0.1:0"])
             .args(extra)
-            .env("EMBER_LOG", "warn")
+            // EMBER_TEST_LOG (say `info`) shows more of the runtime's log.
+            .env(
+                "EMBER_LOG",
+                std::env::var("EMBER_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env_remove("EMBER_ADMIN_TOKEN")
             .stdout(Stdio::piped())
             .spawn()
