@@ -281,3 +281,45 @@ async fn no_request_in_flight_is_cut_by_a_stop_a_new_revision_a_migration_or_idl
         "the migration cut the request"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_stops_its_instances_at_once_not_one_after_another() {
+    require_root();
+    let registry = Registry::start().unwrap();
+    let image = image(&registry).await;
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    // Without the init, each of these instances ignores SIGTERM and takes the whole
+    // grace (2 s) to stop: one after another, 20 would take 40 s.
+    let ember = start(data.path(), &network, 2, &[]);
+    let id = deploy(
+        &ember,
+        json!({
+            "name": "many", "image": image, "init": false, "cpu": 0.05, "ram": "16Mi",
+            "minInstances": 20, "maxInstances": 20, "preparedSandboxes": 0,
+        }),
+    )
+    .await;
+    ember
+        .wait_for(
+            &format!("/v1/containers/{id}/instances"),
+            Duration::from_secs(60),
+            |list| {
+                let running = list["data"]
+                    .as_array()?
+                    .iter()
+                    .filter(|i| i["state"]["current"] == "running")
+                    .count();
+                (running == 20).then_some(())
+            },
+        )
+        .await;
+    let (took, clean) = ember.terminate();
+    eprintln!("20 instances stopped and the runtime exited in {took:?} (grace 2 s)");
+    assert!(clean, "the runtime did not exit cleanly");
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    let left = std::fs::read_dir(data.path().join("oci/instances"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "instances left behind");
+}

@@ -111,6 +111,16 @@ impl Ember {
         }
     }
 
+    /// Stops the process as an operator would (SIGTERM) and waits for it to exit;
+    /// how long that took, and whether it exited with success.
+    pub fn terminate(mut self) -> (Duration, bool) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let sent = Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = self.child.wait().unwrap();
+        (sent.elapsed(), status.success())
+    }
+
     /// Kills the process at once (a crash, as far as the runtime can tell).
     pub fn kill(mut self) {
         let _ = self.child.kill();
