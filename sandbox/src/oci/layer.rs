@@ -1124,4 +1124,172 @@ mod tests {
         assert!(relative_path(Path::new("/a")).is_err());
         assert!(relative_path(Path::new("a/..")).is_err());
     }
+
+    mod hostile {
+        //! Property tests: archives made of arbitrary, often hostile, entries.
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A path from parts that make trouble: `..`, absolute roots, empty and
+        /// dot components, names a symlink may take over.
+        fn path() -> impl Strategy<Value = String> {
+            let part = prop_oneof![
+                Just("..".to_string()),
+                Just(".".to_string()),
+                Just("".to_string()),
+                Just("a".to_string()),
+                Just("b".to_string()),
+                Just("link".to_string()),
+                Just("outside".to_string()),
+                Just(".wh.a".to_string()),
+            ];
+            (any::<bool>(), prop::collection::vec(part, 1..4))
+                .prop_map(|(absolute, parts)| {
+                    let joined = parts.join("/");
+                    if absolute {
+                        format!("/{joined}")
+                    } else {
+                        joined
+                    }
+                })
+                .prop_filter("a name fits a tar header", |p| {
+                    !p.is_empty() && p.len() < 90
+                })
+        }
+
+        #[derive(Debug, Clone)]
+        enum Kind {
+            File,
+            Dir,
+            Symlink(String),
+            HardLink(String),
+            Device(EntryType),
+        }
+
+        fn kind() -> impl Strategy<Value = Kind> {
+            prop_oneof![
+                3 => Just(Kind::File),
+                2 => Just(Kind::Dir),
+                2 => path().prop_map(Kind::Symlink),
+                2 => path().prop_map(Kind::HardLink),
+                1 => prop_oneof![
+                    Just(EntryType::Char),
+                    Just(EntryType::Block),
+                    Just(EntryType::Fifo)
+                ]
+                .prop_map(Kind::Device),
+            ]
+        }
+
+        /// Whether a path, as written, could never be inside the destination.
+        fn escapes(path: &str) -> bool {
+            path.starts_with('/') || path.split('/').any(|c| c == "..")
+        }
+
+        /// Everything under `dir`, as paths relative to it.
+        fn listing(dir: &Path) -> Vec<PathBuf> {
+            let mut found = Vec::new();
+            let mut pending = vec![dir.to_path_buf()];
+            while let Some(next) = pending.pop() {
+                for entry in fs::read_dir(&next).into_iter().flatten().flatten() {
+                    let path = entry.path();
+                    found.push(path.strip_prefix(dir).unwrap().to_path_buf());
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        pending.push(path);
+                    }
+                }
+            }
+            found.sort();
+            found
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Whatever the entries, nothing is written outside the destination, the
+            /// only device nodes are whiteouts, and an entry with an absolute path, a
+            /// `..` or a device is refused with its name in the error. Cutting the
+            /// archive short, or giving an entry a size the archive does not have,
+            /// is refused too.
+            #[test]
+            fn no_archive_writes_outside_its_layer(
+                entries in prop::collection::vec((path(), kind()), 1..8),
+                cut in prop::option::of(0usize..4096),
+                huge in any::<bool>(),
+            ) {
+                let scratch = Scratch::new();
+                // A directory beside the destination, and its content, that a
+                // symlink or hard link could point at.
+                fs::create_dir(scratch.outside("outside")).unwrap();
+                fs::write(scratch.outside("outside/secret"), b"s").unwrap();
+                let mut layer = Layer::new();
+                let mut hostile = None;
+                for (path, kind) in &entries {
+                    if escapes(path) && hostile.is_none() {
+                        hostile = Some(path.clone());
+                    }
+                    layer = match kind {
+                        Kind::File => layer.file(path, 0o644, b"data"),
+                        Kind::Dir => layer.dir(path, 0o755),
+                        Kind::Symlink(target) => layer.symlink(path, target),
+                        Kind::HardLink(target) => layer.hard_link(path, target),
+                        Kind::Device(kind) => {
+                            if hostile.is_none() && !path.rsplit('/').next().unwrap_or("").starts_with(".wh.") {
+                                hostile = Some(path.clone());
+                            }
+                            layer.entry(path, *kind, 0o666, None, b"")
+                        }
+                    };
+                }
+                let mut tar = layer.tar();
+                if huge {
+                    // The first header claims 2^40 bytes the archive does not hold.
+                    let mut header = Header::new_gnu();
+                    header.set_path("big").unwrap();
+                    header.set_size(1 << 40);
+                    header.set_cksum();
+                    let mut big = header.as_bytes().to_vec();
+                    big.extend_from_slice(&tar);
+                    tar = big;
+                }
+                let truncated = cut.filter(|at| *at < tar.len().saturating_sub(1024));
+                if let Some(at) = truncated {
+                    tar.truncate(at);
+                }
+                let result = scratch.unpack(&tar);
+
+                // Nothing outside the destination changed.
+                let beside: Vec<_> = fs::read_dir(scratch.root.path())
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.file_name())
+                    .collect();
+                prop_assert_eq!(beside.len(), 2, "{:?}", beside);
+                prop_assert_eq!(listing(&scratch.outside("outside")), vec![PathBuf::from("secret")]);
+                prop_assert_eq!(fs::read(scratch.outside("outside/secret")).unwrap(), b"s".to_vec());
+                // Inside, no device but whiteouts.
+                for found in listing(&scratch.dest()) {
+                    let meta = fs::symlink_metadata(scratch.dest().join(&found)).unwrap();
+                    let kind = meta.file_type();
+                    if kind.is_block_device() || kind.is_fifo() {
+                        prop_assert!(false, "{} is a device or fifo", found.display());
+                    }
+                    if kind.is_char_device() {
+                        prop_assert_eq!(meta.rdev(), 0, "{}", found.display());
+                    }
+                }
+                if huge || truncated.is_some() {
+                    prop_assert!(result.is_err(), "a cut or oversized archive was taken");
+                }
+                if let Some(path) = hostile {
+                    match &result {
+                        Err(LayerError::UnsafeEntry { reason, .. }) => prop_assert!(!reason.is_empty()),
+                        // Cut or oversized before the hostile entry was reached.
+                        Err(LayerError::Archive(_)) if huge || truncated.is_some() => {}
+                        other => prop_assert!(false, "{path:?} was not refused: {other:?}"),
+                    }
+                }
+            }
+        }
+    }
 }
