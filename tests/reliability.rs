@@ -323,3 +323,122 @@ async fn a_graceful_shutdown_stops_its_instances_at_once_not_one_after_another()
         .unwrap_or(0);
     assert_eq!(left, 0, "instances left behind");
 }
+
+/// Bytes that do not compress.
+fn noise(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_stops_mid_pull_fails_the_deploy_by_name_and_the_same_deploy_works_later() {
+    use common::oci_image::{
+        Compression, LayerBuilder, ManifestFormat, busybox_http_config, busybox_layer,
+        http_app_layer, push_image,
+    };
+    require_root();
+    let registry = Registry::start().unwrap();
+    let big = LayerBuilder::new()
+        .dir("data", 0o755)
+        .file("data/noise", 0o644, &noise(6 << 20))
+        .build(Compression::Gzip);
+    push_image(
+        registry.addr,
+        "apps/big",
+        "v1",
+        &busybox_http_config(),
+        &[busybox_layer().unwrap(), http_app_layer(), big],
+        ManifestFormat::Oci,
+    )
+    .await
+    .unwrap();
+    // 2 MB/s: the 6 MB layer takes about three seconds.
+    let proxy = common::proxy::SlowProxy::start(registry.addr, 2 << 20).await;
+    let image = format!("{}/apps/big:v1", proxy.addr);
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    let ember = start(data.path(), &network, 1, &[]);
+    let (status, created) = ember
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/containers",
+            &json!({ "name": "big", "image": image, "cpu": 0.25, "ram": "64Mi" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    // Once the pull is under way, the registry goes.
+    ember
+        .wait_for(
+            &format!("/v1/containers/{id}"),
+            Duration::from_secs(30),
+            |c| {
+                c["statusReason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("pulling the image"))
+                    .then_some(())
+            },
+        )
+        .await;
+    proxy.cut();
+    let failed = ember
+        .wait_for(
+            &format!("/v1/containers/{id}"),
+            Duration::from_secs(60),
+            |c| (c["status"] == "failed").then(|| c.clone()),
+        )
+        .await;
+    let reason = failed["statusReason"].as_str().unwrap();
+    assert!(
+        reason.contains(&proxy.addr.to_string()),
+        "the reason names the registry: {reason}"
+    );
+    // No partial blob was kept: every stored blob is whole (its name is its digest).
+    for blob in std::fs::read_dir(data.path().join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
+        let name = blob.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let bytes = std::fs::read(blob.path()).unwrap();
+        let digest = sha256_hex(&bytes);
+        assert!(
+            name.ends_with(&digest),
+            "blob {name} holds other bytes ({digest})"
+        );
+    }
+
+    // The registry comes back: the same deployment, asked again, succeeds.
+    proxy.resume().await;
+    let (status, again) = ember
+        .send_json(
+            reqwest::Method::PUT,
+            &format!("/v1/containers/{id}"),
+            &json!({ "image": image }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    let deployed = ember
+        .wait_for(
+            &format!("/v1/containers/{id}"),
+            Duration::from_secs(120),
+            |c| (c["status"] != "deploying").then(|| c.clone()),
+        )
+        .await;
+    assert_eq!(deployed["status"], "deployed", "{deployed}");
+    assert_eq!(get(&ember, "big", "/").await.0, StatusCode::OK);
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod in_process;
 pub mod oci;
 pub mod oci_image;
+pub mod proxy;
 #[allow(unused_imports)]
 pub use ember::workloads::registry;
 
