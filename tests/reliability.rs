@@ -442,3 +442,146 @@ fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// A tmpfs of `mebibytes`, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mebibytes: u64) -> Self {
+        let dir = temp_dir();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mebibytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs");
+        Self { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.path().join("filler")).unwrap();
+        let chunk = vec![0x5a; 1 << 20];
+        while filler.write_all(&chunk).is_ok() {}
+        let _ = filler.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path().join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_data_disk_refuses_writes_with_507_keeps_reads_and_loses_nothing() {
+    require_root();
+    let disk = SmallDisk::mount(128);
+    let data = disk.path().join("data");
+    let ember = Ember::start(&data, &[]);
+    let wasm = common::fixtures::hello("still here\n");
+    let before = ember
+        .deploy_wasm("before", &wasm, json!({ "env": { "VERSION": "1" } }))
+        .await;
+    let id = before["id"].as_str().unwrap().to_string();
+    disk.fill();
+
+    // Every write is refused with 507 and a JSON error, and changes nothing.
+    let (status, refused) = ember
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/containers",
+            &json!({ "name": "during", "image": before["image"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{refused}");
+    assert_eq!(refused["code"], "insufficient_storage", "{refused}");
+    let (status, refused) = ember
+        .send_json(
+            reqwest::Method::PUT,
+            &format!("/v1/containers/{id}"),
+            &json!({ "env": { "VERSION": "2" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{refused}");
+    let (status, _) = ember
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/tokens",
+            &json!({ "user": "bob" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+    let upload = ember
+        .api_request(reqwest::Method::POST, "/v1/blobs")
+        .body(common::fixtures::hello("another\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), StatusCode::INSUFFICIENT_STORAGE);
+    let ready = ember
+        .http()
+        .get(ember.api_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Reads and traffic go on.
+    let (status, list) = ember.get_json("/v1/containers").await;
+    assert_eq!((status, list["total"].clone()), (StatusCode::OK, json!(1)));
+    let (_, shown) = ember.get_json(&format!("/v1/containers/{id}")).await;
+    assert_eq!(shown["env"]["VERSION"], "1");
+    assert_eq!(
+        ember.invoke("before").await,
+        (StatusCode::OK, "still here\n".into())
+    );
+
+    // Room again: writes work, and the name refused before is free.
+    disk.free();
+    let (status, during) = ember
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/containers",
+            &json!({ "name": "during", "image": before["image"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{during}");
+    ember.wait_deployed(during["id"].as_str().unwrap()).await;
+    let ready = ember
+        .http()
+        .get(ember.api_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+
+    // And what was kept is what a restart finds.
+    drop(ember);
+    let ember = Ember::start(&data, &[]);
+    let (_, list) = ember.get_json("/v1/containers").await;
+    let names: Vec<_> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["before", "during"]);
+    let (_, shown) = ember.get_json(&format!("/v1/containers/{id}")).await;
+    assert_eq!(shown["env"]["VERSION"], "1");
+    assert_eq!(shown["latestRevision"].as_u64().unwrap_or(1), 1);
+}

@@ -70,6 +70,14 @@ impl From<axum::extract::rejection::QueryRejection> for ApiError {
 
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
+        if e.is_storage_full() {
+            tracing::warn!(error = %e, "refused for want of disk space");
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                format!("{e}; free space on the data dir's disk and try again"),
+            );
+        }
         match e {
             RuntimeError::InvalidField { field, message } => Self::invalid_field(field, message),
             RuntimeError::NotFound { .. } => Self::not_found(e.to_string()),
@@ -88,6 +96,7 @@ impl From<RuntimeError> for ApiError {
                 e.to_string(),
             ),
             RuntimeError::Storage(_)
+            | RuntimeError::StorageFull(_)
             | RuntimeError::SchemaTooNew { .. }
             | RuntimeError::Sandbox(_)
             | RuntimeError::Io { .. } => {

@@ -39,6 +39,10 @@ pub enum RuntimeError {
     /// The state store failed.
     #[error("state store: {0}")]
     Storage(String),
+    /// The disk of the data dir is too full to keep a change: nothing of it was
+    /// kept. Reads still work; writes do again once there is room.
+    #[error("no room to keep the change: {0}")]
+    StorageFull(String),
     /// The data directory was written by a newer Ember.
     #[error("the data directory has schema version {found}; this Ember reads up to {supported}")]
     SchemaTooNew {
@@ -69,6 +73,34 @@ impl RuntimeError {
         }
     }
 
+    /// Whether this failed for want of disk space (directly, or through an I/O
+    /// error of a sandbox or the content store).
+    pub fn is_storage_full(&self) -> bool {
+        if matches!(self, Self::StorageFull(_)) {
+            return true;
+        }
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = cause {
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::StorageFull)
+            {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
+    }
+
+    /// What the caller of a change hears when the batch it was in did not become
+    /// durable.
+    pub(crate) fn not_made_durable(&self) -> Self {
+        match self {
+            Self::StorageFull(why) => Self::StorageFull(why.clone()),
+            other => Self::Storage(format!("the change was not made durable: {other}")),
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| Self::Io { context, source }
@@ -77,7 +109,12 @@ impl RuntimeError {
 
 impl From<sled::Error> for RuntimeError {
     fn from(e: sled::Error) -> Self {
-        Self::Storage(e.to_string())
+        match &e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                Self::StorageFull(format!("the state store's disk is full ({e})"))
+            }
+            _ => Self::Storage(e.to_string()),
+        }
     }
 }
 

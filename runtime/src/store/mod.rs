@@ -16,6 +16,7 @@ mod index;
 mod jobs;
 mod list;
 mod schema;
+mod slot;
 mod tokens;
 mod writer;
 
@@ -30,14 +31,14 @@ use sled::Transactional;
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
+use slot::TreeSlot;
 use std::path::Path;
 use std::sync::Arc;
-use writer::{Durable, GroupCommit};
+use writer::GroupCommit;
 
 pub use schema::SCHEMA_VERSION;
 
 /// The sled trees of the store.
-#[derive(Clone)]
 struct Trees {
     db: sled::Db,
     meta: sled::Tree,
@@ -50,29 +51,12 @@ struct Trees {
     index: sled::Tree,
 }
 
-impl Durable for Trees {
-    fn make_durable(&self) -> Result<(), RuntimeError> {
-        self.db.flush()?;
-        Ok(())
-    }
-}
-
-/// The runtime's state store: cheap to clone.
-#[derive(Clone)]
-pub struct Store {
-    trees: Trees,
-    writer: Arc<GroupCommit<Trees>>,
-    server_id: ServerId,
-    admin_user_id: UserId,
-}
-
-impl Store {
-    /// Opens (or creates) the store in `dir`: checks the schema version, brings an
-    /// older schema up to date, and starts the writer. Blocks: call it from a
-    /// blocking thread.
-    pub fn open(dir: &Path) -> Result<Self, RuntimeError> {
-        let db = sled::Config::new().path(dir).open()?;
-        let trees = Trees {
+impl Trees {
+    /// Opens the database in `dir`, bringing its schema up to date. sled flushes
+    /// only when the writer asks it to: a batch becomes durable as a whole.
+    fn open(dir: &Path) -> Result<Self, RuntimeError> {
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+        let trees = Self {
             meta: db.open_tree("meta")?,
             containers: db.open_tree("containers")?,
             names: db.open_tree("names")?,
@@ -84,14 +68,38 @@ impl Store {
             db,
         };
         schema::bring_up_to_date(&trees)?;
-        let server_id = schema::id_in_meta(&trees, schema::SERVER_ID_KEY, ServerId::generate)?;
-        let admin_user_id = schema::id_in_meta(&trees, schema::ADMIN_USER_KEY, UserId::generate)?;
-        trees.db.flush()?;
-        let writer = GroupCommit::start(trees.clone())
+        Ok(trees)
+    }
+}
+
+/// The runtime's state store: cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    slot: Arc<TreeSlot>,
+    writer: Arc<GroupCommit<Arc<TreeSlot>>>,
+    server_id: ServerId,
+    admin_user_id: UserId,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`: checks the schema version, brings an
+    /// older schema up to date, and starts the writer. Blocks: call it from a
+    /// blocking thread.
+    pub fn open(dir: &Path) -> Result<Self, RuntimeError> {
+        let slot = Arc::new(TreeSlot::open(dir.to_path_buf())?);
+        let (server_id, admin_user_id) = {
+            let trees = slot.trees();
+            let server_id = schema::id_in_meta(&trees, schema::SERVER_ID_KEY, ServerId::generate)?;
+            let admin_user_id =
+                schema::id_in_meta(&trees, schema::ADMIN_USER_KEY, UserId::generate)?;
+            trees.db.flush()?;
+            (server_id, admin_user_id)
+        };
+        let writer = GroupCommit::start(slot.clone())
             .map(Arc::new)
             .map_err(|e| RuntimeError::Storage(format!("starting the store's writer: {e}")))?;
         Ok(Self {
-            trees,
+            slot,
             writer,
             server_id,
             admin_user_id,
@@ -129,15 +137,16 @@ impl Store {
         &self,
         read: impl FnOnce(&Trees) -> Result<T, RuntimeError> + Send + 'static,
     ) -> Result<T, RuntimeError> {
-        let trees = self.trees.clone();
-        tokio::task::spawn_blocking(move || read(&trees))
+        let slot = self.slot.clone();
+        tokio::task::spawn_blocking(move || read(&slot.trees()))
             .await
             .map_err(|e| RuntimeError::Storage(format!("a read of the store failed: {e}")))?
     }
 
     /// Every container, for loading them at start. Blocks.
     pub fn containers_blocking(&self) -> Result<Vec<Container>, RuntimeError> {
-        self.trees
+        self.slot
+            .trees()
             .containers
             .iter()
             .values()
@@ -252,7 +261,7 @@ impl Store {
         id: ContainerId,
         number: u32,
     ) -> Result<Option<Revision>, RuntimeError> {
-        get(&self.trees.revisions, &revision_key(id, number))
+        get(&self.slot.trees().revisions, &revision_key(id, number))
     }
 
     /// A page of a container's revisions, newest first.

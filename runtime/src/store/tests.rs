@@ -116,11 +116,12 @@ async fn state_survives_reopening_and_newer_schemas_are_refused() {
         assert_eq!(store.revision(c.id, 1).await.unwrap().unwrap().number, 1);
         assert_eq!(store.server_id(), server);
         store
-            .trees
+            .slot
+            .trees()
             .meta
             .insert(schema::SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes())
             .unwrap();
-        store.trees.db.flush().unwrap();
+        store.slot.trees().db.flush().unwrap();
     }
     assert!(matches!(
         Store::open(dir.path()),
@@ -377,13 +378,14 @@ async fn a_store_of_schema_1_gets_its_indexes_when_opened() {
         let store = open(&dir);
         store.insert_container(c.clone(), r).await.unwrap();
         // What the first schema had: records, no index, version 1.
-        store.trees.index.clear().unwrap();
+        store.slot.trees().index.clear().unwrap();
         store
-            .trees
+            .slot
+            .trees()
             .meta
             .insert(schema::SCHEMA_KEY, &1u32.to_be_bytes())
             .unwrap();
-        store.trees.db.flush().unwrap();
+        store.slot.trees().db.flush().unwrap();
     }
     let store = open(&dir);
     let listed = store.list_containers(query(Some(owner), 10)).await.unwrap();
@@ -443,4 +445,32 @@ async fn a_thousand_concurrent_writers_finish_and_every_write_is_kept() {
         .await
         .unwrap();
     assert_eq!(deployed.total, 1000);
+}
+
+/// After a failed flush the store reopens the database: sled keeps failing every
+/// write with its first I/O error until then. Reopening keeps everything durable,
+/// and the store goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_reopening_the_store_keeps_what_was_durable_and_takes_writes_again() {
+    use super::writer::Durable;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let owner = UserId::generate();
+    let (kept, revision) = container("kept", owner);
+    store
+        .insert_container(kept.clone(), revision)
+        .await
+        .unwrap();
+    let slot = store.slot.clone();
+    tokio::task::spawn_blocking(move || slot.recover())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.container(kept.id).await.unwrap().is_some());
+    let (next, revision) = container("next", owner);
+    store.insert_container(next, revision).await.unwrap();
+    assert_eq!(
+        store.list_containers(query(None, 10)).await.unwrap().total,
+        2
+    );
 }

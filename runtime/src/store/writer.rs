@@ -8,6 +8,10 @@
 //! one writer, flushes never overlap, no transaction waits on a flush, and no tokio
 //! worker ever waits on sled's I/O. Group commit keeps the cost of durability at
 //! one flush per batch, however many writers are waiting.
+//!
+//! A batch the disk has no room for is refused before anything of it is applied,
+//! so that an answered error leaves no trace; after a flush that fails anyway, the
+//! target recovers (sled is reopened) so that later writes can succeed.
 
 use crate::error::RuntimeError;
 use parking_lot::Mutex;
@@ -22,20 +26,81 @@ const MAX_BATCH: usize = 4096;
 
 /// Where the writer's changes go, and how they are made durable.
 pub(super) trait Durable: Send + Sync + 'static {
+    /// What changes are applied to during one batch.
+    type View;
+
+    /// The view for the next batch.
+    fn view(&self) -> Self::View;
+
+    /// Refuses a batch, before anything of it is applied, when there is no room to
+    /// make it durable (a nearly full disk): the reason.
+    fn room(&self) -> Result<(), String>;
+
     /// Makes every change applied so far survive a crash.
     fn make_durable(&self) -> Result<(), RuntimeError>;
+
+    /// After a failed flush: makes the target able to take writes again, and
+    /// forgets what it can of what was applied but never made durable.
+    fn recover(&self) -> Result<(), RuntimeError>;
 }
 
 /// Answers a caller once its batch is durable (or was not).
 type Reply = Box<dyn FnOnce(Result<(), &RuntimeError>) + Send>;
-/// A change: applied on the writer thread; `None` when its caller has been answered
-/// already (the change failed, so nothing waits on a flush).
-type Change<D> = Box<dyn FnOnce(&D) -> Option<Reply> + Send>;
+
+/// A change waiting in the queue, with its caller's answer.
+trait Pending<V>: Send {
+    /// Applies the change; `None` when its caller has been answered already (the
+    /// change failed, so nothing waits on a flush).
+    fn apply(self: Box<Self>, view: &V) -> Option<Reply>;
+
+    /// Answers the caller with `error`, applying nothing.
+    fn refuse(self: Box<Self>, error: RuntimeError);
+}
+
+type Change<D> = Box<dyn Pending<<D as Durable>::View>>;
+
+struct Queued<F, T> {
+    change: F,
+    answer: oneshot::Sender<Result<T, RuntimeError>>,
+}
+
+impl<V, F, T> Pending<V> for Queued<F, T>
+where
+    F: FnOnce(&V) -> Result<T, RuntimeError> + Send,
+    T: Send + 'static,
+{
+    fn apply(self: Box<Self>, view: &V) -> Option<Reply> {
+        let Self { change, answer } = *self;
+        // A change that panics fails alone; the writer goes on with the others.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change(view)))
+            .unwrap_or_else(|_| {
+                Err(RuntimeError::Storage(
+                    "a change of the state panicked and was abandoned".into(),
+                ))
+            });
+        match outcome {
+            Err(e) => {
+                let _ = answer.send(Err(e));
+                None
+            }
+            Ok(value) => Some(Box::new(move |durable: Result<(), &RuntimeError>| {
+                let _ = answer.send(match durable {
+                    Ok(()) => Ok(value),
+                    Err(e) => Err(e.not_made_durable()),
+                });
+            })),
+        }
+    }
+
+    fn refuse(self: Box<Self>, error: RuntimeError) {
+        let _ = self.answer.send(Err(error));
+    }
+}
 
 /// The handle that queues changes for the writer thread. Dropping it drains the
 /// queue and waits for the thread to end, so that the store can be opened again at
 /// once (sled locks its files while open).
-pub(super) struct GroupCommit<D> {
+pub(super) struct GroupCommit<D: Durable> {
     queue: Option<mpsc::Sender<Change<D>>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Why the last batch did not become durable, until one does.
@@ -46,13 +111,13 @@ pub(super) struct GroupCommit<D> {
 /// What the writer has done since it started.
 #[derive(Debug, Default)]
 pub(super) struct Counts {
-    /// Changes applied (failed ones too).
+    /// Changes applied or refused.
     pub(super) changes: AtomicU64,
     /// Flushes, each making a batch of changes durable.
     pub(super) flushes: AtomicU64,
 }
 
-impl<D> Drop for GroupCommit<D> {
+impl<D: Durable> Drop for GroupCommit<D> {
     fn drop(&mut self) {
         self.queue.take();
         if let Some(thread) = self.thread.take()
@@ -89,7 +154,7 @@ impl<D: Durable> GroupCommit<D> {
     }
 
     /// Why changes cannot be made durable now, if they cannot: the writer has
-    /// stopped, or the last flush failed.
+    /// stopped, or the last batch was refused or failed to flush.
     pub(super) fn fault(&self) -> Option<String> {
         if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
             return Some("the store's writer has stopped".into());
@@ -101,54 +166,15 @@ impl<D: Durable> GroupCommit<D> {
     /// that fails is answered at once and must have written nothing.
     pub(super) async fn write<T: Send + 'static>(
         &self,
-        change: impl FnOnce(&D) -> Result<T, RuntimeError> + Send + 'static,
+        change: impl FnOnce(&D::View) -> Result<T, RuntimeError> + Send + 'static,
     ) -> Result<T, RuntimeError> {
         let (answer, answered) = oneshot::channel();
-        self.submit(change, answer)?;
-        answered.await.map_err(|_| writer_gone())?
-    }
-
-    fn submit<T: Send + 'static>(
-        &self,
-        change: impl FnOnce(&D) -> Result<T, RuntimeError> + Send + 'static,
-        answer: oneshot::Sender<Result<T, RuntimeError>>,
-    ) -> Result<(), RuntimeError> {
-        let change: Change<D> = Box::new(move |target| {
-            // A change that panics fails alone; the writer goes on with the others.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change(target)))
-                .unwrap_or_else(|_| {
-                    Err(RuntimeError::Storage(
-                        "a change of the state panicked and was abandoned".into(),
-                    ))
-                });
-            finish(outcome, answer)
-        });
         self.queue
             .as_ref()
             .ok_or_else(writer_gone)?
-            .send(change)
-            .map_err(|_| writer_gone())
-    }
-}
-
-/// Answers a failed change at once; a change that succeeded waits for the flush.
-fn finish<T: Send + 'static>(
-    outcome: Result<T, RuntimeError>,
-    answer: oneshot::Sender<Result<T, RuntimeError>>,
-) -> Option<Reply> {
-    match outcome {
-        Err(e) => {
-            let _ = answer.send(Err(e));
-            None
-        }
-        Ok(value) => Some(Box::new(move |durable: Result<(), &RuntimeError>| {
-            let _ = answer.send(match durable {
-                Ok(()) => Ok(value),
-                Err(e) => Err(RuntimeError::Storage(format!(
-                    "the change was not made durable: {e}"
-                ))),
-            });
-        })),
+            .send(Box::new(Queued { change, answer }))
+            .map_err(|_| writer_gone())?;
+        answered.await.map_err(|_| writer_gone())?
     }
 }
 
@@ -165,19 +191,38 @@ fn run<D: Durable>(
     counts: &Counts,
 ) {
     while let Ok(first) = changes.recv() {
-        let mut waiting = Vec::new();
-        let batch = std::iter::once(first).chain(std::iter::from_fn(|| changes.try_recv().ok()));
-        for change in batch.take(MAX_BATCH) {
-            waiting.extend(change(target));
-            counts.changes.fetch_add(1, Ordering::Relaxed);
+        let batch: Vec<_> = std::iter::once(first)
+            .chain(std::iter::from_fn(|| changes.try_recv().ok()))
+            .take(MAX_BATCH)
+            .collect();
+        counts
+            .changes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        if let Err(why) = target.room() {
+            // Nothing of the batch is applied: each caller hears why.
+            *fault.lock() = Some(why.clone());
+            for change in batch {
+                change.refuse(RuntimeError::StorageFull(why.clone()));
+            }
+            continue;
         }
+        let view = target.view();
+        let waiting: Vec<_> = batch
+            .into_iter()
+            .filter_map(|change| change.apply(&view))
+            .collect();
+        drop(view);
         if waiting.is_empty() {
+            *fault.lock() = None;
             continue;
         }
         let durable = target.make_durable();
         counts.flushes.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &durable {
-            tracing::error!(error = %e, changes = waiting.len(), "making the state durable failed");
+            tracing::error!(error = %e, changes = waiting.len(), "making the state durable failed; reopening the store");
+            if let Err(again) = target.recover() {
+                tracing::error!(error = %again, "reopening the store failed");
+            }
         }
         *fault.lock() = durable.as_ref().err().map(ToString::to_string);
         for reply in waiting {
@@ -189,7 +234,7 @@ fn run<D: Durable>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
     use std::time::Duration;
 
     /// A fake target: a list of applied values and a count of flushes, each of which
@@ -199,18 +244,46 @@ mod tests {
         applied: Mutex<Vec<u32>>,
         durable: Mutex<usize>,
         flushes: AtomicUsize,
-        fail_flushes: bool,
+        fail_flushes: AtomicBool,
+        full: AtomicBool,
     }
 
     impl Durable for Arc<Recorder> {
+        type View = Arc<Recorder>;
+
+        fn view(&self) -> Arc<Recorder> {
+            self.clone()
+        }
+
+        fn room(&self) -> Result<(), String> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err("no room".into());
+            }
+            Ok(())
+        }
+
         fn make_durable(&self) -> Result<(), RuntimeError> {
             std::thread::sleep(Duration::from_millis(2));
             self.flushes.fetch_add(1, Ordering::SeqCst);
-            if self.fail_flushes {
+            if self.fail_flushes.load(Ordering::SeqCst) {
                 return Err(RuntimeError::Storage("disk on fire".into()));
             }
             *self.durable.lock() = self.applied.lock().len();
             Ok(())
+        }
+
+        fn recover(&self) -> Result<(), RuntimeError> {
+            let durable = *self.durable.lock();
+            self.applied.lock().truncate(durable);
+            Ok(())
+        }
+    }
+
+    fn push(n: u32) -> impl FnOnce(&Arc<Recorder>) -> Result<usize, RuntimeError> + Send {
+        move |r: &Arc<Recorder>| {
+            let mut applied = r.applied.lock();
+            applied.push(n);
+            Ok(applied.len())
         }
     }
 
@@ -223,14 +296,7 @@ mod tests {
                 let writer = writer.clone();
                 let recorder = recorder.clone();
                 tokio::spawn(async move {
-                    let position = writer
-                        .write(move |r: &Arc<Recorder>| {
-                            let mut applied = r.applied.lock();
-                            applied.push(n);
-                            Ok(applied.len())
-                        })
-                        .await
-                        .unwrap();
+                    let position = writer.write(push(n)).await.unwrap();
                     // Answered only once the change is durable.
                     assert!(*recorder.durable.lock() >= position);
                 })
@@ -252,11 +318,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_change_is_answered_at_once_and_a_failed_flush_fails_its_batch() {
-        let recorder = Arc::new(Recorder {
-            fail_flushes: true,
-            ..Default::default()
-        });
+    async fn a_failed_change_is_answered_at_once_and_a_failed_flush_leaves_no_trace() {
+        let recorder = Arc::new(Recorder::default());
         let writer = GroupCommit::start(recorder.clone()).unwrap();
         let refused = writer
             .write(|_: &Arc<Recorder>| Err::<(), _>(RuntimeError::NameTaken("x".into())))
@@ -269,8 +332,36 @@ mod tests {
             .await
             .unwrap_err();
         assert!(panicked.to_string().contains("panicked"), "{panicked}");
-        let lost = writer.write(|_: &Arc<Recorder>| Ok(1)).await.unwrap_err();
+        writer.write(push(1)).await.unwrap();
+        recorder.fail_flushes.store(true, Ordering::SeqCst);
+        let lost = writer.write(push(2)).await.unwrap_err();
         assert!(lost.to_string().contains("disk on fire"), "{lost}");
         assert!(writer.fault().unwrap().contains("disk on fire"));
+        assert_eq!(
+            *recorder.applied.lock(),
+            vec![1],
+            "the failed change was forgotten"
+        );
+        recorder.fail_flushes.store(false, Ordering::SeqCst);
+        writer.write(push(3)).await.unwrap();
+        assert_eq!(writer.fault(), None);
+    }
+
+    #[tokio::test]
+    async fn a_batch_without_room_is_refused_whole_and_nothing_of_it_applied() {
+        let recorder = Arc::new(Recorder::default());
+        let writer = GroupCommit::start(recorder.clone()).unwrap();
+        recorder.full.store(true, Ordering::SeqCst);
+        let refused = writer.write(push(1)).await.unwrap_err();
+        assert!(
+            matches!(refused, RuntimeError::StorageFull(_)),
+            "{refused:?}"
+        );
+        assert!(recorder.applied.lock().is_empty());
+        assert_eq!(writer.fault().as_deref(), Some("no room"));
+        recorder.full.store(false, Ordering::SeqCst);
+        writer.write(push(2)).await.unwrap();
+        assert_eq!(*recorder.applied.lock(), vec![2]);
+        assert_eq!(writer.fault(), None);
     }
 }
