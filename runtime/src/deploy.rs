@@ -185,6 +185,11 @@ impl PreparedLater {
         Ok(prepared)
     }
 
+    /// Whether the revision stopped serving (replaced, or its container deleted).
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn give_back(&self) {
         use std::sync::atomic::Ordering::SeqCst;
         if let Some(prepared) = self.prepared.get()

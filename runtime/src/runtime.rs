@@ -253,7 +253,10 @@ impl Runtime {
                 let runtime = runtime.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
-                    if let Err(e) = prepared.prepared().await {
+                    // A revision replaced meanwhile needs no warm-up: not a failure.
+                    if let Err(e) = prepared.prepared().await
+                        && !prepared.is_retired()
+                    {
                         runtime.record_failed_warm_up(id, number, &e).await;
                     }
                 });

@@ -122,6 +122,11 @@ impl Ember {
         (sent.elapsed(), status.success())
     }
 
+    /// The runtime's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process at once (a crash, as far as the runtime can tell).
     pub fn kill(mut self) {
         let _ = self.child.kill();

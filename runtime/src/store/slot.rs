@@ -17,6 +17,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long opening waits for another process to let go of the database.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// Free space the store keeps on its disk: a batch is refused when less is left.
 /// Enough for sled to flush a full batch and roll its log segments.
 pub(super) const RESERVED_BYTES: u64 = 32 << 20;
@@ -29,8 +32,25 @@ pub(super) struct TreeSlot {
 
 impl TreeSlot {
     /// Opens the database in `dir` (creating it), bringing its schema up to date.
+    /// While another process holds it (a runtime killed a moment ago, whose exit
+    /// the kernel is still finishing), waits up to [`LOCK_WAIT`] for it.
     pub(super) fn open(dir: PathBuf) -> Result<Self, RuntimeError> {
-        let trees = Trees::open(&dir)?;
+        let deadline = Instant::now() + LOCK_WAIT;
+        let trees = loop {
+            match Trees::open(&dir) {
+                Err(RuntimeError::Storage(e)) if e.contains("could not acquire lock") => {
+                    if Instant::now() >= deadline {
+                        return Err(RuntimeError::Storage(format!(
+                            "another process holds the state store in {} (another Ember runtime on this data dir?): {e}",
+                            dir.display()
+                        )));
+                    }
+                    tracing::info!(dir = %dir.display(), "the state store is held by another process; waiting");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                opened => break opened?,
+            }
+        };
         Ok(Self {
             dir,
             trees: RwLock::new(Some(Arc::new(trees))),
