@@ -268,6 +268,20 @@ pub struct BenchArgs {
         requires = "scale"
     )]
     pub scale_counts: Vec<usize>,
+    /// Run mixed load (warm and cold requests on wasm and OCI, deploy and delete
+    /// churn) for this long instead, and report the runtime's memory, descriptors,
+    /// threads and errors over time (e.g. `10m`, `60s`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_soak, conflicts_with = "scale")]
+    pub soak: Option<std::time::Duration>,
+}
+
+/// A soak's length: at least 10 seconds.
+fn parse_soak(raw: &str) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if duration < std::time::Duration::from_secs(10) {
+        return Err("must be at least 10s".into());
+    }
+    Ok(duration)
 }
 
 /// `$EMBER_DATA_DIR`, else `~/.local/share/ember`, else `./.ember`.

@@ -105,3 +105,36 @@ fn a_quick_bench_measures_every_case_and_peer_and_leaves_nothing_behind() {
         );
     }
 }
+
+/// `ember bench --soak 60s`: a minute of mixed load on wasm and OCI with deploy
+/// and delete churn, and not one error; the report follows memory, descriptors
+/// and threads over time.
+#[test]
+fn a_minute_of_mixed_load_and_churn_has_no_error() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the soak's OCI load needs root (CI runs as root); run `scripts/test` as root"
+    );
+    let dir = common::temp_dir();
+    let json = dir.path().join("soak.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["bench", "--soak", "60s", "--json"])
+        .arg(&json)
+        .env_remove("EMBER_TOKEN")
+        .output()
+        .expect("running ember bench --soak");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["errors"], 0, "{report:#}");
+    assert_eq!(report["oci"], true);
+    let samples = report["samples"].as_array().unwrap();
+    assert!(samples.len() >= 30, "{} samples", samples.len());
+    for sample in samples {
+        assert!(sample["rss_mib"].as_f64().unwrap() > 0.0);
+        assert!(sample["open_fds"].as_u64().unwrap() > 0);
+        assert!(sample["threads"].as_u64().unwrap() > 0);
+    }
+    assert!(report["operations"].as_u64().unwrap() > 1000, "{report:#}");
+}

@@ -7,8 +7,10 @@ pub mod peers;
 mod report;
 mod scale;
 mod servers;
+mod soak;
 mod stats;
 mod target;
+mod watched;
 
 use crate::cli::{BenchArgs, ClientArgs};
 use crate::client::ApiClient;
@@ -76,6 +78,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.scale {
         return run_scale(&args).await;
     }
+    if let Some(duration) = args.soak {
+        return run_soak(&args, duration).await;
+    }
     let plan = Plan::new(args.quick);
     let target = match &args.api {
         Some(api) => Target::existing(ApiClient::new(&ClientArgs {
@@ -140,6 +145,23 @@ async fn run_scale(args: &BenchArgs) -> anyhow::Result<()> {
         std::fs::write(path, report.svg())
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+/// `ember bench --soak`: the table, and the JSON and plot when asked for. Fails
+/// when an operation failed.
+async fn run_soak(args: &BenchArgs, duration: Duration) -> anyhow::Result<()> {
+    let report = soak::run(duration).await?;
+    println!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, report.svg())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    anyhow::ensure!(report.errors == 0, "{} operations failed", report.errors);
     Ok(())
 }
 

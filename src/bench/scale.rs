@@ -7,16 +7,14 @@
 //! again after a SIGKILL.
 
 use super::servers::spawn_tied_to_bench;
+use super::watched::WatchedRuntime;
 use crate::workloads::HELLO_COMPONENT;
 use crate::workloads::registry::Registry;
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -109,7 +107,7 @@ pub async fn run(counts: &[usize]) -> anyhow::Result<ScaleReport> {
 
 async fn measure(count: usize, image: &str) -> anyhow::Result<ScaleRow> {
     let data = tempfile::tempdir().context("creating a data dir")?;
-    let mut runtime = OwnRuntime::start(data.path())?;
+    let mut runtime = WatchedRuntime::start(data.path())?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENTS)
         .build()?;
@@ -175,22 +173,26 @@ async fn measure(count: usize, image: &str) -> anyhow::Result<ScaleRow> {
         latencies[rank - 1].as_secs_f64() * 1e3
     };
 
-    let first_page = runtime
-        .page_time(&client, &format!("rowsPerPage={PAGE}"))
-        .await?;
+    let first_page = page_time(&runtime, &client, &format!("rowsPerPage={PAGE}")).await?;
     let middle = (count / PAGE / 2).max(1);
-    let cursor = runtime.cursor_before_page(&client, middle).await?;
+    let cursor = cursor_before_page(&runtime, &client, middle).await?;
     let cursor_page = match &cursor {
         Some(cursor) => {
-            runtime
-                .page_time(&client, &format!("rowsPerPage={PAGE}&continue={cursor}"))
-                .await?
+            page_time(
+                &runtime,
+                &client,
+                &format!("rowsPerPage={PAGE}&continue={cursor}"),
+            )
+            .await?
         }
         None => first_page,
     };
-    let numbered_page = runtime
-        .page_time(&client, &format!("rowsPerPage={PAGE}&page={middle}"))
-        .await?;
+    let numbered_page = page_time(
+        &runtime,
+        &client,
+        &format!("rowsPerPage={PAGE}&page={middle}"),
+    )
+    .await?;
 
     // Let the deployments' last writes and the first idle scale-downs pass.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -199,7 +201,7 @@ async fn measure(count: usize, image: &str) -> anyhow::Result<ScaleRow> {
 
     runtime.kill();
     let restarted = Instant::now();
-    runtime = OwnRuntime::start(data.path())?;
+    runtime = WatchedRuntime::start(data.path())?;
     loop {
         let ready = client
             .get(format!("http://{}/readyz", runtime.api))
@@ -428,176 +430,47 @@ impl ScaleReport {
     }
 }
 
-/// A runtime this bench starts, kills and starts again on one data dir.
-struct OwnRuntime {
-    child: Child,
-    api: SocketAddr,
-    token: String,
+/// The median time of reading one page of the list.
+async fn page_time(
+    runtime: &WatchedRuntime,
+    client: &reqwest::Client,
+    query: &str,
+) -> anyhow::Result<f64> {
+    let mut times = Vec::with_capacity(PAGE_READS);
+    for _ in 0..PAGE_READS {
+        let sent = Instant::now();
+        let page = runtime.list(client, query).await?;
+        times.push(sent.elapsed().as_secs_f64() * 1e3);
+        ensure!(
+            page["items"].as_array().is_some_and(|i| !i.is_empty()),
+            "an empty page"
+        );
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
-impl OwnRuntime {
-    fn start(data_dir: &Path) -> anyhow::Result<Self> {
-        let mut command = Command::new(std::env::current_exe()?);
-        command
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--api-addr", "127.0.0.1:0", "--ingress-addr", "127.0.0.1:0"])
-            .args(["--ssh-addr", "127.0.0.1:0"])
-            .args(["--bridge", super::target::BENCH_BRIDGE])
-            .env("EMBER_LOG", "error")
-            .env_remove("EMBER_ADMIN_TOKEN")
-            .stdout(Stdio::piped());
-        let mut child = spawn_tied_to_bench(&mut command).context("starting ember serve")?;
-        let stdout = child.stdout.take().context("stdout is piped")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let api = loop {
-            let Some(line) = lines.next() else {
-                let _ = child.kill();
-                bail!("ember serve exited before listening");
-            };
-            if let Some(rest) = line?.strip_prefix("api listening on http://") {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .parse::<SocketAddr>()?;
-            }
+/// The cursor that continues the list at page `page` (from 1), following
+/// cursors there.
+async fn cursor_before_page(
+    runtime: &WatchedRuntime,
+    client: &reqwest::Client,
+    page: usize,
+) -> anyhow::Result<Option<String>> {
+    let mut cursor: Option<String> = None;
+    for _ in 1..page.max(1) {
+        let query = match &cursor {
+            Some(c) => format!("rowsPerPage={PAGE}&continue={c}"),
+            None => format!("rowsPerPage={PAGE}"),
         };
-        std::thread::spawn(move || lines.for_each(drop));
-        let token = std::fs::read_to_string(data_dir.join(ember_runtime::auth::ADMIN_TOKEN_FILE))
-            .context("reading the admin token")?
-            .trim()
-            .to_string();
-        Ok(Self { child, api, token })
-    }
-
-    fn get(&self, client: &reqwest::Client, query: &str) -> reqwest::RequestBuilder {
-        client
-            .get(format!("http://{}/v1/containers?{query}", self.api))
-            .bearer_auth(&self.token)
-    }
-
-    async fn list(&self, client: &reqwest::Client, query: &str) -> anyhow::Result<Value> {
-        let response = self.get(client, query).send().await?;
-        ensure!(
-            response.status().is_success(),
-            "listing: {}",
-            response.status()
-        );
-        Ok(response.json().await?)
-    }
-
-    async fn total(&self, client: &reqwest::Client, filter: &str) -> anyhow::Result<u64> {
-        let page = self
-            .list(client, &format!("rowsPerPage=1&{filter}"))
-            .await?;
-        page["total"].as_u64().context("a total")
-    }
-
-    /// The store writer's changes and flushes so far, from `/metrics`.
-    async fn store_writes(&self, client: &reqwest::Client) -> anyhow::Result<(u64, u64)> {
-        let text = client
-            .get(format!("http://{}/metrics", self.api))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let counter = |name: &str| -> anyhow::Result<u64> {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                .with_context(|| format!("{name} in /metrics"))?
-                .parse()
-                .with_context(|| format!("{name} in /metrics"))
-        };
-        Ok((
-            counter("ember_store_changes_total")?,
-            counter("ember_store_flushes_total")?,
-        ))
-    }
-
-    /// The median time of reading one page of the list.
-    async fn page_time(&self, client: &reqwest::Client, query: &str) -> anyhow::Result<f64> {
-        let mut times = Vec::with_capacity(PAGE_READS);
-        for _ in 0..PAGE_READS {
-            let sent = Instant::now();
-            let page = self.list(client, query).await?;
-            times.push(sent.elapsed().as_secs_f64() * 1e3);
-            ensure!(
-                page["items"].as_array().is_some_and(|i| !i.is_empty()),
-                "an empty page"
-            );
+        cursor = runtime.list(client, &query).await?["continue"]
+            .as_str()
+            .map(str::to_string);
+        if cursor.is_none() {
+            break;
         }
-        times.sort_by(f64::total_cmp);
-        Ok(times[times.len() / 2])
     }
-
-    /// The cursor that continues the list at page `page` (from 1), following
-    /// cursors there.
-    async fn cursor_before_page(
-        &self,
-        client: &reqwest::Client,
-        page: usize,
-    ) -> anyhow::Result<Option<String>> {
-        let mut cursor: Option<String> = None;
-        for _ in 1..page.max(1) {
-            let query = match &cursor {
-                Some(c) => format!("rowsPerPage={PAGE}&continue={c}"),
-                None => format!("rowsPerPage={PAGE}"),
-            };
-            cursor = self.list(client, &query).await?["continue"]
-                .as_str()
-                .map(str::to_string);
-            if cursor.is_none() {
-                break;
-            }
-        }
-        Ok(cursor)
-    }
-
-    fn proc_file(&self, name: &str) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/{name}", self.child.id()))
-    }
-
-    fn rss_mib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(self.proc_file("status"))?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .context("VmRSS")?
-            .parse()?;
-        Ok(kib / 1024.0)
-    }
-
-    /// CPU time (user and system) the process used over `window`, in percent of
-    /// one core.
-    async fn cpu_percent(&self, window: Duration) -> anyhow::Result<f64> {
-        let ticks = || -> anyhow::Result<f64> {
-            let stat = std::fs::read_to_string(self.proc_file("stat"))?;
-            // The fields after the command name, which is in parentheses.
-            let after = stat.rsplit_once(')').context("a stat line")?.1;
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            let (utime, stime): (f64, f64) = (fields[11].parse()?, fields[12].parse()?);
-            Ok(utime + stime)
-        };
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-        let before = ticks()?;
-        tokio::time::sleep(window).await;
-        let used = (ticks()? - before) / hz;
-        Ok(used / window.as_secs_f64() * 100.0)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
+    Ok(cursor)
 }
 
 #[cfg(test)]

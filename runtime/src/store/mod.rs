@@ -38,6 +38,10 @@ use writer::GroupCommit;
 
 pub use schema::SCHEMA_VERSION;
 
+/// Memory sled may keep of the database (its default is 1 GiB, which a long run
+/// of writes fills: resident memory then only grows).
+const CACHE_BYTES: u64 = 64 << 20;
+
 /// The sled trees of the store.
 struct Trees {
     db: sled::Db,
@@ -55,7 +59,11 @@ impl Trees {
     /// Opens the database in `dir`, bringing its schema up to date. sled flushes
     /// only when the writer asks it to: a batch becomes durable as a whole.
     fn open(dir: &Path) -> Result<Self, RuntimeError> {
-        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .cache_capacity(CACHE_BYTES)
+            .open()?;
         let trees = Self {
             meta: db.open_tree("meta")?,
             containers: db.open_tree("containers")?,

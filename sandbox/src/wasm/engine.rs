@@ -2,14 +2,14 @@
 
 use super::cache::CompiledCache;
 use super::guest::GuestState;
-use super::instance::PreparedComponent;
+use super::instance::{Loaded, PreparedComponent};
 use crate::Digest;
 use crate::blob_store::{BlobStore, write_atomically};
 use crate::{BoxFuture, PreparedWorkload, Sandbox, SandboxError, WorkloadKind, WorkloadSpec};
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -18,6 +18,14 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 /// How often the epoch advances: a running guest yields at each tick, and its
 /// deadline is checked then.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Artifacts kept loaded after their last container is gone.
+const RECENTLY_LOADED: usize = 32;
+
+/// Unused pool slots that keep the memory image of the module last in them: each
+/// holds the image's mapping and a descriptor of its compiled code (wasmtime's
+/// default, 100, let a long-running runtime collect a hundred of them).
+const UNUSED_WARM_SLOTS: u32 = 16;
 
 /// Bytes of each linear memory and table reset in place rather than decommitted.
 const KEEP_RESIDENT_BYTES: usize = 64 << 10;
@@ -41,10 +49,15 @@ pub struct WasmSandbox {
     linker: Arc<Linker<GuestState>>,
     blobs: BlobStore,
     cache: CompiledCache,
-    /// Artifacts whose compiled code loaded and linked with this engine and linker:
-    /// preparing one again (another container of the same image, a restart's
-    /// warm-up) only checks that its code is still on disk.
-    linked: Mutex<HashSet<Digest>>,
+    /// The loaded code of each artifact some prepared workload holds: containers of
+    /// one image share it (one mapping of the compiled code, one descriptor), and
+    /// a cold start only instantiates it.
+    loaded: Mutex<HashMap<Digest, Weak<Loaded>>>,
+    /// The artifacts loaded last, kept loaded while no container holds them: a
+    /// container deleted and created again (or a deployment churn of one image)
+    /// loads nothing again, and the pool's slots keep one memory image per
+    /// artifact rather than one per load.
+    recent: Mutex<std::collections::VecDeque<Arc<Loaded>>>,
     /// One compile of an artifact at a time: concurrent deployments of one image
     /// wait for the first to compile, then find its code on disk.
     compiling: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
@@ -68,7 +81,8 @@ impl WasmSandbox {
             linker: Arc::new(linker),
             blobs,
             cache,
-            linked: Mutex::default(),
+            loaded: Mutex::default(),
+            recent: Mutex::default(),
             compiling: Mutex::default(),
         })
     }
@@ -121,34 +135,47 @@ impl WasmSandbox {
         Ok(())
     }
 
-    /// Makes sure the artifact's compiled code is on disk and links: loaded and
-    /// pre-instantiated the first time, on a blocking thread; a file this engine
-    /// cannot load is recompiled once.
-    async fn ensure_linked(&self, spec: &WorkloadSpec) -> Result<(), SandboxError> {
-        if self.linked.lock().contains(&spec.artifact) && self.cache.path(&spec.artifact).is_file()
+    /// The artifact's code, loaded and pre-instantiated: shared with whoever holds
+    /// it already, else loaded now on a blocking thread (compiled first if it has
+    /// not been; a file this engine cannot load is recompiled once).
+    async fn load(&self, spec: &WorkloadSpec) -> Result<Arc<Loaded>, SandboxError> {
+        if let Some(loaded) = self
+            .loaded
+            .lock()
+            .get(&spec.artifact)
+            .and_then(Weak::upgrade)
         {
-            return Ok(());
+            return Ok(loaded);
         }
         let path = self.ensure_compiled(spec).await?;
-        if let Err(first) = self.link(&path).await {
-            if matches!(first, SandboxError::InvalidWorkload(_)) {
-                return Err(first);
+        let pre = match self.link(&path).await {
+            Ok(pre) => pre,
+            Err(first @ SandboxError::InvalidWorkload(_)) => return Err(first),
+            Err(first) => {
+                tracing::warn!(path = %path.display(), error = %first, "cached code did not load; recompiling");
+                let _ = std::fs::remove_file(&path);
+                let path = self.ensure_compiled(spec).await?;
+                self.link(&path).await?
             }
-            tracing::warn!(path = %path.display(), error = %first, "cached code did not load; recompiling");
-            let _ = std::fs::remove_file(&path);
-            let path = self.ensure_compiled(spec).await?;
-            self.link(&path).await?;
+        };
+        let loaded = Arc::new(Loaded { pre });
+        let mut recent = self.recent.lock();
+        if recent.len() == RECENTLY_LOADED {
+            recent.pop_front();
         }
-        self.linked.lock().insert(spec.artifact.clone());
-        Ok(())
+        recent.push_back(loaded.clone());
+        let mut cache = self.loaded.lock();
+        cache.retain(|_, held| held.strong_count() > 0);
+        cache.insert(spec.artifact.clone(), Arc::downgrade(&loaded));
+        Ok(loaded)
     }
 
     /// Loads compiled code and checks that it serves HTTP.
-    async fn link(&self, path: &std::path::Path) -> Result<(), SandboxError> {
+    async fn link(&self, path: &std::path::Path) -> Result<ProxyPre<GuestState>, SandboxError> {
         let (engine, linker, path) = (self.engine.clone(), self.linker.clone(), path.to_path_buf());
         tokio::task::spawn_blocking(move || {
             let component = load_compiled(&engine, &path)?;
-            pre_instantiate(&linker, &component).map(drop)
+            pre_instantiate(&linker, &component)
         })
         .await
         .map_err(|e| SandboxError::Prepare(e.to_string()))?
@@ -199,13 +226,8 @@ impl Sandbox for WasmSandbox {
                 ));
             }
             // Fail at deploy time, not at the first request, if it cannot serve HTTP.
-            self.ensure_linked(&spec).await?;
-            let prepared = PreparedComponent::new(
-                self.engine.clone(),
-                self.linker.clone(),
-                self.cache.path(&spec.artifact),
-                spec,
-            );
+            let loaded = self.load(&spec).await?;
+            let prepared = PreparedComponent::new(loaded, spec);
             Ok(Arc::new(prepared) as Arc<dyn PreparedWorkload>)
         })
     }
@@ -224,6 +246,7 @@ fn build_engine(config: &WasmConfig) -> wasmtime::Result<Engine> {
         // Resetting a small memory or table with memset is far cheaper than madvise,
         // whose TLB shootdowns cost every core an interrupt per request; larger guests
         // still give the rest of their memory back to the kernel.
+        .max_unused_warm_slots(UNUSED_WARM_SLOTS)
         .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
         .table_keep_resident(KEEP_RESIDENT_BYTES)
         .decommit_batch_size(DECOMMIT_BATCH);

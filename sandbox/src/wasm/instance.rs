@@ -1,6 +1,5 @@
 //! Prepared components and their running instances.
 
-use super::engine::{load_compiled, pre_instantiate};
 use super::guest::{GuestOutputs, GuestState};
 use super::meter::{Timed, WasmMeter};
 use super::output::GuestOutput;
@@ -11,24 +10,27 @@ use crate::{
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::oneshot::error::TryRecvError;
-use wasmtime::component::Linker;
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-/// A compiled component on disk, ready to start. Holds no wasm memory, so a
-/// container at zero costs next to nothing.
+/// An artifact's compiled code, loaded (mapped from the compile cache) and
+/// pre-instantiated: shared by every prepared workload of that artifact.
+pub(crate) struct Loaded {
+    pub(crate) pre: ProxyPre<GuestState>,
+}
+
+/// A component ready to start. Holds its artifact's loaded code, shared with the
+/// other containers of that artifact, and no wasm memory: a container at zero
+/// costs next to nothing, and a cold start only makes an instance of it.
 pub(crate) struct PreparedComponent {
-    engine: Engine,
-    linker: Arc<Linker<GuestState>>,
-    compiled: PathBuf,
+    loaded: Arc<Loaded>,
     spec: Arc<GuestSpec>,
 }
 
@@ -42,18 +44,11 @@ struct GuestSpec {
 }
 
 impl PreparedComponent {
-    pub(crate) fn new(
-        engine: Engine,
-        linker: Arc<Linker<GuestState>>,
-        compiled: PathBuf,
-        spec: WorkloadSpec,
-    ) -> Self {
+    pub(crate) fn new(loaded: Arc<Loaded>, spec: WorkloadSpec) -> Self {
         let mut args = vec![spec.name.clone()];
         args.extend(spec.arguments.iter().flatten().cloned());
         Self {
-            engine,
-            linker,
-            compiled,
+            loaded,
             spec: Arc::new(GuestSpec {
                 env: spec.env,
                 args,
@@ -71,10 +66,8 @@ impl PreparedWorkload for PreparedComponent {
         instance: &'a str,
     ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
         Box::pin(async move {
-            // The cold start: map the cached compiled code and resolve imports once.
-            let component = load_compiled(&self.engine, &self.compiled)
-                .map_err(|e| SandboxError::Start(e.to_string()))?;
-            let pre = pre_instantiate(&self.linker, &component)?;
+            // The cold start: the code is loaded and its imports resolved already.
+            let pre = self.loaded.pre.clone();
             let name: Arc<str> = instance.into();
             let output = |stream| GuestOutput::new(self.spec.logs.clone(), name.clone(), stream);
             Ok(Arc::new(WasmInstance {

@@ -4,8 +4,9 @@
 //! copy-on-write memory images, epoch interruption) and the on-disk cache of
 //! compiled code. Preparing a workload compiles it once, ever: the compiled code is
 //! kept on disk keyed by the artifact digest and the engine's compatibility key.
-//! Starting an instance loads that code and pre-instantiates it; each request then
-//! gets a fresh store, as `wasmtime serve` does.
+//! Preparing also loads that code and pre-instantiates it, once per artifact for
+//! every container of it; starting an instance takes the pre-instance, and each
+//! request then gets a fresh store, as `wasmtime serve` does.
 
 mod cache;
 mod engine;
