@@ -585,3 +585,152 @@ async fn a_full_data_disk_refuses_writes_with_507_keeps_reads_and_loses_nothing(
     assert_eq!(shown["env"]["VERSION"], "1");
     assert_eq!(shown["latestRevision"].as_u64().unwrap_or(1), 1);
 }
+
+/// The processes in a sandbox's cgroup, its init first (the lowest pid).
+fn sandbox_processes(sandbox: &str) -> Vec<u32> {
+    let v1 = std::path::Path::new("/sys/fs/cgroup/pids/ember").join(sandbox);
+    let dir = if std::path::Path::new("/sys/fs/cgroup/pids").exists() {
+        v1
+    } else {
+        std::path::Path::new("/sys/fs/cgroup/ember").join(sandbox)
+    };
+    let mut pids: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runtime_adopts_its_running_instances_and_no_request_fails() {
+    require_root();
+    let registry = Registry::start().unwrap();
+    let image = image(&registry).await;
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    let (api, ingress) = (free_port(), free_port());
+    let flags = ["--bridge", &network.bridge, "--subnet", &network.subnet];
+    let ember = Ember::start_on(data.path(), &flags, api, ingress);
+    let id = deploy(
+        &ember,
+        json!({ "name": "lasting", "image": image, "cpu": 0.25, "ram": "64Mi", "idleTimeoutSeconds": 3600 }),
+    )
+    .await;
+    let doomed = deploy(
+        &ember,
+        json!({ "name": "doomed", "image": image, "cpu": 0.25, "ram": "64Mi", "idleTimeoutSeconds": 3600 }),
+    )
+    .await;
+    assert_eq!(get(&ember, "lasting", "/").await.0, StatusCode::OK);
+    assert_eq!(get(&ember, "doomed", "/").await.0, StatusCode::OK);
+    let instances = ember.instances(&id).await;
+    let (instance, sandbox) = (
+        instances[0]["id"].as_str().unwrap().to_string(),
+        instances[0]["sandbox_id"].as_str().unwrap().to_string(),
+    );
+    let pid = sandbox_processes(&sandbox)[0];
+    let doomed_sandbox = ember.instances(&doomed).await[0]["sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Steady load through the ingress, from a client that tries again when the
+    // connection is refused (no runtime listens) but counts any other failure.
+    let load = {
+        let url = format!("http://{ingress}/");
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut served, mut failed, mut longest_gap) = (0, Vec::new(), Duration::ZERO);
+            let mut last = Instant::now();
+            let until = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < until {
+                let response = client
+                    .get(&url)
+                    .header("host", "lasting.ember.localhost")
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        served += 1;
+                        longest_gap = longest_gap.max(last.elapsed());
+                        last = Instant::now();
+                    }
+                    Err(e) if e.is_connect() => {}
+                    Ok(r) => failed.push((Instant::now(), r.status().to_string())),
+                    Err(e) => failed.push((Instant::now(), e.to_string())),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (served, failed, longest_gap)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ember.kill();
+    // While no runtime runs, one instance dies: it is removed and replaced.
+    for doomed_pid in sandbox_processes(&doomed_sandbox) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(doomed_pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ember = Ember::start_on(data.path(), &flags, api, ingress);
+    let back = Instant::now();
+    let (served, failed, gap) = load.await.unwrap();
+    eprintln!("{served} requests served, the longest gap {gap:?}");
+    // A request the kill cut short is the kill's; once the runtime is back, none
+    // fails.
+    let after_restart: Vec<_> = failed.iter().filter(|(at, _)| *at >= back).collect();
+    assert!(
+        after_restart.is_empty(),
+        "requests failed: {after_restart:?}"
+    );
+    assert!(
+        failed.len() <= 1,
+        "more than the request in flight failed: {failed:?}"
+    );
+    assert!(served > 100, "{served}");
+
+    // The same instance, in the same sandbox, with the same process.
+    let after = ember.instances(&id).await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0]["id"], instance.as_str());
+    assert_eq!(after[0]["sandbox_id"], sandbox.as_str());
+    assert_eq!(sandbox_processes(&sandbox)[0], pid);
+    // Its output reaches the logs again.
+    assert_eq!(
+        get(&ember, "lasting", "/cgi-bin/log?after-adoption")
+            .await
+            .1,
+        "ok\n"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ember.logs(&id).await.contains("logged after-adoption") {
+        assert!(
+            Instant::now() < deadline,
+            "the output never reached the logs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The instance that died is gone from the host, and a request starts another.
+    assert!(sandbox_processes(&doomed_sandbox).is_empty());
+    assert!(
+        !data
+            .path()
+            .join("oci/instances")
+            .join(&doomed_sandbox)
+            .exists()
+    );
+    assert_eq!(get(&ember, "doomed", "/").await.0, StatusCode::OK);
+}

@@ -6,10 +6,11 @@
 use crate::awake::{AwakeSet, Membership};
 use crate::background::Background;
 use crate::clock::Clock;
+use crate::journal::InstanceJournal;
 use crate::metrics::Metrics;
 use crate::model::{
-    ContainerId, ContainerName, InstanceId, InstanceInfo, InstanceState, ServerId, StoppedInstance,
-    UserId,
+    ContainerId, ContainerName, InstanceId, InstanceInfo, InstanceState, RunningInstance, ServerId,
+    StoppedInstance, UserId,
 };
 use crate::node::{NodeCapacity, Placement};
 use crate::roster::{Entry, Identity, Roster};
@@ -231,6 +232,9 @@ pub(crate) struct ServiceShared {
     /// Longest an instance taken out of service waits for its requests to end
     /// before it stops (the request timeout).
     pub(crate) drain_limit: Duration,
+    /// Where OCI instances that start and stop are recorded, for a later runtime
+    /// to adopt those still running.
+    pub(crate) journal: Arc<dyn InstanceJournal>,
 }
 
 /// What lists of instances need of their container, kept in memory so that a list
@@ -263,6 +267,8 @@ pub(crate) struct Service {
     background: Background,
     /// See [`ServiceShared::drain_limit`].
     drain_limit: Duration,
+    /// See [`ServiceShared::journal`].
+    journal: Arc<dyn InstanceJournal>,
     /// Its instances that do not run: stopped by hand, or recently terminated.
     roster: Arc<Roster>,
     /// The next instance's ordinal.
@@ -313,6 +319,7 @@ impl Service {
             background,
             awake,
             drain_limit,
+            journal,
         } = shared.clone();
         let service = Arc::new_cyclic(|me| Self {
             id,
@@ -339,6 +346,7 @@ impl Service {
             node,
             background,
             drain_limit,
+            journal,
             roster: Arc::default(),
             next_ordinal: AtomicU32::new(1),
         });
@@ -777,6 +785,7 @@ impl Service {
                 if let Some(exit) = exit {
                     watch_exit(self, &live, exit);
                 }
+                self.journal_started(&live);
                 pool.instances.push(live);
                 self.dispatch(&mut pool);
                 Ok(())
@@ -1058,6 +1067,7 @@ impl Service {
             .record(live.identity(), live.revision, live.pinned, during);
         let roster = self.roster.clone();
         let drain_limit = self.drain_limit;
+        let journal = self.journal.clone();
         async move {
             // What it serves finishes first (it is out of the pool: nothing new
             // reaches it), up to the request timeout.
@@ -1065,6 +1075,9 @@ impl Service {
                 tracing::warn!(instance = %live.id, "requests still in flight at the end of the drain; stopping anyway");
             }
             live.instance.stop().await;
+            if let Some(sandbox) = live.instance.sandbox_id() {
+                journal.stopped(sandbox);
+            }
             roster.advance(live.id, end);
             tracing::debug!(instance = %live.id, "instance stopped");
         }
@@ -1281,6 +1294,7 @@ impl Service {
             if let Some(exit) = exit {
                 watch_exit(self, &new, exit);
             }
+            self.journal_started(&new);
             pool.instances[position] = new;
             self.dispatch(&mut pool);
         }
@@ -1290,12 +1304,75 @@ impl Service {
         let (stopped, done) = oneshot::channel();
         let retired = old.instance.clone();
         drop(old);
+        let journal = self.journal.clone();
         self.background.spawn_stop(async move {
             retired.stop().await;
+            if let Some(sandbox) = retired.sandbox_id() {
+                journal.stopped(sandbox);
+            }
             let _ = stopped.send(());
         });
         let _ = done.await;
         Ok(())
+    }
+
+    /// Records a started OCI instance, for a later runtime to adopt.
+    fn journal_started(&self, live: &LiveInstance) {
+        if let Some(sandbox) = live.instance.sandbox_id() {
+            self.journal.started(
+                sandbox,
+                RunningInstance {
+                    container: self.id,
+                    revision: live.revision,
+                    instance: live.id,
+                    ordinal: live.ordinal,
+                    created: live.created,
+                    pinned: live.pinned,
+                },
+            );
+        }
+    }
+
+    /// Takes an instance an earlier run of the runtime left running into the pool,
+    /// once it has room on the node: it serves requests of the revision it runs,
+    /// which must be the one serving. `false` when that revision no longer serves.
+    pub(crate) async fn adopt(
+        self: &Arc<Self>,
+        recorded: &RunningInstance,
+        instance: Arc<dyn Instance>,
+    ) -> bool {
+        let Some(revision) = self
+            .serving_revision()
+            .filter(|r| r.number == recorded.revision)
+        else {
+            return false;
+        };
+        let identity = Identity {
+            id: recorded.instance,
+            ordinal: recorded.ordinal,
+            created: recorded.created,
+        };
+        let Some(placement) = self.room_for(identity.id, &revision).await else {
+            return false;
+        };
+        self.next_ordinal
+            .fetch_max(recorded.ordinal + 1, Ordering::Relaxed);
+        let exit = instance.exit_signal();
+        let live = Arc::new(LiveInstance::new(
+            identity,
+            &revision,
+            instance,
+            recorded.pinned,
+            placement,
+            self.clock.now(),
+        ));
+        if let Some(exit) = exit {
+            watch_exit(self, &live, exit);
+        }
+        let mut pool = self.pool.lock();
+        pool.instances.push(live);
+        self.dispatch(&mut pool);
+        true
     }
 
     /// Stops an instance that never joined the pool, leaving the roster as it is.
@@ -1585,6 +1662,7 @@ mod tests {
                 background: Background::current(),
                 awake: Arc::default(),
                 drain_limit: Duration::from_secs(5),
+                journal: Arc::new(crate::journal::NoJournal),
             },
         );
         let starts = Arc::new(AtomicUsize::new(0));

@@ -17,6 +17,7 @@ pub mod grants;
 mod ingress;
 mod instance_access;
 mod jobs;
+mod journal;
 pub mod logs;
 mod metrics;
 mod migration;

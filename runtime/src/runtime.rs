@@ -8,11 +8,12 @@ use crate::clock::Clock;
 use crate::config::RuntimeConfig;
 use crate::deploy::{Deployer, PreparedLater};
 use crate::error::RuntimeError;
+use crate::journal::{InstanceJournal, StoreJournal};
 use crate::logs::{LogEntry, LogStore};
 use crate::metrics::{ContainerTraffic, Metrics};
 use crate::model::{
     Caller, Container, ContainerId, ContainerPatch, ContainerQuery, ContainerSpec, ContainerStatus,
-    GpuModel, InstanceId, InstanceInfo, Page, PageRequest, Revision, ServerId,
+    GpuModel, InstanceId, InstanceInfo, Page, PageRequest, Revision, RunningInstance, ServerId,
 };
 use crate::node::{self, NodeCapacity};
 use crate::record_locks::RecordLocks;
@@ -65,6 +66,8 @@ pub(crate) struct Inner {
     pub(crate) migrations: Mutex<HashMap<InstanceId, ServerId>>,
     /// Set once the ingress serves: every stored container is routed by then.
     pub(crate) ingress_routing: std::sync::atomic::AtomicBool,
+    /// The record of the OCI instances running, for a later runtime to adopt.
+    journal: Arc<dyn InstanceJournal>,
 }
 
 /// A container with the parts of its view the store does not hold.
@@ -106,10 +109,11 @@ impl Runtime {
         std::fs::create_dir_all(&data_dir)
             .map_err(RuntimeError::io(format!("creating {}", data_dir.display())))?;
         let state_dir = data_dir.join("state");
-        let (store, stored) = tokio::task::spawn_blocking(move || {
+        let (store, stored, running) = tokio::task::spawn_blocking(move || {
             let store = Store::open(&state_dir)?;
             let stored = load_containers(&store)?;
-            Ok::<_, RuntimeError>((store, stored))
+            let running = store.running_blocking()?;
+            Ok::<_, RuntimeError>((store, stored, running))
         })
         .await
         .map_err(|e| RuntimeError::Storage(format!("opening the store: {e}")))??;
@@ -154,6 +158,7 @@ impl Runtime {
             cdi: cdi.clone(),
         });
         let server_id = store.server_id();
+        let journal = Arc::new(StoreJournal::start(store.clone()));
         let node = NodeCapacity::new(
             server_id,
             node::host_name(),
@@ -180,11 +185,13 @@ impl Runtime {
                 grants: crate::grants::Grants::default(),
                 migrations: Mutex::default(),
                 ingress_routing: false.into(),
+                journal,
             }),
         };
         runtime.set_reclaimer();
         runtime.finish_interrupted_jobs().await?;
         runtime.restore(stored);
+        runtime.adopt_running(running).await;
         runtime.spawn_reconciler();
         runtime.spawn_usage_sampler();
         runtime.spawn_job_cleaner();
@@ -233,6 +240,42 @@ impl Runtime {
             }
         }
         self.spawn_warm_ups(warm_ups);
+    }
+
+    /// Takes over the OCI instances an earlier run left running (it was killed, say)
+    /// whose container still serves the revision they run: they serve on, with the
+    /// same process, address and id. Those that ended meanwhile, or that no
+    /// container claims, are removed; the autoscaler starts what is needed.
+    async fn adopt_running(&self, recorded: Vec<(String, RunningInstance)>) {
+        let Ok(oci) = self.inner.deployer.oci.clone() else {
+            return;
+        };
+        let adoptable: std::collections::HashSet<String> = oci.adoptable().into_iter().collect();
+        for (sandbox, record) in recorded {
+            let service = self.inner.services.read().get(&record.container).cloned();
+            let adopted = match service {
+                Some(service) if adoptable.contains(&sandbox) => {
+                    let logs =
+                        ember_sandbox::LogSinkRef(Arc::new(self.inner.logs.sink(record.container)));
+                    let timeout = self.inner.config.request_timeout;
+                    match oci
+                        .adopt(&sandbox, &record.instance.to_string(), logs, timeout)
+                        .await
+                    {
+                        Ok(instance) => service.adopt(&record, instance).await,
+                        Err(e) => {
+                            tracing::info!(%sandbox, error = %e, "an instance left running was not adopted");
+                            false
+                        }
+                    }
+                }
+                _ => false,
+            };
+            if !adopted {
+                self.inner.journal.stopped(&sandbox);
+            }
+        }
+        oci.discard_unadopted().await;
     }
 
     /// Prepares restored revisions ahead of their first request, a few at a time;
@@ -761,6 +804,7 @@ impl Runtime {
                         background: self.inner.background.clone(),
                         awake: self.inner.awake.clone(),
                         drain_limit: self.inner.config.request_timeout,
+                        journal: self.inner.journal.clone(),
                     },
                 )
             })

@@ -158,6 +158,35 @@ pub trait Sandbox: Send + Sync + 'static {
         &self,
         spec: WorkloadSpec,
     ) -> BoxFuture<'_, Result<Arc<dyn PreparedWorkload>, SandboxError>>;
+
+    /// The host-level ids of instances an earlier run of the runtime started and
+    /// left running (it was killed, say), which this one may take over.
+    fn adoptable(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Takes over instance `sandbox_id`, left running by an earlier run: it serves
+    /// requests, logs under `instance` to `logs`, and stops as an instance started
+    /// here would. Fails when it no longer runs (it is then removed).
+    fn adopt<'a>(
+        &'a self,
+        sandbox_id: &'a str,
+        instance: &'a str,
+        logs: LogSinkRef,
+        request_timeout: Duration,
+    ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
+        let _ = (sandbox_id, instance, logs, request_timeout);
+        Box::pin(async {
+            Err(SandboxError::Unsupported(
+                "this sandbox has no instances to adopt".into(),
+            ))
+        })
+    }
+
+    /// Stops and removes the instances left running that were not adopted.
+    fn discard_unadopted(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// A revision made ready to start; cheap to keep while a container is at zero.

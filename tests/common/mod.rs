@@ -37,8 +37,33 @@ impl Ember {
         Self::start_as(None, data_dir, extra)
     }
 
+    /// Starts `ember serve` with its API and ingress on these addresses (a restart
+    /// on the ports clients already use).
+    pub fn start_on(data_dir: &Path, extra: &[&str], api: SocketAddr, ingress: SocketAddr) -> Self {
+        Self::spawn(
+            None,
+            data_dir,
+            extra,
+            (api.to_string(), ingress.to_string()),
+        )
+    }
+
     /// Starts `ember serve` as user `uid` (and group `uid`) when given.
     pub fn start_as(uid: Option<u32>, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn(
+            uid,
+            data_dir,
+            extra,
+            ("127.0.0.1:0".into(), "127.0.0.1:0".into()),
+        )
+    }
+
+    fn spawn(
+        uid: Option<u32>,
+        data_dir: &Path,
+        extra: &[&str],
+        (api_addr, ingress_addr): (String, String),
+    ) -> Self {
         let binary = match uid {
             None => PathBuf::from(env!("CARGO_BIN_EXE_ember")),
             // The build tree may sit where other users cannot reach (/root): run a copy.
@@ -59,7 +84,7 @@ impl Ember {
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--api-addr", "127.0.0.1:0", "--ingress-addr", "127.0.0.1:0"])
+            .args(["--api-addr", &api_addr, "--ingress-addr", &ingress_addr])
             .args(["--ssh-addr", "127.0.0.1:0"])
             .args(extra)
             // EMBER_TEST_LOG (say `info`) shows more of the runtime's log.

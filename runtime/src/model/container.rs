@@ -321,6 +321,25 @@ impl Container {
     }
 }
 
+/// An OCI instance as recorded while it runs, so that a runtime started after
+/// this one was killed can find whose it is and take it over.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunningInstance {
+    /// Its container.
+    pub container: ContainerId,
+    /// The revision it runs.
+    pub revision: u32,
+    /// Its id.
+    pub instance: InstanceId,
+    /// Its place among the container's instances.
+    pub ordinal: u32,
+    /// When it first started.
+    pub created: SystemTime,
+    /// Started through the instances API.
+    pub pinned: bool,
+}
+
 /// An immutable snapshot of a container's spec.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -16,7 +16,8 @@ pub use access::{
 };
 pub use container::{
     Caller, Container, ContainerPatch, ContainerQuery, ContainerSpec, ContainerStatus,
-    InstanceInfo, InstanceState, Page, PageRequest, Revision, Role, StoppedInstance,
+    InstanceInfo, InstanceState, Page, PageRequest, Revision, Role, RunningInstance,
+    StoppedInstance,
 };
 /// A CDI device's qualified name (`vendor.com/class=name`), from the sandbox.
 pub use ember_sandbox::cdi::{CdiDeviceName, InvalidCdiDeviceName};

@@ -15,6 +15,7 @@
 mod index;
 mod jobs;
 mod list;
+mod running;
 mod schema;
 mod slot;
 mod tokens;
@@ -53,6 +54,8 @@ struct Trees {
     users: sled::Tree,
     jobs: sled::Tree,
     index: sled::Tree,
+    /// Sandbox id -> the OCI instance running in it (see [`running`]).
+    running: sled::Tree,
 }
 
 impl Trees {
@@ -73,6 +76,7 @@ impl Trees {
             users: db.open_tree("users")?,
             jobs: db.open_tree("jobs")?,
             index: db.open_tree("index")?,
+            running: db.open_tree("running")?,
             db,
         };
         schema::bring_up_to_date(&trees)?;

@@ -9,9 +9,10 @@ use super::creator::{self, Stdio3};
 use super::instance::{self, OciInstance, Resources};
 use super::network::Network;
 use super::process::ProcessPlan;
+use super::record::InstanceRecord;
 use super::rootfs::InstanceDir;
-use super::spec;
 use super::{START_LOCK, Shared};
+use super::{spec, stdio};
 use crate::cdi::CdiDeviceName;
 use crate::{Instance, LogSinkRef, LogStream, SandboxError};
 use libcontainer::container::Container;
@@ -124,16 +125,8 @@ impl Recipe {
         extra_devices: &[CdiDeviceName],
     ) -> Result<SandboxParts, SandboxError> {
         let id = new_sandbox_id();
-        let (stdin_reader, stdin) = pipe().map_err(|e| fail("creating pipes", &e))?;
-        let (stdout, stdout_writer) = pipe().map_err(|e| fail("creating pipes", &e))?;
-        let (stderr, stderr_writer) = pipe().map_err(|e| fail("creating pipes", &e))?;
-        let stdio = Stdio3 {
-            stdin: stdin_reader,
-            stdout: stdout_writer,
-            stderr: stderr_writer,
-        };
 
-        // Filesystems, spec and the container's processes: all blocking work.
+        // Filesystems, streams, spec and the container's processes: all blocking work.
         let (dir, created) = {
             let shared = self.shared.clone();
             let layers = self.layers.clone();
@@ -148,6 +141,15 @@ impl Recipe {
                 {
                     Ok(dir) => dir,
                     Err(e) => return (None, Err(fail("mounting the root filesystem", &e))),
+                };
+                let (container_ends, runtime_ends) = match stdio::make(dir.path()) {
+                    Ok(ends) => ends,
+                    Err(e) => return (Some(dir), Err(fail("making the standard streams", &e))),
+                };
+                let stdio = Stdio3 {
+                    stdin: container_ends.stdin,
+                    stdout: container_ends.stdout,
+                    stderr: container_ends.stderr,
                 };
                 let instance = spec::InstanceSpec {
                     rootfs: &dir.rootfs(),
@@ -175,15 +177,16 @@ impl Recipe {
                     .and_then(|()| {
                         Container::load(shared.state_dir().join(&id))
                             .map_err(|e| fail("loading the created container", &e))
-                    });
+                    })
+                    .map(|container| (container, runtime_ends));
                 (Some(dir), created)
             })
             .await
             .map_err(|e| fail("creating the container", &e))?
         };
         resources.dir = dir;
-        let container = match created {
-            Ok(container) => container,
+        let (container, streams) = match created {
+            Ok(created) => created,
             Err(e) => {
                 // libcontainer may have left its state directory behind.
                 if let Ok(container) = Container::load(self.shared.state_dir().join(&id)) {
@@ -200,7 +203,11 @@ impl Recipe {
         let exit =
             instance::reap_on_exit(pid).map_err(|e| fail("watching the init process", &e))?;
         let instance_name = Arc::new(OnceLock::new());
-        for (pipe, stream) in [(stdout, LogStream::Stdout), (stderr, LogStream::Stderr)] {
+        let stdin = streams.stdin;
+        for (pipe, stream) in [
+            (streams.stdout, LogStream::Stdout),
+            (streams.stderr, LogStream::Stderr),
+        ] {
             instance::forward_output(
                 pipe,
                 instance_name.clone(),
@@ -270,11 +277,18 @@ impl Recipe {
             }
             Err(e) => Err(fail("starting the container", &e)),
         };
+        let dir = self.shared.instances_dir().join(&id);
+        // What a runtime started after this one needs to take the instance over.
+        let ready = ready.and_then(|()| {
+            InstanceRecord::of(pid.as_raw(), address)
+                .and_then(|record| record.write(&dir))
+                .map_err(|e| fail("recording the instance", &e))
+        });
         if let Err(e) = ready {
             resources.discard_after_exit(&exit).await;
             return Err(e);
         }
-        let writable_dir = self.shared.instances_dir().join(&id).join("rw");
+        let writable_dir = dir.join("rw");
         Ok(Arc::new(OciInstance {
             sandbox_id: id,
             address,
@@ -310,12 +324,6 @@ fn build_container(
 ) -> Result<(), SandboxError> {
     creator::create(id, &shared.state_dir(), bundle, stdio, CREATE_LIMIT)
         .map_err(|e| SandboxError::Start(format!("creating the container: {e}")))
-}
-
-/// A pipe between the container and the runtime: its read end, its write end.
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    Ok((read, write))
 }
 
 /// Longest one readiness probe waits for its connection.

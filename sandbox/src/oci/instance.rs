@@ -261,6 +261,9 @@ pub(crate) fn reap_on_exit(pid: Pid) -> std::io::Result<watch::Receiver<Option<S
             match waitpid(pid, None) {
                 Ok(status) => break describe(status),
                 Err(nix::errno::Errno::EINTR) => continue,
+                // Not our child: an instance adopted from an earlier run, whose
+                // parent the host's init became. It has ended, how is unknown.
+                Err(nix::errno::Errno::ECHILD) => break "exited".to_string(),
                 Err(e) => break format!("its process vanished ({e})"),
             }
         };

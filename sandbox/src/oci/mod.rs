@@ -2,6 +2,7 @@
 //! an overlay root per instance, a runtime spec from the image config, a network
 //! namespace on the runtime's bridge, and HTTP proxied to the instance's address.
 
+mod adopt;
 mod connector;
 mod created;
 mod creator;
@@ -14,9 +15,11 @@ pub mod layer;
 mod network;
 mod prepared;
 pub mod process;
+mod record;
 mod rootfs;
 mod seccomp;
 mod spec;
+mod stdio;
 mod usage;
 
 pub use creator::run_if_creator;
@@ -27,7 +30,10 @@ pub use rootfs::InstanceDir;
 use crate::blob_store::BlobStore;
 use crate::cdi::CdiRegistry;
 use crate::digest::Digest;
-use crate::{BoxFuture, PreparedWorkload, Sandbox, SandboxError, WorkloadKind, WorkloadSpec};
+use crate::{
+    BoxFuture, Instance, LogSinkRef, PreparedWorkload, Sandbox, SandboxError, WorkloadKind,
+    WorkloadSpec,
+};
 use created::Recipe;
 use layer::LayerCompression;
 use libcontainer::container::Container;
@@ -36,6 +42,8 @@ use oci_client::manifest::OciImageManifest;
 use oci_spec::image::ImageConfiguration;
 use prepared::PreparedContainer;
 use process::ProcessOverrides;
+use record::InstanceRecord;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +69,9 @@ struct Shared {
     config: OciConfig,
     /// Ember's init, installed for instances to mount.
     init: PathBuf,
+    /// Started instances an earlier run left running, by sandbox id, until they
+    /// are adopted or discarded.
+    adoptable: parking_lot::Mutex<HashMap<String, InstanceRecord>>,
     blobs: BlobStore,
     /// The CDI devices containers may be given.
     cdi: Arc<CdiRegistry>,
@@ -124,6 +135,7 @@ impl OciSandbox {
             .map_err(|e| SandboxError::Unsupported(format!("installing Ember's init: {e}")))?;
         let shared = Arc::new(Shared {
             init,
+            adoptable: Default::default(),
             config,
             blobs,
             cdi,
@@ -139,9 +151,16 @@ impl OciSandbox {
             })?;
         }
         let cleanup = shared.clone();
-        tokio::task::spawn_blocking(move || clean_up_leftovers(&cleanup))
+        let running = tokio::task::spawn_blocking(move || clean_up_leftovers(&cleanup))
             .await
             .map_err(|e| SandboxError::Unsupported(format!("cleaning up: {e}")))?;
+        if !running.is_empty() {
+            tracing::info!(
+                instances = running.len(),
+                "instances an earlier run left running can be adopted"
+            );
+        }
+        *shared.adoptable.lock() = running;
         Ok(Self { shared })
     }
 }
@@ -152,14 +171,26 @@ impl OciSandbox {
 /// containers and leave the runtime in a directory that is later deleted.
 static START_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Kills and deletes containers a previous run left, and unmounts their filesystems.
-fn clean_up_leftovers(shared: &Shared) {
+/// Kills and deletes containers a previous run left, and unmounts their
+/// filesystems, but for the started instances that still run: those are kept for
+/// the runtime to adopt, and returned.
+fn clean_up_leftovers(shared: &Shared) -> HashMap<String, InstanceRecord> {
     let entries = |dir: PathBuf| -> Vec<PathBuf> {
         std::fs::read_dir(dir)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default()
     };
+    let mut running = HashMap::new();
     for state in entries(shared.state_dir()) {
+        let Some(id) = state.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        if let Some(record) = InstanceRecord::read(&shared.instances_dir().join(&id))
+            && record.is_running()
+        {
+            running.insert(id, record);
+            continue;
+        }
         match Container::load(state.clone()) {
             Ok(mut container) => {
                 let _ = container.kill(nix::sys::signal::Signal::SIGKILL, true);
@@ -174,8 +205,14 @@ fn clean_up_leftovers(shared: &Shared) {
         let _ = std::fs::remove_dir_all(&state);
     }
     for dir in entries(shared.instances_dir()) {
-        rootfs::remove_instance_dir(&dir);
+        let kept = dir
+            .file_name()
+            .is_some_and(|n| running.contains_key(n.to_string_lossy().as_ref()));
+        if !kept {
+            rootfs::remove_instance_dir(&dir);
+        }
     }
+    running
 }
 
 impl Sandbox for OciSandbox {
@@ -196,6 +233,30 @@ impl Sandbox for OciSandbox {
             prepared.refill(Duration::ZERO);
             Ok(Arc::new(prepared) as Arc<dyn PreparedWorkload>)
         })
+    }
+
+    fn adoptable(&self) -> Vec<String> {
+        self.shared.adoptable.lock().keys().cloned().collect()
+    }
+
+    fn adopt<'a>(
+        &'a self,
+        sandbox_id: &'a str,
+        instance: &'a str,
+        logs: LogSinkRef,
+        request_timeout: Duration,
+    ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
+        Box::pin(adopt::adopt(
+            self.shared.clone(),
+            sandbox_id,
+            instance,
+            logs,
+            request_timeout,
+        ))
+    }
+
+    fn discard_unadopted(&self) -> BoxFuture<'_, ()> {
+        Box::pin(adopt::discard_unadopted(self.shared.clone()))
     }
 }
 

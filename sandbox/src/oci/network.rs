@@ -90,6 +90,16 @@ impl AddressPool {
         Some(Ipv4Addr::from(u32::from(self.subnet.network) + offset))
     }
 
+    /// Takes `address` for an instance that already has it; `false` when it is not
+    /// in the subnet or is taken.
+    pub(crate) fn reserve(&self, address: Ipv4Addr) -> bool {
+        let offset = u32::from(address).wrapping_sub(u32::from(self.subnet.network));
+        if !(2..self.subnet.hosts() + 2).contains(&offset) {
+            return false;
+        }
+        self.taken.lock().insert(offset)
+    }
+
     pub(crate) fn give_back(&self, address: Ipv4Addr) {
         let offset = u32::from(address).wrapping_sub(u32::from(self.subnet.network));
         self.taken.lock().remove(&offset);
@@ -281,6 +291,25 @@ impl Network {
             .await
             .map_err(netlink("adding the default route"))?;
         Ok(())
+    }
+
+    /// The place on the network of an instance an earlier run attached (its veth
+    /// and address are in place): its address is taken again.
+    pub(crate) fn adopt(
+        &self,
+        address: Ipv4Addr,
+        host_veth: &str,
+    ) -> Result<Attachment, NetworkError> {
+        if !self.addresses.reserve(address) {
+            return Err(NetworkError::Namespace {
+                pid: 0,
+                message: format!("address {address} is outside {} or taken", self.subnet),
+            });
+        }
+        Ok(Attachment {
+            address,
+            host_veth: host_veth.to_string(),
+        })
     }
 
     /// Removes the host end of the veth (the namespace's end goes with it) and frees

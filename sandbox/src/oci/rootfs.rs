@@ -66,6 +66,11 @@ impl InstanceDir {
         Ok(())
     }
 
+    /// An instance directory already mounted (by an earlier run of the runtime).
+    pub(crate) fn existing(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
     pub(crate) fn path(&self) -> &Path {
         &self.dir
     }
