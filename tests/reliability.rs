@@ -734,3 +734,78 @@ async fn a_killed_runtime_adopts_its_running_instances_and_no_request_fails() {
     );
     assert_eq!(get(&ember, "doomed", "/").await.0, StatusCode::OK);
 }
+
+/// Two runtimes on one host, the second started with the first's bridge and
+/// subnet: the second refuses OCI deployments, naming the first runtime and what
+/// to change, instead of handing out the first one's addresses. One on the first's
+/// data dir does not start, and says why. Given a network and data dir of its own,
+/// a runtime serves beside the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_runtime_on_the_first_s_network_says_so_and_one_on_its_own_serves() {
+    require_root();
+    let registry = Registry::start().unwrap();
+    let image = image(&registry).await;
+    let network = TestNetwork::new();
+    let (data_a, data_b) = (temp_dir(), temp_dir());
+    let first = start(data_a.path(), &network, 1, &[]);
+    deploy(&first, json!({ "name": "first", "image": image })).await;
+    assert_eq!(get(&first, "first", "/").await.0, StatusCode::OK);
+
+    let second = start(data_b.path(), &network, 1, &[]);
+    let (status, created) = second
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/containers",
+            &json!({ "name": "second", "image": image }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let failed = second
+        .wait_for(
+            &format!("/v1/containers/{id}"),
+            Duration::from_secs(30),
+            |c| (c["status"] == "failed").then(|| c.clone()),
+        )
+        .await;
+    let reason = failed.to_string();
+    assert!(
+        reason.contains(&format!(
+            "bridge {} is used by another Ember runtime (pid {})",
+            network.bridge,
+            first.pid()
+        )),
+        "{failed}"
+    );
+    assert!(reason.contains("--bridge and --subnet"), "{failed}");
+    // The first runtime's instance was not disturbed.
+    assert_eq!(get(&first, "first", "/").await.0, StatusCode::OK);
+    drop(second);
+
+    // A runtime on the first one's data dir gives up after waiting for its store,
+    // and says why.
+    let on_same_data = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_a.path())
+        .args(["--api-addr", "127.0.0.1:0", "--ingress-addr", "127.0.0.1:0"])
+        .args(["--ssh-addr", "127.0.0.1:0"])
+        .args(["--bridge", "embtsame", "--subnet", "10.199.0.0/24"])
+        .env_remove("EMBER_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!on_same_data.status.success());
+    let said = String::from_utf8_lossy(&on_same_data.stderr);
+    assert!(
+        said.contains("another Ember runtime on this data dir"),
+        "{said}"
+    );
+    assert_eq!(get(&first, "first", "/").await.0, StatusCode::OK);
+
+    let own = TestNetwork::new();
+    let data_c = temp_dir();
+    let third = start(data_c.path(), &own, 1, &[]);
+    deploy(&third, json!({ "name": "third", "image": image })).await;
+    assert_eq!(get(&third, "third", "/").await.0, StatusCode::OK);
+    assert_eq!(get(&first, "first", "/").await.0, StatusCode::OK);
+}

@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The bridge and subnet of these runtimes: their own, apart from a running
+/// runtime's and from the main bench's, so that benches can run beside them.
+const BRIDGE: &str = "embersoak0";
+const SUBNET: &str = "10.253.0.0/24";
+
 /// A runtime this bench starts, kills and starts again on one data dir.
 pub struct WatchedRuntime {
     child: Child,
@@ -30,7 +35,7 @@ impl WatchedRuntime {
             .arg(data_dir)
             .args(["--api-addr", "127.0.0.1:0", "--ingress-addr", "127.0.0.1:0"])
             .args(["--ssh-addr", "127.0.0.1:0"])
-            .args(["--bridge", super::target::BENCH_BRIDGE])
+            .args(["--bridge", BRIDGE, "--subnet", SUBNET])
             .env("EMBER_LOG", "error")
             .env_remove("EMBER_ADMIN_TOKEN")
             .stdout(Stdio::piped());
@@ -170,9 +175,15 @@ impl WatchedRuntime {
         let _ = self.child.wait();
     }
 
+    /// Stops the runtime (SIGTERM: it stops its instances), then removes the
+    /// bridge it made; a later start makes it again.
     pub fn stop(mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", BRIDGE])
+            .stderr(Stdio::null())
+            .status();
     }
 }

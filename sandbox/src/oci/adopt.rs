@@ -50,7 +50,9 @@ pub(crate) async fn adopt(
             return Err(fail("its address", &e));
         }
     }
-    if resources.container.is_none() || !record.is_running() {
+    if resources.container.is_none()
+        || !record.is_running_in(&super::spec::cgroups_path(sandbox_id))
+    {
         resources.discard().await;
         return Err(fail("it", &"no longer runs"));
     }

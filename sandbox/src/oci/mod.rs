@@ -3,6 +3,7 @@
 //! namespace on the runtime's bridge, and HTTP proxied to the instance's address.
 
 mod adopt;
+mod claim;
 mod connector;
 mod created;
 mod creator;
@@ -34,6 +35,7 @@ use crate::{
     BoxFuture, Instance, LogSinkRef, PreparedWorkload, Sandbox, SandboxError, WorkloadKind,
     WorkloadSpec,
 };
+use claim::NetworkClaim;
 use created::Recipe;
 use layer::LayerCompression;
 use libcontainer::container::Container;
@@ -76,21 +78,27 @@ struct Shared {
     /// The CDI devices containers may be given.
     cdi: Arc<CdiRegistry>,
     /// Set up with the first OCI deployment, so that a runtime serving only wasm
-    /// never creates a bridge.
-    network: tokio::sync::OnceCell<Arc<Network>>,
+    /// never creates a bridge, together with the claim on its bridge and subnet.
+    network: tokio::sync::OnceCell<(Arc<Network>, NetworkClaim)>,
 }
 
 impl Shared {
     async fn network(&self) -> Result<Arc<Network>, SandboxError> {
         self.network
             .get_or_try_init(|| async {
-                Network::new(&self.config.bridge, self.config.subnet)
+                let (bridge, subnet) = (self.config.bridge.clone(), self.config.subnet);
+                let claim =
+                    tokio::task::spawn_blocking(move || NetworkClaim::take(&bridge, subnet))
+                        .await
+                        .map_err(|e| SandboxError::Prepare(format!("claiming the network: {e}")))?
+                        .map_err(SandboxError::Prepare)?;
+                let network = Network::new(&self.config.bridge, self.config.subnet)
                     .await
-                    .map(Arc::new)
-                    .map_err(|e| SandboxError::Prepare(format!("setting up the network: {e}")))
+                    .map_err(|e| SandboxError::Prepare(format!("setting up the network: {e}")))?;
+                Ok((Arc::new(network), claim))
             })
             .await
-            .cloned()
+            .map(|(network, _)| network.clone())
     }
 
     fn layers_dir(&self) -> PathBuf {
@@ -186,7 +194,7 @@ fn clean_up_leftovers(shared: &Shared) -> HashMap<String, InstanceRecord> {
             continue;
         };
         if let Some(record) = InstanceRecord::read(&shared.instances_dir().join(&id))
-            && record.is_running()
+            && record.is_running_in(&spec::cgroups_path(&id))
         {
             running.insert(id, record);
             continue;

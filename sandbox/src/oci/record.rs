@@ -47,6 +47,23 @@ impl InstanceRecord {
     pub(crate) fn is_running(&self) -> bool {
         process_start(self.pid) == Some(self.pid_started)
     }
+
+    /// Whether the recorded init still runs, and in the cgroup at `cgroups_path`
+    /// (as in the spec): a process that is not where Ember put it is not its.
+    pub(crate) fn is_running_in(&self, cgroups_path: &str) -> bool {
+        self.is_running() && in_cgroup(self.pid, cgroups_path)
+    }
+}
+
+/// Whether process `pid` sits in the cgroup at `cgroups_path` in any hierarchy
+/// (cgroup v1 has one per controller, v2 one).
+fn in_cgroup(pid: i32, cgroups_path: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|lines| {
+        lines
+            .lines()
+            .filter_map(|line| line.splitn(3, ':').nth(2))
+            .any(|path| path == cgroups_path)
+    })
 }
 
 /// When process `pid` started, in clock ticks since boot; `None` when there is no
@@ -89,5 +106,15 @@ mod tests {
         child.wait().unwrap();
         assert!(!record.is_running());
         assert!(InstanceRecord::read(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn a_process_is_in_the_cgroups_proc_lists_and_no_other() {
+        let pid = std::process::id() as i32;
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = own.lines().next().unwrap().splitn(3, ':').nth(2).unwrap();
+        assert!(in_cgroup(pid, path));
+        assert!(!in_cgroup(pid, "/ember/someone-else"));
+        assert!(!in_cgroup(i32::MAX, path));
     }
 }
