@@ -260,7 +260,15 @@ pub async fn run(duration: Duration) -> anyhow::Result<SoakReport> {
             operations: tally.operations.load(Ordering::Relaxed),
             errors: tally.errors.load(Ordering::Relaxed),
         };
-        eprintln!("[soak] {sample:?}");
+        eprintln!(
+            "[soak] {:.0} s: RSS {:.1} MiB, {} descriptors, {} threads, {} operations, {} errors",
+            sample.at_seconds,
+            sample.rss_mib,
+            sample.open_fds,
+            sample.threads,
+            sample.operations,
+            sample.errors
+        );
         samples.push(sample);
     }
     running.store(false, Ordering::Relaxed);
