@@ -62,11 +62,13 @@ fn a_quick_bench_measures_every_case_and_peer_and_leaves_nothing_behind() {
         let found = measured(case, subject);
         let n = found["n"].as_u64().unwrap_or(0);
         assert!(n > 0, "{case} ({subject}) was not measured: {found}");
-        let (p50, p99, max) = (&found["p50_us"], &found["p99_us"], &found["max_us"]);
-        assert!(
-            p50.as_f64() <= p99.as_f64() && p99.as_f64() <= max.as_f64(),
-            "{found}"
-        );
+        let figure = |key: &str| {
+            found[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{case} ({subject}) has no {key}: {found}"))
+        };
+        let (p50, p99, max) = (figure("p50_us"), figure("p99_us"), figure("max_us"));
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{found}");
         // The table shows the same case.
         assert!(
             stdout
@@ -75,10 +77,8 @@ fn a_quick_bench_measures_every_case_and_peer_and_leaves_nothing_behind() {
             "{stdout}"
         );
     }
-    assert!(
-        measured("wasm warm throughput", "ember")["requests_per_sec"].as_f64() > Some(0.0),
-        "{report:#}"
-    );
+    let throughput = measured("wasm warm throughput", "ember")["requests_per_sec"].as_f64();
+    assert!(throughput.is_some_and(|t| t > 0.0), "{report:#}");
     let goals: Vec<&str> = report["comparisons"]
         .as_array()
         .unwrap()
@@ -99,6 +99,7 @@ fn a_quick_bench_measures_every_case_and_peer_and_leaves_nothing_behind() {
     assert!(!bridge.status.success(), "the bench's bridge is left");
     for runtime in ["crun", "runc"] {
         let list = Command::new(runtime).arg("list").output().unwrap();
+        assert!(list.status.success(), "{runtime} list failed: {list:?}");
         assert!(
             !String::from_utf8_lossy(&list.stdout).contains("ember-bench-"),
             "{runtime} containers are left"

@@ -381,13 +381,13 @@ async fn scaling_to_zero_leaves_nothing_behind_and_the_next_request_starts_again
 /// The sandbox directories under the data dir: one per created container, started
 /// or prepared.
 fn sandbox_dirs(data: &Path) -> Vec<String> {
+    // The runtime makes the directory at start: a missing one means the layout
+    // moved, and the checks built on it would pass for nothing.
     let mut dirs: Vec<String> = std::fs::read_dir(data.join("oci/instances"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+        .expect("the runtime's instances directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     dirs.sort();
     dirs
 }
@@ -926,8 +926,10 @@ async fn assert_nothing_left(data: &Path) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let left: Vec<_> = std::fs::read_dir(&instances)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
+            .expect("the runtime's instances directory (the runtime keeps it)")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let mounted = mounts.contains(&instances.display().to_string());
         if left.is_empty() && !mounted {
