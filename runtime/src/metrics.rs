@@ -1,12 +1,23 @@
 //! Prometheus metrics, kept in atomics and rendered as text on demand.
 
-use crate::activator::TrafficStats;
 use crate::model::ContainerId;
 use ember_sandbox::WorkloadKind;
 use ember_scheduler::ScaleReason;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// A point-in-time view of a container's traffic, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TrafficStats {
+    pub(crate) in_flight: u32,
+    pub(crate) queued: u32,
+    pub(crate) desired: u32,
+    pub(crate) running: u32,
+    pub(crate) starting: u32,
+    /// Sandboxes created ahead and waiting for a cold start.
+    pub(crate) prepared: u32,
+}
 
 /// Upper bounds (seconds) of the cold-start histogram buckets.
 const COLD_START_BUCKETS: [f64; 14] = [

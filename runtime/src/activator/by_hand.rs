@@ -1,0 +1,199 @@
+//! Instances started, stopped and removed by hand (the instances API and power
+//! actions): pinned instances, and stopped ones that can start again.
+
+use super::*;
+
+impl Service {
+    /// Brings back the instances that were stopped by hand before a restart; new
+    /// instances count on from the highest ordinal among them.
+    pub(crate) fn restore_stopped(&self, stopped: &[StoppedInstance]) {
+        self.roster.restore(stopped);
+        if let Some(highest) = stopped.iter().map(|s| s.ordinal).max() {
+            self.next_ordinal.fetch_max(highest + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets how many pinned instances the container keeps (after a restart).
+    pub(crate) fn set_pinned(&self, pinned: u32) {
+        self.pool.lock().pinned_wanted = pinned;
+    }
+
+    /// Starts `count` more pinned instances; returns what to watch for each start.
+    /// Fails when no revision is serving yet.
+    pub(crate) fn add_pinned(self: &Arc<Self>, count: u32) -> Option<Vec<StartOutcome>> {
+        let revision = self.serving_revision()?;
+        let mut pool = self.pool.lock();
+        pool.pinned_wanted += count;
+        Some(
+            (0..count)
+                .map(|_| self.start_instance(&mut pool, revision.clone(), true, false))
+                .collect(),
+        )
+    }
+
+    /// Stops every instance and forgets the pinned ones; the autoscaler starts what
+    /// the traffic and `minInstances` need again. Returns when all have stopped.
+    pub(crate) async fn remove_all_instances(&self, stopped: impl Fn() + Sync) -> usize {
+        let all = {
+            let mut pool = self.pool.lock();
+            pool.pinned_wanted = 0;
+            pool.autoscaler = Autoscaler::new();
+            // Those still starting go too, once they are up: a start cannot be cut
+            // short, and one that joined after this call would outlive the removal.
+            for start in &mut pool.starting {
+                start.removed = true;
+            }
+            std::mem::take(&mut pool.instances)
+        };
+        self.roster.terminate_stopped();
+        futures::future::join_all(all.iter().map(|live| {
+            let stop = self.stop_taken(live.clone(), InstanceState::Terminated);
+            let stopped = &stopped;
+            async move {
+                stop.await;
+                stopped();
+            }
+        }))
+        .await;
+        all.len()
+    }
+
+    /// Stops one instance (a pinned one is not replaced); `None` when there is none
+    /// with that id. Returns when it has stopped.
+    pub(crate) async fn remove_instance(&self, id: InstanceId) -> Option<()> {
+        let live = {
+            let mut pool = self.pool.lock();
+            let position = pool.instances.iter().position(|i| i.id == id)?;
+            let live = pool.instances.remove(position);
+            if live.pinned {
+                pool.pinned_wanted = pool.pinned_wanted.saturating_sub(1);
+            }
+            live
+        };
+        self.stop_taken(live, InstanceState::Terminated).await;
+        Some(())
+    }
+
+    /// Takes a running instance out of service, for a stop, restart or terminate by
+    /// hand; a pinned one is no longer counted as wanted (the caller stores the new
+    /// count).
+    pub(crate) fn take_running(&self, id: InstanceId) -> Result<Arc<LiveInstance>, Refusal> {
+        let mut pool = self.pool.lock();
+        if let Some(position) = pool.instances.iter().position(|i| i.id == id) {
+            let live = pool.instances.remove(position);
+            if live.pinned {
+                pool.pinned_wanted = pool.pinned_wanted.saturating_sub(1);
+            }
+            return Ok(live);
+        }
+        drop(pool);
+        Err(self.refusal_for(id))
+    }
+
+    /// Why an action that wanted the instance in another state cannot have it: the
+    /// state it is in, or that there is no such instance.
+    pub(crate) fn refusal_for(&self, id: InstanceId) -> Refusal {
+        let pool = self.pool.lock();
+        if pool.instances.iter().any(|i| i.id == id) {
+            return Refusal::InState(InstanceState::Running);
+        }
+        if pool.starting.iter().any(|s| s.identity.id == id) {
+            return Refusal::InState(InstanceState::Starting);
+        }
+        drop(pool);
+        self.roster
+            .entries()
+            .iter()
+            .find(|e| e.identity.id == id)
+            .map_or(Refusal::NotFound, |e| Refusal::InState(e.state))
+    }
+
+    /// Takes a stopped instance out of the roster.
+    pub(super) fn take_stopped(&self, id: InstanceId) -> Result<Entry, Refusal> {
+        self.roster
+            .take_if(id, InstanceState::Stopped)
+            .map_err(|state| state.map_or(Refusal::NotFound, Refusal::InState))
+    }
+
+    /// Starts a stopped instance again under its id; returns what to watch for the
+    /// start.
+    pub(crate) fn start_stopped(
+        self: &Arc<Self>,
+        id: InstanceId,
+        pinned: bool,
+    ) -> Result<StartOutcome, Refusal> {
+        let revision = self.serving_revision().ok_or(Refusal::NotServing)?;
+        let entry = self.take_stopped(id)?;
+        let mut pool = self.pool.lock();
+        if pinned {
+            pool.pinned_wanted += 1;
+        }
+        Ok(self.start_as(&mut pool, entry.identity, revision, pinned, false))
+    }
+
+    /// Forgets a stopped instance for good: it shows as Terminated.
+    pub(crate) fn terminate_stopped(&self, id: InstanceId) -> Result<(), Refusal> {
+        let entry = self.take_stopped(id)?;
+        self.roster.record(
+            entry.identity,
+            entry.revision,
+            entry.pinned,
+            InstanceState::Terminated,
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn instances_removed_while_they_start_stop_once_up() {
+        let (service, starts) = service(Settings::default());
+        let waiting = acquire_many(&service, 1);
+        while live(&service).is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(live(&service)[0].state, InstanceState::Starting);
+        service.remove_all_instances(|| {}).await;
+        // The start (50 ms) ends, and its instance goes instead of joining.
+        for _ in 0..400 {
+            if live(&service).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(live(&service).is_empty(), "{:?}", live(&service));
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        assert_eq!(service.instance_count(), 0);
+        for request in waiting {
+            request.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn pinned_instances_stay_through_idleness_and_are_counted_apart() {
+        let (service, _) = service(Settings {
+            idle: Duration::from_millis(50),
+            ..Settings::default()
+        });
+        let mut outcomes = service.add_pinned(2).unwrap();
+        for outcome in &mut outcomes {
+            outcome.wait_for(Option::is_some).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        service.reconcile();
+        let instances = live(&service);
+        assert_eq!(instances.len(), 2);
+        assert!(instances.iter().all(|i| i.pinned));
+        // Stopping one by hand does not bring it back.
+        service.remove_instance(instances[0].id).await.unwrap();
+        service.reconcile();
+        assert_eq!(live(&service).len(), 1);
+        assert_eq!(service.remove_all_instances(|| {}).await, 1);
+        service.reconcile();
+        assert!(live(&service).is_empty());
+    }
+}

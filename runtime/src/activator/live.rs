@@ -1,0 +1,125 @@
+//! A started instance and the requests it serves.
+
+use super::*;
+
+/// One started instance and the requests it is serving.
+pub(crate) struct LiveInstance {
+    pub(super) id: InstanceId,
+    /// Its place among the container's instances, from 1.
+    pub(super) ordinal: u32,
+    /// When it first started (it keeps its id across a stop and start).
+    pub(super) created: SystemTime,
+    pub(super) revision: u32,
+    pub(super) kind: WorkloadKind,
+    pub(super) instance: Arc<dyn Instance>,
+    pub(super) started: SystemTime,
+    /// Clock time of the start, for the restart backoff.
+    pub(super) started_at: Duration,
+    pub(super) in_flight: AtomicU32,
+    /// Woken each time the last request in flight ends, for a drain.
+    pub(super) idle: tokio::sync::Notify,
+    /// Started through the instances API: the autoscaler neither counts nor stops it.
+    pub(super) pinned: bool,
+    /// Its room on the node, given back when the last reference goes.
+    pub(super) _placement: Placement,
+}
+
+impl LiveInstance {
+    /// `identity`, just started from `revision` at clock time `now`.
+    pub(super) fn new(
+        identity: Identity,
+        revision: &ServingRevision,
+        instance: Arc<dyn Instance>,
+        pinned: bool,
+        placement: Placement,
+        now: Duration,
+    ) -> Self {
+        Self {
+            id: identity.id,
+            ordinal: identity.ordinal,
+            created: identity.created,
+            revision: revision.number,
+            kind: revision.kind,
+            instance,
+            started: SystemTime::now(),
+            started_at: now,
+            in_flight: AtomicU32::new(0),
+            idle: tokio::sync::Notify::new(),
+            pinned,
+            _placement: placement,
+        }
+    }
+
+    /// One request it served has ended.
+    pub(super) fn end_request(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits until it serves no request, for at most `limit`; whether it got there.
+    /// It is out of the pool by then, so no new request reaches it.
+    pub(super) async fn drained(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the check, so that a request ending in between
+            // still wakes this wait.
+            idle.as_mut().enable();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.in_flight.load(Ordering::Acquire) == 0;
+            }
+        }
+    }
+
+    /// Started through the API rather than by the autoscaler.
+    pub(crate) fn is_pinned(&self) -> bool {
+        self.pinned
+    }
+
+    /// What the instance has used.
+    pub(crate) fn usage(&self) -> ResourceUsage {
+        self.instance.usage()
+    }
+
+    /// The instance as stored once stopped by hand.
+    pub(crate) fn as_stopped(&self) -> StoppedInstance {
+        StoppedInstance {
+            id: self.id,
+            ordinal: self.ordinal,
+            created: self.created,
+            revision: self.revision,
+        }
+    }
+
+    pub(super) fn identity(&self) -> Identity {
+        Identity {
+            id: self.id,
+            ordinal: self.ordinal,
+            created: self.created,
+        }
+    }
+}
+
+/// Removes up to `limit` instances that match `which` and serve no request.
+pub(super) fn take_idle(
+    instances: &mut Vec<Arc<LiveInstance>>,
+    which: impl Fn(&LiveInstance) -> bool,
+    limit: usize,
+) -> Vec<Arc<LiveInstance>> {
+    let mut taken = Vec::new();
+    instances.retain(|i| {
+        let idle = which(i) && i.in_flight.load(Ordering::Acquire) == 0;
+        if idle && taken.len() < limit {
+            taken.push(i.clone());
+            false
+        } else {
+            true
+        }
+    });
+    taken
+}

@@ -1,0 +1,254 @@
+//! Requests waiting for an instance, and the leases that let each one through.
+
+use super::*;
+
+/// Why no instance could be had for a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum ActivationError {
+    #[error("the container is not available: {0}")]
+    Unavailable(Arc<str>),
+    #[error("no instance had room for the request within {0:?}")]
+    Timeout(Duration),
+    #[error("starting an instance failed: {0}")]
+    StartFailed(Arc<str>),
+    #[error("the container's queue is full ({0} requests wait already)")]
+    QueueFull(u32),
+}
+
+/// A request waiting for a slot.
+pub(super) type Waiter = oneshot::Sender<Result<Lease, ActivationError>>;
+
+/// The right to send one request to one instance; released when dropped (after the
+/// response body has been sent), and the slot handed to the next waiting request.
+pub(crate) struct Lease {
+    pub(super) service: Arc<Service>,
+    pub(super) instance: Arc<LiveInstance>,
+    pub(super) armed: bool,
+}
+
+impl Lease {
+    pub(crate) fn instance(&self) -> &Arc<dyn Instance> {
+        &self.instance.instance
+    }
+
+    /// Gives the slot back without handing it on: for a lease that never reached
+    /// its request.
+    pub(super) fn disarm(mut self) {
+        self.instance.end_request();
+        self.armed = false;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.armed {
+            self.service.release(&self.instance);
+        }
+    }
+}
+
+impl Service {
+    /// Finds an instance with a free slot for one request, waiting in the queue (while
+    /// instances start) until `timeout` has passed.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        timeout: Duration,
+    ) -> Result<Lease, ActivationError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.touch();
+        let revision = self.wait_for_revision(deadline, timeout).await?;
+        let waiting = {
+            let mut pool = self.pool.lock();
+            if pool.queue.is_empty()
+                && let Some(lease) = self.lease_least_loaded(&pool, revision.number)
+            {
+                return Ok(lease);
+            }
+            pool.queue.retain(|w| !w.is_closed());
+            let depth = pool.policy.queue_depth;
+            if pool.queue.len() >= depth as usize {
+                return Err(ActivationError::QueueFull(depth));
+            }
+            let (waiter, waiting) = oneshot::channel();
+            pool.queue.push_back(waiter);
+            let stopped = self.scale(&mut pool, false);
+            // A slot may have come free between the look above and the queueing.
+            self.dispatch(&mut pool);
+            drop(pool);
+            self.stop_all(stopped);
+            waiting
+        };
+        match tokio::time::timeout_at(deadline, waiting).await {
+            Err(_) => Err(ActivationError::Timeout(timeout)),
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ActivationError::Unavailable(
+                "the container was deleted".into(),
+            )),
+        }
+    }
+
+    /// A lease on the instance of revision `number` with the fewest requests in
+    /// flight, if one has a free slot.
+    pub(super) fn lease_least_loaded(self: &Arc<Self>, pool: &Pool, number: u32) -> Option<Lease> {
+        let concurrency = pool.policy.scaling.concurrency.max(1);
+        let instance = pool
+            .instances
+            .iter()
+            .filter(|i| i.revision == number)
+            .map(|i| (i.in_flight.load(Ordering::Acquire), i))
+            .filter(|(in_flight, _)| *in_flight < concurrency)
+            .min_by_key(|(in_flight, _)| *in_flight)?
+            .1;
+        instance.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(Lease {
+            service: self.clone(),
+            instance: instance.clone(),
+            armed: true,
+        })
+    }
+
+    /// Hands free slots to waiting requests, oldest first.
+    pub(super) fn dispatch(self: &Arc<Self>, pool: &mut Pool) {
+        let Some(number) = self.serving_number() else {
+            return;
+        };
+        while let Some(waiter) = pool.queue.pop_front() {
+            if waiter.is_closed() {
+                continue;
+            }
+            let Some(lease) = self.lease_least_loaded(pool, number) else {
+                pool.queue.push_front(waiter);
+                return;
+            };
+            if let Err(Ok(lease)) = waiter.send(Ok(lease)) {
+                // The request gave up just now: its slot stays free.
+                lease.disarm();
+            }
+        }
+    }
+
+    /// A request ended: its slot goes to the next waiting request.
+    pub(super) fn release(self: &Arc<Self>, instance: &LiveInstance) {
+        instance.end_request();
+        self.touch();
+        let mut pool = self.pool.lock();
+        if !pool.queue.is_empty() {
+            self.dispatch(&mut pool);
+        }
+    }
+
+    pub(super) async fn wait_for_revision(
+        &self,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Arc<ServingRevision>, ActivationError> {
+        // The common case, on every request: a revision is serving. No subscription
+        // and no timer then.
+        if let Serving::Ready(revision) = &*self.serving.borrow() {
+            return Ok(revision.clone());
+        }
+        let mut serving = self.serving.subscribe();
+        let ready = tokio::time::timeout_at(
+            deadline,
+            serving.wait_for(|s| !matches!(s, Serving::Deploying)),
+        )
+        .await
+        .map_err(|_| ActivationError::Timeout(timeout))?
+        .map_err(|_| ActivationError::Unavailable("the container was deleted".into()))?
+        .clone();
+        match ready {
+            Serving::Ready(revision) => Ok(revision),
+            Serving::Unavailable(reason) => Err(ActivationError::Unavailable(reason)),
+            Serving::Deploying => unreachable!("waited until not deploying"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_during_a_cold_start_share_it() {
+        let (service, starts) = service(Settings::default());
+        let leases = leases(acquire_many(&service, 50)).await;
+        assert_eq!(leases.len(), 50);
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        assert_eq!(live(&service).len(), 1);
+        assert_eq!(live(&service)[0].in_flight, 50);
+        drop(leases);
+        assert_eq!(live(&service)[0].in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn a_burst_at_zero_starts_its_instances_at_once_and_spreads_over_them() {
+        let (service, starts, most_at_once) = service_counting(Settings {
+            concurrency: 10,
+            ..Settings::default()
+        });
+        let leases = leases(acquire_many(&service, 100)).await;
+        // 100 requests at 7 per instance: 15 instances, all started together.
+        assert_eq!(starts.load(Ordering::SeqCst), 15);
+        assert_eq!(most_at_once.load(Ordering::SeqCst), 15);
+        let instances = live(&service);
+        assert_eq!(instances.len(), 15);
+        assert!(instances.iter().all(|i| i.in_flight <= 10), "{instances:?}");
+        assert_eq!(instances.iter().map(|i| i.in_flight).sum::<u32>(), 100);
+        drop(leases);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_and_the_queued_are_served_in_order() {
+        let (service, _) = service(Settings {
+            max: 1,
+            concurrency: 1,
+            queue_depth: 2,
+            ..Settings::default()
+        });
+        let first = service.acquire(Duration::from_secs(5)).await.unwrap();
+        let second = acquire_many(&service, 1).pop().unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let third = acquire_many(&service, 1).pop().unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let refused = service.acquire(Duration::from_secs(5)).await.err().unwrap();
+        assert!(
+            matches!(refused, ActivationError::QueueFull(2)),
+            "{refused}"
+        );
+        assert_eq!(service.traffic().queued, 2);
+
+        drop(first);
+        let second = second.await.unwrap().unwrap();
+        assert!(!third.is_finished(), "served out of order");
+        drop(second);
+        drop(third.await.unwrap().unwrap());
+        assert_eq!(service.traffic().queued, 0);
+    }
+
+    #[tokio::test]
+    async fn a_wait_past_the_deadline_ends_with_a_timeout() {
+        let (service, _) = service(Settings {
+            max: 1,
+            concurrency: 1,
+            ..Settings::default()
+        });
+        let _busy = service.acquire(Duration::from_secs(5)).await.unwrap();
+        let err = service
+            .acquire(Duration::from_millis(100))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ActivationError::Timeout(_)), "{err}");
+        // The request that gave up left the queue.
+        assert_eq!(service.traffic().queued, 0);
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_container_fails_fast() {
+        let (service, _) = service(Settings::default());
+        service.make_unavailable("the image could not be pulled");
+        let err = service.acquire(Duration::from_secs(5)).await.err().unwrap();
+        assert!(err.to_string().contains("could not be pulled"), "{err}");
+    }
+}

@@ -1,0 +1,305 @@
+//! Instance starts: room on the node, then the sandbox; and instances adopted from an earlier run.
+
+use super::*;
+
+/// The outcome of one instance start, for those who wait on it.
+pub(crate) type StartOutcome = watch::Receiver<Option<Result<(), Arc<str>>>>;
+
+/// An instance start in progress.
+pub(super) struct Starting {
+    pub(super) identity: Identity,
+    pub(super) revision: u32,
+    pub(super) since: SystemTime,
+    pub(super) pinned: bool,
+    /// Why it has not started yet (no room on the node, say).
+    pub(super) waiting_reason: Option<String>,
+    /// Removed through the API while it started: it stops as soon as it is up.
+    pub(super) removed: bool,
+}
+
+impl Service {
+    /// Starts one instance of `revision` in its own task (so a client that gives up does
+    /// not cancel a start others wait for): first room on the node, then the sandbox.
+    pub(super) fn start_instance(
+        self: &Arc<Self>,
+        pool: &mut Pool,
+        revision: Arc<ServingRevision>,
+        pinned: bool,
+        cold: bool,
+    ) -> StartOutcome {
+        let identity = Identity {
+            id: InstanceId::generate(),
+            ordinal: self.next_ordinal.fetch_add(1, Ordering::Relaxed),
+            created: SystemTime::now(),
+        };
+        self.start_as(pool, identity, revision, pinned, cold)
+    }
+
+    /// Starts an instance that is `identity` (a new one, or one that stopped and
+    /// starts again).
+    pub(super) fn start_as(
+        self: &Arc<Self>,
+        pool: &mut Pool,
+        identity: Identity,
+        revision: Arc<ServingRevision>,
+        pinned: bool,
+        cold: bool,
+    ) -> StartOutcome {
+        let (done_tx, done) = watch::channel(None);
+        pool.starting.push(Starting {
+            identity,
+            revision: revision.number,
+            since: SystemTime::now(),
+            pinned,
+            waiting_reason: None,
+            removed: false,
+        });
+        let service = self.clone();
+        self.background.spawn(async move {
+            let outcome = service.run_start(identity, &revision, pinned, cold).await;
+            done_tx.send_replace(Some(outcome));
+        });
+        done
+    }
+
+    pub(super) async fn run_start(
+        self: &Arc<Self>,
+        identity: Identity,
+        revision: &Arc<ServingRevision>,
+        pinned: bool,
+        cold: bool,
+    ) -> Result<(), Arc<str>> {
+        let id = identity.id;
+        // After an instance ended on its own, the next start waits out the backoff.
+        let not_before = self.restarts.lock().not_before;
+        if let Some(wait) = not_before.checked_sub(self.clock.now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let Some(placement) = self.room_for(id, revision).await else {
+            self.pool.lock().starting.retain(|s| s.identity.id != id);
+            return Err("the instance was no longer wanted".into());
+        };
+        let began = Instant::now();
+        let instance_name = id.to_string();
+        let gpus = placement.gpu_devices();
+        let result = revision
+            .prepared
+            .start_with_devices(&instance_name, &gpus)
+            .await;
+        let took = began.elapsed();
+        let mut pool = self.pool.lock();
+        let removed = pool
+            .starting
+            .iter()
+            .any(|s| s.identity.id == id && s.removed);
+        pool.starting.retain(|s| s.identity.id != id);
+        match result {
+            Ok(instance) => {
+                if cold {
+                    self.metrics.cold_start(revision.kind, took);
+                }
+                tracing::info!(container = %self.id, instance = %id, revision = revision.number, took_us = took.as_micros() as u64, pinned, "instance started");
+                let exit = instance.exit_signal();
+                let live = Arc::new(LiveInstance::new(
+                    identity,
+                    revision,
+                    instance,
+                    pinned,
+                    placement,
+                    self.clock.now(),
+                ));
+                if self.is_unavailable() || removed {
+                    // Deleted (or shutting down, or its instances removed) while it
+                    // started.
+                    drop(pool);
+                    self.stop_all(vec![live]);
+                    return Err("the instance was removed while it started".into());
+                }
+                if let Some(exit) = exit {
+                    watch_exit(self, &live, exit);
+                }
+                self.journal_started(&live);
+                pool.instances.push(live);
+                self.dispatch(&mut pool);
+                Ok(())
+            }
+            Err(e) => {
+                drop(placement);
+                if self.is_retired(revision) {
+                    // Abandoned: the container was deleted, the runtime is stopping or
+                    // another revision took over. Not a failure to back off from.
+                    return Err(Arc::from(e.to_string()));
+                }
+                tracing::warn!(container = %self.id, error = %e, "instance failed to start");
+                self.record_restart(&format!("an instance failed to start: {e}"), false);
+                let reason: Arc<str> = Arc::from(e.to_string());
+                // Waiting requests learn why, unless another instance may yet serve them.
+                let number = revision.number;
+                let hope = pool.instances.iter().any(|i| i.revision == number)
+                    || pool.starting.iter().any(|s| s.revision == number);
+                if !hope {
+                    for waiter in pool.queue.drain(..) {
+                        let _ = waiter.send(Err(ActivationError::StartFailed(reason.clone())));
+                    }
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    /// Room on the node for instance `id` of `revision`, once there is some (its
+    /// state says why it waits); `None` if the revision retires first.
+    pub(super) async fn room_for(
+        &self,
+        id: InstanceId,
+        revision: &ServingRevision,
+    ) -> Option<Placement> {
+        self.node
+            .place(
+                self.id,
+                &revision.request,
+                |note| self.note_waiting(id, note),
+                || self.is_retired(revision),
+            )
+            .await
+    }
+
+    pub(super) fn note_waiting(&self, id: InstanceId, note: Option<String>) {
+        if let Some(note) = &note {
+            tracing::info!(container = %self.id, instance = %id, note, "instance waits for room");
+        }
+        let mut pool = self.pool.lock();
+        if let Some(start) = pool.starting.iter_mut().find(|s| s.identity.id == id) {
+            start.waiting_reason = note;
+        }
+    }
+
+    /// Why an instance has not started, while one waits for room on the node.
+    pub(crate) fn waiting_note(&self) -> Option<String> {
+        self.pool
+            .lock()
+            .starting
+            .iter()
+            .find_map(|s| s.waiting_reason.clone())
+    }
+
+    /// Takes an instance an earlier run of the runtime left running into the pool,
+    /// once it has room on the node: it serves requests of the revision it runs,
+    /// which must be the one serving. `false` when that revision no longer serves.
+    pub(crate) async fn adopt(
+        self: &Arc<Self>,
+        recorded: &RunningInstance,
+        instance: Arc<dyn Instance>,
+    ) -> bool {
+        let Some(revision) = self
+            .serving_revision()
+            .filter(|r| r.number == recorded.revision)
+        else {
+            return false;
+        };
+        let identity = Identity {
+            id: recorded.instance,
+            ordinal: recorded.ordinal,
+            created: recorded.created,
+        };
+        let Some(placement) = self.room_for(identity.id, &revision).await else {
+            return false;
+        };
+        self.next_ordinal
+            .fetch_max(recorded.ordinal + 1, Ordering::Relaxed);
+        let exit = instance.exit_signal();
+        let live = Arc::new(LiveInstance::new(
+            identity,
+            &revision,
+            instance,
+            recorded.pinned,
+            placement,
+            self.clock.now(),
+        ));
+        if let Some(exit) = exit {
+            watch_exit(self, &live, exit);
+        }
+        let mut pool = self.pool.lock();
+        pool.instances.push(live);
+        self.dispatch(&mut pool);
+        true
+    }
+
+    /// Records a started OCI instance, for a later runtime to adopt.
+    pub(super) fn journal_started(&self, live: &LiveInstance) {
+        if let Some(sandbox) = live.instance.sandbox_id() {
+            self.journal.started(
+                sandbox,
+                RunningInstance {
+                    container: self.id,
+                    revision: live.revision,
+                    instance: live.id,
+                    ordinal: live.ordinal,
+                    created: live.created,
+                    pinned: live.pinned,
+                },
+            );
+        }
+    }
+}
+
+/// Tells `service` when `live` ends; stops watching once the service is gone.
+pub(super) fn watch_exit(
+    service: &Arc<Service>,
+    live: &Arc<LiveInstance>,
+    mut exit: watch::Receiver<Option<String>>,
+) {
+    let background = &service.background;
+    let service = Arc::downgrade(service);
+    let live = Arc::downgrade(live);
+    background.spawn(async move {
+        let reason = exit
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|r| r.clone());
+        if let (Some(service), Some(reason)) = (service.upgrade(), reason) {
+            service.instance_exited(&live, &reason);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn starts_wait_for_room_on_the_node() {
+        // Room for two one-CPU instances.
+        let (service, starts) = service(Settings {
+            concurrency: 1,
+            node_millicpus: 2000,
+            ..Settings::default()
+        });
+        let tasks = acquire_many(&service, 3);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+        let waiting = service.waiting_note().expect("a start waits for room");
+        assert!(waiting.contains("asks for 1 CPU, 0 available"), "{waiting}");
+        let mut done = Vec::new();
+        for task in tasks {
+            if task.is_finished() {
+                done.push(task.await.unwrap().unwrap());
+            }
+        }
+        assert_eq!(done.len(), 2);
+        // Taking an instance away makes room for the third.
+        let id = service
+            .instances()
+            .iter()
+            .find(|i| i.state == InstanceState::Running)
+            .unwrap()
+            .id;
+        drop(done);
+        service.remove_instance(id).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
+        assert!(service.waiting_note().is_none());
+    }
+}

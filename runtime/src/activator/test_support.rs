@@ -1,0 +1,161 @@
+//! Fakes and helpers the activator's tests share.
+
+use super::*;
+use ember_sandbox::{BoxFuture, HttpBody, SandboxError};
+use ember_scheduler::Resources;
+use std::sync::atomic::AtomicUsize;
+
+/// The instances that have not terminated.
+pub(crate) fn live(service: &Service) -> Vec<InstanceInfo> {
+    let mut instances = service.instances();
+    instances.retain(|i| i.state != InstanceState::Terminated);
+    instances
+}
+
+/// A workload whose starts take a while and are counted, with the most that ran
+/// at once.
+pub(crate) struct SlowStart {
+    pub(crate) starts: Arc<AtomicUsize>,
+    pub(crate) running: Arc<AtomicUsize>,
+    pub(crate) most_at_once: Arc<AtomicUsize>,
+}
+
+pub(crate) struct Nothing;
+
+impl Instance for Nothing {
+    fn handle(
+        &self,
+        _request: http::Request<HttpBody>,
+    ) -> BoxFuture<'_, Result<http::Response<HttpBody>, SandboxError>> {
+        Box::pin(async { Err(SandboxError::Guest("unused".into())) })
+    }
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn exit_signal(&self) -> Option<watch::Receiver<Option<String>>> {
+        None
+    }
+}
+
+impl PreparedWorkload for SlowStart {
+    fn start<'a>(
+        &'a self,
+        _instance: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_at_once.fetch_max(now, Ordering::SeqCst);
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(Arc::new(Nothing) as Arc<dyn Instance>)
+        })
+    }
+}
+
+pub(crate) struct Settings {
+    pub(crate) idle: Duration,
+    pub(crate) max: u32,
+    pub(crate) concurrency: u32,
+    pub(crate) queue_depth: u32,
+    pub(crate) node_millicpus: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(60),
+            max: 100,
+            concurrency: 1000,
+            queue_depth: 1000,
+            node_millicpus: 1_000_000,
+        }
+    }
+}
+
+pub(crate) fn service(settings: Settings) -> (Arc<Service>, Arc<AtomicUsize>) {
+    let (service, starts, _) = service_counting(settings);
+    (service, starts)
+}
+
+/// The service, its start count and the most starts that ran at once.
+pub(crate) fn service_counting(
+    settings: Settings,
+) -> (Arc<Service>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let policy = TrafficPolicy {
+        scaling: ScalingPolicy {
+            min_instances: 0,
+            max_instances: settings.max,
+            idle_timeout: settings.idle,
+            concurrency: settings.concurrency,
+        },
+        queue_depth: settings.queue_depth,
+    };
+    let node = NodeCapacity::new(
+        ServerId::generate(),
+        "test".into(),
+        Resources {
+            millicpus: settings.node_millicpus,
+            memory_bytes: 1 << 40,
+            gpus: Default::default(),
+        },
+    );
+    let service = Service::new(
+        ContainerId::generate(),
+        Listing {
+            owner: crate::model::UserId::generate(),
+            created: SystemTime::now(),
+            name: "test".parse().unwrap(),
+        },
+        policy,
+        &ServiceShared {
+            server_id: ServerId::generate(),
+            clock: Clock::start(),
+            metrics: Arc::default(),
+            node,
+            background: Background::current(),
+            awake: Arc::default(),
+            drain_limit: Duration::from_secs(5),
+            journal: Arc::new(crate::journal::NoJournal),
+        },
+    );
+    let starts = Arc::new(AtomicUsize::new(0));
+    let most_at_once = Arc::new(AtomicUsize::new(0));
+    service.serve(Arc::new(ServingRevision {
+        number: 1,
+        kind: WorkloadKind::Wasm,
+        prepared: Arc::new(SlowStart {
+            starts: starts.clone(),
+            running: Arc::default(),
+            most_at_once: most_at_once.clone(),
+        }),
+        request: Request {
+            millicpus: 1000,
+            memory_bytes: 1 << 20,
+            ..Default::default()
+        },
+    }));
+    (service, starts, most_at_once)
+}
+
+pub(crate) fn acquire_many(
+    service: &Arc<Service>,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<Lease, ActivationError>>> {
+    (0..n)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { service.acquire(Duration::from_secs(5)).await })
+        })
+        .collect()
+}
+
+pub(crate) async fn leases(
+    tasks: Vec<tokio::task::JoinHandle<Result<Lease, ActivationError>>>,
+) -> Vec<Lease> {
+    let mut leases = Vec::new();
+    for task in tasks {
+        leases.push(task.await.unwrap().unwrap());
+    }
+    leases
+}
