@@ -75,7 +75,7 @@ impl Runtime {
 
     /// The instance a grant opens, while it runs (and its container is there).
     fn granted_instance(&self, target: &GrantTarget) -> Option<Arc<dyn Instance>> {
-        self.service(target.container)
+        self.container_traffic(target.container)
             .ok()?
             .running(target.instance)
     }
@@ -139,7 +139,7 @@ impl Runtime {
         instance: InstanceId,
     ) -> Result<SshCredentials, RuntimeError> {
         let target = self.grant_target(caller, id, instance).await?;
-        if self.service(id)?.running_kind(instance) == Some(WorkloadKind::Wasm) {
+        if self.container_traffic(id)?.running_kind(instance) == Some(WorkloadKind::Wasm) {
             return Err(RuntimeError::Unprocessable(format!(
                 "instance {instance} is a WebAssembly component: it runs no processes, so there is no shell to log in to"
             )));
@@ -170,7 +170,9 @@ impl Runtime {
             .inner()
             .grants
             .check_ssh(user, secret, SystemTime::now())?;
-        self.service(target.container).ok().map(|_| target)
+        self.container_traffic(target.container)
+            .ok()
+            .map(|_| target)
     }
 
     /// Runs a command (or a shell) inside the instance a login opened.

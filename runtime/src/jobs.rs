@@ -2,7 +2,7 @@
 //! that a client polls. The pinned instance count is stored before a job is
 //! accepted, so a restart brings the instances back.
 
-use crate::activator::{Service, StartOutcome};
+use crate::activator::{ContainerTraffic, StartOutcome};
 use crate::error::RuntimeError;
 use crate::model::{
     Caller, ContainerId, InstanceId, InstanceInfo, InstanceState, Job, JobAction, JobId, JobState,
@@ -55,7 +55,7 @@ impl Runtime {
         let (service, job) = {
             let _record = self.inner().records.lock(id).await;
             let mut container = self.accessible(caller, id).await?;
-            let service = self.service(id)?;
+            let service = self.container_traffic(id)?;
             let limit = container.spec.max_instances;
             let pinned = container.pinned_instances.saturating_add(count);
             if pinned > limit {
@@ -100,7 +100,7 @@ impl Runtime {
         let (service, job) = {
             let _record = self.inner().records.lock(id).await;
             let mut container = self.accessible(caller, id).await?;
-            let service = self.service(id)?;
+            let service = self.container_traffic(id)?;
             container.pinned_instances = 0;
             container.stopped_instances.clear();
             self.inner().store.save_status(container).await?;
@@ -128,7 +128,7 @@ impl Runtime {
         let (service, job, was_stopped) = {
             let _record = self.inner().records.lock(id).await;
             let mut container = self.accessible(caller, id).await?;
-            let service = self.service(id)?;
+            let service = self.container_traffic(id)?;
             let info = service
                 .instances()
                 .into_iter()
@@ -219,7 +219,10 @@ impl Runtime {
         Ok(())
     }
 
-    pub(crate) fn service(&self, id: ContainerId) -> Result<Arc<Service>, RuntimeError> {
+    pub(crate) fn container_traffic(
+        &self,
+        id: ContainerId,
+    ) -> Result<Arc<ContainerTraffic>, RuntimeError> {
         self.inner()
             .services
             .read()

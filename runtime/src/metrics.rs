@@ -161,7 +161,7 @@ impl Metrics {
 }
 
 /// One container's traffic and scaling decisions, as the metrics show them.
-pub(crate) struct ContainerTraffic {
+pub(crate) struct ContainerSeries {
     pub(crate) id: ContainerId,
     pub(crate) traffic: TrafficStats,
     pub(crate) decisions: Vec<(ScaleReason, u64)>,
@@ -172,7 +172,7 @@ type TrafficGauge = (&'static str, &'static str, fn(&TrafficStats) -> u32);
 
 /// Appends the per-container series: requests in flight and queued, desired and
 /// actual instances, and the scaling decisions taken, by reason.
-pub(crate) fn render_per_container(out: &mut String, containers: &[ContainerTraffic]) {
+pub(crate) fn render_per_container(out: &mut String, containers: &[ContainerSeries]) {
     let gauges: [TrafficGauge; 6] = [
         (
             "ember_container_in_flight",
@@ -263,7 +263,7 @@ mod tests {
             prepared: 1,
         };
         let mut text = String::new();
-        let container = ContainerTraffic {
+        let container = ContainerSeries {
             id,
             traffic,
             decisions: vec![(ScaleReason::Panic, 5)],

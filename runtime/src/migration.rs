@@ -1,7 +1,7 @@
 //! Instance tasks: migrating an instance to another server, and undoing that. On a
 //! node of one, the only server is this one: a migration recreates the instance in
 //! a new sandbox here, under the same id, while the old one keeps serving until the
-//! new one does (see `Service::replace_instance`).
+//! new one does (see `ContainerTraffic::replace_instance`).
 
 use crate::activator::Refusal;
 use crate::error::RuntimeError;
@@ -56,7 +56,7 @@ impl Runtime {
         let (work, job) = {
             let _record = self.inner().records.lock(id).await;
             self.accessible(caller, id).await?;
-            let service = self.service(id)?;
+            let service = self.container_traffic(id)?;
             let remembered = self.inner().migrations.lock().contains_key(&instance);
             if revert && !remembered {
                 self.get_instance(caller, id, instance).await?;

@@ -69,7 +69,7 @@ impl Runtime {
         let mut container = self.accessible(caller, id).await?;
         let before = container.clone();
         {
-            let service = self.service(id)?;
+            let service = self.container_traffic(id)?;
             let refused =
                 |refusal| refusal_error(refusal, instance, action.name(), action.applies_to());
             let taken = match action {
@@ -255,7 +255,9 @@ impl Runtime {
     }
 
     /// The containers that have an instance to show.
-    pub(crate) fn services_with_instances(&self) -> Vec<std::sync::Arc<crate::activator::Service>> {
+    pub(crate) fn services_with_instances(
+        &self,
+    ) -> Vec<std::sync::Arc<crate::activator::ContainerTraffic>> {
         self.inner()
             .services
             .read()
@@ -330,7 +332,7 @@ impl Runtime {
         instance: InstanceId,
     ) -> Result<Option<UsageSample>, RuntimeError> {
         self.accessible(caller, id).await?;
-        let service = self.service(id)?;
+        let service = self.container_traffic(id)?;
         if let Some(sample) = self.inner().usage.latest(instance) {
             return Ok(Some(sample));
         }
@@ -353,7 +355,7 @@ impl Runtime {
         instance: InstanceId,
     ) -> Result<Vec<ProcessInfo>, RuntimeError> {
         self.accessible(caller, id).await?;
-        let Some(running) = self.service(id)?.running(instance) else {
+        let Some(running) = self.container_traffic(id)?.running(instance) else {
             return Ok(Vec::new());
         };
         tokio::task::spawn_blocking(move || running.processes())

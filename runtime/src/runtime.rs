@@ -1,6 +1,6 @@
 //! The runtime handle: typed commands for the API and CLI.
 
-use crate::activator::{Listing, Service, ServiceShared, ServingRevision, TrafficPolicy};
+use crate::activator::{ContainerTraffic, Listing, ServingRevision, TrafficPolicy, TrafficShared};
 use crate::auth;
 use crate::awake::AwakeSet;
 use crate::background::Background;
@@ -10,7 +10,7 @@ use crate::deploy::{Deployer, PreparedLater};
 use crate::error::RuntimeError;
 use crate::journal::{InstanceJournal, StoreJournal};
 use crate::logs::{LogEntry, LogStore};
-use crate::metrics::{ContainerTraffic, Metrics};
+use crate::metrics::{ContainerSeries, Metrics};
 use crate::model::{
     Caller, Container, ContainerId, ContainerPatch, ContainerQuery, ContainerSpec, ContainerStatus,
     GpuModel, InstanceId, InstanceInfo, Page, PageRequest, Revision, RunningInstance, ServerId,
@@ -40,10 +40,10 @@ pub(crate) struct Inner {
     config: RuntimeConfig,
     pub(crate) store: Store,
     deployer: Arc<Deployer>,
-    pub(crate) services: RwLock<HashMap<ContainerId, Arc<Service>>>,
+    pub(crate) services: RwLock<HashMap<ContainerId, Arc<ContainerTraffic>>>,
     /// The containers the reconciler visits: those not at rest.
-    awake: Arc<AwakeSet<Service>>,
-    pub(crate) routes: RoutingTable<Arc<Service>>,
+    awake: Arc<AwakeSet<ContainerTraffic>>,
+    pub(crate) routes: RoutingTable<Arc<ContainerTraffic>>,
     pub(crate) metrics: Arc<Metrics>,
     clock: Clock,
     pub(crate) server_id: ServerId,
@@ -586,7 +586,7 @@ impl Runtime {
         ]);
         let per_container: Vec<_> = services
             .iter()
-            .map(|s| ContainerTraffic {
+            .map(|s| ContainerSeries {
                 id: s.id,
                 traffic: s.traffic(),
                 decisions: s.decisions().collect(),
@@ -785,18 +785,18 @@ impl Runtime {
     }
 
     /// Makes (or refreshes) the container's service and routes its host to it.
-    fn register(&self, container: &Container) -> Arc<Service> {
+    fn register(&self, container: &Container) -> Arc<ContainerTraffic> {
         let service = self
             .inner
             .services
             .write()
             .entry(container.id)
             .or_insert_with(|| {
-                Service::new(
+                ContainerTraffic::new(
                     container.id,
                     listing(container),
                     self.policy(container, WorkloadKind::Wasm),
-                    &ServiceShared {
+                    &TrafficShared {
                         server_id: self.inner.server_id,
                         clock: self.inner.clock,
                         metrics: self.inner.metrics.clone(),

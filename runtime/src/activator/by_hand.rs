@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Service {
+impl ContainerTraffic {
     /// Brings back the instances that were stopped by hand before a restart; new
     /// instances count on from the highest ordinal among them.
     pub(crate) fn restore_stopped(&self, stopped: &[StoppedInstance]) {
@@ -151,7 +151,7 @@ mod tests {
 
     #[tokio::test]
     async fn instances_removed_while_they_start_stop_once_up() {
-        let (service, starts) = service(Settings::default());
+        let (service, starts) = container_traffic(Settings::default());
         let waiting = acquire_many(&service, 1);
         while live(&service).is_empty() {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -175,7 +175,7 @@ mod tests {
 
     #[tokio::test]
     async fn pinned_instances_stay_through_idleness_and_are_counted_apart() {
-        let (service, _) = service(Settings {
+        let (service, _) = container_traffic(Settings {
             idle: Duration::from_millis(50),
             ..Settings::default()
         });

@@ -75,14 +75,14 @@ pub(crate) struct TrafficPolicy {
 
 /// What the services of every container on this node share.
 #[derive(Clone)]
-pub(crate) struct ServiceShared {
+pub(crate) struct TrafficShared {
     pub(crate) server_id: ServerId,
     pub(crate) clock: Clock,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) node: Arc<NodeCapacity>,
     pub(crate) background: Background,
     /// The containers the reconciler visits.
-    pub(crate) awake: Arc<AwakeSet<Service>>,
+    pub(crate) awake: Arc<AwakeSet<ContainerTraffic>>,
     /// Longest an instance taken out of service waits for its requests to end
     /// before it stops (the request timeout).
     pub(crate) drain_limit: Duration,
@@ -101,7 +101,7 @@ pub(crate) struct Listing {
 }
 
 /// One container's traffic state: its serving revision and its instances.
-pub(crate) struct Service {
+pub(crate) struct ContainerTraffic {
     pub(crate) id: ContainerId,
     /// Its owner, age and name, as of its last change.
     listing: Mutex<Listing>,
@@ -119,9 +119,9 @@ pub(crate) struct Service {
     /// Where starts and stops run, whichever thread the request that set them off
     /// came in on.
     background: Background,
-    /// See [`ServiceShared::drain_limit`].
+    /// See [`TrafficShared::drain_limit`].
     drain_limit: Duration,
-    /// See [`ServiceShared::journal`].
+    /// See [`TrafficShared::journal`].
     journal: Arc<dyn InstanceJournal>,
     /// Its instances that do not run: stopped by hand, or recently terminated.
     roster: Arc<Roster>,
@@ -129,14 +129,14 @@ pub(crate) struct Service {
     next_ordinal: AtomicU32,
 }
 
-impl Service {
+impl ContainerTraffic {
     pub(crate) fn new(
         id: ContainerId,
         listing: Listing,
         policy: TrafficPolicy,
-        shared: &ServiceShared,
+        shared: &TrafficShared,
     ) -> Arc<Self> {
-        let ServiceShared {
+        let TrafficShared {
             server_id,
             clock,
             metrics,
@@ -217,7 +217,7 @@ impl Service {
     }
 
     /// Sends traffic to `revision` from now on. Idle instances of older revisions stop
-    /// now; busy ones finish their requests first (see [`Service::reconcile`]).
+    /// now; busy ones finish their requests first (see [`ContainerTraffic::reconcile`]).
     pub(crate) fn serve(self: &Arc<Self>, revision: Arc<ServingRevision>) {
         let number = revision.number;
         // A new revision starts with a clean slate.

@@ -19,13 +19,13 @@ pub(super) struct Pool {
 /// change can forget to.
 pub(super) struct PoolCell {
     pub(super) pool: Mutex<Pool>,
-    pub(super) membership: Membership<Service>,
+    pub(super) membership: Membership<ContainerTraffic>,
 }
 
 /// The pool, locked.
 pub(super) struct PoolGuard<'a> {
     pub(super) pool: parking_lot::MutexGuard<'a, Pool>,
-    pub(super) membership: &'a Membership<Service>,
+    pub(super) membership: &'a Membership<ContainerTraffic>,
 }
 
 impl PoolCell {

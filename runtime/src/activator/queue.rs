@@ -21,7 +21,7 @@ pub(super) type Waiter = oneshot::Sender<Result<Lease, ActivationError>>;
 /// The right to send one request to one instance; released when dropped (after the
 /// response body has been sent), and the slot handed to the next waiting request.
 pub(crate) struct Lease {
-    pub(super) service: Arc<Service>,
+    pub(super) service: Arc<ContainerTraffic>,
     pub(super) instance: Arc<LiveInstance>,
     pub(super) armed: bool,
 }
@@ -47,7 +47,7 @@ impl Drop for Lease {
     }
 }
 
-impl Service {
+impl ContainerTraffic {
     /// Finds an instance with a free slot for one request, waiting in the queue (while
     /// instances start) until `timeout` has passed.
     pub(crate) async fn acquire(
@@ -171,7 +171,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_during_a_cold_start_share_it() {
-        let (service, starts) = service(Settings::default());
+        let (service, starts) = container_traffic(Settings::default());
         let leases = leases(acquire_many(&service, 50)).await;
         assert_eq!(leases.len(), 50);
         assert_eq!(starts.load(Ordering::SeqCst), 1);
@@ -200,7 +200,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_is_refused_and_the_queued_are_served_in_order() {
-        let (service, _) = service(Settings {
+        let (service, _) = container_traffic(Settings {
             max: 1,
             concurrency: 1,
             queue_depth: 2,
@@ -228,7 +228,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wait_past_the_deadline_ends_with_a_timeout() {
-        let (service, _) = service(Settings {
+        let (service, _) = container_traffic(Settings {
             max: 1,
             concurrency: 1,
             ..Settings::default()
@@ -246,7 +246,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unavailable_container_fails_fast() {
-        let (service, _) = service(Settings::default());
+        let (service, _) = container_traffic(Settings::default());
         service.make_unavailable("the image could not be pulled");
         let err = service.acquire(Duration::from_secs(5)).await.err().unwrap();
         assert!(err.to_string().contains("could not be pulled"), "{err}");

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Service {
+impl ContainerTraffic {
     /// Recreates the running instance `id` under the same identity, as a migration
     /// within this node: a new sandbox starts beside the old one and takes its place
     /// once it serves; the old one stops when its last request is done, so no
@@ -92,7 +92,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_replaced_instance_keeps_its_id_and_its_old_sandbox_finishes_its_requests() {
-        let (service, starts) = service(Settings::default());
+        let (service, starts) = container_traffic(Settings::default());
         let held = service.acquire(Duration::from_secs(5)).await.unwrap();
         let id = live(&service)[0].id;
         let work = tokio::spawn(service.replace_instance(id).unwrap());

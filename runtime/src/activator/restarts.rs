@@ -22,7 +22,7 @@ pub(super) const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
 /// An instance that ran this long before ending starts the backoff afresh.
 pub(super) const STABLE_UPTIME: Duration = Duration::from_secs(60);
 
-impl Service {
+impl ContainerTraffic {
     /// Times instances ended on their own or failed to start.
     pub(crate) fn restarts(&self) -> u32 {
         self.restarts.lock().total

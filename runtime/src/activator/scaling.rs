@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Service {
+impl ContainerTraffic {
     /// Asks the autoscaler for the instance count and starts or stops instances to
     /// reach it; keeps the pinned instances the instances API asked for. Returns the
     /// instances to stop (outside the pool's lock). `sample` records the demand in the
@@ -116,7 +116,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_container_at_rest_leaves_the_reconcilers_set_and_a_request_brings_it_back() {
-        let (service, _) = service(Settings::default());
+        let (service, _) = container_traffic(Settings::default());
         let awake = || service.pool.membership_is_awake();
         // Never asked for anything: at rest, and the reconciler makes it sleep.
         service.reconcile();
@@ -136,7 +136,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_instances_go_busy_ones_stay() {
-        let (service, starts) = service(Settings {
+        let (service, starts) = container_traffic(Settings {
             idle: Duration::from_millis(100),
             ..Settings::default()
         });

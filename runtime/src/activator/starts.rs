@@ -17,7 +17,7 @@ pub(super) struct Starting {
     pub(super) removed: bool,
 }
 
-impl Service {
+impl ContainerTraffic {
     /// Starts one instance of `revision` in its own task (so a client that gives up does
     /// not cancel a start others wait for): first room on the node, then the sandbox.
     pub(super) fn start_instance(
@@ -245,7 +245,7 @@ impl Service {
 
 /// Tells `service` when `live` ends; stops watching once the service is gone.
 pub(super) fn watch_exit(
-    service: &Arc<Service>,
+    service: &Arc<ContainerTraffic>,
     live: &Arc<LiveInstance>,
     mut exit: watch::Receiver<Option<String>>,
 ) {
@@ -272,7 +272,7 @@ mod tests {
     #[tokio::test]
     async fn starts_wait_for_room_on_the_node() {
         // Room for two one-CPU instances.
-        let (service, starts) = service(Settings {
+        let (service, starts) = container_traffic(Settings {
             concurrency: 1,
             node_millicpus: 2000,
             ..Settings::default()

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Service {
+impl ContainerTraffic {
     /// Stops every instance; used when the container is deleted.
     pub(crate) fn shut_down(&self) {
         self.make_unavailable("the container was deleted");
@@ -121,7 +121,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stop_by_hand_waits_for_the_requests_in_flight_and_takes_no_new_ones() {
-        let (service, _) = service(Settings::default());
+        let (service, _) = container_traffic(Settings::default());
         let lease = service.acquire(Duration::from_secs(5)).await.unwrap();
         let id = live(&service)[0].id;
         let taken = service.take_running(id).unwrap();
@@ -148,7 +148,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_drain_ends_at_its_limit_even_with_a_request_in_flight() {
-        let (service, _) = service(Settings::default());
+        let (service, _) = container_traffic(Settings::default());
         let lease = service.acquire(Duration::from_secs(5)).await.unwrap();
         let id = live(&service)[0].id;
         let taken = service.take_running(id).unwrap();

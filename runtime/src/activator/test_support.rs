@@ -6,7 +6,7 @@ use ember_scheduler::Resources;
 use std::sync::atomic::AtomicUsize;
 
 /// The instances that have not terminated.
-pub(crate) fn live(service: &Service) -> Vec<InstanceInfo> {
+pub(crate) fn live(service: &ContainerTraffic) -> Vec<InstanceInfo> {
     let mut instances = service.instances();
     instances.retain(|i| i.state != InstanceState::Terminated);
     instances
@@ -73,7 +73,7 @@ impl Default for Settings {
     }
 }
 
-pub(crate) fn service(settings: Settings) -> (Arc<Service>, Arc<AtomicUsize>) {
+pub(crate) fn container_traffic(settings: Settings) -> (Arc<ContainerTraffic>, Arc<AtomicUsize>) {
     let (service, starts, _) = service_counting(settings);
     (service, starts)
 }
@@ -81,7 +81,7 @@ pub(crate) fn service(settings: Settings) -> (Arc<Service>, Arc<AtomicUsize>) {
 /// The service, its start count and the most starts that ran at once.
 pub(crate) fn service_counting(
     settings: Settings,
-) -> (Arc<Service>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+) -> (Arc<ContainerTraffic>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let policy = TrafficPolicy {
         scaling: ScalingPolicy {
             min_instances: 0,
@@ -100,7 +100,7 @@ pub(crate) fn service_counting(
             gpus: Default::default(),
         },
     );
-    let service = Service::new(
+    let service = ContainerTraffic::new(
         ContainerId::generate(),
         Listing {
             owner: crate::model::UserId::generate(),
@@ -108,7 +108,7 @@ pub(crate) fn service_counting(
             name: "test".parse().unwrap(),
         },
         policy,
-        &ServiceShared {
+        &TrafficShared {
             server_id: ServerId::generate(),
             clock: Clock::start(),
             metrics: Arc::default(),
@@ -139,7 +139,7 @@ pub(crate) fn service_counting(
 }
 
 pub(crate) fn acquire_many(
-    service: &Arc<Service>,
+    service: &Arc<ContainerTraffic>,
     n: usize,
 ) -> Vec<tokio::task::JoinHandle<Result<Lease, ActivationError>>> {
     (0..n)

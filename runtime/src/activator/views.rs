@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Service {
+impl ContainerTraffic {
     /// Whether the container has an instance to show: running, starting, stopped
     /// or recently terminated. Cheap, so that walks over every container can skip
     /// those at zero.
