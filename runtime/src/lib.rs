@@ -25,7 +25,6 @@ pub mod model;
 mod node;
 mod power;
 mod record_locks;
-mod roster;
 pub mod routing;
 mod runtime;
 mod ssh;

@@ -77,6 +77,12 @@ impl NodeCapacity {
         })
     }
 
+    /// Room for `request` if there is some now, for tests that need a placement.
+    #[cfg(test)]
+    pub(crate) fn place_at_once(self: &Arc<Self>, request: &Request) -> Option<Placement> {
+        self.try_place(request).ok()
+    }
+
     /// Holds room for one instance of `requester`, stopping idle instances of other
     /// containers when the node is full and otherwise waiting until room appears.
     /// `waiting` is told why while it waits (and `None` once placed); `give_up` ends

@@ -7,7 +7,7 @@
 //! of the runtime brings back as many pinned instances, and the stopped ones as
 //! stopped, under their ids.
 
-use crate::activator::Refusal;
+use crate::activator::{Leaving, Refusal};
 use crate::error::RuntimeError;
 use crate::model::{Caller, ContainerId, ContainerName, InstanceId, InstanceInfo, InstanceState};
 use crate::runtime::{ContainerView, Runtime};
@@ -75,7 +75,9 @@ impl Runtime {
             let taken = match action {
                 // Never take a running instance for a start: it would have to go back.
                 PowerAction::Start => Err(service.refusal_for(instance)),
-                _ => service.take_running(instance),
+                PowerAction::Terminate => service.take_running(instance, Leaving::ToTerminated),
+                // A restart or rebuild starts the stopped instance again.
+                _ => service.take_running(instance, Leaving::ToStopped),
             };
             match taken {
                 Ok(live) => {
@@ -84,19 +86,14 @@ impl Runtime {
                             container.pinned_instances =
                                 container.pinned_instances.saturating_sub(1);
                         }
-                        let end = if action == PowerAction::Stop {
+                        if action == PowerAction::Stop {
                             container.stopped_instances.push(live.as_stopped());
-                            InstanceState::Stopped
-                        } else {
-                            InstanceState::Terminated
-                        };
-                        self.inner()
-                            .background
-                            .spawn_stop(service.stop_taken(live, end));
+                        }
+                        self.inner().background.spawn_stop(service.stop_taken(live));
                     } else {
                         // Restart, rebuild: the same instance, pinned or not, as before.
                         let pinned = live.is_pinned();
-                        let stop = service.stop_taken(live, InstanceState::Stopped);
+                        let stop = service.stop_taken(live);
                         let again = service.clone();
                         self.inner().background.spawn_stop(async move {
                             stop.await;

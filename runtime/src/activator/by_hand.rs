@@ -7,7 +7,15 @@ impl ContainerTraffic {
     /// Brings back the instances that were stopped by hand before a restart; new
     /// instances count on from the highest ordinal among them.
     pub(crate) fn restore_stopped(&self, stopped: &[StoppedInstance]) {
-        self.roster.restore(stopped);
+        let mut pool = self.pool.lock();
+        for s in stopped {
+            let identity = Identity {
+                id: s.id,
+                ordinal: s.ordinal,
+                created: s.created,
+            };
+            pool.lifecycle.restore_stopped(identity, s.revision);
+        }
         if let Some(highest) = stopped.iter().map(|s| s.ordinal).max() {
             self.next_ordinal.fetch_max(highest + 1, Ordering::Relaxed);
         }
@@ -31,8 +39,9 @@ impl ContainerTraffic {
         )
     }
 
-    /// Stops every instance and forgets the pinned ones; the autoscaler starts what
-    /// the traffic and `minInstances` need again. Returns when all have stopped.
+    /// Stops every instance and forgets the pinned and stopped ones; the autoscaler
+    /// starts what the traffic and `minInstances` need again. Returns when all have
+    /// stopped.
     pub(crate) async fn remove_all_instances(&self, stopped: impl Fn() + Sync) -> usize {
         let all = {
             let mut pool = self.pool.lock();
@@ -40,14 +49,12 @@ impl ContainerTraffic {
             pool.autoscaler = Autoscaler::new();
             // Those still starting go too, once they are up: a start cannot be cut
             // short, and one that joined after this call would outlive the removal.
-            for start in &mut pool.starting {
-                start.removed = true;
-            }
-            std::mem::take(&mut pool.instances)
+            pool.lifecycle.remove_starts();
+            pool.lifecycle.terminate_all_stopped();
+            pool.lifecycle.take_all_ready(Leaving::ToTerminated)
         };
-        self.roster.terminate_stopped();
         futures::future::join_all(all.iter().map(|live| {
-            let stop = self.stop_taken(live.clone(), InstanceState::Terminated);
+            let stop = self.stop_taken(live.clone());
             let stopped = &stopped;
             async move {
                 stop.await;
@@ -58,61 +65,34 @@ impl ContainerTraffic {
         all.len()
     }
 
-    /// Stops one instance (a pinned one is not replaced); `None` when there is none
-    /// with that id. Returns when it has stopped.
+    /// Stops one running instance for good (a pinned one is not replaced); `None`
+    /// when there is none with that id. Returns when it has stopped.
     pub(crate) async fn remove_instance(&self, id: InstanceId) -> Option<()> {
-        let live = {
-            let mut pool = self.pool.lock();
-            let position = pool.instances.iter().position(|i| i.id == id)?;
-            let live = pool.instances.remove(position);
-            if live.pinned {
-                pool.pinned_wanted = pool.pinned_wanted.saturating_sub(1);
-            }
-            live
-        };
-        self.stop_taken(live, InstanceState::Terminated).await;
+        let live = self.take_running(id, Leaving::ToTerminated).ok()?;
+        self.stop_taken(live).await;
         Some(())
     }
 
     /// Takes a running instance out of service, for a stop, restart or terminate by
-    /// hand; a pinned one is no longer counted as wanted (the caller stores the new
-    /// count).
-    pub(crate) fn take_running(&self, id: InstanceId) -> Result<Arc<LiveInstance>, Refusal> {
+    /// hand, to end as `leaving` says once stopped; a pinned one is no longer counted
+    /// as wanted (the caller stores the new count).
+    pub(crate) fn take_running(
+        &self,
+        id: InstanceId,
+        leaving: Leaving,
+    ) -> Result<Arc<LiveInstance>, Refusal> {
         let mut pool = self.pool.lock();
-        if let Some(position) = pool.instances.iter().position(|i| i.id == id) {
-            let live = pool.instances.remove(position);
-            if live.pinned {
-                pool.pinned_wanted = pool.pinned_wanted.saturating_sub(1);
-            }
-            return Ok(live);
+        let live = pool.lifecycle.take_ready(id, leaving)?;
+        if live.pinned {
+            pool.pinned_wanted = pool.pinned_wanted.saturating_sub(1);
         }
-        drop(pool);
-        Err(self.refusal_for(id))
+        Ok(live)
     }
 
     /// Why an action that wanted the instance in another state cannot have it: the
     /// state it is in, or that there is no such instance.
     pub(crate) fn refusal_for(&self, id: InstanceId) -> Refusal {
-        let pool = self.pool.lock();
-        if pool.instances.iter().any(|i| i.id == id) {
-            return Refusal::InState(InstanceState::Running);
-        }
-        if pool.starting.iter().any(|s| s.identity.id == id) {
-            return Refusal::InState(InstanceState::Starting);
-        }
-        drop(pool);
-        self.roster
-            .entries()
-            .iter()
-            .find(|e| e.identity.id == id)
-            .map_or(Refusal::NotFound, |e| Refusal::InState(e.state))
-    }
-
-    /// Takes a stopped instance out of the roster.
-    pub(super) fn take_stopped(&self, id: InstanceId) -> Result<Entry, Refusal> {
-        self.roster
-            .take_if(id, InstanceState::Stopped)
-            .map_err(|state| state.map_or(Refusal::NotFound, Refusal::InState))
+        self.pool.lock().lifecycle.refusal(id)
     }
 
     /// Starts a stopped instance again under its id; returns what to watch for the
@@ -123,24 +103,18 @@ impl ContainerTraffic {
         pinned: bool,
     ) -> Result<StartOutcome, Refusal> {
         let revision = self.serving_revision().ok_or(Refusal::NotServing)?;
-        let entry = self.take_stopped(id)?;
         let mut pool = self.pool.lock();
+        let identity = pool.lifecycle.start_again(id, revision.number, pinned)?;
         if pinned {
             pool.pinned_wanted += 1;
         }
-        Ok(self.start_as(&mut pool, entry.identity, revision, pinned, false))
+        drop(pool);
+        Ok(self.spawn_start(identity, revision, pinned, false))
     }
 
     /// Forgets a stopped instance for good: it shows as Terminated.
     pub(crate) fn terminate_stopped(&self, id: InstanceId) -> Result<(), Refusal> {
-        let entry = self.take_stopped(id)?;
-        self.roster.record(
-            entry.identity,
-            entry.revision,
-            entry.pinned,
-            InstanceState::Terminated,
-        );
-        Ok(())
+        self.pool.lock().lifecycle.terminate_stopped(id)
     }
 }
 

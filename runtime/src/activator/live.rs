@@ -105,21 +105,12 @@ impl LiveInstance {
     }
 }
 
-/// Removes up to `limit` instances that match `which` and serve no request.
-pub(super) fn take_idle(
-    instances: &mut Vec<Arc<LiveInstance>>,
-    which: impl Fn(&LiveInstance) -> bool,
-    limit: usize,
-) -> Vec<Arc<LiveInstance>> {
-    let mut taken = Vec::new();
-    instances.retain(|i| {
-        let idle = which(i) && i.in_flight.load(Ordering::Acquire) == 0;
-        if idle && taken.len() < limit {
-            taken.push(i.clone());
-            false
-        } else {
-            true
-        }
-    });
-    taken
+impl std::fmt::Debug for LiveInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveInstance")
+            .field("id", &self.id)
+            .field("revision", &self.revision)
+            .field("pinned", &self.pinned)
+            .finish_non_exhaustive()
+    }
 }

@@ -13,7 +13,6 @@ use crate::model::{
     StoppedInstance, UserId,
 };
 use crate::node::{NodeCapacity, Placement};
-use crate::roster::{Entry, Identity, Roster};
 use ember_sandbox::{Instance, PreparedWorkload, ResourceUsage, WorkloadKind};
 use ember_scheduler::{Autoscaler, Observation, Request, ScaleReason, ScalingPolicy};
 use parking_lot::Mutex;
@@ -24,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{oneshot, watch};
 
 mod by_hand;
+mod lifecycle;
 mod live;
 mod pool;
 mod queue;
@@ -36,14 +36,15 @@ mod stops;
 mod test_support;
 mod views;
 
+pub(crate) use lifecycle::{Identity, Leaving};
+use lifecycle::{Lifecycle, Member, Phase};
 pub(crate) use live::LiveInstance;
-use live::take_idle;
 use pool::{Pool, PoolCell};
 use queue::Waiter;
 pub(crate) use queue::{ActivationError, Lease};
 use restarts::Restarts;
 pub(crate) use starts::StartOutcome;
-use starts::{Starting, watch_exit};
+use starts::watch_exit;
 
 /// A revision ready to start instances from.
 pub(crate) struct ServingRevision {
@@ -103,6 +104,8 @@ pub(crate) struct Listing {
 /// One container's traffic state: its serving revision and its instances.
 pub(crate) struct ContainerTraffic {
     pub(crate) id: ContainerId,
+    /// Itself, for the stops it sets off to record their end.
+    me: Weak<ContainerTraffic>,
     /// Its owner, age and name, as of its last change.
     listing: Mutex<Listing>,
     server_id: ServerId,
@@ -123,8 +126,6 @@ pub(crate) struct ContainerTraffic {
     drain_limit: Duration,
     /// See [`TrafficShared::journal`].
     journal: Arc<dyn InstanceJournal>,
-    /// Its instances that do not run: stopped by hand, or recently terminated.
-    roster: Arc<Roster>,
     /// The next instance's ordinal.
     next_ordinal: AtomicU32,
 }
@@ -148,14 +149,14 @@ impl ContainerTraffic {
         } = shared.clone();
         let service = Arc::new_cyclic(|me| Self {
             id,
+            me: me.clone(),
             listing: Mutex::new(listing),
             server_id,
             serving: watch::Sender::new(Serving::Deploying),
             pool: PoolCell {
                 pool: Mutex::new(Pool {
                     policy,
-                    instances: Vec::new(),
-                    starting: Vec::new(),
+                    lifecycle: Lifecycle::default(),
                     queue: VecDeque::new(),
                     autoscaler: Autoscaler::new(),
                     desired: 0,
@@ -172,7 +173,6 @@ impl ContainerTraffic {
             background,
             drain_limit,
             journal,
-            roster: Arc::default(),
             next_ordinal: AtomicU32::new(1),
         });
         service.touch();
@@ -225,7 +225,11 @@ impl ContainerTraffic {
         self.replace_serving(Serving::Ready(revision));
         let retired = {
             let mut pool = self.pool.lock();
-            let mut retired = take_idle(&mut pool.instances, |i| i.revision != number, usize::MAX);
+            let mut retired = pool.lifecycle.take_idle(
+                |i| i.revision != number,
+                usize::MAX,
+                Leaving::ToTerminated,
+            );
             retired.extend(self.scale(&mut pool, false));
             retired
         };

@@ -4,8 +4,8 @@ use super::*;
 
 pub(super) struct Pool {
     pub(super) policy: TrafficPolicy,
-    pub(super) instances: Vec<Arc<LiveInstance>>,
-    pub(super) starting: Vec<Starting>,
+    /// Every instance and its state.
+    pub(super) lifecycle: Lifecycle,
     pub(super) queue: VecDeque<Waiter>,
     pub(super) autoscaler: Autoscaler,
     /// The autoscaler's last answer, for metrics.
@@ -76,8 +76,7 @@ impl Pool {
     /// Nothing runs, starts or waits, nothing is pinned or kept at a minimum, and
     /// the autoscaler has no demand on record: reconciling would do nothing.
     pub(super) fn is_at_rest(&self) -> bool {
-        self.instances.is_empty()
-            && self.starting.is_empty()
+        self.lifecycle.has_none_present()
             && self.queue.is_empty()
             && self.pinned_wanted == 0
             && self.policy.scaling.min_instances == 0

@@ -92,8 +92,8 @@ impl ContainerTraffic {
     pub(super) fn lease_least_loaded(self: &Arc<Self>, pool: &Pool, number: u32) -> Option<Lease> {
         let concurrency = pool.policy.scaling.concurrency.max(1);
         let instance = pool
-            .instances
-            .iter()
+            .lifecycle
+            .ready()
             .filter(|i| i.revision == number)
             .map(|i| (i.in_flight.load(Ordering::Acquire), i))
             .filter(|(in_flight, _)| *in_flight < concurrency)

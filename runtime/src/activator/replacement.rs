@@ -12,13 +12,7 @@ impl ContainerTraffic {
         self: &Arc<Self>,
         id: InstanceId,
     ) -> Result<impl Future<Output = Result<(), String>> + Send + 'static, Refusal> {
-        let found = self
-            .pool
-            .lock()
-            .instances
-            .iter()
-            .find(|i| i.id == id)
-            .cloned();
+        let found = self.pool.lock().lifecycle.ready_one(id).cloned();
         let old = found.ok_or_else(|| self.refusal_for(id))?;
         let revision = self.serving_revision().ok_or(Refusal::NotServing)?;
         let service = self.clone();
@@ -52,7 +46,7 @@ impl ContainerTraffic {
         ));
         {
             let mut pool = self.pool.lock();
-            let Some(position) = pool.instances.iter().position(|i| Arc::ptr_eq(i, &old)) else {
+            if let Err(new) = pool.lifecycle.swap_sandbox(&old, new.clone()) {
                 drop(pool);
                 self.discard(new);
                 return Err(format!(
@@ -63,7 +57,6 @@ impl ContainerTraffic {
                 watch_exit(self, &new, exit);
             }
             self.journal_started(&new);
-            pool.instances[position] = new;
             self.dispatch(&mut pool);
         }
         tracing::info!(container = %self.id, instance = %id, "instance moved to a new sandbox");

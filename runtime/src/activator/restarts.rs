@@ -59,32 +59,18 @@ impl ContainerTraffic {
     pub(super) fn instance_exited(self: &Arc<Self>, ended: &Weak<LiveInstance>, reason: &str) {
         let mut pool = self.pool.lock();
         // By identity, not id: a replaced instance's successor has its id.
-        let Some(position) = pool
-            .instances
-            .iter()
-            .position(|i| std::ptr::eq(Arc::as_ptr(i), ended.as_ptr()))
-        else {
+        let Some(live) = pool.lifecycle.take_ended(ended) else {
             // Stopped on purpose: it was taken out of the pool first.
             return;
         };
-        let id = pool.instances[position].id;
-        let live = pool.instances.remove(position);
+        let id = live.id;
         let ran_long = self.clock.now().saturating_sub(live.started_at) >= STABLE_UPTIME;
         let backoff = self.record_restart(&format!("instance {id} {reason}"), ran_long);
         tracing::warn!(container = %self.id, instance = %id, reason, backoff_s = backoff.as_secs_f64(), "instance ended on its own");
         let policy = pool.policy.scaling;
         let idle_for = self.clock.now().saturating_sub(self.last_activity());
         let autoscaled = |pinned: bool| pinned == live.pinned;
-        let left = pool
-            .instances
-            .iter()
-            .filter(|i| autoscaled(i.pinned))
-            .count()
-            + pool
-                .starting
-                .iter()
-                .filter(|s| autoscaled(s.pinned))
-                .count();
+        let left = pool.lifecycle.count_present(|_, pinned| autoscaled(pinned));
         // A recently used container gets its instance back, as one in use would
         // (pinned instances come back through `scale`).
         let wanted = !live.pinned

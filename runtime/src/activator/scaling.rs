@@ -15,15 +15,15 @@ impl ContainerTraffic {
         let number = revision.number;
         let scaled = |i: &LiveInstance| i.revision == number && !i.pinned;
         let observed = Observation {
-            ready: pool.instances.iter().filter(|i| scaled(i)).count() as u32,
+            ready: pool.lifecycle.ready().filter(|i| scaled(i)).count() as u32,
             starting: pool
-                .starting
-                .iter()
+                .lifecycle
+                .starting()
                 .filter(|s| s.revision == number && !s.pinned)
                 .count() as u32,
             in_flight: pool
-                .instances
-                .iter()
+                .lifecycle
+                .ready()
                 .filter(|i| scaled(i))
                 .map(|i| i.in_flight.load(Ordering::Relaxed))
                 .sum(),
@@ -45,7 +45,9 @@ impl ContainerTraffic {
         let mut stopped = Vec::new();
         if decision.desired < observed.ready {
             let excess = (observed.ready - decision.desired) as usize;
-            stopped = take_idle(&mut pool.instances, |i| scaled(i), excess);
+            stopped = pool
+                .lifecycle
+                .take_idle(|i| scaled(i), excess, Leaving::ToTerminated);
             for _ in &stopped {
                 self.metrics.scaled_down();
             }
@@ -71,15 +73,8 @@ impl ContainerTraffic {
         }
 
         let pinned = pool
-            .instances
-            .iter()
-            .filter(|i| i.pinned && i.revision == number)
-            .count()
-            + pool
-                .starting
-                .iter()
-                .filter(|s| s.pinned && s.revision == number)
-                .count();
+            .lifecycle
+            .count_present(|revision, pinned| pinned && revision == number);
         for _ in pinned as u32..pool.pinned_wanted {
             self.start_instance(pool, revision.clone(), true, false);
         }
@@ -98,10 +93,10 @@ impl ContainerTraffic {
         }
         let number = self.serving_number();
         // Instances of older revisions leave once their last request is done.
-        let mut stopped = take_idle(
-            &mut pool.instances,
+        let mut stopped = pool.lifecycle.take_idle(
             |i| Some(i.revision) != number,
             usize::MAX,
+            Leaving::ToTerminated,
         );
         stopped.extend(self.scale(&mut pool, true));
         drop(pool);

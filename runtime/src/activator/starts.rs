@@ -5,18 +5,6 @@ use super::*;
 /// The outcome of one instance start, for those who wait on it.
 pub(crate) type StartOutcome = watch::Receiver<Option<Result<(), Arc<str>>>>;
 
-/// An instance start in progress.
-pub(super) struct Starting {
-    pub(super) identity: Identity,
-    pub(super) revision: u32,
-    pub(super) since: SystemTime,
-    pub(super) pinned: bool,
-    /// Why it has not started yet (no room on the node, say).
-    pub(super) waiting_reason: Option<String>,
-    /// Removed through the API while it started: it stops as soon as it is up.
-    pub(super) removed: bool,
-}
-
 impl ContainerTraffic {
     /// Starts one instance of `revision` in its own task (so a client that gives up does
     /// not cancel a start others wait for): first room on the node, then the sandbox.
@@ -32,28 +20,20 @@ impl ContainerTraffic {
             ordinal: self.next_ordinal.fetch_add(1, Ordering::Relaxed),
             created: SystemTime::now(),
         };
-        self.start_as(pool, identity, revision, pinned, cold)
+        pool.lifecycle
+            .begin_start(identity, revision.number, pinned);
+        self.spawn_start(identity, revision, pinned, cold)
     }
 
-    /// Starts an instance that is `identity` (a new one, or one that stopped and
-    /// starts again).
-    pub(super) fn start_as(
+    /// Runs the start of `identity`, already starting in the lifecycle table.
+    pub(super) fn spawn_start(
         self: &Arc<Self>,
-        pool: &mut Pool,
         identity: Identity,
         revision: Arc<ServingRevision>,
         pinned: bool,
         cold: bool,
     ) -> StartOutcome {
         let (done_tx, done) = watch::channel(None);
-        pool.starting.push(Starting {
-            identity,
-            revision: revision.number,
-            since: SystemTime::now(),
-            pinned,
-            waiting_reason: None,
-            removed: false,
-        });
         let service = self.clone();
         self.background.spawn(async move {
             let outcome = service.run_start(identity, &revision, pinned, cold).await;
@@ -76,7 +56,7 @@ impl ContainerTraffic {
             tokio::time::sleep(wait).await;
         }
         let Some(placement) = self.room_for(id, revision).await else {
-            self.pool.lock().starting.retain(|s| s.identity.id != id);
+            self.pool.lock().lifecycle.forget_start(id);
             return Err("the instance was no longer wanted".into());
         };
         let began = Instant::now();
@@ -88,11 +68,6 @@ impl ContainerTraffic {
             .await;
         let took = began.elapsed();
         let mut pool = self.pool.lock();
-        let removed = pool
-            .starting
-            .iter()
-            .any(|s| s.identity.id == id && s.removed);
-        pool.starting.retain(|s| s.identity.id != id);
         match result {
             Ok(instance) => {
                 if cold {
@@ -108,9 +83,10 @@ impl ContainerTraffic {
                     placement,
                     self.clock.now(),
                 ));
-                if self.is_unavailable() || removed {
-                    // Deleted (or shutting down, or its instances removed) while it
-                    // started.
+                // Deleted (or shutting down, or its instances removed) while it
+                // started: it stops at once.
+                let wanted = !self.is_unavailable();
+                if let Err(live) = pool.lifecycle.finish_start(live.clone(), wanted) {
                     drop(pool);
                     self.stop_all(vec![live]);
                     return Err("the instance was removed while it started".into());
@@ -119,11 +95,11 @@ impl ContainerTraffic {
                     watch_exit(self, &live, exit);
                 }
                 self.journal_started(&live);
-                pool.instances.push(live);
                 self.dispatch(&mut pool);
                 Ok(())
             }
             Err(e) => {
+                pool.lifecycle.forget_start(id);
                 drop(placement);
                 if self.is_retired(revision) {
                     // Abandoned: the container was deleted, the runtime is stopping or
@@ -135,8 +111,7 @@ impl ContainerTraffic {
                 let reason: Arc<str> = Arc::from(e.to_string());
                 // Waiting requests learn why, unless another instance may yet serve them.
                 let number = revision.number;
-                let hope = pool.instances.iter().any(|i| i.revision == number)
-                    || pool.starting.iter().any(|s| s.revision == number);
+                let hope = pool.lifecycle.count_present(|r, _| r == number) > 0;
                 if !hope {
                     for waiter in pool.queue.drain(..) {
                         let _ = waiter.send(Err(ActivationError::StartFailed(reason.clone())));
@@ -168,19 +143,19 @@ impl ContainerTraffic {
         if let Some(note) = &note {
             tracing::info!(container = %self.id, instance = %id, note, "instance waits for room");
         }
-        let mut pool = self.pool.lock();
-        if let Some(start) = pool.starting.iter_mut().find(|s| s.identity.id == id) {
-            start.waiting_reason = note;
-        }
+        self.pool.lock().lifecycle.note_waiting(id, note);
     }
 
     /// Why an instance has not started, while one waits for room on the node.
     pub(crate) fn waiting_note(&self) -> Option<String> {
         self.pool
             .lock()
-            .starting
-            .iter()
-            .find_map(|s| s.waiting_reason.clone())
+            .lifecycle
+            .starting()
+            .find_map(|s| match &s.phase {
+                Phase::Starting { waiting_reason, .. } => waiting_reason.clone(),
+                _ => None,
+            })
     }
 
     /// Takes an instance an earlier run of the runtime left running into the pool,
@@ -220,7 +195,7 @@ impl ContainerTraffic {
             watch_exit(self, &live, exit);
         }
         let mut pool = self.pool.lock();
-        pool.instances.push(live);
+        pool.lifecycle.adopt(live);
         self.dispatch(&mut pool);
         true
     }

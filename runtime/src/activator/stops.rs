@@ -6,7 +6,11 @@ impl ContainerTraffic {
     /// Stops every instance; used when the container is deleted.
     pub(crate) fn shut_down(&self) {
         self.make_unavailable("the container was deleted");
-        let all = std::mem::take(&mut self.pool.lock().instances);
+        let all = self
+            .pool
+            .lock()
+            .lifecycle
+            .take_all_ready(Leaving::ToTerminated);
         self.stop_all(all);
     }
 
@@ -14,10 +18,12 @@ impl ContainerTraffic {
     /// is shutting down, and no container may outlive it.
     pub(crate) async fn stop_everything(&self) {
         self.make_unavailable("the runtime is shutting down");
-        let all = std::mem::take(&mut self.pool.lock().instances);
-        let stops = all
-            .into_iter()
-            .map(|live| self.stop_taken(live, InstanceState::Terminated));
+        let all = self
+            .pool
+            .lock()
+            .lifecycle
+            .take_all_ready(Leaving::ToTerminated);
+        let stops = all.into_iter().map(|live| self.stop_taken(live));
         futures::future::join_all(stops).await;
         // The revision's prepared sandboxes go in a task `make_unavailable` began,
         // which the runtime waits for with the other stops.
@@ -30,32 +36,23 @@ impl ContainerTraffic {
             let mut pool = self.pool.lock();
             // Scaled to zero by hand: whatever burst the autoscaler held for is over.
             pool.autoscaler = Autoscaler::new();
-            take_idle(&mut pool.instances, |i| !i.pinned, usize::MAX)
+            pool.lifecycle
+                .take_idle(|i| !i.pinned, usize::MAX, Leaving::ToTerminated)
         };
         let count = idle.len();
-        let stops = idle
-            .into_iter()
-            .map(|live| self.stop_taken(live, InstanceState::Terminated));
+        let stops = idle.into_iter().map(|live| self.stop_taken(live));
         futures::future::join_all(stops).await;
         count
     }
 
-    /// Stops an instance already taken out of the pool: it shows as Stopping (or
-    /// Terminating) from now, and as `end` (Stopped or Terminated) once the returned
-    /// future has stopped it.
+    /// Stops an instance already taken out of service (Draining in the lifecycle
+    /// table): the returned future drains and stops its sandbox, then moves it on to
+    /// Stopped or Terminated, as it was leaving for.
     pub(crate) fn stop_taken(
         &self,
         live: Arc<LiveInstance>,
-        end: InstanceState,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let during = if end == InstanceState::Stopped {
-            InstanceState::Stopping
-        } else {
-            InstanceState::Terminating
-        };
-        self.roster
-            .record(live.identity(), live.revision, live.pinned, during);
-        let roster = self.roster.clone();
+        let me = self.me.clone();
         let drain_limit = self.drain_limit;
         let journal = self.journal.clone();
         async move {
@@ -68,7 +65,9 @@ impl ContainerTraffic {
             if let Some(sandbox) = live.instance.sandbox_id() {
                 journal.stopped(sandbox);
             }
-            roster.advance(live.id, end);
+            if let Some(traffic) = me.upgrade() {
+                traffic.pool.lock().lifecycle.finish_stop(live.id);
+            }
             tracing::debug!(instance = %live.id, "instance stopped");
         }
     }
@@ -81,14 +80,14 @@ impl ContainerTraffic {
         }
         let stops: Vec<_> = instances
             .into_iter()
-            .map(|live| self.stop_taken(live, InstanceState::Terminated))
+            .map(|live| self.stop_taken(live))
             .collect();
         self.background.spawn_stop(async move {
             futures::future::join_all(stops).await;
         });
     }
 
-    /// Stops an instance that never joined the pool, leaving the roster as it is.
+    /// Stops a sandbox that never served, leaving the lifecycle table as it is.
     pub(super) fn discard(&self, live: Arc<LiveInstance>) {
         self.background
             .spawn_stop(async move { live.instance.stop().await });
@@ -99,11 +98,13 @@ impl ContainerTraffic {
     pub(crate) fn evict_one_idle(&self) -> bool {
         let mut pool = self.pool.lock();
         let min = pool.policy.scaling.min_instances as usize;
-        let autoscaled = pool.instances.iter().filter(|i| !i.pinned).count();
+        let autoscaled = pool.lifecycle.ready().filter(|i| !i.pinned).count();
         if autoscaled <= min {
             return false;
         }
-        let evicted = take_idle(&mut pool.instances, |i| !i.pinned, 1);
+        let evicted = pool
+            .lifecycle
+            .take_idle(|i| !i.pinned, 1, Leaving::ToTerminated);
         drop(pool);
         let any = !evicted.is_empty();
         for live in &evicted {
@@ -124,8 +125,8 @@ mod tests {
         let (service, _) = container_traffic(Settings::default());
         let lease = service.acquire(Duration::from_secs(5)).await.unwrap();
         let id = live(&service)[0].id;
-        let taken = service.take_running(id).unwrap();
-        let stop = tokio::spawn(service.stop_taken(taken, InstanceState::Stopped));
+        let taken = service.take_running(id, Leaving::ToStopped).unwrap();
+        let stop = tokio::spawn(service.stop_taken(taken));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!stop.is_finished(), "stopped with a request in flight");
         assert_eq!(live(&service)[0].state, InstanceState::Stopping);
@@ -151,10 +152,10 @@ mod tests {
         let (service, _) = container_traffic(Settings::default());
         let lease = service.acquire(Duration::from_secs(5)).await.unwrap();
         let id = live(&service)[0].id;
-        let taken = service.take_running(id).unwrap();
+        let taken = service.take_running(id, Leaving::ToTerminated).unwrap();
         // The test services drain for at most 5 s.
         let began = Instant::now();
-        service.stop_taken(taken, InstanceState::Terminated).await;
+        service.stop_taken(taken).await;
         assert!(began.elapsed() >= Duration::from_secs(5));
         drop(lease);
     }

@@ -159,3 +159,35 @@ pub(crate) async fn leases(
     }
     leases
 }
+
+/// A sandbox that does nothing for `identity`, placed on a node of its own.
+pub(crate) fn live_instance(identity: Identity, pinned: bool) -> LiveInstance {
+    let node = NodeCapacity::new(
+        ServerId::generate(),
+        "test".into(),
+        Resources {
+            millicpus: 1000,
+            memory_bytes: 1 << 30,
+            gpus: Default::default(),
+        },
+    );
+    let placement = node.place_at_once(&Request::default()).expect("room");
+    let revision = ServingRevision {
+        number: 1,
+        kind: WorkloadKind::Wasm,
+        prepared: Arc::new(SlowStart {
+            starts: Arc::default(),
+            running: Arc::default(),
+            most_at_once: Arc::default(),
+        }),
+        request: Request::default(),
+    };
+    LiveInstance::new(
+        identity,
+        &revision,
+        Arc::new(Nothing),
+        pinned,
+        placement,
+        Duration::ZERO,
+    )
+}

@@ -7,91 +7,64 @@ impl ContainerTraffic {
     /// or recently terminated. Cheap, so that walks over every container can skip
     /// those at zero.
     pub(crate) fn has_instances(&self) -> bool {
-        {
-            let pool = self.pool.lock();
-            if !pool.instances.is_empty() || !pool.starting.is_empty() {
-                return true;
-            }
-        }
-        !self.roster.is_empty()
+        !self.pool.lock().lifecycle.is_empty()
     }
 
-    /// The live and starting instances, for the API.
+    /// Every instance the container has or recently had, for the API: running ones,
+    /// then starting ones, then those that left.
     pub(crate) fn instances(&self) -> Vec<InstanceInfo> {
         let pool = self.pool.lock();
-        let running = pool.instances.iter().map(|i| InstanceInfo {
-            id: i.id,
-            ordinal: i.ordinal,
-            created: i.created,
+        pool.lifecycle
+            .in_list_order()
+            .map(|member| self.info(member))
+            .collect()
+    }
+
+    fn info(&self, member: &Member) -> InstanceInfo {
+        let live = member.live();
+        InstanceInfo {
+            id: member.identity.id,
+            ordinal: member.identity.ordinal,
+            created: member.identity.created,
             container_id: self.id,
             server_id: self.server_id,
-            revision: i.revision,
-            state: InstanceState::Running,
-            state_changed: i.started,
-            in_flight: i.in_flight.load(Ordering::Relaxed),
-            pinned: i.pinned,
-            waiting_reason: None,
-            sandbox_id: i.instance.sandbox_id().map(str::to_string),
-            address: i.instance.address(),
-        });
-        let starting = pool.starting.iter().map(|s| InstanceInfo {
-            id: s.identity.id,
-            ordinal: s.identity.ordinal,
-            created: s.identity.created,
-            container_id: self.id,
-            server_id: self.server_id,
-            revision: s.revision,
-            state: InstanceState::Starting,
-            state_changed: s.since,
-            in_flight: 0,
-            pinned: s.pinned,
-            waiting_reason: s.waiting_reason.clone(),
-            sandbox_id: None,
-            address: None,
-        });
-        let roster = self.roster.entries();
-        let resting = roster.iter().map(|e| InstanceInfo {
-            id: e.identity.id,
-            ordinal: e.identity.ordinal,
-            created: e.identity.created,
-            container_id: self.id,
-            server_id: self.server_id,
-            revision: e.revision,
-            state: e.state,
-            state_changed: e.since,
-            in_flight: 0,
-            pinned: e.pinned,
-            waiting_reason: None,
-            sandbox_id: None,
-            address: None,
-        });
-        running.chain(starting).chain(resting).collect()
+            revision: member.revision,
+            state: member.state(),
+            // A running one's state began when its sandbox (the latest, after a
+            // move) started.
+            state_changed: live.map_or(member.since, |l| l.started),
+            in_flight: live.map_or(0, |l| l.in_flight.load(Ordering::Relaxed)),
+            pinned: member.pinned,
+            waiting_reason: match &member.phase {
+                Phase::Starting { waiting_reason, .. } => waiting_reason.clone(),
+                _ => None,
+            },
+            sandbox_id: live.and_then(|l| l.instance.sandbox_id().map(str::to_string)),
+            address: live.and_then(|l| l.instance.address()),
+        }
     }
 
     /// What each running instance has used, by id.
     pub(crate) fn usages(&self) -> Vec<(InstanceId, ResourceUsage)> {
-        let running: Vec<_> = self.pool.lock().instances.clone();
+        let running: Vec<_> = self.pool.lock().lifecycle.ready().cloned().collect();
         running.iter().map(|i| (i.id, i.usage())).collect()
     }
 
     /// The running instance `id`, if it runs.
     pub(crate) fn running(&self, id: InstanceId) -> Option<Arc<dyn Instance>> {
         let pool = self.pool.lock();
-        pool.instances
-            .iter()
-            .find(|i| i.id == id)
-            .map(|i| i.instance.clone())
+        pool.lifecycle.ready_one(id).map(|i| i.instance.clone())
     }
 
     /// The kind of workload the running instance `id` is, if it runs.
     pub(crate) fn running_kind(&self, id: InstanceId) -> Option<WorkloadKind> {
         let pool = self.pool.lock();
-        pool.instances.iter().find(|i| i.id == id).map(|i| i.kind)
+        pool.lifecycle.ready_one(id).map(|i| i.kind)
     }
 
     /// Number of started instances.
     pub(crate) fn instance_count(&self) -> usize {
-        self.pool.lock().instances.len()
+        self.pool.lock().lifecycle.ready().count()
     }
 
     /// Requests, queue and instances now, for metrics.
@@ -99,14 +72,14 @@ impl ContainerTraffic {
         let pool = self.pool.lock();
         TrafficStats {
             in_flight: pool
-                .instances
-                .iter()
+                .lifecycle
+                .ready()
                 .map(|i| i.in_flight.load(Ordering::Relaxed))
                 .sum(),
             queued: pool.queue.iter().filter(|w| !w.is_closed()).count() as u32,
             desired: pool.desired,
-            running: pool.instances.len() as u32,
-            starting: pool.starting.len() as u32,
+            running: pool.lifecycle.ready().count() as u32,
+            starting: pool.lifecycle.starting().count() as u32,
             prepared: self
                 .serving_revision()
                 .map_or(0, |r| r.prepared.ready_sandboxes() as u32),
