@@ -42,7 +42,7 @@ pub(crate) use live::LiveInstance;
 use pool::{Pool, PoolCell};
 use queue::Waiter;
 pub(crate) use queue::{ActivationError, Lease};
-use restarts::Restarts;
+use restarts::RestartBackoff;
 pub(crate) use starts::StartOutcome;
 use starts::watch_exit;
 
@@ -111,7 +111,7 @@ pub(crate) struct ContainerTraffic {
     server_id: ServerId,
     serving: watch::Sender<Serving>,
     pool: PoolCell,
-    restarts: Mutex<Restarts>,
+    restarts: Mutex<RestartBackoff>,
     /// Nanoseconds since the clock's origin of the last request start or end.
     last_activity: AtomicU64,
     /// Scaling decisions that changed the instance count, by reason.
@@ -221,7 +221,7 @@ impl ContainerTraffic {
     pub(crate) fn serve(self: &Arc<Self>, revision: Arc<ServingRevision>) {
         let number = revision.number;
         // A new revision starts with a clean slate.
-        *self.restarts.lock() = Restarts::default();
+        *self.restarts.lock() = RestartBackoff::default();
         self.replace_serving(Serving::Ready(revision));
         let retired = {
             let mut pool = self.pool.lock();

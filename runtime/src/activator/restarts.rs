@@ -2,17 +2,18 @@
 
 use super::*;
 
-/// Instances that ended on their own, and when the next start may happen.
-#[derive(Default)]
-pub(super) struct Restarts {
+/// Instances that ended on their own, and when the next start may happen: pure,
+/// told the clock time of each event.
+#[derive(Debug, Default)]
+pub(super) struct RestartBackoff {
     /// All of them, for the API.
-    pub(super) total: u32,
+    total: u32,
     /// In a row, each soon after its start: the backoff doubles with each.
-    pub(super) in_a_row: u32,
+    in_a_row: u32,
     /// Clock time before which no instance starts.
-    pub(super) not_before: Duration,
+    not_before: Duration,
     /// What happened last, for the container's status.
-    pub(super) note: Option<String>,
+    note: Option<String>,
 }
 
 /// First wait before restarting an instance that ended; doubles per restart in a row.
@@ -22,36 +23,59 @@ pub(super) const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
 /// An instance that ran this long before ending starts the backoff afresh.
 pub(super) const STABLE_UPTIME: Duration = Duration::from_secs(60);
 
+impl RestartBackoff {
+    /// Counts an instance end (or failed start) at clock time `now`, `what` saying
+    /// what happened; one that `ran_long` starts the doubling afresh. Returns the
+    /// wait before the next start.
+    pub(super) fn record(&mut self, what: &str, ran_long: bool, now: Duration) -> Duration {
+        if ran_long {
+            self.in_a_row = 0;
+        }
+        self.total += 1;
+        self.in_a_row += 1;
+        let backoff = RESTART_BACKOFF
+            .saturating_mul(1 << (self.in_a_row - 1).min(16))
+            .min(MAX_RESTART_BACKOFF);
+        self.not_before = now + backoff;
+        self.note = Some(format!(
+            "{what}; next start in {}s (restart {})",
+            backoff.as_secs_f64(),
+            self.total
+        ));
+        backoff
+    }
+
+    /// How long a start at clock time `now` must wait, if at all.
+    pub(super) fn wait_at(&self, now: Duration) -> Option<Duration> {
+        self.not_before.checked_sub(now).filter(|w| !w.is_zero())
+    }
+
+    pub(super) fn total(&self) -> u32 {
+        self.total
+    }
+
+    pub(super) fn note(&self) -> Option<&str> {
+        self.note.as_deref()
+    }
+}
+
 impl ContainerTraffic {
     /// Times instances ended on their own or failed to start.
     pub(crate) fn restarts(&self) -> u32 {
-        self.restarts.lock().total
+        self.restarts.lock().total()
     }
 
     /// What happened to the last instance that ended on its own, while the container
     /// has not served since.
     pub(crate) fn restart_note(&self) -> Option<String> {
-        self.restarts.lock().note.clone()
+        self.restarts.lock().note().map(str::to_string)
     }
 
     /// Counts an instance end (or failed start) and sets the backoff; returns it.
     pub(super) fn record_restart(&self, what: &str, ran_long: bool) -> Duration {
-        let mut restarts = self.restarts.lock();
-        if ran_long {
-            restarts.in_a_row = 0;
-        }
-        restarts.total += 1;
-        restarts.in_a_row += 1;
-        let backoff = RESTART_BACKOFF
-            .saturating_mul(1 << (restarts.in_a_row - 1).min(16))
-            .min(MAX_RESTART_BACKOFF);
-        restarts.not_before = self.clock.now() + backoff;
-        restarts.note = Some(format!(
-            "{what}; next start in {}s (restart {})",
-            backoff.as_secs_f64(),
-            restarts.total
-        ));
-        backoff
+        self.restarts
+            .lock()
+            .record(what, ran_long, self.clock.now())
     }
 
     /// An instance ended without being stopped: it leaves the pool, its remains are
@@ -86,5 +110,53 @@ impl ContainerTraffic {
         drop(pool);
         stopped.push(live);
         self.stop_all(stopped);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_wait_doubles_with_each_quick_end_up_to_a_minute() {
+        let mut backoff = RestartBackoff::default();
+        assert_eq!(backoff.wait_at(Duration::ZERO), None, "no wait at first");
+        let waits: Vec<_> = (0..9)
+            .map(|n| backoff.record("it crashed", false, n * 100 * S))
+            .collect();
+        assert_eq!(
+            waits,
+            [1, 2, 4, 8, 16, 32, 60, 60, 60].map(|s| s * S),
+            "doubling, capped"
+        );
+        assert_eq!(backoff.total(), 9);
+        assert_eq!(
+            backoff.note(),
+            Some("it crashed; next start in 60s (restart 9)")
+        );
+    }
+
+    #[test]
+    fn a_start_waits_until_the_backoff_ends() {
+        let mut backoff = RestartBackoff::default();
+        let at = 10 * S;
+        backoff.record("x", false, at);
+        backoff.record("x", false, at);
+        assert_eq!(backoff.wait_at(at), Some(2 * S));
+        assert_eq!(backoff.wait_at(at + S / 2), Some(S + S / 2));
+        assert_eq!(backoff.wait_at(at + 2 * S), None);
+        assert_eq!(backoff.wait_at(at + 5 * S), None);
+    }
+
+    #[test]
+    fn an_instance_that_ran_long_starts_the_doubling_afresh_but_still_counts() {
+        let mut backoff = RestartBackoff::default();
+        for _ in 0..4 {
+            backoff.record("x", false, Duration::ZERO);
+        }
+        assert_eq!(backoff.record("x", true, Duration::ZERO), S);
+        assert_eq!(backoff.total(), 5);
     }
 }

@@ -51,8 +51,8 @@ impl ContainerTraffic {
     ) -> Result<(), Arc<str>> {
         let id = identity.id;
         // After an instance ended on its own, the next start waits out the backoff.
-        let not_before = self.restarts.lock().not_before;
-        if let Some(wait) = not_before.checked_sub(self.clock.now()) {
+        let wait = self.restarts.lock().wait_at(self.clock.now());
+        if let Some(wait) = wait {
             tokio::time::sleep(wait).await;
         }
         let Some(placement) = self.room_for(id, revision).await else {
