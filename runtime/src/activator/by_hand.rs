@@ -123,7 +123,7 @@ mod tests {
     use super::super::test_support::*;
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn instances_removed_while_they_start_stop_once_up() {
         let (service, starts) = container_traffic(Settings::default());
         let waiting = acquire_many(&service, 1);
@@ -147,7 +147,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn pinned_instances_stay_through_idleness_and_are_counted_apart() {
         let (service, _) = container_traffic(Settings {
             idle: Duration::from_millis(50),

@@ -169,7 +169,7 @@ mod tests {
     use super::super::test_support::*;
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn requests_during_a_cold_start_share_it() {
         let (service, starts) = container_traffic(Settings::default());
         let leases = leases(acquire_many(&service, 50)).await;
@@ -181,7 +181,7 @@ mod tests {
         assert_eq!(live(&service)[0].in_flight, 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_burst_at_zero_starts_its_instances_at_once_and_spreads_over_them() {
         let (service, starts, most_at_once) = service_counting(Settings {
             concurrency: 10,
@@ -198,7 +198,7 @@ mod tests {
         drop(leases);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_full_queue_is_refused_and_the_queued_are_served_in_order() {
         let (service, _) = container_traffic(Settings {
             max: 1,
@@ -226,7 +226,7 @@ mod tests {
         assert_eq!(service.traffic().queued, 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_wait_past_the_deadline_ends_with_a_timeout() {
         let (service, _) = container_traffic(Settings {
             max: 1,
@@ -244,7 +244,7 @@ mod tests {
         assert_eq!(service.traffic().queued, 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_unavailable_container_fails_fast() {
         let (service, _) = container_traffic(Settings::default());
         service.make_unavailable("the image could not be pulled");

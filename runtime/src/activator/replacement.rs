@@ -83,7 +83,7 @@ mod tests {
     use super::super::test_support::*;
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_replaced_instance_keeps_its_id_and_its_old_sandbox_finishes_its_requests() {
         let (service, starts) = container_traffic(Settings::default());
         let held = service.acquire(Duration::from_secs(5)).await.unwrap();

@@ -109,7 +109,7 @@ mod tests {
     use super::super::test_support::*;
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_container_at_rest_leaves_the_reconcilers_set_and_a_request_brings_it_back() {
         let (service, _) = container_traffic(Settings::default());
         let awake = || service.pool.membership_is_awake();
@@ -129,7 +129,7 @@ mod tests {
         assert!(!awake());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn idle_instances_go_busy_ones_stay() {
         let (service, starts) = container_traffic(Settings {
             idle: Duration::from_millis(100),

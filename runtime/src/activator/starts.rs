@@ -244,7 +244,7 @@ mod tests {
     use super::super::test_support::*;
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn starts_wait_for_room_on_the_node() {
         // Room for two one-CPU instances.
         let (service, starts) = container_traffic(Settings {

@@ -120,7 +120,7 @@ mod tests {
     use super::super::test_support::*;
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_stop_by_hand_waits_for_the_requests_in_flight_and_takes_no_new_ones() {
         let (service, _) = container_traffic(Settings::default());
         let lease = service.acquire(Duration::from_secs(5)).await.unwrap();
@@ -147,14 +147,14 @@ mod tests {
         drop(other);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_drain_ends_at_its_limit_even_with_a_request_in_flight() {
         let (service, _) = container_traffic(Settings::default());
         let lease = service.acquire(Duration::from_secs(5)).await.unwrap();
         let id = live(&service)[0].id;
         let taken = service.take_running(id, Leaving::ToTerminated).unwrap();
         // The test services drain for at most 5 s.
-        let began = Instant::now();
+        let began = tokio::time::Instant::now();
         service.stop_taken(taken).await;
         assert!(began.elapsed() >= Duration::from_secs(5));
         drop(lease);
