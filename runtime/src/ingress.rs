@@ -34,8 +34,7 @@ pub async fn serve_ingress(runtime: Runtime, listener: TcpListener) -> std::io::
         .map(|index| IngressThread::spawn(index, runtime.clone()))
         .collect::<std::io::Result<Vec<_>>>()?;
     runtime
-        .inner()
-        .ingress_routing
+        .ingress_routing()
         .store(true, std::sync::atomic::Ordering::Release);
     let mut next = 0;
     loop {
@@ -130,7 +129,7 @@ async fn route(runtime: &Runtime, req: Request<Incoming>) -> Response<HttpBody> 
     );
     let response = forward(runtime, &host, req).instrument(span.clone()).await;
     span.record("status", response.status().as_u16());
-    runtime.inner().metrics.request_served(response.status());
+    runtime.metrics().request_served(response.status());
     response
 }
 
@@ -138,7 +137,7 @@ async fn forward(runtime: &Runtime, host: &str, req: Request<Incoming>) -> Respo
     if req.uri().path() == HEALTH_PATH {
         return text(StatusCode::OK, "ok\n");
     }
-    let Some(service) = runtime.inner().routes.lookup(host) else {
+    let Some(service) = runtime.containers().route(host) else {
         return error(
             StatusCode::NOT_FOUND,
             "unknown_host",

@@ -61,15 +61,13 @@ impl Runtime {
     ) -> Result<StreamGrant, RuntimeError> {
         let target = self.grant_target(caller, id, instance).await?;
         Ok(self
-            .inner()
-            .grants
+            .grants()
             .grant_stream(purpose, target, SystemTime::now()))
     }
 
     /// Uses up a stream token: the instance it opens, if it is live and for `purpose`.
     pub fn redeem_stream(&self, token: &str, purpose: StreamPurpose) -> Option<GrantTarget> {
-        self.inner()
-            .grants
+        self.grants()
             .redeem_stream(token, purpose, SystemTime::now())
     }
 
@@ -91,10 +89,7 @@ impl Runtime {
         &self,
         target: &GrantTarget,
     ) -> (Vec<LogEntry>, broadcast::Receiver<LogEntry>) {
-        let (mut recent, lines) = self
-            .inner()
-            .logs
-            .follow(target.container, SystemTime::UNIX_EPOCH);
+        let (mut recent, lines) = self.logs().follow(target.container, SystemTime::UNIX_EPOCH);
         let name = target.instance.to_string();
         recent.retain(|entry| entry.instance == name);
         (recent, lines)
@@ -115,12 +110,7 @@ impl Runtime {
     /// The instance's usage now, read live (not from the sampler's series), with its
     /// container's limits; `None` once it no longer runs.
     pub async fn telemetry_reading(&self, target: &GrantTarget) -> Option<TelemetryReading> {
-        let container = self
-            .inner()
-            .store
-            .container(target.container)
-            .await
-            .ok()??;
+        let container = self.store().container(target.container).await.ok()??;
         let running = self.granted_instance(target)?;
         Some(TelemetryReading {
             at: SystemTime::now(),
@@ -145,10 +135,7 @@ impl Runtime {
             )));
         }
         let lifetime = self.config().ssh_credential_lifetime;
-        Ok(self
-            .inner()
-            .grants
-            .grant_ssh(target, lifetime, SystemTime::now()))
+        Ok(self.grants().grant_ssh(target, lifetime, SystemTime::now()))
     }
 
     /// Expires every SSH credential of the caller's instance (running or not);
@@ -160,16 +147,13 @@ impl Runtime {
         instance: InstanceId,
     ) -> Result<usize, RuntimeError> {
         self.get_instance(caller, id, instance).await?;
-        Ok(self.inner().grants.expire_ssh(instance, SystemTime::now()))
+        Ok(self.grants().expire_ssh(instance, SystemTime::now()))
     }
 
     /// The instance that `user` and `secret` log in to, if they are live credentials
     /// and the container is still there.
     pub fn check_ssh(&self, user: &str, secret: &str) -> Option<GrantTarget> {
-        let target = self
-            .inner()
-            .grants
-            .check_ssh(user, secret, SystemTime::now())?;
+        let target = self.grants().check_ssh(user, secret, SystemTime::now())?;
         self.container_traffic(target.container)
             .ok()
             .map(|_| target)

@@ -2,7 +2,7 @@
 //! that a client polls. The pinned instance count is stored before a job is
 //! accepted, so a restart brings the instances back.
 
-use crate::activator::{ContainerTraffic, StartOutcome};
+use crate::activator::StartOutcome;
 use crate::error::RuntimeError;
 use crate::model::{
     Caller, ContainerId, InstanceId, InstanceInfo, InstanceState, Job, JobAction, JobId, JobState,
@@ -11,7 +11,6 @@ use crate::model::{
 use crate::runtime::Runtime;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// How long a finished job stays for clients to poll; older ones are removed when
@@ -41,7 +40,7 @@ impl Runtime {
         id: ContainerId,
         requests: &[(ServerId, u32)],
     ) -> Result<Job, RuntimeError> {
-        let server_id = self.inner().server_id;
+        let server_id = self.server_id();
         let mut count = 0u32;
         for (i, (server, n)) in requests.iter().enumerate() {
             if *server != server_id {
@@ -52,10 +51,8 @@ impl Runtime {
             }
             count = count.saturating_add(*n);
         }
-        let (service, job) = {
-            let _record = self.inner().records.lock(id).await;
-            let mut container = self.accessible(caller, id).await?;
-            let service = self.container_traffic(id)?;
+        let service = self
+            .edit_container(Some(caller), id, |container, traffic| {
             let limit = container.spec.max_instances;
             let pinned = container.pinned_instances.saturating_add(count);
             if pinned > limit {
@@ -72,12 +69,12 @@ impl Runtime {
                 ));
             }
             container.pinned_instances = pinned;
-            self.inner().store.save_status(container).await?;
-            let job = self
-                .new_job(caller, id, JobAction::CreateInstances { count }, count)
-                .await?;
-            (service, job)
-        };
+            Ok(traffic.clone())
+        })
+            .await?;
+        let job = self
+            .new_job(caller, id, JobAction::CreateInstances { count }, count)
+            .await?;
         let Some(outcomes) = service.add_pinned(count) else {
             // Unavailable since: the job says so; the count stands for when it serves.
             self.finish_job(job.id, Some("the container stopped serving".into()))
@@ -97,19 +94,17 @@ impl Runtime {
         caller: &Caller,
         id: ContainerId,
     ) -> Result<Job, RuntimeError> {
-        let (service, job) = {
-            let _record = self.inner().records.lock(id).await;
-            let mut container = self.accessible(caller, id).await?;
-            let service = self.container_traffic(id)?;
-            container.pinned_instances = 0;
-            container.stopped_instances.clear();
-            self.inner().store.save_status(container).await?;
-            let running = service.instance_count() as u32;
-            let job = self
-                .new_job(caller, id, JobAction::DeleteInstances, running)
-                .await?;
-            (service, job)
-        };
+        let service = self
+            .edit_container(Some(caller), id, |container, traffic| {
+                container.pinned_instances = 0;
+                container.stopped_instances.clear();
+                Ok(traffic.clone())
+            })
+            .await?;
+        let running = service.instance_count() as u32;
+        let job = self
+            .new_job(caller, id, JobAction::DeleteInstances, running)
+            .await?;
         let progress = self.job_progress(job.id);
         self.spawn_job(job.id, async move {
             service.remove_all_instances(|| progress.step()).await;
@@ -125,61 +120,59 @@ impl Runtime {
         id: ContainerId,
         instance: InstanceId,
     ) -> Result<Job, RuntimeError> {
-        let (service, job, was_stopped) = {
-            let _record = self.inner().records.lock(id).await;
-            let mut container = self.accessible(caller, id).await?;
-            let service = self.container_traffic(id)?;
-            let info = service
-                .instances()
-                .into_iter()
-                .find(|i| i.id == instance)
-                .ok_or_else(|| instance_not_found(instance))?;
-            match info.state {
-                InstanceState::Starting => {
-                    return Err(RuntimeError::Unprocessable(format!(
-                        "instance {instance} is still starting; delete it once it runs"
-                    )));
-                }
-                InstanceState::Running => {
-                    if info.pinned {
-                        container.pinned_instances = container.pinned_instances.saturating_sub(1);
-                        self.inner().store.save_status(container).await?;
+        let (service, was_stopped) = self
+            .edit_container(Some(caller), id, |container, service| {
+                let info = service
+                    .instances()
+                    .into_iter()
+                    .find(|i| i.id == instance)
+                    .ok_or_else(|| instance_not_found(instance))?;
+                match info.state {
+                    InstanceState::Starting => {
+                        return Err(RuntimeError::Unprocessable(format!(
+                            "instance {instance} is still starting; delete it once it runs"
+                        )));
+                    }
+                    InstanceState::Running => {
+                        if info.pinned {
+                            container.pinned_instances =
+                                container.pinned_instances.saturating_sub(1);
+                        }
+                    }
+                    // Holds nothing and no longer counts as pinned: it is only forgotten.
+                    InstanceState::Stopped => {
+                        service
+                            .terminate_stopped(instance)
+                            .map_err(|_| instance_not_found(instance))?;
+                        container.stopped_instances.retain(|s| s.id != instance);
+                    }
+                    // Document 004 does not list instances on their way out.
+                    InstanceState::Terminating | InstanceState::Terminated => {
+                        return Err(instance_not_found(instance));
+                    }
+                    InstanceState::Stopping => {
+                        return Err(RuntimeError::Conflict {
+                            code: "invalid_state",
+                            message: format!(
+                                "instance {instance} is {}; wait until it has stopped",
+                                info.state.name()
+                            ),
+                        });
                     }
                 }
-                // Holds nothing and no longer counts as pinned: it is only forgotten.
-                InstanceState::Stopped => {
-                    service
-                        .terminate_stopped(instance)
-                        .map_err(|_| instance_not_found(instance))?;
-                    container.stopped_instances.retain(|s| s.id != instance);
-                    self.inner().store.save_status(container).await?;
-                }
-                // Document 004 does not list instances on their way out.
-                InstanceState::Terminating | InstanceState::Terminated => {
-                    return Err(instance_not_found(instance));
-                }
-                InstanceState::Stopping => {
-                    return Err(RuntimeError::Conflict {
-                        code: "invalid_state",
-                        message: format!(
-                            "instance {instance} is {}; wait until it has stopped",
-                            info.state.name()
-                        ),
-                    });
-                }
-            }
-            let job = self
-                .new_job(
-                    caller,
-                    id,
-                    JobAction::DeleteInstance {
-                        instance_id: instance,
-                    },
-                    1,
-                )
-                .await?;
-            (service, job, info.state == InstanceState::Stopped)
-        };
+                Ok((service.clone(), info.state == InstanceState::Stopped))
+            })
+            .await?;
+        let job = self
+            .new_job(
+                caller,
+                id,
+                JobAction::DeleteInstance {
+                    instance_id: instance,
+                },
+                1,
+            )
+            .await?;
         if was_stopped {
             self.finish_job(job.id, None).await;
             return self.get_job(caller, job.id).await;
@@ -199,7 +192,7 @@ impl Runtime {
             what: "job",
             id: id.to_string(),
         };
-        let job = self.inner().store.job(id).await?.ok_or_else(not_found)?;
+        let job = self.store().job(id).await?.ok_or_else(not_found)?;
         let visible = caller.user_id == job.created_by
             || caller.role == crate::model::Role::Admin
             || self.accessible(caller, job.container_id).await.is_ok();
@@ -209,29 +202,13 @@ impl Runtime {
     /// Jobs that were under way when the runtime stopped end with an error that says
     /// so; what they asked for (the pinned count) was stored and stands.
     pub(crate) async fn finish_interrupted_jobs(&self) -> Result<(), RuntimeError> {
-        self.inner()
-            .store
+        self.store()
             .fail_unfinished_jobs(
                 "the runtime stopped before the job finished; pinned instances it asked for start again with the runtime".into(),
                 SystemTime::now(),
             )
             .await?;
         Ok(())
-    }
-
-    pub(crate) fn container_traffic(
-        &self,
-        id: ContainerId,
-    ) -> Result<Arc<ContainerTraffic>, RuntimeError> {
-        self.inner()
-            .services
-            .read()
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| RuntimeError::NotFound {
-                what: "container",
-                id: id.to_string(),
-            })
     }
 
     pub(crate) async fn new_job(
@@ -242,7 +219,7 @@ impl Runtime {
         steps: u32,
     ) -> Result<Job, RuntimeError> {
         let job = Job::new(action, id, caller.user_id, steps, SystemTime::now());
-        self.inner().store.save_job(job.clone()).await?;
+        self.store().save_job(job.clone()).await?;
         Ok(job)
     }
 
@@ -287,8 +264,7 @@ impl Runtime {
 
     async fn update_job(&self, id: JobId, change: impl FnOnce(&mut Job) + Send + 'static) {
         let result = self
-            .inner()
-            .store
+            .store()
             .update_job(id, move |job| {
                 change(job);
                 job.date_updated = SystemTime::now();
@@ -363,6 +339,7 @@ pub(crate) fn instance_not_found(id: InstanceId) -> RuntimeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::watch;
 

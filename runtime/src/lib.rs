@@ -11,6 +11,7 @@ mod awake;
 mod background;
 mod clock;
 mod config;
+mod containers;
 mod deploy;
 mod error;
 pub mod grants;

@@ -41,7 +41,7 @@ impl Runtime {
         instance: InstanceId,
         task: InstanceTask,
     ) -> Result<Job, RuntimeError> {
-        let here = self.inner().server_id;
+        let here = self.server_id();
         let revert = task == InstanceTask::MigrationRevert;
         if let InstanceTask::MigrationStart {
             server: Some(server),
@@ -53,38 +53,45 @@ impl Runtime {
                 format!("there is no server {server}; this runtime's server is {here}"),
             ));
         }
-        let (work, job) = {
-            let _record = self.inner().records.lock(id).await;
-            self.accessible(caller, id).await?;
-            let service = self.container_traffic(id)?;
-            let remembered = self.inner().migrations.lock().contains_key(&instance);
-            if revert && !remembered {
-                self.get_instance(caller, id, instance).await?;
-                return Err(RuntimeError::Conflict {
-                    code: "no_migration",
-                    message: format!("instance {instance} has no migration to revert"),
-                });
-            }
-            let work = service
-                .replace_instance(instance)
-                .map_err(|refusal| refused(refusal, instance, task.action()))?;
-            let job = self
-                .new_job(
-                    caller,
-                    id,
-                    JobAction::MigrateInstance {
-                        instance_id: instance,
-                        revert,
-                    },
-                    1,
-                )
-                .await?;
-            (work, job)
-        };
+        let work = self
+            .edit_container(Some(caller), id, |_, service| {
+                let remembered = self.migrations().lock().contains_key(&instance);
+                if revert && !remembered {
+                    let listed = service.instances().iter().any(|i| {
+                        i.id == instance
+                            && !matches!(
+                                i.state,
+                                InstanceState::Terminating | InstanceState::Terminated
+                            )
+                    });
+                    if !listed {
+                        return Err(instance_not_found(instance));
+                    }
+                    return Err(RuntimeError::Conflict {
+                        code: "no_migration",
+                        message: format!("instance {instance} has no migration to revert"),
+                    });
+                }
+                service
+                    .replace_instance(instance)
+                    .map_err(|refusal| refused(refusal, instance, task.action()))
+            })
+            .await?;
+        let job = self
+            .new_job(
+                caller,
+                id,
+                JobAction::MigrateInstance {
+                    instance_id: instance,
+                    revert,
+                },
+                1,
+            )
+            .await?;
         let runtime = self.clone();
         self.spawn_job(job.id, async move {
             work.await.map_err(|e| vec![e])?;
-            let mut migrations = runtime.inner().migrations.lock();
+            let mut migrations = runtime.migrations().lock();
             if revert {
                 migrations.remove(&instance);
             } else {

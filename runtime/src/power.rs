@@ -65,11 +65,7 @@ impl Runtime {
         instance: InstanceId,
         action: PowerAction,
     ) -> Result<(), RuntimeError> {
-        let _record = self.inner().records.lock(id).await;
-        let mut container = self.accessible(caller, id).await?;
-        let before = container.clone();
-        {
-            let service = self.container_traffic(id)?;
+        self.edit_container(Some(caller), id, |container, service| {
             let refused =
                 |refusal| refusal_error(refusal, instance, action.name(), action.applies_to());
             let taken = match action {
@@ -89,13 +85,13 @@ impl Runtime {
                         if action == PowerAction::Stop {
                             container.stopped_instances.push(live.as_stopped());
                         }
-                        self.inner().background.spawn_stop(service.stop_taken(live));
+                        self.background().spawn_stop(service.stop_taken(live));
                     } else {
                         // Restart, rebuild: the same instance, pinned or not, as before.
                         let pinned = live.is_pinned();
                         let stop = service.stop_taken(live);
                         let again = service.clone();
-                        self.inner().background.spawn_stop(async move {
+                        self.background().spawn_stop(async move {
                             stop.await;
                             if let Err(refusal) = again.start_stopped(instance, pinned) {
                                 tracing::warn!(%instance, ?refusal, "an instance stopped for a restart did not start again");
@@ -128,13 +124,9 @@ impl Runtime {
                 },
                 Err(refusal) => return Err(refused(refusal)),
             }
-        }
-        if container.pinned_instances != before.pinned_instances
-            || container.stopped_instances != before.stopped_instances
-        {
-            self.inner().store.save_status(container).await?;
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     /// Applies `action` to every instance of a container it applies to; returns
@@ -170,10 +162,8 @@ impl Runtime {
     ) -> Result<Vec<InstanceInfo>, RuntimeError> {
         self.accessible(caller, id).await?;
         Ok(self
-            .inner()
-            .services
-            .read()
-            .get(&id)
+            .containers()
+            .get(id)
             .map(|s| s.instances())
             .unwrap_or_default())
     }
@@ -236,10 +226,8 @@ impl Runtime {
     /// [`Runtime::list_instances`] gives them.
     pub fn instances_of(&self, view: &ContainerView) -> Vec<InstanceInfo> {
         let mut instances = self
-            .inner()
-            .services
-            .read()
-            .get(&view.container.id)
+            .containers()
+            .get(view.container.id)
             .map(|s| s.instances())
             .unwrap_or_default();
         instances.retain(|i| {
@@ -255,13 +243,7 @@ impl Runtime {
     pub(crate) fn services_with_instances(
         &self,
     ) -> Vec<std::sync::Arc<crate::activator::ContainerTraffic>> {
-        self.inner()
-            .services
-            .read()
-            .values()
-            .filter(|s| s.has_instances())
-            .cloned()
-            .collect()
+        self.containers().with_instances()
     }
 
     /// The caller's instance whose integer id (as the numbered faces show it) is
@@ -318,7 +300,7 @@ impl Runtime {
         instance: InstanceId,
     ) -> Result<Vec<UsageSample>, RuntimeError> {
         self.accessible(caller, id).await?;
-        Ok(self.inner().usage.series(instance))
+        Ok(self.usage().series(instance))
     }
 
     /// The latest CPU and memory sample of an instance, taken now if none was yet.
@@ -330,7 +312,7 @@ impl Runtime {
     ) -> Result<Option<UsageSample>, RuntimeError> {
         self.accessible(caller, id).await?;
         let service = self.container_traffic(id)?;
-        if let Some(sample) = self.inner().usage.latest(instance) {
+        if let Some(sample) = self.usage().latest(instance) {
             return Ok(Some(sample));
         }
         Ok(service.running(instance).map(|running| {
@@ -364,14 +346,14 @@ impl Runtime {
     /// Samples every running instance's usage at the configured interval.
     pub(crate) fn spawn_usage_sampler(&self) {
         self.spawn_periodic(self.config().usage_sample_interval, |inner| async move {
-            let services: Vec<_> = inner.services.read().values().cloned().collect();
+            let services = inner.containers().all();
             // Reading cgroup files blocks.
             let usages = tokio::task::spawn_blocking(move || {
                 services.iter().flat_map(|s| s.usages()).collect::<Vec<_>>()
             })
             .await
             .unwrap_or_default();
-            inner.usage.record(std::time::SystemTime::now(), &usages);
+            inner.usage().record(std::time::SystemTime::now(), &usages);
         });
     }
 }

@@ -6,6 +6,7 @@ use crate::awake::AwakeSet;
 use crate::background::Background;
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
+use crate::containers::Containers;
 use crate::deploy::{Deployer, PreparedLater};
 use crate::error::RuntimeError;
 use crate::journal::{InstanceJournal, StoreJournal};
@@ -16,8 +17,6 @@ use crate::model::{
     GpuModel, InstanceId, InstanceInfo, Page, PageRequest, Revision, RunningInstance, ServerId,
 };
 use crate::node::{self, NodeCapacity};
-use crate::record_locks::RecordLocks;
-use crate::routing::RoutingTable;
 use crate::store::Store;
 use crate::usage::UsageSeries;
 use ember_sandbox::image::{Credentials, ImageRef, PullProgress, RegistryPuller};
@@ -25,7 +24,7 @@ use ember_sandbox::oci::{OciConfig, OciSandbox};
 use ember_sandbox::wasm::{WasmConfig, WasmSandbox};
 use ember_sandbox::{BlobStore, Digest, Sandbox, WorkloadKind};
 use ember_scheduler::{Misfit, ScalingPolicy};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -36,36 +35,34 @@ pub struct Runtime {
     inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
+struct Inner {
     config: RuntimeConfig,
-    pub(crate) store: Store,
+    store: Store,
     deployer: Arc<Deployer>,
-    pub(crate) services: RwLock<HashMap<ContainerId, Arc<ContainerTraffic>>>,
+    /// Every container's traffic, by id and by host, and their record locks.
+    containers: Containers,
     /// The containers the reconciler visits: those not at rest.
     awake: Arc<AwakeSet<ContainerTraffic>>,
-    pub(crate) routes: RoutingTable<Arc<ContainerTraffic>>,
-    pub(crate) metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
     clock: Clock,
-    pub(crate) server_id: ServerId,
-    pub(crate) node: Arc<NodeCapacity>,
+    server_id: ServerId,
+    node: Arc<NodeCapacity>,
     /// The executor of starts and stops, and the stops under way.
-    pub(crate) background: Background,
+    background: Background,
     /// Samples of each instance's CPU and memory.
-    pub(crate) usage: UsageSeries,
-    /// Serialises read-modify-write of each container's record.
-    pub(crate) records: RecordLocks,
+    usage: UsageSeries,
     /// Deployments that may pull and prepare at once; the rest wait their turn.
     deploy_slots: Arc<tokio::sync::Semaphore>,
     /// How far each deploying container's pull has come, shown as its status reason.
     pulls: Mutex<HashMap<ContainerId, String>>,
-    pub(crate) logs: Arc<LogStore>,
+    logs: Arc<LogStore>,
     /// Stream tokens and SSH credentials in force.
-    pub(crate) grants: crate::grants::Grants,
+    grants: crate::grants::Grants,
     /// Instances moved by a migration job, and the server each came from, for a
     /// revert.
-    pub(crate) migrations: Mutex<HashMap<InstanceId, ServerId>>,
+    migrations: Mutex<HashMap<InstanceId, ServerId>>,
     /// Set once the ingress serves: every stored container is routed by then.
-    pub(crate) ingress_routing: std::sync::atomic::AtomicBool,
+    ingress_routing: std::sync::atomic::AtomicBool,
     /// The record of the OCI instances running, for a later runtime to adopt.
     journal: Arc<dyn InstanceJournal>,
 }
@@ -172,12 +169,10 @@ impl Runtime {
                 config,
                 store,
                 deployer,
-                services: RwLock::default(),
+                containers: Containers::default(),
                 awake: Arc::default(),
-                routes: RoutingTable::default(),
                 metrics: Arc::default(),
                 clock: Clock::start(),
-                records: RecordLocks::default(),
                 deploy_slots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DEPLOYS)),
                 pulls: Mutex::default(),
                 logs,
@@ -252,7 +247,7 @@ impl Runtime {
         };
         let adoptable: std::collections::HashSet<String> = oci.adoptable().into_iter().collect();
         for (sandbox, record) in recorded {
-            let service = self.inner.services.read().get(&record.container).cloned();
+            let service = self.inner.containers.get(record.container);
             let adopted = match service {
                 Some(service) if adoptable.contains(&sandbox) => {
                     let logs =
@@ -315,25 +310,64 @@ impl Runtime {
     /// reason, as its deployment would have.
     async fn record_failed_warm_up(&self, id: ContainerId, number: u32, error: &RuntimeError) {
         tracing::warn!(container = %id, revision = number, %error, "a restored revision did not prepare");
-        let _record = self.inner.records.lock(id).await;
-        let Ok(Some(mut container)) = self.inner.store.container(id).await else {
-            return;
-        };
-        if container.serving_revision != Some(number) {
-            return;
-        }
-        container.status = ContainerStatus::Failed;
-        container.status_reason = Some(error.to_string());
-        if let Some(service) = self.inner.services.read().get(&id) {
-            service.make_unavailable(&error.to_string());
-        }
-        if let Err(e) = self.inner.store.save_status(container).await {
+        let recorded = self
+            .edit_container(None, id, |container, traffic| {
+                if container.serving_revision == Some(number) {
+                    container.status = ContainerStatus::Failed;
+                    container.status_reason = Some(error.to_string());
+                    traffic.make_unavailable(&error.to_string());
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = recorded {
             tracing::warn!(container = %id, error = %e, "recording a failed warm-up failed");
         }
     }
 
-    pub(crate) fn inner(&self) -> &Inner {
-        &self.inner
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn containers(&self) -> &Containers {
+        &self.inner.containers
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// This node's server id.
+    pub(crate) fn server_id(&self) -> ServerId {
+        self.inner.server_id
+    }
+
+    /// Where starts and stops run, and the stops under way.
+    pub(crate) fn background(&self) -> &Background {
+        &self.inner.background
+    }
+
+    pub(crate) fn usage(&self) -> &UsageSeries {
+        &self.inner.usage
+    }
+
+    /// Stream tokens and SSH credentials in force.
+    pub(crate) fn grants(&self) -> &crate::grants::Grants {
+        &self.inner.grants
+    }
+
+    /// Instances moved by a migration job, and the server each came from.
+    pub(crate) fn migrations(&self) -> &Mutex<HashMap<InstanceId, ServerId>> {
+        &self.inner.migrations
+    }
+
+    pub(crate) fn logs(&self) -> &LogStore {
+        &self.inner.logs
+    }
+
+    /// Whether every stored container is routed, as it is once the ingress serves.
+    pub(crate) fn ingress_routing(&self) -> &std::sync::atomic::AtomicBool {
+        &self.inner.ingress_routing
     }
 
     /// Who holds `secret`, if anyone.
@@ -378,7 +412,7 @@ impl Runtime {
         patch: ContainerPatch,
     ) -> Result<ContainerView, RuntimeError> {
         let (container, old_name) = {
-            let _record = self.inner.records.lock(id).await;
+            let _record = self.inner.containers.lock_record(id).await;
             let mut container = self.accessible(caller, id).await?;
             let spec = patch.apply(&container.spec)?;
             self.check_spec(&spec)?;
@@ -397,7 +431,7 @@ impl Runtime {
             (container, old_name)
         };
         if old_name != container.spec.name {
-            self.inner.routes.remove(&self.host(old_name.as_str()));
+            self.inner.containers.unroute(&self.host(old_name.as_str()));
         }
         self.register(&container);
         self.spawn_deploy(id, container.latest_revision);
@@ -411,15 +445,13 @@ impl Runtime {
         id: ContainerId,
     ) -> Result<(), RuntimeError> {
         let container = {
-            let _record = self.inner.records.lock(id).await;
+            let _record = self.inner.containers.lock_record(id).await;
             let container = self.accessible(caller, id).await?;
             self.inner.store.remove_container(container.clone()).await?;
             container
         };
-        self.inner
-            .routes
-            .remove(&self.host(container.spec.name.as_str()));
-        if let Some(service) = self.inner.services.write().remove(&id) {
+        let host = self.host(container.spec.name.as_str());
+        if let Some(service) = self.inner.containers.remove(id, &host) {
             service.shut_down();
         }
         self.inner.logs.remove(id);
@@ -469,7 +501,7 @@ impl Runtime {
     /// Stops every instance of every container and waits for them to go, so that a
     /// runtime that exits leaves no container behind.
     pub async fn shut_down(&self) {
-        let services: Vec<_> = self.inner.services.read().values().cloned().collect();
+        let services = self.inner.containers.all();
         futures::future::join_all(services.iter().map(|s| s.stop_everything())).await;
         // Stops begun before (scale-downs, deleted containers) end too.
         self.inner.background.wait_for_stops().await;
@@ -554,7 +586,7 @@ impl Runtime {
         id: ContainerId,
     ) -> Result<usize, RuntimeError> {
         self.accessible(caller, id).await?;
-        let service = self.inner.services.read().get(&id).cloned();
+        let service = self.inner.containers.get(id);
         Ok(match service {
             Some(service) => service.stop_idle_instances().await,
             None => 0,
@@ -574,7 +606,7 @@ impl Runtime {
 
     /// Prometheus text for `/metrics`.
     pub fn metrics_text(&self) -> String {
-        let services: Vec<_> = self.inner.services.read().values().cloned().collect();
+        let services = self.inner.containers.all();
         let instances: usize = services.iter().map(|s| s.instance_count()).sum();
         let mut text = self.inner.metrics.render(&[
             (
@@ -707,13 +739,8 @@ impl Runtime {
             let Some(inner) = weak.upgrade() else {
                 return false;
             };
-            let mut others: Vec<_> = inner
-                .services
-                .read()
-                .values()
-                .filter(|s| s.id != requester)
-                .cloned()
-                .collect();
+            let mut others = inner.containers.all();
+            others.retain(|s| s.id != requester);
             others.sort_by_key(|s| s.idle_since());
             others.iter().any(|s| s.evict_one_idle())
         }));
@@ -746,7 +773,7 @@ impl Runtime {
         {
             container.status_reason = Some(note.clone());
         }
-        let service = self.inner.services.read().get(&container.id).cloned();
+        let service = self.inner.containers.get(container.id);
         let restarts = service.as_ref().map_or(0, |s| s.restarts());
         if container.status == ContainerStatus::Deployed
             && let Some(note) = service
@@ -786,34 +813,26 @@ impl Runtime {
 
     /// Makes (or refreshes) the container's service and routes its host to it.
     fn register(&self, container: &Container) -> Arc<ContainerTraffic> {
-        let service = self
-            .inner
-            .services
-            .write()
-            .entry(container.id)
-            .or_insert_with(|| {
-                ContainerTraffic::new(
-                    container.id,
-                    listing(container),
-                    self.policy(container, WorkloadKind::Wasm),
-                    &TrafficShared {
-                        server_id: self.inner.server_id,
-                        clock: self.inner.clock,
-                        metrics: self.inner.metrics.clone(),
-                        node: self.inner.node.clone(),
-                        background: self.inner.background.clone(),
-                        awake: self.inner.awake.clone(),
-                        drain_limit: self.inner.config.request_timeout,
-                        journal: self.inner.journal.clone(),
-                    },
-                )
-            })
-            .clone();
+        let host = self.host(container.spec.name.as_str());
+        let service = self.inner.containers.serve_at(container.id, host, || {
+            ContainerTraffic::new(
+                container.id,
+                listing(container),
+                self.policy(container, WorkloadKind::Wasm),
+                &TrafficShared {
+                    server_id: self.inner.server_id,
+                    clock: self.inner.clock,
+                    metrics: self.inner.metrics.clone(),
+                    node: self.inner.node.clone(),
+                    background: self.inner.background.clone(),
+                    awake: self.inner.awake.clone(),
+                    drain_limit: self.inner.config.request_timeout,
+                    journal: self.inner.journal.clone(),
+                },
+            )
+        });
         service.set_listing(listing(container));
         service.set_pinned(container.pinned_instances);
-        self.inner
-            .routes
-            .insert(self.host(container.spec.name.as_str()), service.clone());
         service
     }
 
@@ -857,61 +876,52 @@ impl Runtime {
         }
         .await;
 
-        let service = self.inner.services.read().get(&id).cloned();
-        let _record = self.inner.records.lock(id).await;
-        let (Some(mut container), Some(service)) = (self.inner.store.container(id).await?, service)
-        else {
-            return Ok(());
-        };
-        let is_serving = container.serving_revision == Some(number);
-        if container.latest_revision != number && !is_serving {
-            return Ok(());
-        }
-        let before = (
-            container.status,
-            container.status_reason.clone(),
-            container.serving_revision,
-        );
-        match outcome {
-            Ok(prepared) => {
-                let kind = revision.kind.unwrap_or(WorkloadKind::Wasm);
-                service.set_policy(self.policy(&container, kind));
-                service.serve(Arc::new(ServingRevision {
-                    number,
-                    kind,
-                    prepared,
-                    request: node::instance_request(&revision.spec),
-                }));
-                if container.latest_revision == number {
-                    container.status = ContainerStatus::Deployed;
-                    container.status_reason = None;
-                    container.serving_revision = Some(number);
+        let recorded = self
+            .edit_container(None, id, |container, service| {
+                let is_serving = container.serving_revision == Some(number);
+                if container.latest_revision != number && !is_serving {
+                    // A later revision has taken over.
+                    return Ok(());
                 }
-                tracing::info!(container = %id, revision = number, "revision serving");
-            }
-            Err(e) => {
-                tracing::warn!(container = %id, revision = number, error = %e, "deployment failed");
-                container.status = ContainerStatus::Failed;
-                container.status_reason = Some(e.to_string());
-                if container.serving_revision.is_none() || is_serving {
-                    service.make_unavailable(&e.to_string());
+                match outcome {
+                    Ok(prepared) => {
+                        let kind = revision.kind.unwrap_or(WorkloadKind::Wasm);
+                        service.set_policy(self.policy(container, kind));
+                        service.serve(Arc::new(ServingRevision {
+                            number,
+                            kind,
+                            prepared,
+                            request: node::instance_request(&revision.spec),
+                        }));
+                        if container.latest_revision == number {
+                            container.status = ContainerStatus::Deployed;
+                            container.status_reason = None;
+                            container.serving_revision = Some(number);
+                        }
+                        tracing::info!(container = %id, revision = number, "revision serving");
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %id, revision = number, error = %e, "deployment failed");
+                        container.status = ContainerStatus::Failed;
+                        container.status_reason = Some(e.to_string());
+                        if container.serving_revision.is_none() || is_serving {
+                            service.make_unavailable(&e.to_string());
+                        }
+                    }
                 }
-            }
+                Ok(())
+            })
+            .await;
+        match recorded {
+            // Deleted while it deployed.
+            Err(RuntimeError::NotFound { .. }) => Ok(()),
+            other => other,
         }
-        let after = (
-            container.status,
-            container.status_reason.clone(),
-            container.serving_revision,
-        );
-        if after != before {
-            self.inner.store.save_status(container).await?;
-        }
-        Ok(())
     }
 
     fn spawn_reconciler(&self) {
-        self.spawn_periodic(self.inner.config.reconcile_interval, |inner| async move {
-            let services = inner.awake.members();
+        self.spawn_periodic(self.inner.config.reconcile_interval, |runtime| async move {
+            let services = runtime.inner.awake.members();
             for (n, service) in services.iter().enumerate() {
                 service.reconcile();
                 // With many containers a pass takes milliseconds: let the API and
@@ -925,10 +935,10 @@ impl Runtime {
 
     /// Removes finished jobs past their retention, now and every hour.
     fn spawn_job_cleaner(&self) {
-        self.spawn_periodic(Duration::from_secs(3600), |inner| async move {
+        self.spawn_periodic(Duration::from_secs(3600), |runtime| async move {
             let now = SystemTime::now();
             if let Some(cutoff) = now.checked_sub(crate::jobs::FINISHED_JOB_RETENTION)
-                && let Err(e) = inner.store.remove_jobs_finished_before(cutoff).await
+                && let Err(e) = runtime.store().remove_jobs_finished_before(cutoff).await
             {
                 tracing::warn!(error = %e, "removing old jobs failed");
             }
@@ -939,7 +949,7 @@ impl Runtime {
     /// runtime is gone.
     pub(crate) fn spawn_periodic<F, Fut>(&self, interval: Duration, tick: F)
     where
-        F: Fn(Arc<Inner>) -> Fut + Send + 'static,
+        F: Fn(Runtime) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send,
     {
         let weak = Arc::downgrade(&self.inner);
@@ -949,7 +959,7 @@ impl Runtime {
             loop {
                 ticker.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                tick(inner).await;
+                tick(Runtime { inner }).await;
             }
         });
     }

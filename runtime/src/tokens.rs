@@ -15,7 +15,7 @@ impl Runtime {
         request: NewToken,
     ) -> Result<(Token, String), RuntimeError> {
         caller.require_admin(MANAGING_TOKENS)?;
-        auth::mint(&self.inner().store, request).await
+        auth::mint(self.store(), request).await
     }
 
     /// A page of the tokens, oldest first.
@@ -25,14 +25,13 @@ impl Runtime {
         page: PageRequest,
     ) -> Result<Page<Token>, RuntimeError> {
         caller.require_admin(MANAGING_TOKENS)?;
-        self.inner().store.tokens(page).await
+        self.store().tokens(page).await
     }
 
     /// One token.
     pub async fn get_token(&self, caller: &Caller, id: TokenId) -> Result<Token, RuntimeError> {
         caller.require_admin(MANAGING_TOKENS)?;
-        self.inner()
-            .store
+        self.store()
             .token_by_id(id)
             .await?
             .ok_or_else(|| not_found(id))
@@ -51,8 +50,7 @@ impl Runtime {
             });
         }
         let removed = self
-            .inner()
-            .store
+            .store()
             .remove_token(id)
             .await?
             .ok_or_else(|| not_found(id))?;

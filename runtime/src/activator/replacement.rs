@@ -11,7 +11,7 @@ impl ContainerTraffic {
     pub(crate) fn replace_instance(
         self: &Arc<Self>,
         id: InstanceId,
-    ) -> Result<impl Future<Output = Result<(), String>> + Send + 'static, Refusal> {
+    ) -> Result<impl Future<Output = Result<(), String>> + Send + 'static + use<>, Refusal> {
         let found = self.pool.lock().lifecycle.ready_one(id).cloned();
         let old = found.ok_or_else(|| self.refusal_for(id))?;
         let revision = self.serving_revision().ok_or(Refusal::NotServing)?;

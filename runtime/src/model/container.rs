@@ -258,7 +258,7 @@ pub enum ContainerStatus {
 }
 
 /// A container as stored.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Container {
     /// Its id.
