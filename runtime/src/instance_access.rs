@@ -4,7 +4,7 @@
 
 use crate::error::RuntimeError;
 use crate::grants::{GrantTarget, SshCredentials, StreamGrant, StreamPurpose};
-use crate::jobs::instance_not_found;
+use crate::instances::instance_not_found;
 use crate::logs::LogEntry;
 use crate::model::{Caller, ContainerId, ContainerSpec, InstanceId, InstanceState};
 use crate::runtime::Runtime;

@@ -17,6 +17,8 @@ mod error;
 pub mod grants;
 mod ingress;
 mod instance_access;
+mod instance_usage;
+mod instances;
 mod jobs;
 mod journal;
 pub mod logs;

@@ -5,7 +5,7 @@
 
 use crate::activator::Refusal;
 use crate::error::RuntimeError;
-use crate::jobs::instance_not_found;
+use crate::instances::instance_not_found;
 use crate::model::{Caller, ContainerId, InstanceId, InstanceState, Job, JobAction, ServerId};
 use crate::power::refusal_error;
 use crate::runtime::Runtime;

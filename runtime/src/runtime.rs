@@ -14,7 +14,7 @@ use crate::logs::{LogEntry, LogStore};
 use crate::metrics::{ContainerSeries, Metrics};
 use crate::model::{
     Caller, Container, ContainerId, ContainerPatch, ContainerQuery, ContainerSpec, ContainerStatus,
-    GpuModel, InstanceId, InstanceInfo, Page, PageRequest, Revision, RunningInstance, ServerId,
+    GpuModel, InstanceId, Page, PageRequest, Revision, RunningInstance, ServerId,
 };
 use crate::node::{self, NodeCapacity};
 use crate::store::Store;
@@ -28,6 +28,15 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+mod admission;
+mod container_commands;
+mod deploying;
+mod restore;
+
+pub use admission::MAX_BLOB_BYTES;
+pub use container_commands::ContainerView;
+use restore::load_containers;
 
 /// The runtime: cheap to clone, shared by the API, the ingress and background tasks.
 #[derive(Clone)]
@@ -67,17 +76,6 @@ struct Inner {
     journal: Arc<dyn InstanceJournal>,
 }
 
-/// A container with the parts of its view the store does not hold.
-#[derive(Debug, Clone)]
-pub struct ContainerView {
-    /// The stored container.
-    pub container: Container,
-    /// Where it is served, once a revision has deployed.
-    pub urls: Option<Vec<String>>,
-    /// Times its instances ended on their own (exited or crashed) and were replaced.
-    pub restarts: u32,
-}
-
 /// Deployments that pull and prepare at once. Pulls of one image are shared and
 /// compiled code is kept, so more at once would only queue on the registry and
 /// the CPUs.
@@ -85,12 +83,6 @@ const CONCURRENT_DEPLOYS: usize = 32;
 
 /// Containers the reconciler looks at before it lets other tasks run.
 const RECONCILED_BETWEEN_YIELDS: usize = 256;
-
-/// Restored revisions prepared at once in the background after a restart.
-const CONCURRENT_WARM_UPS: usize = 4;
-
-/// Largest blob the content store takes through the API.
-pub const MAX_BLOB_BYTES: usize = 256 << 20;
 
 impl Runtime {
     /// Opens the data dir, loads every container and starts serving them (routes,
@@ -193,138 +185,6 @@ impl Runtime {
         Ok((runtime, new_admin_token))
     }
 
-    /// Serves every stored container again: routes at once, each revision that was
-    /// serving prepared later (see [`PreparedLater`]), and the deployments a stop
-    /// interrupted (or that failed) carried on in the background.
-    fn restore(&self, stored: Vec<(Container, Option<Revision>)>) {
-        let mut warm_ups = Vec::new();
-        for (container, serving) in stored {
-            let service = self.register(&container);
-            service.restore_stopped(&container.stopped_instances);
-            let resolved = serving.filter(|r| r.artifact.is_some() && r.kind.is_some());
-            let redeploy = match resolved {
-                Some(revision) => {
-                    let number = revision.number;
-                    let kind = revision.kind.unwrap_or(WorkloadKind::Wasm);
-                    let prepared = Arc::new(PreparedLater::new(
-                        self.inner.deployer.clone(),
-                        revision.clone(),
-                    ));
-                    service.set_policy(self.policy(&container, kind));
-                    service.serve(Arc::new(ServingRevision {
-                        number,
-                        kind,
-                        prepared: prepared.clone(),
-                        request: node::instance_request(&revision.spec),
-                    }));
-                    warm_ups.push((container.id, number, prepared));
-                    // An update was deploying when the runtime stopped: carry on
-                    // with it while the old revision serves.
-                    (container.latest_revision != number
-                        && container.status == ContainerStatus::Deploying)
-                        .then_some(container.latest_revision)
-                }
-                None => Some(
-                    container
-                        .serving_revision
-                        .unwrap_or(container.latest_revision),
-                ),
-            };
-            if let Some(number) = redeploy {
-                self.spawn_deploy(container.id, number);
-            }
-        }
-        self.spawn_warm_ups(warm_ups);
-    }
-
-    /// Takes over the OCI instances an earlier run left running (it was killed, say)
-    /// whose container still serves the revision they run: they serve on, with the
-    /// same process, address and id. Those that ended meanwhile, or that no
-    /// container claims, are removed; the autoscaler starts what is needed.
-    async fn adopt_running(&self, recorded: Vec<(String, RunningInstance)>) {
-        let Ok(oci) = self.inner.deployer.oci.clone() else {
-            return;
-        };
-        let adoptable: std::collections::HashSet<String> = oci.adoptable().into_iter().collect();
-        for (sandbox, record) in recorded {
-            let service = self.inner.containers.get(record.container);
-            let adopted = match service {
-                Some(service) if adoptable.contains(&sandbox) => {
-                    let logs =
-                        ember_sandbox::LogSinkRef(Arc::new(self.inner.logs.sink(record.container)));
-                    let timeout = self.inner.config.request_timeout;
-                    match oci
-                        .adopt(&sandbox, &record.instance.to_string(), logs, timeout)
-                        .await
-                    {
-                        Ok(instance) => service.adopt(&record, instance).await,
-                        Err(e) => {
-                            tracing::info!(%sandbox, error = %e, "an instance left running was not adopted");
-                            false
-                        }
-                    }
-                }
-                _ => false,
-            };
-            if !adopted {
-                self.inner.journal.stopped(&sandbox);
-            }
-        }
-        oci.discard_unadopted().await;
-    }
-
-    /// Prepares restored revisions ahead of their first request, a few at a time;
-    /// one that no longer prepares fails its container's status, as a deployment
-    /// would.
-    fn spawn_warm_ups(&self, warm_ups: Vec<(ContainerId, u32, Arc<PreparedLater>)>) {
-        if warm_ups.is_empty() {
-            return;
-        }
-        let runtime = self.clone();
-        tokio::spawn(async move {
-            let count = warm_ups.len();
-            let started = std::time::Instant::now();
-            let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_WARM_UPS));
-            let mut tasks = tokio::task::JoinSet::new();
-            for (id, number, prepared) in warm_ups {
-                let permit = slots.clone().acquire_owned().await;
-                let runtime = runtime.clone();
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    // A revision replaced meanwhile needs no warm-up: not a failure.
-                    if let Err(e) = prepared.prepared().await
-                        && !prepared.is_retired()
-                    {
-                        runtime.record_failed_warm_up(id, number, &e).await;
-                    }
-                });
-                // Keep the set small: finished tasks are reaped as we go.
-                while tasks.try_join_next().is_some() {}
-            }
-            while tasks.join_next().await.is_some() {}
-            tracing::info!(revisions = count, took = ?started.elapsed(), "restored revisions prepared");
-        });
-    }
-
-    /// A restored revision that no longer prepares: the container fails with the
-    /// reason, as its deployment would have.
-    async fn record_failed_warm_up(&self, id: ContainerId, number: u32, error: &RuntimeError) {
-        tracing::warn!(container = %id, revision = number, %error, "a restored revision did not prepare");
-        let recorded = self
-            .edit_container(None, id, |container, traffic| {
-                if container.serving_revision == Some(number) {
-                    container.status = ContainerStatus::Failed;
-                    container.status_reason = Some(error.to_string());
-                    traffic.make_unavailable(&error.to_string());
-                }
-                Ok(())
-            })
-            .await;
-        if let Err(e) = recorded {
-            tracing::warn!(container = %id, error = %e, "recording a failed warm-up failed");
-        }
-    }
-
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
     }
@@ -384,120 +244,6 @@ impl Runtime {
         auth::authenticate_as(&self.inner.store, Some(user), secret).await
     }
 
-    /// Creates a container and starts deploying its first revision.
-    pub async fn create_container(
-        &self,
-        caller: &Caller,
-        patch: ContainerPatch,
-    ) -> Result<ContainerView, RuntimeError> {
-        let spec = patch.into_new_spec()?;
-        self.check_spec(&spec)?;
-        let now = SystemTime::now();
-        let container = Container::new(spec.clone(), caller.user_id, now);
-        let revision = Revision::new(container.id, 1, spec, now);
-        self.inner
-            .store
-            .insert_container(container.clone(), revision)
-            .await?;
-        self.register(&container);
-        self.spawn_deploy(container.id, 1);
-        Ok(self.view(container))
-    }
-
-    /// Updates a container: a new revision, deployed while the current one keeps serving.
-    pub async fn update_container(
-        &self,
-        caller: &Caller,
-        id: ContainerId,
-        patch: ContainerPatch,
-    ) -> Result<ContainerView, RuntimeError> {
-        let (container, old_name) = {
-            let _record = self.inner.containers.lock_record(id).await;
-            let mut container = self.accessible(caller, id).await?;
-            let spec = patch.apply(&container.spec)?;
-            self.check_spec(&spec)?;
-            let old_name = container.spec.name.clone();
-            let now = SystemTime::now();
-            container.latest_revision += 1;
-            container.spec = spec.clone();
-            container.date_updated = now;
-            container.status = ContainerStatus::Deploying;
-            container.status_reason = None;
-            let revision = Revision::new(id, container.latest_revision, spec, now);
-            self.inner
-                .store
-                .update_container(container.clone(), old_name.clone(), revision)
-                .await?;
-            (container, old_name)
-        };
-        if old_name != container.spec.name {
-            self.inner.containers.unroute(&self.host(old_name.as_str()));
-        }
-        self.register(&container);
-        self.spawn_deploy(id, container.latest_revision);
-        Ok(self.view(container))
-    }
-
-    /// Deletes a container: its routes, instances, revisions and record.
-    pub async fn delete_container(
-        &self,
-        caller: &Caller,
-        id: ContainerId,
-    ) -> Result<(), RuntimeError> {
-        let container = {
-            let _record = self.inner.containers.lock_record(id).await;
-            let container = self.accessible(caller, id).await?;
-            self.inner.store.remove_container(container.clone()).await?;
-            container
-        };
-        let host = self.host(container.spec.name.as_str());
-        if let Some(service) = self.inner.containers.remove(id, &host) {
-            service.shut_down();
-        }
-        self.inner.logs.remove(id);
-        Ok(())
-    }
-
-    /// What the container's instances wrote between `since` and `until`, oldest first.
-    pub async fn read_logs(
-        &self,
-        caller: &Caller,
-        id: ContainerId,
-        since: SystemTime,
-        until: SystemTime,
-    ) -> Result<Vec<LogEntry>, RuntimeError> {
-        self.accessible(caller, id).await?;
-        Ok(self.inner.logs.read(id, since, until))
-    }
-
-    /// What one of the container's instances wrote between `since` and `until`,
-    /// oldest first.
-    pub async fn read_instance_logs(
-        &self,
-        caller: &Caller,
-        id: ContainerId,
-        instance: crate::model::InstanceId,
-        since: SystemTime,
-        until: SystemTime,
-    ) -> Result<Vec<LogEntry>, RuntimeError> {
-        let own = instance.to_string();
-        let mut entries = self.read_logs(caller, id, since, until).await?;
-        entries.retain(|e| e.instance == own);
-        Ok(entries)
-    }
-
-    /// The container's lines since `since`, then a receiver of each new line, until
-    /// the container is deleted.
-    pub async fn follow_logs(
-        &self,
-        caller: &Caller,
-        id: ContainerId,
-        since: SystemTime,
-    ) -> Result<(Vec<LogEntry>, tokio::sync::broadcast::Receiver<LogEntry>), RuntimeError> {
-        self.accessible(caller, id).await?;
-        Ok(self.inner.logs.follow(id, since))
-    }
-
     /// Stops every instance of every container and waits for them to go, so that a
     /// runtime that exits leaves no container behind.
     pub async fn shut_down(&self) {
@@ -507,101 +253,9 @@ impl Runtime {
         self.inner.background.wait_for_stops().await;
     }
 
-    /// One container.
-    pub async fn get_container(
-        &self,
-        caller: &Caller,
-        id: ContainerId,
-    ) -> Result<ContainerView, RuntimeError> {
-        self.accessible(caller, id).await.map(|c| self.view(c))
-    }
-
-    /// A page of the caller's containers (all of them for an admin) that `query`
-    /// asks for: oldest first, or by name for a name prefix. Its owner is set
-    /// from the caller.
-    pub async fn list_containers(
-        &self,
-        caller: &Caller,
-        mut query: ContainerQuery,
-    ) -> Result<Page<ContainerView>, RuntimeError> {
-        query.owner = caller.owner_scope();
-        let page = self.inner.store.list_containers(query).await?;
-        Ok(page.map(|c| self.view(c)))
-    }
-
-    /// The caller's container whose integer id (as the numbered faces show it) is
-    /// `number`.
-    pub async fn find_container_by_number(
-        &self,
-        caller: &Caller,
-        number: u64,
-    ) -> Result<ContainerView, RuntimeError> {
-        self.inner
-            .store
-            .containers_numbered(number)
-            .await?
-            .into_iter()
-            .find(|c| caller.can_access(c))
-            .map(|c| self.view(c))
-            .ok_or_else(|| RuntimeError::NotFound {
-                what: "container service",
-                id: number.to_string(),
-            })
-    }
-
-    /// A container's revisions, newest first.
-    pub async fn list_revisions(
-        &self,
-        caller: &Caller,
-        id: ContainerId,
-        page: PageRequest,
-    ) -> Result<Page<Revision>, RuntimeError> {
-        self.accessible(caller, id).await?;
-        self.inner.store.revisions(id, page).await
-    }
-
-    /// A container's instances, but for those terminating or terminated: those
-    /// starting, running, and stopping or stopped by hand.
-    pub async fn list_instances(
-        &self,
-        caller: &Caller,
-        id: ContainerId,
-    ) -> Result<Vec<InstanceInfo>, RuntimeError> {
-        use crate::model::InstanceState::{Terminated, Terminating};
-        let mut instances = self.list_all_instances(caller, id).await?;
-        instances.retain(|i| !matches!(i.state, Terminating | Terminated));
-        Ok(instances)
-    }
-
     /// The servers instances run on (this one node today) and what they hold.
     pub fn servers(&self) -> Vec<crate::model::Node<ServerId>> {
         vec![self.inner.node.snapshot()]
-    }
-
-    /// Stops a container's idle instances now, as its idle timeout would; returns how
-    /// many stopped. Busy instances are left to finish.
-    pub async fn stop_idle_instances(
-        &self,
-        caller: &Caller,
-        id: ContainerId,
-    ) -> Result<usize, RuntimeError> {
-        self.accessible(caller, id).await?;
-        let service = self.inner.containers.get(id);
-        Ok(match service {
-            Some(service) => service.stop_idle_instances().await,
-            None => 0,
-        })
-    }
-
-    /// Stores a wasm component in the content store and returns its digest.
-    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest, RuntimeError> {
-        if !is_wasm_component(bytes) {
-            return Err(RuntimeError::invalid(
-                "body",
-                "is not a WebAssembly component (expected the component binary header)",
-            ));
-        }
-        Ok(self.inner.deployer.blobs.put(bytes)?)
     }
 
     /// Prometheus text for `/metrics`.
@@ -650,87 +304,6 @@ impl Runtime {
         &self.inner.config
     }
 
-    /// What a create or update must pass before anything is stored: the image, the
-    /// devices, and room for an instance on the node.
-    fn check_spec(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        self.check_image(&spec.image)?;
-        self.check_devices(spec)?;
-        self.check_fits(spec)
-    }
-
-    /// Refuses GPU models neither the catalogue nor this node has, CDI devices no
-    /// valid spec defines or that are one of the node's GPUs (those are scheduled, so
-    /// that each is held by one instance), and any device for a wasm blob.
-    fn check_devices(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        if matches!(spec.image.parse::<ImageRef>(), Ok(ImageRef::Local(_))) {
-            // A blob is always a wasm component.
-            crate::deploy::check_wasm_has_no_devices(spec)?;
-        }
-        let capacity = self.inner.node.snapshot().capacity;
-        let node_models = capacity.gpu_counts();
-        for desired in spec.desired_gpus.iter().flatten() {
-            if GpuModel::find(desired).is_none() && !node_models.contains_key(desired) {
-                return Err(RuntimeError::invalid(
-                    "desiredGPUs",
-                    format!("{desired:?} is not a GPU model: GET /v1/gpu-models lists them"),
-                ));
-            }
-        }
-        self.inner
-            .deployer
-            .cdi
-            .check(&spec.cdi_devices)
-            .map_err(|e| RuntimeError::invalid("cdiDevices", e.to_string()))?;
-        if let Some(device) = spec
-            .cdi_devices
-            .iter()
-            .find(|d| capacity.gpus.iter().any(|gpu| gpu.device == d.to_string()))
-        {
-            return Err(RuntimeError::invalid(
-                "cdiDevices",
-                format!(
-                    "{device} is one of this node's GPUs; ask for GPUs with gpu and desiredGPUs, so that each is held by one instance at a time"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn check_image(&self, image: &str) -> Result<(), RuntimeError> {
-        match image.parse::<ImageRef>() {
-            Err(e) => Err(RuntimeError::invalid("image", e.to_string())),
-            Ok(ImageRef::Local(digest)) if !self.inner.deployer.blobs.contains(&digest) => {
-                Err(RuntimeError::invalid(
-                    "image",
-                    format!(
-                        "no blob {digest} in the content store; upload it with POST /v1/blobs first"
-                    ),
-                ))
-            }
-            Ok(_) => Ok(()),
-        }
-    }
-
-    /// Refuses a spec whose instances could never fit this node, naming the field.
-    fn check_fits(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        let node = self.inner.node.snapshot();
-        node.could_ever_fit(&node::instance_request(spec))
-            .map_err(|misfit| {
-                let field = match misfit {
-                    Misfit::Cpu { .. } => "cpu",
-                    Misfit::Memory { .. } => "ram",
-                    Misfit::Gpus { .. } => "gpu",
-                };
-                RuntimeError::invalid(
-                    field,
-                    format!(
-                        "no server can ever run an instance of this container: it {misfit} on the largest server ({})",
-                        node.name
-                    ),
-                )
-            })
-    }
-
     /// Lets a full node make room by stopping idle instances of other containers,
     /// those idle longest first.
     fn set_reclaimer(&self) {
@@ -744,179 +317,6 @@ impl Runtime {
             others.sort_by_key(|s| s.idle_since());
             others.iter().any(|s| s.evict_one_idle())
         }));
-    }
-
-    /// The container, if it exists and the caller may see it; otherwise not found.
-    pub(crate) async fn accessible(
-        &self,
-        caller: &Caller,
-        id: ContainerId,
-    ) -> Result<Container, RuntimeError> {
-        self.inner
-            .store
-            .container(id)
-            .await?
-            .filter(|c| caller.can_access(c))
-            .ok_or_else(|| RuntimeError::NotFound {
-                what: "container",
-                id: id.to_string(),
-            })
-    }
-
-    fn host(&self, name: &str) -> String {
-        format!("{name}.{}", self.inner.config.domain)
-    }
-
-    pub(crate) fn view(&self, mut container: Container) -> ContainerView {
-        if container.status == ContainerStatus::Deploying
-            && let Some(note) = self.inner.pulls.lock().get(&container.id)
-        {
-            container.status_reason = Some(note.clone());
-        }
-        let service = self.inner.containers.get(container.id);
-        let restarts = service.as_ref().map_or(0, |s| s.restarts());
-        if container.status == ContainerStatus::Deployed
-            && let Some(note) = service
-                .as_ref()
-                .and_then(|s| s.waiting_note().or_else(|| s.restart_note()))
-        {
-            container.status_reason = Some(note);
-        }
-        let urls = container.serving_revision.map(|_| {
-            let host = self.host(container.spec.name.as_str());
-            vec![match self.inner.config.ingress_port {
-                80 => host,
-                port => format!("{host}:{port}"),
-            }]
-        });
-        ContainerView {
-            container,
-            urls,
-            restarts,
-        }
-    }
-
-    fn policy(&self, container: &Container, kind: WorkloadKind) -> TrafficPolicy {
-        let spec = &container.spec;
-        TrafficPolicy {
-            scaling: ScalingPolicy {
-                min_instances: spec.min_instances,
-                max_instances: spec.max_instances,
-                idle_timeout: spec
-                    .idle_timeout_seconds
-                    .map_or(self.inner.config.default_idle_timeout, Duration::from_secs),
-                concurrency: spec.concurrency_for(kind),
-            },
-            queue_depth: spec.queue_depth,
-        }
-    }
-
-    /// Makes (or refreshes) the container's service and routes its host to it.
-    fn register(&self, container: &Container) -> Arc<ContainerTraffic> {
-        let host = self.host(container.spec.name.as_str());
-        let service = self.inner.containers.serve_at(container.id, host, || {
-            ContainerTraffic::new(
-                container.id,
-                listing(container),
-                self.policy(container, WorkloadKind::Wasm),
-                &TrafficShared {
-                    server_id: self.inner.server_id,
-                    clock: self.inner.clock,
-                    metrics: self.inner.metrics.clone(),
-                    node: self.inner.node.clone(),
-                    background: self.inner.background.clone(),
-                    awake: self.inner.awake.clone(),
-                    drain_limit: self.inner.config.request_timeout,
-                    journal: self.inner.journal.clone(),
-                },
-            )
-        });
-        service.set_listing(listing(container));
-        service.set_pinned(container.pinned_instances);
-        service
-    }
-
-    /// Deploys revision `number` in the background, when a deployment slot is free.
-    fn spawn_deploy(&self, id: ContainerId, number: u32) {
-        let runtime = self.clone();
-        tokio::spawn(async move {
-            let Ok(_slot) = runtime.inner.deploy_slots.clone().acquire_owned().await else {
-                return;
-            };
-            if let Err(e) = runtime.deploy(id, number).await {
-                tracing::error!(container = %id, revision = number, error = %e, "recording a deployment failed");
-            }
-        });
-    }
-
-    /// Resolves and prepares revision `number`, then moves traffic to it and records
-    /// the outcome. A revision superseded meanwhile, or a deleted container, is left alone.
-    async fn deploy(&self, id: ContainerId, number: u32) -> Result<(), RuntimeError> {
-        let Some(mut revision) = self.inner.store.revision(id, number).await? else {
-            return Ok(());
-        };
-        let pulls = &self.inner.pulls;
-        let progress = move |p: PullProgress| {
-            let note = format!(
-                "pulling the image: {}/{} blobs, {:.1} of {:.1} MB",
-                p.blobs_done,
-                p.blobs_total,
-                p.bytes_done as f64 / 1e6,
-                p.bytes_total as f64 / 1e6
-            );
-            pulls.lock().insert(id, note);
-        };
-        let outcome = async {
-            let resolved = self.inner.deployer.resolve(&mut revision, &progress).await;
-            self.inner.pulls.lock().remove(&id);
-            if resolved? {
-                self.inner.store.save_revision(revision.clone()).await?;
-            }
-            self.inner.deployer.prepare(&revision).await
-        }
-        .await;
-
-        let recorded = self
-            .edit_container(None, id, |container, service| {
-                let is_serving = container.serving_revision == Some(number);
-                if container.latest_revision != number && !is_serving {
-                    // A later revision has taken over.
-                    return Ok(());
-                }
-                match outcome {
-                    Ok(prepared) => {
-                        let kind = revision.kind.unwrap_or(WorkloadKind::Wasm);
-                        service.set_policy(self.policy(container, kind));
-                        service.serve(Arc::new(ServingRevision {
-                            number,
-                            kind,
-                            prepared,
-                            request: node::instance_request(&revision.spec),
-                        }));
-                        if container.latest_revision == number {
-                            container.status = ContainerStatus::Deployed;
-                            container.status_reason = None;
-                            container.serving_revision = Some(number);
-                        }
-                        tracing::info!(container = %id, revision = number, "revision serving");
-                    }
-                    Err(e) => {
-                        tracing::warn!(container = %id, revision = number, error = %e, "deployment failed");
-                        container.status = ContainerStatus::Failed;
-                        container.status_reason = Some(e.to_string());
-                        if container.serving_revision.is_none() || is_serving {
-                            service.make_unavailable(&e.to_string());
-                        }
-                    }
-                }
-                Ok(())
-            })
-            .await;
-        match recorded {
-            // Deleted while it deployed.
-            Err(RuntimeError::NotFound { .. }) => Ok(()),
-            other => other,
-        }
     }
 
     fn spawn_reconciler(&self) {
@@ -963,33 +363,4 @@ impl Runtime {
             }
         });
     }
-}
-
-/// What lists of instances keep of a container.
-fn listing(container: &Container) -> Listing {
-    Listing {
-        owner: container.created_by,
-        created: container.date_created,
-        name: container.spec.name.clone(),
-    }
-}
-
-/// Every stored container, with the revision it was serving (if any). Blocks.
-fn load_containers(store: &Store) -> Result<Vec<(Container, Option<Revision>)>, RuntimeError> {
-    store
-        .containers_blocking()?
-        .into_iter()
-        .map(|container| {
-            let serving = match container.serving_revision {
-                Some(number) => store.revision_blocking(container.id, number)?,
-                None => None,
-            };
-            Ok((container, serving))
-        })
-        .collect()
-}
-
-/// A component binary starts with the wasm magic and the component layer's version.
-fn is_wasm_component(bytes: &[u8]) -> bool {
-    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }

@@ -1,0 +1,106 @@
+//! What a container's spec and a blob must satisfy before they are accepted:
+//! devices this node has, an image reference that parses, a size that fits.
+
+use super::*;
+
+/// Largest blob the content store takes through the API.
+pub const MAX_BLOB_BYTES: usize = 256 << 20;
+
+impl Runtime {
+    /// Stores a wasm component in the content store and returns its digest.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest, RuntimeError> {
+        if !is_wasm_component(bytes) {
+            return Err(RuntimeError::invalid(
+                "body",
+                "is not a WebAssembly component (expected the component binary header)",
+            ));
+        }
+        Ok(self.inner.deployer.blobs.put(bytes)?)
+    }
+
+    /// What a create or update must pass before anything is stored: the image, the
+    /// devices, and room for an instance on the node.
+    pub(crate) fn check_spec(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        self.check_image(&spec.image)?;
+        self.check_devices(spec)?;
+        self.check_fits(spec)
+    }
+
+    /// Refuses GPU models neither the catalogue nor this node has, CDI devices no
+    /// valid spec defines or that are one of the node's GPUs (those are scheduled, so
+    /// that each is held by one instance), and any device for a wasm blob.
+    pub(crate) fn check_devices(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        if matches!(spec.image.parse::<ImageRef>(), Ok(ImageRef::Local(_))) {
+            // A blob is always a wasm component.
+            crate::deploy::check_wasm_has_no_devices(spec)?;
+        }
+        let capacity = self.inner.node.snapshot().capacity;
+        let node_models = capacity.gpu_counts();
+        for desired in spec.desired_gpus.iter().flatten() {
+            if GpuModel::find(desired).is_none() && !node_models.contains_key(desired) {
+                return Err(RuntimeError::invalid(
+                    "desiredGPUs",
+                    format!("{desired:?} is not a GPU model: GET /v1/gpu-models lists them"),
+                ));
+            }
+        }
+        self.inner
+            .deployer
+            .cdi
+            .check(&spec.cdi_devices)
+            .map_err(|e| RuntimeError::invalid("cdiDevices", e.to_string()))?;
+        if let Some(device) = spec
+            .cdi_devices
+            .iter()
+            .find(|d| capacity.gpus.iter().any(|gpu| gpu.device == d.to_string()))
+        {
+            return Err(RuntimeError::invalid(
+                "cdiDevices",
+                format!(
+                    "{device} is one of this node's GPUs; ask for GPUs with gpu and desiredGPUs, so that each is held by one instance at a time"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_image(&self, image: &str) -> Result<(), RuntimeError> {
+        match image.parse::<ImageRef>() {
+            Err(e) => Err(RuntimeError::invalid("image", e.to_string())),
+            Ok(ImageRef::Local(digest)) if !self.inner.deployer.blobs.contains(&digest) => {
+                Err(RuntimeError::invalid(
+                    "image",
+                    format!(
+                        "no blob {digest} in the content store; upload it with POST /v1/blobs first"
+                    ),
+                ))
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Refuses a spec whose instances could never fit this node, naming the field.
+    pub(crate) fn check_fits(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let node = self.inner.node.snapshot();
+        node.could_ever_fit(&node::instance_request(spec))
+            .map_err(|misfit| {
+                let field = match misfit {
+                    Misfit::Cpu { .. } => "cpu",
+                    Misfit::Memory { .. } => "ram",
+                    Misfit::Gpus { .. } => "gpu",
+                };
+                RuntimeError::invalid(
+                    field,
+                    format!(
+                        "no server can ever run an instance of this container: it {misfit} on the largest server ({})",
+                        node.name
+                    ),
+                )
+            })
+    }
+}
+
+/// A component binary starts with the wasm magic and the component layer's version.
+pub(crate) fn is_wasm_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
