@@ -96,6 +96,7 @@ impl From<RuntimeError> for ApiError {
                 e.to_string(),
             ),
             RuntimeError::Storage(_)
+            | RuntimeError::TaskFailed { .. }
             | RuntimeError::StorageFull(_)
             | RuntimeError::SchemaTooNew { .. }
             | RuntimeError::Sandbox(_)

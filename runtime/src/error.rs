@@ -38,7 +38,7 @@ pub enum RuntimeError {
     Unprocessable(String),
     /// The state store failed.
     #[error("state store: {0}")]
-    Storage(String),
+    Storage(#[from] crate::store::StoreError),
     /// The disk of the data dir is too full to keep a change: nothing of it was
     /// kept. Reads still work; writes do again once there is room.
     #[error("no room to keep the change: {0}")]
@@ -54,6 +54,14 @@ pub enum RuntimeError {
     /// A sandbox failed.
     #[error(transparent)]
     Sandbox(#[from] ember_sandbox::SandboxError),
+    /// A task the work ran on failed (it panicked, or the runtime is shutting down).
+    #[error("{context} failed: {source}")]
+    TaskFailed {
+        /// What the task was doing.
+        context: String,
+        /// Why it ended.
+        source: tokio::task::JoinError,
+    },
     /// I/O outside the store (data dir, sockets).
     #[error("{context}: {source}")]
     Io {
@@ -97,24 +105,18 @@ impl RuntimeError {
     pub(crate) fn not_made_durable(&self) -> Self {
         match self {
             Self::StorageFull(why) => Self::StorageFull(why.clone()),
-            other => Self::Storage(format!("the change was not made durable: {other}")),
+            other => Self::Storage(crate::store::StoreError::NotDurable(other.to_string())),
         }
+    }
+
+    pub(crate) fn task(context: impl Into<String>) -> impl FnOnce(tokio::task::JoinError) -> Self {
+        let context = context.into();
+        move |source| Self::TaskFailed { context, source }
     }
 
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| Self::Io { context, source }
-    }
-}
-
-impl From<sled::Error> for RuntimeError {
-    fn from(e: sled::Error) -> Self {
-        match &e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
-                Self::StorageFull(format!("the state store's disk is full ({e})"))
-            }
-            _ => Self::Storage(e.to_string()),
-        }
     }
 }
 

@@ -54,7 +54,7 @@ impl Runtime {
         };
         tokio::task::spawn_blocking(move || running.processes())
             .await
-            .map_err(|e| RuntimeError::Storage(format!("listing processes: {e}")))?
+            .map_err(RuntimeError::task("listing the instance's processes"))?
             .map_err(RuntimeError::io("listing the instance's processes"))
     }
 

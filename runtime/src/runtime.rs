@@ -105,7 +105,7 @@ impl Runtime {
             Ok::<_, RuntimeError>((store, stored, running))
         })
         .await
-        .map_err(|e| RuntimeError::Storage(format!("opening the store: {e}")))??;
+        .map_err(RuntimeError::task("opening the store"))??;
         let new_admin_token =
             auth::bootstrap_admin(&store, &data_dir, config.admin_token.as_deref()).await?;
         let blobs = BlobStore::open(data_dir.join("blobs"))?;

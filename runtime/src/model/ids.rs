@@ -17,7 +17,7 @@ macro_rules! uuid_id {
                 Self(Uuid::new_v4())
             }
 
-            /// The identifier's bytes, used as sled keys.
+            /// The identifier's bytes, used as store keys.
             pub fn as_bytes(&self) -> &[u8; 16] {
                 self.0.as_bytes()
             }

@@ -12,6 +12,7 @@
 //! threads, never on an async worker, since a sled read may wait for a
 //! transaction's lock.
 
+mod error;
 mod index;
 mod jobs;
 mod list;
@@ -37,6 +38,7 @@ use std::path::Path;
 use std::sync::Arc;
 use writer::GroupCommit;
 
+pub use error::StoreError;
 pub use schema::SCHEMA_VERSION;
 
 /// Memory sled may keep of the database (its default is 1 GiB, which a long run
@@ -109,7 +111,7 @@ impl Store {
         };
         let writer = GroupCommit::start(slot.clone())
             .map(Arc::new)
-            .map_err(|e| RuntimeError::Storage(format!("starting the store's writer: {e}")))?;
+            .map_err(|e| RuntimeError::Storage(StoreError::Writer(e)))?;
         Ok(Self {
             slot,
             writer,
@@ -152,7 +154,7 @@ impl Store {
         let slot = self.slot.clone();
         tokio::task::spawn_blocking(move || read(&slot.trees()))
             .await
-            .map_err(|e| RuntimeError::Storage(format!("a read of the store failed: {e}")))?
+            .map_err(RuntimeError::task("a read of the store"))?
     }
 
     /// Every container, for loading them at start. Blocks.
@@ -397,7 +399,7 @@ fn transact<Tx: Transactional<TxAbort>, T>(
     trees.transaction(|view| body(view)).map_err(|e| match e {
         TransactionError::Abort(TxAbort::Corrupt(e)) => e,
         TransactionError::Abort(TxAbort::NameTaken) => {
-            RuntimeError::Storage("a transaction aborted unexpectedly".into())
+            StoreError::broken("a transaction aborted unexpectedly")
         }
         TransactionError::Storage(e) => e.into(),
     })
@@ -435,7 +437,7 @@ fn revision_key(id: ContainerId, number: u32) -> [u8; 20] {
 }
 
 fn corrupt_index() -> RuntimeError {
-    RuntimeError::Storage("an index entry points to no record".into())
+    StoreError::broken("an index entry points to no record")
 }
 
 fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, RuntimeError> {
@@ -443,11 +445,11 @@ fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, 
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RuntimeError> {
-    serde_json::to_vec(value).map_err(|e| RuntimeError::Storage(format!("encoding: {e}")))
+    serde_json::to_vec(value).map_err(|e| StoreError::Encode(e).into())
 }
 
 fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, RuntimeError> {
-    serde_json::from_slice(raw).map_err(|e| RuntimeError::Storage(format!("decoding: {e}")))
+    serde_json::from_slice(raw).map_err(|e| StoreError::Decode(e).into())
 }
 
 /// As [`decode`], inside a transaction.

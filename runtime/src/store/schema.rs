@@ -4,6 +4,7 @@
 //! - 2: the `index` tree (see [`super::index`]), built from the records when a
 //!   store of version 1 is opened.
 
+use super::StoreError;
 use super::{Trees, decode, encode, index};
 use crate::error::RuntimeError;
 use crate::model::{Container, Token};
@@ -19,15 +20,16 @@ pub(super) const ADMIN_USER_KEY: &[u8] = b"admin_user_id";
 
 /// Refuses a newer schema and brings an older one to [`SCHEMA_VERSION`].
 pub(super) fn bring_up_to_date(t: &Trees) -> Result<(), RuntimeError> {
-    let found =
-        match t.meta.get(SCHEMA_KEY)? {
-            None if t.containers.is_empty() && t.tokens.is_empty() => SCHEMA_VERSION,
-            // Records without a version were written by the first schema.
-            None => 1,
-            Some(raw) => u32::from_be_bytes(raw.as_ref().try_into().map_err(|_| {
-                RuntimeError::Storage("the schema version record is corrupt".into())
-            })?),
-        };
+    let found = match t.meta.get(SCHEMA_KEY)? {
+        None if t.containers.is_empty() && t.tokens.is_empty() => SCHEMA_VERSION,
+        // Records without a version were written by the first schema.
+        None => 1,
+        Some(raw) => u32::from_be_bytes(
+            raw.as_ref()
+                .try_into()
+                .map_err(|_| StoreError::broken("the schema version record is corrupt"))?,
+        ),
+    };
     if found > SCHEMA_VERSION {
         return Err(RuntimeError::SchemaTooNew {
             found,

@@ -9,6 +9,7 @@
 //! dropped; if that flush goes through, the batch is kept although its callers
 //! heard of an error.
 
+use super::StoreError;
 use super::Trees;
 use super::writer::Durable;
 use crate::error::RuntimeError;
@@ -38,9 +39,11 @@ impl TreeSlot {
         let deadline = Instant::now() + LOCK_WAIT;
         let trees = loop {
             match Trees::open(&dir) {
-                Err(RuntimeError::Storage(e)) if e.contains("could not acquire lock") => {
+                Err(RuntimeError::Storage(e))
+                    if e.to_string().contains("could not acquire lock") =>
+                {
                     if Instant::now() >= deadline {
-                        return Err(RuntimeError::Storage(format!(
+                        return Err(StoreError::broken(format!(
                             "another process holds the state store in {} (another Ember runtime on this data dir?): {e}",
                             dir.display()
                         )));
@@ -119,7 +122,7 @@ impl Durable for Arc<TreeSlot> {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let error = last.unwrap_or_else(|| RuntimeError::Storage("reopening timed out".into()));
+        let error = last.unwrap_or_else(|| StoreError::broken("reopening timed out"));
         // Never leave the slot empty: the process cannot go on without a store.
         panic!("the state store could not be reopened after a failed flush: {error}");
     }

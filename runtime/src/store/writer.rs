@@ -13,6 +13,7 @@
 //! so that an answered error leaves no trace; after a flush that fails anyway, the
 //! target recovers (sled is reopened) so that later writes can succeed.
 
+use super::StoreError;
 use crate::error::RuntimeError;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,8 +75,8 @@ where
         // A change that panics fails alone; the writer goes on with the others.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change(view)))
             .unwrap_or_else(|_| {
-                Err(RuntimeError::Storage(
-                    "a change of the state panicked and was abandoned".into(),
+                Err(StoreError::broken(
+                    "a change of the state panicked and was abandoned",
                 ))
             });
         match outcome {
@@ -179,7 +180,7 @@ impl<D: Durable> GroupCommit<D> {
 }
 
 fn writer_gone() -> RuntimeError {
-    RuntimeError::Storage("the store's writer has stopped".into())
+    StoreError::broken("the store's writer has stopped")
 }
 
 /// The writer thread: takes whatever is queued (up to [`MAX_BATCH`]), applies it in
@@ -266,7 +267,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(2));
             self.flushes.fetch_add(1, Ordering::SeqCst);
             if self.fail_flushes.load(Ordering::SeqCst) {
-                return Err(RuntimeError::Storage("disk on fire".into()));
+                return Err(StoreError::broken("disk on fire"));
             }
             *self.durable.lock() = self.applied.lock().len();
             Ok(())
