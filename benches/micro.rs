@@ -28,7 +28,7 @@ use ember_runtime::model::{
     Container, ContainerPatch, ContainerQuery, PageRequest, Revision, UserId,
 };
 use ember_runtime::routing::RoutingTable;
-use ember_runtime::store::Store;
+use ember_runtime::store::{ContainerStore, SledStore};
 use ember_sandbox::oci::{InstanceDir, OciConfig, OciSandbox};
 use ember_sandbox::{BlobStore, DiscardLogs, LogSinkRef, PreparedWorkload, Sandbox, WorkloadSpec};
 use std::hint::black_box;
@@ -78,7 +78,7 @@ fn state(c: &mut Criterion) {
         .build()
         .expect("a runtime");
     let dir = tempfile::tempdir().expect("a temporary dir");
-    let store = Store::open(dir.path()).expect("the store opens");
+    let store = SledStore::open(dir.path()).expect("the store opens");
     let mut group = c.benchmark_group("state");
     let mut n = 0;
     group.bench_function("insert_container_and_flush", |b| {
@@ -109,7 +109,7 @@ fn state(c: &mut Criterion) {
     });
     for count in [100, 10_000] {
         let dir = tempfile::tempdir().expect("a temporary dir");
-        let store = Store::open(dir.path()).expect("the store opens");
+        let store = SledStore::open(dir.path()).expect("the store opens");
         rt.block_on(async {
             let writes = (0..count).map(|n| {
                 let (container, revision) = container(&format!("c{n}"));

@@ -60,7 +60,7 @@ pub async fn mint(store: &Store, request: NewToken) -> Result<(Token, String), R
         store.admin_user_id()
     } else {
         store
-            .user_id(request.user.clone(), UserId::generate)
+            .user_id(request.user.clone(), Box::new(UserId::generate))
             .await?
     };
     let secret = generate_secret();
@@ -172,7 +172,8 @@ mod tests {
     #[tokio::test]
     async fn generated_admin_token_is_private_and_authenticates() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("state")).unwrap();
+        let store: Store =
+            std::sync::Arc::new(crate::store::SledStore::open(&dir.path().join("state")).unwrap());
         let secret = bootstrap_admin(&store, dir.path(), None)
             .await
             .unwrap()

@@ -91,10 +91,13 @@ impl Runtime {
     async fn update_job(&self, id: JobId, change: impl FnOnce(&mut Job) + Send + 'static) {
         let result = self
             .store()
-            .update_job(id, move |job| {
-                change(job);
-                job.date_updated = SystemTime::now();
-            })
+            .update_job(
+                id,
+                Box::new(move |job| {
+                    change(job);
+                    job.date_updated = SystemTime::now();
+                }),
+            )
             .await;
         if let Err(e) = result {
             tracing::warn!(job = %id, error = %e, "recording a job's progress failed");

@@ -1,6 +1,6 @@
 //! Ember's engine.
 //!
-//! [`Runtime`] is the handle the API and the CLI use: it keeps state in sled,
+//! [`Runtime`] is the handle the API and the CLI use: it keeps state in the store (sled by default),
 //! deploys revisions through the sandboxes, routes ingress traffic by host name
 //! through the activator, and scales idle containers to zero.
 #![deny(missing_docs)]

@@ -17,7 +17,7 @@ use crate::model::{
     GpuModel, InstanceId, Page, PageRequest, Revision, RunningInstance, ServerId,
 };
 use crate::node::{self, NodeCapacity};
-use crate::store::Store;
+use crate::store::{SledStore, Store};
 use crate::usage::UsageSeries;
 use ember_sandbox::image::{Credentials, ImageRef, PullProgress, RegistryPuller};
 use ember_sandbox::oci::{OciConfig, OciSandbox};
@@ -99,7 +99,7 @@ impl Runtime {
             .map_err(RuntimeError::io(format!("creating {}", data_dir.display())))?;
         let state_dir = data_dir.join("state");
         let (store, stored, running) = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&state_dir)?;
+            let store: Store = Arc::new(SledStore::open(&state_dir)?);
             let stored = load_containers(&store)?;
             let running = store.running_blocking()?;
             Ok::<_, RuntimeError>((store, stored, running))

@@ -1,13 +1,14 @@
 //! Jobs in the store: written by the runtime as they progress, read by clients
 //! that poll them, removed a day after they finish.
 
-use super::{Store, decode, encode, get};
+use super::{JobChange, JobStore, SledStore, decode, encode, get};
 use crate::error::RuntimeError;
 use crate::model::{Job, JobId};
 
-impl Store {
+#[async_trait::async_trait]
+impl JobStore for SledStore {
     /// Writes a job (new or changed).
-    pub async fn save_job(&self, job: Job) -> Result<(), RuntimeError> {
+    async fn save_job(&self, job: Job) -> Result<(), RuntimeError> {
         self.writer
             .write(move |t| {
                 t.jobs.insert(job.id.as_bytes(), encode(&job)?)?;
@@ -17,11 +18,7 @@ impl Store {
     }
 
     /// Changes job `id` with `change`, if it exists; the job as changed.
-    pub async fn update_job(
-        &self,
-        id: JobId,
-        change: impl FnOnce(&mut Job) + Send + 'static,
-    ) -> Result<Option<Job>, RuntimeError> {
+    async fn update_job(&self, id: JobId, change: JobChange) -> Result<Option<Job>, RuntimeError> {
         self.writer
             .write(move |t| {
                 let Some(mut job) = get::<Job>(&t.jobs, id.as_bytes())? else {
@@ -35,13 +32,13 @@ impl Store {
     }
 
     /// One job.
-    pub async fn job(&self, id: JobId) -> Result<Option<Job>, RuntimeError> {
+    async fn job(&self, id: JobId) -> Result<Option<Job>, RuntimeError> {
         self.read(move |t| get(&t.jobs, id.as_bytes())).await
     }
 
     /// Marks every job still under way as failed with `error`: at start, for the
     /// jobs a stopped runtime left. Returns how many.
-    pub async fn fail_unfinished_jobs(
+    async fn fail_unfinished_jobs(
         &self,
         error: String,
         now: std::time::SystemTime,
@@ -65,7 +62,7 @@ impl Store {
     }
 
     /// Removes the jobs that finished before `cutoff`; returns how many.
-    pub async fn remove_jobs_finished_before(
+    async fn remove_jobs_finished_before(
         &self,
         cutoff: std::time::SystemTime,
     ) -> Result<usize, RuntimeError> {

@@ -1,6 +1,10 @@
-//! Persistent state in sled: typed trees under a versioned schema, indexes that
-//! keep every list one page's work, and one writer that makes changes durable in
-//! groups.
+//! Persistent state. The runtime sees it through the traits of [`interface`]
+//! (containers and revisions, tokens and users, jobs, running instances), as a
+//! [`Store`]; every implementation passes the suite in `conformance.rs`.
+//!
+//! [`SledStore`], the embedded default, keeps it in sled: typed trees under a
+//! versioned schema, indexes that keep every list one page's work, and one writer
+//! that makes changes durable in groups.
 //!
 //! Trees: `meta` (schema version, server id, admin user), `containers`
 //! (id -> container), `names` (name -> id), `revisions` (id ++ number -> revision),
@@ -14,6 +18,7 @@
 
 mod error;
 mod index;
+mod interface;
 mod jobs;
 mod list;
 mod running;
@@ -39,6 +44,9 @@ use std::sync::Arc;
 use writer::GroupCommit;
 
 pub use error::StoreError;
+pub use interface::{
+    ContainerStore, InstanceRecords, JobChange, JobStore, StateStore, Store, TokenStore,
+};
 pub use schema::SCHEMA_VERSION;
 
 /// Memory sled may keep of the database (its default is 1 GiB, which a long run
@@ -86,16 +94,16 @@ impl Trees {
     }
 }
 
-/// The runtime's state store: cheap to clone.
+/// The state store on sled, in one directory: cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub struct SledStore {
     slot: Arc<TreeSlot>,
     writer: Arc<GroupCommit<Arc<TreeSlot>>>,
     server_id: ServerId,
     admin_user_id: UserId,
 }
 
-impl Store {
+impl SledStore {
     /// Opens (or creates) the store in `dir`: checks the schema version, brings an
     /// older schema up to date, and starts the writer. Blocks: call it from a
     /// blocking thread.
@@ -120,32 +128,6 @@ impl Store {
         })
     }
 
-    /// This server's id, made on first start.
-    pub fn server_id(&self) -> ServerId {
-        self.server_id
-    }
-
-    /// The admin user's id, made on first start.
-    pub fn admin_user_id(&self) -> UserId {
-        self.admin_user_id
-    }
-
-    /// Why the store cannot make changes durable now, if it cannot (its writer
-    /// stopped, or its last flush failed).
-    pub fn fault(&self) -> Option<String> {
-        self.writer.fault()
-    }
-
-    /// Changes applied and flushes made since the store opened: their ratio is how
-    /// many changes each flush made durable.
-    pub fn write_counts(&self) -> (u64, u64) {
-        let counts = self.writer.counts();
-        (
-            counts.changes.load(std::sync::atomic::Ordering::Relaxed),
-            counts.flushes.load(std::sync::atomic::Ordering::Relaxed),
-        )
-    }
-
     /// Runs `read` on a blocking thread.
     async fn read<T: Send + 'static>(
         &self,
@@ -155,183 +137,6 @@ impl Store {
         tokio::task::spawn_blocking(move || read(&slot.trees()))
             .await
             .map_err(RuntimeError::task("a read of the store"))?
-    }
-
-    /// Every container, for loading them at start. Blocks.
-    pub fn containers_blocking(&self) -> Result<Vec<Container>, RuntimeError> {
-        self.slot
-            .trees()
-            .containers
-            .iter()
-            .values()
-            .map(|v| decode(&v?))
-            .collect()
-    }
-
-    /// One container.
-    pub async fn container(&self, id: ContainerId) -> Result<Option<Container>, RuntimeError> {
-        self.read(move |t| get(&t.containers, id.as_bytes())).await
-    }
-
-    /// The containers whose integer id (as the numbered faces show it) is `number`:
-    /// one, but for a clash of 48-bit numbers.
-    pub async fn containers_numbered(&self, number: u64) -> Result<Vec<Container>, RuntimeError> {
-        self.read(move |t| {
-            t.index
-                .scan_prefix(index::by_number_prefix(number))
-                .map(|entry| {
-                    let (key, value) = entry?;
-                    let id = index::container_id_of(&key, &value).ok_or_else(corrupt_index)?;
-                    get(&t.containers, id.as_bytes())?.ok_or_else(corrupt_index)
-                })
-                .collect()
-        })
-        .await
-    }
-
-    /// One page of the containers `query` asks for, read from an index: it costs
-    /// the rows it returns (and, for a page by number, a walk over the keys before
-    /// them), whatever the number of containers.
-    pub async fn list_containers(
-        &self,
-        query: ContainerQuery,
-    ) -> Result<Page<Container>, RuntimeError> {
-        self.read(move |t| list::list_containers(t, &query)).await
-    }
-
-    /// Stores a new container and its first revision; refuses a name in use.
-    pub async fn insert_container(
-        &self,
-        container: Container,
-        revision: Revision,
-    ) -> Result<(), RuntimeError> {
-        self.writer
-            .write(move |t| write_container(t, &container, None, &revision))
-            .await
-    }
-
-    /// Stores an updated container with its new revision. `previous_name` frees the old
-    /// name when it changed.
-    pub async fn update_container(
-        &self,
-        container: Container,
-        previous_name: ContainerName,
-        revision: Revision,
-    ) -> Result<(), RuntimeError> {
-        self.writer
-            .write(move |t| write_container(t, &container, Some(&previous_name), &revision))
-            .await
-    }
-
-    /// Replaces a container record (status changes); `false`, and nothing written,
-    /// when it was deleted meanwhile.
-    pub async fn save_status(&self, container: Container) -> Result<bool, RuntimeError> {
-        self.writer
-            .write(move |t| {
-                let value = encode(&container)?;
-                transact((&t.containers, &t.index), |(containers, index)| {
-                    let key = container.id.as_bytes();
-                    let Some(old) = containers.get(key)? else {
-                        return Ok(false);
-                    };
-                    let old: Container = decode_in(&old)?;
-                    containers.insert(key, value.as_slice())?;
-                    apply_index_change(
-                        index,
-                        &IndexChange::containers(Some(&old), Some(&container)),
-                    )?;
-                    Ok(true)
-                })
-            })
-            .await
-    }
-
-    /// Records the artifact a revision's image resolved to.
-    pub async fn save_revision(&self, revision: Revision) -> Result<(), RuntimeError> {
-        self.writer
-            .write(move |t| {
-                t.revisions.insert(
-                    &revision_key(revision.container_id, revision.number)[..],
-                    encode(&revision)?,
-                )?;
-                Ok(())
-            })
-            .await
-    }
-
-    /// One revision.
-    pub async fn revision(
-        &self,
-        id: ContainerId,
-        number: u32,
-    ) -> Result<Option<Revision>, RuntimeError> {
-        self.read(move |t| get(&t.revisions, &revision_key(id, number)))
-            .await
-    }
-
-    /// One revision, for start-up work on a blocking thread. Blocks.
-    pub fn revision_blocking(
-        &self,
-        id: ContainerId,
-        number: u32,
-    ) -> Result<Option<Revision>, RuntimeError> {
-        get(&self.slot.trees().revisions, &revision_key(id, number))
-    }
-
-    /// A page of a container's revisions, newest first.
-    pub async fn revisions(
-        &self,
-        id: ContainerId,
-        page: PageRequest,
-    ) -> Result<Page<Revision>, RuntimeError> {
-        self.read(move |t| {
-            let total = t.revisions.scan_prefix(id.as_bytes()).count();
-            let items = t
-                .revisions
-                .scan_prefix(id.as_bytes())
-                .values()
-                .rev()
-                .skip(page.skip())
-                .take(page.rows_per_page as usize)
-                .map(|v| decode(&v?))
-                .collect::<Result<_, _>>()?;
-            Ok(page.page_of(items, total, None))
-        })
-        .await
-    }
-
-    /// Removes a container, its name and its revisions.
-    pub async fn remove_container(&self, container: Container) -> Result<(), RuntimeError> {
-        self.writer
-            .write(move |t| {
-                let keys: Vec<_> = t
-                    .revisions
-                    .scan_prefix(container.id.as_bytes())
-                    .keys()
-                    .collect::<Result<_, _>>()?;
-                let name = container.spec.name.as_str().as_bytes();
-                let id = container.id;
-                transact(
-                    (&t.containers, &t.names, &t.revisions, &t.index),
-                    |(containers, names, revisions, index)| {
-                        let Some(old) = containers.remove(id.as_bytes())? else {
-                            return Ok(());
-                        };
-                        let old: Container = decode_in(&old)?;
-                        if names
-                            .get(name)?
-                            .is_some_and(|owner| owner.as_ref() == id.as_bytes())
-                        {
-                            names.remove(name)?;
-                        }
-                        for key in &keys {
-                            revisions.remove(key.as_ref())?;
-                        }
-                        apply_index_change(index, &IndexChange::containers(Some(&old), None))
-                    },
-                )
-            })
-            .await
     }
 }
 
@@ -457,5 +262,215 @@ fn decode_in<T: DeserializeOwned>(raw: &[u8]) -> TxResult<T> {
     decode(raw).map_err(|e| ConflictableTransactionError::Abort(TxAbort::Corrupt(e)))
 }
 
+#[async_trait::async_trait]
+impl ContainerStore for SledStore {
+    /// One container.
+    async fn container(&self, id: ContainerId) -> Result<Option<Container>, RuntimeError> {
+        self.read(move |t| get(&t.containers, id.as_bytes())).await
+    }
+
+    /// The containers whose integer id (as the numbered faces show it) is `number`:
+    /// one, but for a clash of 48-bit numbers.
+    async fn containers_numbered(&self, number: u64) -> Result<Vec<Container>, RuntimeError> {
+        self.read(move |t| {
+            t.index
+                .scan_prefix(index::by_number_prefix(number))
+                .map(|entry| {
+                    let (key, value) = entry?;
+                    let id = index::container_id_of(&key, &value).ok_or_else(corrupt_index)?;
+                    get(&t.containers, id.as_bytes())?.ok_or_else(corrupt_index)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// One page of the containers `query` asks for, read from an index: it costs
+    /// the rows it returns (and, for a page by number, a walk over the keys before
+    /// them), whatever the number of containers.
+    async fn list_containers(
+        &self,
+        query: ContainerQuery,
+    ) -> Result<Page<Container>, RuntimeError> {
+        self.read(move |t| list::list_containers(t, &query)).await
+    }
+
+    /// Stores a new container and its first revision; refuses a name in use.
+    async fn insert_container(
+        &self,
+        container: Container,
+        revision: Revision,
+    ) -> Result<(), RuntimeError> {
+        self.writer
+            .write(move |t| write_container(t, &container, None, &revision))
+            .await
+    }
+
+    /// Stores an updated container with its new revision. `previous_name` frees the old
+    /// name when it changed.
+    async fn update_container(
+        &self,
+        container: Container,
+        previous_name: ContainerName,
+        revision: Revision,
+    ) -> Result<(), RuntimeError> {
+        self.writer
+            .write(move |t| write_container(t, &container, Some(&previous_name), &revision))
+            .await
+    }
+
+    /// Replaces a container record (status changes); `false`, and nothing written,
+    /// when it was deleted meanwhile.
+    async fn save_status(&self, container: Container) -> Result<bool, RuntimeError> {
+        self.writer
+            .write(move |t| {
+                let value = encode(&container)?;
+                transact((&t.containers, &t.index), |(containers, index)| {
+                    let key = container.id.as_bytes();
+                    let Some(old) = containers.get(key)? else {
+                        return Ok(false);
+                    };
+                    let old: Container = decode_in(&old)?;
+                    containers.insert(key, value.as_slice())?;
+                    apply_index_change(
+                        index,
+                        &IndexChange::containers(Some(&old), Some(&container)),
+                    )?;
+                    Ok(true)
+                })
+            })
+            .await
+    }
+
+    /// Removes a container, its name and its revisions.
+    async fn remove_container(&self, container: Container) -> Result<(), RuntimeError> {
+        self.writer
+            .write(move |t| {
+                let keys: Vec<_> = t
+                    .revisions
+                    .scan_prefix(container.id.as_bytes())
+                    .keys()
+                    .collect::<Result<_, _>>()?;
+                let name = container.spec.name.as_str().as_bytes();
+                let id = container.id;
+                transact(
+                    (&t.containers, &t.names, &t.revisions, &t.index),
+                    |(containers, names, revisions, index)| {
+                        let Some(old) = containers.remove(id.as_bytes())? else {
+                            return Ok(());
+                        };
+                        let old: Container = decode_in(&old)?;
+                        if names
+                            .get(name)?
+                            .is_some_and(|owner| owner.as_ref() == id.as_bytes())
+                        {
+                            names.remove(name)?;
+                        }
+                        for key in &keys {
+                            revisions.remove(key.as_ref())?;
+                        }
+                        apply_index_change(index, &IndexChange::containers(Some(&old), None))
+                    },
+                )
+            })
+            .await
+    }
+
+    /// Records the artifact a revision's image resolved to.
+    async fn save_revision(&self, revision: Revision) -> Result<(), RuntimeError> {
+        self.writer
+            .write(move |t| {
+                t.revisions.insert(
+                    &revision_key(revision.container_id, revision.number)[..],
+                    encode(&revision)?,
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// One revision.
+    async fn revision(
+        &self,
+        id: ContainerId,
+        number: u32,
+    ) -> Result<Option<Revision>, RuntimeError> {
+        self.read(move |t| get(&t.revisions, &revision_key(id, number)))
+            .await
+    }
+
+    /// A page of a container's revisions, newest first.
+    async fn revisions(
+        &self,
+        id: ContainerId,
+        page: PageRequest,
+    ) -> Result<Page<Revision>, RuntimeError> {
+        self.read(move |t| {
+            let total = t.revisions.scan_prefix(id.as_bytes()).count();
+            let items = t
+                .revisions
+                .scan_prefix(id.as_bytes())
+                .values()
+                .rev()
+                .skip(page.skip())
+                .take(page.rows_per_page as usize)
+                .map(|v| decode(&v?))
+                .collect::<Result<_, _>>()?;
+            Ok(page.page_of(items, total, None))
+        })
+        .await
+    }
+
+    /// Every container, for loading them at start. Blocks.
+    fn containers_blocking(&self) -> Result<Vec<Container>, RuntimeError> {
+        self.slot
+            .trees()
+            .containers
+            .iter()
+            .values()
+            .map(|v| decode(&v?))
+            .collect()
+    }
+
+    /// One revision, for start-up work on a blocking thread. Blocks.
+    fn revision_blocking(
+        &self,
+        id: ContainerId,
+        number: u32,
+    ) -> Result<Option<Revision>, RuntimeError> {
+        get(&self.slot.trees().revisions, &revision_key(id, number))
+    }
+}
+
+impl StateStore for SledStore {
+    /// This server's id, made on first start.
+    fn server_id(&self) -> ServerId {
+        self.server_id
+    }
+
+    /// The admin user's id, made on first start.
+    fn admin_user_id(&self) -> UserId {
+        self.admin_user_id
+    }
+
+    /// Why the store cannot make changes durable now, if it cannot (its writer
+    /// stopped, or its last flush failed).
+    fn fault(&self) -> Option<String> {
+        self.writer.fault()
+    }
+
+    /// Changes applied and flushes made since the store opened: their ratio is how
+    /// many changes each flush made durable.
+    fn write_counts(&self) -> (u64, u64) {
+        let counts = self.writer.counts();
+        (
+            counts.changes.load(std::sync::atomic::Ordering::Relaxed),
+            counts.flushes.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod conformance;
 #[cfg(test)]
 mod tests;

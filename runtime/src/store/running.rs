@@ -2,13 +2,14 @@
 //! removed when it stops, so that a runtime started after this one was killed
 //! knows whose each instance it finds still running is.
 
-use super::{Store, decode, encode};
+use super::{InstanceRecords, SledStore, decode, encode};
 use crate::error::RuntimeError;
 use crate::model::RunningInstance;
 
-impl Store {
+#[async_trait::async_trait]
+impl InstanceRecords for SledStore {
     /// Records that `sandbox` runs `instance`.
-    pub async fn record_running(
+    async fn record_running(
         &self,
         sandbox: String,
         instance: RunningInstance,
@@ -22,7 +23,7 @@ impl Store {
     }
 
     /// Forgets `sandbox`: its instance stopped.
-    pub async fn forget_running(&self, sandbox: String) -> Result<(), RuntimeError> {
+    async fn forget_running(&self, sandbox: String) -> Result<(), RuntimeError> {
         self.writer
             .write(move |t| {
                 t.running.remove(sandbox.as_bytes())?;
@@ -32,7 +33,7 @@ impl Store {
     }
 
     /// Every instance recorded as running, by sandbox id. Blocks.
-    pub fn running_blocking(&self) -> Result<Vec<(String, RunningInstance)>, RuntimeError> {
+    fn running_blocking(&self) -> Result<Vec<(String, RunningInstance)>, RuntimeError> {
         self.slot
             .trees()
             .running

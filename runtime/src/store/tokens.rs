@@ -2,19 +2,17 @@
 //! index entries by age and by id; users by name.
 
 use super::{
-    Store, add_to_counter, corrupt_index, decode, decode_in, encode, get, index, transact,
+    SledStore, TokenStore, add_to_counter, corrupt_index, decode, decode_in, encode, get, index,
+    transact,
 };
 use crate::error::RuntimeError;
 use crate::model::{Page, PageRequest, Token, TokenId, UserId, UserName};
 
-impl Store {
+#[async_trait::async_trait]
+impl TokenStore for SledStore {
     /// Stores a token under the hash of its secret (replacing the token stored
     /// under it, if any).
-    pub async fn insert_token(
-        &self,
-        secret_hash: Vec<u8>,
-        token: Token,
-    ) -> Result<(), RuntimeError> {
+    async fn insert_token(&self, secret_hash: Vec<u8>, token: Token) -> Result<(), RuntimeError> {
         self.writer
             .write(move |t| {
                 let value = encode(&token)?;
@@ -39,12 +37,12 @@ impl Store {
     }
 
     /// Looks a token up by the hash of its secret.
-    pub async fn token(&self, secret_hash: Vec<u8>) -> Result<Option<Token>, RuntimeError> {
+    async fn token(&self, secret_hash: Vec<u8>) -> Result<Option<Token>, RuntimeError> {
         self.read(move |t| get(&t.tokens, &secret_hash)).await
     }
 
     /// A page of the tokens, oldest first.
-    pub async fn tokens(&self, page: PageRequest) -> Result<Page<Token>, RuntimeError> {
+    async fn tokens(&self, page: PageRequest) -> Result<Page<Token>, RuntimeError> {
         self.read(move |t| {
             let total = index::decode_count(t.index.get(index::token_counter())?.as_deref());
             let items = t
@@ -61,7 +59,7 @@ impl Store {
     }
 
     /// The token with `id`.
-    pub async fn token_by_id(&self, id: TokenId) -> Result<Option<Token>, RuntimeError> {
+    async fn token_by_id(&self, id: TokenId) -> Result<Option<Token>, RuntimeError> {
         self.read(move |t| {
             let Some(hash) = t.index.get(index::token_by_id(&id))? else {
                 return Ok(None);
@@ -72,7 +70,7 @@ impl Store {
     }
 
     /// Removes the token with `id`; returns it, or `None` when there was none.
-    pub async fn remove_token(&self, id: TokenId) -> Result<Option<Token>, RuntimeError> {
+    async fn remove_token(&self, id: TokenId) -> Result<Option<Token>, RuntimeError> {
         self.writer
             .write(move |t| {
                 transact((&t.tokens, &t.index), |(tokens, index)| {
@@ -94,10 +92,10 @@ impl Store {
     }
 
     /// The id of the user called `name`, made with `generate` the first time.
-    pub async fn user_id(
+    async fn user_id(
         &self,
         name: UserName,
-        generate: impl FnOnce() -> UserId + Send + 'static,
+        generate: Box<dyn FnOnce() -> UserId + Send>,
     ) -> Result<UserId, RuntimeError> {
         self.writer
             .write(move |t| {
