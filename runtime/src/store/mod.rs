@@ -1,4 +1,4 @@
-//! Persistent state. The runtime sees it through the traits of [`interface`]
+//! Persistent state. The runtime sees it through the traits of `interface.rs`
 //! (containers and revisions, tokens and users, jobs, running instances), as a
 //! [`Store`]; every implementation passes the suite in `conformance.rs`.
 //!
@@ -9,9 +9,9 @@
 //! Trees: `meta` (schema version, server id, admin user), `containers`
 //! (id -> container), `names` (name -> id), `revisions` (id ++ number -> revision),
 //! `tokens` (sha256 of the secret -> token), `users` (name -> user id), `jobs`
-//! (id -> job), and `index` (see [`index`]). Values are JSON.
+//! (id -> job), and `index` (see `index.rs`). Values are JSON.
 //!
-//! Every change runs on the store's writer thread (see [`writer`]) and is durable
+//! Every change runs on the store's writer thread (see `writer.rs`) and is durable
 //! before the `async` call that asked for it returns. Reads run on tokio's blocking
 //! threads, never on an async worker, since a sled read may wait for a
 //! transaction's lock.
