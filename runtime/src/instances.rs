@@ -157,7 +157,7 @@ impl Runtime {
                             .map_err(|_| instance_not_found(instance))?;
                         container.stopped_instances.retain(|s| s.id != instance);
                     }
-                    // Document 004 does not list instances on their way out.
+                    // The instances API does not list instances on their way out.
                     InstanceState::Terminating | InstanceState::Terminated => {
                         return Err(instance_not_found(instance));
                     }

@@ -103,8 +103,8 @@ impl Runtime {
     }
 }
 
-/// A refused migration: one of an instance on its way out is not found (document
-/// 004 lists no such instances), the rest as any action on an instance.
+/// A refused migration: one of an instance on its way out is not found (the
+/// instances API lists no such instances), the rest as any action on an instance.
 fn refused(refusal: Refusal, instance: InstanceId, action: &str) -> RuntimeError {
     match refusal {
         Refusal::InState(InstanceState::Terminating | InstanceState::Terminated) => {

@@ -1,5 +1,5 @@
 //! Each running instance's CPU and memory, sampled at a fixed interval and kept for
-//! a bounded window: the stats and metrics series of document 000.
+//! a bounded window: the stats and metrics series the container faces show.
 
 use crate::model::InstanceId;
 use ember_sandbox::{NetworkUsage, ResourceUsage};
