@@ -14,6 +14,7 @@ mod instance;
 mod joiner;
 pub mod layer;
 mod network;
+mod orphans;
 mod prepared;
 pub mod process;
 mod record;
@@ -207,7 +208,9 @@ fn clean_up_leftovers(shared: &Shared) -> HashMap<String, InstanceRecord> {
                 }
             }
             Err(e) => {
-                tracing::warn!(container = %state.display(), error = %e, "a leftover container's state is unreadable")
+                // Killed while its state was written: its cgroup still knows it.
+                tracing::warn!(container = %state.display(), error = %e, "a leftover container's state is unreadable; killing what its cgroup holds");
+                orphans::kill_cgroup(&spec::cgroups_path(&id));
             }
         }
         let _ = std::fs::remove_dir_all(&state);
