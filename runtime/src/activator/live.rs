@@ -114,3 +114,44 @@ impl std::fmt::Debug for LiveInstance {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+
+    fn one() -> Arc<LiveInstance> {
+        Arc::new(live_instance(
+            Identity {
+                id: InstanceId::generate(),
+                ordinal: 1,
+                created: SystemTime::now(),
+            },
+            false,
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_ends_when_the_last_request_does() {
+        let live = one();
+        live.in_flight.store(2, Ordering::Release);
+        let drain = tokio::spawn({
+            let live = live.clone();
+            async move { live.drained(Duration::from_secs(60)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        live.end_request();
+        assert!(!drain.is_finished(), "one request is still in flight");
+        live.end_request();
+        assert!(drain.await.unwrap(), "drained before the limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_gives_up_at_its_limit() {
+        let live = one();
+        live.in_flight.store(1, Ordering::Release);
+        let began = tokio::time::Instant::now();
+        assert!(!live.drained(Duration::from_secs(5)).await);
+        assert_eq!(began.elapsed(), Duration::from_secs(5));
+    }
+}

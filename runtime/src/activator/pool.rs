@@ -83,3 +83,49 @@ impl Pool {
             && self.autoscaler.is_at_rest()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Pool {
+        Pool {
+            policy: TrafficPolicy {
+                scaling: ScalingPolicy {
+                    min_instances: 0,
+                    max_instances: 10,
+                    idle_timeout: Duration::from_secs(60),
+                    concurrency: 1,
+                },
+                queue_depth: 10,
+            },
+            lifecycle: Lifecycle::default(),
+            queue: VecDeque::new(),
+            autoscaler: Autoscaler::new(),
+            desired: 0,
+            pinned_wanted: 0,
+        }
+    }
+
+    #[test]
+    fn a_pool_is_at_rest_only_with_nothing_present_wanted_or_remembered_by_the_autoscaler() {
+        assert!(pool().is_at_rest());
+        let mut pinned = pool();
+        pinned.pinned_wanted = 1;
+        assert!(!pinned.is_at_rest());
+        let mut kept_warm = pool();
+        kept_warm.policy.scaling.min_instances = 1;
+        assert!(!kept_warm.is_at_rest());
+        let mut starting = pool();
+        starting.lifecycle.begin_start(
+            Identity {
+                id: InstanceId::generate(),
+                ordinal: 1,
+                created: SystemTime::now(),
+            },
+            1,
+            false,
+        );
+        assert!(!starting.is_at_rest());
+    }
+}

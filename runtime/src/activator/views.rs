@@ -94,3 +94,31 @@ impl ContainerTraffic {
             .map(|(reason, count)| (*reason, count.load(Ordering::Relaxed)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn lists_show_running_before_starting_and_metrics_count_each_state() {
+        // Room for one one-CPU instance: the second start waits.
+        let (traffic, _) = container_traffic(Settings {
+            concurrency: 1,
+            node_millicpus: 1000,
+            ..Settings::default()
+        });
+        let leases = acquire_many(&traffic, 2);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let states: Vec<_> = traffic.instances().iter().map(|i| i.state).collect();
+        assert_eq!(states, [InstanceState::Running, InstanceState::Starting]);
+        let listed = traffic.instances();
+        assert_eq!(listed[0].in_flight, 1);
+        assert!(listed[1].waiting_reason.is_some(), "{listed:?}");
+        let stats = traffic.traffic();
+        assert_eq!((stats.running, stats.starting, stats.in_flight), (1, 1, 1));
+        assert_eq!(traffic.instance_count(), 1);
+        assert!(traffic.has_instances());
+        drop(leases);
+    }
+}
