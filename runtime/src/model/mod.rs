@@ -7,6 +7,7 @@ mod gpu;
 mod ids;
 mod job;
 mod name;
+mod patch;
 mod quantity;
 mod token;
 
@@ -15,9 +16,8 @@ pub use access::{
     UserName,
 };
 pub use container::{
-    Caller, Container, ContainerPatch, ContainerQuery, ContainerSpec, ContainerStatus,
-    InstanceInfo, InstanceState, Page, PageRequest, Revision, Role, RunningInstance,
-    StoppedInstance,
+    Caller, Container, ContainerQuery, ContainerSpec, ContainerStatus, InstanceInfo, InstanceState,
+    Page, PageRequest, Revision, Role, RunningInstance, StoppedInstance,
 };
 /// A CDI device's qualified name (`vendor.com/class=name`), from the sandbox.
 pub use ember_sandbox::cdi::{CdiDeviceName, InvalidCdiDeviceName};
@@ -27,5 +27,6 @@ pub use gpu::{GPU_MODELS, GpuModel};
 pub use ids::{ContainerId, InstanceId, InvalidId, JobId, ServerId, TokenId, UserId};
 pub use job::{Job, JobAction, JobState};
 pub use name::{ContainerName, InvalidName};
+pub use patch::ContainerPatch;
 pub use quantity::{InvalidQuantity, Quantity};
 pub use token::{NewToken, Token};
