@@ -266,33 +266,14 @@ fn invalid(field: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::invalid_field(field, e.to_string())
 }
 
-/// Most CPUs one instance may ask for.
-const MAX_CPU: f64 = 1024.0;
-/// Longest idle timeout accepted (a week).
-const MAX_IDLE_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
-/// Most requests one instance may be given at once.
-const MAX_CONCURRENCY: u32 = 100_000;
-/// Most requests one container may queue.
-const MAX_QUEUE_DEPTH: u32 = 100_000;
-/// Most sandboxes one container may keep prepared: each holds mounts, cgroups and
-/// an address.
-const MAX_PREPARED_SANDBOXES: u32 = 8;
-
 impl ContainerRequest {
-    /// Checks each field on its own and turns the request into a typed patch.
-    fn into_patch(self) -> Result<ContainerPatch, ApiError> {
+    /// Parses each field into the model's types and checks the patch with the
+    /// model's rules ([`ContainerPatch::validate`]), before anything is looked up.
+    pub(crate) fn into_patch(self) -> Result<ContainerPatch, ApiError> {
         let name = self
             .name
             .map(|n| n.parse().map_err(|e| invalid("name", e)))
             .transpose()?;
-        if let Some(cpu) = self.cpu
-            && !(cpu > 0.0 && cpu <= MAX_CPU)
-        {
-            return Err(ApiError::invalid_field(
-                "cpu",
-                format!("{cpu} is not a number of CPUs greater than 0 and at most {MAX_CPU}"),
-            ));
-        }
         let ram = self
             .ram
             .map(|r| r.parse().map_err(|e| invalid("ram", e)))
@@ -303,73 +284,11 @@ impl ContainerRequest {
             .transpose()?;
         let port = self
             .port
-            .map(|p| {
-                let parsed = match &p {
-                    PortValue::Number(n) => u16::try_from(*n).ok(),
-                    PortValue::Text(t) => t.parse::<u16>().ok(),
-                };
-                parsed.filter(|&n| n > 0).ok_or_else(|| {
-                    ApiError::invalid_field("port", "must be a TCP port between 1 and 65535")
-                })
+            .map(|p| match p {
+                PortValue::Number(n) => ContainerPatch::parse_port(&n.to_string()),
+                PortValue::Text(t) => ContainerPatch::parse_port(&t),
             })
             .transpose()?;
-        if let Some(env) = &self.env {
-            for key in env.keys() {
-                let valid = !key.is_empty() && !key.contains(['=', '\0']);
-                if !valid {
-                    return Err(ApiError::invalid_field(
-                        format!("env.{key}"),
-                        "environment variable names must be non-empty and contain no '=' or NUL",
-                    ));
-                }
-            }
-            if env.values().any(|v| v.contains('\0')) {
-                return Err(ApiError::invalid_field(
-                    "env",
-                    "values must not contain NUL",
-                ));
-            }
-        }
-        for (field, list) in [("command", &self.command), ("arguments", &self.arguments)] {
-            if list.iter().flatten().flatten().any(|s| s.contains('\0')) {
-                return Err(ApiError::invalid_field(field, "must not contain NUL"));
-            }
-        }
-        if self.max_instances == Some(0) {
-            return Err(ApiError::invalid_field(
-                "maxInstances",
-                "must be at least 1",
-            ));
-        }
-        if let Some(idle) = self.idle_timeout_seconds
-            && !(1..=MAX_IDLE_TIMEOUT_SECONDS).contains(&idle)
-        {
-            return Err(ApiError::invalid_field(
-                "idleTimeoutSeconds",
-                format!("must be between 1 and {MAX_IDLE_TIMEOUT_SECONDS}"),
-            ));
-        }
-        for (field, value, max) in [
-            ("concurrency", self.concurrency, MAX_CONCURRENCY),
-            ("queueDepth", self.queue_depth, MAX_QUEUE_DEPTH),
-        ] {
-            if let Some(value) = value
-                && !(1..=max).contains(&value)
-            {
-                return Err(ApiError::invalid_field(
-                    field,
-                    format!("{value} is not between 1 and {max}"),
-                ));
-            }
-        }
-        if let Some(count) = self.prepared_sandboxes
-            && count > MAX_PREPARED_SANDBOXES
-        {
-            return Err(ApiError::invalid_field(
-                "preparedSandboxes",
-                format!("{count} is not between 0 and {MAX_PREPARED_SANDBOXES}"),
-            ));
-        }
         let cdi_devices = self
             .cdi_devices
             .map(|names| {
@@ -383,9 +302,8 @@ impl ContainerRequest {
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;
-        Ok(ContainerPatch {
+        let patch = ContainerPatch {
             name,
-            // Checked by the runtime, which also knows whether a `sha256:` blob exists.
             image: self.image,
             cpu: self.cpu,
             ram,
@@ -404,7 +322,9 @@ impl ContainerRequest {
             queue_depth: self.queue_depth,
             prepared_sandboxes: self.prepared_sandboxes,
             init: self.init,
-        })
+        };
+        patch.validate()?;
+        Ok(patch)
     }
 }
 

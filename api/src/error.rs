@@ -5,6 +5,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ember_runtime::RuntimeError;
+use ember_runtime::model::InvalidPatch;
 
 /// An error answered to an API client.
 #[derive(Debug)]
@@ -65,6 +66,13 @@ impl ApiError {
 impl From<axum::extract::rejection::QueryRejection> for ApiError {
     fn from(e: axum::extract::rejection::QueryRejection) -> Self {
         Self::invalid_field("query", e.body_text())
+    }
+}
+
+/// A value the model's rules refuse: 400 naming the field.
+impl From<InvalidPatch> for ApiError {
+    fn from(e: InvalidPatch) -> Self {
+        Self::invalid_field(e.field(), e.message())
     }
 }
 

@@ -84,7 +84,8 @@ impl Package {
         })
     }
 
-    /// What sizing a container to this package changes.
+    /// What sizing a container to this package changes. The caller checks the
+    /// patch with [`ContainerPatch::validate`], as every patch is checked.
     pub(crate) fn apply(&self, patch: &mut ContainerPatch) {
         patch.cpu = Some(self.cpu);
         patch.ram = Some(quantity(self.memory * MIB));
@@ -148,5 +149,14 @@ mod tests {
         assert_eq!(patch.ram.unwrap().bytes(), 512 * MIB);
         assert_eq!(patch.ephemeral_storage.unwrap().bytes(), 2 * GIB);
         assert!(Package::find("package_id", 9).is_err());
+    }
+
+    #[test]
+    fn every_package_passes_the_models_rules() {
+        for package in PACKAGES {
+            let mut patch = ContainerPatch::default();
+            package.apply(&mut patch);
+            assert_eq!(patch.validate(), Ok(()), "{}", package.label);
+        }
     }
 }

@@ -13,8 +13,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use ember_runtime::model::{
-    Caller, ContainerName, ContainerPatch, ContainerQuery, ContainerSpec, ContainerStatus,
-    InstanceState, PageRequest, Scope,
+    Caller, ContainerName, ContainerPatch, ContainerQuery, ContainerStatus, InstanceState,
+    PageRequest, Scope,
 };
 use ember_runtime::{ContainerView, Runtime};
 use serde::Deserialize;
@@ -337,19 +337,20 @@ struct Scale {
 }
 
 /// Pins the instance count to `qty`: `minInstances` = `maxInstances` = `qty`.
-fn pin_count(patch: &mut ContainerPatch, field: &str, qty: u32) -> Result<(), ApiError> {
-    if qty > ContainerSpec::MAX_INSTANCES {
-        return Err(ApiError::invalid_field(
-            field,
-            format!(
-                "{qty} is more than the {} instances a service may have",
-                ContainerSpec::MAX_INSTANCES
-            ),
-        ));
-    }
+fn pin_count(patch: &mut ContainerPatch, qty: u32) {
     patch.min_instances = Some(qty);
     patch.max_instances = Some(qty);
-    Ok(())
+}
+
+/// Checks a patch with the model's rules, naming the instance counts as `count`
+/// (the body field they came from): this face sets both from one number.
+fn checked(patch: ContainerPatch, count: &str) -> Result<ContainerPatch, ApiError> {
+    patch.validate().map_err(|e| {
+        e.renamed(|field| {
+            matches!(field, "minInstances" | "maxInstances").then(|| count.to_string())
+        })
+    })?;
+    Ok(patch)
 }
 
 /// Applies a patch (a new revision) and answers with the service.
@@ -392,11 +393,12 @@ async fn update(
         );
     }
     if let Some(qty) = body.scale {
-        pin_count(&mut patch, "container_service.scale", qty)?;
+        pin_count(&mut patch, qty);
     }
     if let Some(package) = body.package_id {
         Package::find("container_service.package_id", package)?.apply(&mut patch);
     }
+    let patch = checked(patch, "container_service.scale")?;
     let view = find(&runtime, &caller, &id).await?;
     apply(&runtime, &caller, view, patch).await
 }
@@ -423,6 +425,8 @@ async fn resize(
         body.container_service.product_id,
     )?
     .apply(&mut patch);
+    // A package sets no instance count: the fields keep their native names.
+    patch.validate()?;
     let view = find(&runtime, &caller, &id).await?;
     apply(&runtime, &caller, view, patch).await
 }
@@ -444,11 +448,8 @@ async fn scale(
 ) -> Result<Json<OneService>, ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
     let mut patch = ContainerPatch::default();
-    pin_count(
-        &mut patch,
-        "container_service.qty",
-        body.container_service.qty,
-    )?;
+    pin_count(&mut patch, body.container_service.qty);
+    let patch = checked(patch, "container_service.qty")?;
     let view = find(&runtime, &caller, &id).await?;
     apply(&runtime, &caller, view, patch).await
 }

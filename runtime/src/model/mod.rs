@@ -27,6 +27,6 @@ pub use gpu::{GPU_MODELS, GpuModel};
 pub use ids::{ContainerId, InstanceId, InvalidId, JobId, ServerId, TokenId, UserId};
 pub use job::{Job, JobAction, JobState};
 pub use name::{ContainerName, InvalidName};
-pub use patch::ContainerPatch;
+pub use patch::{ContainerPatch, InvalidPatch};
 pub use quantity::{InvalidQuantity, Quantity};
 pub use token::{NewToken, Token};

@@ -1,18 +1,25 @@
-//! Partial specs: what a create or update request changes, and how it is merged
-//! into a container's spec.
+//! Partial specs: what a create or update request changes, the rules each value
+//! must keep, and how a patch is merged into a container's spec.
+//!
+//! The rules live here, not in the API, so that every face of the API (and every
+//! other caller of the runtime) is held to the same ones: a face only maps its own
+//! wire names onto a patch and back onto the field an [`InvalidPatch`] names.
 
 use super::{ContainerName, ContainerSpec, Quantity};
 use crate::error::RuntimeError;
 use ember_sandbox::cdi::CdiDeviceName;
 use std::collections::BTreeMap;
 
-/// A partial spec: what a create or update request sets. Every value is already
-/// validated on its own; [`ContainerPatch::apply`] checks how they fit together.
+/// A partial spec: what a create or update request sets. Values are typed (a name,
+/// a quantity and a device name cannot be built unless they parse);
+/// [`ContainerPatch::validate`] checks each against its bounds, and
+/// [`ContainerPatch::apply`] checks how they fit the spec they change.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerPatch {
     /// New name.
     pub name: Option<ContainerName>,
-    /// New image (already checked to parse).
+    /// New image (checked by the runtime, which also knows whether a `sha256:`
+    /// blob exists).
     pub image: Option<String>,
     /// New cpu.
     pub cpu: Option<f64>,
@@ -50,7 +57,163 @@ pub struct ContainerPatch {
     pub init: Option<bool>,
 }
 
+/// Most CPUs one instance may ask for.
+const MAX_CPU: f64 = 1024.0;
+/// Longest idle timeout accepted (a week).
+const MAX_IDLE_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+/// Most requests one instance may be given at once.
+const MAX_CONCURRENCY: u32 = 100_000;
+/// Most requests one container may queue.
+const MAX_QUEUE_DEPTH: u32 = 100_000;
+/// Most sandboxes one container may keep prepared: each holds mounts, cgroups and
+/// an address.
+const MAX_PREPARED_SANDBOXES: u32 = 8;
+
+/// A value of a patch that breaks its rule. `field` is the name the native API
+/// gives it (`cpu`, `env.KEY`, `maxInstances`); a face that calls it something else
+/// renames it with [`InvalidPatch::renamed`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidPatch {
+    field: String,
+    message: String,
+}
+
+impl InvalidPatch {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The field at fault, as the native API names it.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// What is wrong with it, without the field's name.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The same fault under the name a face gives the field, for the fields
+    /// `rename` knows (it answers `None` for the others, which keep their name).
+    pub fn renamed(self, rename: impl FnOnce(&str) -> Option<String>) -> Self {
+        match rename(&self.field) {
+            Some(field) => Self { field, ..self },
+            None => self,
+        }
+    }
+}
+
+impl From<InvalidPatch> for RuntimeError {
+    fn from(e: InvalidPatch) -> Self {
+        Self::InvalidField {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+/// Why a port is refused, whether it failed to parse or is 0.
+fn invalid_port() -> InvalidPatch {
+    InvalidPatch::new("port", "must be a TCP port between 1 and 65535")
+}
+
 impl ContainerPatch {
+    /// Reads a port as the documents write it (`"80"`); a number is read from its
+    /// decimal digits, so that `80` and `"80"` are one port. Whether it is in range
+    /// is for [`ContainerPatch::validate`].
+    pub fn parse_port(raw: &str) -> Result<u16, InvalidPatch> {
+        raw.parse().map_err(|_| invalid_port())
+    }
+
+    /// Checks every value the patch sets against its bounds, in the order the
+    /// fields are documented, and names the first one at fault.
+    pub fn validate(&self) -> Result<(), InvalidPatch> {
+        if let Some(cpu) = self.cpu
+            && !(cpu > 0.0 && cpu <= MAX_CPU)
+        {
+            return Err(InvalidPatch::new(
+                "cpu",
+                format!("{cpu} is not a number of CPUs greater than 0 and at most {MAX_CPU}"),
+            ));
+        }
+        if self.port == Some(0) {
+            return Err(invalid_port());
+        }
+        if let Some(env) = &self.env {
+            // The kernel splits `KEY=VALUE` at the first `=` and strings end at NUL.
+            if let Some(key) = env
+                .keys()
+                .find(|key| key.is_empty() || key.contains(['=', '\0']))
+            {
+                return Err(InvalidPatch::new(
+                    format!("env.{key}"),
+                    "environment variable names must be non-empty and contain no '=' or NUL",
+                ));
+            }
+            if env.values().any(|v| v.contains('\0')) {
+                return Err(InvalidPatch::new("env", "values must not contain NUL"));
+            }
+        }
+        for (field, list) in [("command", &self.command), ("arguments", &self.arguments)] {
+            if list.iter().flatten().flatten().any(|s| s.contains('\0')) {
+                return Err(InvalidPatch::new(field, "must not contain NUL"));
+            }
+        }
+        if self.max_instances == Some(0) {
+            return Err(InvalidPatch::new("maxInstances", "must be at least 1"));
+        }
+        for (field, value) in [
+            ("minInstances", self.min_instances),
+            ("maxInstances", self.max_instances),
+        ] {
+            if let Some(value) = value
+                && value > ContainerSpec::MAX_INSTANCES
+            {
+                return Err(InvalidPatch::new(
+                    field,
+                    format!(
+                        "{value} is more than the {} instances a container may have",
+                        ContainerSpec::MAX_INSTANCES
+                    ),
+                ));
+            }
+        }
+        if let Some(idle) = self.idle_timeout_seconds
+            && !(1..=MAX_IDLE_TIMEOUT_SECONDS).contains(&idle)
+        {
+            return Err(InvalidPatch::new(
+                "idleTimeoutSeconds",
+                format!("must be between 1 and {MAX_IDLE_TIMEOUT_SECONDS}"),
+            ));
+        }
+        for (field, value, max) in [
+            ("concurrency", self.concurrency, MAX_CONCURRENCY),
+            ("queueDepth", self.queue_depth, MAX_QUEUE_DEPTH),
+        ] {
+            if let Some(value) = value
+                && !(1..=max).contains(&value)
+            {
+                return Err(InvalidPatch::new(
+                    field,
+                    format!("{value} is not between 1 and {max}"),
+                ));
+            }
+        }
+        if let Some(count) = self.prepared_sandboxes
+            && count > MAX_PREPARED_SANDBOXES
+        {
+            return Err(InvalidPatch::new(
+                "preparedSandboxes",
+                format!("{count} is not between 0 and {MAX_PREPARED_SANDBOXES}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Builds a full spec for a new container, with defaults for what is missing.
     pub fn into_new_spec(self) -> Result<ContainerSpec, RuntimeError> {
         let name = self
@@ -87,8 +250,12 @@ impl ContainerPatch {
         self.apply(&base)
     }
 
-    /// Applies the patch on top of `current`, checking the result as a whole.
+    /// Applies the patch on top of `current`, checking each value and then the
+    /// result as a whole.
     pub fn apply(self, current: &ContainerSpec) -> Result<ContainerSpec, RuntimeError> {
+        // The API has checked already, to answer 400 before looking anything up;
+        // checking again here keeps callers that build patches themselves honest.
+        self.validate()?;
         let mut spec = current.clone();
         macro_rules! set {
             ($($field:ident),*) => { $(if let Some(v) = self.$field { spec.$field = v; })* };
@@ -117,20 +284,6 @@ impl ContainerPatch {
         }
         if let Some(concurrency) = self.concurrency {
             spec.concurrency = Some(concurrency);
-        }
-        for (field, value) in [
-            ("minInstances", spec.min_instances),
-            ("maxInstances", spec.max_instances),
-        ] {
-            if value > ContainerSpec::MAX_INSTANCES {
-                return Err(RuntimeError::invalid(
-                    field,
-                    format!(
-                        "{value} is more than the {} instances a container may have",
-                        ContainerSpec::MAX_INSTANCES
-                    ),
-                ));
-            }
         }
         if spec.min_instances > spec.max_instances {
             return Err(RuntimeError::invalid(
@@ -164,6 +317,174 @@ mod tests {
         assert_eq!(spec.port, 8080);
         let err = ContainerPatch::default().into_new_spec().unwrap_err();
         assert!(err.to_string().contains("name"), "{err}");
+    }
+
+    /// The field the patch's first fault names, or `None` when it passes.
+    fn fault(change: impl FnOnce(&mut ContainerPatch)) -> Option<String> {
+        let mut p = patch();
+        change(&mut p);
+        p.validate().err().map(|e| e.field().to_string())
+    }
+
+    #[test]
+    fn cpus_are_positive_and_bounded() {
+        assert_eq!(fault(|p| p.cpu = Some(0.25)), None);
+        assert_eq!(fault(|p| p.cpu = Some(MAX_CPU)), None);
+        for cpu in [0.0, -1.0, MAX_CPU + 1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(
+                fault(|p| p.cpu = Some(cpu)).as_deref(),
+                Some("cpu"),
+                "{cpu}"
+            );
+        }
+    }
+
+    #[test]
+    fn ports_parse_from_digits_and_are_not_zero() {
+        assert_eq!(ContainerPatch::parse_port("80"), Ok(80));
+        for raw in ["http", "70000", "-1", ""] {
+            assert_eq!(
+                ContainerPatch::parse_port(raw).unwrap_err().field(),
+                "port",
+                "{raw}"
+            );
+        }
+        assert_eq!(fault(|p| p.port = Some(1)), None);
+        assert_eq!(fault(|p| p.port = Some(0)).as_deref(), Some("port"));
+    }
+
+    #[test]
+    fn environment_names_and_values_fit_the_kernel() {
+        let env = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        assert_eq!(fault(|p| p.env = env(&[("A", "b=c")])), None);
+        assert_eq!(
+            fault(|p| p.env = env(&[("A=B", "c")])).as_deref(),
+            Some("env.A=B")
+        );
+        assert_eq!(
+            fault(|p| p.env = env(&[("", "c")])).as_deref(),
+            Some("env.")
+        );
+        assert_eq!(
+            fault(|p| p.env = env(&[("A\0", "c")])).as_deref(),
+            Some("env.A\0")
+        );
+        assert_eq!(
+            fault(|p| p.env = env(&[("A", "c\0")])).as_deref(),
+            Some("env")
+        );
+    }
+
+    #[test]
+    fn commands_and_arguments_hold_no_nul() {
+        let list = |s: &str| Some(Some(vec!["ok".to_string(), s.to_string()]));
+        assert_eq!(fault(|p| p.command = list("fine")), None);
+        assert_eq!(fault(|p| p.command = Some(None)), None);
+        assert_eq!(
+            fault(|p| p.command = list("a\0b")).as_deref(),
+            Some("command")
+        );
+        assert_eq!(
+            fault(|p| p.arguments = list("a\0b")).as_deref(),
+            Some("arguments")
+        );
+    }
+
+    #[test]
+    fn instance_counts_are_bounded() {
+        assert_eq!(fault(|p| p.max_instances = Some(1)), None);
+        assert_eq!(
+            fault(|p| p.max_instances = Some(0)).as_deref(),
+            Some("maxInstances")
+        );
+        let over = ContainerSpec::MAX_INSTANCES + 1;
+        assert_eq!(
+            fault(|p| p.min_instances = Some(over)).as_deref(),
+            Some("minInstances")
+        );
+        assert_eq!(
+            fault(|p| p.max_instances = Some(over)).as_deref(),
+            Some("maxInstances")
+        );
+        assert_eq!(
+            fault(|p| p.max_instances = Some(ContainerSpec::MAX_INSTANCES)),
+            None
+        );
+    }
+
+    #[test]
+    fn idle_timeouts_are_between_a_second_and_a_week() {
+        assert_eq!(fault(|p| p.idle_timeout_seconds = Some(1)), None);
+        assert_eq!(
+            fault(|p| p.idle_timeout_seconds = Some(MAX_IDLE_TIMEOUT_SECONDS)),
+            None
+        );
+        for idle in [0, MAX_IDLE_TIMEOUT_SECONDS + 1] {
+            assert_eq!(
+                fault(|p| p.idle_timeout_seconds = Some(idle)).as_deref(),
+                Some("idleTimeoutSeconds")
+            );
+        }
+    }
+
+    #[test]
+    fn concurrency_and_queue_depth_are_between_one_and_their_bound() {
+        assert_eq!(fault(|p| p.concurrency = Some(MAX_CONCURRENCY)), None);
+        assert_eq!(fault(|p| p.queue_depth = Some(1)), None);
+        for value in [0, MAX_CONCURRENCY + 1] {
+            assert_eq!(
+                fault(|p| p.concurrency = Some(value)).as_deref(),
+                Some("concurrency")
+            );
+        }
+        for value in [0, MAX_QUEUE_DEPTH + 1] {
+            assert_eq!(
+                fault(|p| p.queue_depth = Some(value)).as_deref(),
+                Some("queueDepth")
+            );
+        }
+    }
+
+    #[test]
+    fn prepared_sandboxes_may_be_none_but_are_bounded() {
+        assert_eq!(fault(|p| p.prepared_sandboxes = Some(0)), None);
+        assert_eq!(
+            fault(|p| p.prepared_sandboxes = Some(MAX_PREPARED_SANDBOXES)),
+            None
+        );
+        assert_eq!(
+            fault(|p| p.prepared_sandboxes = Some(MAX_PREPARED_SANDBOXES + 1)).as_deref(),
+            Some("preparedSandboxes")
+        );
+    }
+
+    #[test]
+    fn a_refused_patch_is_refused_by_apply_too_and_faces_may_rename_the_field() {
+        let mut p = patch();
+        p.queue_depth = Some(0);
+        let err = p.clone().into_new_spec().unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::InvalidField { field, .. } if field == "queueDepth"),
+            "{err}"
+        );
+        let renamed = p
+            .validate()
+            .unwrap_err()
+            .renamed(|field| (field == "queueDepth").then(|| "body.depth".to_string()));
+        assert_eq!(renamed.field(), "body.depth");
+        assert_eq!(renamed.message(), "0 is not between 1 and 100000");
+        let kept = patch()
+            .validate()
+            .err()
+            .map(|e| e.renamed(|_| None).field().to_string());
+        assert_eq!(kept, None);
     }
 
     #[test]
