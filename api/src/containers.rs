@@ -4,6 +4,7 @@ use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::json::StrictJson;
 use crate::pagination::{ListEnvelope, page_request};
+use crate::wire::rfc3339;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -15,7 +16,6 @@ use ember_runtime::model::{
 use ember_runtime::{ContainerView, Runtime};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::time::SystemTime;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -416,11 +416,6 @@ fn number(value: f64) -> serde_json::Number {
     } else {
         serde_json::Number::from_f64(value).unwrap_or_else(|| serde_json::Number::from(0))
     }
-}
-
-/// RFC 3339 in UTC to the second, as the documents show.
-pub(crate) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// One revision, as document 002 shows it.

@@ -3,10 +3,12 @@
 //! and instance tasks (migration).
 
 use crate::auth::Authenticated;
-use crate::containers::{container_id, rfc3339};
+use crate::containers::container_id;
 use crate::error::ApiError;
-use crate::instances::{DataEnvelope, JobJson, accepted, instance_id};
+use crate::instances::{accepted, instance_id};
+use crate::jobs::JobJson;
 use crate::json::StrictJson;
+use crate::wire::{DataEnvelope, rfc3339};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};

@@ -2,10 +2,11 @@
 //! point-in-time telemetry report of what it uses against what it may use.
 
 use crate::auth::Authenticated;
-use crate::containers::{container_id, rfc3339};
+use crate::containers::container_id;
 use crate::error::ApiError;
 use crate::instance_query::{MAX_PAGE_SIZE, number_in};
-use crate::instances::{DataEnvelope, instance_id};
+use crate::instances::instance_id;
+use crate::wire::{DataEnvelope, rfc3339};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};

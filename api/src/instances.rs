@@ -2,12 +2,13 @@
 //! instances started or stopped by hand (each a job: see [`crate::jobs`]).
 
 use crate::auth::Authenticated;
-use crate::containers::{ContainerJson, container_id, rfc3339};
+use crate::containers::{ContainerJson, container_id};
 use crate::error::ApiError;
 use crate::instance_query::{Include, InstanceQuery};
-pub(crate) use crate::jobs::JobJson;
+use crate::jobs::JobJson;
 use crate::json::StrictJsonList;
 use crate::servers::ServerJson;
+use crate::wire::{DataEnvelope, rfc3339};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -230,12 +231,6 @@ pub(crate) fn instance_id(raw: &str) -> Result<InstanceId, ApiError> {
     raw.parse().map_err(|e: ember_runtime::model::InvalidId| {
         ApiError::invalid_field("instanceId", e.to_string())
     })
-}
-
-/// Document 004's envelope: `{"data": ...}`.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct DataEnvelope<T> {
-    pub(crate) data: T,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -1,9 +1,8 @@
 //! `/v1/jobs/{id}`: the progress of an asynchronous operation.
 
 use crate::auth::Authenticated;
-use crate::containers::rfc3339;
 use crate::error::ApiError;
-use crate::instances::DataEnvelope;
+use crate::wire::{DataEnvelope, rfc3339};
 use axum::Json;
 use axum::extract::{Path, State};
 use ember_runtime::Runtime;

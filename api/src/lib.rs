@@ -23,6 +23,7 @@ mod pagination;
 mod servers;
 mod streams;
 mod tokens;
+mod wire;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

@@ -4,8 +4,9 @@
 //! deleted. With `period_end` the stream ends after the range instead.
 
 use crate::auth::Authenticated;
-use crate::containers::{container_id, rfc3339};
+use crate::containers::container_id;
 use crate::error::ApiError;
+use crate::wire::rfc3339;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::header;

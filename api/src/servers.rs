@@ -1,7 +1,7 @@
 //! `/v1/servers`: the nodes instances run on, their capacity and what is allocated.
 
 use crate::auth::Authenticated;
-use crate::instances::DataEnvelope;
+use crate::wire::DataEnvelope;
 use axum::Json;
 use axum::extract::State;
 use ember_runtime::Runtime;

@@ -4,8 +4,8 @@
 //! what the client sends to the instance's standard input. The telemetry stream
 //! sends a JSON reading about once a second. Both close when the instance stops.
 
-use crate::containers::rfc3339;
 use crate::error::ApiError;
+use crate::wire::rfc3339;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};

@@ -1,10 +1,10 @@
 //! `/v1/tokens`: minting, listing and revoking API tokens (ADMIN role only).
 
 use crate::auth::Authenticated;
-use crate::containers::rfc3339;
 use crate::error::ApiError;
 use crate::json::StrictJson;
 use crate::pagination::{ListEnvelope, page_request};
+use crate::wire::rfc3339;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

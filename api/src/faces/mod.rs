@@ -8,9 +8,9 @@ pub(crate) mod packages;
 pub(crate) mod services;
 pub(crate) mod tutum;
 
-use crate::containers::rfc3339;
 use crate::error::ApiError;
 use crate::logs::seconds;
+use crate::wire::rfc3339;
 use ember_runtime::Runtime;
 use ember_runtime::logs::LogEntry;
 use ember_runtime::model::{InstanceInfo, InstanceState};

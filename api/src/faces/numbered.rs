@@ -4,8 +4,8 @@
 use super::LogRow;
 use super::{LogQuery, metrics_time, names_by_id, number, unique_name, wants_to_run};
 use crate::auth::Authenticated;
-use crate::containers::rfc3339;
 use crate::error::ApiError;
+use crate::wire::rfc3339;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
