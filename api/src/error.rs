@@ -1,5 +1,7 @@
-//! API errors: one JSON shape, `{"code", "message", "field"?}`, and the one mapping
-//! from runtime errors to statuses.
+//! API errors: one JSON shape, `{"code", "message", "field"?}`, and the one place
+//! where a failure gets its status: runtime errors through the `From` mapping,
+//! the API's own refusals through the named constructors. Success statuses (201,
+//! 202, 204) stay with the handler whose OpenAPI annotation declares them.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -17,8 +19,9 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error with a status, a stable code and a message for people.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with a status, a stable code and a message for people. Private:
+    /// the statuses are chosen by the constructors below, in this one file.
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -37,6 +40,55 @@ impl ApiError {
             message: format!("{field}: {message}"),
             field: Some(field),
         }
+    }
+
+    /// 400 about the request as a whole (its body, its headers), with a stable
+    /// `code` saying which.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 409: the request is valid but the runtime's setup or state refuses it.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 413: the body is over `limit` bytes (the connection is then closed: the
+    /// rest of the body was never read).
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// 415: the body is not sent as JSON.
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
+    }
+
+    /// 405: the path exists, but not with this method.
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            message,
+        )
+    }
+
+    /// 426: a WebSocket route called without the upgrade.
+    pub fn websocket_required(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UPGRADE_REQUIRED, "websocket_required", message)
+    }
+
+    /// 503: the runtime does not take work now (a readiness probe's answer).
+    pub fn not_ready(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
     }
 
     /// 404.

@@ -47,8 +47,7 @@ fn request_host(headers: &HeaderMap) -> Result<&str, ApiError> {
         .and_then(|host| host.to_str().ok())
         .filter(|host| !host.is_empty())
         .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
+            ApiError::bad_request(
                 "missing_host",
                 "the request has no Host header to build the stream's address from",
             )
@@ -152,8 +151,7 @@ async fn ssh_credentials(
     caller.require_capability(Capability::ContainersSsh)?;
     let (id, instance) = (container_id(&id)?, instance_id(&instance)?);
     let Some(ssh_addr) = runtime.config().ssh_addr else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
+        return Err(ApiError::conflict(
             "ssh_disabled",
             "this runtime runs no SSH server (ember serve --ssh-addr)",
         ));

@@ -149,8 +149,7 @@ async fn create(
     caller.require_capability(Capability::ContainersUpdate)?;
     let id = container_id(&id)?;
     if body.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "invalid_body",
             "the body must list at least one {\"server_id\", \"new_instances\"} entry",
         ));

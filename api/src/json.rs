@@ -3,7 +3,6 @@
 use crate::error::ApiError;
 use axum::body::Body;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
 use http_body_util::{BodyExt, Limited};
 use serde::de::DeserializeOwned;
 
@@ -20,13 +19,10 @@ pub(crate) struct StrictJsonList<T>(pub(crate) Vec<T>);
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is larger than the limit of {limit} bytes"),
-        )),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::body_too_large(limit))
+        }
+        Err(e) => Err(ApiError::bad_request(
             "bad_body",
             format!("reading the request body failed: {e}"),
         )),
@@ -41,8 +37,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
         // serde fills a struct from an array too, field by field in order: a body of
         // `["alice"]` would pass for `{"user": "alice"}`.
         if first_token(&bytes) == Some(b'[') {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
+            return Err(ApiError::bad_request(
                 "invalid_body",
                 "the body must be a JSON object, not an array",
             ));
@@ -72,9 +67,7 @@ async fn json_body(req: Request) -> Result<axum::body::Bytes, ApiError> {
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
         });
     if !is_json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+        return Err(ApiError::unsupported_media_type(
             "send the body as Content-Type: application/json",
         ));
     }
@@ -92,8 +85,7 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
+            return ApiError::bad_request(
                 "malformed_json",
                 format!("the body is not valid JSON: {inner}"),
             );
@@ -101,18 +93,13 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         // The path names the field at fault, unknown fields included.
         let message = inner.to_string();
         if path == "." {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                strip_position(&message),
-            )
+            ApiError::bad_request("invalid_body", strip_position(&message))
         } else {
             ApiError::invalid_field(path, strip_position(&message))
         }
     })?;
     de.end().map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
+        ApiError::bad_request(
             "malformed_json",
             format!("trailing data after the JSON value: {e}"),
         )
@@ -131,6 +118,7 @@ fn strip_position(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]

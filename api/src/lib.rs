@@ -139,13 +139,7 @@ async fn healthz() -> axum::Json<ProbeBody> {
 async fn readyz(
     axum::extract::State(runtime): axum::extract::State<Runtime>,
 ) -> Result<axum::Json<ProbeBody>, ApiError> {
-    runtime.readiness().map_err(|why| {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            why,
-        )
-    })?;
+    runtime.readiness().map_err(ApiError::not_ready)?;
     Ok(axum::Json(ProbeBody { status: "ready" }))
 }
 
@@ -154,9 +148,5 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("{method} is not allowed on {}", uri.path()),
-    )
+    ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()))
 }

@@ -9,7 +9,6 @@ use crate::wire::rfc3339;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use ember_runtime::grants::{GrantTarget, StreamPurpose};
 use ember_runtime::logs::LogEntry;
@@ -57,13 +56,8 @@ fn open(
     let Query(TokenQuery { token }) = query.map_err(|_| {
         ApiError::unauthorized("the stream needs ?token=<token> from its authorization")
     })?;
-    let upgrade = upgrade.map_err(|e| {
-        ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "websocket_required",
-            format!("this is a WebSocket: {e}"),
-        )
-    })?;
+    let upgrade =
+        upgrade.map_err(|e| ApiError::websocket_required(format!("this is a WebSocket: {e}")))?;
     let target = runtime.redeem_stream(&token, purpose).ok_or_else(|| {
         ApiError::unauthorized(
             "the token is unknown, used, expired, or for another stream; ask for a new one",
