@@ -4,14 +4,14 @@ use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::json::StrictJson;
 use crate::pagination::{ListEnvelope, page_request};
+use crate::path_ids::ContainerIdPath;
 use crate::wire::rfc3339;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use ember_runtime::model::{
-    CdiDeviceName, ContainerId, ContainerName, ContainerPatch, ContainerQuery, ContainerStatus,
-    Revision,
+    CdiDeviceName, ContainerName, ContainerPatch, ContainerQuery, ContainerStatus, Revision,
 };
 use ember_runtime::{ContainerView, Runtime};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -86,12 +86,6 @@ fn container_query(query: &HashMap<String, String>) -> Result<ContainerQuery, Ap
     })
 }
 
-/// Parses a container id from the path.
-pub(crate) fn container_id(raw: &str) -> Result<ContainerId, ApiError> {
-    raw.parse()
-        .map_err(|e: ember_runtime::model::InvalidId| ApiError::invalid_field("id", e.to_string()))
-}
-
 #[utoipa::path(
     get,
     path = "/v1/containers",
@@ -131,9 +125,9 @@ async fn list(
 async fn show(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    ContainerIdPath(id): ContainerIdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let view = runtime.get_container(&caller, container_id(&id)?).await?;
+    let view = runtime.get_container(&caller, id).await?;
     Ok(Json(ContainerJson::from_view(&runtime, view)))
 }
 
@@ -170,10 +164,9 @@ async fn create(
 async fn update(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    ContainerIdPath(id): ContainerIdPath,
     StrictJson(body): StrictJson<ContainerRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = container_id(&id)?;
     let patch = body.into_patch()?;
     let view = runtime.update_container(&caller, id, patch).await?;
     Ok(Json(ContainerJson::from_view(&runtime, view)))
@@ -190,11 +183,9 @@ async fn update(
 async fn remove(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    ContainerIdPath(id): ContainerIdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    runtime
-        .delete_container(&caller, container_id(&id)?)
-        .await?;
+    runtime.delete_container(&caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -209,11 +200,11 @@ async fn remove(
 async fn revisions(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    ContainerIdPath(id): ContainerIdPath,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let page = runtime
-        .list_revisions(&caller, container_id(&id)?, page_request(&query)?)
+        .list_revisions(&caller, id, page_request(&query)?)
         .await?;
     Ok(Json(ListEnvelope::from_page(page, RevisionJson::from)))
 }

@@ -3,14 +3,14 @@
 //! and instance tasks (migration).
 
 use crate::auth::Authenticated;
-use crate::containers::container_id;
 use crate::error::ApiError;
-use crate::instances::{accepted, instance_id};
+use crate::instances::accepted;
 use crate::jobs::JobJson;
 use crate::json::StrictJson;
+use crate::path_ids::InstanceIdPath;
 use crate::wire::{DataEnvelope, rfc3339};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use ember_runtime::grants::StreamPurpose;
 use ember_runtime::model::{Caller, Capability, ContainerId, InstanceId, ServerId};
@@ -65,10 +65,11 @@ fn request_host(headers: &HeaderMap) -> Result<&str, ApiError> {
 async fn console(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path((id, instance)): Path<(String, String)>,
+    ids: Result<InstanceIdPath, ApiError>,
     headers: HeaderMap,
 ) -> Result<Json<DataEnvelope<StreamAuthorization>>, ApiError> {
-    let ids = (container_id(&id)?, instance_id(&instance)?);
+    let InstanceIdPath(id, instance) = ids?;
+    let ids = (id, instance);
     authorize_stream(&runtime, &caller, ids, &headers, StreamPurpose::Console).await
 }
 
@@ -83,10 +84,11 @@ async fn console(
 async fn telemetry_stream(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path((id, instance)): Path<(String, String)>,
+    ids: Result<InstanceIdPath, ApiError>,
     headers: HeaderMap,
 ) -> Result<Json<DataEnvelope<StreamAuthorization>>, ApiError> {
-    let ids = (container_id(&id)?, instance_id(&instance)?);
+    let InstanceIdPath(id, instance) = ids?;
+    let ids = (id, instance);
     authorize_stream(&runtime, &caller, ids, &headers, StreamPurpose::Telemetry).await
 }
 
@@ -145,11 +147,11 @@ struct Expired {
 async fn ssh_credentials(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path((id, instance)): Path<(String, String)>,
+    ids: Result<InstanceIdPath, ApiError>,
     headers: HeaderMap,
 ) -> Result<Json<DataEnvelope<SshConnection>>, ApiError> {
     caller.require_capability(Capability::ContainersSsh)?;
-    let (id, instance) = (container_id(&id)?, instance_id(&instance)?);
+    let InstanceIdPath(id, instance) = ids?;
     let Some(ssh_addr) = runtime.config().ssh_addr else {
         return Err(ApiError::conflict(
             "ssh_disabled",
@@ -200,12 +202,11 @@ fn host_name(host: &str) -> &str {
 async fn expire_ssh_credentials(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path((id, instance)): Path<(String, String)>,
+    ids: Result<InstanceIdPath, ApiError>,
 ) -> Result<Json<DataEnvelope<Expired>>, ApiError> {
     caller.require_capability(Capability::ContainersSsh)?;
-    let removed = runtime
-        .expire_ssh(&caller, container_id(&id)?, instance_id(&instance)?)
-        .await?;
+    let InstanceIdPath(id, instance) = ids?;
+    let removed = runtime.expire_ssh(&caller, id, instance).await?;
     Ok(Json(DataEnvelope {
         data: Expired { removed },
     }))
@@ -278,11 +279,11 @@ fn task_from(body: TaskBody) -> Result<InstanceTask, ApiError> {
 async fn create_task(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path((id, instance)): Path<(String, String)>,
+    ids: Result<InstanceIdPath, ApiError>,
     StrictJson(body): StrictJson<TaskBody>,
 ) -> Result<(StatusCode, Json<DataEnvelope<JobJson>>), ApiError> {
     caller.require_capability(Capability::ContainersInstanceMigrate)?;
-    let (id, instance) = (container_id(&id)?, instance_id(&instance)?);
+    let InstanceIdPath(id, instance) = ids?;
     let task = task_from(body)?;
     let job = runtime
         .run_instance_task(&caller, id, instance, task)

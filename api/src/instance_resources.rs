@@ -2,14 +2,13 @@
 //! point-in-time telemetry report of what it uses against what it may use.
 
 use crate::auth::Authenticated;
-use crate::containers::container_id;
 use crate::error::ApiError;
 use crate::instance_query::{MAX_PAGE_SIZE, number_in};
-use crate::instances::instance_id;
+use crate::path_ids::InstanceIdPath;
 use crate::wire::{DataEnvelope, rfc3339};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use ember_runtime::Runtime;
 use ember_runtime::model::{Capability, InstanceState};
 use serde_json::{Value, json};
@@ -65,16 +64,14 @@ fn check_volume_query(query: &[(String, String)]) -> Result<(usize, usize), ApiE
 async fn volumes(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path((id, instance)): Path<(String, String)>,
+    ids: Result<InstanceIdPath, ApiError>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<DataEnvelope<Vec<Value>>>, ApiError> {
     caller.require_capability(Capability::ContainersView)?;
     let Query(query) = query?;
     let (size, number) = check_volume_query(&query)?;
-    let id = container_id(&id)?;
-    let info = runtime
-        .get_instance(&caller, id, instance_id(&instance)?)
-        .await?;
+    let InstanceIdPath(id, instance) = ids?;
+    let info = runtime.get_instance(&caller, id, instance).await?;
     let view = runtime.get_container(&caller, id).await?;
     let mut data = Vec::new();
     if info.state == InstanceState::Running && info.sandbox_id.is_some() {
@@ -109,7 +106,7 @@ async fn volumes(
 async fn report(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path((id, instance)): Path<(String, String)>,
+    ids: Result<InstanceIdPath, ApiError>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<DataEnvelope<Value>>, ApiError> {
     caller.require_capability(Capability::ContainersView)?;
@@ -120,10 +117,8 @@ async fn report(
             "the report takes no filter: it covers cpu, memory, storage and network",
         ));
     }
-    let id = container_id(&id)?;
-    let info = runtime
-        .get_instance(&caller, id, instance_id(&instance)?)
-        .await?;
+    let InstanceIdPath(id, instance) = ids?;
+    let info = runtime.get_instance(&caller, id, instance).await?;
     let view = runtime.get_container(&caller, id).await?;
     let spec = &view.container.spec;
     let sample = runtime.instance_usage_now(&caller, id, info.id).await?;

@@ -2,19 +2,20 @@
 //! instances started or stopped by hand (each a job: see [`crate::jobs`]).
 
 use crate::auth::Authenticated;
-use crate::containers::{ContainerJson, container_id};
+use crate::containers::ContainerJson;
 use crate::error::ApiError;
 use crate::instance_query::{Include, InstanceQuery};
 use crate::jobs::JobJson;
 use crate::json::StrictJsonList;
+use crate::path_ids::{ContainerIdPath, InstanceIdPath};
 use crate::servers::ServerJson;
 use crate::wire::{DataEnvelope, rfc3339};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use ember_runtime::Runtime;
-use ember_runtime::model::{Capability, InstanceId, InstanceInfo, InstanceState, ServerId};
+use ember_runtime::model::{Capability, InstanceInfo, InstanceState, ServerId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -38,11 +39,11 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
 async fn list(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    id: Result<ContainerIdPath, ApiError>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<InstanceList>, ApiError> {
     caller.require_capability(Capability::ContainersView)?;
-    let id = container_id(&id)?;
+    let ContainerIdPath(id) = id?;
     let Query(query) = query?;
     let query = InstanceQuery::parse(&query)?;
     let instances = query.apply(runtime.list_instances(&caller, id).await?);
@@ -109,12 +110,11 @@ struct InstanceList {
 async fn get_one(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path((id, instance)): Path<(String, String)>,
+    ids: Result<InstanceIdPath, ApiError>,
 ) -> Result<Json<DataEnvelope<InstanceJson>>, ApiError> {
     caller.require_capability(Capability::ContainersView)?;
-    let info = runtime
-        .get_instance(&caller, container_id(&id)?, instance_id(&instance)?)
-        .await?;
+    let InstanceIdPath(id, instance) = ids?;
+    let info = runtime.get_instance(&caller, id, instance).await?;
     Ok(Json(DataEnvelope {
         data: InstanceJson::from(info),
     }))
@@ -143,11 +143,11 @@ const MAX_NEW_INSTANCES: u32 = 1000;
 async fn create(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    id: Result<ContainerIdPath, ApiError>,
     StrictJsonList(body): StrictJsonList<NewInstances>,
 ) -> Result<(StatusCode, Json<DataEnvelope<JobJson>>), ApiError> {
     caller.require_capability(Capability::ContainersUpdate)?;
-    let id = container_id(&id)?;
+    let ContainerIdPath(id) = id?;
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_body",
@@ -186,12 +186,10 @@ async fn create(
 async fn delete_all(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    id: Result<ContainerIdPath, ApiError>,
 ) -> Result<(StatusCode, Json<DataEnvelope<JobJson>>), ApiError> {
     caller.require_capability(Capability::ContainersUpdate)?;
-    let job = runtime
-        .delete_instances(&caller, container_id(&id)?)
-        .await?;
+    let job = runtime.delete_instances(&caller, id?.0).await?;
     Ok(accepted(job))
 }
 
@@ -206,12 +204,11 @@ async fn delete_all(
 async fn delete_one(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path((id, instance)): Path<(String, String)>,
+    ids: Result<InstanceIdPath, ApiError>,
 ) -> Result<(StatusCode, Json<DataEnvelope<JobJson>>), ApiError> {
     caller.require_capability(Capability::ContainersUpdate)?;
-    let job = runtime
-        .delete_instance(&caller, container_id(&id)?, instance_id(&instance)?)
-        .await?;
+    let InstanceIdPath(id, instance) = ids?;
+    let job = runtime.delete_instance(&caller, id, instance).await?;
     Ok(accepted(job))
 }
 
@@ -224,12 +221,6 @@ pub(crate) fn accepted(
             data: JobJson::from(job),
         }),
     )
-}
-
-pub(crate) fn instance_id(raw: &str) -> Result<InstanceId, ApiError> {
-    raw.parse().map_err(|e: ember_runtime::model::InvalidId| {
-        ApiError::invalid_field("instanceId", e.to_string())
-    })
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -2,11 +2,12 @@
 
 use crate::auth::Authenticated;
 use crate::error::ApiError;
+use crate::path_ids::JobIdPath;
 use crate::wire::{DataEnvelope, rfc3339};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use ember_runtime::Runtime;
-use ember_runtime::model::{Job, JobAction, JobId, JobState};
+use ember_runtime::model::{Job, JobAction, JobState};
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -26,11 +27,8 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
 async fn get_job(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    JobIdPath(id): JobIdPath,
 ) -> Result<Json<DataEnvelope<JobJson>>, ApiError> {
-    let id: JobId = id.parse().map_err(|e: ember_runtime::model::InvalidId| {
-        ApiError::invalid_field("id", e.to_string())
-    })?;
     Ok(Json(DataEnvelope {
         data: JobJson::from(runtime.get_job(&caller, id).await?),
     }))

@@ -20,6 +20,7 @@ mod json;
 mod logs;
 mod openapi;
 mod pagination;
+mod path_ids;
 mod servers;
 mod streams;
 mod tokens;

@@ -4,11 +4,11 @@
 //! deleted. With `period_end` the stream ends after the range instead.
 
 use crate::auth::Authenticated;
-use crate::containers::container_id;
 use crate::error::ApiError;
+use crate::path_ids::ContainerIdPath;
 use crate::wire::rfc3339;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use ember_runtime::Runtime;
@@ -73,7 +73,7 @@ pub(crate) fn seconds(
 async fn logs(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    id: Result<ContainerIdPath, ApiError>,
     query: Result<Query<Period>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(period) = query?;
@@ -83,7 +83,7 @@ async fn logs(
         period.period_start.as_deref(),
         now - Duration::from_secs(24 * 3600),
     )?;
-    let id = container_id(&id)?;
+    let ContainerIdPath(id) = id?;
     let event_stream = [
         (header::CONTENT_TYPE, "text/event-stream"),
         (header::CACHE_CONTROL, "no-cache"),

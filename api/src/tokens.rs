@@ -4,13 +4,14 @@ use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::json::StrictJson;
 use crate::pagination::{ListEnvelope, page_request};
+use crate::path_ids::TokenIdPath;
 use crate::wire::rfc3339;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use ember_runtime::Runtime;
-use ember_runtime::model::{Capabilities, NewToken, Role, Scopes, Token, TokenId, UserName};
+use ember_runtime::model::{Capabilities, NewToken, Role, Scopes, Token, UserName};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use utoipa_axum::router::OpenApiRouter;
@@ -139,11 +140,9 @@ async fn list(
 async fn show(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    TokenIdPath(id): TokenIdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(TokenJson::from(
-        runtime.get_token(&caller, token_id(&id)?).await?,
-    )))
+    Ok(Json(TokenJson::from(runtime.get_token(&caller, id).await?)))
 }
 
 #[utoipa::path(
@@ -157,13 +156,8 @@ async fn show(
 async fn revoke(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    TokenIdPath(id): TokenIdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    runtime.revoke_token(&caller, token_id(&id)?).await?;
+    runtime.revoke_token(&caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn token_id(raw: &str) -> Result<TokenId, ApiError> {
-    raw.parse()
-        .map_err(|e: ember_runtime::model::InvalidId| ApiError::invalid_field("id", e.to_string()))
 }

@@ -32,12 +32,6 @@ pub(crate) fn unique_name(container: &str, instance: &InstanceInfo) -> String {
     format!("{container}-{}", instance.ordinal)
 }
 
-/// An integer id from the path.
-pub(crate) fn number(field: &str, raw: &str) -> Result<u64, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::invalid_field(field, format!("`{raw}` is not an integer id")))
-}
-
 /// Documents 000 and 001's log query: `limit` lines from `period_start` to
 /// `period_end` (seconds since the epoch; by default the last day).
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -2,16 +2,17 @@
 //! power actions, logs, processes and CPU and memory series.
 
 use super::LogRow;
-use super::{LogQuery, metrics_time, names_by_id, number, unique_name, wants_to_run};
+use super::{LogQuery, metrics_time, names_by_id, unique_name, wants_to_run};
 use crate::auth::Authenticated;
 use crate::error::ApiError;
+use crate::path_ids::{NumberPath, PowerActionPath};
 use crate::wire::rfc3339;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use ember_runtime::model::{Caller, InstanceInfo, InstanceState, Scope};
-use ember_runtime::{ContainerView, PowerAction, ProcessInfo, Runtime, UsageSample};
+use ember_runtime::{ContainerView, ProcessInfo, Runtime, UsageSample};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -26,15 +27,14 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
         .routes(routes!(metrics))
 }
 
-/// The instance with integer id `raw` and its container, if the caller may see them.
+/// The instance with integer id `number` and its container, if the caller may see
+/// them.
 async fn find(
     runtime: &Runtime,
     caller: &Caller,
-    raw: &str,
+    number: u64,
 ) -> Result<(ContainerView, InstanceInfo), ApiError> {
-    Ok(runtime
-        .find_instance_by_number(caller, number("id", raw)?)
-        .await?)
+    Ok(runtime.find_instance_by_number(caller, number).await?)
 }
 
 /// Document 000's `current_state` of an instance.
@@ -218,30 +218,16 @@ fn round2(x: f64) -> f64 {
 async fn show(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    id: Result<NumberPath, ApiError>,
 ) -> Result<Json<Containers>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let (view, instance) = find(&runtime, &caller, &id).await?;
+    let (view, instance) = find(&runtime, &caller, id?.0).await?;
     let usage = runtime
         .instance_usage_now(&caller, view.container.id, instance.id)
         .await?;
     Ok(Json(Containers::new(vec![instance_json(
         &runtime, &view, &instance, usage,
     )])))
-}
-
-/// Document 000's and 001's power actions.
-pub(crate) fn power_action(raw: &str) -> Result<PowerAction, ApiError> {
-    match raw {
-        "start" => Ok(PowerAction::Start),
-        "stop" => Ok(PowerAction::Stop),
-        "restart" => Ok(PowerAction::Restart),
-        "rebuild" => Ok(PowerAction::Rebuild),
-        _ => Err(ApiError::invalid_field(
-            "action",
-            format!("`{raw}` is not a power action (`start`, `stop`, `restart`, `rebuild`)"),
-        )),
-    }
 }
 
 #[utoipa::path(
@@ -255,15 +241,17 @@ pub(crate) fn power_action(raw: &str) -> Result<PowerAction, ApiError> {
 async fn power(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path((id, action)): Path<(String, String)>,
+    id: Result<NumberPath, ApiError>,
+    action: Result<PowerActionPath, ApiError>,
 ) -> Result<(StatusCode, Json<Containers>), ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
-    let action = power_action(&action)?;
-    let (view, instance) = find(&runtime, &caller, &id).await?;
+    let PowerActionPath(action) = action?;
+    let NumberPath(id) = id?;
+    let (view, instance) = find(&runtime, &caller, id).await?;
     runtime
         .power_instance(&caller, view.container.id, instance.id, action)
         .await?;
-    let (view, instance) = find(&runtime, &caller, &id).await?;
+    let (view, instance) = find(&runtime, &caller, id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Containers::new(vec![instance_json(
@@ -283,13 +271,13 @@ async fn power(
 async fn logs(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    id: Result<NumberPath, ApiError>,
     query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Json<Vec<LogRow>>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let Query(query) = query?;
     let (since, until) = query.range()?;
-    let (view, instance) = find(&runtime, &caller, &id).await?;
+    let (view, instance) = find(&runtime, &caller, id?.0).await?;
     let entries = runtime
         .read_instance_logs(&caller, view.container.id, instance.id, since, until)
         .await?;
@@ -308,10 +296,10 @@ async fn logs(
 async fn processes(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    id: Result<NumberPath, ApiError>,
 ) -> Result<Json<Vec<ProcessRow>>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let (view, instance) = find(&runtime, &caller, &id).await?;
+    let (view, instance) = find(&runtime, &caller, id?.0).await?;
     let processes = runtime
         .instance_processes(&caller, view.container.id, instance.id)
         .await?;
@@ -329,7 +317,8 @@ async fn processes(
 async fn metrics(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path((id, kind)): Path<(String, String)>,
+    id: Result<NumberPath, ApiError>,
+    Path((_, kind)): Path<(String, String)>,
 ) -> Result<Json<Series>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let value: fn(&UsageSample) -> f64 = match kind.as_str() {
@@ -341,7 +330,7 @@ async fn metrics(
             )));
         }
     };
-    let (view, instance) = find(&runtime, &caller, &id).await?;
+    let (view, instance) = find(&runtime, &caller, id?.0).await?;
     let series = runtime
         .instance_usage(&caller, view.container.id, instance.id)
         .await?;

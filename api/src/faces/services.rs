@@ -1,16 +1,17 @@
 //! Document 001, `/api/container_services`: containers by integer id, with their
 //! package, scale, power actions on every instance, and logs.
 
-use super::numbered::{Containers, instance_json, power_action};
+use super::numbered::{Containers, instance_json};
 use super::packages::Package;
-use super::{LogQuery, LogRow, names_by_id, number};
+use super::{LogQuery, LogRow, names_by_id};
 use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::json::StrictJson;
+use crate::path_ids::{NumberPath, PowerActionPath};
 use crate::wire::rfc3339;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use ember_runtime::model::{
     Caller, ContainerName, ContainerPatch, ContainerQuery, ContainerStatus, InstanceState,
@@ -35,10 +36,8 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
         .routes(routes!(logs))
 }
 
-async fn find(runtime: &Runtime, caller: &Caller, raw: &str) -> Result<ContainerView, ApiError> {
-    Ok(runtime
-        .find_container_by_number(caller, number("id", raw)?)
-        .await?)
+async fn find(runtime: &Runtime, caller: &Caller, number: u64) -> Result<ContainerView, ApiError> {
+    Ok(runtime.find_container_by_number(caller, number).await?)
 }
 
 /// Document 001's `current_state`, from the container's deployment and instances.
@@ -300,10 +299,10 @@ async fn list(
 async fn show(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    id: Result<NumberPath, ApiError>,
 ) -> Result<Json<OneService>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let view = find(&runtime, &caller, &id).await?;
+    let view = find(&runtime, &caller, id?.0).await?;
     Ok(Json(OneService {
         container_service: service_json(&runtime, &view),
     }))
@@ -380,7 +379,7 @@ async fn apply(
 async fn update(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    id: Result<NumberPath, ApiError>,
     StrictJson(body): StrictJson<Wrapped<ServiceUpdate>>,
 ) -> Result<Json<OneService>, ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
@@ -399,7 +398,7 @@ async fn update(
         Package::find("container_service.package_id", package)?.apply(&mut patch);
     }
     let patch = checked(patch, "container_service.scale")?;
-    let view = find(&runtime, &caller, &id).await?;
+    let view = find(&runtime, &caller, id?.0).await?;
     apply(&runtime, &caller, view, patch).await
 }
 
@@ -415,7 +414,7 @@ async fn update(
 async fn resize(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    id: Result<NumberPath, ApiError>,
     StrictJson(body): StrictJson<Wrapped<Resize>>,
 ) -> Result<Json<OneService>, ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
@@ -427,7 +426,7 @@ async fn resize(
     .apply(&mut patch);
     // A package sets no instance count: the fields keep their native names.
     patch.validate()?;
-    let view = find(&runtime, &caller, &id).await?;
+    let view = find(&runtime, &caller, id?.0).await?;
     apply(&runtime, &caller, view, patch).await
 }
 
@@ -443,14 +442,14 @@ async fn resize(
 async fn scale(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    id: Result<NumberPath, ApiError>,
     StrictJson(body): StrictJson<Wrapped<Scale>>,
 ) -> Result<Json<OneService>, ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
     let mut patch = ContainerPatch::default();
     pin_count(&mut patch, body.container_service.qty);
     let patch = checked(patch, "container_service.qty")?;
-    let view = find(&runtime, &caller, &id).await?;
+    let view = find(&runtime, &caller, id?.0).await?;
     apply(&runtime, &caller, view, patch).await
 }
 
@@ -465,10 +464,10 @@ async fn scale(
 async fn remove(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    id: Result<NumberPath, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
-    let view = find(&runtime, &caller, &id).await?;
+    let view = find(&runtime, &caller, id?.0).await?;
     runtime.delete_container(&caller, view.container.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -484,11 +483,12 @@ async fn remove(
 async fn power(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path((id, action)): Path<(String, String)>,
+    id: Result<NumberPath, ApiError>,
+    action: Result<PowerActionPath, ApiError>,
 ) -> Result<(StatusCode, Json<PowerOutcome>), ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
-    let action = power_action(&action)?;
-    let view = find(&runtime, &caller, &id).await?;
+    let PowerActionPath(action) = action?;
+    let view = find(&runtime, &caller, id?.0).await?;
     let applied = runtime
         .power_all_instances(&caller, view.container.id, action)
         .await?;
@@ -512,10 +512,10 @@ async fn power(
 async fn containers(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    id: Result<NumberPath, ApiError>,
 ) -> Result<Json<Containers>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let view = find(&runtime, &caller, &id).await?;
+    let view = find(&runtime, &caller, id?.0).await?;
     let instances = runtime.list_instances(&caller, view.container.id).await?;
     let listed = instances
         .iter()
@@ -535,13 +535,13 @@ async fn containers(
 async fn logs(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    id: Result<NumberPath, ApiError>,
     query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Json<Vec<LogRow>>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let Query(query) = query?;
     let (since, until) = query.range()?;
-    let view = find(&runtime, &caller, &id).await?;
+    let view = find(&runtime, &caller, id?.0).await?;
     let id = view.container.id;
     let entries = runtime.read_logs(&caller, id, since, until).await?;
     let instances = runtime.list_all_instances(&caller, id).await?;

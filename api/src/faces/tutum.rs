@@ -5,9 +5,10 @@
 
 use crate::auth::Authenticated;
 use crate::error::ApiError;
+use crate::path_ids::TutumUuidPath;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use ember_runtime::model::{Caller, InstanceId, InstanceInfo, InstanceState, Scope};
 use ember_runtime::{ContainerView, PowerAction, Runtime};
@@ -116,18 +117,12 @@ fn split_image(image: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn instance_id(raw: &str) -> Result<InstanceId, ApiError> {
-    raw.parse().map_err(|e: ember_runtime::model::InvalidId| {
-        ApiError::invalid_field("uuid", e.to_string())
-    })
-}
-
 async fn find(
     runtime: &Runtime,
     caller: &Caller,
-    raw: &str,
+    id: InstanceId,
 ) -> Result<(ContainerView, InstanceInfo), ApiError> {
-    Ok(runtime.find_instance(caller, instance_id(raw)?).await?)
+    Ok(runtime.find_instance(caller, id).await?)
 }
 
 #[derive(Deserialize)]
@@ -222,10 +217,10 @@ async fn list(
 async fn show(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(uuid): Path<String>,
+    uuid: Result<TutumUuidPath, ApiError>,
 ) -> Result<Json<TutumContainer>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let (view, instance) = find(&runtime, &caller, &uuid).await?;
+    let (view, instance) = find(&runtime, &caller, uuid?.0).await?;
     Ok(Json(object(&view, &instance)))
 }
 
@@ -240,10 +235,10 @@ async fn show(
 async fn logs(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(uuid): Path<String>,
+    uuid: Result<TutumUuidPath, ApiError>,
 ) -> Result<Json<TutumLogs>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
-    let (view, instance) = find(&runtime, &caller, &uuid).await?;
+    let (view, instance) = find(&runtime, &caller, uuid?.0).await?;
     let now = std::time::SystemTime::now();
     let lines: String = runtime
         .read_instance_logs(
@@ -264,10 +259,11 @@ async fn logs(
 async fn act(
     runtime: &Runtime,
     caller: &Caller,
-    uuid: &str,
+    uuid: Result<TutumUuidPath, ApiError>,
     action: PowerAction,
 ) -> Result<(StatusCode, Json<TutumContainer>), ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
+    let TutumUuidPath(uuid) = uuid?;
     let (view, instance) = find(runtime, caller, uuid).await?;
     runtime
         .power_instance(caller, view.container.id, instance.id, action)
@@ -287,9 +283,9 @@ async fn act(
 async fn start(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(uuid): Path<String>,
+    uuid: Result<TutumUuidPath, ApiError>,
 ) -> Result<(StatusCode, Json<TutumContainer>), ApiError> {
-    act(&runtime, &caller, &uuid, PowerAction::Start).await
+    act(&runtime, &caller, uuid, PowerAction::Start).await
 }
 
 #[utoipa::path(
@@ -303,9 +299,9 @@ async fn start(
 async fn stop(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(uuid): Path<String>,
+    uuid: Result<TutumUuidPath, ApiError>,
 ) -> Result<(StatusCode, Json<TutumContainer>), ApiError> {
-    act(&runtime, &caller, &uuid, PowerAction::Stop).await
+    act(&runtime, &caller, uuid, PowerAction::Stop).await
 }
 
 #[utoipa::path(
@@ -319,9 +315,9 @@ async fn stop(
 async fn terminate(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
-    Path(uuid): Path<String>,
+    uuid: Result<TutumUuidPath, ApiError>,
 ) -> Result<(StatusCode, Json<TutumContainer>), ApiError> {
-    act(&runtime, &caller, &uuid, PowerAction::Terminate).await
+    act(&runtime, &caller, uuid, PowerAction::Terminate).await
 }
 
 #[cfg(test)]
