@@ -22,7 +22,7 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
     tag = "runtime",
     summary = "Stores a wasm component",
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The component binary"),
-    responses((status = 201, description = "Its digest", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 201, description = "Its digest", body = serde_json::Value))
 )]
 async fn upload(
     State(runtime): State<Runtime>,

@@ -99,7 +99,7 @@ fn container_query(query: &HashMap<String, String>) -> Result<ContainerQuery, Ap
         ("namePrefix" = Option<String>, Query, description = "Only containers whose name starts with this; the list is then in name order"),
         ("name" = Option<String>, Query, description = "Only the container with this name"),
     ),
-    responses((status = 200, description = "A page of containers", body = ListEnvelope<ContainerJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "A page of containers", body = ListEnvelope<ContainerJson>))
 )]
 async fn list(
     State(runtime): State<Runtime>,
@@ -120,7 +120,7 @@ async fn list(
     tag = "containers",
     summary = "One container",
     params(("id" = String, Path, description = "The container's id (a UUID)")),
-    responses((status = 200, description = "The container", body = ContainerJson), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The container", body = ContainerJson))
 )]
 async fn show(
     State(runtime): State<Runtime>,
@@ -137,7 +137,7 @@ async fn show(
     tag = "containers",
     summary = "Creates a container and deploys its first revision",
     request_body = serde_json::Value,
-    responses((status = 201, description = "The container, deploying", body = ContainerJson), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 201, description = "The container, deploying", body = ContainerJson))
 )]
 async fn create(
     State(runtime): State<Runtime>,
@@ -159,7 +159,7 @@ async fn create(
     summary = "Updates a container: a new revision",
     params(("id" = String, Path, description = "The container's id (a UUID)")),
     request_body = serde_json::Value,
-    responses((status = 200, description = "The container, deploying the new revision", body = ContainerJson), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The container, deploying the new revision", body = ContainerJson))
 )]
 async fn update(
     State(runtime): State<Runtime>,
@@ -178,7 +178,7 @@ async fn update(
     tag = "containers",
     summary = "Deletes a container (ADMIN or its creator)",
     params(("id" = String, Path, description = "The container's id (a UUID)")),
-    responses((status = 204, description = "Deleted"), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 204, description = "Deleted"))
 )]
 async fn remove(
     State(runtime): State<Runtime>,
@@ -195,7 +195,7 @@ async fn remove(
     tag = "containers",
     summary = "A container's revisions, newest first",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("page" = Option<u32>, Query, description = "Page number, from 1"), ("rowsPerPage" = Option<u32>, Query, description = "Items per page")),
-    responses((status = 200, description = "A page of revisions", body = ListEnvelope<RevisionJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "A page of revisions", body = ListEnvelope<RevisionJson>))
 )]
 async fn revisions(
     State(runtime): State<Runtime>,

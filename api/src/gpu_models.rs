@@ -37,7 +37,7 @@ pub(crate) struct GpuModelJson {
     summary = "The GPU model catalogue, with the node's stock of each model",
     description = "Every model of the catalogue, then any model this node has that the catalogue lacks. `installed` counts the node's GPUs of the model (from its CDI specs) and `free` those no instance holds.",
     params(("page" = Option<u32>, Query, description = "Page number, from 1"), ("rowsPerPage" = Option<u32>, Query, description = "Items per page")),
-    responses((status = 200, description = "A page of GPU models", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "A page of GPU models", body = serde_json::Value))
 )]
 async fn list(
     State(runtime): State<Runtime>,

@@ -60,7 +60,7 @@ fn request_host(headers: &HeaderMap) -> Result<&str, ApiError> {
     tag = "instances",
     summary = "Authorizes a WebSocket to a running instance's console (needs containers-console)",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)")),
-    responses((status = 200, description = "The WebSocket's address and token", body = DataEnvelope<StreamAuthorization>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The WebSocket's address and token", body = DataEnvelope<StreamAuthorization>))
 )]
 async fn console(
     State(runtime): State<Runtime>,
@@ -79,7 +79,7 @@ async fn console(
     tag = "instances",
     summary = "Authorizes a WebSocket of a running instance's live resource figures (needs containers-view)",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)")),
-    responses((status = 200, description = "The WebSocket's address and token", body = DataEnvelope<StreamAuthorization>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The WebSocket's address and token", body = DataEnvelope<StreamAuthorization>))
 )]
 async fn telemetry_stream(
     State(runtime): State<Runtime>,
@@ -142,7 +142,7 @@ struct Expired {
     tag = "instances",
     summary = "Generates SSH credentials for a running OCI instance (needs containers-ssh)",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)")),
-    responses((status = 200, description = "Where and how to log in", body = DataEnvelope<SshConnection>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "Where and how to log in", body = DataEnvelope<SshConnection>))
 )]
 async fn ssh_credentials(
     State(runtime): State<Runtime>,
@@ -197,7 +197,7 @@ fn host_name(host: &str) -> &str {
     tag = "instances",
     summary = "Expires every SSH credential of an instance (needs containers-ssh)",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)")),
-    responses((status = 200, description = "How many were still valid", body = DataEnvelope<Expired>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "How many were still valid", body = DataEnvelope<Expired>))
 )]
 async fn expire_ssh_credentials(
     State(runtime): State<Runtime>,
@@ -274,7 +274,7 @@ fn task_from(body: TaskBody) -> Result<InstanceTask, ApiError> {
     summary = "Migrates a running instance, or reverts its migration (needs containers-instance-migrate)",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)")),
     request_body = serde_json::Value,
-    responses((status = 202, description = "The job that does it", body = DataEnvelope<JobJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The job that does it", body = DataEnvelope<JobJson>))
 )]
 async fn create_task(
     State(runtime): State<Runtime>,

@@ -59,7 +59,7 @@ fn check_volume_query(query: &[(String, String)]) -> Result<(usize, usize), ApiE
     tag = "instances",
     summary = "An instance's volumes (needs containers-view)",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)"), ("sort" = Option<String>, Query, description = "id or name; - for descending"), ("page[size]" = Option<u32>, Query, description = "1 to 100"), ("page[number]" = Option<u32>, Query, description = "From 1")),
-    responses((status = 200, description = "The volumes", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The volumes", body = serde_json::Value))
 )]
 async fn volumes(
     State(runtime): State<Runtime>,
@@ -101,7 +101,7 @@ async fn volumes(
     tag = "instances",
     summary = "What an instance uses against its limits (needs containers-view)",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)")),
-    responses((status = 200, description = "The report", body = serde_json::Value), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The report", body = serde_json::Value))
 )]
 async fn report(
     State(runtime): State<Runtime>,

@@ -34,7 +34,7 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
     tag = "instances",
     summary = "A container's instances (needs containers-view)",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("filter[state]" = Option<String>, Query, description = "starting, running, stopping or stopped"), ("filter[server_id]" = Option<String>, Query, description = "A server's id"), ("filter[revision]" = Option<u32>, Query, description = "A revision number"), ("filter[pinned]" = Option<bool>, Query, description = "true or false"), ("sort" = Option<String>, Query, description = "id, state, revision, changed; - for descending"), ("page[size]" = Option<u32>, Query, description = "1 to 100"), ("page[number]" = Option<u32>, Query, description = "From 1"), ("include" = Option<String>, Query, description = "creators, servers, containers, locations, integrations, environments")),
-    responses((status = 200, description = "The instances and what include asked for", body = InstanceList), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The instances and what include asked for", body = InstanceList))
 )]
 async fn list(
     State(runtime): State<Runtime>,
@@ -105,7 +105,7 @@ struct InstanceList {
     tag = "instances",
     summary = "One instance (needs containers-view)",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)")),
-    responses((status = 200, description = "The instance", body = DataEnvelope<InstanceJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The instance", body = DataEnvelope<InstanceJson>))
 )]
 async fn get_one(
     State(runtime): State<Runtime>,
@@ -138,7 +138,7 @@ const MAX_NEW_INSTANCES: u32 = 1000;
     summary = "Starts pinned instances (needs containers-update)",
     params(("id" = String, Path, description = "The container's id (a UUID)")),
     request_body = serde_json::Value,
-    responses((status = 202, description = "The job that starts them", body = DataEnvelope<JobJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The job that starts them", body = DataEnvelope<JobJson>))
 )]
 async fn create(
     State(runtime): State<Runtime>,
@@ -181,7 +181,7 @@ async fn create(
     tag = "instances",
     summary = "Stops every instance (needs containers-update)",
     params(("id" = String, Path, description = "The container's id (a UUID)")),
-    responses((status = 202, description = "The job that stops them", body = DataEnvelope<JobJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The job that stops them", body = DataEnvelope<JobJson>))
 )]
 async fn delete_all(
     State(runtime): State<Runtime>,
@@ -199,7 +199,7 @@ async fn delete_all(
     tag = "instances",
     summary = "Stops one instance (needs containers-update)",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("instance" = String, Path, description = "The instance's id (a UUID)")),
-    responses((status = 202, description = "The job that stops it", body = DataEnvelope<JobJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The job that stops it", body = DataEnvelope<JobJson>))
 )]
 async fn delete_one(
     State(runtime): State<Runtime>,

@@ -22,7 +22,7 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
     tag = "jobs",
     summary = "One job",
     params(("id" = String, Path, description = "The job's id (a UUID)")),
-    responses((status = 200, description = "The job", body = DataEnvelope<JobJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The job", body = DataEnvelope<JobJson>))
 )]
 async fn get_job(
     State(runtime): State<Runtime>,

@@ -36,7 +36,7 @@ use utoipa_axum::routes;
 
 /// The management API's routes over `runtime`, with `GET /openapi.json`.
 pub fn router(runtime: Runtime) -> Router {
-    let (router, api) = documented_routes().split_for_parts();
+    let (router, api) = documented_routes();
     let document: axum::body::Bytes = api
         .to_json()
         .expect("the OpenAPI document serialises")
@@ -63,10 +63,17 @@ pub fn router(runtime: Runtime) -> Router {
 
 /// The OpenAPI document of every route [`router`] serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented_routes().split_for_parts().1
+    documented_routes().1
 }
 
-fn documented_routes() -> OpenApiRouter<Runtime> {
+/// Every route with its OpenAPI document, completed with what all routes share.
+fn documented_routes() -> (Router<Runtime>, utoipa::openapi::OpenApi) {
+    let (router, mut api) = routes().split_for_parts();
+    openapi::add_shared_refusal(&mut api);
+    (router, api)
+}
+
+fn routes() -> OpenApiRouter<Runtime> {
     use utoipa::OpenApi as _;
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(metrics))

@@ -68,7 +68,7 @@ pub(crate) fn seconds(
     tag = "containers",
     summary = "A container's output: recent lines, then each new one, as server-sent events",
     params(("id" = String, Path, description = "The container's id (a UUID)"), ("period_start" = Option<u64>, Query, description = "Seconds since the epoch (default: a day ago)"), ("period_end" = Option<u64>, Query, description = "Seconds since the epoch; given, the stream ends after the range")),
-    responses((status = 200, description = "One event per line", content_type = "text/event-stream", body = String), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "One event per line", content_type = "text/event-stream", body = String))
 )]
 async fn logs(
     State(runtime): State<Runtime>,

@@ -20,7 +20,7 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
     path = "/v1/servers",
     tag = "catalogue",
     summary = "The servers instances run on",
-    responses((status = 200, description = "The servers", body = DataEnvelope<Vec<ServerJson>>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The servers", body = DataEnvelope<Vec<ServerJson>>))
 )]
 async fn list(
     State(runtime): State<Runtime>,

@@ -73,7 +73,7 @@ fn open(
     summary = "The console WebSocket (opened with a console authorization's token)",
     security(()),
     params(("token" = String, Query, description = "From GET .../instances/{instance}/console")),
-    responses((status = 101, description = "Switching to the WebSocket"), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 101, description = "Switching to the WebSocket"))
 )]
 async fn console(
     State(runtime): State<Runtime>,
@@ -159,7 +159,7 @@ async fn close(mut socket: WebSocket, (code, reason): (u16, String)) {
     summary = "The telemetry WebSocket (opened with a telemetry stream authorization's token)",
     security(()),
     params(("token" = String, Query, description = "From GET .../instances/{instance}/telemetry/resources/stream")),
-    responses((status = 101, description = "Switching to the WebSocket"), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 101, description = "Switching to the WebSocket"))
 )]
 async fn telemetry(
     State(runtime): State<Runtime>,

@@ -88,7 +88,7 @@ impl From<Token> for TokenJson {
     tag = "tokens",
     summary = "Mints a token (ADMIN only)",
     request_body = serde_json::Value,
-    responses((status = 201, description = "The token's id, secret (shown once) and user id", body = MintedJson), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 201, description = "The token's id, secret (shown once) and user id", body = MintedJson))
 )]
 async fn create(
     State(runtime): State<Runtime>,
@@ -118,7 +118,7 @@ async fn create(
     tag = "tokens",
     summary = "Every token (ADMIN only)",
     params(("page" = Option<u32>, Query, description = "Page number, from 1"), ("rowsPerPage" = Option<u32>, Query, description = "Items per page")),
-    responses((status = 200, description = "A page of tokens", body = ListEnvelope<TokenJson>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "A page of tokens", body = ListEnvelope<TokenJson>))
 )]
 async fn list(
     State(runtime): State<Runtime>,
@@ -135,7 +135,7 @@ async fn list(
     tag = "tokens",
     summary = "One token (ADMIN only)",
     params(("id" = String, Path, description = "The token's id (a UUID)")),
-    responses((status = 200, description = "The token", body = TokenJson), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The token", body = TokenJson))
 )]
 async fn show(
     State(runtime): State<Runtime>,
@@ -151,7 +151,7 @@ async fn show(
     tag = "tokens",
     summary = "Revokes a token (ADMIN only)",
     params(("id" = String, Path, description = "The token's id (a UUID)")),
-    responses((status = 204, description = "Revoked"), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 204, description = "Revoked"))
 )]
 async fn revoke(
     State(runtime): State<Runtime>,

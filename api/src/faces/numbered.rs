@@ -213,7 +213,7 @@ fn round2(x: f64) -> f64 {
     tag = "000",
     summary = "One instance, by integer id. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id")),
-    responses((status = 200, description = "The instance", body = Containers), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The instance", body = Containers))
 )]
 async fn show(
     State(runtime): State<Runtime>,
@@ -236,7 +236,7 @@ async fn show(
     tag = "000",
     summary = "A power action on the instance. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id"), ("action" = String, Path, description = "start, stop, restart or rebuild")),
-    responses((status = 202, description = "The instance, in the action's first state", body = Containers), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The instance, in the action's first state", body = Containers))
 )]
 async fn power(
     State(runtime): State<Runtime>,
@@ -266,7 +266,7 @@ async fn power(
     tag = "000",
     summary = "The instance's lines as [timestamp, name, line], newest first. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id"), LogQuery),
-    responses((status = 200, description = "The rows", body = Vec<Vec<serde_json::Value>>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The rows", body = Vec<Vec<serde_json::Value>>))
 )]
 async fn logs(
     State(runtime): State<Runtime>,
@@ -291,7 +291,7 @@ async fn logs(
     tag = "000",
     summary = "The processes in the instance, as ps -ef columns. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id")),
-    responses((status = 200, description = "The processes", body = Vec<ProcessRow>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The processes", body = Vec<ProcessRow>))
 )]
 async fn processes(
     State(runtime): State<Runtime>,
@@ -312,7 +312,7 @@ async fn processes(
     tag = "000",
     summary = "The instance's cpu (percent) or memory (MiB) series. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id"), ("kind" = String, Path, description = "cpu or memory")),
-    responses((status = 200, description = "The series", body = Series), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The series", body = Series))
 )]
 async fn metrics(
     State(runtime): State<Runtime>,

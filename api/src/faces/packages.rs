@@ -129,7 +129,7 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
     path = "/api/products",
     tag = "001",
     summary = "The package catalogue. Needs the projects_read scope.",
-    responses((status = 200, description = "The packages", body = Products), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The packages", body = Products))
 )]
 async fn products(Authenticated(caller): Authenticated) -> Result<Json<Products>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;

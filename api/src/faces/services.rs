@@ -236,7 +236,7 @@ impl ListQuery {
     tag = "001",
     summary = "The caller's container services, oldest first. Needs the projects_read scope.",
     params(ListQuery),
-    responses((status = 200, description = "The services", body = ServiceList), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The services", body = ServiceList))
 )]
 async fn list(
     State(runtime): State<Runtime>,
@@ -294,7 +294,7 @@ async fn list(
     tag = "001",
     summary = "One container service. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id")),
-    responses((status = 200, description = "The service", body = OneService), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The service", body = OneService))
 )]
 async fn show(
     State(runtime): State<Runtime>,
@@ -374,7 +374,7 @@ async fn apply(
     summary = "Changes name, scale or package. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id")),
     request_body = Wrapped<ServiceUpdate>,
-    responses((status = 200, description = "The service", body = OneService), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The service", body = OneService))
 )]
 async fn update(
     State(runtime): State<Runtime>,
@@ -409,7 +409,7 @@ async fn update(
     summary = "Sizes the instances to a package. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id")),
     request_body = Wrapped<Resize>,
-    responses((status = 200, description = "The service", body = OneService), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The service", body = OneService))
 )]
 async fn resize(
     State(runtime): State<Runtime>,
@@ -437,7 +437,7 @@ async fn resize(
     summary = "Pins the instance count. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id")),
     request_body = Wrapped<Scale>,
-    responses((status = 200, description = "The service", body = OneService), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The service", body = OneService))
 )]
 async fn scale(
     State(runtime): State<Runtime>,
@@ -459,7 +459,7 @@ async fn scale(
     tag = "001",
     summary = "Deletes the service. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id")),
-    responses((status = 204, description = "Deleted"), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 204, description = "Deleted"))
 )]
 async fn remove(
     State(runtime): State<Runtime>,
@@ -478,7 +478,7 @@ async fn remove(
     tag = "001",
     summary = "A power action on every instance it applies to. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id"), ("action" = String, Path, description = "start, stop, restart or rebuild")),
-    responses((status = 202, description = "How many instances it applied to", body = PowerOutcome), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "How many instances it applied to", body = PowerOutcome))
 )]
 async fn power(
     State(runtime): State<Runtime>,
@@ -507,7 +507,7 @@ async fn power(
     tag = "001",
     summary = "The service's instances, as document 000 shows them. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id")),
-    responses((status = 200, description = "The instances", body = Containers), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The instances", body = Containers))
 )]
 async fn containers(
     State(runtime): State<Runtime>,
@@ -530,7 +530,7 @@ async fn containers(
     tag = "001",
     summary = "Every instance's lines as [timestamp, name, line], newest first. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id"), LogQuery),
-    responses((status = 200, description = "The rows", body = Vec<Vec<serde_json::Value>>), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The rows", body = Vec<Vec<serde_json::Value>>))
 )]
 async fn logs(
     State(runtime): State<Runtime>,

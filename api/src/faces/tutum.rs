@@ -145,7 +145,7 @@ const MAX_LIMIT: usize = 1000;
     tag = "003",
     summary = "Current and recently terminated containers (instances). Needs the projects_read scope.",
     params(("state" = Option<String>, Query, description = "Init, Starting, Running, Stopping, Stopped, Terminating or Terminated"), ("name" = Option<String>, Query, description = "A container name"), ("unique_name" = Option<String>, Query, description = "A unique name"), ("limit" = Option<u32>, Query, description = "1 to 1000"), ("offset" = Option<u32>, Query, description = "From 0")),
-    responses((status = 200, description = "meta and objects", body = TutumList), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "meta and objects", body = TutumList))
 )]
 async fn list(
     State(runtime): State<Runtime>,
@@ -212,7 +212,7 @@ async fn list(
     tag = "003",
     summary = "One container. Needs the projects_read scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
-    responses((status = 200, description = "The container", body = TutumContainer), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The container", body = TutumContainer))
 )]
 async fn show(
     State(runtime): State<Runtime>,
@@ -230,7 +230,7 @@ async fn show(
     tag = "003",
     summary = "The container's output. Needs the projects_read scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
-    responses((status = 200, description = "The lines", body = TutumLogs), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 200, description = "The lines", body = TutumLogs))
 )]
 async fn logs(
     State(runtime): State<Runtime>,
@@ -278,7 +278,7 @@ async fn act(
     tag = "003",
     summary = "Starts a stopped container. Needs the projects_write scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
-    responses((status = 202, description = "The container", body = TutumContainer), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The container", body = TutumContainer))
 )]
 async fn start(
     State(runtime): State<Runtime>,
@@ -294,7 +294,7 @@ async fn start(
     tag = "003",
     summary = "Stops a running container. Needs the projects_write scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
-    responses((status = 202, description = "The container", body = TutumContainer), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The container", body = TutumContainer))
 )]
 async fn stop(
     State(runtime): State<Runtime>,
@@ -310,7 +310,7 @@ async fn stop(
     tag = "003",
     summary = "Terminates the container (irreversible). Needs the projects_write scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
-    responses((status = 202, description = "The container", body = TutumContainer), (status = "4XX", description = "A JSON error naming the problem", body = crate::error::ErrorBody))
+    responses((status = 202, description = "The container", body = TutumContainer))
 )]
 async fn terminate(
     State(runtime): State<Runtime>,
