@@ -3,9 +3,9 @@
 //! 003's Tutum `/api/v1/container/` (an instance, by UUID). None keeps state: each
 //! reads and acts through the runtime as the `/v1` routes do.
 
-pub(crate) mod numbered;
+pub(crate) mod container_services;
+pub(crate) mod numbered_containers;
 pub(crate) mod packages;
-pub(crate) mod services;
 pub(crate) mod tutum;
 
 use crate::error::ApiError;
@@ -21,8 +21,8 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub(crate) fn routes() -> OpenApiRouter<Runtime> {
     OpenApiRouter::new()
-        .merge(numbered::routes())
-        .merge(services::routes())
+        .merge(numbered_containers::routes())
+        .merge(container_services::routes())
         .merge(tutum::routes())
         .merge(packages::routes())
 }

@@ -1,7 +1,7 @@
 //! Document 001, `/api/container_services`: containers by integer id, with their
 //! package, scale, power actions on every instance, and logs.
 
-use super::numbered::{Containers, instance_json};
+use super::numbered_containers::{Containers, instance_json};
 use super::packages::Package;
 use super::{LogQuery, LogRow, names_by_id};
 use crate::auth::Authenticated;
