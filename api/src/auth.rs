@@ -36,7 +36,7 @@ impl FromRequestParts<Runtime> for Authenticated {
     }
 }
 
-/// What an Authorization header carries: a bearer token, or Tutum's (document 003)
+/// What an Authorization header carries: a bearer token, or the Tutum face's
 /// `ApiKey <user>:<key>`, whose key is a token of that user.
 struct Credentials<'a> {
     user: Option<&'a str>,

@@ -1,4 +1,4 @@
-//! `/v1/containers`: the native API of document 002.
+//! `/v1/containers`: the native container API.
 
 use crate::auth::Authenticated;
 use crate::error::ApiError;
@@ -319,7 +319,7 @@ impl ContainerRequest {
     }
 }
 
-/// A container as document 002 shows it, plus Ember's scaling fields.
+/// A container as the native container API shows it, plus Ember's scaling fields.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ContainerJson {
@@ -409,7 +409,7 @@ fn number(value: f64) -> serde_json::Number {
     }
 }
 
-/// One revision, as document 002 shows it.
+/// One revision, as the native container API shows it.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct RevisionJson {

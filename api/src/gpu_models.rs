@@ -1,4 +1,4 @@
-//! `GET /v1/gpu-models`: the GPU models containers may ask for (document 002), and
+//! `GET /v1/gpu-models`: the GPU models containers may ask for (the native container API), and
 //! how many of each this node has and has free.
 
 use crate::auth::Authenticated;

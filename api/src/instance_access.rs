@@ -1,4 +1,4 @@
-//! Document 004's ways into one instance: console and telemetry stream
+//! The instances API's ways into one instance: console and telemetry stream
 //! authorizations (a WebSocket address and a single-use token), SSH credentials,
 //! and instance tasks (migration).
 

@@ -1,4 +1,4 @@
-//! The query of document 004's instance list: `filter[field]=value`, `sort` (a
+//! The query of the instances API's list: `filter[field]=value`, `sort` (a
 //! comma-separated list, `-` for descending), `page[size]` and `page[number]`, and
 //! `include` (the related resources to add under `includes`).
 
@@ -90,7 +90,7 @@ fn state_rank(state: InstanceState) -> u8 {
         .map_or(u8::MAX, |p| p as u8)
 }
 
-/// The states a 004 list shows (instances on their way out are not listed there).
+/// The states an instances API list shows (instances on their way out are not listed there).
 const LISTED_STATES: [InstanceState; 4] = [
     InstanceState::Starting,
     InstanceState::Running,
@@ -98,7 +98,7 @@ const LISTED_STATES: [InstanceState; 4] = [
     InstanceState::Stopped,
 ];
 
-/// Most items one page of a document-004 list may hold.
+/// Most items one page of an instances API list may hold.
 pub(crate) const MAX_PAGE_SIZE: usize = 100;
 
 /// A parsed list query.

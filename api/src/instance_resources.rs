@@ -1,4 +1,4 @@
-//! Document 004's views of one instance's resources: its volumes, and a
+//! The instances API's views of one instance's resources: its volumes, and a
 //! point-in-time telemetry report of what it uses against what it may use.
 
 use crate::auth::Authenticated;

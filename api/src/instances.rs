@@ -1,4 +1,4 @@
-//! `/v1/containers/{id}/instances`: live instances, in the shape of document 004, and
+//! `/v1/containers/{id}/instances`: live instances, in the instances API's shape, and
 //! instances started or stopped by hand (each a job: see [`crate::jobs`]).
 
 use crate::auth::Authenticated;
@@ -90,7 +90,7 @@ async fn list(
     }))
 }
 
-/// Document 004's list: the instances, and the related resources asked for with
+/// The instances API's list: the instances, and the related resources asked for with
 /// `include`, each kind keyed by id.
 #[derive(Serialize, utoipa::ToSchema)]
 struct InstanceList {
@@ -120,7 +120,7 @@ async fn get_one(
     }))
 }
 
-/// One entry of POST's body, as document 004 names its fields.
+/// One entry of POST's body, as the instances API names its fields.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewInstances {

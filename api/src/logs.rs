@@ -1,5 +1,5 @@
 //! `GET /v1/containers/{id}/logs`: the container's output as an event stream
-//! (document 002), one event per line, each a JSON object: the recent lines, then
+//! (the native container API), one event per line, each a JSON object: the recent lines, then
 //! each new line as it is written, until the client leaves or the container is
 //! deleted. With `period_end` the stream ends after the range instead.
 
@@ -29,7 +29,7 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
     OpenApiRouter::new().routes(routes!(logs))
 }
 
-/// The range, in seconds since the epoch (document 000's `period_start`/`period_end`);
+/// The range, in seconds since the epoch (the numbered containers face's `period_start`/`period_end`);
 /// by default the last day.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,22 +11,24 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "Ember management API",
-        description = "Containers (documents 002 and 004) and the faces over the same model: \
-                       000's /api/containers, 001's /api/container_services and 003's Tutum \
-                       /api/v1/container/. See docs/API.md."
+        description = "The native container API (containers, revisions, logs), the instances \
+                       API, and the faces over the same model: the numbered containers face \
+                       (/api/containers), the container services face \
+                       (/api/container_services) and the Tutum face (/api/v1/container/). \
+                       See docs/API.md."
     ),
     modifiers(&SecuritySchemes),
     components(schemas(ErrorBody)),
     security(("bearer" = []), ("apiKey" = [])),
     tags(
-        (name = "containers", description = "Document 002: containers, revisions, logs"),
-        (name = "instances", description = "Document 004: instances and their resources"),
+        (name = "containers", description = "The native container API: containers, revisions, logs"),
+        (name = "instances", description = "The instances API: instances and their resources"),
         (name = "jobs", description = "Asynchronous operations"),
         (name = "tokens", description = "API tokens (ADMIN only)"),
         (name = "catalogue", description = "Servers, GPU models, packages"),
-        (name = "000", description = "Document 000: an instance by integer id"),
-        (name = "001", description = "Document 001: container services by integer id"),
-        (name = "003", description = "Document 003: Tutum containers (instances) by UUID"),
+        (name = "numbered containers", description = "The numbered containers face: an instance by integer id"),
+        (name = "container services", description = "The container services face: containers by integer id"),
+        (name = "tutum", description = "The Tutum face: Tutum containers (instances) by UUID"),
         (name = "runtime", description = "Blobs and metrics"),
     )
 )]
@@ -45,7 +47,7 @@ impl Modify for SecuritySchemes {
             "apiKey",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "Authorization",
-                "`ApiKey <user>:<token>`, as document 003 shows",
+                "`ApiKey <user>:<token>`, as the Tutum face's clients send it",
             ))),
         );
     }

@@ -1,5 +1,5 @@
 //! The processes of an instance: every process in its init's pid namespace, read
-//! from the host's /proc and shown with `ps -ef`'s columns (document 000).
+//! from the host's /proc and shown with `ps -ef`'s columns (the numbered containers face).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! Document 001, `/api/container_services`: containers by integer id, with their
+//! The container services face, `/api/container_services`: containers by integer id, with their
 //! package, scale, power actions on every instance, and logs.
 
 use super::numbered_containers::{Containers, instance_json};
@@ -40,7 +40,7 @@ async fn find(runtime: &Runtime, caller: &Caller, number: u64) -> Result<Contain
     Ok(runtime.find_container_by_number(caller, number).await?)
 }
 
-/// Document 001's `current_state`, from the container's deployment and instances.
+/// The container services face's `current_state`, from the container's deployment and instances.
 fn current_state(view: &ContainerView, running: usize) -> &'static str {
     match view.container.status {
         ContainerStatus::Deploying => "working",
@@ -50,7 +50,7 @@ fn current_state(view: &ContainerView, running: usize) -> &'static str {
     }
 }
 
-/// One container as document 001 shows it.
+/// One container as the container services face shows it.
 #[derive(Serialize, ToSchema)]
 struct ContainerService {
     id: u64,
@@ -233,7 +233,7 @@ impl ListQuery {
 #[utoipa::path(
     get,
     path = "/api/container_services",
-    tag = "001",
+    tag = "container services",
     summary = "The caller's container services, oldest first. Needs the projects_read scope.",
     params(ListQuery),
     responses((status = 200, description = "The services", body = ServiceList))
@@ -291,7 +291,7 @@ async fn list(
 #[utoipa::path(
     get,
     path = "/api/container_services/{id}",
-    tag = "001",
+    tag = "container services",
     summary = "One container service. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id")),
     responses((status = 200, description = "The service", body = OneService))
@@ -370,7 +370,7 @@ async fn apply(
 #[utoipa::path(
     patch,
     path = "/api/container_services/{id}",
-    tag = "001",
+    tag = "container services",
     summary = "Changes name, scale or package. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id")),
     request_body = Wrapped<ServiceUpdate>,
@@ -405,7 +405,7 @@ async fn update(
 #[utoipa::path(
     post,
     path = "/api/container_services/{id}/resize",
-    tag = "001",
+    tag = "container services",
     summary = "Sizes the instances to a package. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id")),
     request_body = Wrapped<Resize>,
@@ -433,7 +433,7 @@ async fn resize(
 #[utoipa::path(
     post,
     path = "/api/container_services/{id}/scale",
-    tag = "001",
+    tag = "container services",
     summary = "Pins the instance count. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id")),
     request_body = Wrapped<Scale>,
@@ -456,7 +456,7 @@ async fn scale(
 #[utoipa::path(
     delete,
     path = "/api/container_services/{id}",
-    tag = "001",
+    tag = "container services",
     summary = "Deletes the service. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id")),
     responses((status = 204, description = "Deleted"))
@@ -475,7 +475,7 @@ async fn remove(
 #[utoipa::path(
     post,
     path = "/api/container_services/{id}/power/{action}",
-    tag = "001",
+    tag = "container services",
     summary = "A power action on every instance it applies to. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id"), ("action" = String, Path, description = "start, stop, restart or rebuild")),
     responses((status = 202, description = "How many instances it applied to", body = PowerOutcome))
@@ -504,8 +504,8 @@ async fn power(
 #[utoipa::path(
     get,
     path = "/api/container_services/{id}/containers",
-    tag = "001",
-    summary = "The service's instances, as document 000 shows them. Needs the projects_read scope.",
+    tag = "container services",
+    summary = "The service's instances, as the numbered containers face shows them. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id")),
     responses((status = 200, description = "The instances", body = Containers))
 )]
@@ -527,7 +527,7 @@ async fn containers(
 #[utoipa::path(
     get,
     path = "/api/container_services/{id}/logs",
-    tag = "001",
+    tag = "container services",
     summary = "Every instance's lines as [timestamp, name, line], newest first. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id"), LogQuery),
     responses((status = 200, description = "The rows", body = Vec<Vec<serde_json::Value>>))

@@ -1,7 +1,16 @@
-//! The faces over the native model: document 000's `/api/containers` (an instance,
-//! by integer id), 001's `/api/container_services` (a container, by integer id) and
-//! 003's Tutum `/api/v1/container/` (an instance, by UUID). None keeps state: each
-//! reads and acts through the runtime as the `/v1` routes do.
+//! The faces over the native model, each named for what it is. None keeps state:
+//! each reads and acts through the runtime as the `/v1` routes do.
+//!
+//! Which face (or API) implements which of the source documents, the one place
+//! their numbers are used as names:
+//!
+//! | document | name | routes | module |
+//! |---|---|---|---|
+//! | 000 | the numbered containers face (an instance, by integer id) | `/api/containers` | [`numbered_containers`] |
+//! | 001 | the container services face (a container, by integer id) | `/api/container_services`, `/api/products` | [`container_services`], [`packages`] |
+//! | 002 | the native container API | `/v1/containers`, `/v1/gpu-models` | `crate::containers` |
+//! | 003 | the Tutum face (an instance, by UUID) | `/api/v1/container/` | [`tutum`] |
+//! | 004 | the instances API | `/v1/containers/{id}/instances` | `crate::instances` |
 
 pub(crate) mod container_services;
 pub(crate) mod numbered_containers;
@@ -32,7 +41,7 @@ pub(crate) fn unique_name(container: &str, instance: &InstanceInfo) -> String {
     format!("{container}-{}", instance.ordinal)
 }
 
-/// Documents 000 and 001's log query: `limit` lines from `period_start` to
+/// The numbered containers and container services faces' log query: `limit` lines from `period_start` to
 /// `period_end` (seconds since the epoch; by default the last day).
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -119,7 +128,7 @@ pub(crate) fn names_by_id(container: &str, instances: &[InstanceInfo]) -> HashMa
         .collect()
 }
 
-/// A time as document 000's metrics show it: `2021-03-11T21:55:51.000+00:00`.
+/// A time as the numbered containers face's metrics show it: `2021-03-11T21:55:51.000+00:00`.
 pub(crate) fn metrics_time(t: SystemTime) -> String {
     let seconds = rfc3339(t);
     let millis = t
@@ -129,7 +138,7 @@ pub(crate) fn metrics_time(t: SystemTime) -> String {
     format!("{}.{millis:03}+00:00", seconds.trim_end_matches('Z'))
 }
 
-/// Whether an instance is meant to run (document 000's `req_state`).
+/// Whether an instance is meant to run (the numbered containers face's `req_state`).
 pub(crate) fn wants_to_run(state: InstanceState) -> bool {
     matches!(state, InstanceState::Starting | InstanceState::Running)
 }

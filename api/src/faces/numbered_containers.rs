@@ -1,4 +1,4 @@
-//! Document 000, `/api/containers/{id}`: one instance, by integer id, with its stats,
+//! The numbered containers face, `/api/containers/{id}`: one instance, by integer id, with its stats,
 //! power actions, logs, processes and CPU and memory series.
 
 use super::LogRow;
@@ -37,7 +37,7 @@ async fn find(
     Ok(runtime.find_instance_by_number(caller, number).await?)
 }
 
-/// Document 000's `current_state` of an instance.
+/// The numbered containers face's `current_state` of an instance.
 fn current_state(state: InstanceState) -> &'static str {
     match state {
         InstanceState::Starting => "starting",
@@ -47,7 +47,7 @@ fn current_state(state: InstanceState) -> &'static str {
     }
 }
 
-/// Document 000's view of one instance.
+/// The numbered containers face's view of one instance.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct NumberedInstance {
     /// Its integer id.
@@ -96,7 +96,7 @@ struct IngressRule {
     load_balanced_rules: Vec<u64>,
 }
 
-/// `{"containers": [...]}`, as document 000 wraps instances.
+/// `{"containers": [...]}`, as the numbered containers face wraps instances.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct Containers {
     containers: Vec<NumberedInstance>,
@@ -108,7 +108,7 @@ impl Containers {
     }
 }
 
-/// One instance as document 000 shows it.
+/// One instance as the numbered containers face shows it.
 pub(crate) fn instance_json(
     runtime: &Runtime,
     view: &ContainerView,
@@ -210,7 +210,7 @@ fn round2(x: f64) -> f64 {
 #[utoipa::path(
     get,
     path = "/api/containers/{id}",
-    tag = "000",
+    tag = "numbered containers",
     summary = "One instance, by integer id. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id")),
     responses((status = 200, description = "The instance", body = Containers))
@@ -233,7 +233,7 @@ async fn show(
 #[utoipa::path(
     put,
     path = "/api/containers/{id}/power/{action}",
-    tag = "000",
+    tag = "numbered containers",
     summary = "A power action on the instance. Needs the projects_write scope.",
     params(("id" = u64, Path, description = "The integer id"), ("action" = String, Path, description = "start, stop, restart or rebuild")),
     responses((status = 202, description = "The instance, in the action's first state", body = Containers))
@@ -263,7 +263,7 @@ async fn power(
 #[utoipa::path(
     get,
     path = "/api/containers/{id}/logs",
-    tag = "000",
+    tag = "numbered containers",
     summary = "The instance's lines as [timestamp, name, line], newest first. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id"), LogQuery),
     responses((status = 200, description = "The rows", body = Vec<Vec<serde_json::Value>>))
@@ -288,7 +288,7 @@ async fn logs(
 #[utoipa::path(
     get,
     path = "/api/containers/{id}/container_processes",
-    tag = "000",
+    tag = "numbered containers",
     summary = "The processes in the instance, as ps -ef columns. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id")),
     responses((status = 200, description = "The processes", body = Vec<ProcessRow>))
@@ -309,7 +309,7 @@ async fn processes(
 #[utoipa::path(
     get,
     path = "/api/containers/{id}/metrics/{kind}",
-    tag = "000",
+    tag = "numbered containers",
     summary = "The instance's cpu (percent) or memory (MiB) series. Needs the projects_read scope.",
     params(("id" = u64, Path, description = "The integer id"), ("kind" = String, Path, description = "cpu or memory")),
     responses((status = 200, description = "The series", body = Series))

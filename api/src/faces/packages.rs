@@ -1,4 +1,4 @@
-//! The package catalogue of document 001: the plans a container service's instances
+//! The package catalogue of the container services face: the plans a container service's instances
 //! can be sized to (`package_id` in a PATCH, `product_id` in a resize), served at
 //! `GET /api/products`. A package sets the container's cpu, ram and disk; a container
 //! sized some other way (through `/v1`) shows as the `custom` package, id 0.
@@ -127,7 +127,7 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
 #[utoipa::path(
     get,
     path = "/api/products",
-    tag = "001",
+    tag = "container services",
     summary = "The package catalogue. Needs the projects_read scope.",
     responses((status = 200, description = "The packages", body = Products))
 )]

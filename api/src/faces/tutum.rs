@@ -1,4 +1,4 @@
-//! Document 003, Tutum's `/api/v1/container/`: instances by UUID, in Tutum's states
+//! The Tutum face, `/api/v1/container/`: instances by UUID, in Tutum's states
 //! (Init, Starting, Running, Stopping, Stopped, Terminating, Terminated) and its
 //! `meta`/`objects` list envelope. Ember's instances start the moment they are
 //! made, so none is ever in Init.
@@ -142,7 +142,7 @@ const MAX_LIMIT: usize = 1000;
 #[utoipa::path(
     get,
     path = "/api/v1/container/",
-    tag = "003",
+    tag = "tutum",
     summary = "Current and recently terminated containers (instances). Needs the projects_read scope.",
     params(("state" = Option<String>, Query, description = "Init, Starting, Running, Stopping, Stopped, Terminating or Terminated"), ("name" = Option<String>, Query, description = "A container name"), ("unique_name" = Option<String>, Query, description = "A unique name"), ("limit" = Option<u32>, Query, description = "1 to 1000"), ("offset" = Option<u32>, Query, description = "From 0")),
     responses((status = 200, description = "meta and objects", body = TutumList))
@@ -209,7 +209,7 @@ async fn list(
 #[utoipa::path(
     get,
     path = "/api/v1/container/{uuid}/",
-    tag = "003",
+    tag = "tutum",
     summary = "One container. Needs the projects_read scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
     responses((status = 200, description = "The container", body = TutumContainer))
@@ -227,7 +227,7 @@ async fn show(
 #[utoipa::path(
     get,
     path = "/api/v1/container/{uuid}/logs/",
-    tag = "003",
+    tag = "tutum",
     summary = "The container's output. Needs the projects_read scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
     responses((status = 200, description = "The lines", body = TutumLogs))
@@ -275,7 +275,7 @@ async fn act(
 #[utoipa::path(
     post,
     path = "/api/v1/container/{uuid}/start/",
-    tag = "003",
+    tag = "tutum",
     summary = "Starts a stopped container. Needs the projects_write scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
     responses((status = 202, description = "The container", body = TutumContainer))
@@ -291,7 +291,7 @@ async fn start(
 #[utoipa::path(
     post,
     path = "/api/v1/container/{uuid}/stop/",
-    tag = "003",
+    tag = "tutum",
     summary = "Stops a running container. Needs the projects_write scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
     responses((status = 202, description = "The container", body = TutumContainer))
@@ -307,7 +307,7 @@ async fn stop(
 #[utoipa::path(
     delete,
     path = "/api/v1/container/{uuid}/",
-    tag = "003",
+    tag = "tutum",
     summary = "Terminates the container (irreversible). Needs the projects_write scope.",
     params(("uuid" = String, Path, description = "The instance's UUID")),
     responses((status = 202, description = "The container", body = TutumContainer))

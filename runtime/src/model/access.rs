@@ -1,5 +1,5 @@
-//! What a token may do beyond its role: the scopes of documents 000 and 001 and the
-//! capabilities of document 004. A token holds a set of each; new tokens get all of
+//! What a token may do beyond its role: the scopes of the numbered containers and
+//! container services faces and the capabilities of the instances API. A token holds a set of each; new tokens get all of
 //! them unless the request names fewer.
 
 use std::fmt;
@@ -81,7 +81,7 @@ pub trait Grant: Copy + Eq + fmt::Debug + 'static {
     fn name(self) -> &'static str;
 }
 
-/// A scope of documents 000 and 001.
+/// A scope of the numbered containers and container services faces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
     /// Read projects (containers and their instances).
@@ -100,7 +100,7 @@ impl Grant for Scope {
     }
 }
 
-/// A capability of document 004.
+/// A capability of the instances API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Capability {
     /// See containers and their instances.

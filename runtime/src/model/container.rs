@@ -320,9 +320,9 @@ pub struct Caller {
     pub user_id: UserId,
     /// Their role.
     pub role: Role,
-    /// The token's scopes (documents 000 and 001).
+    /// The token's scopes (the numbered containers and container services faces).
     pub scopes: Scopes,
-    /// The token's capabilities (document 004).
+    /// The token's capabilities (the instances API).
     pub capabilities: Capabilities,
 }
 

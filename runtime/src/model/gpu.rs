@@ -1,5 +1,5 @@
 //! The catalogue of GPU models containers may ask for by code in `desiredGPUs`
-//! (document 002's GET /v1/gpu-models).
+//! (the native container API's GET /v1/gpu-models).
 
 /// A GPU model of the catalogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -116,7 +116,7 @@ pub const GPU_MODELS: &[GpuModel] = &[
 
 impl GpuModel {
     /// The catalogue model `desired` names, by code or by name, in any case
-    /// (document 002 shows both: `h100` and `Nvidia a100`).
+    /// (the native container API shows both: `h100` and `Nvidia a100`).
     pub fn find(desired: &str) -> Option<&'static GpuModel> {
         GPU_MODELS
             .iter()

@@ -27,7 +27,7 @@ macro_rules! uuid_id {
                 Self(Uuid::from_bytes(bytes))
             }
 
-            /// The integer id the faces that number things (documents 000 and 001)
+            /// The integer id the faces that number things (the numbered containers and container services faces)
             /// show: the UUID's first 48 bits, so it is stable, needs no counter, and
             /// is exact in every JSON number type.
             pub fn number(&self) -> u64 {
