@@ -430,3 +430,96 @@ impl From<Revision> for RevisionJson {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn patch(body: serde_json::Value) -> Result<ContainerPatch, ApiError> {
+        serde_json::from_value::<ContainerRequest>(body)
+            .expect("the body deserialises")
+            .into_patch()
+    }
+
+    fn refused_field(body: serde_json::Value) -> String {
+        let error = patch(body.clone()).expect_err(&body.to_string());
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{body}");
+        error.field().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn an_empty_body_changes_nothing() {
+        let p = patch(json!({})).unwrap();
+        assert!(p.name.is_none() && p.image.is_none() && p.port.is_none());
+        assert!(p.command.is_none() && p.env.is_none() && p.cdi_devices.is_none());
+    }
+
+    #[test]
+    fn wire_values_become_the_models_types() {
+        let p = patch(json!({
+            "name": "hello", "image": "a/b:1", "cpu": 0.5, "ram": "256Mi",
+            "ephemeralStorage": "2Gi", "port": "80", "env": { "A": "b" },
+            "cdiDevices": ["vendor.com/class=name"], "minInstances": 1, "maxInstances": 3,
+        }))
+        .unwrap();
+        assert_eq!(p.name.unwrap().as_str(), "hello");
+        assert_eq!(p.image.as_deref(), Some("a/b:1"));
+        assert_eq!(p.ram.unwrap().bytes(), 256 << 20);
+        assert_eq!(p.ephemeral_storage.unwrap().bytes(), 2 << 30);
+        assert_eq!(p.port, Some(80));
+        assert_eq!(
+            p.cdi_devices.unwrap()[0].to_string(),
+            "vendor.com/class=name"
+        );
+        assert_eq!((p.min_instances, p.max_instances), (Some(1), Some(3)));
+        // A port may be a number as well as text.
+        assert_eq!(patch(json!({ "port": 8081 })).unwrap().port, Some(8081));
+    }
+
+    #[test]
+    fn null_clears_a_list_and_absence_keeps_it() {
+        let cleared = patch(json!({ "command": null, "desiredGPUs": null })).unwrap();
+        assert_eq!(cleared.command, Some(None));
+        assert_eq!(cleared.desired_gpus, Some(None));
+        assert_eq!(cleared.arguments, None);
+        let set = patch(json!({ "arguments": ["-v"] })).unwrap();
+        assert_eq!(set.arguments, Some(Some(vec!["-v".to_string()])));
+    }
+
+    #[test]
+    fn values_that_do_not_parse_name_their_field() {
+        assert_eq!(refused_field(json!({ "name": "Not_DNS" })), "name");
+        assert_eq!(refused_field(json!({ "ram": "lots" })), "ram");
+        assert_eq!(
+            refused_field(json!({ "ephemeralStorage": "1.5Gi" })),
+            "ephemeralStorage"
+        );
+        assert_eq!(refused_field(json!({ "port": "http" })), "port");
+        assert_eq!(refused_field(json!({ "port": 70000 })), "port");
+        assert_eq!(
+            refused_field(json!({ "cdiDevices": ["vendor.com/class=ok", "bad"] })),
+            "cdiDevices[1]"
+        );
+    }
+
+    #[test]
+    fn the_models_rules_apply_before_anything_is_looked_up() {
+        assert_eq!(refused_field(json!({ "cpu": 0 })), "cpu");
+        assert_eq!(refused_field(json!({ "port": 0 })), "port");
+        assert_eq!(refused_field(json!({ "maxInstances": 0 })), "maxInstances");
+        assert_eq!(refused_field(json!({ "env": { "": "x" } })), "env.");
+        assert_eq!(
+            refused_field(json!({ "preparedSandboxes": 9 })),
+            "preparedSandboxes"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_do_not_deserialise() {
+        let error = serde_json::from_value::<ContainerRequest>(json!({ "status": "deployed" }))
+            .err()
+            .expect("an unknown field is refused");
+        assert!(error.to_string().contains("status"), "{error}");
+    }
+}

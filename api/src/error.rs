@@ -198,3 +198,114 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(error: ApiError) -> (StatusCode, serde_json::Value) {
+        let status = error.status();
+        let body = ErrorBody {
+            code: error.code,
+            message: error.message,
+            field: error.field,
+        };
+        (status, serde_json::to_value(body).unwrap())
+    }
+
+    #[test]
+    fn runtime_errors_map_to_their_statuses() {
+        let cases = [
+            (
+                RuntimeError::invalid("cpu", "too many"),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+            ),
+            (
+                RuntimeError::NotFound {
+                    what: "container",
+                    id: "x".into(),
+                },
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                RuntimeError::Forbidden("no".into()),
+                StatusCode::FORBIDDEN,
+                "forbidden",
+            ),
+            (
+                RuntimeError::Conflict {
+                    code: "invalid_state",
+                    message: "stopped".into(),
+                },
+                StatusCode::CONFLICT,
+                "invalid_state",
+            ),
+            (
+                RuntimeError::NameTaken("a".into()),
+                StatusCode::CONFLICT,
+                "name_taken",
+            ),
+            (
+                RuntimeError::Unprocessable("no".into()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
+            ),
+            (
+                RuntimeError::StorageFull("disk".into()),
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+            ),
+            (
+                RuntimeError::Storage(ember_runtime::store::StoreError::Broken("sled".into())),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let what = error.to_string();
+            let (got, json) = body(error.into());
+            assert_eq!((got, json["code"].as_str()), (status, Some(code)), "{what}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_field_is_named_in_the_body_and_the_message() {
+        let (status, json) = body(RuntimeError::invalid("env.A=B", "bad name").into());
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(json["field"], "env.A=B");
+        assert_eq!(json["message"], "env.A=B: bad name");
+        let (_, json) = body(ApiError::not_found("gone"));
+        assert!(json.get("field").is_none(), "{json}");
+    }
+
+    #[test]
+    fn an_io_error_for_want_of_space_is_insufficient_storage() {
+        let error = RuntimeError::Io {
+            context: "writing a blob".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        let (status, json) = body(error.into());
+        assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+        assert!(
+            json["message"].as_str().unwrap().contains("free space"),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn a_body_too_large_closes_the_connection() {
+        let response = ApiError::body_too_large(10).into_response();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()[axum::http::header::CONNECTION], "close");
+        let response = ApiError::not_ready("starting").into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            response
+                .headers()
+                .get(axum::http::header::CONNECTION)
+                .is_none()
+        );
+    }
+}

@@ -53,3 +53,64 @@ impl<T> ListEnvelope<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn pages_default_to_the_first_and_ignore_other_parameters() {
+        let request = page_request(&query(&[("status", "deployed")])).unwrap();
+        assert_eq!(request.page, 1);
+        assert_eq!(request.rows_per_page, PageRequest::DEFAULT_ROWS);
+        let request = page_request(&query(&[("page", "3"), ("rowsPerPage", "100")])).unwrap();
+        assert_eq!((request.page, request.rows_per_page), (3, 100));
+    }
+
+    #[test]
+    fn bad_pages_and_sizes_name_their_parameter() {
+        for (key, value) in [
+            ("page", "0"),
+            ("page", "-1"),
+            ("page", "two"),
+            ("rowsPerPage", "0"),
+            ("rowsPerPage", "101"),
+            ("rowsPerPage", ""),
+        ] {
+            let error = page_request(&query(&[(key, value)])).unwrap_err();
+            assert_eq!(error.field(), Some(key), "{key}={value}");
+        }
+    }
+
+    #[test]
+    fn the_envelope_maps_items_and_shows_a_cursor_only_when_there_is_one() {
+        let page = Page {
+            items: vec![1, 2],
+            total: 7,
+            page: 1,
+            rows_per_page: 2,
+            next: None,
+        };
+        let json = serde_json::to_value(ListEnvelope::from_page(page, |n| n * 10)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({ "items": [10, 20], "total": 7, "page": 1, "rowsPerPage": 2 })
+        );
+        let page = Page {
+            items: Vec::<u32>::new(),
+            total: 7,
+            page: 1,
+            rows_per_page: 2,
+            next: Some("abc".into()),
+        };
+        let json = serde_json::to_value(ListEnvelope::from_page(page, |n| n)).unwrap();
+        assert_eq!(json["continue"], "abc");
+    }
+}
