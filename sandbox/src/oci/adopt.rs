@@ -3,8 +3,8 @@
 //! mounts, cgroups, veth and address, and the new runtime watches it again (a
 //! pidfd for its init), reads its output from its named pipes, and proxies to it.
 
-use super::created::veth_name;
 use super::instance::{self, OciInstance, Resources};
+use super::network::veth_name;
 use super::record::InstanceRecord;
 use super::rootfs::InstanceDir;
 use super::{Shared, stdio};

@@ -7,7 +7,7 @@
 
 use super::creator::{self, Stdio3};
 use super::instance::{self, OciInstance, Resources};
-use super::network::Network;
+use super::network::{Network, veth_name};
 use super::process::ProcessPlan;
 use super::record::InstanceRecord;
 use super::rootfs::InstanceDir;
@@ -83,17 +83,6 @@ fn new_sandbox_id() -> String {
     // RandomState is seeded from the OS's randomness once per process.
     let random = std::collections::hash_map::RandomState::new().hash_one(n);
     format!("ember-{random:016x}")
-}
-
-/// Interface names are at most 15 bytes: `ve` and 13 hex digits of the id.
-pub(crate) fn veth_name(sandbox_id: &str) -> String {
-    let hex: String = sandbox_id
-        .trim_start_matches("ember-")
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .take(13)
-        .collect();
-    format!("ve{hex}")
 }
 
 impl Recipe {

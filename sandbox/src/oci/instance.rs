@@ -3,7 +3,7 @@
 //! SIGTERM, waits the grace period, then SIGKILLs and removes every trace.
 
 use super::connector::RetryingConnector;
-use super::network::{Attachment, Network};
+use super::network::{Attachment, Network, veth_name};
 use super::rootfs::InstanceDir;
 use crate::{
     BoxFuture, EnterRequest, EnteredProcess, HttpBody, Instance, LogSinkRef, LogStream,
@@ -211,7 +211,7 @@ impl Instance for OciInstance {
 
     fn usage(&self) -> ResourceUsage {
         ResourceUsage {
-            network: super::usage::read_network(&super::created::veth_name(&self.sandbox_id)),
+            network: super::usage::read_network(&veth_name(&self.sandbox_id)),
             storage_bytes: super::usage::read_filesystem_used(&self.writable_dir),
             ..super::usage::read(&super::spec::cgroups_path(&self.sandbox_id))
         }

@@ -360,6 +360,18 @@ fn mac_for(address: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x42, a, b, c, d]
 }
 
+/// The host end of a sandbox's veth pair. Interface names are at most 15 bytes:
+/// `ve` and 13 hex digits of the sandbox id.
+pub(crate) fn veth_name(sandbox_id: &str) -> String {
+    let hex: String = sandbox_id
+        .trim_start_matches("ember-")
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(13)
+        .collect();
+    format!("ve{hex}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
