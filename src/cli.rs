@@ -36,13 +36,18 @@ pub enum Command {
     Gpu(GpuCommand),
 }
 
+/// Where `ember gpu cdi-generate` writes by default: in the directory of specs
+/// generated at boot, which overrides /etc/cdi (as `ember serve
+/// --generate-nvidia-cdi` does).
+pub const DEFAULT_NVIDIA_SPEC: &str = "/var/run/cdi/ember-nvidia.json";
+
 #[derive(Subcommand)]
 pub enum GpuCommand {
     /// Finds the NVIDIA GPUs and driver files of this host and writes a CDI spec
     /// with a device per GPU (nvidia.com/gpu=<index>, =<uuid>) and nvidia.com/gpu=all.
     CdiGenerate {
         /// Where to write the spec; `-` prints it.
-        #[arg(long, default_value = crate::gpu_commands::DEFAULT_NVIDIA_SPEC)]
+        #[arg(long, default_value = DEFAULT_NVIDIA_SPEC)]
         output: PathBuf,
     },
     /// The createContainer hook of generated specs: reads the container's OCI

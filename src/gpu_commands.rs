@@ -9,10 +9,6 @@ use ember_sandbox::cdi::nvidia::{self, SystemNvidiaHost};
 use std::io::Read;
 use std::path::Path;
 
-/// Where `ember gpu cdi-generate` and `ember serve --generate-nvidia-cdi` write:
-/// the directory of specs generated at boot, which overrides /etc/cdi.
-pub const DEFAULT_NVIDIA_SPEC: &str = "/var/run/cdi/ember-nvidia.json";
-
 pub fn run(command: GpuCommand) -> anyhow::Result<()> {
     match command {
         GpuCommand::CdiGenerate { output } => {
