@@ -2,12 +2,14 @@
 //! manifests) and pushed to a registry over its HTTP API, so the tests and `ember
 //! bench` need no docker, no network and no prebuilt fixtures.
 
+// The registry's HTTP API (blob and manifest uploads) is registry.rs's; they are
+// re-exported here so that the image builders' callers find them with the images.
 use super::registry::digest;
-use anyhow::{Context, bail, ensure};
+pub use super::registry::{OCI_MANIFEST, push_blob, put_manifest};
+use anyhow::Context;
 use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -405,89 +407,6 @@ fn manifest(
         "layers": layers,
     }))
     .expect("JSON of strings")
-}
-
-/// Monolithic blob upload (POST, then PUT with `?digest=`); returns the digest.
-pub async fn push_blob(
-    registry_addr: SocketAddr,
-    repository: &str,
-    bytes: &[u8],
-) -> anyhow::Result<String> {
-    let client = reqwest::Client::new();
-    let started = client
-        .post(format!(
-            "http://{registry_addr}/v2/{repository}/blobs/uploads/"
-        ))
-        .send()
-        .await
-        .context("starting a blob upload")?;
-    ensure!(
-        started.status() == reqwest::StatusCode::ACCEPTED,
-        "starting a blob upload: the registry answered {}",
-        started.status()
-    );
-    let location = started
-        .headers()
-        .get("location")
-        .and_then(|l| l.to_str().ok())
-        .context("the registry gave no upload location")?;
-    let location = if location.starts_with("http") {
-        location.to_string()
-    } else {
-        format!("http://{registry_addr}{location}")
-    };
-    let digest = digest(bytes);
-    let separator = if location.contains('?') { '&' } else { '?' };
-    let finished = client
-        .put(format!("{location}{separator}digest={digest}"))
-        .header("content-type", "application/octet-stream")
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .context("uploading a blob")?;
-    ensure!(
-        finished.status() == reqwest::StatusCode::CREATED,
-        "uploading a blob: the registry answered {}",
-        finished.status()
-    );
-    Ok(digest)
-}
-
-/// PUTs a manifest or index under `tag`, or under its own digest when `tag`
-/// is empty; returns the digest, checked against the registry's.
-pub async fn put_manifest(
-    registry_addr: SocketAddr,
-    repository: &str,
-    tag: &str,
-    media_type: &str,
-    manifest: &[u8],
-) -> anyhow::Result<String> {
-    let digest = digest(manifest);
-    let reference = if tag.is_empty() { digest.as_str() } else { tag };
-    let response = reqwest::Client::new()
-        .put(format!(
-            "http://{registry_addr}/v2/{repository}/manifests/{reference}"
-        ))
-        .header("content-type", media_type)
-        .body(manifest.to_vec())
-        .send()
-        .await
-        .context("pushing a manifest")?;
-    let status = response.status();
-    let stored = response
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_string);
-    if !status.is_success() {
-        let body = response.text().await.unwrap_or_default();
-        bail!("pushing a manifest: the registry answered {status} {body}");
-    }
-    ensure!(
-        stored.as_deref() == Some(digest.as_str()),
-        "the registry stored the manifest as {stored:?}, not {digest}"
-    );
-    Ok(digest)
 }
 
 /// The host's static busybox, which the busybox images are made of.

@@ -1,5 +1,6 @@
 //! A real OCI registry on loopback: Debian's `docker-registry`, with a temporary
-//! storage dir, and pushes of wasm artifacts through its HTTP API.
+//! storage dir, and its HTTP API: blob and manifest uploads, and pushes of wasm
+//! artifacts.
 
 use anyhow::{Context, bail, ensure};
 use sha2::{Digest, Sha256};
@@ -7,6 +8,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The media type of an OCI image manifest (the wasm artifacts' too).
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// Where Debian's docker-registry package puts the registry.
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -91,7 +95,7 @@ impl Registry {
         let layer_digest = self.push_blob(repository, wasm).await?;
         let manifest = serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": OCI_MANIFEST,
             "config": {
                 "mediaType": "application/vnd.wasm.config.v0+json",
                 "digest": config_digest,
@@ -104,11 +108,11 @@ impl Registry {
             }],
         })
         .to_string();
-        super::oci_image::put_manifest(
+        put_manifest(
             self.addr,
             repository,
             tag,
-            super::oci_image::OCI_MANIFEST,
+            OCI_MANIFEST,
             manifest.as_bytes(),
         )
         .await
@@ -116,7 +120,7 @@ impl Registry {
 
     /// Monolithic blob upload: POST to start, PUT with the digest to finish.
     pub async fn push_blob(&self, repository: &str, bytes: &[u8]) -> anyhow::Result<String> {
-        super::oci_image::push_blob(self.addr, repository, bytes).await
+        push_blob(self.addr, repository, bytes).await
     }
 }
 
@@ -125,6 +129,89 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Monolithic blob upload (POST, then PUT with `?digest=`); returns the digest.
+pub async fn push_blob(
+    registry_addr: SocketAddr,
+    repository: &str,
+    bytes: &[u8],
+) -> anyhow::Result<String> {
+    let client = reqwest::Client::new();
+    let started = client
+        .post(format!(
+            "http://{registry_addr}/v2/{repository}/blobs/uploads/"
+        ))
+        .send()
+        .await
+        .context("starting a blob upload")?;
+    ensure!(
+        started.status() == reqwest::StatusCode::ACCEPTED,
+        "starting a blob upload: the registry answered {}",
+        started.status()
+    );
+    let location = started
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .context("the registry gave no upload location")?;
+    let location = if location.starts_with("http") {
+        location.to_string()
+    } else {
+        format!("http://{registry_addr}{location}")
+    };
+    let digest = digest(bytes);
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let finished = client
+        .put(format!("{location}{separator}digest={digest}"))
+        .header("content-type", "application/octet-stream")
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .context("uploading a blob")?;
+    ensure!(
+        finished.status() == reqwest::StatusCode::CREATED,
+        "uploading a blob: the registry answered {}",
+        finished.status()
+    );
+    Ok(digest)
+}
+
+/// PUTs a manifest or index under `tag`, or under its own digest when `tag`
+/// is empty; returns the digest, checked against the registry's.
+pub async fn put_manifest(
+    registry_addr: SocketAddr,
+    repository: &str,
+    tag: &str,
+    media_type: &str,
+    manifest: &[u8],
+) -> anyhow::Result<String> {
+    let digest = digest(manifest);
+    let reference = if tag.is_empty() { digest.as_str() } else { tag };
+    let response = reqwest::Client::new()
+        .put(format!(
+            "http://{registry_addr}/v2/{repository}/manifests/{reference}"
+        ))
+        .header("content-type", media_type)
+        .body(manifest.to_vec())
+        .send()
+        .await
+        .context("pushing a manifest")?;
+    let status = response.status();
+    let stored = response
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        bail!("pushing a manifest: the registry answered {status} {body}");
+    }
+    ensure!(
+        stored.as_deref() == Some(digest.as_str()),
+        "the registry stored the manifest as {stored:?}, not {digest}"
+    );
+    Ok(digest)
 }
 
 /// `sha256:<hex>` of `bytes`.
