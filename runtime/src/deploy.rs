@@ -216,7 +216,7 @@ impl PreparedWorkload for PreparedLater {
         Box::pin(async move {
             let prepared = self.prepared().await.map_err(|e| match e {
                 RuntimeError::Sandbox(e) => e,
-                other => SandboxError::Prepare(other.to_string()),
+                other => SandboxError::prepare_failed("", other),
             })?;
             prepared.start_with_devices(instance, devices).await
         })

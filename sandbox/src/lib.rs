@@ -127,12 +127,27 @@ pub enum SandboxError {
     /// The artifact is not a runnable workload of this kind.
     #[error("invalid workload: {0}")]
     InvalidWorkload(String),
-    /// Compiling or loading the artifact failed.
-    #[error("preparing the workload failed: {0}")]
-    Prepare(String),
+    /// Compiling, loading or unpacking the artifact, or setting up what its
+    /// instances need, failed.
+    #[error("preparing the workload failed: {}", with_cause(.context, .source))]
+    Prepare {
+        /// What was being done (`staging layer …`); empty when the cause says it.
+        context: String,
+        /// The error that made it fail, when it has a type of its own (so that a
+        /// caller can find, say, a full disk in the chain).
+        #[source]
+        source: Option<BoxError>,
+    },
     /// Starting an instance failed.
-    #[error("starting an instance failed: {0}")]
-    Start(String),
+    #[error("starting an instance failed: {}", with_cause(.context, .source))]
+    Start {
+        /// What was being done (`creating the container`); empty when the cause
+        /// says it.
+        context: String,
+        /// The error that made it fail, when it has a type of its own.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The request ran past its deadline and was cut.
     #[error("the request ran longer than {0:?} and was stopped")]
     Timeout(Duration),
@@ -145,6 +160,50 @@ pub enum SandboxError {
     /// This kind of workload cannot run on this machine.
     #[error("{0}")]
     Unsupported(String),
+}
+
+impl SandboxError {
+    /// Preparing failed for the reason `context` gives.
+    pub fn prepare(context: impl Into<String>) -> Self {
+        Self::Prepare {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Preparing failed while doing `context`, because of `source`.
+    pub fn prepare_failed(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Prepare {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// Starting failed for the reason `context` gives.
+    pub fn start(context: impl Into<String>) -> Self {
+        Self::Start {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Starting failed while doing `context`, because of `source`.
+    pub fn start_failed(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Start {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
+/// `context: cause`, or whichever of the two there is: the messages read as they
+/// did when the cause was formatted into the context.
+fn with_cause(context: &str, source: &Option<BoxError>) -> String {
+    match source {
+        Some(source) if context.is_empty() => source.to_string(),
+        Some(source) => format!("{context}: {source}"),
+        None => context.to_string(),
+    }
 }
 
 /// A kind of sandbox: wasm on wasmtime, or OCI on libcontainer.
@@ -306,4 +365,46 @@ pub struct NetworkUsage {
     pub received_bytes: u64,
     /// Bytes the instance sent.
     pub sent_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn prepare_and_start_read_as_context_then_cause() {
+        let full = || std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let staged = SandboxError::prepare_failed("staging layer sha256:00", full());
+        assert_eq!(
+            staged.to_string(),
+            format!(
+                "preparing the workload failed: staging layer sha256:00: {}",
+                full()
+            )
+        );
+        let bare = SandboxError::start_failed("", full());
+        assert_eq!(
+            bare.to_string(),
+            format!("starting an instance failed: {}", full())
+        );
+        assert_eq!(
+            SandboxError::start("the container has no init process").to_string(),
+            "starting an instance failed: the container has no init process"
+        );
+    }
+
+    #[test]
+    fn a_typed_cause_stays_in_the_chain() {
+        let error = SandboxError::prepare_failed(
+            "storing layer sha256:00",
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        );
+        let cause = error.source().expect("the cause is kept");
+        assert_eq!(
+            cause.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::StorageFull)
+        );
+        assert!(SandboxError::prepare("no cause").source().is_none());
+    }
 }

@@ -8,7 +8,7 @@ use super::network::veth_name;
 use super::record::InstanceRecord;
 use super::rootfs::InstanceDir;
 use super::{Shared, stdio};
-use crate::{Instance, LogSinkRef, LogStream, SandboxError};
+use crate::{BoxError, Instance, LogSinkRef, LogStream, SandboxError};
 use libcontainer::container::Container;
 use nix::unistd::Pid;
 use std::net::IpAddr;
@@ -23,14 +23,14 @@ pub(crate) async fn adopt(
     logs: LogSinkRef,
     request_timeout: Duration,
 ) -> Result<Arc<dyn Instance>, SandboxError> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        SandboxError::Start(format!("adopting instance {sandbox_id}: {what}: {e}"))
+    let fail = |what: &str, e: BoxError| {
+        SandboxError::start_failed(format!("adopting instance {sandbox_id}: {what}"), e)
     };
     let record = shared
         .adoptable
         .lock()
         .remove(sandbox_id)
-        .ok_or_else(|| fail("it is not one the earlier run left", &"unknown"))?;
+        .ok_or_else(|| fail("it is not one the earlier run left", "unknown".into()))?;
     let dir = shared.instances_dir().join(sandbox_id);
     let network = shared.network().await?;
     let mut resources = Resources {
@@ -41,25 +41,25 @@ pub(crate) async fn adopt(
     };
     let IpAddr::V4(address) = record.address.ip() else {
         resources.discard().await;
-        return Err(fail("its address", &"not IPv4"));
+        return Err(fail("its address", "not IPv4".into()));
     };
     match network.adopt(address, &veth_name(sandbox_id)) {
         Ok(attachment) => resources.attachment = Some(attachment),
         Err(e) => {
             resources.discard().await;
-            return Err(fail("its address", &e));
+            return Err(fail("its address", e.into()));
         }
     }
     if resources.container.is_none()
         || !record.is_running_in(&super::spec::cgroups_path(sandbox_id))
     {
         resources.discard().await;
-        return Err(fail("it", &"no longer runs"));
+        return Err(fail("it", "no longer runs".into()));
     }
     let pid = Pid::from_raw(record.pid);
     let taken = (|| {
-        let exit = instance::reap_on_exit(pid).map_err(|e| fail("watching its init", &e))?;
-        let streams = stdio::reopen(&dir).map_err(|e| fail("opening its streams", &e))?;
+        let exit = instance::reap_on_exit(pid).map_err(|e| fail("watching its init", e.into()))?;
+        let streams = stdio::reopen(&dir).map_err(|e| fail("opening its streams", e.into()))?;
         let name = Arc::new(OnceLock::from(instance.to_string()));
         for (pipe, stream) in [
             (streams.stdout, LogStream::Stdout),
@@ -72,10 +72,10 @@ pub(crate) async fn adopt(
                 stream,
                 logs.clone(),
             )
-            .map_err(|e| fail("reading its output", &e))?;
+            .map_err(|e| fail("reading its output", e.into()))?;
         }
         let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(streams.stdin)
-            .map_err(|e| fail("opening its input", &e))?;
+            .map_err(|e| fail("opening its input", e.into()))?;
         Ok((exit, stdin))
     })();
     let (exit, stdin) = match taken {

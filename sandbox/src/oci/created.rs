@@ -14,7 +14,7 @@ use super::rootfs::InstanceDir;
 use super::{START_LOCK, Shared};
 use super::{spec, stdio};
 use crate::cdi::CdiDeviceName;
-use crate::{Instance, LogSinkRef, LogStream, SandboxError};
+use crate::{BoxError, Instance, LogSinkRef, LogStream, SandboxError};
 use libcontainer::container::Container;
 use nix::unistd::Pid;
 use std::hash::BuildHasher;
@@ -129,11 +129,11 @@ impl Recipe {
                 let dir = match InstanceDir::mount(shared.instances_dir().join(&id), &layers, size)
                 {
                     Ok(dir) => dir,
-                    Err(e) => return (None, Err(fail("mounting the root filesystem", &e))),
+                    Err(e) => return (None, Err(fail("mounting the root filesystem", e))),
                 };
                 let (container_ends, runtime_ends) = match stdio::make(dir.path()) {
                     Ok(ends) => ends,
-                    Err(e) => return (Some(dir), Err(fail("making the standard streams", &e))),
+                    Err(e) => return (Some(dir), Err(fail("making the standard streams", e))),
                 };
                 let stdio = Stdio3 {
                     stdin: container_ends.stdin,
@@ -150,28 +150,28 @@ impl Recipe {
                 };
                 let bundle = dir.path().to_path_buf();
                 let created = spec::build(&plan, limits, &instance)
-                    .map_err(|e| fail("building the runtime spec", &e))
+                    .map_err(|e| fail("building the runtime spec", e))
                     .and_then(|mut spec| {
                         shared
                             .cdi
                             .inject(&devices, &mut spec)
-                            .map_err(|e| SandboxError::Start(e.to_string()))?;
+                            .map_err(|e| SandboxError::start_failed("", e))?;
                         Ok(spec)
                     })
                     .and_then(|spec| {
                         spec.save(bundle.join("config.json"))
-                            .map_err(|e| fail("writing config.json", &e))
+                            .map_err(|e| fail("writing config.json", e))
                     })
                     .and_then(|()| build_container(&shared, &id, &bundle, stdio))
                     .and_then(|()| {
                         Container::load(shared.state_dir().join(&id))
-                            .map_err(|e| fail("loading the created container", &e))
+                            .map_err(|e| fail("loading the created container", e))
                     })
                     .map(|container| (container, runtime_ends));
                 (Some(dir), created)
             })
             .await
-            .map_err(|e| fail("creating the container", &e))?
+            .map_err(|e| fail("creating the container", e))?
         };
         resources.dir = dir;
         let (container, streams) = match created {
@@ -187,10 +187,8 @@ impl Recipe {
         let pid = container.pid();
         // Recorded before anything can fail, so that a failure still deletes it.
         resources.container = Some(container);
-        let pid =
-            pid.ok_or_else(|| SandboxError::Start("the container has no init process".into()))?;
-        let exit =
-            instance::reap_on_exit(pid).map_err(|e| fail("watching the init process", &e))?;
+        let pid = pid.ok_or_else(|| SandboxError::start("the container has no init process"))?;
+        let exit = instance::reap_on_exit(pid).map_err(|e| fail("watching the init process", e))?;
         let instance_name = Arc::new(OnceLock::new());
         let stdin = streams.stdin;
         for (pipe, stream) in [
@@ -204,14 +202,14 @@ impl Recipe {
                 stream,
                 self.logs.clone(),
             )
-            .map_err(|e| fail("reading the container's output", &e))?;
+            .map_err(|e| fail("reading the container's output", e))?;
         }
 
         let attachment = self
             .network
             .attach(pid.as_raw(), &veth_name(&id))
             .await
-            .map_err(|e| fail("connecting the network", &e))?;
+            .map_err(|e| fail("connecting the network", e))?;
         let address = SocketAddr::from((attachment.address, self.plan.port));
         resources.attachment = Some(attachment);
         Ok(SandboxParts {
@@ -257,21 +255,21 @@ impl Recipe {
             (container, result)
         })
         .await
-        .map_err(|e| fail("starting the container", &e))?;
+        .map_err(|e| fail("starting the container", e))?;
         resources.container = Some(container);
         let ready = match started {
             Ok(()) => {
                 let timeout = self.shared.config.startup_timeout;
                 wait_until_ready(address, &exit, timeout, abandoned).await
             }
-            Err(e) => Err(fail("starting the container", &e)),
+            Err(e) => Err(fail("starting the container", e)),
         };
         let dir = self.shared.instances_dir().join(&id);
         // What a runtime started after this one needs to take the instance over.
         let ready = ready.and_then(|()| {
             InstanceRecord::of(pid.as_raw(), address)
                 .and_then(|record| record.write(&dir))
-                .map_err(|e| fail("recording the instance", &e))
+                .map_err(|e| fail("recording the instance", e))
         });
         if let Err(e) = ready {
             resources.discard_after_exit(&exit).await;
@@ -290,14 +288,14 @@ impl Recipe {
             writable_dir,
             stdin: tokio::sync::Mutex::new(
                 tokio::net::unix::pipe::Sender::from_owned_fd(stdin)
-                    .map_err(|e| fail("opening the container's standard input", &e))?,
+                    .map_err(|e| fail("opening the container's standard input", e))?,
             ),
         }))
     }
 }
 
-fn fail(what: &str, e: &dyn std::fmt::Display) -> SandboxError {
-    SandboxError::Start(format!("{what}: {e}"))
+fn fail(what: &str, e: impl Into<BoxError>) -> SandboxError {
+    SandboxError::start_failed(what, e)
 }
 
 /// Longest a creation may take: tens of milliseconds normally, a few hundred under a
@@ -312,7 +310,7 @@ fn build_container(
     stdio: Stdio3,
 ) -> Result<(), SandboxError> {
     creator::create(id, &shared.state_dir(), bundle, stdio, CREATE_LIMIT)
-        .map_err(|e| SandboxError::Start(format!("creating the container: {e}")))
+        .map_err(|e| SandboxError::start_failed("creating the container", e))
 }
 
 /// Longest one readiness probe waits for its connection.
@@ -330,12 +328,12 @@ async fn wait_until_ready(
     let mut pause = Duration::from_micros(100);
     loop {
         if abandoned() {
-            return Err(SandboxError::Start(
-                "the start was abandoned: the revision is no longer served".into(),
+            return Err(SandboxError::start(
+                "the start was abandoned: the revision is no longer served",
             ));
         }
         if let Some(reason) = exit.borrow().clone() {
-            return Err(SandboxError::Start(format!(
+            return Err(SandboxError::start(format!(
                 "the container {reason} before it listened on port {}",
                 address.port()
             )));
@@ -346,7 +344,7 @@ async fn wait_until_ready(
             return Ok(());
         }
         if began.elapsed() >= timeout {
-            return Err(SandboxError::Start(format!(
+            return Err(SandboxError::start(format!(
                 "the container did not listen on port {} within {timeout:?}",
                 address.port()
             )));

@@ -91,11 +91,11 @@ impl Shared {
                 let claim =
                     tokio::task::spawn_blocking(move || NetworkClaim::take(&bridge, subnet))
                         .await
-                        .map_err(|e| SandboxError::Prepare(format!("claiming the network: {e}")))?
-                        .map_err(SandboxError::Prepare)?;
+                        .map_err(|e| SandboxError::prepare_failed("claiming the network", e))?
+                        .map_err(SandboxError::prepare)?;
                 let network = Network::new(&self.config.bridge, self.config.subnet)
                     .await
-                    .map_err(|e| SandboxError::Prepare(format!("setting up the network: {e}")))?;
+                    .map_err(|e| SandboxError::prepare_failed("setting up the network", e))?;
                 Ok((Arc::new(network), claim))
             })
             .await
@@ -240,7 +240,7 @@ impl Sandbox for OciSandbox {
             let network = shared.network().await?;
             let prepared = tokio::task::spawn_blocking(move || prepare(shared, network, spec))
                 .await
-                .map_err(|e| SandboxError::Prepare(e.to_string()))??;
+                .map_err(|e| SandboxError::prepare_failed("", e))??;
             prepared.refill(Duration::ZERO);
             Ok(Arc::new(prepared) as Arc<dyn PreparedWorkload>)
         })
@@ -361,20 +361,21 @@ fn unpacked_layer(
     let staging = tempfile::Builder::new()
         .prefix(".unpacking-")
         .tempdir_in(shared.layers_dir())
-        .map_err(|e| SandboxError::Prepare(format!("staging layer {digest}: {e}")))?;
+        .map_err(|e| SandboxError::prepare_failed(format!("staging layer {digest}"), e))?;
     let unpack_into = staging.path().join("layer");
     std::fs::create_dir(&unpack_into)
-        .map_err(|e| SandboxError::Prepare(format!("staging layer {digest}: {e}")))?;
+        .map_err(|e| SandboxError::prepare_failed(format!("staging layer {digest}"), e))?;
     let blob = std::fs::File::open(shared.blobs.path(digest))
-        .map_err(|e| SandboxError::Prepare(format!("reading layer {digest}: {e}")))?;
+        .map_err(|e| SandboxError::prepare_failed(format!("reading layer {digest}"), e))?;
     layer::unpack_layer(std::io::BufReader::new(blob), compression, &unpack_into)
         .map_err(|e| SandboxError::InvalidWorkload(format!("layer {digest} is refused: {e}")))?;
     match std::fs::rename(&unpack_into, &dir) {
         Ok(()) => Ok(dir),
         // Another deployment unpacked the same layer meanwhile: theirs is as good.
         Err(_) if dir.is_dir() => Ok(dir),
-        Err(e) => Err(SandboxError::Prepare(format!(
-            "storing layer {digest}: {e}"
-        ))),
+        Err(e) => Err(SandboxError::prepare_failed(
+            format!("storing layer {digest}"),
+            e,
+        )),
     }
 }

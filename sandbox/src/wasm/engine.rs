@@ -66,15 +66,15 @@ pub struct WasmSandbox {
 impl WasmSandbox {
     /// Builds the engine and starts its epoch ticker.
     pub fn new(config: &WasmConfig, blobs: BlobStore) -> Result<Self, SandboxError> {
-        let engine = build_engine(config).map_err(|e| SandboxError::Prepare(format!("{e:#}")))?;
+        let engine = build_engine(config).map_err(|e| SandboxError::prepare(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         // All of WASI 0.2 beside wasi:http, so that components made by
         // componentize-py or componentize-js (which import cli, filesystem, ...) link.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
-            .map_err(|e| SandboxError::Prepare(format!("linking WASI: {e:#}")))?;
+            .map_err(|e| SandboxError::prepare(format!("linking WASI: {e:#}")))?;
         let cache = CompiledCache::open(&config.cache_dir, &engine)
-            .map_err(|e| SandboxError::Prepare(format!("opening the compile cache: {e}")))?;
+            .map_err(|e| SandboxError::prepare_failed("opening the compile cache", e))?;
         spawn_epoch_ticker(&engine);
         Ok(Self {
             engine,
@@ -127,10 +127,10 @@ impl WasmSandbox {
                 .precompile_component(&wasm)
                 .map_err(|e| SandboxError::InvalidWorkload(format!("{e:#}")))?;
             write_atomically(&target, &compiled)
-                .map_err(|e| SandboxError::Prepare(format!("writing compiled code: {e}")))
+                .map_err(|e| SandboxError::prepare_failed("writing compiled code", e))
         })
         .await
-        .map_err(|e| SandboxError::Prepare(e.to_string()))??;
+        .map_err(|e| SandboxError::prepare_failed("", e))??;
         tracing::info!(artifact = %spec.artifact, "compiled wasm component");
         Ok(())
     }
@@ -178,7 +178,7 @@ impl WasmSandbox {
             pre_instantiate(&linker, &component)
         })
         .await
-        .map_err(|e| SandboxError::Prepare(e.to_string()))?
+        .map_err(|e| SandboxError::prepare_failed("", e))?
     }
 }
 
@@ -190,7 +190,7 @@ pub(crate) fn load_compiled(
     // SAFETY: the file was written by `precompile_component` of an engine with the same
     // compatibility hash, into a directory only this runtime writes.
     unsafe { Component::deserialize_file(engine, path) }
-        .map_err(|e| SandboxError::Prepare(format!("loading compiled code: {e:#}")))
+        .map_err(|e| SandboxError::prepare(format!("loading compiled code: {e:#}")))
 }
 
 /// Checks that the component links and exports `wasi:http/incoming-handler`.
