@@ -151,9 +151,16 @@ pub enum SandboxError {
     /// The request ran past its deadline and was cut.
     #[error("the request ran longer than {0:?} and was stopped")]
     Timeout(Duration),
-    /// The guest failed while handling the request.
-    #[error("the workload failed to handle the request: {0}")]
-    Guest(String),
+    /// The guest failed while handling the request (or taking input, or having a
+    /// process entered).
+    #[error("the workload failed to handle the request: {}", with_cause(.context, .source))]
+    Guest {
+        /// What went wrong, or what was being done; empty when the cause says it.
+        context: String,
+        /// The error that made it fail, when it has a type of its own.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The content store failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
@@ -190,6 +197,24 @@ impl SandboxError {
     /// Starting failed while doing `context`, because of `source`.
     pub fn start_failed(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Self::Start {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
+impl SandboxError {
+    /// The guest failed for the reason `context` gives.
+    pub fn guest(context: impl Into<String>) -> Self {
+        Self::Guest {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// The guest failed while `context` was being done, because of `source`.
+    pub fn guest_failed(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Guest {
             context: context.into(),
             source: Some(source.into()),
         }
@@ -391,6 +416,15 @@ mod tests {
         assert_eq!(
             SandboxError::start("the container has no init process").to_string(),
             "starting an instance failed: the container has no init process"
+        );
+        let closed = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert_eq!(
+            SandboxError::guest_failed("the container's standard input is closed", closed)
+                .to_string(),
+            format!(
+                "the workload failed to handle the request: the container's standard input is closed: {}",
+                std::io::Error::from(std::io::ErrorKind::BrokenPipe)
+            )
         );
     }
 

@@ -27,7 +27,7 @@ impl Instance for Nothing {
         &self,
         _request: http::Request<HttpBody>,
     ) -> BoxFuture<'_, Result<http::Response<HttpBody>, SandboxError>> {
-        Box::pin(async { Err(SandboxError::Guest("unused".into())) })
+        Box::pin(async { Err(SandboxError::guest("unused")) })
     }
     fn stop(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})

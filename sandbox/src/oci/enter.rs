@@ -10,12 +10,12 @@ use std::process::Stdio;
 
 /// Starts `request`'s command (or a shell) inside the instance whose init is `pid`.
 pub(crate) fn enter(pid: Pid, request: &EnterRequest) -> Result<EnteredProcess, SandboxError> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        SandboxError::Guest(format!("entering the instance: {what}: {e}"))
+    let fail = |what: &str, e: std::io::Error| {
+        SandboxError::guest_failed(format!("entering the instance: {what}"), e)
     };
     let environ = std::fs::read(format!("/proc/{pid}/environ"))
-        .map_err(|e| fail("reading its environment", &e))?;
-    let exe = std::env::current_exe().map_err(|e| fail("finding the executable", &e))?;
+        .map_err(|e| fail("reading its environment", e))?;
+    let exe = std::env::current_exe().map_err(|e| fail("finding the executable", e))?;
     let mut command = tokio::process::Command::new(exe);
     command.arg(JOIN_ARG).arg(pid.as_raw().to_string());
     match &request.command {
@@ -35,8 +35,8 @@ pub(crate) fn enter(pid: Pid, request: &EnterRequest) -> Result<EnteredProcess, 
     }
     command.kill_on_drop(true);
     match request.terminal {
-        Some(size) => on_terminal(command, size).map_err(|e| fail("opening a terminal", &e)),
-        None => on_pipes(command).map_err(|e| fail("starting the joiner", &e)),
+        Some(size) => on_terminal(command, size).map_err(|e| fail("opening a terminal", e)),
+        None => on_pipes(command).map_err(|e| fail("starting the joiner", e)),
     }
 }
 

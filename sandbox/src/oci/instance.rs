@@ -141,14 +141,14 @@ impl OciInstance {
             .to_string();
         parts.uri = format!("http://{}{path}", self.address)
             .parse()
-            .map_err(|e| SandboxError::Guest(format!("bad request path: {e}")))?;
+            .map_err(|e| SandboxError::guest_failed("bad request path", e))?;
         strip_hop_by_hop(&mut parts.headers);
         let request = http::Request::from_parts(parts, body);
         let client = self.clients.get_or(client);
         let response = tokio::time::timeout(self.request_timeout, client.request(request))
             .await
             .map_err(|_| SandboxError::Timeout(self.request_timeout))?
-            .map_err(|e| SandboxError::Guest(format!("the container did not answer: {e}")))?;
+            .map_err(|e| SandboxError::guest_failed("the container did not answer", e))?;
         let (mut parts, body) = response.into_parts();
         // The instance's `Connection: close` (busybox httpd sends it) is about its hop
         // only; passed on, it would close the client's kept-alive connection too.
@@ -226,9 +226,10 @@ impl Instance for OciInstance {
             let mut stdin = self.stdin.lock().await;
             match tokio::time::timeout(INPUT_TIMEOUT, stdin.write_all(data)).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(SandboxError::Guest(format!(
-                    "the container's standard input is closed: {e}"
-                ))),
+                Ok(Err(e)) => Err(SandboxError::guest_failed(
+                    "the container's standard input is closed",
+                    e,
+                )),
                 Err(_) => Err(SandboxError::Timeout(INPUT_TIMEOUT)),
             }
         })
@@ -236,7 +237,7 @@ impl Instance for OciInstance {
 
     fn enter(&self, request: &EnterRequest) -> Result<EnteredProcess, SandboxError> {
         if self.exit.borrow().is_some() {
-            return Err(SandboxError::Guest("the instance has ended".into()));
+            return Err(SandboxError::guest("the instance has ended"));
         }
         super::enter::enter(self.pid, request)
     }

@@ -126,7 +126,7 @@ impl WasmInstance {
         });
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        let guest_error = |e: wasmtime::Error| SandboxError::Guest(format!("{e:#}"));
+        let guest_error = |e: wasmtime::Error| SandboxError::guest(format!("{e:#}"));
         // A request body that fails to arrive means the client went away.
         let request =
             request.map(|body| body.map_err(|_| wasmtime_wasi_http::Error::ConnectionTerminated));
@@ -176,11 +176,11 @@ impl WasmInstance {
 
         // Why the guest ended without a response.
         let failure = |result: wasmtime::Result<()>| match result {
-            Ok(()) => SandboxError::Guest("the guest never set a response".into()),
+            Ok(()) => SandboxError::guest("the guest never set a response"),
             Err(e) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
                 SandboxError::Timeout(spec.timeout)
             }
-            Err(e) => SandboxError::Guest(format!("{e:#}")),
+            Err(e) => SandboxError::guest(format!("{e:#}")),
         };
         let sent = match head {
             Some(sent) => sent,
@@ -196,7 +196,7 @@ impl WasmInstance {
         let guest = finished.is_none().then_some(guest);
         match sent {
             Ok(response) => Ok(response.map(|body| GuestDrivenBody { guest, body }.boxed_unsync())),
-            Err(code) => Err(SandboxError::Guest(format!(
+            Err(code) => Err(SandboxError::guest(format!(
                 "the guest answered with an error: {code:?}"
             ))),
         }
