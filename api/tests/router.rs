@@ -313,6 +313,10 @@ async fn bad_ids_in_paths_are_refused_naming_the_id() {
             &format!("{method} {path}"),
         );
     }
+    // A segment that is not UTF-8 once decoded is refused in JSON too.
+    let answer = api.call(Method::GET, "/v1/containers/%FF", None).await;
+    refused(&answer, StatusCode::BAD_REQUEST, None, "a non-UTF-8 id");
+    assert_eq!(answer.1["code"], "invalid_path");
     // A well-formed id of nothing is not found.
     let answer = api
         .call(Method::GET, &format!("/v1/containers/{uuid}"), None)
