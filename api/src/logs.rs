@@ -29,8 +29,8 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
     OpenApiRouter::new().routes(routes!(logs))
 }
 
-/// The range, in seconds since the epoch (the numbered containers face's `period_start`/`period_end`);
-/// by default the last day.
+/// The range, in seconds since the epoch (as the numbered containers face's
+/// `period_start`/`period_end`); by default the last day.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Period {
@@ -132,4 +132,26 @@ fn follow(follower: broadcast::Receiver<LogEntry>) -> impl futures::Stream<Item 
         };
         Some((bytes, follower))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_default_parse_and_refuse_naming_the_field() {
+        let default = SystemTime::UNIX_EPOCH + Duration::from_secs(7);
+        assert_eq!(seconds("period_start", None, default).unwrap(), default);
+        assert_eq!(
+            seconds("period_start", Some("60"), default).unwrap(),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(60)
+        );
+        let latest = LATEST_SECONDS.to_string();
+        assert!(seconds("period_end", Some(&latest), default).is_ok());
+        let past = (LATEST_SECONDS + 1).to_string();
+        for bad in ["-1", "1.5", "soon", "", past.as_str()] {
+            let error = seconds("period_end", Some(bad), default).unwrap_err();
+            assert_eq!(error.field(), Some("period_end"), "{bad}");
+        }
+    }
 }

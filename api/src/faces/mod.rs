@@ -147,6 +147,66 @@ pub(crate) fn wants_to_run(state: InstanceState) -> bool {
 mod tests {
     use super::*;
 
+    fn query(limit: Option<&str>, start: Option<&str>, end: Option<&str>) -> LogQuery {
+        LogQuery {
+            limit: limit.map(Into::into),
+            period_start: start.map(Into::into),
+            period_end: end.map(Into::into),
+        }
+    }
+
+    fn entry(second: u64, instance: &str, line: &str) -> LogEntry {
+        LogEntry {
+            time: SystemTime::UNIX_EPOCH + Duration::from_secs(second),
+            instance: instance.into(),
+            stream: ember_sandbox::LogStream::Stdout,
+            line: line.into(),
+        }
+    }
+
+    #[test]
+    fn a_log_range_must_not_end_before_it_starts() {
+        let (since, until) = query(None, Some("10"), Some("20")).range().unwrap();
+        assert_eq!(
+            until.duration_since(since).unwrap(),
+            Duration::from_secs(10)
+        );
+        let error = query(None, Some("20"), Some("10")).range().unwrap_err();
+        assert_eq!(error.field(), Some("period_start"));
+        let error = query(None, Some("x"), None).range().unwrap_err();
+        assert_eq!(error.field(), Some("period_start"));
+    }
+
+    #[test]
+    fn log_rows_are_the_newest_first_named_by_instance() {
+        let entries = vec![
+            entry(1, "a", "one"),
+            entry(2, "b", "two"),
+            entry(3, "a", "three"),
+        ];
+        let names = HashMap::from([("a".to_string(), "web-1".to_string())]);
+        let rows = query(Some("2"), None, None)
+            .rows(entries.clone(), &names)
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (3.0, "web-1".to_string(), "three".to_string()),
+                (2.0, "b".to_string(), "two".to_string()),
+            ]
+        );
+        assert_eq!(
+            query(None, None, None).rows(entries, &names).unwrap().len(),
+            3
+        );
+        for bad in ["0", "10001", "all"] {
+            let error = query(Some(bad), None, None)
+                .rows(Vec::new(), &names)
+                .unwrap_err();
+            assert_eq!(error.field(), Some("limit"), "{bad}");
+        }
+    }
+
     #[test]
     fn metrics_times_carry_milliseconds_and_an_offset() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_615_499_751_250);
