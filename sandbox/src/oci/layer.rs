@@ -1234,7 +1234,13 @@ mod tests {
                         Kind::Symlink(target) => layer.symlink(path, target),
                         Kind::HardLink(target) => layer.hard_link(path, target),
                         Kind::Device(kind) => {
-                            if hostile.is_none() && !path.rsplit('/').next().unwrap_or("").starts_with(".wh.") {
+                            // A device named as a whiteout (`.wh.a/.` names `.wh.a`) is
+                            // taken as one (overlayfs's char 0:0, never the device), and
+                            // one under a whiteout name is aufs metadata, skipped.
+                            let whiteout = Path::new(path)
+                                .components()
+                                .any(|c| c.as_os_str().to_string_lossy().starts_with(".wh."));
+                            if hostile.is_none() && !whiteout {
                                 hostile = Some(path.clone());
                             }
                             layer.entry(path, *kind, 0o666, None, b"")
