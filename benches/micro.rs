@@ -245,6 +245,7 @@ fn oci_starts(c: &mut Criterion) {
             prepared_sandboxes,
             devices: Vec::new(),
             init: true,
+            capabilities: Default::default(),
         };
         rt.block_on(sandbox.prepare(spec)).expect("prepared")
     };

@@ -186,6 +186,7 @@ fn wasm(c: &mut Criterion) {
             prepared_sandboxes: 0,
             devices: Vec::new(),
             init: true,
+            capabilities: Default::default(),
         };
         let prepared = ember_sandbox::Sandbox::prepare(&sandbox, spec)
             .await

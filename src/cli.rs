@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Most processes an OCI instance may have.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(8..))]
     pub pids_limit: u32,
+    /// Capabilities a container may add to the default set (Podman's), comma
+    /// separated, e.g. NET_ADMIN,SYS_PTRACE (default: none).
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_capabilities: Vec<ember_runtime::model::CapabilityName>,
     /// Output kept per container, in KiB.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub log_retention_kib: u64,
@@ -231,6 +235,13 @@ pub struct DeployArgs {
     /// passes signals on and reaps orphans).
     #[arg(long)]
     pub no_init: bool,
+    /// A capability to add to the default set, e.g. NET_RAW (repeatable; the
+    /// runtime must allow it with --allowed-capabilities).
+    #[arg(long = "cap-add")]
+    pub cap_add: Vec<String>,
+    /// A capability to drop from the default set, e.g. CHOWN (repeatable).
+    #[arg(long = "cap-drop")]
+    pub cap_drop: Vec<String>,
     /// Return at once instead of waiting for the deployment to finish.
     #[arg(long)]
     pub no_wait: bool,

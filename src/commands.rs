@@ -72,6 +72,9 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if args.no_init {
         body["init"] = json!(false);
     }
+    if !args.cap_add.is_empty() || !args.cap_drop.is_empty() {
+        body["capabilities"] = json!({ "add": args.cap_add, "drop": args.cap_drop });
+    }
     let mut container = match client.find(&args.name).await? {
         Some(existing) => {
             let id = existing["id"].as_str().unwrap_or_default().to_string();

@@ -30,6 +30,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.bridge = args.bridge.clone();
     config.subnet = args.subnet;
     config.stop_grace = Duration::from_secs(args.stop_grace);
+    config.allowed_capabilities = args.allowed_capabilities.clone();
     config.startup_timeout = Duration::from_secs(args.startup_timeout);
     config.pids_limit = args.pids_limit;
     config.usage_sample_interval = Duration::from_millis(args.usage_sample_ms);

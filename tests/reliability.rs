@@ -41,8 +41,7 @@ async fn starts_by_scaling(ember: &Ember, id: &str) -> f64 {
         let series =
             format!("ember_scaling_decisions_total{{container=\"{id}\",reason=\"{reason}\"}}");
         let text = ember
-            .http()
-            .get(ember.api_url("/metrics"))
+            .api_request(reqwest::Method::GET, "/metrics")
             .send()
             .await
             .unwrap()

@@ -36,6 +36,24 @@ impl FromRequestParts<Runtime> for Authenticated {
     }
 }
 
+/// A caller who may also be anonymous: no Authorization header is `None`; a
+/// header that does not authenticate is refused as for [`Authenticated`].
+impl axum::extract::OptionalFromRequestParts<Runtime> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        runtime: &Runtime,
+    ) -> Result<Option<Self>, ApiError> {
+        if parts.headers.get(AUTHORIZATION).is_none() {
+            return Ok(None);
+        }
+        <Self as FromRequestParts<Runtime>>::from_request_parts(parts, runtime)
+            .await
+            .map(Some)
+    }
+}
+
 /// What an Authorization header carries: a bearer token, or the Tutum face's
 /// `ApiKey <user>:<key>`, whose key is a token of that user.
 struct Credentials<'a> {

@@ -10,6 +10,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use ember_runtime::model::{CapabilityChanges, CapabilityName};
 use ember_runtime::model::{
     CdiDeviceName, ContainerName, ContainerPatch, ContainerQuery, ContainerStatus, Revision,
 };
@@ -24,6 +25,26 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
         .routes(routes!(list, create))
         .routes(routes!(show, update, remove))
         .routes(routes!(revisions))
+        .routes(routes!(container_metrics))
+}
+
+/// One container's series in Prometheus text, for its owner (or an admin): what
+/// `/metrics` shows of it to a scraper with the `metrics` scope.
+#[utoipa::path(
+    get,
+    path = "/v1/containers/{id}/metrics",
+    tag = "containers",
+    summary = "A container's metrics (Prometheus text)",
+    params(("id" = String, Path, description = "The container's id (a UUID)")),
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String))
+)]
+async fn container_metrics(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    ContainerIdPath(id): ContainerIdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    let text = runtime.container_metrics_text(&caller, id).await?;
+    Ok(crate::prometheus_text(text))
 }
 
 /// The list's filters, page and cursor.
@@ -236,6 +257,36 @@ pub(crate) struct ContainerRequest {
     queue_depth: Option<u32>,
     prepared_sandboxes: Option<u32>,
     init: Option<bool>,
+    capabilities: Option<CapabilitiesRequest>,
+}
+
+/// `capabilities`: names added to and dropped from the default set.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapabilitiesRequest {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    drop: Vec<String>,
+}
+
+impl CapabilitiesRequest {
+    /// Each name parsed, a bad one refused under its place (`capabilities.add[1]`).
+    fn parse(self) -> Result<CapabilityChanges, ApiError> {
+        let names = |list: Vec<String>, field: &str| {
+            list.iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    name.parse::<CapabilityName>()
+                        .map_err(|e| invalid(&format!("capabilities.{field}[{i}]"), e))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(CapabilityChanges {
+            add: names(self.add, "add")?,
+            drop: names(self.drop, "drop")?,
+        })
+    }
 }
 
 /// The port may be written as the document does (`"80"`) or as a number.
@@ -313,10 +364,21 @@ impl ContainerRequest {
             queue_depth: self.queue_depth,
             prepared_sandboxes: self.prepared_sandboxes,
             init: self.init,
+            capabilities: self
+                .capabilities
+                .map(CapabilitiesRequest::parse)
+                .transpose()?,
         };
         patch.validate()?;
         Ok(patch)
     }
+}
+
+/// Capability names added to and dropped from the default set (Podman's).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct CapabilitiesJson {
+    add: Vec<String>,
+    drop: Vec<String>,
 }
 
 /// A container as the native container API shows it, plus Ember's scaling fields.
@@ -357,6 +419,8 @@ pub(crate) struct ContainerJson {
     /// Whether OCI instances run under Ember's init (PID 1 passes signals on to the
     /// workload and reaps orphans).
     init: bool,
+    /// What OCI instances add to and drop from the default capabilities.
+    capabilities: CapabilitiesJson,
     pinned_instances: u32,
     restarts: u32,
 }
@@ -394,6 +458,20 @@ impl ContainerJson {
             queue_depth: spec.queue_depth,
             prepared_sandboxes: spec.prepared_sandboxes,
             init: spec.init,
+            capabilities: CapabilitiesJson {
+                add: spec
+                    .capabilities
+                    .add
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                drop: spec
+                    .capabilities
+                    .drop
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            },
             pinned_instances: c.pinned_instances,
             restarts: view.restarts,
         }

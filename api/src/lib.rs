@@ -93,23 +93,32 @@ fn routes() -> OpenApiRouter<Runtime> {
         .merge(faces::routes())
 }
 
-/// Prometheus text: the runtime's and every container's series.
+/// Prometheus text. Without a token, or with one that lacks the `metrics` scope,
+/// only node-wide series; with an admin token or one with the `metrics` scope (as
+/// Prometheus sends it from its scrape config), every container's series too.
+/// A tenant reads its own containers' series at `/v1/containers/{id}/metrics`.
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = "runtime",
-    security(()),
+    security((), ("bearer" = [])),
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String))
 )]
 async fn metrics(
     axum::extract::State(runtime): axum::extract::State<Runtime>,
+    reader: Option<auth::Authenticated>,
 ) -> impl axum::response::IntoResponse {
+    prometheus_text(runtime.metrics_text(reader.as_ref().map(|a| &a.0)))
+}
+
+/// A Prometheus text answer.
+pub(crate) fn prometheus_text(text: String) -> impl axum::response::IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        runtime.metrics_text(),
+        text,
     )
 }
 

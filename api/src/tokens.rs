@@ -11,7 +11,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use ember_runtime::Runtime;
-use ember_runtime::model::{Capabilities, NewToken, Role, Scopes, Token, UserName};
+use ember_runtime::model::{Capabilities, NewToken, Role, Scopes, Token, UserName, default_scopes};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use utoipa_axum::router::OpenApiRouter;
@@ -23,14 +23,15 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
         .routes(routes!(show, revoke))
 }
 
-/// POST's body. Scopes and capabilities default to all of them, the role to USER.
+/// POST's body. Scopes default to the faces' two (not `metrics`), capabilities to
+/// all of them, the role to USER.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenRequest {
     user: UserName,
     #[serde(default = "user_role")]
     role: Role,
-    #[serde(default = "Scopes::all")]
+    #[serde(default = "default_scopes")]
     scopes: Scopes,
     #[serde(default = "Capabilities::all")]
     capabilities: Capabilities,

@@ -1,5 +1,6 @@
 //! Runtime settings.
 
+use ember_sandbox::capabilities::CapabilityName;
 use ember_sandbox::cdi::DEFAULT_SPEC_DIRS;
 use ember_sandbox::oci::Subnet;
 use std::path::PathBuf;
@@ -50,13 +51,16 @@ pub struct RuntimeConfig {
     pub ssh_addr: Option<std::net::SocketAddr>,
     /// How long generated SSH credentials stay valid.
     pub ssh_credential_lifetime: Duration,
+    /// Capabilities a container may add to the default set; none by default.
+    pub allowed_capabilities: Vec<CapabilityName>,
 }
 
 impl RuntimeConfig {
     /// Defaults for a data dir: `ember.localhost`, port 8000, 60 s idle, 30 s requests;
     /// OCI instances on bridge `ember0` in 10.88.0.0/16, 10 s stop grace, 1 MiB of logs;
     /// an ingress thread per CPU; CDI specs from /etc/cdi and /var/run/cdi; no SSH
-    /// server, and SSH credentials valid for 30 minutes.
+    /// server, and SSH credentials valid for 30 minutes; no capability beyond the
+    /// default set.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -80,6 +84,7 @@ impl RuntimeConfig {
             cdi_spec_dirs: DEFAULT_SPEC_DIRS.iter().map(PathBuf::from).collect(),
             ssh_addr: None,
             ssh_credential_lifetime: Duration::from_secs(30 * 60),
+            allowed_capabilities: Vec::new(),
         }
     }
 }

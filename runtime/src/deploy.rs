@@ -137,6 +137,7 @@ impl Deployer {
             },
             devices: spec.cdi_devices.clone(),
             init: spec.init,
+            capabilities: spec.capabilities.clone(),
         };
         Ok(sandbox.prepare(workload).await?)
     }

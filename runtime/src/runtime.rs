@@ -14,7 +14,7 @@ use crate::logs::{LogEntry, LogStore};
 use crate::metrics::{ContainerSeries, Metrics};
 use crate::model::{
     Caller, Container, ContainerId, ContainerPatch, ContainerQuery, ContainerSpec, ContainerStatus,
-    GpuModel, InstanceId, Page, PageRequest, Revision, RunningInstance, ServerId,
+    GpuModel, InstanceId, Page, PageRequest, Revision, RunningInstance, Scope, ServerId,
 };
 use crate::node::{self, NodeCapacity};
 use crate::store::{SledStore, Store};
@@ -259,7 +259,14 @@ impl Runtime {
     }
 
     /// Prometheus text for `/metrics`.
-    pub fn metrics_text(&self) -> String {
+    ///
+    /// `reader` decides whose series it holds: every container's for an admin or a
+    /// token with the `metrics` scope, none (node-wide series only) otherwise, so
+    /// that one tenant never reads another's container ids and traffic.
+    pub fn metrics_text(&self, reader: Option<&Caller>) -> String {
+        let every_container = reader.is_some_and(|caller| {
+            caller.role == crate::model::Role::Admin || caller.scopes.contains(Scope::Metrics)
+        });
         let services = self.inner.containers.all();
         let instances: usize = services.iter().map(|s| s.instance_count()).sum();
         let mut text = self.inner.metrics.render(&[
@@ -270,17 +277,26 @@ impl Runtime {
             ),
             ("ember_instances", "Instances running.", instances as u64),
         ]);
-        let per_container: Vec<_> = services
-            .iter()
-            .map(|s| ContainerSeries {
-                id: s.id,
-                traffic: s.traffic(),
-                decisions: s.decisions().collect(),
-            })
-            .collect();
-        crate::metrics::render_per_container(&mut text, &per_container);
+        if every_container {
+            let per_container: Vec<_> = services.iter().map(|s| series_of(s)).collect();
+            crate::metrics::render_per_container(&mut text, &per_container);
+        }
         Metrics::render_store_writes(&mut text, self.inner.store.write_counts());
         text
+    }
+
+    /// Prometheus text of one container's series, for a caller who may see it.
+    pub async fn container_metrics_text(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+    ) -> Result<String, RuntimeError> {
+        self.accessible(caller, id).await?;
+        let mut text = String::new();
+        if let Some(traffic) = self.inner.containers.get(id) {
+            crate::metrics::render_per_container(&mut text, &[series_of(&traffic)]);
+        }
+        Ok(text)
     }
 
     /// Whether the runtime takes work, as a readiness probe asks: its store can
@@ -362,5 +378,14 @@ impl Runtime {
                 tick(Runtime { inner }).await;
             }
         });
+    }
+}
+
+/// One container's series, as `/metrics` shows them.
+fn series_of(traffic: &ContainerTraffic) -> ContainerSeries {
+    ContainerSeries {
+        id: traffic.id,
+        traffic: traffic.traffic(),
+        decisions: traffic.decisions().collect(),
     }
 }

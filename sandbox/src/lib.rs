@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod blob_store;
+pub mod capabilities;
 pub mod cdi;
 pub mod digest;
 pub mod entered;
@@ -86,6 +87,8 @@ pub struct WorkloadSpec {
     pub init: bool,
     /// CDI devices every instance gets (OCI).
     pub devices: Vec<cdi::CdiDeviceName>,
+    /// What the container changes in the default capabilities (OCI).
+    pub capabilities: capabilities::CapabilityChanges,
 }
 
 /// Which output stream a log line came from.

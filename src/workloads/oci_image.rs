@@ -470,7 +470,9 @@ fn numeric_query(default: u32) -> String {
 /// - `orphan`: leaves a `sleep 0.2` behind, whose parent has exited (so that it is
 ///   reparented to PID 1), then `left`;
 /// - `zombies`: how many processes in the container are zombies, then a newline;
-/// - `slow`: sleeps `?N` seconds (default 1), then `slept`.
+/// - `slow`: sleeps `?N` seconds (default 1), then `slept`;
+/// - `run`: runs the URL-decoded query string with `sh -c` (what a hostile tenant
+///   would run inside), then `rc=<status>`.
 pub fn http_app_layer() -> ImageLayer {
     let script = |body: &str| format!("{CGI_HEADER}{body}");
     let env = script("env\n");
@@ -501,6 +503,7 @@ pub fn http_app_layer() -> ImageLayer {
     let log = script("echo \"logged $QUERY_STRING\" > /proc/1/fd/1\necho ok\n");
     let orphan = script("sh -c 'sleep 0.2 </dev/null >/dev/null 2>&1 &'\necho left\n");
     let slow = script(&format!("{}sleep \"$n\"\necho slept\n", numeric_query(1)));
+    let run = script("sh -c \"$(httpd -d \"$QUERY_STRING\")\" 2>&1 </dev/null\necho \"rc=$?\"\n");
     let zombies = script("cat /proc/[0-9]*/stat 2>/dev/null | awk '$3 == \"Z\"' | wc -l\n");
     LayerBuilder::new()
         .dir("www", 0o755)
@@ -515,6 +518,7 @@ pub fn http_app_layer() -> ImageLayer {
         .file("www/cgi-bin/orphan", 0o755, orphan.as_bytes())
         .file("www/cgi-bin/zombies", 0o755, zombies.as_bytes())
         .file("www/cgi-bin/slow", 0o755, slow.as_bytes())
+        .file("www/cgi-bin/run", 0o755, run.as_bytes())
         .build(Compression::Zstd)
 }
 

@@ -28,7 +28,11 @@ pub async fn deploy(runtime: &Runtime, caller: &Caller, patch: ContainerPatch) -
 pub async fn scale_to_zero(runtime: &Runtime, caller: &Caller, id: ContainerId, prepared: u32) {
     runtime.stop_idle_instances(caller, id).await.unwrap();
     let ready = format!("ember_container_prepared_sandboxes{{container=\"{id}\"}} {prepared}");
-    while !runtime.metrics_text().lines().any(|l| l == ready) {
+    while !runtime
+        .metrics_text(Some(caller))
+        .lines()
+        .any(|l| l == ready)
+    {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }

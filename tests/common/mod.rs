@@ -321,9 +321,10 @@ impl Ember {
 
     /// The value of one metric line (`name{labels}`) in /metrics.
     pub async fn metric(&self, series: &str) -> f64 {
+        // Per-container series need a token with the `metrics` scope (or an
+        // admin's, as here).
         let text = self
-            .http
-            .get(self.api_url("/metrics"))
+            .api_request(reqwest::Method::GET, "/metrics")
             .send()
             .await
             .unwrap()

@@ -81,21 +81,25 @@ pub trait Grant: Copy + Eq + fmt::Debug + 'static {
     fn name(self) -> &'static str;
 }
 
-/// A scope of the numbered containers and container services faces.
+/// A scope: those of the numbered containers and container services faces, and
+/// Ember's own `metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
     /// Read projects (containers and their instances).
     ProjectsRead,
     /// Change projects.
     ProjectsWrite,
+    /// Scrape `/metrics` with every container's series (a Prometheus token).
+    Metrics,
 }
 
 impl Grant for Scope {
-    const ALL: &'static [Self] = &[Self::ProjectsRead, Self::ProjectsWrite];
+    const ALL: &'static [Self] = &[Self::ProjectsRead, Self::ProjectsWrite, Self::Metrics];
     fn name(self) -> &'static str {
         match self {
             Self::ProjectsRead => "projects_read",
             Self::ProjectsWrite => "projects_write",
+            Self::Metrics => "metrics",
         }
     }
 }
@@ -236,6 +240,14 @@ impl<'de, G: Grant> serde::Deserialize<'de> for GrantSet<G> {
 
 /// The scopes a token holds.
 pub type Scopes = GrantSet<Scope>;
+
+/// The scopes a token gets unless it names others: the faces' two. `metrics`
+/// (every container's series) is only for tokens minted with it.
+pub fn default_scopes() -> Scopes {
+    [Scope::ProjectsRead, Scope::ProjectsWrite]
+        .into_iter()
+        .collect()
+}
 /// The capabilities a token holds.
 pub type Capabilities = GrantSet<Capability>;
 
@@ -259,7 +271,7 @@ mod tests {
         let e = Scopes::parse(["projects_admin"]).unwrap_err();
         assert_eq!(e.name, "projects_admin");
         assert!(e.known.contains("`projects_read`"), "{e}");
-        assert_eq!(Scopes::all().iter().count(), 2);
+        assert_eq!(Scopes::all().iter().count(), 3);
         assert_eq!(Capabilities::none().iter().count(), 0);
     }
 

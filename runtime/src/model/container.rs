@@ -3,6 +3,7 @@
 use super::access::{Capabilities, Capability, Grant, GrantSet, Scope, Scopes};
 use super::{ContainerId, ContainerName, InstanceId, Quantity, ServerId, UserId};
 use crate::error::RuntimeError;
+use ember_sandbox::capabilities::CapabilityChanges;
 use ember_sandbox::cdi::CdiDeviceName;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -57,6 +58,9 @@ pub struct ContainerSpec {
     /// its child (as `docker run --init`), or the workload itself.
     #[serde(default = "default_init")]
     pub init: bool,
+    /// What OCI instances change in the default capabilities (Podman's set).
+    #[serde(default, skip_serializing_if = "CapabilityChanges::is_empty")]
+    pub capabilities: CapabilityChanges,
 }
 
 fn default_init() -> bool {

@@ -13,13 +13,14 @@ mod token;
 
 pub use access::{
     Capabilities, Capability, Grant, GrantSet, InvalidUserName, Scope, Scopes, UnknownGrant,
-    UserName,
+    UserName, default_scopes,
 };
 pub use container::{
     Caller, Container, ContainerQuery, ContainerSpec, ContainerStatus, InstanceInfo, InstanceState,
     Page, PageRequest, Revision, Role, RunningInstance, StoppedInstance,
 };
 /// A CDI device's qualified name (`vendor.com/class=name`), from the sandbox.
+pub use ember_sandbox::capabilities::{CapabilityChanges, CapabilityName, DEFAULT_CAPABILITIES};
 pub use ember_sandbox::cdi::{CdiDeviceName, InvalidCdiDeviceName};
 /// Nodes (servers) and the resources they offer, from the scheduler.
 pub use ember_scheduler::placement::{Node, Resources};

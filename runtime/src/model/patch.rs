@@ -7,6 +7,7 @@
 
 use super::{ContainerName, ContainerSpec, Quantity};
 use crate::error::RuntimeError;
+use ember_sandbox::capabilities::CapabilityChanges;
 use ember_sandbox::cdi::CdiDeviceName;
 use std::collections::BTreeMap;
 
@@ -55,6 +56,8 @@ pub struct ContainerPatch {
     pub prepared_sandboxes: Option<u32>,
     /// Whether to run OCI instances under Ember's init.
     pub init: Option<bool>,
+    /// New changes to the default capabilities (replacing the old ones whole).
+    pub capabilities: Option<CapabilityChanges>,
 }
 
 /// Most CPUs one instance may ask for.
@@ -203,6 +206,12 @@ impl ContainerPatch {
                 ));
             }
         }
+        if let Some(contradiction) = self.capabilities.as_ref().and_then(|c| c.contradiction()) {
+            return Err(InvalidPatch::new(
+                "capabilities",
+                format!("{contradiction} is both added and dropped"),
+            ));
+        }
         if let Some(count) = self.prepared_sandboxes
             && count > MAX_PREPARED_SANDBOXES
         {
@@ -246,6 +255,7 @@ impl ContainerPatch {
             queue_depth: ContainerSpec::DEFAULT_QUEUE_DEPTH,
             prepared_sandboxes: ContainerSpec::DEFAULT_PREPARED_SANDBOXES,
             init: true,
+            capabilities: CapabilityChanges::default(),
         };
         self.apply(&base)
     }
@@ -277,7 +287,8 @@ impl ContainerPatch {
             max_instances,
             queue_depth,
             prepared_sandboxes,
-            init
+            init,
+            capabilities
         );
         if let Some(idle) = self.idle_timeout_seconds {
             spec.idle_timeout_seconds = Some(idle);
@@ -462,6 +473,21 @@ mod tests {
         assert_eq!(
             fault(|p| p.prepared_sandboxes = Some(MAX_PREPARED_SANDBOXES + 1)).as_deref(),
             Some("preparedSandboxes")
+        );
+    }
+
+    #[test]
+    fn a_capability_may_not_be_both_added_and_dropped() {
+        let changes = |json: &str| serde_json::from_str::<CapabilityChanges>(json).unwrap();
+        assert_eq!(
+            fault(|p| p.capabilities = Some(changes(r#"{"add": ["NET_RAW"]}"#))),
+            None
+        );
+        assert_eq!(
+            fault(|p| p.capabilities =
+                Some(changes(r#"{"add": ["NET_RAW"], "drop": ["CAP_NET_RAW"]}"#)))
+            .as_deref(),
+            Some("capabilities")
         );
     }
 

@@ -1,6 +1,6 @@
 //! API tokens as the runtime keeps them (the secret itself is never kept).
 
-use super::{Capabilities, Role, Scopes, TokenId, UserId, UserName};
+use super::{Capabilities, Role, Scopes, TokenId, UserId, UserName, default_scopes};
 use std::time::SystemTime;
 
 /// A stored API token.
@@ -16,8 +16,8 @@ pub struct Token {
     pub user: UserName,
     /// What it may do.
     pub role: Role,
-    /// Its scopes; tokens stored before scopes existed hold all of them.
-    #[serde(default = "Scopes::all")]
+    /// Its scopes; tokens stored before scopes existed hold the default ones.
+    #[serde(default = "default_scopes")]
     pub scopes: Scopes,
     /// Its capabilities; tokens stored before capabilities existed hold all of them.
     #[serde(default = "Capabilities::all")]

@@ -19,11 +19,42 @@ impl Runtime {
     }
 
     /// What a create or update must pass before anything is stored: the image, the
-    /// devices, and room for an instance on the node.
+    /// devices, the capabilities, and room for an instance on the node.
     pub(crate) fn check_spec(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         self.check_image(&spec.image)?;
         self.check_devices(spec)?;
+        self.check_capabilities(spec)?;
         self.check_fits(spec)
+    }
+
+    /// Refuses a capability added beyond what the operator allows
+    /// (`ember serve --allowed-capabilities`).
+    pub(crate) fn check_capabilities(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let allowed = &self.inner.config.allowed_capabilities;
+        let Some((index, refused)) = spec
+            .capabilities
+            .add
+            .iter()
+            .enumerate()
+            .find(|(_, c)| !allowed.contains(c))
+        else {
+            return Ok(());
+        };
+        let allowed = if allowed.is_empty() {
+            "none".to_string()
+        } else {
+            allowed
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(RuntimeError::invalid(
+            &format!("capabilities.add[{index}]"),
+            format!(
+                "{refused} is not one this runtime lets containers add (allowed: {allowed}; the operator sets them with ember serve --allowed-capabilities)"
+            ),
+        ))
     }
 
     /// Refuses GPU models neither the catalogue nor this node has, CDI devices no

@@ -43,7 +43,7 @@ pub(crate) async fn adopt(
         resources.discard().await;
         return Err(fail("its address", "not IPv4".into()));
     };
-    match network.adopt(address, &veth_name(sandbox_id)) {
+    match network.adopt(address, &veth_name(sandbox_id)).await {
         Ok(attachment) => resources.attachment = Some(attachment),
         Err(e) => {
             resources.discard().await;
@@ -114,7 +114,9 @@ pub(crate) async fn discard_unadopted(shared: Arc<Shared>) {
         match &network {
             Some(network) => {
                 let attachment = match record.address.ip() {
-                    IpAddr::V4(address) => network.adopt(address, &veth_name(&sandbox_id)).ok(),
+                    IpAddr::V4(address) => {
+                        network.adopt(address, &veth_name(&sandbox_id)).await.ok()
+                    }
                     IpAddr::V6(_) => None,
                 };
                 let resources = Resources {

@@ -15,6 +15,7 @@ mod joiner;
 pub mod layer;
 mod network;
 mod orphans;
+mod port_guard;
 mod prepared;
 pub mod process;
 mod record;
@@ -306,6 +307,7 @@ fn prepare(
             arguments: spec.arguments.clone(),
             env: spec.env.clone(),
             port: spec.port,
+            capabilities: spec.capabilities.clone(),
         },
     )
     .map_err(SandboxError::InvalidWorkload)?;

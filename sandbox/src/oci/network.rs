@@ -1,12 +1,22 @@
 //! Instance networking: a bridge the runtime owns, a veth pair per instance, an
 //! address from the configured subnet, loopback up. Nothing is routed off the
 //! machine: there is no NAT and no forwarding, only host ↔ instance traffic.
+//!
+//! Instances are kept apart: each one's port on the bridge is isolated (the bridge
+//! passes no frame between two instances), the host forwards nothing that comes
+//! from the bridge (so no route through it joins two instances either), and the
+//! port guard ([`super::port_guard`]) drops whatever an instance sends from an
+//! address or MAC that is not its own. An instance reaches its own loopback and
+//! the host's side of its link, and only the host reaches it.
 
+use super::port_guard::{Port, PortGuard};
 use futures::TryStreamExt;
 use parking_lot::Mutex;
+use rtnetlink::packet_route::link::InfoBridgePort;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkMessage};
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
 };
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -112,6 +122,9 @@ pub enum NetworkError {
     /// The subnet has no free address.
     #[error("subnet {0} has no free address")]
     Exhausted(Subnet),
+    /// The port guard could not be set up or changed.
+    #[error("guarding the bridge's ports: {0}")]
+    Guard(String),
     /// A netlink request failed.
     #[error("{what}: {source}")]
     Netlink {
@@ -151,6 +164,7 @@ fn unless_already_there(
 pub(crate) struct Network {
     host: Handle,
     bridge_index: u32,
+    guard: PortGuard,
     subnet: Subnet,
     addresses: AddressPool,
 }
@@ -160,6 +174,16 @@ pub(crate) struct Network {
 pub(crate) struct Attachment {
     pub(crate) address: Ipv4Addr,
     host_veth: String,
+}
+
+impl Attachment {
+    fn port(&self) -> Port<'_> {
+        Port {
+            veth: &self.host_veth,
+            mac: mac_for(self.address),
+            address: self.address,
+        }
+    }
 }
 
 impl Network {
@@ -200,9 +224,16 @@ impl Network {
             .execute()
             .await
             .map_err(netlink(format!("bringing bridge {bridge} up")))?;
+        // What comes in from the bridge is never routed on, not even back into it:
+        // otherwise an instance could reach another through the host.
+        let forwarding = format!("/proc/sys/net/ipv4/conf/{bridge}/forwarding");
+        std::fs::write(&forwarding, "0")
+            .map_err(|e| NetworkError::Guard(format!("writing {forwarding}: {e}")))?;
+        let guard = PortGuard::install(bridge).await?;
         Ok(Self {
             host,
             bridge_index: index,
+            guard,
             subnet,
             addresses: AddressPool::new(subnet),
         })
@@ -255,6 +286,26 @@ impl Network {
             .execute()
             .await
             .map_err(netlink(format!("creating veth {}", attachment.host_veth)))?;
+        let host_index = link_index(&self.host, &attachment.host_veth)
+            .await?
+            .ok_or_else(|| NetworkError::Namespace {
+                pid,
+                message: format!(
+                    "veth {} vanished after it was created",
+                    attachment.host_veth
+                ),
+            })?;
+        self.host
+            .link()
+            .set_port(
+                LinkBridgePort::new(host_index)
+                    .append_info_data(InfoBridgePort::Isolated(true))
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink(format!("isolating port {}", attachment.host_veth)))?;
+        self.guard.admit(&attachment.port()).await?;
 
         let inside = handle_in_netns_of(pid)?;
         for name in ["lo", "eth0"] {
@@ -280,6 +331,7 @@ impl Network {
                 .await
                 .map_err(netlink(format!("bringing {name} up")))?;
         }
+        allow_unprivileged_ping(pid)?;
         inside
             .route()
             .add(
@@ -295,7 +347,7 @@ impl Network {
 
     /// The place on the network of an instance an earlier run attached (its veth
     /// and address are in place): its address is taken again.
-    pub(crate) fn adopt(
+    pub(crate) async fn adopt(
         &self,
         address: Ipv4Addr,
         host_veth: &str,
@@ -306,15 +358,22 @@ impl Network {
                 message: format!("address {address} is outside {} or taken", self.subnet),
             });
         }
-        Ok(Attachment {
+        let attachment = Attachment {
             address,
             host_veth: host_veth.to_string(),
-        })
+        };
+        // The guard's sets outlive a runtime, but not a reboot of its rules' table.
+        if let Err(e) = self.guard.admit(&attachment.port()).await {
+            self.addresses.give_back(address);
+            return Err(e);
+        }
+        Ok(attachment)
     }
 
     /// Removes the host end of the veth (the namespace's end goes with it) and frees
     /// the address. Safe to call when the veth is already gone.
     pub(crate) async fn detach(&self, attachment: Attachment) {
+        self.guard.forget(&attachment.port()).await;
         if let Ok(Some(index)) = link_index(&self.host, &attachment.host_veth).await {
             let _ = self.host.link().del(index).execute().await;
         }
@@ -351,6 +410,25 @@ fn handle_in_netns_of(pid: i32) -> Result<Handle, NetworkError> {
     let (connection, handle, _) = opened.map_err(fail)?;
     tokio::spawn(connection);
     Ok(handle)
+}
+
+/// Lets every group inside the instance open unprivileged ICMP echo sockets, so
+/// that `ping` works without NET_RAW (the sysctl belongs to the network
+/// namespace; libcontainer cannot set it, since the instance's /proc/sys is
+/// read-only by then). /proc/sys/net is the namespace of whoever opens it.
+fn allow_unprivileged_ping(pid: i32) -> Result<(), NetworkError> {
+    let fail = |message: String| NetworkError::Namespace { pid, message };
+    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| fail(format!("opening it: {e}")))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns: {e}"))?;
+        std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
+            .map_err(|e| format!("allowing unprivileged ping: {e}"))
+    })
+    .join()
+    .map_err(|_| fail("the namespace thread panicked".into()))?
+    .map_err(fail)
 }
 
 /// A locally administered unicast MAC (`02:42:` and the four address bytes, as

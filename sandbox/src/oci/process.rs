@@ -1,7 +1,9 @@
 //! The process a container runs: the image config merged with the container's
 //! `command`, `arguments`, `env` and `port`, as Kubernetes and Cloud Run merge them.
 
+use crate::capabilities::CapabilityChanges;
 use oci_spec::image::ImageConfiguration;
+use oci_spec::runtime::Capability;
 use std::collections::BTreeMap;
 
 /// Port used when neither the container nor the image names one (as Cloud Run).
@@ -18,6 +20,8 @@ pub struct ProcessOverrides {
     pub env: Vec<(String, String)>,
     /// The port to route to; `None` takes the image's single exposed TCP port.
     pub port: Option<u16>,
+    /// Changes to the default capabilities.
+    pub capabilities: CapabilityChanges,
 }
 
 /// The merged process.
@@ -33,6 +37,8 @@ pub struct ProcessPlan {
     pub user: Option<String>,
     /// Where the workload listens.
     pub port: u16,
+    /// The capabilities it runs with, by name.
+    pub capabilities: Vec<Capability>,
 }
 
 /// Merges; fails when nothing would be executed.
@@ -90,12 +96,16 @@ pub fn plan(
     let user = config
         .and_then(|c| c.user().clone())
         .filter(|u| !u.is_empty());
+    let mut capabilities: Vec<Capability> =
+        overrides.capabilities.effective().into_iter().collect();
+    capabilities.sort_by_key(|c| c.to_string());
     Ok(ProcessPlan {
         args,
         env,
         cwd,
         user,
         port,
+        capabilities,
     })
 }
 

@@ -22,24 +22,6 @@ pub(crate) struct Limits {
 /// The CFS period quotas are expressed in (the kernel's default).
 const CPU_PERIOD_US: u64 = 100_000;
 
-/// The capabilities Docker grants a container by default.
-const DEFAULT_CAPABILITIES: [Capability; 14] = [
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
-
 /// Everything that differs between instances of one revision.
 pub(crate) struct InstanceSpec<'a> {
     pub(crate) rootfs: &'a Path,
@@ -56,16 +38,22 @@ pub(crate) fn cgroups_path(sandbox_id: &str) -> String {
     format!("/ember/{sandbox_id}")
 }
 
-/// Builds the spec: pid, network, ipc, uts, mount and cgroup namespaces; Docker's
-/// default capabilities; no new privileges; masked and read-only proc paths; limits.
+/// Builds the spec: pid, network, ipc, uts, mount and cgroup namespaces; the plan's
+/// capabilities; no new privileges; masked and read-only proc paths; limits.
 pub(crate) fn build(
     plan: &ProcessPlan,
     limits: Limits,
     instance: &InstanceSpec<'_>,
 ) -> Result<Spec, OciSpecError> {
-    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let caps: HashSet<Capability> = plan.capabilities.iter().copied().collect();
+    // libcontainer 0.7 fails to create a container whose bounding set lacks
+    // AUDIT_WRITE ("failed syscall", found by trying each capability), so it stays
+    // in the bounding set alone: with no_new_privileges, nothing the instance
+    // executes can raise a capability the permitted set lacks.
+    let mut bounding = caps.clone();
+    bounding.insert(Capability::AuditWrite);
     let capabilities = oci_spec::runtime::LinuxCapabilitiesBuilder::default()
-        .bounding(caps.clone())
+        .bounding(bounding)
         .effective(caps.clone())
         .permitted(caps)
         .build()?;
@@ -144,6 +132,7 @@ mod tests {
             cwd: "/www".into(),
             user: None,
             port: 8080,
+            capabilities: crate::capabilities::DEFAULT_CAPABILITIES.to_vec(),
         };
         let spec = build(
             &plan,
@@ -195,8 +184,32 @@ mod tests {
         let bounding = json["process"]["capabilities"]["bounding"]
             .as_array()
             .unwrap();
-        assert_eq!(bounding.len(), 14);
-        assert!(!bounding.contains(&serde_json::json!("CAP_SYS_ADMIN")));
+        assert_eq!(bounding.len(), 11);
+        assert!(bounding.contains(&serde_json::json!("CAP_AUDIT_WRITE")));
+        let effective = json["process"]["capabilities"]["effective"]
+            .as_array()
+            .unwrap();
+        assert_eq!(effective.len(), 10);
+        for absent in [
+            "CAP_SYS_ADMIN",
+            "CAP_NET_RAW",
+            "CAP_MKNOD",
+            "CAP_AUDIT_WRITE",
+            "CAP_SYS_CHROOT",
+        ] {
+            assert!(!effective.contains(&serde_json::json!(absent)), "{absent}");
+        }
+        let set = |key: &str| {
+            let mut names: Vec<String> = json["process"]["capabilities"][key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(set("effective"), set("permitted"));
         assert!(!json["linux"]["maskedPaths"].as_array().unwrap().is_empty());
     }
 }

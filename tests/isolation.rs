@@ -1,0 +1,304 @@
+//! Tenants kept apart below the API: what a hostile tenant's instance can do from
+//! inside, tried from inside (a shell run by the image's `run` CGI script). These
+//! tests need root and fail (never skip) without it: CI runs as root.
+
+mod common;
+
+use common::oci::{Setup, deploy, get, require_root, setup};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// Runs `command` with `sh -c` inside an instance of container `name`: its output
+/// and `rc=<status>`.
+async fn run(ember: &common::Ember, name: &str, command: &str) -> String {
+    let encoded: String = command
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let (status, output) = get(ember, name, &format!("/cgi-bin/run?{encoded}")).await;
+    assert_eq!(status, StatusCode::OK, "{command}: {output}");
+    output
+}
+
+/// The effective capabilities of a process in the instance, as a bit mask.
+async fn effective_capabilities(ember: &common::Ember, name: &str) -> u64 {
+    let output = run(ember, name, "grep CapEff /proc/self/status").await;
+    let hex = output
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap_or_else(|| panic!("no CapEff in {output}"))
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+/// Bits of `/proc/*/status` capability masks.
+const CAP_CHOWN: u64 = 1 << 0;
+const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
+const CAP_NET_RAW: u64 = 1 << 13;
+const CAP_SYS_CHROOT: u64 = 1 << 18;
+const CAP_MKNOD: u64 = 1 << 27;
+const CAP_AUDIT_WRITE: u64 = 1 << 29;
+const CAP_SETFCAP: u64 = 1 << 31;
+
+/// Podman's default set: CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID,
+/// SETPCAP, NET_BIND_SERVICE, SETFCAP.
+const DEFAULT_SET: u64 = 0x0000_0000_8000_05fb;
+
+async fn refused(ember: &common::Ember, body: Value) -> (StatusCode, Value) {
+    let response = ember
+        .api_request(Method::POST, "/v1/containers")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_get_podmans_capabilities_and_may_add_only_what_the_operator_allows() {
+    require_root();
+    let Setup {
+        ember,
+        image,
+        data: _data,
+        network: _network,
+        _registry,
+    } = setup(&["--allowed-capabilities", "NET_RAW,CAP_SYS_PTRACE"]).await;
+
+    deploy(&ember, json!({ "name": "plain", "image": image })).await;
+    let set = effective_capabilities(&ember, "plain").await;
+    assert_eq!(set, DEFAULT_SET, "{set:016x}");
+    for (name, bit) in [
+        ("NET_RAW", CAP_NET_RAW),
+        ("MKNOD", CAP_MKNOD),
+        ("AUDIT_WRITE", CAP_AUDIT_WRITE),
+        ("SYS_CHROOT", CAP_SYS_CHROOT),
+    ] {
+        assert_eq!(set & bit, 0, "{name} is kept");
+    }
+    // Without NET_RAW there is no raw socket (busybox's ping opens one), but
+    // every group may open unprivileged ICMP sockets, which iputils' ping uses.
+    let ranges = run(&ember, "plain", "cat /proc/sys/net/ipv4/ping_group_range").await;
+    assert!(ranges.starts_with("0\t2147483647"), "{ranges}");
+    let raw = run(&ember, "plain", "ping -c 1 -W 2 127.0.0.1").await;
+    assert!(
+        raw.contains("permission denied") && !raw.contains("rc=0"),
+        "a raw socket: {raw}"
+    );
+
+    // What the operator allows may be added; anything may be dropped.
+    let id = deploy(
+        &ember,
+        json!({
+            "name": "raw",
+            "image": image,
+            "capabilities": { "add": ["NET_RAW"], "drop": ["chown"] },
+        }),
+    )
+    .await;
+    let set = effective_capabilities(&ember, "raw").await;
+    assert_eq!(set, (DEFAULT_SET | CAP_NET_RAW) & !CAP_CHOWN, "{set:016x}");
+    assert_eq!(
+        set & (CAP_NET_BIND_SERVICE | CAP_SETFCAP),
+        CAP_NET_BIND_SERVICE | CAP_SETFCAP
+    );
+    let (_, shown) = ember.get_json(&format!("/v1/containers/{id}")).await;
+    assert_eq!(
+        shown["capabilities"],
+        json!({ "add": ["NET_RAW"], "drop": ["CHOWN"] })
+    );
+
+    // Beyond what is allowed, unknown, or contradictory: 400 naming the place.
+    for (capabilities, field) in [
+        (json!({ "add": ["SYS_ADMIN"] }), "capabilities.add[0]"),
+        (
+            json!({ "add": ["NET_RAW", "NET_ADMIN"] }),
+            "capabilities.add[1]",
+        ),
+        (json!({ "drop": ["NOT_A_CAP"] }), "capabilities.drop[0]"),
+        (
+            json!({ "add": ["NET_RAW"], "drop": ["NET_RAW"] }),
+            "capabilities",
+        ),
+        (json!({ "remove": ["NET_RAW"] }), "capabilities"),
+    ] {
+        let (status, body) = refused(
+            &ember,
+            json!({ "name": "denied", "image": image, "capabilities": capabilities }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{capabilities}: {body}");
+        assert!(
+            body["field"].as_str().is_some_and(|f| f.starts_with(field)),
+            "{capabilities}: {body}"
+        );
+    }
+    let (_, list) = ember.get_json("/v1/containers").await;
+    assert!(
+        !list.to_string().contains("\"denied\""),
+        "a refused container was stored: {list}"
+    );
+}
+
+/// The address of the one instance of container `id`.
+async fn address_of(ember: &common::Ember, id: &str) -> std::net::Ipv4Addr {
+    let instances = ember.instances(id).await;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    let address: std::net::SocketAddr = instances[0]["address"].as_str().unwrap().parse().unwrap();
+    match address.ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        other => panic!("not IPv4: {other}"),
+    }
+}
+
+/// Accepts connections on `address` in the background, keeping where each came
+/// from.
+fn host_listener(
+    address: std::net::Ipv4Addr,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<std::net::IpAddr>>>) {
+    let listener = std::net::TcpListener::bind((address, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let peers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = peers.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            if let Ok(peer) = stream.peer_addr() {
+                seen.lock().unwrap().push(peer.ip());
+            }
+        }
+    });
+    (port, peers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_reaches_no_other_instance_and_cannot_forge_its_address_or_arp() {
+    require_root();
+    let Setup {
+        ember,
+        image,
+        data: _data,
+        network,
+        _registry,
+    } = setup(&["--allowed-capabilities", "NET_RAW,NET_ADMIN"]).await;
+    let gateway: std::net::Ipv4Addr = {
+        let network_address: std::net::Ipv4Addr =
+            network.subnet.split('/').next().unwrap().parse().unwrap();
+        (u32::from(network_address) + 1).into()
+    };
+
+    let victim_id = deploy(&ember, json!({ "name": "victim", "image": image })).await;
+    assert_eq!(get(&ember, "victim", "/").await.0, StatusCode::OK);
+    let victim = address_of(&ember, &victim_id).await;
+    // The attacker may even configure its network and open raw sockets.
+    let attacker_id = deploy(
+        &ember,
+        json!({
+            "name": "attacker",
+            "image": image,
+            "capabilities": { "add": ["NET_RAW", "NET_ADMIN"] },
+        }),
+    )
+    .await;
+    assert_eq!(get(&ember, "attacker", "/").await.0, StatusCode::OK);
+    let attacker = address_of(&ember, &attacker_id).await;
+    let attacker_mac = run(&ember, "attacker", "cat /sys/class/net/eth0/address").await;
+    let attacker_mac = attacker_mac.lines().next().unwrap().to_string();
+
+    // Another instance, directly: not a single packet.
+    let direct = run(
+        &ember,
+        "attacker",
+        &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {victim} 8080"),
+    )
+    .await;
+    assert!(
+        !direct.contains("hello") && !direct.contains("rc=0"),
+        "direct: {direct}\n{}",
+        host_network_state(&network.bridge)
+    );
+    // Through the host, by a route the attacker adds: the host forwards nothing.
+    let routed = run(
+        &ember,
+        "attacker",
+        &format!("ip route add {victim}/32 via {gateway} && printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {victim} 8080; ip route del {victim}/32"),
+    )
+    .await;
+    assert!(!routed.contains("hello"), "routed: {routed}");
+    // The victim still serves through the ingress.
+    assert_eq!(get(&ember, "victim", "/").await.0, StatusCode::OK);
+
+    // The host's side of its own link is reachable from its own address.
+    let (port, peers) = host_listener(gateway);
+    let reached = run(
+        &ember,
+        "attacker",
+        &format!("nc -w 3 {gateway} {port} </dev/null; true"),
+    )
+    .await;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        peers
+            .lock()
+            .unwrap()
+            .contains(&std::net::IpAddr::V4(attacker)),
+        "the attacker's own address did not reach the host ({reached}): {:?}",
+        peers.lock().unwrap()
+    );
+
+    // Forged: the victim's address as its own, and ARP replies claiming it. This
+    // cuts the attacker off the ingress, so it runs in the background.
+    let forge = format!(
+        "(sleep 1; ip addr flush dev eth0; ip addr add {victim}/24 dev eth0; \
+         arping -U -c 3 -I eth0 -s {victim} {gateway}; \
+         nc -w 3 {gateway} {port}) </dev/null >/dev/null 2>&1 &"
+    );
+    run(&ember, "attacker", &forge).await;
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    assert!(
+        !peers
+            .lock()
+            .unwrap()
+            .contains(&std::net::IpAddr::V4(victim)),
+        "a forged source address reached the host: {:?}",
+        peers.lock().unwrap()
+    );
+    let neighbour = std::process::Command::new("ip")
+        .args(["neigh", "show", &victim.to_string(), "dev", &network.bridge])
+        .output()
+        .unwrap();
+    let neighbour = String::from_utf8_lossy(&neighbour.stdout);
+    assert!(
+        !neighbour.contains(&attacker_mac),
+        "a forged ARP reply reached the host: {neighbour}"
+    );
+    // And the victim is still served, at its own address.
+    assert_eq!(
+        get(&ember, "victim", "/").await,
+        (StatusCode::OK, "hello from busybox httpd\n".into())
+    );
+}
+
+/// The bridge's ports and the guard's table, for a failure's message.
+fn host_network_state(bridge: &str) -> String {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output();
+        output.map_or_else(
+            |e| e.to_string(),
+            |o| String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    format!(
+        "{}\n{}",
+        run(&["bridge", "-d", "link", "show", "master", bridge]),
+        run(&["nft", "list", "table", "bridge", &format!("ember_{bridge}")])
+    )
+}
