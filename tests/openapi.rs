@@ -22,6 +22,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/containers/{id}"),
     ("delete", "/v1/containers/{id}"),
     ("get", "/v1/containers/{id}/revisions"),
+    ("get", "/v1/containers/{id}/metrics"),
     ("get", "/v1/containers/{id}/logs"),
     ("get", "/v1/containers/{id}/instances"),
     ("post", "/v1/containers/{id}/instances"),
