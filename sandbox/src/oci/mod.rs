@@ -14,6 +14,7 @@ mod instance;
 mod joiner;
 pub mod layer;
 mod network;
+mod nft_elements;
 mod orphans;
 mod port_guard;
 mod prepared;

@@ -305,7 +305,7 @@ impl Network {
             .execute()
             .await
             .map_err(netlink(format!("isolating port {}", attachment.host_veth)))?;
-        self.guard.admit(&attachment.port()).await?;
+        self.guard.admit(&attachment.port())?;
 
         let inside = handle_in_netns_of(pid)?;
         for name in ["lo", "eth0"] {
@@ -363,7 +363,7 @@ impl Network {
             host_veth: host_veth.to_string(),
         };
         // The guard's sets outlive a runtime, but not a reboot of its rules' table.
-        if let Err(e) = self.guard.admit(&attachment.port()).await {
+        if let Err(e) = self.guard.admit(&attachment.port()) {
             self.addresses.give_back(address);
             return Err(e);
         }
@@ -373,7 +373,7 @@ impl Network {
     /// Removes the host end of the veth (the namespace's end goes with it) and frees
     /// the address. Safe to call when the veth is already gone.
     pub(crate) async fn detach(&self, attachment: Attachment) {
-        self.guard.forget(&attachment.port()).await;
+        self.guard.forget(&attachment.port());
         if let Ok(Some(index)) = link_index(&self.host, &attachment.host_veth).await {
             let _ = self.host.link().del(index).execute().await;
         }

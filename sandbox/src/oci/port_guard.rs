@@ -11,6 +11,7 @@
 //! rather than rules. It needs the `nft` command (Debian's `nftables`).
 
 use super::network::NetworkError;
+use super::nft_elements::{self, Change, FAMILY_BRIDGE, Key};
 use std::net::Ipv4Addr;
 use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
@@ -28,20 +29,18 @@ pub(crate) struct Port<'a> {
 }
 
 impl Port<'_> {
-    /// `verb` (`add` or `delete`) applied to the port's element of each set.
-    fn elements(&self, verb: &str, table: &str) -> String {
-        let mac = self
-            .mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        format!(
-            "{verb} element bridge {table} instances {{ \"{veth}\" . {mac} . {address} }}\n\
-             {verb} element bridge {table} ports {{ \"{veth}\" }}\n",
-            veth = self.veth,
-            address = self.address,
-        )
+    /// The port's element of each set: (veth, MAC, address) and (veth).
+    fn elements(&self) -> [(&'static str, Key); 2] {
+        [
+            (
+                "instances",
+                Key::default()
+                    .ifname(self.veth)
+                    .bytes(&self.mac)
+                    .bytes(&self.address.octets()),
+            ),
+            ("ports", Key::default().ifname(self.veth)),
+        ]
     }
 }
 
@@ -66,14 +65,18 @@ impl PortGuard {
         Ok(Self { table })
     }
 
-    /// Lets `port` send from its own MAC and address.
-    pub(crate) async fn admit(&self, port: &Port<'_>) -> Result<(), NetworkError> {
-        nft(port.elements("add", &self.table)).await
+    /// Lets `port` send from its own MAC and address (over netlink: no `nft`
+    /// process on a cold start's path).
+    pub(crate) fn admit(&self, port: &Port<'_>) -> Result<(), NetworkError> {
+        nft_elements::apply(FAMILY_BRIDGE, &self.table, Change::Add, &port.elements())
+            .map_err(|e| NetworkError::Guard(format!("admitting port {}: {e}", port.veth)))
     }
 
     /// Forgets `port` (its veth is going); a port already forgotten is fine.
-    pub(crate) async fn forget(&self, port: &Port<'_>) {
-        if let Err(e) = nft(port.elements("delete", &self.table)).await {
+    pub(crate) fn forget(&self, port: &Port<'_>) {
+        if let Err(e) =
+            nft_elements::apply(FAMILY_BRIDGE, &self.table, Change::Delete, &port.elements())
+        {
             tracing::debug!(veth = port.veth, error = %e, "forgetting a port's guard entry failed");
         }
     }
@@ -123,13 +126,55 @@ mod tests {
     fn a_port_is_one_element_of_each_set() {
         let port = Port {
             veth: "ve0123",
-            mac: [0x02, 0, 10, 88, 0, 5],
+            mac: [0x02, 0x42, 10, 88, 0, 5],
             address: Ipv4Addr::new(10, 88, 0, 5),
         };
+        let [(instances, key), (ports, port_key)] = port.elements();
+        assert_eq!((instances, ports), ("instances", "ports"));
         assert_eq!(
-            port.elements("add", "ember_ember0"),
-            "add element bridge ember_ember0 instances { \"ve0123\" . 02:00:0a:58:00:05 . 10.88.0.5 }\n\
-             add element bridge ember_ember0 ports { \"ve0123\" }\n"
+            key,
+            Key::default()
+                .ifname("ve0123")
+                .bytes(&port.mac)
+                .bytes(&[10, 88, 0, 5])
         );
+        assert_eq!(port_key, Key::default().ifname("ve0123"));
+    }
+
+    /// The elements written over netlink are the ones `nft` reads back.
+    #[tokio::test]
+    async fn elements_written_over_netlink_are_what_nft_lists() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root (CI runs as root)"
+        );
+        let bridge = format!("embg{}", std::process::id() % 100_000);
+        let guard = PortGuard::install(&bridge).await.unwrap();
+        let port = Port {
+            veth: "vetest0",
+            mac: [0x02, 0x42, 10, 250, 0, 9],
+            address: Ipv4Addr::new(10, 250, 0, 9),
+        };
+        guard.admit(&port).unwrap();
+        guard.admit(&port).unwrap();
+        let listed = std::process::Command::new("nft")
+            .args(["list", "table", "bridge", &guard.table])
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+        guard.forget(&port);
+        let after = std::process::Command::new("nft")
+            .args(["list", "table", "bridge", &guard.table])
+            .output()
+            .unwrap();
+        let after = String::from_utf8_lossy(&after.stdout).into_owned();
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "bridge", &guard.table])
+            .status();
+        assert!(
+            listed.contains("\"vetest0\" . 02:42:0a:fa:00:09 . 10.250.0.9"),
+            "{listed}"
+        );
+        assert!(!after.contains("vetest0"), "{after}");
     }
 }
