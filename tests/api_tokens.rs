@@ -355,3 +355,91 @@ async fn server_id(ember: &Ember) -> String {
     assert_eq!(status, StatusCode::OK, "{servers}");
     servers["data"][0]["id"].as_str().unwrap().to_string()
 }
+
+/// `/metrics` as `token` (or without one) sees it.
+async fn metrics_as(ember: &Ember, token: Option<&str>) -> (StatusCode, String) {
+    let mut request = ember.http().get(ember.api_url("/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn metrics_show_containers_only_to_admins_and_scrapers_and_each_tenant_its_own() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    let id = ember
+        .deploy_wasm("counted", &fixtures::hello("hi\n"), json!({}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ember.wait_deployed(&id).await;
+    let series = format!("container=\"{id}\"");
+    let tenant = mint(&ember, json!({ "user": "tenant" })).await;
+    let (_, shown) = ember
+        .get_json(&format!("/v1/tokens/{}", tenant["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        shown["scopes"],
+        json!(["projects_read", "projects_write"]),
+        "no token gets the metrics scope unasked"
+    );
+    let scraper = mint(
+        &ember,
+        json!({ "user": "prometheus", "scopes": ["metrics"], "capabilities": [] }),
+    )
+    .await;
+
+    for (who, token) in [
+        ("no token", None),
+        ("another tenant", Some(secret(&tenant))),
+    ] {
+        let (status, text) = metrics_as(&ember, token).await;
+        assert_eq!(status, StatusCode::OK, "{who}");
+        assert!(
+            text.contains("ember_containers "),
+            "{who}: node-wide series: {text}"
+        );
+        assert!(
+            !text.contains(&series),
+            "{who} read a container's series: {text}"
+        );
+    }
+    for (who, token) in [
+        ("the scraper", secret(&scraper)),
+        ("the admin", ember.token.as_str()),
+    ] {
+        let (status, text) = metrics_as(&ember, Some(token)).await;
+        assert_eq!(status, StatusCode::OK, "{who}");
+        assert!(
+            text.contains(&series),
+            "{who} misses the container's series: {text}"
+        );
+    }
+    let (status, _) = metrics_as(&ember, Some("ember_not_a_token")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Each container's own series, to whoever may see it; another tenant's is 404.
+    let own = ember
+        .api_request(Method::GET, &format!("/v1/containers/{id}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), StatusCode::OK);
+    let text = own.text().await.unwrap();
+    assert!(
+        text.contains(&series) && !text.contains("ember_containers "),
+        "{text}"
+    );
+    let theirs = ember
+        .http()
+        .get(ember.api_url(&format!("/v1/containers/{id}/metrics")))
+        .bearer_auth(secret(&tenant))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
+}

@@ -302,3 +302,55 @@ fn host_network_state(bridge: &str) -> String {
         run(&["nft", "list", "table", "bridge", &format!("ember_{bridge}")])
     )
 }
+
+/// What a hostile image tries from inside, as root in its container, and must be
+/// refused: each command and a word its refusal prints.
+const ESCAPES: &[(&str, &str)] = &[
+    ("mount -t tmpfs none /mnt", "mount"),
+    ("mount -o remount,rw /sys", "mount"),
+    ("unshare -n true", "unshare"),
+    ("unshare -U -r true", "unshare"),
+    ("mknod /tmp/mem c 1 1", "mknod"),
+    ("echo x > /tmp/m.ko; insmod /tmp/m.ko", "insmod"),
+    ("echo 1 > /proc/sys/kernel/sysrq", "sysrq"),
+    ("test -s /proc/kcore", "kcore"),
+    ("hostname hijacked && hostname", "hostname"),
+    ("chroot / true", "chroot"),
+    ("echo x > /sys/kernel/profiling", "profiling"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_image_is_refused_whatever_it_tries_from_inside() {
+    require_root();
+    let Setup {
+        ember,
+        image,
+        data: _data,
+        network: _network,
+        _registry,
+    } = setup(&[]).await;
+    deploy(&ember, json!({ "name": "hostile", "image": image })).await;
+    for (command, what) in ESCAPES {
+        let output = run(&ember, "hostile", command).await;
+        assert!(
+            !output.contains("rc=0"),
+            "{what}: `{command}` succeeded inside an instance: {output}"
+        );
+    }
+    // The host's API and ingress listen on loopback: the instance's is its own.
+    let host_ports = run(
+        &ember,
+        "hostile",
+        &format!("nc -w 2 127.0.0.1 {} </dev/null", ember.api.port()),
+    )
+    .await;
+    assert!(
+        !host_ports.contains("rc=0"),
+        "the host's API from inside: {host_ports}"
+    );
+    // Still serving, unharmed.
+    assert_eq!(
+        get(&ember, "hostile", "/").await,
+        (StatusCode::OK, "hello from busybox httpd\n".into())
+    );
+}
