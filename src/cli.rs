@@ -106,6 +106,19 @@ pub struct ServeArgs {
     /// separated, e.g. NET_ADMIN,SYS_PTRACE (default: none).
     #[arg(long, value_delimiter = ',')]
     pub allowed_capabilities: Vec<ember_runtime::model::CapabilityName>,
+    /// Containers a user may have, unless an admin sets its quota (default: no limit;
+    /// the bootstrap admin is never held to these defaults).
+    #[arg(long)]
+    pub quota_containers: Option<u32>,
+    /// Instances a user may have starting or running at once (default: no limit).
+    #[arg(long)]
+    pub quota_instances: Option<u32>,
+    /// CPUs a user's instances may ask for in all (default: no limit).
+    #[arg(long)]
+    pub quota_cpu: Option<f64>,
+    /// Memory a user's instances may ask for in all, e.g. 8Gi (default: no limit).
+    #[arg(long)]
+    pub quota_ram: Option<ember_runtime::model::Quantity>,
     /// Output kept per container, in KiB.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub log_retention_kib: u64,

@@ -31,6 +31,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.subnet = args.subnet;
     config.stop_grace = Duration::from_secs(args.stop_grace);
     config.allowed_capabilities = args.allowed_capabilities.clone();
+    config.default_quota = ember_runtime::model::Quota {
+        containers: args.quota_containers,
+        instances: args.quota_instances,
+        cpu: args.quota_cpu,
+        ram: args.quota_ram.clone(),
+    };
+    config
+        .default_quota
+        .validate()
+        .map_err(|(field, message)| anyhow::anyhow!("--quota-{field}: {message}"))?;
     config.startup_timeout = Duration::from_secs(args.startup_timeout);
     config.pids_limit = args.pids_limit;
     config.usage_sample_interval = Duration::from_millis(args.usage_sample_ms);

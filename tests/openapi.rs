@@ -23,6 +23,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/containers/{id}"),
     ("get", "/v1/containers/{id}/revisions"),
     ("get", "/v1/containers/{id}/metrics"),
+    ("get", "/v1/users/{user}/quota"),
+    ("put", "/v1/users/{user}/quota"),
     ("get", "/v1/containers/{id}/logs"),
     ("get", "/v1/containers/{id}/instances"),
     ("post", "/v1/containers/{id}/instances"),

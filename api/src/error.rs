@@ -144,6 +144,11 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Forbidden(_) => {
                 Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
             }
+            RuntimeError::QuotaExceeded { quota, .. } => {
+                let mut error = Self::new(StatusCode::FORBIDDEN, "quota_exceeded", e.to_string());
+                error.field = Some(format!("quota.{}", quota.name()));
+                error
+            }
             RuntimeError::Conflict { code, .. } => {
                 Self::new(StatusCode::CONFLICT, code, e.to_string())
             }

@@ -21,6 +21,7 @@ mod logs;
 mod openapi;
 mod pagination;
 mod path_ids;
+mod quotas;
 mod servers;
 mod streams;
 mod tokens;
@@ -89,6 +90,7 @@ fn routes() -> OpenApiRouter<Runtime> {
         .merge(logs::routes())
         .merge(blobs::routes())
         .merge(tokens::routes())
+        .merge(quotas::routes())
         .merge(gpu_models::routes())
         .merge(faces::routes())
 }

@@ -10,7 +10,9 @@ use crate::error::ApiError;
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use ember_runtime::PowerAction;
-use ember_runtime::model::{ContainerId, InstanceId, InvalidId, JobId, TokenId};
+use ember_runtime::model::{
+    ContainerId, InstanceId, InvalidId, InvalidUserName, JobId, TokenId, UserName,
+};
 
 /// The path's parameters by name.
 struct Params(RawPathParams);
@@ -79,6 +81,12 @@ extractor!(JobIdPath, |p| Ok(Self(p.id("id", "id")?)));
 /// `{id}`: a token's UUID.
 pub(crate) struct TokenIdPath(pub(crate) TokenId);
 extractor!(TokenIdPath, |p| Ok(Self(p.id("id", "id")?)));
+
+/// `{user}`: a user's name (`/v1/users/{user}/quota`).
+pub(crate) struct UserNamePath(pub(crate) UserName);
+extractor!(UserNamePath, |p| Ok(Self(p.get("user").parse().map_err(
+    |e: InvalidUserName| ApiError::invalid_field("user", e.to_string())
+)?)));
 
 /// `{uuid}`: an instance's UUID, as the Tutum face names it.
 pub(crate) struct TutumUuidPath(pub(crate) InstanceId);

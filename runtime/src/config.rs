@@ -1,5 +1,6 @@
 //! Runtime settings.
 
+use crate::model::Quota;
 use ember_sandbox::capabilities::CapabilityName;
 use ember_sandbox::cdi::DEFAULT_SPEC_DIRS;
 use ember_sandbox::oci::Subnet;
@@ -53,6 +54,9 @@ pub struct RuntimeConfig {
     pub ssh_credential_lifetime: Duration,
     /// Capabilities a container may add to the default set; none by default.
     pub allowed_capabilities: Vec<CapabilityName>,
+    /// The quota of a user an admin set none on (not the bootstrap admin's); no
+    /// limit by default.
+    pub default_quota: Quota,
 }
 
 impl RuntimeConfig {
@@ -85,6 +89,7 @@ impl RuntimeConfig {
             ssh_addr: None,
             ssh_credential_lifetime: Duration::from_secs(30 * 60),
             allowed_capabilities: Vec::new(),
+            default_quota: Quota::default(),
         }
     }
 }

@@ -33,6 +33,14 @@ pub enum RuntimeError {
     /// Another container already has this name (and so this URL).
     #[error("name `{0}` is already used by another container")]
     NameTaken(String),
+    /// The caller's tenant has used up one of its quotas.
+    #[error("the {quota} quota is used up: {message}")]
+    QuotaExceeded {
+        /// Which quota.
+        quota: crate::model::QuotaKind,
+        /// The use against the limit.
+        message: String,
+    },
     /// The payload is not acceptable as a whole.
     #[error("{0}")]
     Unprocessable(String),

@@ -27,11 +27,13 @@ mod migration;
 pub mod model;
 mod node;
 mod power;
+mod quotas;
 mod record_locks;
 pub mod routing;
 mod runtime;
 mod ssh;
 pub mod store;
+mod tenants;
 mod tokens;
 mod usage;
 

@@ -1,7 +1,8 @@
 //! This machine as a node (a server, in the API documents' words): its capacity, what
 //! instances hold of it, and waiting for room.
 
-use crate::model::{ContainerId, ContainerSpec, GpuModel, ServerId};
+use crate::model::{ContainerId, ContainerSpec, GpuModel, Quota, QuotaUse, ServerId, UserId};
+use crate::tenants::Tenants;
 use ember_sandbox::cdi::{CdiDeviceName, CdiRegistry};
 use ember_scheduler::placement::{self, Allocation, Gpu, Node, Request, Resources, Unplaced};
 use parking_lot::Mutex;
@@ -19,12 +20,24 @@ pub(crate) struct NodeCapacity {
     node: Mutex<Node<ServerId>>,
     released: Notify,
     reclaimer: OnceLock<Reclaimer>,
+    /// What each tenant may hold and holds.
+    tenants: Arc<Tenants>,
 }
 
-/// Room held on the node by one instance; given back when dropped.
+/// Room held on the node by one instance, and its share of its tenant's quota;
+/// given back when dropped.
 pub(crate) struct Placement {
     node: Arc<NodeCapacity>,
     allocation: Allocation<ServerId>,
+    tenant: Option<(UserId, QuotaUse)>,
+}
+
+/// Why an instance cannot be placed now.
+enum Refused {
+    /// The node has no room.
+    Node(Unplaced),
+    /// Its tenant's quota is used up; the reason says which and how.
+    Tenant(String),
 }
 
 impl Placement {
@@ -43,6 +56,9 @@ impl Placement {
 impl Drop for Placement {
     fn drop(&mut self) {
         self.node.node.lock().release(&self.allocation);
+        if let Some((user, taken)) = self.tenant {
+            self.node.tenants.give_back(user, taken);
+        }
         self.node.released.notify_waiters();
     }
 }
@@ -51,12 +67,29 @@ impl Drop for Placement {
 const RECHECK: Duration = Duration::from_secs(1);
 
 impl NodeCapacity {
-    pub(crate) fn new(id: ServerId, name: String, capacity: Resources) -> Arc<Self> {
+    pub(crate) fn new(
+        id: ServerId,
+        name: String,
+        capacity: Resources,
+        tenants: Arc<Tenants>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             node: Mutex::new(Node::new(id, name, capacity)),
             released: Notify::new(),
             reclaimer: OnceLock::new(),
+            tenants,
         })
+    }
+
+    /// Every tenant's quota and use.
+    pub(crate) fn tenants(&self) -> &Tenants {
+        &self.tenants
+    }
+
+    /// Sets `user`'s quota; starts waiting for it look again.
+    pub(crate) fn set_quota(&self, user: UserId, quota: Quota) {
+        self.tenants.set(user, quota);
+        self.released.notify_waiters();
     }
 
     /// Sets what frees room when the node is full (once, at start).
@@ -69,27 +102,52 @@ impl NodeCapacity {
         self.node.lock().clone()
     }
 
-    fn try_place(self: &Arc<Self>, request: &Request) -> Result<Placement, Unplaced> {
+    fn try_place(
+        self: &Arc<Self>,
+        tenant: Option<UserId>,
+        request: &Request,
+    ) -> Result<Placement, Refused> {
+        let share = QuotaUse {
+            instances: 1,
+            millicpus: request.millicpus,
+            memory_bytes: request.memory_bytes,
+            ..QuotaUse::default()
+        };
+        if let Some(user) = tenant {
+            self.tenants.take(user, share).map_err(Refused::Tenant)?;
+        }
         let mut node = self.node.lock();
-        placement::place(std::slice::from_mut(&mut *node), request).map(|allocation| Placement {
-            node: self.clone(),
-            allocation,
-        })
+        match placement::place(std::slice::from_mut(&mut *node), request) {
+            Ok(allocation) => Ok(Placement {
+                node: self.clone(),
+                allocation,
+                tenant: tenant.map(|user| (user, share)),
+            }),
+            Err(unplaced) => {
+                if let Some(user) = tenant {
+                    self.tenants.give_back(user, share);
+                }
+                Err(Refused::Node(unplaced))
+            }
+        }
     }
 
     /// Room for `request` if there is some now, for tests that need a placement.
     #[cfg(test)]
     pub(crate) fn place_at_once(self: &Arc<Self>, request: &Request) -> Option<Placement> {
-        self.try_place(request).ok()
+        self.try_place(None, request).ok()
     }
 
-    /// Holds room for one instance of `requester`, stopping idle instances of other
-    /// containers when the node is full and otherwise waiting until room appears.
-    /// `waiting` is told why while it waits (and `None` once placed); `give_up` ends
-    /// the wait when the instance is no longer wanted.
+    /// Holds room for one instance of `requester`, owned by `tenant`, stopping idle
+    /// instances of other containers when the node is full and otherwise waiting
+    /// until room appears; past the tenant's quota it waits until the tenant frees
+    /// some (or an admin raises the quota). `waiting` is told why while it waits
+    /// (and `None` once placed); `give_up` ends the wait when the instance is no
+    /// longer wanted.
     pub(crate) async fn place(
         self: &Arc<Self>,
         requester: ContainerId,
+        tenant: UserId,
         request: &Request,
         waiting: impl Fn(Option<String>),
         give_up: impl Fn() -> bool,
@@ -100,24 +158,33 @@ impl NodeCapacity {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            match self.try_place(request) {
+            match self.try_place(Some(tenant), request) {
                 Ok(placement) => {
                     if noted {
                         waiting(None);
                     }
                     return Some(placement);
                 }
-                Err(unplaced) => {
+                Err(refused) => {
                     if give_up() {
                         if noted {
                             waiting(None);
                         }
                         return None;
                     }
-                    let reclaimed = self.reclaimer.get().is_some_and(|r| r(requester, request));
-                    if !reclaimed {
-                        waiting(Some(format!("waiting for room: {unplaced}")));
-                        noted = true;
+                    match refused {
+                        Refused::Tenant(why) => {
+                            waiting(Some(format!("waiting for {why}")));
+                            noted = true;
+                        }
+                        Refused::Node(unplaced) => {
+                            let reclaimed =
+                                self.reclaimer.get().is_some_and(|r| r(requester, request));
+                            if !reclaimed {
+                                waiting(Some(format!("waiting for room: {unplaced}")));
+                                noted = true;
+                            }
+                        }
                     }
                     let _ = tokio::time::timeout(RECHECK, released).await;
                 }
@@ -208,6 +275,7 @@ mod tests {
                 memory_bytes: 1 << 30,
                 gpus: Default::default(),
             },
+            Arc::new(Tenants::unbounded()),
         )
     }
 
@@ -223,7 +291,13 @@ mod tests {
     async fn a_start_waits_for_room_and_says_why() {
         let node = node(1000);
         let held = node
-            .place(ContainerId::generate(), &one_cpu(), |_| {}, || false)
+            .place(
+                ContainerId::generate(),
+                UserId::generate(),
+                &one_cpu(),
+                |_| {},
+                || false,
+            )
             .await
             .unwrap();
         let notes = Arc::new(Mutex::new(Vec::new()));
@@ -233,6 +307,7 @@ mod tests {
             tokio::spawn(async move {
                 node.place(
                     ContainerId::generate(),
+                    UserId::generate(),
                     &one_cpu(),
                     move |note| notes.lock().push(note),
                     || false,
@@ -261,15 +336,27 @@ mod tests {
     async fn a_full_node_asks_the_reclaimer_first() {
         let node = node(1000);
         let held = Arc::new(Mutex::new(Some(
-            node.place(ContainerId::generate(), &one_cpu(), |_| {}, || false)
-                .await
-                .unwrap(),
+            node.place(
+                ContainerId::generate(),
+                UserId::generate(),
+                &one_cpu(),
+                |_| {},
+                || false,
+            )
+            .await
+            .unwrap(),
         )));
         let to_free = held.clone();
         node.set_reclaimer(Box::new(move |_, _| to_free.lock().take().is_some()));
         let placed = tokio::time::timeout(
             Duration::from_millis(500),
-            node.place(ContainerId::generate(), &one_cpu(), |_| {}, || false),
+            node.place(
+                ContainerId::generate(),
+                UserId::generate(),
+                &one_cpu(),
+                |_| {},
+                || false,
+            ),
         )
         .await
         .expect("the reclaimed room was used at once");

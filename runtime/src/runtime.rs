@@ -18,6 +18,7 @@ use crate::model::{
 };
 use crate::node::{self, NodeCapacity};
 use crate::store::{SledStore, Store};
+use crate::tenants::Tenants;
 use crate::usage::UsageSeries;
 use ember_sandbox::image::{Credentials, ImageRef, PullProgress, RegistryPuller};
 use ember_sandbox::oci::{OciConfig, OciSandbox};
@@ -98,11 +99,12 @@ impl Runtime {
         std::fs::create_dir_all(&data_dir)
             .map_err(RuntimeError::io(format!("creating {}", data_dir.display())))?;
         let state_dir = data_dir.join("state");
-        let (store, stored, running) = tokio::task::spawn_blocking(move || {
+        let (store, stored, running, quotas) = tokio::task::spawn_blocking(move || {
             let store: Store = Arc::new(SledStore::open(&state_dir)?);
             let stored = load_containers(&store)?;
             let running = store.running_blocking()?;
-            Ok::<_, RuntimeError>((store, stored, running))
+            let quotas = store.quotas_blocking()?;
+            Ok::<_, RuntimeError>((store, stored, running, quotas))
         })
         .await
         .map_err(RuntimeError::task("opening the store"))??;
@@ -148,10 +150,12 @@ impl Runtime {
         });
         let server_id = store.server_id();
         let journal = Arc::new(StoreJournal::start(store.clone()));
+        let tenants = Tenants::new(config.default_quota.clone(), store.admin_user_id(), quotas);
         let node = NodeCapacity::new(
             server_id,
             node::host_name(),
             node::detect_capacity(config.node_cpus, config.node_memory_bytes, &cdi),
+            Arc::new(tenants),
         );
         let runtime = Self {
             inner: Arc::new(Inner {
@@ -187,6 +191,11 @@ impl Runtime {
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// This machine as a node: its capacity and its tenants' use.
+    pub(crate) fn node(&self) -> &NodeCapacity {
+        &self.inner.node
     }
 
     pub(crate) fn containers(&self) -> &Containers {

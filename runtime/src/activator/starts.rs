@@ -132,6 +132,7 @@ impl ContainerTraffic {
         self.node
             .place(
                 self.id,
+                self.listing().owner,
                 &revision.request,
                 |note| self.note_waiting(id, note),
                 || self.is_retired(revision),

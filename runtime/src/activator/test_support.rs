@@ -99,6 +99,7 @@ pub(crate) fn service_counting(
             memory_bytes: 1 << 40,
             gpus: Default::default(),
         },
+        std::sync::Arc::new(crate::tenants::Tenants::unbounded()),
     );
     let service = ContainerTraffic::new(
         ContainerId::generate(),
@@ -170,6 +171,7 @@ pub(crate) fn live_instance(identity: Identity, pinned: bool) -> LiveInstance {
             memory_bytes: 1 << 30,
             gpus: Default::default(),
         },
+        std::sync::Arc::new(crate::tenants::Tenants::unbounded()),
     );
     let placement = node.place_at_once(&Request::default()).expect("room");
     let revision = ServingRevision {

@@ -9,6 +9,7 @@ mod job;
 mod name;
 mod patch;
 mod quantity;
+mod quota;
 mod token;
 
 pub use access::{
@@ -30,4 +31,5 @@ pub use job::{Job, JobAction, JobState};
 pub use name::{ContainerName, InvalidName};
 pub use patch::{ContainerPatch, InvalidPatch};
 pub use quantity::{InvalidQuantity, Quantity};
+pub use quota::{Quota, QuotaKind, QuotaUse};
 pub use token::{NewToken, Token};

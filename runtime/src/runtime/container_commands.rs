@@ -23,6 +23,7 @@ impl Runtime {
     ) -> Result<ContainerView, RuntimeError> {
         let spec = patch.into_new_spec()?;
         self.check_spec(&spec)?;
+        self.check_containers_quota(caller).await?;
         let now = SystemTime::now();
         let container = Container::new(spec.clone(), caller.user_id, now);
         let revision = Revision::new(container.id, 1, spec, now);

@@ -48,6 +48,11 @@ macro_rules! store_conformance_suite {
             let place = $place;
             $crate::store::conformance::a_thousand_concurrent_writers_finish_and_every_write_is_kept(&place).await;
         }
+        #[tokio::test]
+        async fn quotas_are_kept_per_user_and_replaced_whole() {
+            let place = $place;
+            $crate::store::conformance::quotas_are_kept_per_user_and_replaced_whole(&place).await;
+        }
     };
 }
 pub(crate) use store_conformance_suite;
@@ -422,4 +427,21 @@ pub(crate) async fn a_thousand_concurrent_writers_finish_and_every_write_is_kept
         .await
         .unwrap();
     assert_eq!(deployed.total, 1000);
+}
+
+pub(crate) async fn quotas_are_kept_per_user_and_replaced_whole(place: &dyn StorePlace) {
+    let store = place.open();
+    let (alice, bob) = (UserId::generate(), UserId::generate());
+    assert_eq!(store.quota(alice).await.unwrap(), None);
+    let quota: crate::model::Quota =
+        serde_json::from_str(r#"{"containers": 3, "cpu": 1.5}"#).unwrap();
+    store.set_quota(alice, quota.clone()).await.unwrap();
+    assert_eq!(store.quota(alice).await.unwrap(), Some(quota.clone()));
+    assert_eq!(store.quota(bob).await.unwrap(), None);
+    let smaller: crate::model::Quota = serde_json::from_str(r#"{"instances": 1}"#).unwrap();
+    store.set_quota(alice, smaller.clone()).await.unwrap();
+    drop(store);
+    let store = place.open();
+    assert_eq!(store.quota(alice).await.unwrap(), Some(smaller.clone()));
+    assert_eq!(store.quotas_blocking().unwrap(), vec![(alice, smaller)]);
 }

@@ -13,8 +13,8 @@
 
 use crate::error::RuntimeError;
 use crate::model::{
-    Container, ContainerId, ContainerName, ContainerQuery, Job, JobId, Page, PageRequest, Revision,
-    RunningInstance, ServerId, Token, TokenId, UserId, UserName,
+    Container, ContainerId, ContainerName, ContainerQuery, Job, JobId, Page, PageRequest, Quota,
+    Revision, RunningInstance, ServerId, Token, TokenId, UserId, UserName,
 };
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -91,7 +91,8 @@ pub trait ContainerStore: Send + Sync {
     ) -> Result<Option<Revision>, RuntimeError>;
 }
 
-/// API tokens, by the digest of their secret, and the users they name.
+/// API tokens, by the digest of their secret, and the users they name, with
+/// each user's quota.
 #[async_trait::async_trait]
 pub trait TokenStore: Send + Sync {
     /// Stores a token under the digest of its secret.
@@ -115,6 +116,15 @@ pub trait TokenStore: Send + Sync {
         name: UserName,
         generate: Box<dyn FnOnce() -> UserId + Send>,
     ) -> Result<UserId, RuntimeError>;
+
+    /// The quota set on user `id`, if one was.
+    async fn quota(&self, id: UserId) -> Result<Option<Quota>, RuntimeError>;
+
+    /// Sets user `id`'s quota, replacing the one set before.
+    async fn set_quota(&self, id: UserId, quota: Quota) -> Result<(), RuntimeError>;
+
+    /// Every quota set, for loading them at start. Blocks.
+    fn quotas_blocking(&self) -> Result<Vec<(UserId, Quota)>, RuntimeError>;
 }
 
 /// Jobs: written as they progress, read by clients that poll them.

@@ -8,7 +8,8 @@
 //!
 //! Trees: `meta` (schema version, server id, admin user), `containers`
 //! (id -> container), `names` (name -> id), `revisions` (id ++ number -> revision),
-//! `tokens` (sha256 of the secret -> token), `users` (name -> user id), `jobs`
+//! `tokens` (sha256 of the secret -> token), `users` (name -> user id), `quotas`
+//! (user id -> quota), `jobs`
 //! (id -> job), and `index` (see `index.rs`). Values are JSON.
 //!
 //! Every change runs on the store's writer thread (see `writer.rs`) and is durable
@@ -62,6 +63,8 @@ struct Trees {
     revisions: sled::Tree,
     tokens: sled::Tree,
     users: sled::Tree,
+    /// User id -> the quota an admin set on the user.
+    quotas: sled::Tree,
     jobs: sled::Tree,
     index: sled::Tree,
     /// Sandbox id -> the OCI instance running in it (see [`running`]).
@@ -84,6 +87,7 @@ impl Trees {
             revisions: db.open_tree("revisions")?,
             tokens: db.open_tree("tokens")?,
             users: db.open_tree("users")?,
+            quotas: db.open_tree("quotas")?,
             jobs: db.open_tree("jobs")?,
             index: db.open_tree("index")?,
             running: db.open_tree("running")?,

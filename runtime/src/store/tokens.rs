@@ -6,7 +6,7 @@ use super::{
     transact,
 };
 use crate::error::RuntimeError;
-use crate::model::{Page, PageRequest, Token, TokenId, UserId, UserName};
+use crate::model::{Page, PageRequest, Quota, Token, TokenId, UserId, UserName};
 
 #[async_trait::async_trait]
 impl TokenStore for SledStore {
@@ -111,5 +111,31 @@ impl TokenStore for SledStore {
                 }
             })
             .await
+    }
+
+    async fn quota(&self, id: UserId) -> Result<Option<Quota>, RuntimeError> {
+        self.read(move |t| get(&t.quotas, id.as_bytes())).await
+    }
+
+    async fn set_quota(&self, id: UserId, quota: Quota) -> Result<(), RuntimeError> {
+        self.writer
+            .write(move |t| {
+                t.quotas.insert(id.as_bytes(), encode(&quota)?)?;
+                Ok(())
+            })
+            .await
+    }
+
+    fn quotas_blocking(&self) -> Result<Vec<(UserId, Quota)>, RuntimeError> {
+        self.slot
+            .trees()
+            .quotas
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                let bytes: [u8; 16] = key.as_ref().try_into().map_err(|_| corrupt_index())?;
+                Ok((UserId::from_bytes(bytes), decode(&value)?))
+            })
+            .collect()
     }
 }
