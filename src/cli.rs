@@ -119,6 +119,9 @@ pub struct ServeArgs {
     /// Memory a user's instances may ask for in all, e.g. 8Gi (default: no limit).
     #[arg(long)]
     pub quota_ram: Option<ember_runtime::model::Quantity>,
+    /// Management API requests a user may make a minute (default: no limit).
+    #[arg(long)]
+    pub quota_requests_per_minute: Option<u32>,
     /// Output kept per container, in KiB.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub log_retention_kib: u64,

@@ -159,3 +159,51 @@ async fn tenants_are_held_to_their_quotas_which_admins_set() {
     let (_, kept) = ember.get_json("/v1/users/alice/quota").await;
     assert_eq!(kept["data"]["quota"]["containers"], 3, "{kept}");
 }
+
+#[tokio::test]
+async fn a_tenant_past_its_request_rate_gets_429_with_retry_after_and_others_do_not() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &["--quota-requests-per-minute", "100"]);
+    let alice = mint(&ember, "alice").await;
+    let bob = mint(&ember, "bob").await;
+    let (status, _) = ember
+        .send_json(
+            Method::PUT,
+            "/v1/users/alice/quota",
+            &json!({ "requestsPerMinute": 5 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for n in 0..5 {
+        let (status, _) = ember
+            .call_as(Some(&alice), Method::GET, "/v1/containers", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "request {n}");
+    }
+    let response = ember
+        .http()
+        .get(ember.api_url("/v1/containers"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=12).contains(&wait), "{wait}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited");
+    assert_eq!(body["field"], "quota.requestsPerMinute");
+    // Bob's own quota (the default, 100) and the admin are not touched by it.
+    for _ in 0..10 {
+        let (status, _) = ember
+            .call_as(Some(&bob), Method::GET, "/v1/containers", None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = ember.get_json("/v1/containers").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}

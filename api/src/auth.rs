@@ -30,9 +30,10 @@ impl FromRequestParts<Runtime> for Authenticated {
             None => runtime.authenticate(credentials.secret).await?,
             Some(user) => runtime.authenticate_as(user, credentials.secret).await?,
         };
-        caller
-            .map(Authenticated)
-            .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))
+        let caller = caller.ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
+        // Each authenticated request counts against its tenant's rate quota.
+        runtime.admit_api_request(&caller)?;
+        Ok(Authenticated(caller))
     }
 }
 

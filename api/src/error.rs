@@ -16,6 +16,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     field: Option<String>,
+    /// Seconds the client should wait before trying again (`Retry-After`).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -27,6 +29,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -39,6 +42,7 @@ impl ApiError {
             code: "invalid_field",
             message: format!("{field}: {message}"),
             field: Some(field),
+            retry_after: None,
         }
     }
 
@@ -144,6 +148,16 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Forbidden(_) => {
                 Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
             }
+            RuntimeError::RateLimited {
+                retry_after_seconds,
+                ..
+            } => {
+                let mut error =
+                    Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string());
+                error.field = Some("quota.requestsPerMinute".into());
+                error.retry_after = Some(retry_after_seconds);
+                error
+            }
             RuntimeError::QuotaExceeded { quota, .. } => {
                 let mut error = Self::new(StatusCode::FORBIDDEN, "quota_exceeded", e.to_string());
                 error.field = Some(format!("quota.{}", quota.name()));
@@ -193,6 +207,12 @@ impl IntoResponse for ApiError {
             field: self.field,
         };
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was never read: the connection cannot be reused.
             response.headers_mut().insert(

@@ -41,6 +41,16 @@ pub enum RuntimeError {
         /// The use against the limit.
         message: String,
     },
+    /// The caller's tenant sent more API requests than its quota allows.
+    #[error(
+        "the requestsPerMinute quota is used up: {per_minute} requests a minute; try again in {retry_after_seconds} s"
+    )]
+    RateLimited {
+        /// The quota.
+        per_minute: u32,
+        /// When one more request may come.
+        retry_after_seconds: u64,
+    },
     /// The payload is not acceptable as a whole.
     #[error("{0}")]
     Unprocessable(String),

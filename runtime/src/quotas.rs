@@ -36,6 +36,17 @@ impl Runtime {
         self.quota_and_use(id).await
     }
 
+    /// Counts one API request of `caller`'s tenant against its rate quota.
+    pub fn admit_api_request(&self, caller: &Caller) -> Result<(), RuntimeError> {
+        self.node()
+            .tenants()
+            .take_request(caller.user_id)
+            .map_err(|(per_minute, wait)| RuntimeError::RateLimited {
+                per_minute,
+                retry_after_seconds: wait.as_secs_f64().ceil().max(1.0) as u64,
+            })
+    }
+
     /// Refuses a new container for `caller` past its containers quota.
     pub(crate) async fn check_containers_quota(&self, caller: &Caller) -> Result<(), RuntimeError> {
         let quota = self.node().tenants().quota_of(caller.user_id);

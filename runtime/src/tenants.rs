@@ -3,7 +3,8 @@
 //! waits, as one past the node's capacity does, until the tenant frees some or an
 //! admin raises the quota.
 
-use crate::model::{Quota, QuotaUse, UserId};
+use crate::clock::Clock;
+use crate::model::{Quota, QuotaUse, RequestBucket, UserId};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 
@@ -17,6 +18,10 @@ pub(crate) struct Tenants {
     admin: UserId,
     /// Instances, CPU and memory held now, by user.
     in_use: Mutex<HashMap<UserId, QuotaUse>>,
+    /// API requests, by user, for those with a rate quota.
+    requests: Mutex<HashMap<UserId, RequestBucket>>,
+    /// Where the buckets' time starts.
+    clock: Clock,
 }
 
 impl Tenants {
@@ -26,7 +31,23 @@ impl Tenants {
             default,
             admin,
             in_use: Mutex::default(),
+            requests: Mutex::default(),
+            clock: Clock::start(),
         }
+    }
+
+    /// Takes one API request for `user`, or says how long until it may send one.
+    pub(crate) fn take_request(&self, user: UserId) -> Result<(), (u32, std::time::Duration)> {
+        let Some(per_minute) = self.quota_of(user).requests_per_minute else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        let mut requests = self.requests.lock();
+        requests
+            .entry(user)
+            .or_insert_with(|| RequestBucket::full(per_minute, now))
+            .take(per_minute, now)
+            .map_err(|wait| (per_minute, wait))
     }
 
     /// No quota for anyone, for tests.

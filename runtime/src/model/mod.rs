@@ -31,5 +31,5 @@ pub use job::{Job, JobAction, JobState};
 pub use name::{ContainerName, InvalidName};
 pub use patch::{ContainerPatch, InvalidPatch};
 pub use quantity::{InvalidQuantity, Quantity};
-pub use quota::{Quota, QuotaKind, QuotaUse};
+pub use quota::{Quota, QuotaKind, QuotaUse, RequestBucket};
 pub use token::{NewToken, Token};

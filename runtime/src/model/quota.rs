@@ -21,6 +21,9 @@ pub struct Quota {
     /// Memory its starting and running instances may ask for in all.
     #[serde(default)]
     pub ram: Option<Quantity>,
+    /// Requests to the management API per minute (its tokens together).
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
 }
 
 impl Quota {
@@ -33,6 +36,9 @@ impl Quota {
                 "cpu",
                 format!("{cpu} is not a number of CPUs greater than 0"),
             ));
+        }
+        if self.requests_per_minute == Some(0) {
+            return Err(("requestsPerMinute", "must be at least 1".into()));
         }
         Ok(())
     }
@@ -138,6 +144,44 @@ impl Quota {
     }
 }
 
+/// A tenant's requests to the API, as a token bucket: `per_minute` may come at
+/// once, and they come back at `per_minute` a minute. Pure: told the time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestBucket {
+    tokens: f64,
+    at: std::time::Duration,
+}
+
+impl RequestBucket {
+    /// A full bucket at clock time `now`.
+    pub fn full(per_minute: u32, now: std::time::Duration) -> Self {
+        Self {
+            tokens: f64::from(per_minute),
+            at: now,
+        }
+    }
+
+    /// Takes one request at `now`, or says how long until one may come.
+    pub fn take(
+        &mut self,
+        per_minute: u32,
+        now: std::time::Duration,
+    ) -> Result<(), std::time::Duration> {
+        let rate = f64::from(per_minute) / 60.0;
+        let elapsed = now.saturating_sub(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(f64::from(per_minute));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(std::time::Duration::from_secs_f64(
+                (1.0 - self.tokens) / rate,
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +193,24 @@ mod tests {
             memory_bytes,
             ..QuotaUse::default()
         }
+    }
+
+    #[test]
+    fn a_bucket_lets_a_minute_s_worth_through_at_once_then_one_at_its_rate() {
+        let second = std::time::Duration::from_secs(1);
+        let mut bucket = RequestBucket::full(60, std::time::Duration::ZERO);
+        for _ in 0..60 {
+            bucket.take(60, std::time::Duration::ZERO).unwrap();
+        }
+        let wait = bucket.take(60, std::time::Duration::ZERO).unwrap_err();
+        assert!((wait.as_secs_f64() - 1.0).abs() < 1e-9, "{wait:?}");
+        bucket.take(60, second).unwrap();
+        assert!(bucket.take(60, second).is_err());
+        // A long pause fills it no further than full.
+        for _ in 0..60 {
+            bucket.take(60, 3600 * second).unwrap();
+        }
+        assert!(bucket.take(60, 3600 * second).is_err());
     }
 
     #[test]
