@@ -182,9 +182,13 @@ fn oci(c: &mut Criterion) {
     group.bench_function("overlay_mount", |b| {
         b.iter(|| {
             n += 1;
-            let instance =
-                InstanceDir::mount(dir.path().join(format!("instance-{n}")), &lowers, 64 << 20)
-                    .expect("mounted");
+            let instance = InstanceDir::mount(
+                dir.path().join(format!("instance-{n}")),
+                &lowers,
+                64 << 20,
+                None,
+            )
+            .expect("mounted");
             assert!(instance.rootfs().join("www/index.html").exists());
             instance.remove();
         })
@@ -246,6 +250,7 @@ fn oci_starts(c: &mut Criterion) {
             devices: Vec::new(),
             init: true,
             capabilities: Default::default(),
+            id_range: None,
         };
         rt.block_on(sandbox.prepare(spec)).expect("prepared")
     };

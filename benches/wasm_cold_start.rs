@@ -187,6 +187,7 @@ fn wasm(c: &mut Criterion) {
             devices: Vec::new(),
             init: true,
             capabilities: Default::default(),
+            id_range: None,
         };
         let prepared = ember_sandbox::Sandbox::prepare(&sandbox, spec)
             .await

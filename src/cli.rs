@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// separated, e.g. NET_ADMIN,SYS_PTRACE (default: none).
     #[arg(long, value_delimiter = ',')]
     pub allowed_capabilities: Vec<ember_runtime::model::CapabilityName>,
+    /// Lets a container run its OCI instances with the host's user ids
+    /// (`userNamespace: false`), so that its root is host root. Off by default.
+    #[arg(long)]
+    pub allow_host_ids: bool,
     /// Containers a user may have, unless an admin sets its quota (default: no limit;
     /// the bootstrap admin is never held to these defaults).
     #[arg(long)]
@@ -251,6 +255,10 @@ pub struct DeployArgs {
     /// passes signals on and reaps orphans).
     #[arg(long)]
     pub no_init: bool,
+    /// Run OCI instances with the host's user ids, outside a user namespace (only
+    /// where the runtime was started with --allow-host-ids).
+    #[arg(long)]
+    pub host_ids: bool,
     /// A capability to add to the default set, e.g. NET_RAW (repeatable; the
     /// runtime must allow it with --allowed-capabilities).
     #[arg(long = "cap-add")]

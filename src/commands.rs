@@ -72,6 +72,9 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if args.no_init {
         body["init"] = json!(false);
     }
+    if args.host_ids {
+        body["userNamespace"] = json!(false);
+    }
     if !args.cap_add.is_empty() || !args.cap_drop.is_empty() {
         body["capabilities"] = json!({ "add": args.cap_add, "drop": args.cap_drop });
     }

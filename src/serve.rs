@@ -31,6 +31,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.subnet = args.subnet;
     config.stop_grace = Duration::from_secs(args.stop_grace);
     config.allowed_capabilities = args.allowed_capabilities.clone();
+    config.allow_host_ids = args.allow_host_ids;
     config.default_quota = ember_runtime::model::Quota {
         containers: args.quota_containers,
         instances: args.quota_instances,

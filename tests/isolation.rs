@@ -354,3 +354,136 @@ async fn a_hostile_image_is_refused_whatever_it_tries_from_inside() {
         (StatusCode::OK, "hello from busybox httpd\n".into())
     );
 }
+
+/// The host id container root maps to, from `uid_map` as the instance reads it.
+fn host_root(uid_map: &str) -> u32 {
+    let fields: Vec<u32> = uid_map
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    assert_eq!(fields.len(), 3, "one mapping in {uid_map}");
+    assert_eq!(fields[0], 0, "{uid_map}");
+    assert_eq!(fields[2], 65536, "{uid_map}");
+    fields[1]
+}
+
+/// Files under `dir` named `name`, at any depth.
+fn find_files(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() && !kind.is_symlink() {
+            // The overlay shows the same file again: the writable layer is where it lives.
+            if path
+                .file_name()
+                .is_some_and(|n| n == "rootfs" || n == "lower")
+            {
+                continue;
+            }
+            found.extend(find_files(&path, name));
+        } else if path.file_name().is_some_and(|n| n == name) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_in_an_instance_is_an_unprivileged_host_user_of_its_container_s_own_range() {
+    require_root();
+    let Setup {
+        ember,
+        image,
+        data,
+        network: _network,
+        _registry,
+    } = setup(&[]).await;
+    deploy(&ember, json!({ "name": "first", "image": image })).await;
+    deploy(&ember, json!({ "name": "second", "image": image })).await;
+
+    let inside = run(&ember, "first", "cat /proc/self/uid_map; id -u; id -g").await;
+    let first_root = host_root(&inside);
+    assert!(
+        first_root >= 1 << 20,
+        "container root is host id {first_root}"
+    );
+    assert!(
+        inside.contains("\n0\n0\n"),
+        "the shell runs as root inside: {inside}"
+    );
+    let gid_map = run(&ember, "first", "cat /proc/self/gid_map").await;
+    assert_eq!(host_root(&gid_map), first_root);
+    let second_root = host_root(&run(&ember, "second", "cat /proc/self/uid_map").await);
+    assert!(
+        second_root.abs_diff(first_root) >= 65536,
+        "two containers share host ids: {first_root} and {second_root}"
+    );
+
+    // Root owns the image's files inside, and what it writes is the range's on the host.
+    let owned = run(
+        &ember,
+        "first",
+        "stat -c %u:%g /bin/busybox /; echo hi > /tmp/written-by-root; echo written",
+    )
+    .await;
+    assert!(owned.contains("0:0\n0:0\nwritten"), "{owned}");
+    let written = find_files(data.path(), "written-by-root");
+    assert_eq!(written.len(), 1, "{written:?}");
+    let on_host = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&written[0]).unwrap());
+    assert_eq!(on_host, first_root, "{}", written[0].display());
+    // The layer on disk stays host root's: nothing was copied or chowned.
+    let layer_files = find_files(&data.path().join("oci"), "busybox");
+    assert!(!layer_files.is_empty());
+    for file in layer_files {
+        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&file).unwrap());
+        assert_eq!(uid, 0, "{}", file.display());
+    }
+
+    // Host ids are refused unless the operator allows them.
+    let (status, body) = refused(
+        &ember,
+        json!({ "name": "hostids", "image": image, "userNamespace": false }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "userNamespace", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-host-ids"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_ids_run_only_where_the_operator_allows_them() {
+    require_root();
+    let Setup {
+        ember,
+        image,
+        data: _data,
+        network: _network,
+        _registry,
+    } = setup(&["--allow-host-ids"]).await;
+    let id = deploy(
+        &ember,
+        json!({ "name": "hostids", "image": image, "userNamespace": false }),
+    )
+    .await;
+    let inside = run(&ember, "hostids", "cat /proc/self/uid_map").await;
+    let mapping: Vec<&str> = inside.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(mapping, ["0", "0", "4294967295"], "{inside}");
+    let (status, shown) = ember.get_json(&format!("/v1/containers/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["userNamespace"], false, "{shown}");
+}

@@ -258,6 +258,7 @@ pub(crate) struct ContainerRequest {
     prepared_sandboxes: Option<u32>,
     init: Option<bool>,
     capabilities: Option<CapabilitiesRequest>,
+    user_namespace: Option<bool>,
 }
 
 /// `capabilities`: names added to and dropped from the default set.
@@ -364,6 +365,7 @@ impl ContainerRequest {
             queue_depth: self.queue_depth,
             prepared_sandboxes: self.prepared_sandboxes,
             init: self.init,
+            user_namespace: self.user_namespace,
             capabilities: self
                 .capabilities
                 .map(CapabilitiesRequest::parse)
@@ -421,6 +423,8 @@ pub(crate) struct ContainerJson {
     init: bool,
     /// What OCI instances add to and drop from the default capabilities.
     capabilities: CapabilitiesJson,
+    /// Whether OCI instances run in a user namespace (their root is not host root).
+    user_namespace: bool,
     pinned_instances: u32,
     restarts: u32,
 }
@@ -458,6 +462,7 @@ impl ContainerJson {
             queue_depth: spec.queue_depth,
             prepared_sandboxes: spec.prepared_sandboxes,
             init: spec.init,
+            user_namespace: spec.user_namespace,
             capabilities: CapabilitiesJson {
                 add: spec
                     .capabilities

@@ -54,6 +54,9 @@ pub struct RuntimeConfig {
     pub ssh_credential_lifetime: Duration,
     /// Capabilities a container may add to the default set; none by default.
     pub allowed_capabilities: Vec<CapabilityName>,
+    /// Whether a container may run its OCI instances with the host's ids
+    /// (`userNamespace: false`); not by default.
+    pub allow_host_ids: bool,
     /// The quota of a user an admin set none on (not the bootstrap admin's); no
     /// limit by default.
     pub default_quota: Quota,
@@ -89,6 +92,7 @@ impl RuntimeConfig {
             ssh_addr: None,
             ssh_credential_lifetime: Duration::from_secs(30 * 60),
             allowed_capabilities: Vec::new(),
+            allow_host_ids: false,
             default_quota: Quota::default(),
         }
     }

@@ -3,6 +3,7 @@
 use crate::error::RuntimeError;
 use crate::logs::LogStore;
 use crate::model::{ContainerSpec, Revision};
+use crate::store::Store;
 use ember_sandbox::cdi::{CdiDeviceName, CdiRegistry};
 use ember_sandbox::image::{ImageRef, PullProgress, RegistryPuller};
 use ember_sandbox::{
@@ -23,6 +24,8 @@ pub(crate) struct Deployer {
     pub(crate) logs: Arc<LogStore>,
     /// The CDI devices of this node.
     pub(crate) cdi: Arc<CdiRegistry>,
+    /// Where each container's user-namespace id range is allocated and kept.
+    pub(crate) id_ranges: Store,
 }
 
 /// Refuses GPUs and devices for a wasm component, naming the field: there is nothing
@@ -112,6 +115,11 @@ impl Deployer {
         self.cdi
             .check(&spec.cdi_devices)
             .map_err(|e| RuntimeError::invalid("cdiDevices", e.to_string()))?;
+        let id_range = if kind == WorkloadKind::Oci && spec.user_namespace {
+            Some(self.id_ranges.id_range(revision.container_id).await?)
+        } else {
+            None
+        };
         let workload = WorkloadSpec {
             name: spec.name.to_string(),
             artifact: artifact.clone(),
@@ -138,6 +146,7 @@ impl Deployer {
             devices: spec.cdi_devices.clone(),
             init: spec.init,
             capabilities: spec.capabilities.clone(),
+            id_range,
         };
         Ok(sandbox.prepare(workload).await?)
     }

@@ -147,6 +147,7 @@ impl Runtime {
             request_timeout: config.request_timeout,
             logs: logs.clone(),
             cdi: cdi.clone(),
+            id_ranges: store.clone(),
         });
         let server_id = store.server_id();
         let journal = Arc::new(StoreJournal::start(store.clone()));

@@ -11,6 +11,7 @@ pub mod capabilities;
 pub mod cdi;
 pub mod digest;
 pub mod entered;
+pub mod id_range;
 pub mod image;
 pub mod oci;
 pub mod processes;
@@ -26,6 +27,7 @@ use std::time::Duration;
 pub use blob_store::{BlobError, BlobStore};
 pub use digest::Digest;
 pub use entered::{EnterRequest, EnteredProcess, Terminal, TerminalSize};
+pub use id_range::IdRange;
 
 /// Boxed error carried by HTTP bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -89,6 +91,9 @@ pub struct WorkloadSpec {
     pub devices: Vec<cdi::CdiDeviceName>,
     /// What the container changes in the default capabilities (OCI).
     pub capabilities: capabilities::CapabilityChanges,
+    /// The host ids an OCI instance's user namespace maps its ids onto; `None`
+    /// runs it with the host's ids (no user namespace).
+    pub id_range: Option<IdRange>,
 }
 
 /// Which output stream a log line came from.

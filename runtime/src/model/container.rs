@@ -61,9 +61,17 @@ pub struct ContainerSpec {
     /// What OCI instances change in the default capabilities (Podman's set).
     #[serde(default, skip_serializing_if = "CapabilityChanges::is_empty")]
     pub capabilities: CapabilityChanges,
+    /// Whether OCI instances run in a user namespace, their root an unprivileged
+    /// host user; `false` (host ids) only where the operator allows it.
+    #[serde(default = "default_user_namespace")]
+    pub user_namespace: bool,
 }
 
 fn default_init() -> bool {
+    true
+}
+
+fn default_user_namespace() -> bool {
     true
 }
 

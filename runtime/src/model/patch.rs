@@ -56,6 +56,8 @@ pub struct ContainerPatch {
     pub prepared_sandboxes: Option<u32>,
     /// Whether to run OCI instances under Ember's init.
     pub init: Option<bool>,
+    /// Whether OCI instances run in a user namespace.
+    pub user_namespace: Option<bool>,
     /// New changes to the default capabilities (replacing the old ones whole).
     pub capabilities: Option<CapabilityChanges>,
 }
@@ -256,6 +258,7 @@ impl ContainerPatch {
             prepared_sandboxes: ContainerSpec::DEFAULT_PREPARED_SANDBOXES,
             init: true,
             capabilities: CapabilityChanges::default(),
+            user_namespace: true,
         };
         self.apply(&base)
     }
@@ -288,7 +291,8 @@ impl ContainerPatch {
             queue_depth,
             prepared_sandboxes,
             init,
-            capabilities
+            capabilities,
+            user_namespace
         );
         if let Some(idle) = self.idle_timeout_seconds {
             spec.idle_timeout_seconds = Some(idle);

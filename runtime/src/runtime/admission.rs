@@ -24,7 +24,20 @@ impl Runtime {
         self.check_image(&spec.image)?;
         self.check_devices(spec)?;
         self.check_capabilities(spec)?;
+        self.check_user_namespace(spec)?;
         self.check_fits(spec)
+    }
+
+    /// Refuses host ids (`userNamespace: false`) unless the operator allows them
+    /// (`ember serve --allow-host-ids`): a container's root would be host root.
+    pub(crate) fn check_user_namespace(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        if spec.user_namespace || self.inner.config.allow_host_ids {
+            return Ok(());
+        }
+        Err(RuntimeError::invalid(
+            "userNamespace",
+            "false is refused: this runtime keeps every OCI instance in a user namespace (the operator allows host ids with ember serve --allow-host-ids)",
+        ))
     }
 
     /// Refuses a capability added beyond what the operator allows

@@ -53,6 +53,11 @@ macro_rules! store_conformance_suite {
             let place = $place;
             $crate::store::conformance::quotas_are_kept_per_user_and_replaced_whole(&place).await;
         }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn id_ranges_are_given_once_kept_and_never_shared() {
+            let place = $place;
+            $crate::store::conformance::id_ranges_are_given_once_kept_and_never_shared(&place).await;
+        }
     };
 }
 pub(crate) use store_conformance_suite;
@@ -444,4 +449,52 @@ pub(crate) async fn quotas_are_kept_per_user_and_replaced_whole(place: &dyn Stor
     let store = place.open();
     assert_eq!(store.quota(alice).await.unwrap(), Some(smaller.clone()));
     assert_eq!(store.quotas_blocking().unwrap(), vec![(alice, smaller)]);
+}
+
+pub(crate) async fn id_ranges_are_given_once_kept_and_never_shared(place: &dyn StorePlace) {
+    let store = place.open();
+    let owner = UserId::generate();
+    let mut containers = Vec::new();
+    for n in 0..20 {
+        let (container, revision) = container(&format!("ranged-{n}"), owner);
+        store
+            .insert_container(container.clone(), revision)
+            .await
+            .unwrap();
+        containers.push(container);
+    }
+    // Asked for at once, twice each: one range per container, never one for two.
+    let asks = containers
+        .iter()
+        .chain(&containers)
+        .map(|c| {
+            let store = store.clone();
+            let id = c.id;
+            tokio::spawn(async move { (id, store.id_range(id).await.unwrap()) })
+        })
+        .collect::<Vec<_>>();
+    let mut given = std::collections::HashMap::new();
+    for ask in asks {
+        let (id, range) = ask.await.unwrap();
+        assert_eq!(
+            *given.entry(id).or_insert(range),
+            range,
+            "one range per container"
+        );
+    }
+    let distinct: std::collections::HashSet<_> = given.values().collect();
+    assert_eq!(distinct.len(), containers.len());
+    drop(store);
+    // Kept across a reopen; a removed container's range is not given to the next.
+    let store = place.open();
+    let first = &containers[0];
+    assert_eq!(store.id_range(first.id).await.unwrap(), given[&first.id]);
+    store.remove_container(first.clone()).await.unwrap();
+    let (next, revision) = container("ranged-next", owner);
+    store
+        .insert_container(next.clone(), revision)
+        .await
+        .unwrap();
+    let range = store.id_range(next.id).await.unwrap();
+    assert!(!distinct.contains(&range));
 }

@@ -16,6 +16,7 @@ use crate::model::{
     Container, ContainerId, ContainerName, ContainerQuery, Job, JobId, Page, PageRequest, Quota,
     Revision, RunningInstance, ServerId, Token, TokenId, UserId, UserName,
 };
+use ember_sandbox::IdRange;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -79,6 +80,11 @@ pub trait ContainerStore: Send + Sync {
         id: ContainerId,
         page: PageRequest,
     ) -> Result<Page<Revision>, RuntimeError>;
+
+    /// The id range container `id`'s user namespaces map onto: allocated the first
+    /// time it is asked for, then kept until the container is removed. Ranges are
+    /// numbered in turn and one is given again only once every number was given.
+    async fn id_range(&self, id: ContainerId) -> Result<IdRange, RuntimeError>;
 
     /// Every container, for loading them at start. Blocks.
     fn containers_blocking(&self) -> Result<Vec<Container>, RuntimeError>;

@@ -33,6 +33,7 @@ use crate::model::{
     Container, ContainerId, ContainerName, ContainerQuery, Page, PageRequest, Revision, ServerId,
     UserId,
 };
+use ember_sandbox::IdRange;
 use index::IndexChange;
 use serde::{Serialize, de::DeserializeOwned};
 use sled::Transactional;
@@ -69,6 +70,8 @@ struct Trees {
     index: sled::Tree,
     /// Sandbox id -> the OCI instance running in it (see [`running`]).
     running: sled::Tree,
+    /// Container id -> the id range its user namespaces map onto.
+    id_ranges: sled::Tree,
 }
 
 impl Trees {
@@ -91,6 +94,7 @@ impl Trees {
             jobs: db.open_tree("jobs")?,
             index: db.open_tree("index")?,
             running: db.open_tree("running")?,
+            id_ranges: db.open_tree("id_ranges")?,
             db,
         };
         schema::bring_up_to_date(&trees)?;
@@ -249,6 +253,24 @@ fn corrupt_index() -> RuntimeError {
     StoreError::broken("an index entry points to no record")
 }
 
+/// Once every range was given out in turn: the lowest no container holds.
+fn lowest_free_id_range(held: &sled::Tree) -> Result<IdRange, RuntimeError> {
+    let held: std::collections::HashSet<IdRange> = held
+        .iter()
+        .values()
+        .map(|value| decode(&value?))
+        .collect::<Result<_, _>>()?;
+    (0..IdRange::COUNT)
+        .filter_map(IdRange::new)
+        .find(|range| !held.contains(range))
+        .ok_or_else(|| {
+            RuntimeError::Unprocessable(format!(
+                "every one of the {} user-namespace id ranges is held by a container; delete containers to free some",
+                IdRange::COUNT
+            ))
+        })
+}
+
 fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, RuntimeError> {
     tree.get(key)?.map(|v| decode(&v)).transpose()
 }
@@ -375,7 +397,39 @@ impl ContainerStore for SledStore {
                         }
                         apply_index_change(index, &IndexChange::containers(Some(&old), None))
                     },
-                )
+                )?;
+                t.id_ranges.remove(id.as_bytes())?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn id_range(&self, id: ContainerId) -> Result<IdRange, RuntimeError> {
+        if let Some(range) = self.read(move |t| get(&t.id_ranges, id.as_bytes())).await? {
+            return Ok(range);
+        }
+        // Allocated by the one writer, so two first asks cannot take one range.
+        self.writer
+            .write(move |t| {
+                if let Some(range) = get(&t.id_ranges, id.as_bytes())? {
+                    return Ok(range);
+                }
+                let next = match t.meta.get(schema::NEXT_ID_RANGE_KEY)? {
+                    Some(raw) => {
+                        u32::from_be_bytes(raw.as_ref().try_into().map_err(|_| corrupt_index())?)
+                    }
+                    None => 0,
+                };
+                let range = match IdRange::new(next) {
+                    Some(range) => {
+                        t.meta
+                            .insert(schema::NEXT_ID_RANGE_KEY, &(next + 1).to_be_bytes())?;
+                        range
+                    }
+                    None => lowest_free_id_range(&t.id_ranges)?,
+                };
+                t.id_ranges.insert(id.as_bytes(), encode(&range)?)?;
+                Ok(range)
             })
             .await
     }

@@ -17,6 +17,8 @@ pub const SCHEMA_VERSION: u32 = 2;
 pub(super) const SCHEMA_KEY: &[u8] = b"schema_version";
 pub(super) const SERVER_ID_KEY: &[u8] = b"server_id";
 pub(super) const ADMIN_USER_KEY: &[u8] = b"admin_user_id";
+/// The number of the next user-namespace id range to give a container.
+pub(super) const NEXT_ID_RANGE_KEY: &[u8] = b"next_id_range";
 
 /// Refuses a newer schema and brings an older one to [`SCHEMA_VERSION`].
 pub(super) fn bring_up_to_date(t: &Trees) -> Result<(), RuntimeError> {

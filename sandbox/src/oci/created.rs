@@ -10,16 +10,16 @@ use super::instance::{self, OciInstance, Resources};
 use super::network::{Network, veth_name};
 use super::process::ProcessPlan;
 use super::record::InstanceRecord;
-use super::rootfs::InstanceDir;
+use super::rootfs::{IdMapping, InstanceDir};
 use super::{START_LOCK, Shared};
 use super::{spec, stdio};
 use crate::cdi::CdiDeviceName;
-use crate::{BoxError, Instance, LogSinkRef, LogStream, SandboxError};
+use crate::{BoxError, IdRange, Instance, LogSinkRef, LogStream, SandboxError};
 use libcontainer::container::Container;
 use nix::unistd::Pid;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -43,6 +43,8 @@ pub(crate) struct Recipe {
     pub(crate) devices: Vec<CdiDeviceName>,
     /// Whether the instance's PID 1 is Ember's init.
     pub(crate) init: bool,
+    /// The host ids the instances' user namespace maps onto; `None` for none.
+    pub(crate) id_range: Option<IdRange>,
 }
 
 /// A created sandbox whose workload has not started.
@@ -123,11 +125,23 @@ impl Recipe {
             let (hostname, uid, gid) = (self.name.clone(), self.uid, self.gid);
             let init = self.init.then(|| self.shared.init.clone());
             let id = id.clone();
+            let id_range = self.id_range;
             let devices: Vec<CdiDeviceName> =
                 self.devices.iter().chain(extra_devices).cloned().collect();
             tokio::task::spawn_blocking(move || {
-                let dir = match InstanceDir::mount(shared.instances_dir().join(&id), &layers, size)
-                {
+                let ids = match id_range {
+                    None => None,
+                    Some(range) => match shared.user_namespaces.of(range) {
+                        Ok(namespace) => Some((range, namespace)),
+                        Err(e) => return (None, Err(fail("making a user namespace", e))),
+                    },
+                };
+                let ids = ids.as_ref().map(|(range, namespace)| IdMapping {
+                    range: *range,
+                    namespace: namespace.as_fd(),
+                });
+                let dir_path = shared.instances_dir().join(&id);
+                let dir = match InstanceDir::mount(dir_path, &layers, size, ids) {
                     Ok(dir) => dir,
                     Err(e) => return (None, Err(fail("mounting the root filesystem", e))),
                 };
@@ -147,6 +161,7 @@ impl Recipe {
                     uid,
                     gid,
                     init: init.as_deref(),
+                    id_range,
                 };
                 let bundle = dir.path().to_path_buf();
                 let created = spec::build(&plan, limits, &instance)

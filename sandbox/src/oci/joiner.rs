@@ -87,8 +87,53 @@ impl Credentials {
     }
 }
 
+/// The init's user namespace, when it is not this process's: joined first, so that
+/// the joiner holds its capabilities over the namespaces the instance owns, and so
+/// that the command runs as the instance's ids, not host root.
+fn user_namespace_apart(pid: i32) -> Result<Option<File>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/user"))
+        .map_err(|e| format!("reading its user namespace: {e}"))?;
+    let ours = std::fs::metadata("/proc/self/ns/user")
+        .map_err(|e| format!("reading our user namespace: {e}"))?;
+    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+        return Ok(None);
+    }
+    File::open(format!("/proc/{pid}/ns/user"))
+        .map(Some)
+        .map_err(|e| format!("opening its user namespace: {e}"))
+}
+
+/// The id inside a user namespace that host id `host` is, by the namespace's map
+/// (`uid_map` or `gid_map` as the host reads it: `inside outside count` lines).
+fn id_inside(map: &str, host: u32) -> Option<u32> {
+    map.lines().find_map(|line| {
+        let mut fields = line.split_whitespace().map(|f| f.parse::<u32>().ok());
+        let (inside, outside, count) = (fields.next()??, fields.next()??, fields.next()??);
+        (host >= outside && host - outside < count).then(|| inside + (host - outside))
+    })
+}
+
+/// The init's credentials, with ids as its user namespace sees them.
+fn credentials_inside(pid: i32, in_namespace: bool) -> Result<Credentials, String> {
+    let mut credentials = Credentials::of(pid)?;
+    if in_namespace {
+        let map = |file: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+                .map_err(|e| format!("reading its {file}: {e}"))
+        };
+        let (uid_map, gid_map) = (map("uid_map")?, map("gid_map")?);
+        credentials.uid = id_inside(&uid_map, credentials.uid)
+            .ok_or_else(|| format!("uid {} is not mapped", credentials.uid))?;
+        credentials.gid = id_inside(&gid_map, credentials.gid)
+            .ok_or_else(|| format!("gid {} is not mapped", credentials.gid))?;
+    }
+    Ok(credentials)
+}
+
 fn join_and_run(pid: i32, argv: &[String]) -> Result<i32, String> {
-    let credentials = Credentials::of(pid)?;
+    let user_namespace = user_namespace_apart(pid)?;
+    let credentials = credentials_inside(pid, user_namespace.is_some())?;
     let namespaces = NAMESPACES
         .iter()
         .map(|ns| {
@@ -101,6 +146,10 @@ fn join_and_run(pid: i32, argv: &[String]) -> Result<i32, String> {
     for procs in cgroup_procs_files(pid)? {
         std::fs::write(&procs, std::process::id().to_string())
             .map_err(|e| format!("joining {}: {e}", procs.display()))?;
+    }
+    if let Some(file) = &user_namespace {
+        setns(file.as_fd(), CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| format!("joining its user namespace: {e}"))?;
     }
     for (ns, file) in NAMESPACES.iter().zip(&namespaces) {
         setns(file.as_fd(), CloneFlags::empty())
@@ -276,6 +325,15 @@ mod tests {
             on_v2,
             [PathBuf::from("/sys/fs/cgroup/ember/x/cgroup.procs")]
         );
+    }
+
+    #[test]
+    fn host_ids_are_read_back_as_the_namespace_s() {
+        let map = "         0    1048576      65536\n";
+        assert_eq!(id_inside(map, 1_048_576), Some(0));
+        assert_eq!(id_inside(map, 1_048_576 + 65534), Some(65534));
+        assert_eq!(id_inside(map, 1_048_576 + 65536), None);
+        assert_eq!(id_inside(map, 0), None);
     }
 
     #[test]

@@ -25,18 +25,19 @@ mod seccomp;
 mod spec;
 mod stdio;
 mod usage;
+mod user_namespace;
 
 pub use creator::run_if_creator;
 pub use joiner::run_if_joiner;
 pub use network::{NetworkError, Subnet};
-pub use rootfs::InstanceDir;
+pub use rootfs::{IdMapping, InstanceDir};
 
 use crate::blob_store::BlobStore;
 use crate::cdi::CdiRegistry;
 use crate::digest::Digest;
 use crate::{
-    BoxFuture, Instance, LogSinkRef, PreparedWorkload, Sandbox, SandboxError, WorkloadKind,
-    WorkloadSpec,
+    BoxFuture, IdRange, Instance, LogSinkRef, PreparedWorkload, Sandbox, SandboxError,
+    WorkloadKind, WorkloadSpec,
 };
 use claim::NetworkClaim;
 use created::Recipe;
@@ -83,6 +84,8 @@ struct Shared {
     /// Set up with the first OCI deployment, so that a runtime serving only wasm
     /// never creates a bridge, together with the claim on its bridge and subnet.
     network: tokio::sync::OnceCell<(Arc<Network>, NetworkClaim)>,
+    /// The user namespaces idmapped mounts take, one per id range.
+    user_namespaces: user_namespace::UserNamespaces,
 }
 
 impl Shared {
@@ -147,6 +150,7 @@ impl OciSandbox {
         let shared = Arc::new(Shared {
             init,
             adoptable: Default::default(),
+            user_namespaces: Default::default(),
             config,
             blobs,
             cdi,
@@ -320,6 +324,15 @@ fn prepare(
                 .map_err(SandboxError::InvalidWorkload)?
         }
     };
+    if let Some(range) = spec.id_range
+        && (range.host_id(uid).is_none() || range.host_id(gid).is_none())
+    {
+        return Err(SandboxError::InvalidWorkload(format!(
+            "the image runs as uid {uid} and gid {gid}, outside the {} ids a user namespace maps (0 to {})",
+            IdRange::SIZE,
+            IdRange::SIZE - 1
+        )));
+    }
     let recipe = Recipe {
         limits: spec::Limits {
             memory_bytes: spec.memory_limit_bytes,
@@ -338,6 +351,7 @@ fn prepare(
         logs: spec.logs,
         devices: spec.devices,
         init: spec.init,
+        id_range: spec.id_range,
     };
     Ok(PreparedContainer::new(recipe, spares))
 }

@@ -1,9 +1,23 @@
 //! Each instance's root filesystem: the image's unpacked layers as read-only overlay
 //! lowers, under a writable upper directory on a tmpfs sized to the container's
 //! `ephemeralStorage` (a write past it fails with ENOSPC, "No space left on device").
+//! With a user namespace, the lowers are idmapped mounts of the layers (see
+//! `user_namespace`).
 
+use super::user_namespace::bind_idmapped;
+use crate::IdRange;
 use nix::mount::{MntFlags, MsFlags};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
+
+/// How an instance's ids map onto the host's.
+#[derive(Clone, Copy)]
+pub struct IdMapping<'a> {
+    /// The host ids its ids map onto.
+    pub range: IdRange,
+    /// A user namespace with that mapping.
+    pub namespace: BorrowedFd<'a>,
+}
 
 /// An instance's directory: `config.json` (the bundle), `rw/` (the sized tmpfs with
 /// `upper/` and `work/`) and `rootfs/` (the overlay).
@@ -15,12 +29,18 @@ pub struct InstanceDir {
 impl InstanceDir {
     /// Mounts the instance's filesystems in `dir` (created if missing): a tmpfs of
     /// `size` bytes for the writable layer, and the overlay. `lowers` are the image's
-    /// unpacked layers, bottom first. Needs root.
-    pub fn mount(dir: PathBuf, lowers: &[PathBuf], size: u64) -> std::io::Result<Self> {
+    /// unpacked layers, bottom first. With `ids`, the instance's root owns the
+    /// writable layer and sees the layers' files as its own. Needs root.
+    pub fn mount(
+        dir: PathBuf,
+        lowers: &[PathBuf],
+        size: u64,
+        ids: Option<IdMapping<'_>>,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         // From here on, tearing down undoes whatever part was done.
         let instance = Self { dir };
-        match instance.mount_parts(lowers, size) {
+        match instance.mount_parts(lowers, size, ids) {
             Ok(()) => Ok(instance),
             Err(e) => {
                 instance.remove();
@@ -29,7 +49,20 @@ impl InstanceDir {
         }
     }
 
-    fn mount_parts(&self, lowers: &[PathBuf], size: u64) -> std::io::Result<()> {
+    fn mount_parts(
+        &self,
+        lowers: &[PathBuf],
+        size: u64,
+        ids: Option<IdMapping<'_>>,
+    ) -> std::io::Result<()> {
+        let mapped_lowers;
+        let lowers = match ids {
+            None => lowers,
+            Some(ids) => {
+                mapped_lowers = self.map_lowers(lowers, ids.namespace)?;
+                &mapped_lowers
+            }
+        };
         let rw = self.dir.join("rw");
         std::fs::create_dir_all(&rw)?;
         nix::mount::mount(
@@ -42,6 +75,11 @@ impl InstanceDir {
         let (upper, work) = (rw.join("upper"), rw.join("work"));
         std::fs::create_dir(&upper)?;
         std::fs::create_dir(&work)?;
+        if let Some(ids) = ids {
+            // The overlay's root is the upper directory's: the instance's root owns it.
+            let root = ids.range.host_base();
+            std::os::unix::fs::chown(&upper, Some(root), Some(root))?;
+        }
         let rootfs = self.rootfs();
         std::fs::create_dir_all(&rootfs)?;
         // Overlayfs lists lowers topmost first.
@@ -64,6 +102,26 @@ impl InstanceDir {
             Some(options.as_str()),
         )?;
         Ok(())
+    }
+
+    /// Mounts each layer, idmapped, at `lower/<n>` and returns those paths.
+    fn map_lowers(
+        &self,
+        lowers: &[PathBuf],
+        namespace: BorrowedFd<'_>,
+    ) -> std::io::Result<Vec<PathBuf>> {
+        let parent = self.dir.join("lower");
+        std::fs::create_dir_all(&parent)?;
+        lowers
+            .iter()
+            .enumerate()
+            .map(|(n, layer)| {
+                let mapped = parent.join(n.to_string());
+                std::fs::create_dir(&mapped)?;
+                bind_idmapped(layer, &mapped, namespace)?;
+                Ok(mapped)
+            })
+            .collect()
     }
 
     /// An instance directory already mounted (by an earlier run of the runtime).

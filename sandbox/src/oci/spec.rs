@@ -1,11 +1,13 @@
 //! The OCI runtime spec (`config.json`) of one instance.
 
 use super::process::ProcessPlan;
+use crate::IdRange;
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder,
-    LinuxResourcesBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder, get_default_maskedpaths,
-    get_default_mounts, get_default_namespaces, get_default_readonly_paths,
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder, get_default_maskedpaths, get_default_mounts,
+    get_default_namespaces, get_default_readonly_paths,
 };
 use std::collections::HashSet;
 use std::path::Path;
@@ -31,6 +33,8 @@ pub(crate) struct InstanceSpec<'a> {
     pub(crate) gid: u32,
     /// Ember's init on the host, when the instance runs under it.
     pub(crate) init: Option<&'a Path>,
+    /// The host ids a user namespace maps the instance's onto; `None` for none.
+    pub(crate) id_range: Option<IdRange>,
 }
 
 /// Where an instance's cgroups go, under each controller (or the v2 root).
@@ -38,7 +42,8 @@ pub(crate) fn cgroups_path(sandbox_id: &str) -> String {
     format!("/ember/{sandbox_id}")
 }
 
-/// Builds the spec: pid, network, ipc, uts, mount and cgroup namespaces; the plan's
+/// Builds the spec: pid, network, ipc, uts, mount and cgroup namespaces (and a user
+/// namespace with the instance's id range); the plan's
 /// capabilities; no new privileges; masked and read-only proc paths; limits.
 pub(crate) fn build(
     plan: &ProcessPlan,
@@ -94,8 +99,25 @@ pub(crate) fn build(
                 .build()?,
         )
         .build()?;
-    let linux = LinuxBuilder::default()
-        .namespaces(get_default_namespaces())
+    let mut namespaces = get_default_namespaces();
+    let mut linux = LinuxBuilder::default();
+    if let Some(range) = instance.id_range {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .build()?,
+        );
+        let mapping = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(range.host_base())
+            .size(IdRange::SIZE)
+            .build()?;
+        linux = linux
+            .uid_mappings(vec![mapping])
+            .gid_mappings(vec![mapping]);
+    }
+    let linux = linux
+        .namespaces(namespaces)
         .masked_paths(get_default_maskedpaths())
         .readonly_paths(get_default_readonly_paths())
         .resources(resources)
@@ -148,6 +170,7 @@ mod tests {
                 uid: 65534,
                 gid: 65534,
                 init: Some(Path::new("/data/oci/ember-init")),
+                id_range: IdRange::new(1),
             },
         )
         .unwrap();
@@ -178,7 +201,10 @@ mod tests {
             .iter()
             .map(|n| n["type"].as_str().unwrap())
             .collect();
-        for ns in ["pid", "network", "ipc", "uts", "mount"] {
+        let mapping = serde_json::json!([{"containerID": 0, "hostID": 1_114_112, "size": 65536}]);
+        assert_eq!(json["linux"]["uidMappings"], mapping);
+        assert_eq!(json["linux"]["gidMappings"], mapping);
+        for ns in ["pid", "network", "ipc", "uts", "mount", "user"] {
             assert!(namespaces.contains(&ns), "{ns} namespace");
         }
         let bounding = json["process"]["capabilities"]["bounding"]
