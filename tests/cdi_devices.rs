@@ -20,6 +20,13 @@ use std::time::Duration;
 /// generated NVIDIA specs name), two fake GPUs (`test.ember.dev/gpu=0`, a t4, and
 /// `=1`, an a100), and a spec that fails validation.
 fn write_specs(specs: &Path, scratch: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // createContainer hooks run inside the instance's user namespace, as its root:
+    // an unprivileged host user, who writes its hook state here and must reach the
+    // hook's program, wherever this checkout is.
+    std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let hook_program = scratch.join("ember-for-hooks");
+    std::fs::copy(env!("CARGO_BIN_EXE_ember"), &hook_program).unwrap();
     std::fs::create_dir_all(scratch.join("driver")).unwrap();
     std::fs::write(scratch.join("driver/marker"), "marker-from-host\n").unwrap();
     let fake = json!({
@@ -75,7 +82,7 @@ fn write_specs(specs: &Path, scratch: &Path) {
                 }],
                 "hooks": [{
                     "hookName": "createContainer",
-                    "path": env!("CARGO_BIN_EXE_ember"),
+                    "path": hook_program,
                     "args": ["ember", "gpu", "update-ldcache", "--folder", "/opt/fake-lib"]
                 }]
             }

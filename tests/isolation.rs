@@ -429,14 +429,16 @@ async fn root_in_an_instance_is_an_unprivileged_host_user_of_its_container_s_own
     );
 
     // Root owns the image's files inside, and what it writes is the range's on the host.
+    let marker = format!("written-by-root-{}", std::process::id());
     let owned = run(
         &ember,
         "first",
-        "stat -c %u:%g /bin/busybox /; echo hi > /tmp/written-by-root; echo written",
+        &format!("stat -c %u:%g /bin/busybox /; echo hi > /tmp/{marker}; echo written"),
     )
     .await;
     assert!(owned.contains("0:0\n0:0\nwritten"), "{owned}");
-    let written = find_files(data.path(), "written-by-root");
+    // Instance directories are under /run/ember, where the unprivileged root reaches.
+    let written = find_files(std::path::Path::new("/run/ember"), &marker);
     assert_eq!(written.len(), 1, "{written:?}");
     let on_host = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&written[0]).unwrap());
     assert_eq!(on_host, first_root, "{}", written[0].display());

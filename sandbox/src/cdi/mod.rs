@@ -9,5 +9,5 @@ mod registry;
 
 pub use name::{CdiDeviceName, InvalidCdiDeviceName};
 pub use registry::{
-    BrokenSpec, CdiError, CdiGpu, CdiRegistry, DEFAULT_SPEC_DIRS, GPU_MODEL_ANNOTATION,
+    BrokenSpec, CdiError, CdiGpu, CdiRegistry, DEFAULT_SPEC_DIRS, DeviceNodes, GPU_MODEL_ANNOTATION,
 };

@@ -6,7 +6,7 @@ use super::name::CdiDeviceName;
 use container_device_interface::container_edits::ContainerEdits;
 use container_device_interface::device::Device;
 use container_device_interface::spec::read_spec;
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{MountBuilder, Spec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -238,8 +238,14 @@ impl CdiRegistry {
     }
 
     /// Applies the edits of `devices` to `spec`: each device's own, and once the
-    /// edits its spec file makes for all of its devices.
-    pub fn inject(&self, devices: &[CdiDeviceName], spec: &mut Spec) -> Result<(), CdiError> {
+    /// edits its spec file makes for all of its devices. Device nodes reach the
+    /// container as `nodes` says.
+    pub fn inject(
+        &self,
+        devices: &[CdiDeviceName],
+        spec: &mut Spec,
+        nodes: DeviceNodes,
+    ) -> Result<(), CdiError> {
         if devices.is_empty() {
             return Ok(());
         }
@@ -267,8 +273,59 @@ impl CdiRegistry {
                 .append(defined.device.edits())
                 .map_err(|e| failed(format!("{e:#}")))?;
         }
-        edits.apply(spec).map_err(|e| failed(format!("{e:#}")))
+        edits.apply(spec).map_err(|e| failed(format!("{e:#}")))?;
+        if nodes == DeviceNodes::BindMounted {
+            bind_nodes(&edits, spec).map_err(failed)?;
+        }
+        Ok(())
     }
+}
+
+/// How device nodes reach a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceNodes {
+    /// Made in the container's `/dev` by the runtime (`mknod`, as host root).
+    Created,
+    /// Bind-mounted from the host's node: a container in a user namespace cannot
+    /// make device nodes, and libcontainer would bind the node's container path,
+    /// which on the host may be another device or none.
+    BindMounted,
+}
+
+/// Replaces the device nodes `edits` added to `spec` with bind mounts of their host
+/// nodes, keeping the cgroup rules that let the container open them.
+fn bind_nodes(edits: &ContainerEdits, spec: &mut Spec) -> Result<(), String> {
+    // The crate keeps a node's paths private; they serialize as the spec has them.
+    let nodes =
+        serde_json::to_value(&edits.container_edits.device_nodes).map_err(|e| e.to_string())?;
+    let mut binds = Vec::new();
+    for node in nodes.as_array().into_iter().flatten() {
+        let path = node["path"].as_str().ok_or("a device node has no path")?;
+        let host = node["hostPath"].as_str().unwrap_or(path);
+        binds.push((PathBuf::from(path), PathBuf::from(host)));
+    }
+    if binds.is_empty() {
+        return Ok(());
+    }
+    if let Some(linux) = spec.linux_mut()
+        && let Some(devices) = linux.devices_mut()
+    {
+        devices.retain(|d| !binds.iter().any(|(path, _)| d.path() == path));
+    }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (path, host) in binds {
+        mounts.push(
+            MountBuilder::default()
+                .destination(path)
+                .source(host)
+                .typ("bind")
+                .options(vec!["bind".to_string(), "nosuid".to_string()])
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
 }
 
 /// A device's [`GPU_MODEL_ANNOTATION`]. The crate keeps annotations private, but its
@@ -401,7 +458,11 @@ devices:
         let registry = CdiRegistry::load(&[low.path().into(), high.path().into()]);
         let mut spec = Spec::default();
         registry
-            .inject(&[name("test.ember.dev/fake=null")], &mut spec)
+            .inject(
+                &[name("test.ember.dev/fake=null")],
+                &mut spec,
+                DeviceNodes::Created,
+            )
             .unwrap();
         let env = spec.process().as_ref().unwrap().env().clone().unwrap();
         assert!(env.contains(&"FROM=high".to_string()), "{env:?}");
@@ -421,7 +482,11 @@ devices:
         let registry = CdiRegistry::load(&[dir.path().into()]);
         let mut spec = Spec::default();
         registry
-            .inject(&[name("test.ember.dev/fake=zero")], &mut spec)
+            .inject(
+                &[name("test.ember.dev/fake=zero")],
+                &mut spec,
+                DeviceNodes::Created,
+            )
             .unwrap();
         let linux = spec.linux().as_ref().unwrap();
         let node = &linux.devices().as_ref().unwrap()[0];
@@ -456,7 +521,42 @@ devices:
         assert_eq!(hooks.create_container().as_ref().unwrap().len(), 1);
 
         let mut untouched = Spec::default();
-        registry.inject(&[], &mut untouched).unwrap();
+        registry
+            .inject(&[], &mut untouched, DeviceNodes::BindMounted)
+            .unwrap();
         assert_eq!(untouched, Spec::default());
+    }
+
+    #[test]
+    fn in_a_user_namespace_nodes_are_bind_mounts_of_their_host_nodes() {
+        let dir = dir_with(&[("fake.json", FAKE)]);
+        let registry = CdiRegistry::load(&[dir.path().into()]);
+        let mut spec = Spec::default();
+        registry
+            .inject(
+                &[name("test.ember.dev/fake=zero")],
+                &mut spec,
+                DeviceNodes::BindMounted,
+            )
+            .unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux.devices().as_ref().unwrap().is_empty());
+        let rules = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .clone()
+            .unwrap();
+        assert!(rules.iter().any(|r| r.allow() && r.minor() == Some(5)));
+        let bind = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/dev/fake0"))
+            .unwrap();
+        assert_eq!(bind.source().as_deref(), Some(Path::new("/dev/zero")));
+        assert_eq!(bind.typ().as_deref(), Some("bind"));
     }
 }

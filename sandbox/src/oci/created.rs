@@ -13,7 +13,7 @@ use super::record::InstanceRecord;
 use super::rootfs::{IdMapping, InstanceDir};
 use super::{START_LOCK, Shared};
 use super::{spec, stdio};
-use crate::cdi::CdiDeviceName;
+use crate::cdi::{CdiDeviceName, DeviceNodes};
 use crate::{BoxError, IdRange, Instance, LogSinkRef, LogStream, SandboxError};
 use libcontainer::container::Container;
 use nix::unistd::Pid;
@@ -164,18 +164,30 @@ impl Recipe {
                     id_range,
                 };
                 let bundle = dir.path().to_path_buf();
+                let device_nodes = match id_range {
+                    Some(_) => DeviceNodes::BindMounted,
+                    None => DeviceNodes::Created,
+                };
                 let created = spec::build(&plan, limits, &instance)
                     .map_err(|e| fail("building the runtime spec", e))
                     .and_then(|mut spec| {
                         shared
                             .cdi
-                            .inject(&devices, &mut spec)
+                            .inject(&devices, &mut spec, device_nodes)
                             .map_err(|e| SandboxError::start_failed("", e))?;
                         Ok(spec)
                     })
                     .and_then(|spec| {
-                        spec.save(bundle.join("config.json"))
-                            .map_err(|e| fail("writing config.json", e))
+                        let path = bundle.join("config.json");
+                        spec.save(&path)
+                            .map_err(|e| fail("writing config.json", e))?;
+                        // It holds the environment, secrets included: the instance's
+                        // root's alone (its hooks read it), or host root's.
+                        use std::os::unix::fs::PermissionsExt;
+                        let owner = id_range.map(IdRange::host_base);
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                            .and_then(|()| std::os::unix::fs::chown(&path, owner, owner))
+                            .map_err(|e| fail("protecting config.json", e))
                     })
                     .and_then(|()| build_container(&shared, &id, &bundle, stdio))
                     .and_then(|()| {

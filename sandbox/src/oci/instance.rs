@@ -36,19 +36,29 @@ pub(crate) struct Resources {
 impl Resources {
     /// Kills the container's processes at once, then releases everything.
     pub(crate) async fn discard(mut self) {
-        if let Some(container) = self.container.as_mut() {
-            let _ = container.kill(Signal::SIGKILL, true);
-        }
+        self.kill_everything().await;
         self.release().await;
+    }
+
+    /// SIGKILLs every process of the container: through libcontainer, or, when its
+    /// state cannot be read (its directory removed, or half written by a crash),
+    /// through the container's cgroup, which still names each of them.
+    async fn kill_everything(&mut self) {
+        let Some(container) = self.container.as_mut() else {
+            return;
+        };
+        if container.kill(Signal::SIGKILL, true).is_err() {
+            let cgroups_path = super::spec::cgroups_path(container.id());
+            let _ = tokio::task::spawn_blocking(move || super::orphans::kill_cgroup(&cgroups_path))
+                .await;
+        }
     }
 
     /// Kills the container's processes at once and, once its init has been reaped
     /// (`exit` says so; 10 s at most), releases everything. Removing the cgroups of a
     /// container whose processes have not yet gone fails, and would leave them.
     pub(crate) async fn discard_after_exit(mut self, exit: &watch::Receiver<Option<String>>) {
-        if let Some(container) = self.container.as_mut() {
-            let _ = container.kill(Signal::SIGKILL, true);
-        }
+        self.kill_everything().await;
         let mut exit = exit.clone();
         let _ = tokio::time::timeout(Duration::from_secs(10), exit.wait_for(Option::is_some)).await;
         self.release().await;

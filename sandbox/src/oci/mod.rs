@@ -73,6 +73,9 @@ pub struct OciConfig {
 
 struct Shared {
     config: OciConfig,
+    /// What instances reach by path, as their unprivileged root: their directories
+    /// and the init (see [`reachable_dir`]).
+    reachable: PathBuf,
     /// Ember's init, installed for instances to mount.
     init: PathBuf,
     /// Started instances an earlier run left running, by sandbox id, until they
@@ -111,11 +114,39 @@ impl Shared {
         self.config.root.join("layers")
     }
     fn instances_dir(&self) -> PathBuf {
-        self.config.root.join("instances")
+        self.reachable.join("instances")
     }
     fn state_dir(&self) -> PathBuf {
         self.config.root.join("state")
     }
+}
+
+/// Where the instances of the runtime whose OCI directory is `root` keep what
+/// they reach by path: `/run/ember/<digest of root>`. An instance's init resolves
+/// its root filesystem's path, and its mounts' sources, as the instance's root, an
+/// unprivileged host user in a user namespace: a data directory under `/root`
+/// (mode 0700, where the default one is) would be out of its reach. One runtime's
+/// directory is apart from another's on the same host, and `/run` empties at
+/// boot, as the instances do.
+fn reachable_dir(root: &std::path::Path) -> PathBuf {
+    use sha2::Digest as _;
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let digest = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
+    PathBuf::from("/run/ember").join(&hex::encode(digest)[..16])
+}
+
+/// Creates `dir` and its parents traversable by every user but listable by root
+/// alone (0711): instances find their own directory, never another's.
+fn make_reachable(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(dir)?;
+    for ancestor in dir.ancestors().take_while(|a| a.starts_with("/run/ember")) {
+        std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(0o711))?;
+    }
+    Ok(())
 }
 
 /// Runs OCI container images. Needs root.
@@ -145,9 +176,14 @@ impl OciSandbox {
         std::fs::create_dir_all(&config.root).map_err(|e| {
             SandboxError::Unsupported(format!("creating {}: {e}", config.root.display()))
         })?;
-        let init = init::install(&config.root)
+        let reachable = reachable_dir(&config.root);
+        make_reachable(&reachable.join("instances")).map_err(|e| {
+            SandboxError::Unsupported(format!("creating {}: {e}", reachable.display()))
+        })?;
+        let init = init::install(&reachable)
             .map_err(|e| SandboxError::Unsupported(format!("installing Ember's init: {e}")))?;
         let shared = Arc::new(Shared {
+            reachable,
             init,
             adoptable: Default::default(),
             user_namespaces: Default::default(),
@@ -221,6 +257,13 @@ fn clean_up_leftovers(shared: &Shared) -> HashMap<String, InstanceRecord> {
         }
         let _ = std::fs::remove_dir_all(&state);
     }
+    // Where instance directories were before they moved to the reachable directory:
+    // a runtime upgraded from then has its old instances' mounts removed.
+    let before = shared.config.root.join("instances");
+    for dir in entries(before.clone()) {
+        rootfs::remove_instance_dir(&dir);
+    }
+    let _ = std::fs::remove_dir(before);
     for dir in entries(shared.instances_dir()) {
         let kept = dir
             .file_name()

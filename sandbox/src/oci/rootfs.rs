@@ -37,7 +37,11 @@ impl InstanceDir {
         size: u64,
         ids: Option<IdMapping<'_>>,
     ) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
+        // Traversable by the instance's root, an unprivileged host user; listable
+        // by root alone.
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o711)
+            .recursive(true)
+            .create(&dir)?;
         // From here on, tearing down undoes whatever part was done.
         let instance = Self { dir };
         match instance.mount_parts(lowers, size, ids) {
