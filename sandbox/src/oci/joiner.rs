@@ -216,8 +216,16 @@ fn become_the_instance(root: &File, credentials: &Credentials, argv: &[CString])
         if let Err(e) = nix::unistd::setuid(Uid::from_raw(credentials.uid)) {
             return format!("taking user {}: {e}", credentials.uid);
         }
-    } else if let Err(e) = set_capabilities(credentials) {
-        return format!("setting capabilities: {e}");
+    } else {
+        // Inside a user namespace this process is still host root, which the
+        // namespace cannot show: it takes the namespace's root, and (going from
+        // root to root) keeps its capabilities. Without one, nothing changes.
+        if let Err(e) = nix::unistd::setuid(Uid::from_raw(0)) {
+            return format!("taking user 0: {e}");
+        }
+        if let Err(e) = set_capabilities(credentials) {
+            return format!("setting capabilities: {e}");
+        }
     }
     match super::seccomp::default_profile() {
         Ok(program) => {
