@@ -37,7 +37,7 @@ impl Traces {
             .collect();
         Self {
             cgroups,
-            mounts_under: data.join("oci/instances").join(&id),
+            mounts_under: common::oci::instances_dir(data).join(&id),
             veth: format!("ve{hex}"),
         }
     }
@@ -383,7 +383,7 @@ async fn scaling_to_zero_leaves_nothing_behind_and_the_next_request_starts_again
 fn sandbox_dirs(data: &Path) -> Vec<String> {
     // The runtime makes the directory at start: a missing one means the layout
     // moved, and the checks built on it would pass for nothing.
-    let mut dirs: Vec<String> = std::fs::read_dir(data.join("oci/instances"))
+    let mut dirs: Vec<String> = std::fs::read_dir(common::oci::instances_dir(data))
         .expect("the runtime's instances directory")
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -922,7 +922,7 @@ async fn stopping_the_runtime_during_a_start_leaves_nothing() {
 /// Once the runtime has stopped: no instance directory (and so no mount) is left
 /// under its data dir.
 async fn assert_nothing_left(data: &Path) {
-    let instances = data.join("oci/instances");
+    let instances = common::oci::instances_dir(data);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let left: Vec<_> = std::fs::read_dir(&instances)

@@ -317,7 +317,7 @@ async fn a_graceful_shutdown_stops_its_instances_at_once_not_one_after_another()
     eprintln!("20 instances stopped and the runtime exited in {took:?} (grace 2 s)");
     assert!(clean, "the runtime did not exit cleanly");
     assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
-    let left = std::fs::read_dir(data.path().join("oci/instances"))
+    let left = std::fs::read_dir(common::oci::instances_dir(data.path()))
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(left, 0, "instances left behind");
@@ -725,9 +725,7 @@ async fn a_killed_runtime_adopts_its_running_instances_and_no_request_fails() {
     // The instance that died is gone from the host, and a request starts another.
     assert!(sandbox_processes(&doomed_sandbox).is_empty());
     assert!(
-        !data
-            .path()
-            .join("oci/instances")
+        !common::oci::instances_dir(data.path())
             .join(&doomed_sandbox)
             .exists()
     );

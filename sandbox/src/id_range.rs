@@ -52,9 +52,28 @@ impl From<IdRange> for u32 {
     }
 }
 
+/// The id inside a user namespace that host id `host` is, by the namespace's map
+/// (`uid_map` or `gid_map` as the host reads it: `inside outside count` lines).
+pub(crate) fn id_inside(map: &str, host: u32) -> Option<u32> {
+    map.lines().find_map(|line| {
+        let mut fields = line.split_whitespace().map(|f| f.parse::<u32>().ok());
+        let (inside, outside, count) = (fields.next()??, fields.next()??, fields.next()??);
+        (host >= outside && host - outside < count).then(|| inside + (host - outside))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_ids_are_read_back_as_the_namespace_s() {
+        let map = "         0    1048576      65536\n";
+        assert_eq!(id_inside(map, 1_048_576), Some(0));
+        assert_eq!(id_inside(map, 1_048_576 + 65534), Some(65534));
+        assert_eq!(id_inside(map, 1_048_576 + 65536), None);
+        assert_eq!(id_inside(map, 0), None);
+    }
 
     #[test]
     fn ranges_do_not_overlap_and_end_below_2_pow_31() {

@@ -119,6 +119,8 @@ fn civil_date(days: u64) -> (i64, u32, u32) {
 pub(crate) fn list(init: i32) -> std::io::Result<Vec<ProcessInfo>> {
     let proc = Path::new("/proc");
     let namespace = std::fs::read_link(proc.join(init.to_string()).join("ns/pid"))?;
+    // Users as the instance sees them: its user namespace maps them from the host's.
+    let uid_map = std::fs::read_to_string(proc.join(init.to_string()).join("uid_map"))?;
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let boot = boot_time()?;
@@ -166,10 +168,11 @@ pub(crate) fn list(init: i32) -> std::io::Result<Vec<ProcessInfo>> {
                 .collect::<Vec<_>>()
                 .join(" ");
             ProcessInfo {
-                user: if uid == 0 {
-                    "root".into()
-                } else {
-                    uid.to_string()
+                user: match crate::id_range::id_inside(&uid_map, uid) {
+                    Some(0) => "root".into(),
+                    Some(uid) => uid.to_string(),
+                    // What the kernel shows for an id the namespace cannot name.
+                    None => "65534".into(),
                 },
                 pid: ns_pid,
                 parent_pid: ns_pid_of.get(&stat.host_ppid).copied().unwrap_or(0),

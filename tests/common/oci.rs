@@ -5,7 +5,7 @@ use super::oci_image::push_busybox_http_image;
 use super::{Ember, registry::Registry, temp_dir};
 use reqwest::StatusCode;
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -103,4 +103,12 @@ pub async fn get(ember: &Ember, name: &str, path: &str) -> (StatusCode, String) 
         .await
         .unwrap();
     (response.status(), response.text().await.unwrap())
+}
+
+/// Where the runtime whose data directory is `data` keeps its instances' directories
+/// (under /run/ember, where an instance's unprivileged root reaches; the data
+/// directory links to it).
+pub fn instances_dir(data: &Path) -> PathBuf {
+    std::fs::canonicalize(data.join("oci/instances"))
+        .expect("the runtime links its instances directory from its data directory")
 }

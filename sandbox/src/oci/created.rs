@@ -145,10 +145,11 @@ impl Recipe {
                     Ok(dir) => dir,
                     Err(e) => return (None, Err(fail("mounting the root filesystem", e))),
                 };
-                let (container_ends, runtime_ends) = match stdio::make(dir.path()) {
-                    Ok(ends) => ends,
-                    Err(e) => return (Some(dir), Err(fail("making the standard streams", e))),
-                };
+                let (container_ends, runtime_ends) =
+                    match stdio::make(dir.path(), id_range.map(IdRange::host_base)) {
+                        Ok(ends) => ends,
+                        Err(e) => return (Some(dir), Err(fail("making the standard streams", e))),
+                    };
                 let stdio = Stdio3 {
                     stdin: container_ends.stdin,
                     stdout: container_ends.stdout,

@@ -104,16 +104,6 @@ fn user_namespace_apart(pid: i32) -> Result<Option<File>, String> {
         .map_err(|e| format!("opening its user namespace: {e}"))
 }
 
-/// The id inside a user namespace that host id `host` is, by the namespace's map
-/// (`uid_map` or `gid_map` as the host reads it: `inside outside count` lines).
-fn id_inside(map: &str, host: u32) -> Option<u32> {
-    map.lines().find_map(|line| {
-        let mut fields = line.split_whitespace().map(|f| f.parse::<u32>().ok());
-        let (inside, outside, count) = (fields.next()??, fields.next()??, fields.next()??);
-        (host >= outside && host - outside < count).then(|| inside + (host - outside))
-    })
-}
-
 /// The init's credentials, with ids as its user namespace sees them.
 fn credentials_inside(pid: i32, in_namespace: bool) -> Result<Credentials, String> {
     let mut credentials = Credentials::of(pid)?;
@@ -123,9 +113,9 @@ fn credentials_inside(pid: i32, in_namespace: bool) -> Result<Credentials, Strin
                 .map_err(|e| format!("reading its {file}: {e}"))
         };
         let (uid_map, gid_map) = (map("uid_map")?, map("gid_map")?);
-        credentials.uid = id_inside(&uid_map, credentials.uid)
+        credentials.uid = crate::id_range::id_inside(&uid_map, credentials.uid)
             .ok_or_else(|| format!("uid {} is not mapped", credentials.uid))?;
-        credentials.gid = id_inside(&gid_map, credentials.gid)
+        credentials.gid = crate::id_range::id_inside(&gid_map, credentials.gid)
             .ok_or_else(|| format!("gid {} is not mapped", credentials.gid))?;
     }
     Ok(credentials)
@@ -333,15 +323,6 @@ mod tests {
             on_v2,
             [PathBuf::from("/sys/fs/cgroup/ember/x/cgroup.procs")]
         );
-    }
-
-    #[test]
-    fn host_ids_are_read_back_as_the_namespace_s() {
-        let map = "         0    1048576      65536\n";
-        assert_eq!(id_inside(map, 1_048_576), Some(0));
-        assert_eq!(id_inside(map, 1_048_576 + 65534), Some(65534));
-        assert_eq!(id_inside(map, 1_048_576 + 65536), None);
-        assert_eq!(id_inside(map, 0), None);
     }
 
     #[test]

@@ -257,13 +257,21 @@ fn clean_up_leftovers(shared: &Shared) -> HashMap<String, InstanceRecord> {
         }
         let _ = std::fs::remove_dir_all(&state);
     }
-    // Where instance directories were before they moved to the reachable directory:
-    // a runtime upgraded from then has its old instances' mounts removed.
+    // Where instance directories were before they moved to the reachable directory
+    // (a link to it now): a runtime upgraded from then removes its old instances.
     let before = shared.config.root.join("instances");
-    for dir in entries(before.clone()) {
-        rootfs::remove_instance_dir(&dir);
+    if std::fs::symlink_metadata(&before).is_ok_and(|m| m.is_dir()) {
+        for dir in entries(before.clone()) {
+            rootfs::remove_instance_dir(&dir);
+        }
+        let _ = std::fs::remove_dir(&before);
     }
-    let _ = std::fs::remove_dir(before);
+    if std::fs::read_link(&before).ok() != Some(shared.instances_dir()) {
+        let _ = std::fs::remove_file(&before);
+        if let Err(e) = std::os::unix::fs::symlink(shared.instances_dir(), &before) {
+            tracing::warn!(link = %before.display(), error = %e, "linking the instances directory failed");
+        }
+    }
     for dir in entries(shared.instances_dir()) {
         let kept = dir
             .file_name()

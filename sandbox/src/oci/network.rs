@@ -420,15 +420,38 @@ fn allow_unprivileged_ping(pid: i32) -> Result<(), NetworkError> {
     let fail = |message: String| NetworkError::Namespace { pid, message };
     let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|e| fail(format!("opening it: {e}")))?;
+    let gid_map = std::fs::read_to_string(format!("/proc/{pid}/gid_map"))
+        .map_err(|e| fail(format!("reading its gid_map: {e}")))?;
+    let range = ping_groups(&gid_map);
     std::thread::spawn(move || {
         nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("setns: {e}"))?;
-        std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
+        std::fs::write("/proc/sys/net/ipv4/ping_group_range", range)
             .map_err(|e| format!("allowing unprivileged ping: {e}"))
     })
     .join()
     .map_err(|_| fail("the namespace thread panicked".into()))?
     .map_err(fail)
+}
+
+/// The host groups `ping_group_range` lets ping: those of the instance's user
+/// namespace, as its `gid_map` reads from the host (so that the instance reads its
+/// own `0 65535` back), or every group the sysctl can name without one.
+fn ping_groups(gid_map: &str) -> String {
+    const HIGHEST: u64 = (1 << 31) - 1;
+    let first: Vec<u64> = gid_map
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    match first[..] {
+        [_, outside, count] if count > 0 && outside <= HIGHEST => {
+            format!("{outside} {}", (outside + count - 1).min(HIGHEST))
+        }
+        _ => format!("0 {HIGHEST}"),
+    }
 }
 
 /// A locally administered unicast MAC (`02:42:` and the four address bytes, as
@@ -453,6 +476,16 @@ pub(crate) fn veth_name(sandbox_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ping_is_allowed_to_the_instance_s_own_groups() {
+        assert_eq!(ping_groups("0 1048576 65536\n"), "1048576 1114111");
+        assert_eq!(
+            ping_groups("         0          0 4294967295\n"),
+            "0 2147483647"
+        );
+        assert_eq!(ping_groups(""), "0 2147483647");
+    }
 
     #[test]
     fn subnets_parse_and_refuse_nonsense() {

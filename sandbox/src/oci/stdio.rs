@@ -29,10 +29,20 @@ pub(crate) struct RuntimeEnds {
     pub(crate) stderr: OwnedFd,
 }
 
-/// Makes the three pipes in `dir` and opens both ends of each.
-pub(crate) fn make(dir: &Path) -> std::io::Result<(ContainerEnds, RuntimeEnds)> {
+/// Makes the three pipes in `dir`, owned by `owner` (the instance's root, in a user
+/// namespace) or root, and opens both ends of each.
+pub(crate) fn make(
+    dir: &Path,
+    owner: Option<u32>,
+) -> std::io::Result<(ContainerEnds, RuntimeEnds)> {
     for name in [STDIN, STDOUT, STDERR] {
-        mkfifo(&dir.join(name), Mode::from_bits_truncate(0o600))?;
+        let path = dir.join(name);
+        mkfifo(&path, Mode::from_bits_truncate(0o600))?;
+        // A workload reopens its streams by path (`/proc/1/fd/1`, or nginx's
+        // access.log linked to /dev/stdout): its root must own them.
+        if owner.is_some() {
+            std::os::unix::fs::chown(&path, owner, owner)?;
+        }
     }
     let container = ContainerEnds {
         stdin: open_both(&dir.join(STDIN))?,
@@ -76,7 +86,7 @@ mod tests {
     #[test]
     fn output_written_while_no_runtime_reads_waits_for_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
-        let (container, runtime) = make(dir.path()).unwrap();
+        let (container, runtime) = make(dir.path(), None).unwrap();
         // The runtime goes: its ends close.
         drop(runtime);
         let mut stdout = std::fs::File::from(container.stdout);
