@@ -8,7 +8,9 @@
 //! cgroups, mounts, network) and one with the default of 1, sampled once its
 //! prepared sandbox is ready (the cold start only starts it); the latter again
 //! with `init: false`, so that the difference is what Ember's init (PID 1, which
-//! then starts httpd as its child) adds to a cold start. crun, runc: one `run` of a bundle whose rootfs
+//! then starts httpd as its child) adds to a cold start. The first two again with
+//! `userNamespace: false` (host ids), so that the difference is what the user
+//! namespace (its mapping, idmapped layers) adds. crun, runc: one `run` of a bundle whose rootfs
 //! is the busybox layer, running `/bin/true`, from spawn to exit. On a hybrid cgroup
 //! machine crun refuses the layout unless /sys/fs/cgroup/unified is unmounted, so its
 //! loop runs in a private mount namespace (re-executing this binary there).
@@ -55,10 +57,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (nothing_prepared, prepared, without_init, layer) = rt.block_on(ember_cold_starts());
-    report("ember, cold, nothing prepared", nothing_prepared);
-    report("ember, cold, prepared sandbox", prepared);
-    report("ember, cold, prepared sandbox, no init", without_init);
+    let (measured, layer) = rt.block_on(ember_cold_starts());
+    for (case, samples) in measured {
+        report(case, samples);
+    }
 
     let bundle = common::temp_dir();
     write_bundle(bundle.path(), &layer);
@@ -69,9 +71,8 @@ fn main() {
     report("crun run /bin/true", crun_in_private_mounts(bundle.path()));
 }
 
-/// Cold starts through the ingress, with nothing prepared and with a prepared
-/// sandbox; also returns the unpacked busybox layer.
-async fn ember_cold_starts() -> (Vec<Duration>, Vec<Duration>, Vec<Duration>, PathBuf) {
+/// Cold starts through the ingress, by case; also returns the unpacked busybox layer.
+async fn ember_cold_starts() -> (Vec<(&'static str, Vec<Duration>)>, PathBuf) {
     let registry = common::registry::Registry::start().unwrap();
     common::oci_image::push_busybox_http_image(registry.addr, "bench/httpd", "v1")
         .await
@@ -82,6 +83,7 @@ async fn ember_cold_starts() -> (Vec<Duration>, Vec<Duration>, Vec<Duration>, Pa
     config.stop_grace = Duration::ZERO;
     config.bridge = "embbench0".into();
     config.subnet = "10.250.0.0/24".parse().unwrap();
+    config.allow_host_ids = true;
     let (runtime, token) = Runtime::start(config).await.unwrap();
     let caller = runtime
         .authenticate(&token.unwrap())
@@ -98,9 +100,35 @@ async fn ember_cold_starts() -> (Vec<Duration>, Vec<Duration>, Vec<Duration>, Pa
         ingress,
         image: &image,
     };
-    let nothing_prepared = bench.measure("unprepared", 0, true).await;
-    let prepared = bench.measure("prepared", 1, true).await;
-    let without_init = bench.measure("noinit", 1, false).await;
+    let mut measured = Vec::new();
+    for (case, name, prepared, init, user_namespace) in [
+        ("ember, cold, nothing prepared", "unprepared", 0, true, true),
+        ("ember, cold, prepared sandbox", "prepared", 1, true, true),
+        (
+            "ember, cold, prepared sandbox, no init",
+            "noinit",
+            1,
+            false,
+            true,
+        ),
+        (
+            "ember, cold, nothing prepared, host ids",
+            "unprepared-hostids",
+            0,
+            true,
+            false,
+        ),
+        (
+            "ember, cold, prepared sandbox, host ids",
+            "prepared-hostids",
+            1,
+            true,
+            false,
+        ),
+    ] {
+        let samples = bench.measure(name, prepared, init, user_namespace).await;
+        measured.push((case, samples));
+    }
 
     let layer = std::fs::read_dir(data.path().join("oci/layers"))
         .unwrap()
@@ -123,7 +151,7 @@ async fn ember_cold_starts() -> (Vec<Duration>, Vec<Duration>, Vec<Duration>, Pa
         .args(["link", "del", "embbench0"])
         .status();
     std::mem::forget(data);
-    (nothing_prepared, prepared, without_init, copy)
+    (measured, copy)
 }
 
 struct ColdStarts<'a> {
@@ -137,13 +165,20 @@ impl ColdStarts<'_> {
     /// Deploys the image as `name` keeping `prepared` sandboxes, then times requests,
     /// each after scaling to zero and, when sandboxes are prepared, once one is ready
     /// (as for a container that has been idle a while).
-    async fn measure(&self, name: &str, prepared: u32, init: bool) -> Vec<Duration> {
+    async fn measure(
+        &self,
+        name: &str,
+        prepared: u32,
+        init: bool,
+        user_namespace: bool,
+    ) -> Vec<Duration> {
         let (runtime, caller) = (self.runtime, self.caller);
         let patch = ContainerPatch {
             name: Some(name.parse().unwrap()),
             image: Some(self.image.to_string()),
             prepared_sandboxes: Some(prepared),
             init: Some(init),
+            user_namespace: Some(user_namespace),
             ..Default::default()
         };
         let id = in_process::deploy(runtime, caller, patch).await;

@@ -123,6 +123,10 @@ pub struct ServeArgs {
     /// Memory a user's instances may ask for in all, e.g. 8Gi (default: no limit).
     #[arg(long)]
     pub quota_ram: Option<ember_runtime::model::Quantity>,
+    /// Ephemeral storage a user's OCI instances may write in all, e.g. 20Gi
+    /// (default: no limit).
+    #[arg(long)]
+    pub quota_ephemeral_storage: Option<ember_runtime::model::Quantity>,
     /// Management API requests a user may make a minute (default: no limit).
     #[arg(long)]
     pub quota_requests_per_minute: Option<u32>,

@@ -37,6 +37,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         instances: args.quota_instances,
         cpu: args.quota_cpu,
         ram: args.quota_ram.clone(),
+        ephemeral_storage: args.quota_ephemeral_storage.clone(),
         requests_per_minute: args.quota_requests_per_minute,
     };
     config

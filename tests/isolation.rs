@@ -318,6 +318,11 @@ const ESCAPES: &[(&str, &str)] = &[
     ("hostname hijacked && hostname", "hostname"),
     ("chroot / true", "chroot"),
     ("echo x > /sys/kernel/profiling", "profiling"),
+    // A raw socket (busybox's ping opens one) and a packet socket (arping's).
+    ("ping -c 1 -W 1 127.0.0.1", "raw socket"),
+    ("arping -c 1 -w 1 -I eth0 127.0.0.1", "packet socket"),
+    // Root here is not host root: the user namespace maps it elsewhere.
+    ("grep -qE '^ +0 +0 ' /proc/self/uid_map", "host root"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,8 +334,12 @@ async fn a_hostile_image_is_refused_whatever_it_tries_from_inside() {
         data: _data,
         network: _network,
         _registry,
-    } = setup(&[]).await;
-    deploy(&ember, json!({ "name": "hostile", "image": image })).await;
+    } = setup(&["--pids-limit", "64"]).await;
+    let id = deploy(
+        &ember,
+        json!({ "name": "hostile", "image": image, "ephemeralStorage": "16Mi" }),
+    )
+    .await;
     for (command, what) in ESCAPES {
         let output = run(&ember, "hostile", command).await;
         assert!(
@@ -349,6 +358,39 @@ async fn a_hostile_image_is_refused_whatever_it_tries_from_inside() {
         !host_ports.contains("rc=0"),
         "the host's API from inside: {host_ports}"
     );
+    // Forking past the pids limit fails; the instance goes on once they end.
+    let forks = run(
+        &ember,
+        "hostile",
+        "i=0; while [ $i -lt 100 ]; do sleep 3 & i=$((i+1)); done; wait",
+    )
+    .await;
+    assert!(
+        forks.contains("can't fork"),
+        "100 processes past a limit of 64: {forks}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    // Writing past its ephemeral storage fails, and frees up again.
+    let filled = run(
+        &ember,
+        "hostile",
+        "dd if=/dev/zero of=/tmp/fill bs=1M count=64; rm -f /tmp/fill",
+    )
+    .await;
+    assert!(filled.contains("No space left on device"), "{filled}");
+    // Flooding its log (20 MB at once) keeps the runtime answering and the log
+    // store within its retention (1 MiB per container by default).
+    let flooded = run(
+        &ember,
+        "hostile",
+        "yes flood-line | head -c 20000000 > /proc/1/fd/1",
+    )
+    .await;
+    assert!(flooded.contains("rc=0"), "{flooded}");
+    let logs = ember.logs(&id).await;
+    assert!(logs.len() < 4 << 20, "{} bytes of logs kept", logs.len());
+    let (status, _) = ember.get_json("/v1/containers").await;
+    assert_eq!(status, StatusCode::OK);
     // Still serving, unharmed.
     assert_eq!(
         get(&ember, "hostile", "/").await,
@@ -489,4 +531,50 @@ async fn host_ids_run_only_where_the_operator_allows_them() {
     let (status, shown) = ember.get_json(&format!("/v1/containers/{id}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(shown["userNamespace"], false, "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_s_instances_are_held_to_its_ephemeral_storage_quota() {
+    require_root();
+    let Setup {
+        ember,
+        image,
+        data: _data,
+        network: _network,
+        _registry,
+    } = setup(&["--quota-ephemeral-storage", "1Gi"]).await;
+    let (status, minted) = ember
+        .send_json(Method::POST, "/v1/tokens", &json!({ "user": "carol" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{minted}");
+    let carol = minted["token"].as_str().unwrap();
+    for (name, storage) in [("disk-a", "768Mi"), ("disk-b", "512Mi")] {
+        let (status, created) = ember
+            .call_as(
+                Some(carol),
+                Method::POST,
+                "/v1/containers",
+                Some(&json!({ "name": name, "image": image, "ephemeralStorage": storage })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        ember.wait_deployed(created["id"].as_str().unwrap()).await;
+    }
+    assert_eq!(get(&ember, "disk-a", "/").await.0, StatusCode::OK);
+    // 768Mi held; 512Mi more would pass the 1Gi quota: refused at once, naming it.
+    let (status, answer) = get(&ember, "disk-b", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert!(answer.contains("quota_exceeded"), "{answer}");
+    assert!(
+        answer.contains(
+            "ephemeralStorage quota: 768 MiB of ephemeral storage in use of a quota of 1Gi"
+        ),
+        "{answer}"
+    );
+    let (_, shown) = ember.get_json("/v1/users/carol/quota").await;
+    assert_eq!(
+        shown["data"]["use"]["ephemeralStorageBytes"],
+        768u64 << 20,
+        "{shown}"
+    );
 }

@@ -1,5 +1,6 @@
 //! A component built by componentize-py (which imports all of WASI, not only
-//! wasi:http) runs, sees its environment, and streams bodies both ways.
+//! wasi:http) runs, sees its environment, and streams bodies both ways; as a
+//! hostile guest, it reaches nothing outside its sandbox.
 
 mod common;
 
@@ -22,15 +23,64 @@ fn build_python_echo(out: &std::path::Path) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
+/// The component, built once for every test here (a build takes a while).
+fn python_echo() -> &'static [u8] {
+    static BUILT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = temp_dir();
+        build_python_echo(&dir.path().join("echo.wasm"))
+    })
+}
+
+#[tokio::test]
+async fn a_hostile_python_guest_reaches_nothing_outside_its_sandbox() {
+    let dir = temp_dir();
+    let wasm = python_echo();
+    let ember = Ember::start(&dir.path().join("data"), &[]);
+    ember
+        .deploy_wasm("pyhostile", wasm, json!({ "env": { "GREETING": "hi" } }))
+        .await;
+    let client = ember.ingress_client("pyhostile");
+    let report = client
+        .get(ember.ingress_url("pyhostile", "/escape"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let attempts: Vec<&str> = report.lines().collect();
+    assert_eq!(attempts.len(), 8, "{report}");
+    for attempt in attempts {
+        assert!(
+            attempt.contains(": refused"),
+            "a way out: {attempt}\n{report}"
+        );
+    }
+    // Outbound HTTP is denied too, and the guest still serves.
+    let outbound = client
+        .get(ember.ingress_url("pyhostile", "/outbound"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(outbound.starts_with("outbound: denied"), "{outbound}");
+    let (status, body) = ember.invoke("pyhostile").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("hi GET /"), "{body}");
+}
+
 #[tokio::test]
 async fn a_componentize_py_component_streams_bodies_both_ways() {
     let dir = temp_dir();
-    let wasm = build_python_echo(&dir.path().join("echo.wasm"));
+    let wasm = python_echo();
     let ember = Ember::start(&dir.path().join("data"), &[]);
     ember
         .deploy_wasm(
             "pyecho",
-            &wasm,
+            wasm,
             json!({ "env": { "GREETING": "hello from python" } }),
         )
         .await;

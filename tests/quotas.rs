@@ -75,7 +75,8 @@ async fn tenants_are_held_to_their_quotas_which_admins_set() {
     }
 
     // Instances: the first container's instance runs; the second's waits for the
-    // quota, and its request ends in a 503 the client may retry.
+    // quota, and its request is answered at once (not at the request timeout) with
+    // a 503 the client may retry, naming the quota.
     let client = |name: &str| ember.ingress_client(name);
     let first = client("a1")
         .get(ember.ingress_url("a1", "/"))
@@ -90,6 +91,15 @@ async fn tenants_are_held_to_their_quotas_which_admins_set() {
         .unwrap();
     assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(second.headers().contains_key("retry-after"));
+    let answer: Value = second.json().await.unwrap();
+    assert_eq!(answer["code"], "quota_exceeded", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("instances quota: 1 instances in use of a quota of 1"),
+        "{answer}"
+    );
     let (_, view) = ember.get_json(&format!("/v1/containers/{}", ids[1])).await;
     let reason = view["statusReason"].as_str().unwrap_or_default();
     assert!(reason.contains("instances quota"), "{view}");
@@ -127,6 +137,7 @@ async fn tenants_are_held_to_their_quotas_which_admins_set() {
         (json!({ "pods": 1 }), "pods"),
         (json!({ "cpu": 0 }), "cpu"),
         (json!({ "ram": "lots" }), "ram"),
+        (json!({ "ephemeralStorage": "lots" }), "ephemeralStorage"),
     ] {
         let (status, refused) = ember
             .send_json(Method::PUT, "/v1/users/alice/quota", &body)

@@ -24,11 +24,12 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
 #[serde(rename_all = "camelCase")]
 struct QuotaJson {
     user: String,
-    /// `containers`, `instances`, `cpu` (CPUs) and `ram` (a quantity), each `null`
-    /// for no limit.
+    /// `containers`, `instances`, `cpu` (CPUs), `ram` and `ephemeralStorage`
+    /// (quantities) and `requestsPerMinute`, each `null` for no limit.
     #[schema(value_type = Object)]
     quota: Quota,
-    /// What it holds now: `containers`, `instances`, `millicpus`, `memoryBytes`.
+    /// What it holds now: `containers`, `instances`, `millicpus`, `memoryBytes`,
+    /// `ephemeralStorageBytes`.
     #[schema(value_type = Object)]
     r#use: QuotaUse,
 }

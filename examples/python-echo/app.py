@@ -6,6 +6,10 @@ the container's environment (default "echo").
 
 `GET /outbound` instead tries an outgoing HTTP request to 127.0.0.1:9 and says
 whether the runtime allowed it (Ember denies guests outbound network by default).
+
+`GET /escape` tries, as a hostile guest would, to reach what is outside its
+sandbox (host files, the host's environment, sockets, processes) and answers one
+line per attempt: `<what>: refused <why>` or `<what>: ALLOWED <what it got>`.
 """
 
 import os
@@ -43,6 +47,12 @@ class IncomingHandler(exports.IncomingHandler):
         greeting = os.environ.get("GREETING", "echo")
         # Goes to the container's logs, as a container's stdout does.
         print(f"served {method} {path}", flush=True)
+        if path == "/escape":
+            with outgoing_body.write() as out:
+                for line in escape_attempts():
+                    out.blocking_write_and_flush(f"{line}\n".encode())
+            OutgoingBody.finish(outgoing_body, None)
+            return
         if path == "/outbound":
             with outgoing_body.write() as out:
                 out.blocking_write_and_flush(f"outbound: {try_outbound()}\n".encode())
@@ -80,3 +90,44 @@ def try_outbound() -> str:
         return "allowed"
     error = result.value.value if isinstance(result, Ok) else result.value
     return f"denied {type(error).__name__}"
+
+
+def escape_attempts():
+    """Each way out a hostile guest might try, and what happened."""
+
+    def attempt(what, action):
+        try:
+            got = action()
+        except BaseException as e:  # noqa: BLE001 - any refusal is the answer
+            return f"{what}: refused {type(e).__name__}"
+        if got in (None, "", [], b""):
+            return f"{what}: refused (nothing)"
+        return f"{what}: ALLOWED {str(got)[:80]!r}"
+
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read(64)
+
+    def connect(port):
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            return s.getpeername()
+
+    def run(command):
+        import subprocess
+
+        return subprocess.run(command, capture_output=True).stdout
+
+    host_env = [k for k in os.environ if k not in ("GREETING", "PORT")]
+    return [
+        attempt("read /etc/passwd", lambda: read("/etc/passwd")),
+        attempt("read /proc/self/environ", lambda: read("/proc/self/environ")),
+        attempt("list /", lambda: os.listdir("/")),
+        attempt("write /tmp", lambda: open("/tmp/x", "w").write("x")),
+        attempt("host environment", lambda: host_env),
+        attempt("connect to the host", lambda: connect(22)),
+        attempt("run a process", lambda: run(["/bin/sh", "-c", "id"])),
+        attempt("fork", lambda: os.fork()),
+    ]
+

@@ -175,6 +175,7 @@ fn not_activated(e: &ActivationError) -> Response<HttpBody> {
         ActivationError::QueueFull(_) => ("queue_full", Some(RETRY_AFTER_SECONDS)),
         ActivationError::Timeout(_) => ("no_capacity", Some(RETRY_AFTER_SECONDS)),
         ActivationError::StartFailed(_) => ("start_failed", Some(RETRY_AFTER_SECONDS)),
+        ActivationError::QuotaExceeded(_) => ("quota_exceeded", Some(RETRY_AFTER_SECONDS)),
         ActivationError::Unavailable(_) => ("unavailable", None),
     };
     let mut response = error(StatusCode::SERVICE_UNAVAILABLE, code, &e.to_string());

@@ -1,9 +1,11 @@
 //! This machine as a node (a server, in the API documents' words): its capacity, what
 //! instances hold of it, and waiting for room.
 
+use crate::clock::Clock;
 use crate::model::{ContainerId, ContainerSpec, GpuModel, Quota, QuotaUse, ServerId, UserId};
 use crate::tenants::Tenants;
 use ember_sandbox::cdi::{CdiDeviceName, CdiRegistry};
+use ember_scheduler::fair_share::{FairQueue, Ticket};
 use ember_scheduler::placement::{self, Allocation, Gpu, Node, Request, Resources, Unplaced};
 use parking_lot::Mutex;
 use std::path::PathBuf;
@@ -19,6 +21,10 @@ pub(crate) type Reclaimer = Box<dyn Fn(ContainerId, &Request) -> bool + Send + S
 pub(crate) struct NodeCapacity {
     node: Mutex<Node<ServerId>>,
     released: Notify,
+    /// Starts waiting for room or quota, and whose turn it is to try.
+    waiting: Mutex<FairQueue<UserId>>,
+    /// Where the queue's time starts.
+    clock: Clock,
     reclaimer: OnceLock<Reclaimer>,
     /// What each tenant may hold and holds.
     tenants: Arc<Tenants>,
@@ -59,7 +65,46 @@ impl Drop for Placement {
         if let Some((user, taken)) = self.tenant {
             self.node.tenants.give_back(user, taken);
         }
+        self.node.release();
+    }
+}
+
+/// Takes a start out of the queue however its wait ends (placed, given up, or
+/// its task cancelled).
+struct QueuedStart<'a> {
+    node: &'a NodeCapacity,
+    ticket: Ticket,
+}
+
+impl Drop for QueuedStart<'_> {
+    fn drop(&mut self) {
+        self.node.waiting.lock().leave(self.ticket);
+        // The one whose turn it was may have been this one.
         self.node.released.notify_waiters();
+    }
+}
+
+/// Why a start waits.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Waiting {
+    /// The node has no room for it.
+    Room(String),
+    /// Its tenant's quota is used up.
+    TenantQuota(String),
+    /// Starts of tenants holding fewer instances go first.
+    Turn,
+}
+
+impl Waiting {
+    /// Why, in words, for the instance's state.
+    pub(crate) fn reason(&self) -> String {
+        match self {
+            Self::Room(why) => format!("waiting for room: {why}"),
+            Self::TenantQuota(why) => format!("waiting for {why}"),
+            Self::Turn => {
+                "waiting for its turn: starts of tenants holding fewer instances go first".into()
+            }
+        }
     }
 }
 
@@ -76,6 +121,8 @@ impl NodeCapacity {
         Arc::new(Self {
             node: Mutex::new(Node::new(id, name, capacity)),
             released: Notify::new(),
+            waiting: Mutex::new(FairQueue::new()),
+            clock: Clock::start(),
             reclaimer: OnceLock::new(),
             tenants,
         })
@@ -89,6 +136,13 @@ impl NodeCapacity {
     /// Sets `user`'s quota; starts waiting for it look again.
     pub(crate) fn set_quota(&self, user: UserId, quota: Quota) {
         self.tenants.set(user, quota);
+        self.release();
+    }
+
+    /// Room (or quota) was released: every waiting start gets a turn again, in
+    /// fair order.
+    fn release(&self) {
+        self.waiting.lock().released();
         self.released.notify_waiters();
     }
 
@@ -106,11 +160,13 @@ impl NodeCapacity {
         self: &Arc<Self>,
         tenant: Option<UserId>,
         request: &Request,
+        storage_bytes: u64,
     ) -> Result<Placement, Refused> {
         let share = QuotaUse {
             instances: 1,
             millicpus: request.millicpus,
             memory_bytes: request.memory_bytes,
+            ephemeral_storage_bytes: storage_bytes,
             ..QuotaUse::default()
         };
         if let Some(user) = tenant {
@@ -135,37 +191,68 @@ impl NodeCapacity {
     /// Room for `request` if there is some now, for tests that need a placement.
     #[cfg(test)]
     pub(crate) fn place_at_once(self: &Arc<Self>, request: &Request) -> Option<Placement> {
-        self.try_place(None, request).ok()
+        self.try_place(None, request, 0).ok()
     }
 
     /// Holds room for one instance of `requester`, owned by `tenant`, stopping idle
     /// instances of other containers when the node is full and otherwise waiting
     /// until room appears; past the tenant's quota it waits until the tenant frees
-    /// some (or an admin raises the quota). `waiting` is told why while it waits
-    /// (and `None` once placed); `give_up` ends the wait when the instance is no
-    /// longer wanted.
+    /// some (or an admin raises the quota). Waiting starts try in turn, in the fair
+    /// order of `ember_scheduler::fair_share` (the tenant holding the fewest
+    /// instances first), so one tenant's burst never starves another's cold start.
+    /// The tenant's quota counts the instance's `storage_bytes` of ephemeral
+    /// storage besides. `waiting` is told why while it waits (and `None` once
+    /// placed); `give_up` ends the wait when the instance is no longer wanted.
     pub(crate) async fn place(
         self: &Arc<Self>,
         requester: ContainerId,
         tenant: UserId,
         request: &Request,
-        waiting: impl Fn(Option<String>),
+        storage_bytes: u64,
+        waiting: impl Fn(Option<Waiting>),
         give_up: impl Fn() -> bool,
     ) -> Option<Placement> {
         let mut noted = false;
+        let queued = QueuedStart {
+            node: self,
+            ticket: self.waiting.lock().join(tenant, self.clock.now()),
+        };
         loop {
             // Registered before looking, so a release in between is not missed.
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            match self.try_place(Some(tenant), request) {
+            let held = self.tenants.instances_held();
+            if !self.waiting.lock().may_try(queued.ticket, &held) {
+                if give_up() {
+                    if noted {
+                        waiting(None);
+                    }
+                    return None;
+                }
+                if !noted {
+                    waiting(Some(Waiting::Turn));
+                    noted = true;
+                }
+                if tokio::time::timeout(RECHECK, released).await.is_err() {
+                    // Nothing released for a while: a fresh round, in case a
+                    // change went unnoticed.
+                    self.release();
+                }
+                continue;
+            }
+            match self.try_place(Some(tenant), request, storage_bytes) {
                 Ok(placement) => {
+                    self.waiting.lock().placed(queued.ticket, self.clock.now());
                     if noted {
                         waiting(None);
                     }
                     return Some(placement);
                 }
                 Err(refused) => {
+                    // Its turn passes to the next waiter, which tries now.
+                    self.waiting.lock().passed(queued.ticket);
+                    self.released.notify_waiters();
                     if give_up() {
                         if noted {
                             waiting(None);
@@ -174,22 +261,32 @@ impl NodeCapacity {
                     }
                     match refused {
                         Refused::Tenant(why) => {
-                            waiting(Some(format!("waiting for {why}")));
+                            waiting(Some(Waiting::TenantQuota(why)));
                             noted = true;
                         }
                         Refused::Node(unplaced) => {
                             let reclaimed =
                                 self.reclaimer.get().is_some_and(|r| r(requester, request));
                             if !reclaimed {
-                                waiting(Some(format!("waiting for room: {unplaced}")));
+                                waiting(Some(Waiting::Room(unplaced.to_string())));
                                 noted = true;
                             }
                         }
                     }
-                    let _ = tokio::time::timeout(RECHECK, released).await;
+                    if tokio::time::timeout(RECHECK, released).await.is_err() {
+                        self.release();
+                    }
                 }
             }
         }
+    }
+}
+
+/// The ephemeral storage one instance of `spec` may write (wasm writes none).
+pub(crate) fn instance_storage(spec: &ContainerSpec, kind: ember_sandbox::WorkloadKind) -> u64 {
+    match kind {
+        ember_sandbox::WorkloadKind::Oci => spec.ephemeral_storage.bytes(),
+        ember_sandbox::WorkloadKind::Wasm => 0,
     }
 }
 
@@ -295,6 +392,7 @@ mod tests {
                 ContainerId::generate(),
                 UserId::generate(),
                 &one_cpu(),
+                0,
                 |_| {},
                 || false,
             )
@@ -309,7 +407,8 @@ mod tests {
                     ContainerId::generate(),
                     UserId::generate(),
                     &one_cpu(),
-                    move |note| notes.lock().push(note),
+                    0,
+                    move |note| notes.lock().push(note.map(|n| n.reason())),
                     || false,
                 )
                 .await
@@ -340,6 +439,7 @@ mod tests {
                 ContainerId::generate(),
                 UserId::generate(),
                 &one_cpu(),
+                0,
                 |_| {},
                 || false,
             )
@@ -354,6 +454,7 @@ mod tests {
                 ContainerId::generate(),
                 UserId::generate(),
                 &one_cpu(),
+                0,
                 |_| {},
                 || false,
             ),
@@ -362,5 +463,49 @@ mod tests {
         .expect("the reclaimed room was used at once");
         assert!(placed.is_some());
         assert!(held.lock().is_none());
+    }
+
+    #[tokio::test]
+    async fn room_released_goes_to_the_tenant_holding_fewer_instances() {
+        let node = node(1000);
+        let (alice, bob) = (UserId::generate(), UserId::generate());
+        let place = |tenant: UserId| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                node.place(
+                    ContainerId::generate(),
+                    tenant,
+                    &one_cpu(),
+                    0,
+                    |_| {},
+                    || false,
+                )
+                .await
+                .unwrap()
+            })
+        };
+        let held = place(alice).await.unwrap();
+        // Alice's burst waits first, then Bob's one start.
+        let burst: Vec<_> = (0..3).map(|_| place(alice)).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let bobs = place(bob);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        let bobs = tokio::time::timeout(Duration::from_secs(5), bobs)
+            .await
+            .expect("the released room went to Bob")
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(burst.iter().all(|start| !start.is_finished()));
+        // Then Alice's, oldest first, as room comes back.
+        drop(bobs);
+        let mut placed = 0;
+        for start in burst {
+            if let Ok(Ok(next)) = tokio::time::timeout(Duration::from_millis(200), start).await {
+                placed += 1;
+                drop(next);
+            }
+        }
+        assert_eq!(placed, 3);
     }
 }

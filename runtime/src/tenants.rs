@@ -79,6 +79,15 @@ impl Tenants {
         self.in_use.lock().get(&user).copied().unwrap_or_default()
     }
 
+    /// The instances each tenant holds, for the fair order of waiting starts.
+    pub(crate) fn instances_held(&self) -> HashMap<UserId, u32> {
+        self.in_use
+            .lock()
+            .iter()
+            .map(|(user, used)| (*user, used.instances))
+            .collect()
+    }
+
     /// Takes `adding` for `user` if its quota allows; otherwise why not.
     pub(crate) fn take(&self, user: UserId, adding: QuotaUse) -> Result<(), String> {
         let quota = self.quota_of(user);
@@ -90,6 +99,7 @@ impl Tenants {
         used.instances += adding.instances;
         used.millicpus += adding.millicpus;
         used.memory_bytes += adding.memory_bytes;
+        used.ephemeral_storage_bytes += adding.ephemeral_storage_bytes;
         Ok(())
     }
 
@@ -100,6 +110,9 @@ impl Tenants {
             used.instances = used.instances.saturating_sub(taken.instances);
             used.millicpus = used.millicpus.saturating_sub(taken.millicpus);
             used.memory_bytes = used.memory_bytes.saturating_sub(taken.memory_bytes);
+            used.ephemeral_storage_bytes = used
+                .ephemeral_storage_bytes
+                .saturating_sub(taken.ephemeral_storage_bytes);
             if *used == QuotaUse::default() {
                 in_use.remove(&user);
             }

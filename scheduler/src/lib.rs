@@ -6,7 +6,9 @@
 #![deny(missing_docs)]
 
 pub mod autoscaler;
+pub mod fair_share;
 pub mod placement;
 
 pub use autoscaler::{Autoscaler, Observation, ScaleDecision, ScaleReason, ScalingPolicy};
+pub use fair_share::{FairQueue, Ticket};
 pub use placement::{Allocation, Misfit, Node, Request, Resources, Unplaced};

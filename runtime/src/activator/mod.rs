@@ -53,6 +53,8 @@ pub(crate) struct ServingRevision {
     pub(crate) prepared: Arc<dyn PreparedWorkload>,
     /// What each instance asks of its node.
     pub(crate) request: Request,
+    /// The disk each instance may write, counted against its tenant's quota.
+    pub(crate) ephemeral_storage_bytes: u64,
 }
 
 /// What a container's traffic goes to.
@@ -161,6 +163,7 @@ impl ContainerTraffic {
                     autoscaler: Autoscaler::new(),
                     desired: 0,
                     pinned_wanted: 0,
+                    held_by_quota: None,
                 }),
                 membership: Membership::new(awake, id, me.clone()),
             },

@@ -12,6 +12,8 @@ pub(super) struct Pool {
     pub(super) desired: u32,
     /// Instances the instances API asked for.
     pub(super) pinned_wanted: u32,
+    /// Why a start of this container waits for its tenant's quota, while one does.
+    pub(super) held_by_quota: Option<std::sync::Arc<str>>,
 }
 
 /// The pool behind its lock. Whoever leaves the pool not at rest puts the
@@ -104,6 +106,7 @@ mod tests {
             autoscaler: Autoscaler::new(),
             desired: 0,
             pinned_wanted: 0,
+            held_by_quota: None,
         }
     }
 

@@ -13,6 +13,8 @@ pub(crate) enum ActivationError {
     StartFailed(Arc<str>),
     #[error("the container's queue is full ({0} requests wait already)")]
     QueueFull(u32),
+    #[error("no instance can start: {0}")]
+    QuotaExceeded(Arc<str>),
 }
 
 /// A request waiting for a slot.
@@ -63,6 +65,11 @@ impl ContainerTraffic {
                 && let Some(lease) = self.lease_least_loaded(&pool, revision.number)
             {
                 return Ok(lease);
+            }
+            if let Some(why) = &pool.held_by_quota
+                && pool.lifecycle.ready().next().is_none()
+            {
+                return Err(ActivationError::QuotaExceeded(why.clone()));
             }
             pool.queue.retain(|w| !w.is_closed());
             let depth = pool.policy.queue_depth;

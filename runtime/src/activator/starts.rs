@@ -1,6 +1,7 @@
 //! Instance starts: room on the node, then the sandbox; and instances adopted from an earlier run.
 
 use super::*;
+use crate::node::Waiting;
 
 /// The outcome of one instance start, for those who wait on it.
 pub(crate) type StartOutcome = watch::Receiver<Option<Result<(), Arc<str>>>>;
@@ -134,17 +135,36 @@ impl ContainerTraffic {
                 self.id,
                 self.listing().owner,
                 &revision.request,
+                revision.ephemeral_storage_bytes,
                 |note| self.note_waiting(id, note),
                 || self.is_retired(revision),
             )
             .await
     }
 
-    pub(super) fn note_waiting(&self, id: InstanceId, note: Option<String>) {
-        if let Some(note) = &note {
-            tracing::info!(container = %self.id, instance = %id, note, "instance waits for room");
+    /// Records why instance `id` waits. A start its tenant's quota holds back,
+    /// with no instance ready to serve, fails the waiting requests at once (503
+    /// with Retry-After) instead of leaving them to time out; so do the requests
+    /// that come while it waits.
+    pub(super) fn note_waiting(&self, id: InstanceId, note: Option<Waiting>) {
+        let reason = note.as_ref().map(Waiting::reason);
+        if let Some(reason) = &reason {
+            tracing::info!(container = %self.id, instance = %id, note = reason.as_str(), "instance waits for room");
         }
-        self.pool.lock().lifecycle.note_waiting(id, note);
+        let mut pool = self.pool.lock();
+        pool.lifecycle.note_waiting(id, reason);
+        pool.held_by_quota = match note {
+            Some(Waiting::TenantQuota(why)) => Some(Arc::from(why)),
+            Some(Waiting::Turn) => pool.held_by_quota.take(),
+            _ => None,
+        };
+        if let Some(why) = pool.held_by_quota.clone()
+            && pool.lifecycle.ready().next().is_none()
+        {
+            for waiter in pool.queue.drain(..) {
+                let _ = waiter.send(Err(ActivationError::QuotaExceeded(why.clone())));
+            }
+        }
     }
 
     /// Why an instance has not started, while one waits for room on the node.

@@ -135,6 +135,7 @@ pub(crate) fn service_counting(
             memory_bytes: 1 << 20,
             ..Default::default()
         },
+        ephemeral_storage_bytes: 0,
     }));
     (service, starts, most_at_once)
 }
@@ -183,6 +184,7 @@ pub(crate) fn live_instance(identity: Identity, pinned: bool) -> LiveInstance {
             most_at_once: Arc::default(),
         }),
         request: Request::default(),
+        ephemeral_storage_bytes: 0,
     };
     LiveInstance::new(
         identity,

@@ -24,6 +24,10 @@ pub struct Quota {
     /// Requests to the management API per minute (its tokens together).
     #[serde(default)]
     pub requests_per_minute: Option<u32>,
+    /// Disk its starting and running OCI instances may write in all (each
+    /// instance counts its container's `ephemeralStorage`).
+    #[serde(default)]
+    pub ephemeral_storage: Option<Quantity>,
 }
 
 impl Quota {
@@ -56,6 +60,8 @@ pub struct QuotaUse {
     pub millicpus: u64,
     /// Bytes of memory they ask for.
     pub memory_bytes: u64,
+    /// Bytes of ephemeral storage they may write.
+    pub ephemeral_storage_bytes: u64,
 }
 
 /// Which limit a request would pass.
@@ -69,6 +75,8 @@ pub enum QuotaKind {
     Cpu,
     /// Memory.
     Ram,
+    /// Ephemeral storage.
+    EphemeralStorage,
 }
 
 impl QuotaKind {
@@ -79,6 +87,7 @@ impl QuotaKind {
             Self::Instances => "instances",
             Self::Cpu => "cpu",
             Self::Ram => "ram",
+            Self::EphemeralStorage => "ephemeralStorage",
         }
     }
 }
@@ -137,6 +146,19 @@ impl Quota {
                     "{} MiB of memory in use of a quota of {limit}, and this asks for {} MiB more",
                     used.memory_bytes >> 20,
                     adding.memory_bytes >> 20
+                ),
+            ));
+        }
+        if let Some(limit) = &self.ephemeral_storage
+            && adding.ephemeral_storage_bytes > 0
+            && used.ephemeral_storage_bytes + adding.ephemeral_storage_bytes > limit.bytes()
+        {
+            return Some((
+                QuotaKind::EphemeralStorage,
+                format!(
+                    "{} MiB of ephemeral storage in use of a quota of {limit}, and this asks for {} MiB more",
+                    used.ephemeral_storage_bytes >> 20,
+                    adding.ephemeral_storage_bytes >> 20
                 ),
             ));
         }
@@ -220,6 +242,7 @@ mod tests {
             instances: 1_000,
             millicpus: 1 << 40,
             memory_bytes: 1 << 60,
+            ephemeral_storage_bytes: 1 << 60,
         };
         assert_eq!(
             Quota::default().refuses(used, one_instance(1000, 1 << 30)),
@@ -230,13 +253,14 @@ mod tests {
     #[test]
     fn each_limit_refuses_what_would_pass_it_and_says_the_use() {
         let quota: Quota =
-            serde_json::from_str(r#"{"containers": 2, "instances": 3, "cpu": 2.5, "ram": "1Gi"}"#)
+            serde_json::from_str(r#"{"containers": 2, "instances": 3, "cpu": 2.5, "ram": "1Gi", "ephemeralStorage": "2Gi"}"#)
                 .unwrap();
         let used = QuotaUse {
             containers: 2,
             instances: 2,
             millicpus: 2000,
             memory_bytes: 512 << 20,
+            ephemeral_storage_bytes: 1 << 30,
         };
         let (kind, why) = quota
             .refuses(
@@ -259,6 +283,16 @@ mod tests {
         assert_eq!(
             quota.refuses(used, one_instance(100, 600 << 20)).unwrap().0,
             QuotaKind::Ram
+        );
+        let disk = QuotaUse {
+            ephemeral_storage_bytes: 1536 << 20,
+            ..one_instance(1, 1)
+        };
+        let (kind, why) = quota.refuses(used, disk).unwrap();
+        assert_eq!(kind, QuotaKind::EphemeralStorage);
+        assert_eq!(
+            why,
+            "1024 MiB of ephemeral storage in use of a quota of 2Gi, and this asks for 1536 MiB more"
         );
         let three = QuotaUse {
             instances: 3,

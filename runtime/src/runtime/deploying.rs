@@ -60,6 +60,7 @@ impl Runtime {
                             kind,
                             prepared,
                             request: node::instance_request(&revision.spec),
+                            ephemeral_storage_bytes: node::instance_storage(&revision.spec, kind),
                         }));
                         if container.latest_revision == number {
                             container.status = ContainerStatus::Deployed;

@@ -31,6 +31,7 @@ impl Runtime {
                         kind,
                         prepared: prepared.clone(),
                         request: node::instance_request(&revision.spec),
+                        ephemeral_storage_bytes: node::instance_storage(&revision.spec, kind),
                     }));
                     warm_ups.push((container.id, number, prepared));
                     // An update was deploying when the runtime stopped: carry on
