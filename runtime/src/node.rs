@@ -25,6 +25,8 @@ pub(crate) struct NodeCapacity {
     waiting: Mutex<FairQueue<UserId>>,
     /// Where the queue's time starts.
     clock: Clock,
+    /// When room (or quota) was last released.
+    last_release: Mutex<Duration>,
     reclaimer: OnceLock<Reclaimer>,
     /// What each tenant may hold and holds.
     tenants: Arc<Tenants>,
@@ -123,6 +125,7 @@ impl NodeCapacity {
             released: Notify::new(),
             waiting: Mutex::new(FairQueue::new()),
             clock: Clock::start(),
+            last_release: Mutex::new(Duration::ZERO),
             reclaimer: OnceLock::new(),
             tenants,
         })
@@ -142,8 +145,19 @@ impl NodeCapacity {
     /// Room (or quota) was released: every waiting start gets a turn again, in
     /// fair order.
     fn release(&self) {
+        *self.last_release.lock() = self.clock.now();
         self.waiting.lock().released();
         self.released.notify_waiters();
+    }
+
+    /// A fresh round when nothing was released for [`RECHECK`], in case a change
+    /// went unnoticed. Once per quiet spell, not once per waiter: each round lets
+    /// every waiter try.
+    fn release_if_quiet(&self) {
+        let quiet = self.clock.now().saturating_sub(*self.last_release.lock()) >= RECHECK;
+        if quiet {
+            self.release();
+        }
     }
 
     /// Sets what frees room when the node is full (once, at start).
@@ -235,9 +249,7 @@ impl NodeCapacity {
                     noted = true;
                 }
                 if tokio::time::timeout(RECHECK, released).await.is_err() {
-                    // Nothing released for a while: a fresh round, in case a
-                    // change went unnoticed.
-                    self.release();
+                    self.release_if_quiet();
                 }
                 continue;
             }
@@ -274,7 +286,7 @@ impl NodeCapacity {
                         }
                     }
                     if tokio::time::timeout(RECHECK, released).await.is_err() {
-                        self.release();
+                        self.release_if_quiet();
                     }
                 }
             }
