@@ -44,10 +44,18 @@ pub(crate) fn map_line(range: IdRange) -> String {
 /// Makes a user namespace mapped onto `range`: a child unshares one and waits, the
 /// parent writes its maps and opens it, then kills the child. The namespace lives
 /// on as long as the descriptor does.
+///
+/// The child first closes every descriptor it inherited but its pipe, and dies
+/// with its parent: a runtime killed while the child waits must leave nothing
+/// running, least of all a process holding the state store's lock (a forked
+/// child shares the parent's `flock`s, and the next runtime could not start).
 fn make(range: IdRange) -> io::Result<OwnedFd> {
     let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    // SAFETY: the child calls only async-signal-safe functions (unshare, write,
-    // pause, _exit) before it ends, so forking a threaded process is sound.
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the child calls only async-signal-safe system calls (close_range,
+    // prctl, getppid, unshare, write, pause, _exit) before it ends, so forking a
+    // threaded process is sound.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(io::Error::last_os_error());
@@ -55,6 +63,15 @@ fn make(range: IdRange) -> io::Result<OwnedFd> {
     if pid == 0 {
         // SAFETY: raw system calls on descriptors this process owns.
         unsafe {
+            let keep = ready_write.as_raw_fd() as libc::c_uint;
+            if keep > 0 {
+                libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32);
+            }
+            libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
             let unshared = libc::unshare(libc::CLONE_NEWUSER) == 0;
             let byte = [u8::from(unshared)];
             libc::write(ready_write.as_raw_fd(), byte.as_ptr().cast(), 1);
