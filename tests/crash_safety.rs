@@ -44,6 +44,11 @@ struct Acknowledged {
     maybe_created: BTreeSet<String>,
     /// Containers whose deletion was asked for but not answered.
     maybe_deleted: BTreeSet<String>,
+    /// Containers a worker is updating: one update of a container at a time, so
+    /// that the last acknowledged version is the one stored. (Two at once may be
+    /// answered in the other order than they were applied, and a later answer
+    /// would replace the set while the earlier-sent write lands after it.)
+    updating: BTreeSet<String>,
     /// Secrets of minted tokens.
     tokens: Vec<String>,
 }
@@ -147,12 +152,13 @@ async fn churn(
                     continue;
                 };
                 let version = 2 + random.below(1000) as u32;
-                model
-                    .lock()
-                    .await
-                    .containers
-                    .get_mut(&name)
-                    .map(|v| v.insert(version));
+                {
+                    let mut model = model.lock().await;
+                    if !model.updating.insert(name.clone()) {
+                        continue;
+                    }
+                    model.containers.get_mut(&name).map(|v| v.insert(version));
+                }
                 let Some(id) = id_of(&ember, &name).await else {
                     return;
                 };
@@ -164,8 +170,10 @@ async fn churn(
                 else {
                     return;
                 };
+                let mut model = model.lock().await;
+                model.updating.remove(&name);
                 if response.status() == StatusCode::OK
-                    && let Some(versions) = model.lock().await.containers.get_mut(&name)
+                    && let Some(versions) = model.containers.get_mut(&name)
                 {
                     *versions = BTreeSet::from([version]);
                 }
@@ -326,6 +334,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_leaks_nothing(
                 .collect();
             model.maybe_created.clear();
             model.maybe_deleted.clear();
+            model.updating.clear();
         }
         let image = match &wasm {
             Some(image) => image,
