@@ -18,6 +18,12 @@ pub(super) fn kill_cgroup(cgroups_path: &str) {
         .map(|root| root.join(relative))
         .filter(|dir| dir.is_dir())
         .collect();
+    // A runtime killed while libcontainer killed a container (it freezes the
+    // cgroup, signals, then thaws) leaves the cgroup frozen, and a frozen process
+    // does not die of SIGKILL until it is thawed.
+    for dir in &dirs {
+        thaw(dir);
+    }
     let deadline = Instant::now() + DEATH_WAIT;
     for dir in &dirs {
         loop {
@@ -39,6 +45,18 @@ pub(super) fn kill_cgroup(cgroups_path: &str) {
         if let Err(e) = std::fs::remove_dir(dir) {
             tracing::warn!(cgroup = %dir.display(), error = %e, "removing an orphaned container's cgroup failed");
         }
+    }
+}
+
+/// Thaws the cgroup directory `dir` if it is frozen: the v1 freezer's
+/// `freezer.state`, or v2's `cgroup.freeze`.
+fn thaw(dir: &std::path::Path) {
+    let (v1, v2) = (dir.join("freezer.state"), dir.join("cgroup.freeze"));
+    if v1.exists() {
+        let _ = std::fs::write(v1, "THAWED");
+    }
+    if v2.exists() {
+        let _ = std::fs::write(v2, "0");
     }
 }
 
