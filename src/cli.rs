@@ -87,10 +87,6 @@ pub struct ServeArgs {
     /// Seconds a request may run before it is cut with a 5xx.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout: u64,
-    /// Seconds the ingress waits for a request's whole head before it closes the
-    /// connection (slowloris clients).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    pub header_read_timeout: u64,
     /// Bridge OCI instances attach to (created if missing).
     #[arg(long, default_value = "ember0")]
     pub bridge: String,

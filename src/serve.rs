@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    raise_file_limit();
     let api_listener = TcpListener::bind(args.api_addr)
         .await
         .with_context(|| format!("binding the API to {}", args.api_addr))?;
@@ -28,7 +27,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.ssh_credential_lifetime = args.ssh_credential_lifetime;
     config.default_idle_timeout = Duration::from_secs(args.idle_timeout);
     config.request_timeout = Duration::from_secs(args.request_timeout);
-    config.header_read_timeout = Duration::from_secs(args.header_read_timeout);
     config.bridge = args.bridge.clone();
     config.subnet = args.subnet;
     config.stop_grace = Duration::from_secs(args.stop_grace);
@@ -126,20 +124,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-/// Raises the soft limit on open files to the hard one: connections, instances'
-/// streams and the store all take descriptors, and distributions start services
-/// with a soft limit far below what the kernel allows them.
-fn raise_file_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) => {
-            let raised = setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok();
-            let now = if raised { hard } else { soft };
-            tracing::info!(soft_before = soft, soft = now, hard, "open files limit");
-        }
-        Err(e) => tracing::warn!(error = %e, "reading the open files limit failed"),
     }
 }

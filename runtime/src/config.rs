@@ -20,10 +20,6 @@ pub struct RuntimeConfig {
     pub default_idle_timeout: Duration,
     /// Longest a request may take (waiting for an instance included).
     pub request_timeout: Duration,
-    /// Longest the ingress waits for a request's whole head (request line and
-    /// headers) before it closes the connection: a slowloris client holds
-    /// nothing longer.
-    pub header_read_timeout: Duration,
     /// How often the autoscaler looks at every container.
     pub reconcile_interval: Duration,
     /// Wasm instances (one per request in flight) that may exist at once.
@@ -79,7 +75,6 @@ impl RuntimeConfig {
             ingress_port: 8000,
             default_idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
-            header_read_timeout: Duration::from_secs(10),
             reconcile_interval: Duration::from_millis(250),
             max_wasm_instances: 1000,
             admin_token: None,

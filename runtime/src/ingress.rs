@@ -9,7 +9,7 @@ use http::{Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -88,12 +88,7 @@ async fn serve_connections(
     runtime: Runtime,
     mut handed_over: mpsc::UnboundedReceiver<std::net::TcpStream>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A client that never finishes its request head is cut, not kept.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(runtime.config().header_read_timeout);
+    let builder = auto::Builder::new(TokioExecutor::new());
     while let Some(stream) = handed_over.recv().await {
         let stream = match TcpStream::from_std(stream) {
             Ok(stream) => stream,
