@@ -859,6 +859,19 @@ async fn a_killed_runtime_s_instance_is_adopted_and_a_stopped_runtime_leaves_not
     // The next runtime takes the instance over: the same sandbox serves.
     let ember = start(data.path(), &network, &[]);
     ember.wait_deployed(&id).await;
+    // Adoption runs beside the restore: the instance is listed once it is taken over.
+    ember
+        .wait_for(
+            &format!("/v1/containers/{id}/instances"),
+            std::time::Duration::from_secs(30),
+            |list| {
+                list["data"]
+                    .as_array()
+                    .filter(|l| !l.is_empty())
+                    .map(|_| ())
+            },
+        )
+        .await;
     assert_eq!(only_sandbox(&ember, &id).await, sandbox);
     assert_eq!(
         get(&ember, "web", "/").await,
