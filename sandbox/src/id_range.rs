@@ -52,12 +52,18 @@ impl From<IdRange> for u32 {
     }
 }
 
-/// The id inside a user namespace that host id `host` is, by the namespace's map
-/// (`uid_map` or `gid_map` as the host reads it: `inside outside count` lines).
-pub(crate) fn id_inside(map: &str, host: u32) -> Option<u32> {
-    map.lines().find_map(|line| {
+/// The mappings of a user namespace's map (`uid_map` or `gid_map` as the host
+/// reads it: `inside outside count` lines), as `(inside, outside, count)`.
+pub(crate) fn mappings(map: &str) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
+    map.lines().filter_map(|line| {
         let mut fields = line.split_whitespace().map(|f| f.parse::<u32>().ok());
-        let (inside, outside, count) = (fields.next()??, fields.next()??, fields.next()??);
+        Some((fields.next()??, fields.next()??, fields.next()??))
+    })
+}
+
+/// The id inside a user namespace that host id `host` is, by the namespace's map.
+pub(crate) fn id_inside(map: &str, host: u32) -> Option<u32> {
+    mappings(map).find_map(|(inside, outside, count)| {
         (host >= outside && host - outside < count).then(|| inside + (host - outside))
     })
 }

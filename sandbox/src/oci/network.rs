@@ -439,16 +439,10 @@ fn allow_unprivileged_ping(pid: i32) -> Result<(), NetworkError> {
 /// own `0 65535` back), or every group the sysctl can name without one.
 fn ping_groups(gid_map: &str) -> String {
     const HIGHEST: u64 = (1 << 31) - 1;
-    let first: Vec<u64> = gid_map
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    match first[..] {
-        [_, outside, count] if count > 0 && outside <= HIGHEST => {
-            format!("{outside} {}", (outside + count - 1).min(HIGHEST))
+    match crate::id_range::mappings(gid_map).next() {
+        Some((_, outside, count)) if count > 0 && u64::from(outside) <= HIGHEST => {
+            let last = u64::from(outside) + u64::from(count) - 1;
+            format!("{outside} {}", last.min(HIGHEST))
         }
         _ => format!("0 {HIGHEST}"),
     }
