@@ -159,11 +159,20 @@ async fn forward(runtime: &Runtime, host: &str, req: Request<Incoming>) -> Respo
             }
             .boxed_unsync()
         }),
-        Err(SandboxError::Timeout(limit)) => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            &format!("the request ran longer than {limit:?} and was stopped"),
-        ),
+        Err(SandboxError::Timeout(limit)) => {
+            // Which instance kept the request, for whoever reads the log after a 504.
+            tracing::warn!(
+                container = %service.id,
+                sandbox = lease.instance().sandbox_id().unwrap_or("wasm"),
+                address = ?lease.instance().address(),
+                "an instance did not answer within the request timeout"
+            );
+            error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                &format!("the request ran longer than {limit:?} and was stopped"),
+            )
+        }
         Err(e) => error(StatusCode::BAD_GATEWAY, "workload_error", &e.to_string()),
     }
 }
