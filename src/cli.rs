@@ -87,6 +87,26 @@ pub struct ServeArgs {
     /// Seconds a request may run before it is cut with a 5xx.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout: u64,
+    /// Seconds a client of the ingress or the API has to send a whole request head
+    /// (from connecting, or from the first byte of a next request) before its
+    /// connection is closed: slowloris clients hold nothing longer.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout: u64,
+    /// Seconds a kept-alive connection may wait for its next request.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_connection_timeout: u64,
+    /// Connections one client address may hold open, on the ingress and on the API
+    /// each; past it a new one is closed at once.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_source: u32,
+    /// Connections the ingress holds open in all [default: half the open files
+    /// limit, which `ember serve` raises to its hard limit at start].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// Connections the management API holds open in all, apart from the ingress's
+    /// [default: 1024, or a tenth of the open files limit if less].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_max_connections: Option<u32>,
     /// Bridge OCI instances attach to (created if missing).
     #[arg(long, default_value = "ember0")]
     pub bridge: String,

@@ -2,11 +2,13 @@
 
 use crate::cli::ServeArgs;
 use anyhow::Context;
+use ember_runtime::connections::ConnectionPolicy;
 use ember_runtime::{Runtime, RuntimeConfig};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let open_files = raise_file_limit();
     let api_listener = TcpListener::bind(args.api_addr)
         .await
         .with_context(|| format!("binding the API to {}", args.api_addr))?;
@@ -27,6 +29,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.ssh_credential_lifetime = args.ssh_credential_lifetime;
     config.default_idle_timeout = Duration::from_secs(args.idle_timeout);
     config.request_timeout = Duration::from_secs(args.request_timeout);
+    config.ingress_connections = connection_policy(
+        &args,
+        args.max_connections
+            .unwrap_or_else(|| clamp_u32(open_files / 2)),
+    );
+    config.api_connections = connection_policy(
+        &args,
+        args.api_max_connections
+            .unwrap_or_else(|| clamp_u32((open_files / 10).min(1024))),
+    );
     config.bridge = args.bridge.clone();
     config.subnet = args.subnet;
     config.stop_grace = Duration::from_secs(args.stop_grace);
@@ -97,9 +109,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ingress_listener,
     ));
     let ssh = tokio::spawn(ember_runtime::serve_ssh(runtime.clone(), ssh_listener));
-    let api = axum::serve(api_listener, ember_api::router(runtime.clone()));
+    let api = ember_api::serve(runtime.clone(), api_listener);
     let outcome = tokio::select! {
-        result = api => result.context("the API server failed"),
+        () = api => Err(anyhow::anyhow!("the API server stopped")),
         served = ingress => match served {
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("the ingress failed")),
             _ => Err(anyhow::anyhow!("the ingress stopped")),
@@ -124,5 +136,44 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// The connection limits and timeouts the flags set, for a listener that may hold
+/// `max_total` connections. A stalled request body is cut after the request
+/// timeout, which would cut its request anyway.
+fn connection_policy(args: &ServeArgs, max_total: u32) -> ConnectionPolicy {
+    ConnectionPolicy {
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+        idle_timeout: Duration::from_secs(args.idle_connection_timeout),
+        body_stall_timeout: Duration::from_secs(args.request_timeout),
+        max_per_source: args.max_connections_per_source,
+        max_total: max_total.max(1),
+    }
+}
+
+fn clamp_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Raises the soft limit on open files to the hard one, and returns the limit in
+/// force: client connections, instances' streams and the store all take
+/// descriptors, and distributions start services with a soft limit far below what
+/// the kernel allows them. The ingress may use half of it (see
+/// `--max-connections`), so the API, the store, SSH and cold starts always find
+/// descriptors.
+fn raise_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            let raised = soft == hard || setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok();
+            let now = if raised { hard } else { soft };
+            tracing::info!(soft_before = soft, soft = now, hard, "open files limit");
+            now
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the open files limit failed");
+            1024
+        }
     }
 }

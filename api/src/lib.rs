@@ -169,3 +169,30 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()))
 }
+
+/// Serves the API on `listener` until the future is dropped, each connection
+/// under the API's own limits and timeouts (`Runtime::api_gate`), apart from the
+/// ingress's so that a flood of the ingress never starves it.
+pub async fn serve(runtime: Runtime, listener: tokio::net::TcpListener) {
+    let gate = runtime.api_gate().clone();
+    let service = hyper_util::service::TowerToHyperService::new(router(runtime));
+    let builder = std::sync::Arc::new(ember_runtime::connections::http_builder());
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "API accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(admitted) = gate.admit(peer.ip()) else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (service, builder) = (service.clone(), builder.clone());
+        tokio::spawn(async move {
+            ember_runtime::connections::serve_connection(&builder, admitted, stream, service).await;
+        });
+    }
+}

@@ -1,5 +1,6 @@
 //! Runtime settings.
 
+use crate::connections::ConnectionPolicy;
 use crate::model::Quota;
 use ember_sandbox::capabilities::CapabilityName;
 use ember_sandbox::cdi::DEFAULT_SPEC_DIRS;
@@ -60,6 +61,11 @@ pub struct RuntimeConfig {
     /// The quota of a user an admin set none on (not the bootstrap admin's); no
     /// limit by default.
     pub default_quota: Quota,
+    /// Limits and timeouts of the ingress's client connections.
+    pub ingress_connections: ConnectionPolicy,
+    /// Limits and timeouts of the management API's client connections: its own,
+    /// so that the ingress never starves it.
+    pub api_connections: ConnectionPolicy,
 }
 
 impl RuntimeConfig {
@@ -94,6 +100,8 @@ impl RuntimeConfig {
             allowed_capabilities: Vec::new(),
             allow_host_ids: false,
             default_quota: Quota::default(),
+            ingress_connections: ConnectionPolicy::with_total(10_000),
+            api_connections: ConnectionPolicy::with_total(1024),
         }
     }
 }

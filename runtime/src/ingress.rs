@@ -2,6 +2,7 @@
 //! activator, and streams bodies both ways.
 
 use crate::activator::{ActivationError, Lease};
+use crate::connections::{self, Admitted, WatchedBody};
 use crate::runtime::Runtime;
 use bytes::Bytes;
 use ember_sandbox::{HttpBody, SandboxError};
@@ -9,8 +10,6 @@ use http::{Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -36,10 +35,11 @@ pub async fn serve_ingress(runtime: Runtime, listener: TcpListener) -> std::io::
     runtime
         .ingress_routing()
         .store(true, std::sync::atomic::Ordering::Release);
+    let gate = runtime.ingress_gate().clone();
     let mut next = 0;
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off rather than spin.
                 tracing::warn!(error = %e, "ingress accept failed");
@@ -47,14 +47,19 @@ pub async fn serve_ingress(runtime: Runtime, listener: TcpListener) -> std::io::
                 continue;
             }
         };
-        threads[next].hand_over(stream);
+        // Past the limits the connection closes at once (counted by the gate),
+        // rather than wait in the backlog holding the client and a descriptor.
+        let Ok(admitted) = gate.admit(peer.ip()) else {
+            continue;
+        };
+        threads[next].hand_over(stream, admitted);
         next = (next + 1) % threads.len();
     }
 }
 
 /// A thread that serves the connections handed to it.
 struct IngressThread {
-    connections: mpsc::UnboundedSender<std::net::TcpStream>,
+    connections: mpsc::UnboundedSender<(std::net::TcpStream, Admitted)>,
 }
 
 impl IngressThread {
@@ -70,11 +75,11 @@ impl IngressThread {
     }
 
     /// Moves `stream` from the accepting executor to this thread's.
-    fn hand_over(&self, stream: TcpStream) {
+    fn hand_over(&self, stream: TcpStream, admitted: Admitted) {
         let _ = stream.set_nodelay(true);
         match stream.into_std() {
             Ok(stream) => {
-                if self.connections.send(stream).is_err() {
+                if self.connections.send((stream, admitted)).is_err() {
                     tracing::warn!("an ingress thread has ended; connection dropped");
                 }
             }
@@ -86,10 +91,10 @@ impl IngressThread {
 /// Serves each connection handed over, on the calling thread, until the ingress stops.
 async fn serve_connections(
     runtime: Runtime,
-    mut handed_over: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    mut handed_over: mpsc::UnboundedReceiver<(std::net::TcpStream, Admitted)>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    while let Some(stream) = handed_over.recv().await {
+    let builder = connections::http_builder();
+    while let Some((stream, admitted)) = handed_over.recv().await {
         let stream = match TcpStream::from_std(stream) {
             Ok(stream) => stream,
             Err(e) => {
@@ -104,14 +109,15 @@ async fn serve_connections(
                 let runtime = runtime.clone();
                 async move { Ok::<_, Infallible>(route(&runtime, req).await) }
             });
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            connections::serve_connection(&builder, admitted, stream, service).await;
         });
     }
 }
 
-async fn route(runtime: &Runtime, req: Request<Incoming>) -> Response<HttpBody> {
+/// A request as the ingress receives it.
+type IncomingRequest = Request<WatchedBody<Incoming>>;
+
+async fn route(runtime: &Runtime, req: IncomingRequest) -> Response<HttpBody> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -133,7 +139,7 @@ async fn route(runtime: &Runtime, req: Request<Incoming>) -> Response<HttpBody> 
     response
 }
 
-async fn forward(runtime: &Runtime, host: &str, req: Request<Incoming>) -> Response<HttpBody> {
+async fn forward(runtime: &Runtime, host: &str, req: IncomingRequest) -> Response<HttpBody> {
     if req.uri().path() == HEALTH_PATH {
         return text(StatusCode::OK, "ok\n");
     }

@@ -11,6 +11,7 @@ mod awake;
 mod background;
 mod clock;
 mod config;
+pub mod connections;
 mod containers;
 mod deploy;
 mod error;

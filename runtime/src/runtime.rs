@@ -6,6 +6,7 @@ use crate::awake::AwakeSet;
 use crate::background::Background;
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
+use crate::connections::ConnectionGate;
 use crate::containers::Containers;
 use crate::deploy::{Deployer, PreparedLater};
 use crate::error::RuntimeError;
@@ -75,6 +76,9 @@ struct Inner {
     ingress_routing: std::sync::atomic::AtomicBool,
     /// The record of the OCI instances running, for a later runtime to adopt.
     journal: Arc<dyn InstanceJournal>,
+    /// The client connections of the ingress and of the API.
+    ingress_gate: Arc<ConnectionGate>,
+    api_gate: Arc<ConnectionGate>,
 }
 
 /// Deployments that pull and prepare at once. Pulls of one image are shared and
@@ -158,8 +162,12 @@ impl Runtime {
             node::detect_capacity(config.node_cpus, config.node_memory_bytes, &cdi),
             Arc::new(tenants),
         );
+        let ingress_gate = ConnectionGate::new("ingress", config.ingress_connections.clone());
+        let api_gate = ConnectionGate::new("api", config.api_connections.clone());
         let runtime = Self {
             inner: Arc::new(Inner {
+                ingress_gate,
+                api_gate,
                 server_id,
                 node,
                 background: Background::current(),
@@ -292,6 +300,10 @@ impl Runtime {
             crate::metrics::render_per_container(&mut text, &per_container);
         }
         Metrics::render_store_writes(&mut text, self.inner.store.write_counts());
+        crate::connections::render_metrics(
+            &mut text,
+            &[&self.inner.ingress_gate, &self.inner.api_gate],
+        );
         text
     }
 
@@ -328,6 +340,16 @@ impl Runtime {
     /// The runtime's settings.
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.config
+    }
+
+    /// The gate of the ingress's client connections.
+    pub fn ingress_gate(&self) -> &Arc<ConnectionGate> {
+        &self.inner.ingress_gate
+    }
+
+    /// The gate of the management API's client connections.
+    pub fn api_gate(&self) -> &Arc<ConnectionGate> {
+        &self.inner.api_gate
     }
 
     /// Lets a full node make room by stopping idle instances of other containers,
