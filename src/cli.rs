@@ -107,6 +107,14 @@ pub struct ServeArgs {
     /// [default: 1024, or a tenth of the open files limit if less].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub api_max_connections: Option<u32>,
+    /// Where image pulls may connect, every connection checked on the address it
+    /// resolves to (redirects and token endpoints included): a comma-separated
+    /// list of `public` (any public address), `loopback`, host names (`*.domain`
+    /// for a domain's), addresses and CIDR networks, each name or address with an
+    /// optional `:port` [default: `public`, plus `loopback` when the API listens on
+    /// loopback only].
+    #[arg(long)]
+    pub allowed_registries: Option<ember_sandbox::image::AllowedRegistries>,
     /// Bridge OCI instances attach to (created if missing).
     #[arg(long, default_value = "ember0")]
     pub bridge: String,

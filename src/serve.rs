@@ -29,6 +29,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.ssh_credential_lifetime = args.ssh_credential_lifetime;
     config.default_idle_timeout = Duration::from_secs(args.idle_timeout);
     config.request_timeout = Duration::from_secs(args.request_timeout);
+    config.allowed_registries = args.allowed_registries.clone().unwrap_or_else(|| {
+        ember_sandbox::image::AllowedRegistries::default_for(api_addr.ip().is_loopback())
+    });
     config.ingress_connections = connection_policy(
         &args,
         args.max_connections

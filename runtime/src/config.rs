@@ -4,6 +4,7 @@ use crate::connections::ConnectionPolicy;
 use crate::model::Quota;
 use ember_sandbox::capabilities::CapabilityName;
 use ember_sandbox::cdi::DEFAULT_SPEC_DIRS;
+use ember_sandbox::image::AllowedRegistries;
 use ember_sandbox::oci::Subnet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,6 +62,8 @@ pub struct RuntimeConfig {
     /// The quota of a user an admin set none on (not the bootstrap admin's); no
     /// limit by default.
     pub default_quota: Quota,
+    /// Where image pulls may connect (`--allowed-registries`).
+    pub allowed_registries: AllowedRegistries,
     /// Limits and timeouts of the ingress's client connections.
     pub ingress_connections: ConnectionPolicy,
     /// Limits and timeouts of the management API's client connections: its own,
@@ -100,6 +103,7 @@ impl RuntimeConfig {
             allowed_capabilities: Vec::new(),
             allow_host_ids: false,
             default_quota: Quota::default(),
+            allowed_registries: AllowedRegistries::default_for(true),
             ingress_connections: ConnectionPolicy::with_total(10_000),
             api_connections: ConnectionPolicy::with_total(1024),
         }

@@ -144,7 +144,11 @@ impl Runtime {
         });
         let logs = LogStore::new(config.log_retention_bytes);
         let deployer = Arc::new(Deployer {
-            puller: RegistryPuller::new(blobs.clone(), Credentials::from_env()),
+            puller: RegistryPuller::new(
+                blobs.clone(),
+                Credentials::from_env(),
+                config.allowed_registries.clone(),
+            ),
             blobs,
             wasm: Arc::new(wasm),
             oci,

@@ -119,7 +119,15 @@ impl Runtime {
                     ),
                 ))
             }
-            Ok(_) => Ok(()),
+            // A registry at an address the operator does not allow pulls from.
+            Ok(ImageRef::Registry(reference)) => self
+                .inner
+                .deployer
+                .puller
+                .rules()
+                .check_registry(&reference.registry)
+                .map_err(|refused| RuntimeError::invalid("image", refused.to_string())),
+            Ok(ImageRef::Local(_)) => Ok(()),
         }
     }
 

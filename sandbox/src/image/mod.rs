@@ -1,11 +1,14 @@
 //! Images: references, and pulling artifacts from OCI registries into the content store.
 
 mod credentials;
+mod destinations;
+mod egress;
 mod pull;
 mod reference;
 mod shared;
 
 pub use credentials::Credentials;
+pub use destinations::{AllowedRegistries, InvalidRule, Refused};
 pub use pull::{
     PullError, PullProgress, PulledImage, RegistryPuller, WASM_CONFIG_MEDIA_TYPE,
     WASM_LAYER_MEDIA_TYPE,

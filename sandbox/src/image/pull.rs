@@ -1,6 +1,8 @@
 //! Pulls images from OCI registries with oci-client, verifying every digest.
 
 use super::credentials::Credentials;
+use super::destinations::AllowedRegistries;
+use super::egress::{Egress, EgressFailure};
 use super::reference::RegistryRef;
 use super::shared::Shared;
 use crate::WorkloadKind;
@@ -29,8 +31,18 @@ pub enum PullError {
     Registry {
         /// The image.
         reference: String,
-        /// The registry client's explanation.
+        /// What failed (not found, unauthorized, unreachable...), in Ember's
+        /// words: never the registry's own text, which a tenant could aim at any
+        /// service the node reaches.
         message: String,
+    },
+    /// `--allowed-registries` refused a connection the pull needed.
+    #[error("pulling {reference}: refused: {refused}")]
+    Refused {
+        /// The image.
+        reference: String,
+        /// The rule that refused, and the destination.
+        refused: super::destinations::Refused,
     },
     /// The manifest describes something Ember does not run.
     #[error("image {reference} is not runnable: {reason}")]
@@ -89,19 +101,32 @@ pub struct RegistryPuller {
     /// Pulls shared by the callers asking for one image at about the same time.
     shared: Arc<Shared<String, Result<PulledImage, Arc<PullError>>>>,
     /// One registry client per registry, kept: a client loads the system's root
-    /// certificates when made, and keeps its connections and tokens.
-    clients: Arc<parking_lot::Mutex<std::collections::HashMap<String, Client>>>,
+    /// certificates when made, and keeps its connections and tokens. Each has a
+    /// name of its own, which it gives the egress proxy.
+    clients: Arc<parking_lot::Mutex<std::collections::HashMap<String, (String, Client)>>>,
+    /// Where pulls may connect.
+    rules: AllowedRegistries,
+    /// The proxy every connection of a pull goes through.
+    egress: Arc<Egress>,
 }
 
 impl RegistryPuller {
-    /// A puller that stores what it pulls in `blobs`, authenticating with `credentials`.
-    pub fn new(blobs: BlobStore, credentials: Credentials) -> Self {
+    /// A puller that stores what it pulls in `blobs`, authenticating with
+    /// `credentials`, connecting only where `rules` allow.
+    pub fn new(blobs: BlobStore, credentials: Credentials, rules: AllowedRegistries) -> Self {
         Self {
             blobs,
             credentials,
             shared: Arc::default(),
             clients: Arc::default(),
+            egress: Egress::new(rules.clone()),
+            rules,
         }
+    }
+
+    /// Where pulls may connect.
+    pub fn rules(&self) -> &AllowedRegistries {
+        &self.rules
     }
 
     /// Resolves `image` and brings its runnable content into the store.
@@ -135,16 +160,45 @@ impl RegistryPuller {
         progress: &(dyn Fn(PullProgress) + Send + Sync),
     ) -> Result<PulledImage, PullError> {
         let display = image.to_string();
-        let registry_error = |e: oci_client::errors::OciDistributionError| PullError::Registry {
-            reference: display.clone(),
-            message: e.to_string(),
+        if let Err(refused) = self.rules.check_registry(&image.registry) {
+            return Err(PullError::Refused {
+                reference: display,
+                refused,
+            });
+        }
+        let egress = &self.egress;
+        let (client_name, client) = {
+            let mut clients = self.clients.lock();
+            let next = clients.len();
+            match clients.entry(image.registry.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let name = format!("c{next}");
+                    let proxy = egress.open(&name).map_err(|e| PullError::Registry {
+                        reference: display.clone(),
+                        message: format!("opening the pull's egress proxy failed: {e}"),
+                    })?;
+                    e.insert((name, client_for(image, &proxy))).clone()
+                }
+            }
         };
-        let client = self
-            .clients
-            .lock()
-            .entry(image.registry.clone())
-            .or_insert_with(|| client_for(image))
-            .clone();
+        // A refusal or failure the proxy saw explains the client's error best.
+        let registry_error =
+            |e: oci_client::errors::OciDistributionError| match egress.take_failure(&client_name) {
+                Some(EgressFailure::Refused(refused)) => PullError::Refused {
+                    reference: display.clone(),
+                    refused,
+                },
+                Some(EgressFailure::Unreachable(why)) => PullError::Registry {
+                    reference: display.clone(),
+                    message: format!("unreachable: {why}"),
+                },
+                None => PullError::Registry {
+                    reference: display.clone(),
+                    message: describe(&e),
+                },
+            };
+        egress.take_failure(&client_name);
         let reference = oci_reference(image);
         let auth = self.credentials.for_registry(&image.registry);
         // An image index resolves to its linux/amd64 manifest here.
@@ -221,7 +275,7 @@ impl RegistryPuller {
     }
 }
 
-fn client_for(image: &RegistryRef) -> Client {
+fn client_for(image: &RegistryRef, proxy: &str) -> Client {
     let protocol = if image.is_loopback_registry() {
         ClientProtocol::HttpsExcept(vec![image.registry.clone()])
     } else {
@@ -230,8 +284,42 @@ fn client_for(image: &RegistryRef) -> Client {
     Client::new(ClientConfig {
         protocol,
         platform_resolver: Some(Box::new(linux_amd64_resolver)),
+        http_proxy: Some(proxy.to_string()),
+        https_proxy: Some(proxy.to_string()),
         ..Default::default()
     })
+}
+
+/// What a registry client's error means, in words that carry nothing the remote
+/// end wrote: a tenant may aim a pull at any service, and its answer must not
+/// come back to them in a status reason.
+fn describe(e: &oci_client::errors::OciDistributionError) -> String {
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode as Code};
+    let by_status = |code: u16| match code {
+        401 | 403 => "unauthorized: the registry refused access to the image".to_string(),
+        404 => "not found: the registry has no such image".to_string(),
+        429 => "rate limited by the registry".to_string(),
+        code => format!("the registry answered HTTP {code}"),
+    };
+    match e {
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => by_status(401),
+        E::ImageManifestNotFoundError(_) => by_status(404),
+        E::ServerError { code, .. } => by_status(*code),
+        E::RegistryError { envelope, .. } => match envelope.errors.first().map(|e| &e.code) {
+            Some(
+                Code::ManifestUnknown | Code::NameUnknown | Code::NotFound | Code::BlobUnknown,
+            ) => by_status(404),
+            Some(Code::Unauthorized | Code::Denied) => by_status(401),
+            Some(Code::Toomanyrequests) => by_status(429),
+            _ => "the registry answered with an error".to_string(),
+        },
+        E::RequestError(e) if e.is_timeout() => "unreachable: the registry timed out".into(),
+        E::RequestError(_) | E::IoError(_) => {
+            "unreachable: the connection to the registry failed".into()
+        }
+        E::DigestError(_) => "a blob did not match its digest".into(),
+        _ => "the registry sent something that is not a valid image".into(),
+    }
 }
 
 fn oci_reference(image: &RegistryRef) -> Reference {
