@@ -998,3 +998,37 @@ async fn without_root_oci_deployments_are_refused_and_wasm_still_serves() {
         (StatusCode::OK, "still here\n".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_that_replaces_the_binary_leaves_cold_starts_working() {
+    require_root();
+    let registry = Registry::start().unwrap();
+    push_busybox_http_image(registry.addr, "apps/httpd", "v1")
+        .await
+        .unwrap();
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    // Run from a copy of the binary (start_as makes one), as an installed runtime.
+    let flags = network.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let ember = Ember::start_as(Some(0), data.path(), &flags);
+    // A package upgrade puts another file at the binary's path.
+    let installed = data.path().join("ember-bin");
+    let replacement = data.path().join("ember-bin.new");
+    std::fs::write(&replacement, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::rename(&replacement, &installed).unwrap();
+    // Instances still start: helpers run the runtime's own executable.
+    deploy(
+        &ember,
+        json!({
+            "name": "web",
+            "image": format!("{}/apps/httpd:v1", registry.addr),
+            "preparedSandboxes": 0,
+        }),
+    )
+    .await;
+    assert_eq!(
+        get(&ember, "web", "/").await,
+        (StatusCode::OK, "hello from busybox httpd\n".into())
+    );
+}

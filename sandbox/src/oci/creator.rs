@@ -139,8 +139,7 @@ pub(crate) fn create(
     stdio: Stdio3,
     limit: Duration,
 ) -> Result<(), String> {
-    let exe =
-        std::env::current_exe().map_err(|e| format!("finding the runtime's executable: {e}"))?;
+    let exe = super::RUNNING_EXECUTABLE;
     // Read only once the creator has exited: the init holds the write end until it
     // executes the workload, so waiting for end-of-file could wait for ever.
     let (message_read, message_write) =

@@ -15,8 +15,7 @@ pub(crate) fn enter(pid: Pid, request: &EnterRequest) -> Result<EnteredProcess, 
     };
     let environ = std::fs::read(format!("/proc/{pid}/environ"))
         .map_err(|e| fail("reading its environment", e))?;
-    let exe = std::env::current_exe().map_err(|e| fail("finding the executable", e))?;
-    let mut command = tokio::process::Command::new(exe);
+    let mut command = tokio::process::Command::new(super::RUNNING_EXECUTABLE);
     command.arg(JOIN_ARG).arg(pid.as_raw().to_string());
     match &request.command {
         Some(line) => command.args(["/bin/sh", "-c", line]),

@@ -54,6 +54,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The runtime's own executable, for the helper processes it starts (creator,
+/// joiner): the file this process runs, even after an upgrade replaced the file
+/// at its path, so that a helper always matches the runtime that starts it.
+const RUNNING_EXECUTABLE: &str = "/proc/self/exe";
+
 /// How the OCI sandbox runs containers.
 #[derive(Debug, Clone)]
 pub struct OciConfig {
