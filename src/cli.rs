@@ -115,6 +115,15 @@ pub struct ServeArgs {
     /// loopback only].
     #[arg(long)]
     pub allowed_registries: Option<ember_sandbox::image::AllowedRegistries>,
+    /// Percent of the open files limit in use past which the ingress sheds load:
+    /// it takes no new connection and answers requests that would wait 503 with
+    /// Retry-After, until use falls to 80% of the threshold.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub shed_descriptors_percent: u8,
+    /// Resident memory of the runtime past which the ingress sheds load, e.g. 4Gi
+    /// [default: half the machine's memory].
+    #[arg(long)]
+    pub shed_memory: Option<ember_runtime::model::Quantity>,
     /// Bridge OCI instances attach to (created if missing).
     #[arg(long, default_value = "ember0")]
     pub bridge: String,

@@ -32,6 +32,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.allowed_registries = args.allowed_registries.clone().unwrap_or_else(|| {
         ember_sandbox::image::AllowedRegistries::default_for(api_addr.ip().is_loopback())
     });
+    config.overload = ember_runtime::OverloadPolicy {
+        descriptors_percent: args.shed_descriptors_percent,
+        memory_bytes: Some(
+            args.shed_memory
+                .as_ref()
+                .map_or_else(|| machine_memory_bytes() / 2, |q| q.bytes()),
+        ),
+        ..ember_runtime::OverloadPolicy::default()
+    };
     config.ingress_connections = connection_policy(
         &args,
         args.max_connections
@@ -179,4 +188,17 @@ fn raise_file_limit() -> u64 {
             1024
         }
     }
+}
+
+/// The machine's memory (MemTotal), or 4 GiB if it cannot be read.
+fn machine_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |kib| kib * 1024)
 }

@@ -421,3 +421,69 @@ async fn h2_get(ingress: SocketAddr) -> String {
     driver.abort();
     String::from_utf8(text).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_sheds_load_when_descriptors_run_short_and_recovers_by_itself() {
+    let (_dir, ember) = with_hello(&[
+        "--max-connections-per-source",
+        "100000",
+        "--max-connections",
+        "100000",
+        "--header-read-timeout",
+        "30",
+    ])
+    .await;
+    assert_eq!(ember.invoke("hello").await.0, StatusCode::OK);
+    // A tight open files limit, set from outside as a service manager would: the
+    // ingress sheds load at 90% of it.
+    let (baseline, _) = descriptors_and_memory(ember.pid());
+    let limit = baseline + 500;
+    let set = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &ember.pid().to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .unwrap();
+    assert!(set.success());
+    let mut held = Vec::new();
+    for _ in 0..470 {
+        held.push(slowloris("127.0.0.2", ember.ingress).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ember.metric("ember_overloaded").await != 1.0 {
+        assert!(Instant::now() < deadline, "never shed load");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A new ingress connection is closed at once; the API answers.
+    let refused = ember
+        .ingress_client("hello")
+        .get(ember.ingress_url("hello", "/"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let overload = ember
+        .metric("ember_connections_refused_total{listener=\"ingress\",reason=\"overload\"}")
+        .await;
+    assert!(overload >= 1.0, "{overload}");
+    // Once the flood lets go, the ingress serves again by itself.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let served = ember
+            .ingress_client("hello")
+            .get(ember.ingress_url("hello", "/"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK);
+        if served {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ingress did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ember.metric("ember_overloaded").await, 0.0);
+}

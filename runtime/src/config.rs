@@ -64,6 +64,8 @@ pub struct RuntimeConfig {
     pub default_quota: Quota,
     /// Where image pulls may connect (`--allowed-registries`).
     pub allowed_registries: AllowedRegistries,
+    /// When the ingress sheds load.
+    pub overload: crate::overload::OverloadPolicy,
     /// Limits and timeouts of the ingress's client connections.
     pub ingress_connections: ConnectionPolicy,
     /// Limits and timeouts of the management API's client connections: its own,
@@ -104,6 +106,7 @@ impl RuntimeConfig {
             allow_host_ids: false,
             default_quota: Quota::default(),
             allowed_registries: AllowedRegistries::default_for(true),
+            overload: crate::overload::OverloadPolicy::default(),
             ingress_connections: ConnectionPolicy::with_total(10_000),
             api_connections: ConnectionPolicy::with_total(1024),
         }

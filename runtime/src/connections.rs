@@ -195,6 +195,11 @@ impl ConnectionGate {
         self.open.lock().total
     }
 
+    /// Whether new connections are refused for overload.
+    pub fn is_shedding(&self) -> bool {
+        self.shedding.load(Ordering::Relaxed)
+    }
+
     /// New connections are refused while `shedding` holds.
     pub fn set_shedding(&self, shedding: bool) {
         self.shedding.store(shedding, Ordering::Relaxed);
@@ -626,5 +631,107 @@ impl<B> Drop for WatchedBody<B> {
             Role::Request { .. } => self.mark_received(),
             Role::Response => self.activity.request_ended(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(per_source: u32, total: u32) -> ConnectionPolicy {
+        ConnectionPolicy {
+            max_per_source: per_source,
+            ..ConnectionPolicy::with_total(total)
+        }
+    }
+
+    #[test]
+    fn the_gate_holds_each_address_and_the_total_to_their_limits() {
+        let gate = ConnectionGate::new("test", policy(2, 3));
+        let (a, b) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        let first = gate.admit(a).unwrap();
+        let _second = gate.admit(a).unwrap();
+        assert_eq!(gate.admit(a).err(), Some(Refusal::PerSource));
+        let _third = gate.admit(b).unwrap();
+        assert_eq!(gate.admit(b).err(), Some(Refusal::Total));
+        drop(first);
+        assert_eq!(gate.open(), 2);
+        let _again = gate.admit(a).unwrap();
+        gate.set_shedding(true);
+        drop(_again);
+        assert_eq!(gate.admit(b).err(), Some(Refusal::Overload));
+        let mut text = String::new();
+        render_metrics(&mut text, &[&gate]);
+        assert!(
+            text.contains(
+                "ember_connections_refused_total{listener=\"test\",reason=\"per_source\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ember_connections_refused_total{listener=\"test\",reason=\"total\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ember_connections_open{listener=\"test\"} 2"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_follow_what_the_connection_does() {
+        let policy = ConnectionPolicy {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_stall_timeout: Duration::from_secs(30),
+            ..ConnectionPolicy::with_total(10)
+        };
+        let activity = Activity::new();
+        let began = Instant::now();
+        // A new connection owes its head.
+        assert_eq!(
+            activity.deadline(&policy),
+            Some((began + Duration::from_secs(10), Cut::HeaderTimeout))
+        );
+        // Serving a request without a body: no deadline.
+        activity.read(Some(b"GET / HTTP/1.1\r\n"));
+        activity.request_began(false);
+        assert_eq!(activity.deadline(&policy), None);
+        // Answered: idle until the next request's first byte.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        activity.request_ended();
+        let idle_at = Instant::now() + Duration::from_secs(60);
+        assert_eq!(activity.deadline(&policy), Some((idle_at, Cut::Idle)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        activity.read(None);
+        assert_eq!(
+            activity.deadline(&policy),
+            Some((Instant::now() + Duration::from_secs(10), Cut::HeaderTimeout))
+        );
+        // A request with a body is cut when the body stalls.
+        activity.request_began(true);
+        let stall_at = Instant::now() + Duration::from_secs(30);
+        assert_eq!(activity.deadline(&policy), Some((stall_at, Cut::BodyStall)));
+        activity.body_received();
+        assert_eq!(activity.deadline(&policy), None);
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(1000), activity.watch(&policy))
+                .await
+                .ok(),
+            None
+        );
+        activity.request_ended();
+        assert_eq!(activity.watch(&policy).await, Cut::Idle);
+    }
+
+    #[test]
+    fn an_http2_preface_makes_the_connection_idle_until_a_stream_opens() {
+        let policy = ConnectionPolicy::with_total(10);
+        let activity = Activity::new();
+        activity.read(Some(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(matches!(activity.deadline(&policy), Some((_, Cut::Idle))));
+        // Frames between streams do not make it owe a head.
+        activity.read(None);
+        assert!(matches!(activity.deadline(&policy), Some((_, Cut::Idle))));
     }
 }

@@ -152,7 +152,15 @@ async fn forward(runtime: &Runtime, host: &str, req: IncomingRequest) -> Respons
     };
     tracing::Span::current().record("container", tracing::field::display(service.id));
     let timeout = runtime.config().request_timeout;
-    let lease = match service.acquire(timeout).await {
+    // While the node sheds load, a request is served only by a slot free now.
+    let acquired = if runtime.ingress_gate().is_shedding() {
+        service.lease_now().ok_or_else(|| {
+            ActivationError::Overloaded("requests that would wait are refused".into())
+        })
+    } else {
+        service.acquire(timeout).await
+    };
+    let lease = match acquired {
         Ok(lease) => lease,
         Err(e) => return not_activated(&e),
     };
@@ -191,6 +199,7 @@ fn not_activated(e: &ActivationError) -> Response<HttpBody> {
         ActivationError::Timeout(_) => ("no_capacity", Some(RETRY_AFTER_SECONDS)),
         ActivationError::StartFailed(_) => ("start_failed", Some(RETRY_AFTER_SECONDS)),
         ActivationError::QuotaExceeded(_) => ("quota_exceeded", Some(RETRY_AFTER_SECONDS)),
+        ActivationError::Overloaded(_) => ("overloaded", Some(RETRY_AFTER_SECONDS)),
         ActivationError::Unavailable(_) => ("unavailable", None),
     };
     let mut response = error(StatusCode::SERVICE_UNAVAILABLE, code, &e.to_string());

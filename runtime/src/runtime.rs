@@ -198,6 +198,7 @@ impl Runtime {
         runtime.adopt_running(running).await;
         runtime.spawn_reconciler();
         runtime.spawn_usage_sampler();
+        runtime.spawn_overload_monitor();
         runtime.spawn_job_cleaner();
         Ok((runtime, new_admin_token))
     }
@@ -298,6 +299,11 @@ impl Runtime {
                 services.len() as u64,
             ),
             ("ember_instances", "Instances running.", instances as u64),
+            (
+                "ember_overloaded",
+                "1 while the ingress sheds load (descriptors or memory past their threshold).",
+                u64::from(self.inner.ingress_gate.is_shedding()),
+            ),
         ]);
         if every_container {
             let per_container: Vec<_> = services.iter().map(|s| series_of(s)).collect();
@@ -399,6 +405,39 @@ impl Runtime {
 
     /// Runs `tick` every `interval` (a late tick is not made up for) until the
     /// runtime is gone.
+    /// Reads the process's pressure periodically, and sheds load on the ingress
+    /// while it is past the thresholds (see `overload`).
+    fn spawn_overload_monitor(&self) {
+        let interval = self.config().overload.interval;
+        self.spawn_periodic(interval, |runtime| async move {
+            let Ok(Ok(pressure)) =
+                tokio::task::spawn_blocking(crate::overload::read_pressure).await
+            else {
+                return;
+            };
+            let gate = runtime.ingress_gate();
+            let shedding = gate.is_shedding();
+            match (
+                runtime.config().overload.overloaded(&pressure, shedding),
+                shedding,
+            ) {
+                (Some(why), false) => {
+                    tracing::warn!(reason = %why, "overloaded: the ingress sheds load");
+                    gate.set_shedding(true);
+                    let why: Arc<str> = why.into();
+                    for service in runtime.inner.containers.all() {
+                        service.shed_queued(&why);
+                    }
+                }
+                (None, true) => {
+                    tracing::info!(?pressure, "no longer overloaded: the ingress serves again");
+                    gate.set_shedding(false);
+                }
+                _ => {}
+            }
+        });
+    }
+
     pub(crate) fn spawn_periodic<F, Fut>(&self, interval: Duration, tick: F)
     where
         F: Fn(Runtime) -> Fut + Send + 'static,

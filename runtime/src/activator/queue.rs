@@ -15,6 +15,8 @@ pub(crate) enum ActivationError {
     QueueFull(u32),
     #[error("no instance can start: {0}")]
     QuotaExceeded(Arc<str>),
+    #[error("the node is overloaded and sheds load: {0}")]
+    Overloaded(Arc<str>),
 }
 
 /// A request waiting for a slot.
@@ -91,6 +93,26 @@ impl ContainerTraffic {
             Ok(Err(_)) => Err(ActivationError::Unavailable(
                 "the container was deleted".into(),
             )),
+        }
+    }
+
+    /// A lease on a free slot of the serving revision now, if one has one and no
+    /// request waits: what a request gets while the node sheds load.
+    pub(crate) fn lease_now(self: &Arc<Self>) -> Option<Lease> {
+        let number = self.serving_number()?;
+        let pool = self.pool.lock();
+        if !pool.queue.is_empty() {
+            return None;
+        }
+        self.touch();
+        self.lease_least_loaded(&pool, number)
+    }
+
+    /// Answers every waiting request `503` (overload): the node sheds load.
+    pub(crate) fn shed_queued(&self, why: &Arc<str>) {
+        let waiters: Vec<_> = self.pool.lock().queue.drain(..).collect();
+        for waiter in waiters {
+            let _ = waiter.send(Err(ActivationError::Overloaded(why.clone())));
         }
     }
 
@@ -203,6 +225,31 @@ mod tests {
         assert!(instances.iter().all(|i| i.in_flight <= 10), "{instances:?}");
         assert_eq!(instances.iter().map(|i| i.in_flight).sum::<u32>(), 100);
         drop(leases);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shedding_load_answers_the_waiting_requests_and_leases_only_free_slots() {
+        let (service, _) = container_traffic(Settings {
+            max: 1,
+            concurrency: 1,
+            ..Settings::default()
+        });
+        let held = service.acquire(Duration::from_secs(5)).await.unwrap();
+        let waiting = acquire_many(&service, 3);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        service.shed_queued(&Arc::from("memory"));
+        for task in waiting {
+            let outcome = task.await.unwrap();
+            assert!(
+                matches!(&outcome, Err(ActivationError::Overloaded(why)) if &**why == "memory"),
+                "{:?}",
+                outcome.err()
+            );
+        }
+        // The one slot is taken: nothing now; once it is free, it is leased.
+        assert!(service.lease_now().is_none());
+        drop(held);
+        assert!(service.lease_now().is_some());
     }
 
     #[tokio::test(start_paused = true)]
