@@ -196,7 +196,7 @@ async fn forward(runtime: &Runtime, host: &str, req: IncomingRequest) -> Respons
 fn not_activated(e: &ActivationError) -> Response<HttpBody> {
     let (code, retry_after) = match e {
         ActivationError::QueueFull(_) => ("queue_full", Some(RETRY_AFTER_SECONDS)),
-        ActivationError::Timeout(_) => ("no_capacity", Some(RETRY_AFTER_SECONDS)),
+        ActivationError::Timeout(..) => ("no_capacity", Some(RETRY_AFTER_SECONDS)),
         ActivationError::StartFailed(_) => ("start_failed", Some(RETRY_AFTER_SECONDS)),
         ActivationError::QuotaExceeded(_) => ("quota_exceeded", Some(RETRY_AFTER_SECONDS)),
         ActivationError::Overloaded(_) => ("overloaded", Some(RETRY_AFTER_SECONDS)),

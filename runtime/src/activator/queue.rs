@@ -7,8 +7,8 @@ use super::*;
 pub(crate) enum ActivationError {
     #[error("the container is not available: {0}")]
     Unavailable(Arc<str>),
-    #[error("no instance had room for the request within {0:?}")]
-    Timeout(Duration),
+    #[error("no instance had room for the request within {0:?}{1}")]
+    Timeout(Duration, PendingNote),
     #[error("starting an instance failed: {0}")]
     StartFailed(Arc<str>),
     #[error("the container's queue is full ({0} requests wait already)")]
@@ -17,6 +17,20 @@ pub(crate) enum ActivationError {
     QuotaExceeded(Arc<str>),
     #[error("the node is overloaded and sheds load: {0}")]
     Overloaded(Arc<str>),
+}
+
+/// What kept a timed-out request's instance from serving, said after the timeout
+/// (`: ...`), or nothing.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PendingNote(Option<String>);
+
+impl std::fmt::Display for PendingNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(note) => write!(f, ": {note}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A request waiting for a slot.
@@ -88,12 +102,30 @@ impl ContainerTraffic {
             waiting
         };
         match tokio::time::timeout_at(deadline, waiting).await {
-            Err(_) => Err(ActivationError::Timeout(timeout)),
+            Err(_) => Err(ActivationError::Timeout(timeout, self.pending_note())),
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(ActivationError::Unavailable(
                 "the container was deleted".into(),
             )),
         }
+    }
+
+    /// Why a request waited in vain: an instance waiting for room, one still
+    /// starting, or every instance busy.
+    fn pending_note(&self) -> PendingNote {
+        if let Some(note) = self.waiting_note() {
+            return PendingNote(Some(format!("an instance is {note}")));
+        }
+        let pool = self.pool.lock();
+        let starting = pool.lifecycle.starting().count();
+        let ready = pool.lifecycle.ready().count();
+        PendingNote(Some(match (starting, ready) {
+            (0, 0) => "no instance is starting or ready".to_string(),
+            (0, ready) => format!("all {ready} ready instances were busy"),
+            (starting, ready) => {
+                format!("{starting} instance(s) still starting, {ready} ready and busy")
+            }
+        }))
     }
 
     /// A lease on a free slot of the serving revision now, if one has one and no
@@ -182,7 +214,12 @@ impl ContainerTraffic {
             serving.wait_for(|s| !matches!(s, Serving::Deploying)),
         )
         .await
-        .map_err(|_| ActivationError::Timeout(timeout))?
+        .map_err(|_| {
+            ActivationError::Timeout(
+                timeout,
+                PendingNote(Some("the revision is still deploying".into())),
+            )
+        })?
         .map_err(|_| ActivationError::Unavailable("the container was deleted".into()))?
         .clone();
         match ready {
@@ -293,7 +330,7 @@ mod tests {
             .await
             .err()
             .unwrap();
-        assert!(matches!(err, ActivationError::Timeout(_)), "{err}");
+        assert!(matches!(err, ActivationError::Timeout(..)), "{err}");
         // The request that gave up left the queue.
         assert_eq!(service.traffic().queued, 0);
     }
