@@ -2,6 +2,7 @@
 //! the ingress, beside crun, runc, `wasmtime serve` and nginx on the same workloads
 //! and the same load, with the project's goals checked.
 
+mod hostile;
 mod load;
 pub mod peers;
 mod report;
@@ -39,6 +40,8 @@ struct Plan {
     peer_runs: usize,
     /// Wasm containers deployed for the memory figure; none in a quick run.
     idle_containers: usize,
+    /// Slow connections held while warm latency is measured again.
+    hostile_connections: usize,
 }
 
 impl Plan {
@@ -54,6 +57,7 @@ impl Plan {
                 burst_rounds: 1,
                 peer_runs: 10,
                 idle_containers: 0,
+                hostile_connections: 2_000,
             }
         } else {
             Self {
@@ -66,6 +70,7 @@ impl Plan {
                 burst_rounds: 5,
                 peer_runs: 100,
                 idle_containers: 1_000,
+                hostile_connections: 10_000,
             }
         }
     }
@@ -298,6 +303,36 @@ impl Bench {
         Ok(())
     }
 
+    /// Warm latency again while `hostile_connections` slow connections are held
+    /// against the ingress (from 127.0.1.x addresses, 256 each, reopened as the
+    /// runtime cuts them), compared with the quiet figure by p99.
+    async fn under_attack(&mut self, endpoint: &Endpoint) -> anyhow::Result<()> {
+        let count = self.plan.hostile_connections;
+        let case = format!("wasm warm latency, {count} slowloris held");
+        self.progress(&format!("{case}: opening them"));
+        let flood = hostile::Slowloris::start(endpoint.addr, &endpoint.host, count);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while flood.open() < count * 9 / 10 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.progress(&format!("{case}: {} held, measuring", flood.open()));
+        let samples = load::sequential(endpoint, self.plan.warm_requests).await?;
+        drop(flood);
+        self.record(&case, "ember", samples, None);
+        if let (Some(attacked), Some(quiet)) = (
+            self.summary(&case, "ember"),
+            self.summary("wasm warm latency", "ember"),
+        ) {
+            let ratio = attacked.p99_us / quiet.p99_us;
+            self.comparisons.push(Comparison::new(
+                format!("{case} (p99): ember under attack / quiet"),
+                ratio,
+                None,
+            ));
+        }
+        Ok(())
+    }
+
     /// Bursts from zero: each round sends `burst_requests` at once to the container
     /// at zero. Returns nothing; records every request's latency.
     async fn bursts(
@@ -349,6 +384,7 @@ impl Bench {
             ));
         }
         self.warm("wasm", "ember", &endpoint).await?;
+        self.under_attack(&endpoint).await?;
         self.bursts("wasm burst from zero", &container, 0).await?;
         self.target.remove(&container).await?;
 

@@ -41,6 +41,9 @@ impl Target {
             .args(["--ssh-addr", "127.0.0.1:0"])
             .args(["--bridge", BENCH_BRIDGE, "--subnet", BENCH_SUBNET])
             .args(["--idle-timeout", "3600", "--stop-grace", "0"])
+            // Room for the 10,000 slow connections of the attack case beside the
+            // measured client (the default is half the open files limit).
+            .args(["--max-connections", "16000"])
             .env("EMBER_LOG", "error")
             .env_remove("EMBER_ADMIN_TOKEN")
             .stdout(Stdio::piped());
