@@ -487,3 +487,54 @@ async fn the_ingress_sheds_load_when_descriptors_run_short_and_recovers_by_itsel
     }
     assert_eq!(ember.metric("ember_overloaded").await, 0.0);
 }
+
+/// One HTTP/2 frame: its 9-byte header and `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_continuation_flood_is_cut_and_harms_no_one_else() {
+    let (_dir, ember) = with_hello(&[]).await;
+    let (_, memory_before) = descriptors_and_memory(ember.pid());
+    let mut stream = connect_from("127.0.0.2", ember.ingress).await.unwrap();
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+    // HEADERS without END_HEADERS, then CONTINUATION frames that never end the
+    // header block: literal headers without indexing, 16 KiB a frame.
+    opening.extend(h2_frame(0x1, 0x1, 1, &[0x82])); // END_STREAM, :method GET
+    stream.write_all(&opening).await.unwrap();
+    let mut block = Vec::new();
+    while block.len() < 16 * 1024 - 140 {
+        block.extend_from_slice(&[0x00, 0x05]);
+        block.extend_from_slice(b"x-abc");
+        block.push(0x7f);
+        block.push(0x00); // value length 127
+        block.extend_from_slice(&[b'v'; 127]);
+    }
+    let continuation = h2_frame(0x9, 0, 1, &block);
+    let mut sent = 0usize;
+    let mut cut = false;
+    for _ in 0..1024 {
+        if stream.write_all(&continuation).await.is_err() {
+            cut = true;
+            break;
+        }
+        sent += continuation.len();
+    }
+    // The runtime closes the connection (after a GOAWAY) rather than buffer it all.
+    if !cut {
+        cut = closed_within(&mut stream, Duration::from_secs(10)).await;
+    }
+    assert!(cut, "{sent} bytes of one header block were taken");
+    assert_eq!(ember.invoke("hello").await.0, StatusCode::OK);
+    let (_, memory_after) = descriptors_and_memory(ember.pid());
+    assert!(
+        memory_after < memory_before + 32 * 1024 * 1024,
+        "memory grew from {memory_before} to {memory_after}"
+    );
+}
