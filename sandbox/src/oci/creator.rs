@@ -160,10 +160,19 @@ pub(crate) fn create(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: between fork and exec only dup2, fcntl and close_range run, which are
-    // async-signal-safe.
+    let runtime_pid = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec only prctl, getppid, dup2, fcntl and
+    // close_range run, which are async-signal-safe.
     unsafe {
         command.pre_exec(move || {
+            // A creator outliving a killed runtime would finish its container after
+            // the next runtime swept the leftovers, and leave it running for good.
+            // The forking thread waits for the creator, so the signal comes only
+            // with the runtime's end.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            if libc::getppid() != runtime_pid {
+                libc::_exit(1);
+            }
             // Moved above the targets first, so that no dup2 overwrites a source.
             let mut moved = [0; 4];
             for (slot, fd) in moved.iter_mut().zip(handed) {

@@ -253,6 +253,9 @@ fn clean_up_leftovers(shared: &Shared) -> HashMap<String, InstanceRecord> {
                 if let Err(e) = container.delete(true) {
                     tracing::warn!(container = %state.display(), error = %e, "deleting a leftover container failed");
                 }
+                // A container caught half made (its state says less than its
+                // cgroup holds) keeps processes libcontainer does not know of.
+                orphans::kill_cgroup(&spec::cgroups_path(&id));
             }
             Err(e) => {
                 // Killed while its state was written: its cgroup still knows it.
