@@ -7,6 +7,7 @@ mod claim;
 mod connector;
 mod created;
 mod creator;
+mod deadline_body;
 mod enter;
 mod executor;
 mod init;
@@ -281,10 +282,13 @@ fn clean_up_leftovers(shared: &Shared) -> HashMap<String, InstanceRecord> {
         }
     }
     for dir in entries(shared.instances_dir()) {
-        let kept = dir
-            .file_name()
-            .is_some_and(|n| running.contains_key(n.to_string_lossy().as_ref()));
-        if !kept {
+        let Some(id) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        if !running.contains_key(&id) {
+            // A runtime killed while it stopped the instance may have removed its
+            // state but not yet its processes: its cgroup still holds them.
+            orphans::kill_cgroup(&spec::cgroups_path(&id));
             rootfs::remove_instance_dir(&dir);
         }
     }
