@@ -368,7 +368,12 @@ impl Ember {
                         .headers()
                         .get("retry-after")
                         .map(|v| v.to_str().unwrap().to_string());
-                    (status, retry_after, response.text().await.unwrap())
+                    // A body cut short is reported, not a panic of its task.
+                    let text = response
+                        .text()
+                        .await
+                        .unwrap_or_else(|e| format!("the body was cut: {e}"));
+                    (status, retry_after, text)
                 })
             })
             .collect();

@@ -3,6 +3,7 @@
 //! SIGTERM, waits the grace period, then SIGKILLs and removes every trace.
 
 use super::connector::RetryingConnector;
+use super::deadline_body::DeadlineBody;
 use super::network::{Attachment, Network, veth_name};
 use super::rootfs::InstanceDir;
 use crate::{
@@ -155,7 +156,8 @@ impl OciInstance {
         strip_hop_by_hop(&mut parts.headers);
         let request = http::Request::from_parts(parts, body);
         let client = self.clients.get_or(client);
-        let response = tokio::time::timeout(self.request_timeout, client.request(request))
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let response = tokio::time::timeout_at(deadline, client.request(request))
             .await
             .map_err(|_| SandboxError::Timeout(self.request_timeout))?
             .map_err(|e| SandboxError::guest_failed("the container did not answer", e))?;
@@ -163,10 +165,13 @@ impl OciInstance {
         // The instance's `Connection: close` (busybox httpd sends it) is about its hop
         // only; passed on, it would close the client's kept-alive connection too.
         strip_hop_by_hop(&mut parts.headers);
-        Ok(http::Response::from_parts(
-            parts,
-            body.map_err(Into::into).boxed_unsync(),
-        ))
+        let body = DeadlineBody::new(
+            body.map_err(Into::into),
+            deadline,
+            self.request_timeout,
+            self.sandbox_id.clone(),
+        );
+        Ok(http::Response::from_parts(parts, body.boxed_unsync()))
     }
 
     async fn wait_exit(&self, within: Duration) -> bool {
