@@ -513,7 +513,7 @@ async fn a_burst_at_zero_starts_several_instances_in_parallel_and_they_all_go_wh
         ember,
         data,
         image,
-        network: _network,
+        network,
         _registry,
     } = setup(&[]).await;
     let id = deploy(
@@ -530,6 +530,25 @@ async fn a_burst_at_zero_starts_several_instances_in_parallel_and_they_all_go_wh
     .await;
     let results = ember.burst("burst", "/", 200).await;
     common::assert_all_answered(&results, "hello from busybox httpd\n");
+    // The bridge keeps the MAC it was given however its ports change (a MAC the
+    // kernel assigned would follow the lowest port's, and instances' frames to the
+    // gateway would go astray).
+    let sys = |file: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{}/{file}", network.bridge))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(sys("addr_assign_type"), "3", "the bridge's MAC is not set");
+    let gateway: std::net::Ipv4Addr = {
+        let base: std::net::Ipv4Addr = network.subnet.split('/').next().unwrap().parse().unwrap();
+        std::net::Ipv4Addr::from(u32::from(base) + 1)
+    };
+    let [a, b, c, d] = gateway.octets();
+    assert_eq!(
+        sys("address"),
+        format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+    );
     // 200 requests at zero, 20 at most per instance: the autoscaler asked for every
     // instance at once (one cold-start decision, no start one after another).
     let instances = ember.instances(&id).await;

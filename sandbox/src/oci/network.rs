@@ -219,8 +219,20 @@ impl Network {
             .execute()
             .await;
         unless_already_there(added, format!("addressing bridge {bridge}"))?;
+        // A MAC of its own, set (not assigned): a bridge whose MAC the kernel
+        // assigned takes the lowest of its ports' MACs, so it changed as instances
+        // came and went, and an instance's frames to the gateway went to the old MAC,
+        // which an isolated port cannot reach, until its neighbour entry expired
+        // (a response's end lost that way held a client for ever). Derived from the
+        // gateway, it is the same for every run on this subnet, which instances an
+        // earlier run left running already know.
         host.link()
-            .set(LinkUnspec::new_with_index(index).up().build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac_for(subnet.gateway()).to_vec())
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .map_err(netlink(format!("bringing bridge {bridge} up")))?;
