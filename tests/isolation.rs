@@ -560,7 +560,8 @@ async fn a_tenant_s_instances_are_held_to_its_ephemeral_storage_quota() {
         assert_eq!(status, StatusCode::CREATED, "{created}");
         ember.wait_deployed(created["id"].as_str().unwrap()).await;
     }
-    assert_eq!(get(&ember, "disk-a", "/").await.0, StatusCode::OK);
+    let (status, answer) = get(&ember, "disk-a", "/").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
     // 768Mi held; 512Mi more would pass the 1Gi quota: refused at once, naming it.
     let (status, answer) = get(&ember, "disk-b", "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
