@@ -409,31 +409,39 @@ impl Runtime {
     /// while it is past the thresholds (see `overload`).
     fn spawn_overload_monitor(&self) {
         let interval = self.config().overload.interval;
-        self.spawn_periodic(interval, |runtime| async move {
-            let Ok(Ok(pressure)) =
-                tokio::task::spawn_blocking(crate::overload::read_pressure).await
-            else {
-                return;
-            };
-            let gate = runtime.ingress_gate();
-            let shedding = gate.is_shedding();
-            match (
-                runtime.config().overload.overloaded(&pressure, shedding),
-                shedding,
-            ) {
-                (Some(why), false) => {
-                    tracing::warn!(reason = %why, "overloaded: the ingress sheds load");
-                    gate.set_shedding(true);
-                    let why: Arc<str> = why.into();
-                    for service in runtime.inner.containers.all() {
-                        service.shed_queued(&why);
+        let memory_return = Arc::new(crate::overload::MemoryReturn::default());
+        self.spawn_periodic(interval, move |runtime| {
+            let memory_return = memory_return.clone();
+            async move {
+                let open = runtime.ingress_gate().open() + runtime.api_gate().open();
+                if memory_return.observe(open) {
+                    let _ = tokio::task::spawn_blocking(crate::overload::return_free_memory).await;
+                }
+                let Ok(Ok(pressure)) =
+                    tokio::task::spawn_blocking(crate::overload::read_pressure).await
+                else {
+                    return;
+                };
+                let gate = runtime.ingress_gate();
+                let shedding = gate.is_shedding();
+                match (
+                    runtime.config().overload.overloaded(&pressure, shedding),
+                    shedding,
+                ) {
+                    (Some(why), false) => {
+                        tracing::warn!(reason = %why, "overloaded: the ingress sheds load");
+                        gate.set_shedding(true);
+                        let why: Arc<str> = why.into();
+                        for service in runtime.inner.containers.all() {
+                            service.shed_queued(&why);
+                        }
                     }
+                    (None, true) => {
+                        tracing::info!(?pressure, "no longer overloaded: the ingress serves again");
+                        gate.set_shedding(false);
+                    }
+                    _ => {}
                 }
-                (None, true) => {
-                    tracing::info!(?pressure, "no longer overloaded: the ingress serves again");
-                    gate.set_shedding(false);
-                }
-                _ => {}
             }
         });
     }
