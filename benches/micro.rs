@@ -17,6 +17,11 @@
 //! - **oci/start_prepared** (root): the same from a prepared sandbox, created ahead
 //!   (untimed): libcontainer's start and the wait for the port only.
 //!
+//! - **scheduler/cluster_decision_100_nodes**: one cluster scheduling decision
+//!   for one of 10,000 containers over 100 simulated nodes: its owner by
+//!   rendezvous hashing, then its next instance placed with its instances spread
+//!   over the nodes (the pure scheduler; no I/O, no clock).
+//!
 //! Each OCI sample stops its instance after it is timed. Wasm instantiation from the
 //! pool is `wasm/sandbox_only` in the `wasm_cold_start` bench.
 //!
@@ -299,7 +304,64 @@ async fn timed_starts(prepared: &dyn PreparedWorkload, iters: u64, from_spare: b
     total
 }
 
-criterion_group!(benches, routing, state, oci, oci_starts);
+/// Simulated nodes and containers of the cluster scheduling bench.
+const SIMULATED_NODES: u32 = 100;
+const SIMULATED_CONTAINERS: usize = 10_000;
+
+fn scheduler(c: &mut Criterion) {
+    use ember_scheduler::ownership::owner;
+    use ember_scheduler::placement::{self, Node, Request, Resources};
+    let names: Vec<String> = (0..SIMULATED_NODES).map(|i| format!("node-{i}")).collect();
+    let fresh_nodes = || -> Vec<Node<u32>> {
+        (0..SIMULATED_NODES)
+            .map(|i| {
+                Node::new(
+                    i,
+                    format!("node-{i}"),
+                    Resources {
+                        millicpus: 64_000,
+                        memory_bytes: 256 << 30,
+                        gpus: Default::default(),
+                    },
+                )
+            })
+            .collect()
+    };
+    let containers: Vec<String> = (0..SIMULATED_CONTAINERS)
+        .map(|n| format!("{n:08x}-0000-4000-8000-000000000000"))
+        .collect();
+    let request = Request {
+        millicpus: 100,
+        memory_bytes: 64 << 20,
+        gpus: 0,
+        gpu_models: Vec::new(),
+    };
+    let mut nodes = fresh_nodes();
+    let mut held: Vec<std::collections::HashMap<u32, u32>> =
+        vec![Default::default(); SIMULATED_CONTAINERS];
+    let mut group = c.benchmark_group("scheduler");
+    let mut n = 0;
+    group.bench_function("cluster_decision_100_nodes", |b| {
+        b.iter(|| {
+            n = (n + 7_919) % SIMULATED_CONTAINERS;
+            let owned_by = owner(containers[n].as_bytes(), &names).expect("nodes");
+            let placed = match placement::place_spread(&mut nodes, &request, &held[n]) {
+                Ok(placed) => placed,
+                // Full: start the simulation over.
+                Err(_) => {
+                    nodes = fresh_nodes();
+                    held = vec![Default::default(); SIMULATED_CONTAINERS];
+                    placement::place_spread(&mut nodes, &request, &held[n]).expect("room")
+                }
+            };
+            *held[n].entry(placed.node).or_insert(0) += 1;
+            black_box((owned_by, placed.node))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, routing, state, scheduler, oci, oci_starts);
 
 fn main() {
     // Started again by the OCI sandbox to create one container.

@@ -7,6 +7,7 @@
 
 pub mod autoscaler;
 pub mod fair_share;
+pub mod ownership;
 pub mod placement;
 
 pub use autoscaler::{Autoscaler, Observation, ScaleDecision, ScaleReason, ScalingPolicy};

@@ -280,6 +280,30 @@ pub fn place<Id: Clone + Eq>(
     nodes: &mut [Node<Id>],
     request: &Request,
 ) -> Result<Allocation<Id>, Unplaced> {
+    place_by(nodes, request, |_| 0)
+}
+
+/// Places one instance of a container on the node that holds the fewest of its
+/// instances (`held`, by node), then has the most free memory, among those it
+/// fits now: a container's instances spread over the nodes, so that losing one
+/// node loses few of them.
+pub fn place_spread<Id: Clone + Eq + std::hash::Hash>(
+    nodes: &mut [Node<Id>],
+    request: &Request,
+    held: &std::collections::HashMap<Id, u32>,
+) -> Result<Allocation<Id>, Unplaced> {
+    place_by(nodes, request, |node| {
+        held.get(&node.id).copied().unwrap_or(0)
+    })
+}
+
+/// Places `request` on the node with the fewest `crowding`, then the most free
+/// memory, among those it fits now.
+fn place_by<Id: Clone + Eq>(
+    nodes: &mut [Node<Id>],
+    request: &Request,
+    crowding: impl Fn(&Node<Id>) -> u32,
+) -> Result<Allocation<Id>, Unplaced> {
     let free_memory = |n: &Node<Id>| {
         n.capacity
             .memory_bytes
@@ -288,7 +312,7 @@ pub fn place<Id: Clone + Eq>(
     let best = nodes
         .iter_mut()
         .filter(|n| n.fits_now(request).is_ok())
-        .max_by_key(|n| free_memory(n));
+        .max_by_key(|n| (std::cmp::Reverse(crowding(n)), free_memory(n)));
     if let Some(node) = best {
         return Ok(node.allocate(request).expect("checked to fit"));
     }
@@ -382,6 +406,30 @@ mod tests {
              node node-2: asks for 8192Mi of memory, 2048Mi available"
         );
         assert!(could_ever_place(&nodes, &request(3000, 1)).is_ok());
+    }
+
+    #[test]
+    fn a_container_s_instances_spread_over_the_nodes_before_filling_the_emptiest() {
+        // Node 2 has the most room, but holds one of the container's instances.
+        let mut nodes = [node(1, 8000, 4), node(2, 8000, 16), node(3, 8000, 4)];
+        let mut held = std::collections::HashMap::new();
+        let mut placed = Vec::new();
+        for _ in 0..3 {
+            let at = place_spread(&mut nodes, &request(100, 1), &held)
+                .unwrap()
+                .node;
+            *held.entry(at).or_insert(0) += 1;
+            placed.push(at);
+        }
+        placed.sort();
+        assert_eq!(placed, [1, 2, 3]);
+        // Once each holds one, the emptiest takes the next.
+        assert_eq!(
+            place_spread(&mut nodes, &request(100, 1), &held)
+                .unwrap()
+                .node,
+            2
+        );
     }
 
     #[test]
