@@ -413,6 +413,19 @@ async fn http2_is_served_and_a_rapid_reset_flood_harms_no_one_else() {
     assert_eq!(ember.invoke("hello").await.0, StatusCode::OK);
     driver.abort();
     assert_eq!(h2_get(ember.ingress).await, "hi\n");
+
+    // The API speaks HTTP/2 as well, under the same limits.
+    let stream = TcpStream::connect(ember.api).await.unwrap();
+    let (send, connection) = h2::client::handshake(stream).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::get(format!("http://{}/v1/containers", ember.api))
+        .header("authorization", format!("Bearer {}", ember.token))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+    driver.abort();
 }
 
 /// GET `hello` over a new HTTP/2 connection; returns the body of a 200.
