@@ -178,17 +178,7 @@ pub async fn serve(runtime: Runtime, listener: tokio::net::TcpListener) {
     let service = hyper_util::service::TowerToHyperService::new(router(runtime));
     let builder = std::sync::Arc::new(ember_runtime::connections::http_builder());
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "API accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(admitted) = gate.admit(peer.ip()) else {
-            continue;
-        };
+        let (stream, admitted) = ember_runtime::connections::accept(&listener, &gate).await;
         let _ = stream.set_nodelay(true);
         let (service, builder) = (service.clone(), builder.clone());
         tokio::spawn(async move {

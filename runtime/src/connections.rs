@@ -210,6 +210,29 @@ impl ConnectionGate {
     }
 }
 
+/// Accepts the next connection `gate` lets in. One past the gate's limits is
+/// closed at once (and counted by the gate), rather than left in the backlog
+/// holding the client and a descriptor; a failed accept (out of descriptors and
+/// the like) backs off rather than spins.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    gate: &Arc<ConnectionGate>,
+) -> (TcpStream, Admitted) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if let Ok(admitted) = gate.admit(peer.ip()) {
+                    return (stream, admitted);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(listener = gate.listener, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Appends the connection series of `gates` to a Prometheus text exposition.
 pub fn render_metrics(out: &mut String, gates: &[&ConnectionGate]) {
     out.push_str("# HELP ember_connections_open Client connections open, by listener.\n");

@@ -38,20 +38,7 @@ pub async fn serve_ingress(runtime: Runtime, listener: TcpListener) -> std::io::
     let gate = runtime.ingress_gate().clone();
     let mut next = 0;
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off rather than spin.
-                tracing::warn!(error = %e, "ingress accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // Past the limits the connection closes at once (counted by the gate),
-        // rather than wait in the backlog holding the client and a descriptor.
-        let Ok(admitted) = gate.admit(peer.ip()) else {
-            continue;
-        };
+        let (stream, admitted) = connections::accept(&listener, &gate).await;
         threads[next].hand_over(stream, admitted);
         next = (next + 1) % threads.len();
     }
