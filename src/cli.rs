@@ -15,7 +15,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Runs the runtime: the management API and the ingress.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Deploys a container (or updates it when the name exists) from an image
     /// reference or a local .wasm file.
     Deploy(DeployArgs),
@@ -25,6 +25,8 @@ pub enum Command {
     Rm(TargetArgs),
     /// Lists a container's revisions.
     Revisions(TargetArgs),
+    /// Lists the servers: this node, or every member of its cluster.
+    Nodes(ClientArgs),
     /// Mints, lists and revokes API tokens (needs an ADMIN token).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -188,6 +190,19 @@ pub struct ServeArgs {
     /// into the last spec directory before starting.
     #[arg(long)]
     pub generate_nvidia_cdi: bool,
+    /// Joins a cluster whose state is on these etcd client URLs (comma separated,
+    /// e.g. http://127.0.0.1:2379) instead of keeping state in sled. Needs a build
+    /// with `--features cluster`.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster: Vec<String>,
+    /// This node's name in its cluster, unique there [default: the host name].
+    #[arg(long, requires = "cluster")]
+    pub node_name: Option<String>,
+    /// The address other nodes and clients reach this node on; its API and
+    /// ingress are published with it [default: the API's address, unless that is
+    /// a wildcard].
+    #[arg(long, requires = "cluster")]
+    pub advertise_addr: Option<std::net::IpAddr>,
 }
 
 #[derive(Args, Clone)]

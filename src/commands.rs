@@ -151,6 +151,49 @@ pub async fn revisions(args: TargetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn nodes(args: ClientArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&args)?;
+    let body = client.get("/v1/servers").await?;
+    let servers = body["data"].as_array().cloned().unwrap_or_default();
+    if args.json {
+        println!("{}", Value::Array(servers));
+        return Ok(());
+    }
+    let gpus = |r: &Value| {
+        let counts: Vec<String> = r["gpus"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(model, n)| format!("{n}x{model}"))
+            .collect();
+        if counts.is_empty() {
+            "-".into()
+        } else {
+            counts.join(",")
+        }
+    };
+    let rows: Vec<Vec<String>> = servers
+        .iter()
+        .map(|s| {
+            let (capacity, allocated) = (&s["capacity"], &s["allocated"]);
+            vec![
+                text(&s["name"]),
+                s["api"].as_str().unwrap_or("-").to_string(),
+                s["ingress"].as_str().unwrap_or("-").to_string(),
+                format!("{}/{}", allocated["cpu"], capacity["cpu"]),
+                format!("{}/{}", text(&allocated["ram"]), text(&capacity["ram"])),
+                gpus(capacity),
+                text(&s["id"]),
+            ]
+        })
+        .collect();
+    table::print(
+        &["NAME", "API", "INGRESS", "CPU", "MEMORY", "GPUS", "ID"],
+        &rows,
+    );
+    Ok(())
+}
+
 async fn find(client: &ApiClient, name_or_id: &str) -> anyhow::Result<Value> {
     client
         .find(name_or_id)

@@ -7,6 +7,47 @@ use ember_runtime::{Runtime, RuntimeConfig};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// The cluster `--cluster` names, if any, with this node's name and advertised
+/// address.
+fn cluster_config(
+    args: &ServeArgs,
+    api_addr: std::net::SocketAddr,
+) -> anyhow::Result<Option<ember_runtime::cluster::ClusterConfig>> {
+    if args.cluster.is_empty() {
+        return Ok(None);
+    }
+    for endpoint in &args.cluster {
+        anyhow::ensure!(
+            endpoint.starts_with("http://") || endpoint.starts_with("https://"),
+            "--cluster {endpoint}: expected an etcd client URL such as http://127.0.0.1:2379"
+        );
+    }
+    let advertise_addr = match args.advertise_addr {
+        Some(addr) => addr,
+        None if !api_addr.ip().is_unspecified() => api_addr.ip(),
+        None => anyhow::bail!(
+            "--advertise-addr is needed when the API listens on every address ({api_addr}): give the address other nodes reach this one on"
+        ),
+    };
+    anyhow::ensure!(
+        !advertise_addr.is_unspecified(),
+        "--advertise-addr {advertise_addr}: give an address other nodes can reach, not a wildcard"
+    );
+    let node_name = args
+        .node_name
+        .clone()
+        .unwrap_or_else(ember_runtime::host_name);
+    anyhow::ensure!(
+        !node_name.is_empty() && !node_name.contains('/') && node_name.len() <= 63,
+        "--node-name {node_name:?}: expected 1 to 63 characters without `/`"
+    );
+    Ok(Some(ember_runtime::cluster::ClusterConfig {
+        endpoints: args.cluster.clone(),
+        node_name,
+        advertise_addr,
+    }))
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let open_files = raise_file_limit();
     let api_listener = TcpListener::bind(args.api_addr)
@@ -78,7 +119,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
         config.node_cpus = Some(cpus);
     }
-    config.node_memory_bytes = args.node_memory.map(|q| q.bytes());
+    config.node_memory_bytes = args.node_memory.as_ref().map(|q| q.bytes());
     if !args.cdi_spec_dirs.is_empty() {
         config.cdi_spec_dirs = args.cdi_spec_dirs.clone();
     }
@@ -92,6 +133,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.log_retention_bytes =
         usize::try_from(args.log_retention_kib * 1024).unwrap_or(usize::MAX);
+    config.cluster = cluster_config(&args, api_addr)?;
     config.admin_token = std::env::var("EMBER_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
@@ -116,6 +158,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     println!("ssh listening on {ssh_addr} (log in with GET .../instances/<id>/ssh)");
 
+    runtime
+        .join_cluster(api_addr, ingress_addr)
+        .await
+        .context("joining the cluster")?;
     let ingress = tokio::spawn(ember_runtime::serve_ingress(
         runtime.clone(),
         ingress_listener,

@@ -51,10 +51,10 @@ async fn list(
     let page = page_request(&query)?;
     let (mut installed, mut held) = (BTreeMap::new(), BTreeMap::new());
     for server in runtime.servers() {
-        for (model, n) in server.capacity.gpu_counts() {
+        for (model, n) in server.node.capacity.gpu_counts() {
             *installed.entry(model).or_insert(0) += n;
         }
-        for (model, n) in server.allocated.gpu_counts() {
+        for (model, n) in server.node.allocated.gpu_counts() {
             *held.entry(model).or_insert(0) += n;
         }
     }

@@ -63,8 +63,9 @@ async fn list(
         match (include, &container) {
             (Include::Servers, _) => {
                 for server in runtime.servers() {
-                    if instances.iter().any(|i| i.server_id == server.id) {
-                        included.insert(server.id.to_string(), json!(ServerJson::from(server)));
+                    if instances.iter().any(|i| i.server_id == server.node.id) {
+                        included
+                            .insert(server.node.id.to_string(), json!(ServerJson::from(&server)));
                     }
                 }
             }

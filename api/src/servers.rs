@@ -5,7 +5,8 @@ use crate::wire::DataEnvelope;
 use axum::Json;
 use axum::extract::State;
 use ember_runtime::Runtime;
-use ember_runtime::model::{Node, Resources, ServerId};
+use ember_runtime::cluster::Server;
+use ember_runtime::model::Resources;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa_axum::router::OpenApiRouter;
@@ -27,11 +28,7 @@ async fn list(
     Authenticated(_caller): Authenticated,
 ) -> Json<DataEnvelope<Vec<ServerJson>>> {
     Json(DataEnvelope {
-        data: runtime
-            .servers()
-            .into_iter()
-            .map(ServerJson::from)
-            .collect(),
+        data: runtime.servers().iter().map(ServerJson::from).collect(),
     })
 }
 
@@ -41,6 +38,12 @@ pub(crate) struct ServerJson {
     name: String,
     capacity: ResourcesJson,
     allocated: ResourcesJson,
+    /// Where the server's management API answers (cluster mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api: Option<String>,
+    /// Where the server's ingress answers (cluster mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingress: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -60,13 +63,16 @@ impl From<&Resources> for ResourcesJson {
     }
 }
 
-impl From<Node<ServerId>> for ServerJson {
-    fn from(node: Node<ServerId>) -> Self {
+impl From<&Server> for ServerJson {
+    fn from(server: &Server) -> Self {
+        let node = &server.node;
         Self {
             id: node.id.to_string(),
-            name: node.name,
+            name: node.name.clone(),
             capacity: (&node.capacity).into(),
             allocated: (&node.allocated).into(),
+            api: server.addresses.map(|(api, _)| api.to_string()),
+            ingress: server.addresses.map(|(_, ingress)| ingress.to_string()),
         }
     }
 }

@@ -71,6 +71,9 @@ pub struct RuntimeConfig {
     /// Limits and timeouts of the management API's client connections: its own,
     /// so that the ingress never starves it.
     pub api_connections: ConnectionPolicy,
+    /// The cluster this node joins, with its state on the cluster's etcd; `None`
+    /// (the default) is one machine with its state in sled.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl RuntimeConfig {
@@ -109,6 +112,7 @@ impl RuntimeConfig {
             overload: crate::overload::OverloadPolicy::default(),
             ingress_connections: ConnectionPolicy::with_total(10_000),
             api_connections: ConnectionPolicy::with_total(1024),
+            cluster: None,
         }
     }
 }

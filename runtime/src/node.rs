@@ -363,7 +363,7 @@ fn total_memory() -> Option<u64> {
 }
 
 /// The node's name: the machine's host name.
-pub(crate) fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()

@@ -5,6 +5,7 @@ use crate::auth;
 use crate::awake::AwakeSet;
 use crate::background::Background;
 use crate::clock::Clock;
+use crate::cluster::{Membership, NodeRecord, NodeSnapshot, Server};
 use crate::config::RuntimeConfig;
 use crate::connections::ConnectionGate;
 use crate::containers::Containers;
@@ -79,6 +80,8 @@ struct Inner {
     /// The client connections of the ingress and of the API.
     ingress_gate: Arc<ConnectionGate>,
     api_gate: Arc<ConnectionGate>,
+    /// This node's cluster, when it is a member of one.
+    membership: Option<Arc<dyn Membership>>,
 }
 
 /// Deployments that pull and prepare at once. Pulls of one image are shared and
@@ -102,9 +105,8 @@ impl Runtime {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .map_err(RuntimeError::io(format!("creating {}", data_dir.display())))?;
-        let state_dir = data_dir.join("state");
+        let (store, membership) = open_store(&config).await?;
         let (store, stored, running, quotas) = tokio::task::spawn_blocking(move || {
-            let store: Store = Arc::new(SledStore::open(&state_dir)?);
             let stored = load_containers(&store)?;
             let running = store.running_blocking()?;
             let quotas = store.quotas_blocking()?;
@@ -190,6 +192,7 @@ impl Runtime {
                 migrations: Mutex::default(),
                 ingress_routing: false.into(),
                 journal,
+                membership,
             }),
         };
         runtime.set_reclaimer();
@@ -274,11 +277,54 @@ impl Runtime {
         futures::future::join_all(services.iter().map(|s| s.stop_everything())).await;
         // Stops begun before (scale-downs, deleted containers) end too.
         self.inner.background.wait_for_stops().await;
+        if let Some(membership) = &self.inner.membership {
+            membership.leave().await;
+        }
     }
 
-    /// The servers instances run on (this one node today) and what they hold.
-    pub fn servers(&self) -> Vec<crate::model::Node<ServerId>> {
-        vec![self.inner.node.snapshot()]
+    /// The servers instances run on and what they hold: this node alone, or the
+    /// members of its cluster.
+    pub fn servers(&self) -> Vec<Server> {
+        match &self.inner.membership {
+            Some(membership) => membership.members().iter().map(Server::from).collect(),
+            None => vec![Server {
+                node: self.inner.node.snapshot(),
+                addresses: None,
+            }],
+        }
+    }
+
+    /// Publishes this node to its cluster (if it is in one), with the addresses its
+    /// API and ingress listen on, kept published until it stops.
+    pub async fn join_cluster(
+        &self,
+        api: std::net::SocketAddr,
+        ingress: std::net::SocketAddr,
+    ) -> Result<(), RuntimeError> {
+        let (Some(membership), Some(cluster)) =
+            (&self.inner.membership, &self.inner.config.cluster)
+        else {
+            return Ok(());
+        };
+        let advertised = |addr: std::net::SocketAddr| {
+            std::net::SocketAddr::new(cluster.advertise_addr, addr.port())
+        };
+        let (api, ingress) = (advertised(api), advertised(ingress));
+        let node = self.inner.node.clone();
+        let (name, joined) = (cluster.node_name.clone(), SystemTime::now());
+        let snapshot: NodeSnapshot = Arc::new(move || {
+            let now = node.snapshot();
+            NodeRecord {
+                name: name.clone(),
+                server_id: now.id,
+                api,
+                ingress,
+                capacity: (&now.capacity).into(),
+                allocated: (&now.allocated).into(),
+                joined,
+            }
+        });
+        membership.join(snapshot).await
     }
 
     /// Prometheus text for `/metrics`.
@@ -471,4 +517,44 @@ fn series_of(traffic: &ContainerTraffic) -> ContainerSeries {
         traffic: traffic.traffic(),
         decisions: traffic.decisions().collect(),
     }
+}
+
+/// The store `config` names, and the cluster membership that comes with it: sled
+/// in the data dir, or the cluster's etcd.
+async fn open_store(
+    config: &RuntimeConfig,
+) -> Result<(Store, Option<Arc<dyn Membership>>), RuntimeError> {
+    match &config.cluster {
+        None => {
+            let state_dir = config.data_dir.join("state");
+            let store = tokio::task::spawn_blocking(move || SledStore::open(&state_dir))
+                .await
+                .map_err(RuntimeError::task("opening the store"))??;
+            Ok((Arc::new(store), None))
+        }
+        Some(cluster) => open_cluster_store(cluster).await,
+    }
+}
+
+#[cfg(feature = "cluster")]
+async fn open_cluster_store(
+    cluster: &crate::cluster::ClusterConfig,
+) -> Result<(Store, Option<Arc<dyn Membership>>), RuntimeError> {
+    let store = crate::store::EtcdStore::open(crate::store::EtcdConfig {
+        endpoints: cluster.endpoints.clone(),
+        prefix: crate::store::EtcdConfig::DEFAULT_PREFIX.into(),
+        node_name: cluster.node_name.clone(),
+    })
+    .await?;
+    let membership = store.membership();
+    Ok((Arc::new(store), Some(membership)))
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn open_cluster_store(
+    _: &crate::cluster::ClusterConfig,
+) -> Result<(Store, Option<Arc<dyn Membership>>), RuntimeError> {
+    Err(RuntimeError::Unprocessable(
+        "this ember was built without cluster mode: build it with `cargo build --release --features cluster` (which needs protoc, Debian's protobuf-compiler)".into(),
+    ))
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod component;
+pub mod etcd;
 pub mod fixtures;
 pub mod in_process;
 pub mod oci;

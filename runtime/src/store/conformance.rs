@@ -10,8 +10,9 @@ use crate::model::{
 use std::time::{Duration, SystemTime};
 
 /// Where a store under test lives: each `open` opens the same state.
-pub(crate) trait StorePlace {
-    fn open(&self) -> Store;
+#[async_trait::async_trait]
+pub(crate) trait StorePlace: Sync {
+    async fn open(&self) -> Store;
 }
 
 /// One test per conformance case for the store `$place` opens (an expression
@@ -92,7 +93,7 @@ pub(crate) fn names(page: &Page<Container>) -> Vec<String> {
 }
 
 pub(crate) async fn only_jobs_finished_before_the_cutoff_are_removed(place: &dyn StorePlace) {
-    let store = place.open();
+    let store = place.open().await;
     let day_ago = SystemTime::now() - Duration::from_secs(86_400);
     let mut ids = Vec::new();
     for (state, updated) in [
@@ -120,7 +121,7 @@ pub(crate) async fn only_jobs_finished_before_the_cutoff_are_removed(place: &dyn
 }
 
 pub(crate) async fn names_are_unique_and_freed_on_removal(place: &dyn StorePlace) {
-    let store = place.open();
+    let store = place.open().await;
     let owner = UserId::generate();
     let (a, rev_a) = container("same", owner);
     let (b, rev_b) = container("same", owner);
@@ -152,7 +153,7 @@ pub(crate) async fn names_are_unique_and_freed_on_removal(place: &dyn StorePlace
 pub(crate) async fn tokens_are_listed_and_removed_by_id_and_users_keep_their_ids(
     place: &dyn StorePlace,
 ) {
-    let store = place.open();
+    let store = place.open().await;
     let alice: UserName = "alice".parse().unwrap();
     let id = store
         .user_id(alice.clone(), Box::new(UserId::generate))
@@ -226,7 +227,7 @@ pub(crate) async fn tokens_are_listed_and_removed_by_id_and_users_keep_their_ids
 pub(crate) async fn pages_come_from_the_index_by_number_and_by_cursor_in_each_scope(
     place: &dyn StorePlace,
 ) {
-    let store = place.open();
+    let store = place.open().await;
     let (alice, bob) = (UserId::generate(), UserId::generate());
     for n in 0..25 {
         let owner = if n % 5 == 0 { bob } else { alice };
@@ -299,7 +300,7 @@ pub(crate) async fn pages_come_from_the_index_by_number_and_by_cursor_in_each_sc
 pub(crate) async fn status_and_name_filters_read_their_own_index_and_follow_changes(
     place: &dyn StorePlace,
 ) {
-    let store = place.open();
+    let store = place.open().await;
     let owner = UserId::generate();
     let mut made = Vec::new();
     for name in ["web-a", "web-b", "api-a", "worker"] {
@@ -385,7 +386,7 @@ pub(crate) async fn status_and_name_filters_read_their_own_index_and_follow_chan
 pub(crate) async fn a_thousand_concurrent_writers_finish_and_every_write_is_kept(
     place: &dyn StorePlace,
 ) {
-    let store = place.open();
+    let store = place.open().await;
     let owner = UserId::generate();
     let writes = async {
         let tasks: Vec<_> = (0..1000)
@@ -418,7 +419,7 @@ pub(crate) async fn a_thousand_concurrent_writers_finish_and_every_write_is_kept
         .await
         .expect("1000 concurrent writers finish within 30 s");
     drop(store);
-    let store = place.open();
+    let store = place.open().await;
     for (container, job) in written {
         let found = store.container(container).await.unwrap().unwrap();
         assert_eq!(found.status, ContainerStatus::Deployed);
@@ -435,7 +436,7 @@ pub(crate) async fn a_thousand_concurrent_writers_finish_and_every_write_is_kept
 }
 
 pub(crate) async fn quotas_are_kept_per_user_and_replaced_whole(place: &dyn StorePlace) {
-    let store = place.open();
+    let store = place.open().await;
     let (alice, bob) = (UserId::generate(), UserId::generate());
     assert_eq!(store.quota(alice).await.unwrap(), None);
     let quota: crate::model::Quota =
@@ -446,13 +447,13 @@ pub(crate) async fn quotas_are_kept_per_user_and_replaced_whole(place: &dyn Stor
     let smaller: crate::model::Quota = serde_json::from_str(r#"{"instances": 1}"#).unwrap();
     store.set_quota(alice, smaller.clone()).await.unwrap();
     drop(store);
-    let store = place.open();
+    let store = place.open().await;
     assert_eq!(store.quota(alice).await.unwrap(), Some(smaller.clone()));
     assert_eq!(store.quotas_blocking().unwrap(), vec![(alice, smaller)]);
 }
 
 pub(crate) async fn id_ranges_are_given_once_kept_and_never_shared(place: &dyn StorePlace) {
-    let store = place.open();
+    let store = place.open().await;
     let owner = UserId::generate();
     let mut containers = Vec::new();
     for n in 0..20 {
@@ -486,7 +487,7 @@ pub(crate) async fn id_ranges_are_given_once_kept_and_never_shared(place: &dyn S
     assert_eq!(distinct.len(), containers.len());
     drop(store);
     // Kept across a reopen; a removed container's range is not given to the next.
-    let store = place.open();
+    let store = place.open().await;
     let first = &containers[0];
     assert_eq!(store.id_range(first.id).await.unwrap(), given[&first.id]);
     store.remove_container(first.clone()).await.unwrap();

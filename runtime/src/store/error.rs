@@ -25,6 +25,10 @@ pub enum StoreError {
     /// the batch hears of the one failure, so each gets its message.
     #[error("the change was not made durable: {0}")]
     NotDurable(String),
+    /// The store is out of reach (a cluster's etcd without quorum, or down):
+    /// nothing was changed, and the same call may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl StoreError {

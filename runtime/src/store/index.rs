@@ -28,7 +28,7 @@ pub(super) const ALL: [u8; 16] = [0; 16];
 
 const BY_AGE: u8 = b'O';
 const BY_STATUS: u8 = b'S';
-const BY_NAME: u8 = b'N';
+pub(super) const BY_NAME: u8 = b'N';
 const BY_NUMBER: u8 = b'#';
 const TOKENS_BY_AGE: u8 = b'T';
 const TOKENS_BY_ID: u8 = b't';

@@ -13,7 +13,6 @@ pub(super) fn list_containers(
     t: &Trees,
     query: &ContainerQuery,
 ) -> Result<Page<Container>, RuntimeError> {
-    let scope = index::scope_of(query.owner);
     let page = query.page;
     if let Some(name) = &query.name {
         // One name is one row at most: the names index answers.
@@ -21,44 +20,12 @@ pub(super) fn list_containers(
             Some(id) => get::<Container>(&t.containers, &id)?,
             None => None,
         };
-        let items: Vec<_> = found
-            .filter(|c| query.owner.is_none_or(|owner| c.created_by == owner))
-            .filter(|c| query.status.is_none_or(|s| c.status == s))
-            .into_iter()
-            .collect();
-        let total = items.len();
-        let items = items.into_iter().skip(page.skip()).collect();
-        return Ok(page.page_of(items, total, None));
+        return Ok(page_of_named(found, query));
     }
-    let (prefix, counter) = match (&query.name_prefix, query.status) {
-        (Some(name_prefix), _) => (index::by_name_prefix(&scope, name_prefix), None),
-        (None, Some(status)) => (
-            index::by_status_prefix(&scope, status),
-            Some(index::container_counter(&scope, Some(status))),
-        ),
-        (None, None) => (
-            index::by_age_prefix(&scope),
-            Some(index::container_counter(&scope, None)),
-        ),
-    };
-    // Only a name prefix with a status needs the rows themselves to filter.
-    let filter = query.name_prefix.as_ref().and(query.status);
+    let plan = ListPlan::of(query)?;
+    let (prefix, counter, filter) = (plan.prefix, plan.counter, plan.status_filter);
     let keep = |container: &Container| filter.is_none_or(|s| container.status == s);
-    let start = match &query.after {
-        None => Bound::Included(prefix.clone()),
-        Some(cursor) => {
-            let key = hex::decode(cursor)
-                .ok()
-                .filter(|key| key.starts_with(&prefix) && key.len() > prefix.len())
-                .ok_or_else(|| {
-                    RuntimeError::invalid(
-                        "continue",
-                        "is not a cursor of this list: pass the `continue` of the page before, with the same filters",
-                    )
-                })?;
-            Bound::Excluded(key)
-        }
-    };
+    let start = plan.start;
     let entries = t
         .index
         .range::<Vec<u8>, _>((start, Bound::Unbounded))
@@ -118,4 +85,70 @@ pub(super) fn list_containers(
     };
     let next = more.then(|| last_key.map(hex::encode)).flatten();
     Ok(page.page_of(items, total, next))
+}
+
+/// Which index a list of containers reads, from where, and what it filters: the
+/// part of a list every store shares.
+pub(super) struct ListPlan {
+    /// The prefix every index key of the list has.
+    pub(super) prefix: Vec<u8>,
+    /// The counter of the list's total, when one keeps it.
+    pub(super) counter: Option<Vec<u8>>,
+    /// A status the rows must have, checked on the rows themselves: only a name
+    /// prefix with a status needs it.
+    pub(super) status_filter: Option<crate::model::ContainerStatus>,
+    /// The first index key to read.
+    pub(super) start: Bound<Vec<u8>>,
+}
+
+impl ListPlan {
+    /// The plan of `query`, which has no exact name (one name is one row: the
+    /// names index answers it). A cursor not of this list is a 400.
+    pub(super) fn of(query: &ContainerQuery) -> Result<Self, RuntimeError> {
+        let scope = index::scope_of(query.owner);
+        let (prefix, counter) = match (&query.name_prefix, query.status) {
+            (Some(name_prefix), _) => (index::by_name_prefix(&scope, name_prefix), None),
+            (None, Some(status)) => (
+                index::by_status_prefix(&scope, status),
+                Some(index::container_counter(&scope, Some(status))),
+            ),
+            (None, None) => (
+                index::by_age_prefix(&scope),
+                Some(index::container_counter(&scope, None)),
+            ),
+        };
+        let start = match &query.after {
+            None => Bound::Included(prefix.clone()),
+            Some(cursor) => {
+                let key = hex::decode(cursor)
+                    .ok()
+                    .filter(|key| key.starts_with(&prefix) && key.len() > prefix.len())
+                    .ok_or_else(|| {
+                        RuntimeError::invalid(
+                            "continue",
+                            "is not a cursor of this list: pass the `continue` of the page before, with the same filters",
+                        )
+                    })?;
+                Bound::Excluded(key)
+            }
+        };
+        Ok(Self {
+            prefix,
+            counter,
+            status_filter: query.name_prefix.as_ref().and(query.status),
+            start,
+        })
+    }
+}
+
+/// The page of a query for one exact name, given the container of that name.
+pub(super) fn page_of_named(found: Option<Container>, query: &ContainerQuery) -> Page<Container> {
+    let items: Vec<_> = found
+        .filter(|c| query.owner.is_none_or(|owner| c.created_by == owner))
+        .filter(|c| query.status.is_none_or(|s| c.status == s))
+        .into_iter()
+        .collect();
+    let total = items.len();
+    let items = items.into_iter().skip(query.page.skip()).collect();
+    query.page.page_of(items, total, None)
 }

@@ -18,6 +18,8 @@
 //! transaction's lock.
 
 mod error;
+#[cfg(feature = "cluster")]
+mod etcd;
 mod index;
 mod interface;
 mod jobs;
@@ -46,6 +48,8 @@ use std::sync::Arc;
 use writer::GroupCommit;
 
 pub use error::StoreError;
+#[cfg(feature = "cluster")]
+pub use etcd::{EtcdConfig, EtcdStore};
 pub use interface::{
     ContainerStore, InstanceRecords, JobChange, JobStore, StateStore, Store, TokenStore,
 };
@@ -260,6 +264,13 @@ fn lowest_free_id_range(held: &sled::Tree) -> Result<IdRange, RuntimeError> {
         .values()
         .map(|value| decode(&value?))
         .collect::<Result<_, _>>()?;
+    lowest_free_id_range_of(&held)
+}
+
+/// The lowest id range not in `held`.
+fn lowest_free_id_range_of(
+    held: &std::collections::HashSet<IdRange>,
+) -> Result<IdRange, RuntimeError> {
     (0..IdRange::COUNT)
         .filter_map(IdRange::new)
         .find(|range| !held.contains(range))

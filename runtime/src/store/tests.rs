@@ -9,8 +9,9 @@ use std::sync::Arc;
 /// Sled in a temporary directory.
 struct SledPlace(tempfile::TempDir);
 
+#[async_trait::async_trait]
 impl StorePlace for SledPlace {
-    fn open(&self) -> Store {
+    async fn open(&self) -> Store {
         Arc::new(SledStore::open(self.0.path()).unwrap())
     }
 }
