@@ -117,6 +117,7 @@ async fn tokens_work_on_every_node_a_revoked_one_on_none_and_tenants_stay_apart(
     let alice = mint("alice").await;
     let bob = mint("bob").await;
     let secret = |minted: &Value| minted["token"].as_str().unwrap().to_string();
+    let image = nodes[1].upload(&common::fixtures::hello("alice's")).await;
 
     // Alice's container, created through node 2.
     let (status, created) = nodes[1]
@@ -124,7 +125,7 @@ async fn tokens_work_on_every_node_a_revoked_one_on_none_and_tenants_stay_apart(
             Some(&secret(&alice)),
             Method::POST,
             "/v1/containers",
-            Some(&json!({ "name": "alices", "image": "registry.invalid/app:1" })),
+            Some(&json!({ "name": "alices", "image": image })),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
@@ -154,7 +155,7 @@ async fn tokens_work_on_every_node_a_revoked_one_on_none_and_tenants_stay_apart(
         .send_json(
             Method::POST,
             "/v1/containers",
-            &json!({ "name": "alices", "image": "registry.invalid/app:1" }),
+            &json!({ "name": "alices", "image": image }),
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{clash}");
@@ -186,4 +187,140 @@ async fn tokens_work_on_every_node_a_revoked_one_on_none_and_tenants_stay_apart(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Waits until `node` answers `name` with `body`, as a node that follows a change
+/// made on another does within a watch delivery.
+async fn wait_answers(node: &Ember, name: &str, body: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, answer) = node.invoke(name).await;
+        if status == StatusCode::OK && answer == body {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never answered {name} with {body:?}: {status} {answer}",
+            node.ingress
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_deployed_through_one_node_is_served_updated_and_deleted_through_any() {
+    let etcd = Etcd::start();
+    let (nodes, _dirs) = start_nodes(&etcd, 3);
+    // Uploaded to node 1 and deployed there: node 3 fetches the component from
+    // node 1 at its first cold start.
+    let created = nodes[0]
+        .deploy_wasm(
+            "greeter",
+            &common::fixtures::hello("hello from the cluster"),
+            json!({ "idleTimeoutSeconds": 2 }),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let learned = Instant::now();
+    wait_answers(
+        &nodes[2],
+        "greeter",
+        "hello from the cluster",
+        Duration::from_secs(10),
+    )
+    .await;
+    eprintln!(
+        "node 3 served a container deployed on node 1 after {:?}",
+        learned.elapsed()
+    );
+    let here = nodes[2].instances(&id).await;
+    assert_eq!(here.len(), 1, "{here:?}");
+    let (_, servers) = nodes[2].get_json("/v1/servers").await;
+    let node_3_id = servers["data"][2]["id"].clone();
+    assert_eq!(here[0]["server_id"], node_3_id, "{here:?}");
+    // Scale to zero on node 3, and back through node 2.
+    nodes[2]
+        .wait_scaled_to_zero(&id, Duration::from_secs(20))
+        .await;
+    wait_answers(
+        &nodes[1],
+        "greeter",
+        "hello from the cluster",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // An update through node 2 is served by every node.
+    let digest = nodes[1]
+        .upload(&common::fixtures::hello("revision two"))
+        .await;
+    let (status, updated) = nodes[1]
+        .send_json(
+            Method::PUT,
+            &format!("/v1/containers/{id}"),
+            &json!({ "image": digest }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    for node in &nodes {
+        wait_answers(node, "greeter", "revision two", Duration::from_secs(15)).await;
+    }
+    // A delete through node 3 stops it everywhere.
+    let (status, _) = nodes[2]
+        .send_json(Method::DELETE, &format!("/v1/containers/{id}"), &json!({}))
+        .await;
+    assert!(status.is_success(), "{status}");
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, _) = node.invoke("greeter").await;
+            if status == StatusCode::NOT_FOUND {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still serves it: {status}",
+                node.ingress
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_are_read_by_admins_only_and_checked_by_digest() {
+    let etcd = Etcd::start();
+    let (nodes, _dirs) = start_nodes(&etcd, 1);
+    let digest = nodes[0].upload(&common::fixtures::hello("blob")).await;
+    let response = nodes[0]
+        .api_request(Method::GET, &format!("/v1/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.bytes().await.unwrap().to_vec(),
+        common::fixtures::hello("blob")
+    );
+    let (_, minted) = nodes[0]
+        .send_json(Method::POST, "/v1/tokens", &json!({ "user": "carol" }))
+        .await;
+    let (status, body) = nodes[0]
+        .call_as(
+            minted["token"].as_str(),
+            Method::GET,
+            &format!("/v1/blobs/{digest}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let (status, body) = nodes[0].get_json(&format!("/v1/blobs/{missing}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = nodes[0].get_json("/v1/blobs/not-a-digest").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("digest"),
+        "{body}"
+    );
 }

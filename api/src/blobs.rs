@@ -13,7 +13,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub(crate) fn routes() -> OpenApiRouter<Runtime> {
-    OpenApiRouter::new().routes(routes!(upload))
+    OpenApiRouter::new()
+        .routes(routes!(upload))
+        .routes(routes!(download))
 }
 
 #[utoipa::path(
@@ -34,5 +36,29 @@ async fn upload(
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "digest": digest.to_string(), "size": bytes.len() })),
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/blobs/{digest}",
+    tag = "runtime",
+    summary = "Reads a stored component (ADMIN only: a cluster's nodes fetch components uploaded to one another)",
+    params(("digest" = String, Path, description = "sha256:<64 hex digits>")),
+    responses(
+        (status = 200, description = "The component binary", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 403, description = "Not an ADMIN token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such blob here", body = crate::error::ErrorBody),
+    )
+)]
+async fn download(
+    State(runtime): State<Runtime>,
+    Authenticated(caller): Authenticated,
+    axum::extract::Path(digest): axum::extract::Path<String>,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    let bytes = runtime.read_blob(&caller, &digest)?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
     ))
 }

@@ -174,6 +174,16 @@ impl From<RuntimeError> for ApiError {
                 "unprocessable",
                 e.to_string(),
             ),
+            RuntimeError::Storage(ember_runtime::store::StoreError::Unavailable(_)) => {
+                tracing::warn!(error = %e, "the state store is out of reach");
+                let mut error = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    e.to_string(),
+                );
+                error.retry_after = Some(1);
+                error
+            }
             RuntimeError::Storage(_)
             | RuntimeError::TaskFailed { .. }
             | RuntimeError::StorageFull(_)

@@ -131,7 +131,7 @@ pub async fn bootstrap_admin(
     store: &Store,
     data_dir: &Path,
     from_env: Option<&str>,
-) -> Result<Option<String>, RuntimeError> {
+) -> Result<AdminSecret, RuntimeError> {
     let admin = store.admin_user_id();
     if let Some(secret) = from_env {
         if secret.len() < 16 {
@@ -141,14 +141,20 @@ pub async fn bootstrap_admin(
             ));
         }
         register(store, secret, admin).await?;
-        return Ok(None);
+        return Ok(AdminSecret {
+            secret: secret.to_string(),
+            new: false,
+        });
     }
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     if path.exists() {
         let secret = std::fs::read_to_string(&path)
             .map_err(RuntimeError::io(format!("reading {}", path.display())))?;
         register(store, secret.trim(), admin).await?;
-        return Ok(None);
+        return Ok(AdminSecret {
+            secret: secret.trim().to_string(),
+            new: false,
+        });
     }
     let secret = generate_secret();
     register(store, &secret, admin).await?;
@@ -161,7 +167,15 @@ pub async fn bootstrap_admin(
     writeln!(file, "{secret}")
         .and_then(|()| file.sync_all())
         .map_err(RuntimeError::io(format!("writing {}", path.display())))?;
-    Ok(Some(secret))
+    Ok(AdminSecret { secret, new: true })
+}
+
+/// The bootstrap admin's secret, as this start found or made it.
+pub struct AdminSecret {
+    /// The secret itself.
+    pub secret: String,
+    /// Made by this start: shown once, then only in the data dir's file.
+    pub new: bool,
 }
 
 #[cfg(test)]
@@ -174,10 +188,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Store =
             std::sync::Arc::new(crate::store::SledStore::open(&dir.path().join("state")).unwrap());
-        let secret = bootstrap_admin(&store, dir.path(), None)
-            .await
-            .unwrap()
-            .unwrap();
+        let made = bootstrap_admin(&store, dir.path(), None).await.unwrap();
+        assert!(made.new);
+        let secret = made.secret;
         let file = dir.path().join(ADMIN_TOKEN_FILE);
         assert_eq!(
             std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
@@ -189,12 +202,9 @@ mod tests {
         // A second start reuses the file, prints nothing, and keeps the token's id.
         let stored = || store.token(hash(&secret).to_vec());
         let id = stored().await.unwrap().unwrap().id;
-        assert!(
-            bootstrap_admin(&store, dir.path(), None)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        let again = bootstrap_admin(&store, dir.path(), None).await.unwrap();
+        assert!(!again.new);
+        assert_eq!(again.secret, secret);
         assert_eq!(stored().await.unwrap().unwrap().id, id);
     }
 }

@@ -7,7 +7,7 @@ use crate::store::Store;
 use ember_sandbox::cdi::{CdiDeviceName, CdiRegistry};
 use ember_sandbox::image::{ImageRef, PullProgress, RegistryPuller};
 use ember_sandbox::{
-    BlobStore, BoxFuture, Instance, LogSinkRef, PreparedWorkload, Sandbox, SandboxError,
+    BlobStore, BoxFuture, Digest, Instance, LogSinkRef, PreparedWorkload, Sandbox, SandboxError,
     WorkloadKind, WorkloadSpec,
 };
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub(crate) struct Deployer {
     pub(crate) cdi: Arc<CdiRegistry>,
     /// Where each container's user-namespace id range is allocated and kept.
     pub(crate) id_ranges: Store,
+    /// The cluster's other nodes, for a component uploaded to one of them.
+    pub(crate) peers: Option<Arc<dyn crate::cluster::BlobPeers>>,
 }
 
 /// Refuses GPUs and devices for a wasm component, naming the field: there is nothing
@@ -69,7 +71,7 @@ impl Deployer {
                 })?;
         let (kind, artifact) = match image {
             ImageRef::Local(digest) => {
-                if !self.blobs.contains(&digest) {
+                if !self.ensure_local_blob(&digest).await? {
                     return Err(RuntimeError::Unprocessable(format!(
                         "blob {digest} is not in the content store; upload it with POST /v1/blobs first"
                     )));
@@ -87,6 +89,25 @@ impl Deployer {
         };
         revision.artifact = Some(artifact);
         revision.kind = Some(kind);
+        Ok(true)
+    }
+
+    /// Whether blob `digest` is in the content store, fetching it first from
+    /// another node of the cluster when it was uploaded there (kept only if its
+    /// digest matches).
+    pub(crate) async fn ensure_local_blob(&self, digest: &Digest) -> Result<bool, RuntimeError> {
+        if self.blobs.contains(digest) {
+            return Ok(true);
+        }
+        let Some(peers) = &self.peers else {
+            return Ok(false);
+        };
+        let bytes = peers.fetch(digest).await?;
+        self.blobs.put_verified(digest, &bytes).map_err(|e| {
+            RuntimeError::Unprocessable(format!(
+                "blob {digest} fetched from a peer was refused: {e}"
+            ))
+        })?;
         Ok(true)
     }
 
@@ -159,6 +180,9 @@ impl Deployer {
 pub(crate) struct PreparedLater {
     deployer: Arc<Deployer>,
     revision: Revision,
+    /// Whether its artifact may be missing here (another node resolved it), to be
+    /// pulled or fetched before it is prepared.
+    resolve_first: bool,
     prepared: tokio::sync::OnceCell<Arc<dyn PreparedWorkload>>,
     /// Set once the revision no longer serves: what is prepared after is given
     /// back at once.
@@ -172,19 +196,35 @@ impl PreparedLater {
         Self {
             deployer,
             revision,
+            resolve_first: false,
             prepared: tokio::sync::OnceCell::new(),
             retired: false.into(),
             given_back: false.into(),
         }
     }
 
+    /// As [`Self::new`], for a revision another node of the cluster resolved: its
+    /// image is pulled here (or its component fetched from a peer) first.
+    pub(crate) fn resolving(deployer: Arc<Deployer>, revision: Revision) -> Self {
+        Self {
+            resolve_first: true,
+            ..Self::new(deployer, revision)
+        }
+    }
+
+    async fn prepare(&self) -> Result<Arc<dyn PreparedWorkload>, RuntimeError> {
+        if !self.resolve_first {
+            return self.deployer.prepare(&self.revision).await;
+        }
+        let mut revision = self.revision.clone();
+        self.deployer.resolve(&mut revision, &|_| {}).await?;
+        self.deployer.prepare(&revision).await
+    }
+
     /// The prepared revision, preparing it now if no one has yet.
     pub(crate) async fn prepared(&self) -> Result<&Arc<dyn PreparedWorkload>, RuntimeError> {
         use std::sync::atomic::Ordering::SeqCst;
-        let prepared = self
-            .prepared
-            .get_or_try_init(|| self.deployer.prepare(&self.revision))
-            .await?;
+        let prepared = self.prepared.get_or_try_init(|| self.prepare()).await?;
         if self.retired.load(SeqCst) {
             // Retired while it was being prepared.
             self.give_back().await;

@@ -5,7 +5,9 @@ use crate::auth;
 use crate::awake::AwakeSet;
 use crate::background::Background;
 use crate::clock::Clock;
-use crate::cluster::{Membership, NodeRecord, NodeSnapshot, Server};
+use crate::cluster::{
+    BlobPeers, ClusterLink, Membership, NodeRecord, NodeSnapshot, PeerBlobs, Server,
+};
 use crate::config::RuntimeConfig;
 use crate::connections::ConnectionGate;
 use crate::containers::Containers;
@@ -35,6 +37,7 @@ use std::time::{Duration, SystemTime};
 mod admission;
 mod container_commands;
 mod deploying;
+mod following;
 mod restore;
 
 pub use admission::MAX_BLOB_BYTES;
@@ -105,7 +108,11 @@ impl Runtime {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .map_err(RuntimeError::io(format!("creating {}", data_dir.display())))?;
-        let (store, membership) = open_store(&config).await?;
+        let (store, cluster) = open_store(&config).await?;
+        let (membership, changes) = match cluster {
+            Some(link) => (Some(link.membership), Some(link.changes)),
+            None => (None, None),
+        };
         let (store, stored, running, quotas) = tokio::task::spawn_blocking(move || {
             let stored = load_containers(&store)?;
             let running = store.running_blocking()?;
@@ -114,8 +121,17 @@ impl Runtime {
         })
         .await
         .map_err(RuntimeError::task("opening the store"))??;
-        let new_admin_token =
-            auth::bootstrap_admin(&store, &data_dir, config.admin_token.as_deref()).await?;
+        let admin = auth::bootstrap_admin(&store, &data_dir, config.admin_token.as_deref()).await?;
+        let peers = membership
+            .as_ref()
+            .zip(config.cluster.as_ref())
+            .map(|(m, c)| {
+                Arc::new(PeerBlobs::new(
+                    m.clone(),
+                    c.node_name.clone(),
+                    admin.secret.clone(),
+                )) as Arc<dyn BlobPeers>
+            });
         let blobs = BlobStore::open(data_dir.join("blobs"))?;
         let cdi = Arc::new(node::load_cdi_specs(&config.cdi_spec_dirs));
         let wasm = WasmSandbox::new(
@@ -158,6 +174,7 @@ impl Runtime {
             logs: logs.clone(),
             cdi: cdi.clone(),
             id_ranges: store.clone(),
+            peers,
         });
         let server_id = store.server_id();
         let journal = Arc::new(StoreJournal::start(store.clone()));
@@ -199,11 +216,14 @@ impl Runtime {
         runtime.finish_interrupted_jobs().await?;
         runtime.restore(stored);
         runtime.adopt_running(running).await;
+        if let Some(changes) = changes {
+            runtime.spawn_following(changes);
+        }
         runtime.spawn_reconciler();
         runtime.spawn_usage_sampler();
         runtime.spawn_overload_monitor();
         runtime.spawn_job_cleaner();
-        Ok((runtime, new_admin_token))
+        Ok((runtime, admin.new.then_some(admin.secret)))
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -521,9 +541,7 @@ fn series_of(traffic: &ContainerTraffic) -> ContainerSeries {
 
 /// The store `config` names, and the cluster membership that comes with it: sled
 /// in the data dir, or the cluster's etcd.
-async fn open_store(
-    config: &RuntimeConfig,
-) -> Result<(Store, Option<Arc<dyn Membership>>), RuntimeError> {
+async fn open_store(config: &RuntimeConfig) -> Result<(Store, Option<ClusterLink>), RuntimeError> {
     match &config.cluster {
         None => {
             let state_dir = config.data_dir.join("state");
@@ -539,21 +557,24 @@ async fn open_store(
 #[cfg(feature = "cluster")]
 async fn open_cluster_store(
     cluster: &crate::cluster::ClusterConfig,
-) -> Result<(Store, Option<Arc<dyn Membership>>), RuntimeError> {
+) -> Result<(Store, Option<ClusterLink>), RuntimeError> {
     let store = crate::store::EtcdStore::open(crate::store::EtcdConfig {
         endpoints: cluster.endpoints.clone(),
         prefix: crate::store::EtcdConfig::DEFAULT_PREFIX.into(),
         node_name: cluster.node_name.clone(),
     })
     .await?;
-    let membership = store.membership();
-    Ok((Arc::new(store), Some(membership)))
+    let link = ClusterLink {
+        membership: store.membership(),
+        changes: store.container_changes(),
+    };
+    Ok((Arc::new(store), Some(link)))
 }
 
 #[cfg(not(feature = "cluster"))]
 async fn open_cluster_store(
     _: &crate::cluster::ClusterConfig,
-) -> Result<(Store, Option<Arc<dyn Membership>>), RuntimeError> {
+) -> Result<(Store, Option<ClusterLink>), RuntimeError> {
     Err(RuntimeError::Unprocessable(
         "this ember was built without cluster mode: build it with `cargo build --release --features cluster` (which needs protoc, Debian's protobuf-compiler)".into(),
     ))

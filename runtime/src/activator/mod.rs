@@ -212,7 +212,7 @@ impl ContainerTraffic {
         }
     }
 
-    fn serving_number(&self) -> Option<u32> {
+    pub(crate) fn serving_number(&self) -> Option<u32> {
         match &*self.serving.borrow() {
             Serving::Ready(revision) => Some(revision.number),
             _ => None,

@@ -18,6 +18,39 @@ impl Runtime {
         Ok(self.inner.deployer.blobs.put(bytes)?)
     }
 
+    /// The bytes of blob `digest`, for an admin (the cluster's nodes fetch
+    /// components uploaded to one another this way; a tenant reads no one's).
+    pub fn read_blob(&self, caller: &Caller, digest: &str) -> Result<Vec<u8>, RuntimeError> {
+        if caller.role != crate::model::Role::Admin {
+            return Err(RuntimeError::Forbidden(
+                "reading blobs needs an ADMIN token".into(),
+            ));
+        }
+        let digest: Digest = digest
+            .parse()
+            .map_err(|e| RuntimeError::invalid("digest", format!("{e}")))?;
+        if !self.inner.deployer.blobs.contains(&digest) {
+            return Err(RuntimeError::NotFound {
+                what: "blob",
+                id: digest.to_string(),
+            });
+        }
+        Ok(self.inner.deployer.blobs.read(&digest)?)
+    }
+
+    /// Brings a component uploaded to another node of the cluster here, so that
+    /// the checks and the deployment find it; a blob no node holds is a 400.
+    pub(crate) async fn fetch_missing_blob(&self, image: &str) -> Result<(), RuntimeError> {
+        if let Ok(ImageRef::Local(digest)) = image.parse::<ImageRef>() {
+            self.inner
+                .deployer
+                .ensure_local_blob(&digest)
+                .await
+                .map_err(|e| RuntimeError::invalid("image", e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// What a create or update must pass before anything is stored: the image, the
     /// devices, the capabilities, and room for an instance on the node.
     pub(crate) fn check_spec(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {

@@ -22,6 +22,7 @@ impl Runtime {
         patch: ContainerPatch,
     ) -> Result<ContainerView, RuntimeError> {
         let spec = patch.into_new_spec()?;
+        self.fetch_missing_blob(&spec.image).await?;
         self.check_spec(&spec)?;
         self.check_containers_quota(caller).await?;
         let now = SystemTime::now();
@@ -47,6 +48,7 @@ impl Runtime {
             let _record = self.inner.containers.lock_record(id).await;
             let mut container = self.accessible(caller, id).await?;
             let spec = patch.apply(&container.spec)?;
+            self.fetch_missing_blob(&spec.image).await?;
             self.check_spec(&spec)?;
             let old_name = container.spec.name.clone();
             let now = SystemTime::now();

@@ -17,6 +17,7 @@
 //! The etcd client runs on a small runtime of its own, so that the store serves
 //! callers on any runtime (or none: the `_blocking` calls of start-up) alike.
 
+mod changes;
 mod containers;
 mod membership;
 mod records;

@@ -1,0 +1,97 @@
+//! A cluster's containers on this node: what another node created, updated or
+//! deleted is served here too, from the store's stream of changes.
+//!
+//! The node that took the API call deploys the revision and records the outcome;
+//! the others follow what it recorded: they route the container's host, and
+//! serve the revision it made serving, prepared here at its first cold start
+//! (pulling the image, or fetching an uploaded component from a peer). They
+//! never write the container's status, so that one node's view is never
+//! overwritten by another's.
+
+use super::*;
+use crate::cluster::ContainerChange;
+
+impl Runtime {
+    /// Applies `changes` as they come, until the stream ends.
+    pub(crate) fn spawn_following(
+        &self,
+        mut changes: tokio::sync::mpsc::UnboundedReceiver<ContainerChange>,
+    ) {
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            while let Some(change) = changes.recv().await {
+                let applied = match change {
+                    ContainerChange::Stored(container) => runtime.follow_stored(*container).await,
+                    ContainerChange::Removed(id) => {
+                        runtime.follow_removed(id).await;
+                        Ok(())
+                    }
+                };
+                if let Err(e) = applied {
+                    tracing::warn!(error = %e, "applying a container change made on another node failed");
+                }
+            }
+        });
+    }
+
+    /// Serves `container` as stored: its host routed to it, and the revision
+    /// recorded as serving served here once it is newer than what serves here.
+    async fn follow_stored(&self, container: Container) -> Result<(), RuntimeError> {
+        let id = container.id;
+        let _record = self.inner.containers.lock_record(id).await;
+        if let Some(service) = self.inner.containers.get(id) {
+            let before = service.listing().name;
+            if before != container.spec.name {
+                self.inner.containers.unroute(&self.host(before.as_str()));
+            }
+        }
+        let service = self.register(&container);
+        let Some(number) = container.serving_revision else {
+            if container.status == ContainerStatus::Failed
+                && let Some(reason) = &container.status_reason
+            {
+                service.make_unavailable(reason);
+            }
+            return Ok(());
+        };
+        // Only forward: an older record may arrive after this node moved on.
+        if service
+            .serving_number()
+            .is_some_and(|serving| serving >= number)
+        {
+            return Ok(());
+        }
+        let Some(revision) = self.inner.store.revision(id, number).await? else {
+            return Ok(());
+        };
+        let Some(kind) = revision.kind.filter(|_| revision.artifact.is_some()) else {
+            return Ok(());
+        };
+        service.set_policy(self.policy(&container, kind));
+        service.serve(Arc::new(ServingRevision {
+            number,
+            kind,
+            prepared: Arc::new(PreparedLater::resolving(
+                self.inner.deployer.clone(),
+                revision.clone(),
+            )),
+            request: node::instance_request(&revision.spec),
+            ephemeral_storage_bytes: node::instance_storage(&revision.spec, kind),
+        }));
+        tracing::info!(container = %id, revision = number, "serving a revision deployed by another node");
+        Ok(())
+    }
+
+    /// Stops serving a container another node deleted.
+    async fn follow_removed(&self, id: ContainerId) {
+        let _record = self.inner.containers.lock_record(id).await;
+        let Some(service) = self.inner.containers.get(id) else {
+            return;
+        };
+        let host = self.host(service.listing().name.as_str());
+        if let Some(service) = self.inner.containers.remove(id, &host) {
+            service.shut_down();
+        }
+        self.inner.logs.remove(id);
+    }
+}
