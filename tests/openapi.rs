@@ -16,6 +16,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("post", "/v1/blobs"),
+    ("get", "/v1/blobs/{digest}"),
     ("get", "/v1/containers"),
     ("post", "/v1/containers"),
     ("get", "/v1/containers/{id}"),

@@ -47,6 +47,7 @@ async fn upload(
     params(("digest" = String, Path, description = "sha256:<64 hex digits>")),
     responses(
         (status = 200, description = "The component binary", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "Not a digest", body = crate::error::ErrorBody),
         (status = 403, description = "Not an ADMIN token", body = crate::error::ErrorBody),
         (status = 404, description = "No such blob here", body = crate::error::ErrorBody),
     )
