@@ -324,3 +324,50 @@ async fn blobs_are_read_by_admins_only_and_checked_by_digest() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_later_or_restarts_serves_what_was_deployed_before() {
+    let etcd = Etcd::start();
+    let (nodes, _dirs) = start_nodes(&etcd, 1);
+    nodes[0]
+        .deploy_wasm(
+            "early",
+            &common::fixtures::hello("deployed before you came"),
+            json!({}),
+        )
+        .await;
+    let late_dir = common::temp_dir();
+    let late = Ember::start(
+        late_dir.path(),
+        &["--cluster", &etcd.url, "--node-name", "late"],
+    );
+    wait_answers(
+        &late,
+        "early",
+        "deployed before you came",
+        Duration::from_secs(10),
+    )
+    .await;
+    // Killed and started again on its data dir: it loads the container from etcd
+    // and serves it from the component it fetched before.
+    late.kill();
+    let late = Ember::start(
+        late_dir.path(),
+        &["--cluster", &etcd.url, "--node-name", "late"],
+    );
+    wait_answers(
+        &late,
+        "early",
+        "deployed before you came",
+        Duration::from_secs(10),
+    )
+    .await;
+    let (_, servers) = late.get_json("/v1/servers").await;
+    let names: Vec<_> = servers["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["late", "node-1"]);
+}

@@ -21,10 +21,13 @@ impl Runtime {
                 Some(revision) => {
                     let number = revision.number;
                     let kind = revision.kind.unwrap_or(WorkloadKind::Wasm);
-                    let prepared = Arc::new(PreparedLater::new(
-                        self.inner.deployer.clone(),
-                        revision.clone(),
-                    ));
+                    // In a cluster the revision may have been resolved by another
+                    // node, its artifact never brought here.
+                    let prepared = Arc::new(if self.inner.membership.is_some() {
+                        PreparedLater::resolving(self.inner.deployer.clone(), revision.clone())
+                    } else {
+                        PreparedLater::new(self.inner.deployer.clone(), revision.clone())
+                    });
                     service.set_policy(self.policy(&container, kind));
                     service.serve(Arc::new(ServingRevision {
                         number,
