@@ -371,3 +371,197 @@ async fn a_node_that_joins_later_or_restarts_serves_what_was_deployed_before() {
         .collect();
     assert_eq!(names, ["late", "node-1"]);
 }
+
+/// Instances of container `id` on each node.
+async fn instances_per_node(nodes: &[Ember], id: &str) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for node in nodes {
+        counts.push(node.instances(id).await.len());
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_instances_spread_over_nodes_and_a_killed_node_s_share_is_taken_over() {
+    let etcd = Etcd::start();
+    let (mut nodes, _dirs) = start_nodes(&etcd, 3);
+    let created = nodes[0]
+        .deploy_wasm(
+            "kept",
+            &common::fixtures::hello("kept warm"),
+            json!({ "minInstances": 2 }),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    // Two instances in the cluster, on two nodes: not two per node.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counts = loop {
+        let counts = instances_per_node(&nodes, &id).await;
+        if counts.iter().sum::<usize>() == 2 && counts.iter().all(|c| *c <= 1) {
+            break counts;
+        }
+        assert!(Instant::now() < deadline, "instances per node: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let victim = counts.iter().position(|c| *c == 1).unwrap();
+    let survivor = (0..3).find(|i| *i != victim && counts[*i] == 1).unwrap();
+    let heir = counts.iter().position(|c| *c == 0).unwrap();
+
+    // Steady load through a surviving node while the victim is killed.
+    let load = {
+        let client = nodes[survivor].ingress_client("kept");
+        let url = nodes[survivor].ingress_url("kept", "/");
+        tokio::spawn(async move {
+            let (mut answered, mut failed) = (0, 0);
+            let until = Instant::now() + Duration::from_secs(6);
+            while Instant::now() < until {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == StatusCode::OK => answered += 1,
+                    _ => failed += 1,
+                }
+            }
+            (answered, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
+    nodes.remove(victim).kill();
+    // The node that held none (and took no load) takes the killed node's share.
+    let heir = &nodes[if heir > victim { heir - 1 } else { heir }];
+    let deadline = killed + Duration::from_secs(10);
+    loop {
+        if heir.instances(&id).await.len() == 1 {
+            eprintln!(
+                "the killed node's share was running elsewhere after {:?}",
+                killed.elapsed()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not replaced within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (answered, failed) = load.await.unwrap();
+    eprintln!(
+        "through a surviving node while one was killed: {answered} answered, {failed} failed"
+    );
+    assert!(answered > 0);
+    assert_eq!(failed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_an_instance_sends_requests_to_a_warm_member_instead_of_cold_starting() {
+    let etcd = Etcd::start();
+    let (nodes, _dirs) = start_nodes(&etcd, 3);
+    let created = nodes[0]
+        .deploy_wasm(
+            "warm",
+            &common::fixtures::hello("served warm"),
+            json!({ "minInstances": 1 }),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counts = loop {
+        let counts = instances_per_node(&nodes, &id).await;
+        if counts.iter().sum::<usize>() == 1 {
+            break counts;
+        }
+        assert!(Instant::now() < deadline, "instances per node: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let cold = counts.iter().position(|c| *c == 0).unwrap();
+    // The members learn which node holds it warm within a second or two.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..20 {
+        let (status, body) = nodes[cold].invoke("warm").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "served warm"));
+    }
+    assert_eq!(
+        instances_per_node(&nodes, &id).await,
+        counts,
+        "a request through a node without an instance cold-started one there"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_etcd_member_changes_nothing_losing_two_refuses_writes_and_keeps_reads() {
+    let mut etcd = common::etcd::EtcdCluster::start(3);
+    let urls = etcd.urls();
+    let dirs: Vec<_> = (0..2).map(|_| common::temp_dir()).collect();
+    let nodes: Vec<Ember> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            let name = format!("node-{}", i + 1);
+            Ember::start(dir.path(), &["--cluster", &urls, "--node-name", &name])
+        })
+        .collect();
+    let hello = common::fixtures::hello("still here");
+    nodes[0].deploy_wasm("before", &hello, json!({})).await;
+    wait_answers(&nodes[1], "before", "still here", Duration::from_secs(10)).await;
+
+    // One member of three lost: writes and reads go on.
+    etcd.kill(2);
+    nodes[1].deploy_wasm("after-one", &hello, json!({})).await;
+    wait_answers(
+        &nodes[0],
+        "after-one",
+        "still here",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // Two lost: no quorum. A write is refused with a clear 503 and changes
+    // nothing; reads answer from what the members know; traffic is served.
+    etcd.kill(1);
+    let digest = nodes[0].upload(&hello).await;
+    let (status, body) = nodes[0]
+        .send_json(
+            Method::POST,
+            "/v1/containers",
+            &json!({ "name": "no-quorum", "image": digest }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    for node in &nodes {
+        let (status, listed) = node.get_json("/v1/containers").await;
+        assert_eq!(status, StatusCode::OK, "{listed}");
+        let names: Vec<&str> = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"before") && names.contains(&"after-one"),
+            "{names:?}"
+        );
+        assert!(!names.contains(&"no-quorum"), "{names:?}");
+        let (status, answer) = node.invoke("before").await;
+        assert_eq!((status, answer.as_str()), (StatusCode::OK, "still here"));
+    }
+
+    // The members come back: writes work again.
+    etcd.restart(1);
+    etcd.restart(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = nodes[1]
+            .send_json(
+                Method::POST,
+                "/v1/containers",
+                &json!({ "name": "healed", "image": digest }),
+            )
+            .await;
+        if status == StatusCode::CREATED {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes not back after the members returned: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_answers(&nodes[0], "healed", "still here", Duration::from_secs(15)).await;
+}

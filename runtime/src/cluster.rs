@@ -39,6 +39,10 @@ pub struct NodeRecord {
     pub allocated: ResourceRecord,
     /// When it joined, this time.
     pub joined: SystemTime,
+    /// The containers it has instances of now, and how many: where a request for
+    /// one is sent rather than cold-starting it on a node that has none.
+    #[serde(default)]
+    pub warm: std::collections::BTreeMap<crate::model::ContainerId, u32>,
 }
 
 /// A node's resources as published.

@@ -138,6 +138,21 @@ async fn forward(runtime: &Runtime, host: &str, req: IncomingRequest) -> Respons
         );
     };
     tracing::Span::current().record("container", tracing::field::display(service.id));
+    let mut req = req.map(|body| body.map_err(Into::into).boxed_unsync());
+    if let Some(member) = runtime.warm_member_for(&service, &req) {
+        let own = runtime
+            .config()
+            .cluster
+            .as_ref()
+            .map_or("", |c| c.node_name.as_str());
+        match crate::relay::relay(member, own, req).await {
+            Ok(response) => return response,
+            Err((unsent, why)) => {
+                tracing::info!(%member, %why, "a member with the container warm did not answer; starting it here");
+                req = unsent;
+            }
+        }
+    }
     let timeout = runtime.config().request_timeout;
     // While the node sheds load, a request is served only by a slot free now.
     let acquired = if runtime.ingress_gate().is_shedding() {
@@ -151,7 +166,6 @@ async fn forward(runtime: &Runtime, host: &str, req: IncomingRequest) -> Respons
         Ok(lease) => lease,
         Err(e) => return not_activated(&e),
     };
-    let req = req.map(|body| body.map_err(Into::into).boxed_unsync());
     match lease.instance().handle(req).await {
         Ok(response) => response.map(|body| {
             LeasedBody {

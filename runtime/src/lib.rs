@@ -32,6 +32,7 @@ mod overload;
 mod power;
 mod quotas;
 mod record_locks;
+mod relay;
 pub mod routing;
 mod runtime;
 mod ssh;

@@ -218,6 +218,7 @@ impl Runtime {
         runtime.adopt_running(running).await;
         if let Some(changes) = changes {
             runtime.spawn_following(changes);
+            runtime.spawn_share_keeper();
         }
         runtime.spawn_reconciler();
         runtime.spawn_usage_sampler();
@@ -302,6 +303,11 @@ impl Runtime {
         }
     }
 
+    /// This node's cluster membership, when it is in a cluster.
+    pub(crate) fn membership(&self) -> Option<&Arc<dyn Membership>> {
+        self.inner.membership.as_ref()
+    }
+
     /// The servers instances run on and what they hold: this node alone, or the
     /// members of its cluster.
     pub fn servers(&self) -> Vec<Server> {
@@ -332,8 +338,23 @@ impl Runtime {
         let (api, ingress) = (advertised(api), advertised(ingress));
         let node = self.inner.node.clone();
         let (name, joined) = (cluster.node_name.clone(), SystemTime::now());
+        let runtime = Arc::downgrade(&self.inner);
         let snapshot: NodeSnapshot = Arc::new(move || {
             let now = node.snapshot();
+            let warm = runtime
+                .upgrade()
+                .map(|inner| {
+                    inner
+                        .containers
+                        .all()
+                        .iter()
+                        .filter_map(|s| {
+                            let count = u32::try_from(s.instance_count()).ok()?;
+                            (count > 0).then_some((s.id, count))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             NodeRecord {
                 name: name.clone(),
                 server_id: now.id,
@@ -342,6 +363,7 @@ impl Runtime {
                 capacity: (&now.capacity).into(),
                 allocated: (&now.allocated).into(),
                 joined,
+                warm,
             }
         });
         membership.join(snapshot).await

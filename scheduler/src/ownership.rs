@@ -19,6 +19,26 @@ pub fn owner<'a, N: AsRef<[u8]>>(key: &[u8], nodes: &'a [N]) -> Option<&'a N> {
         .map(|(_, node)| node)
 }
 
+/// How many of the `count` instances a container keeps running (its
+/// `minInstances`) node `node` keeps: the nodes ranked by their weight for `key`,
+/// the count dealt one per node in rank order, round after round. The shares of
+/// the live nodes always add up to `count`, spread as evenly as they can be, and
+/// when a node leaves only the shares it held move. A node not among `nodes` (not
+/// yet a member) keeps none.
+pub fn share<N: AsRef<[u8]>>(key: &[u8], nodes: &[N], node: &[u8], count: u32) -> u32 {
+    let key_hash = fnv1a(key);
+    let own = (weight(key_hash, node), node);
+    if !nodes.iter().any(|n| n.as_ref() == node) {
+        return 0;
+    }
+    let rank = nodes
+        .iter()
+        .filter(|n| (weight(key_hash, n.as_ref()), n.as_ref()) > own)
+        .count();
+    let n = nodes.len() as u32;
+    count / n + u32::from((rank as u32) < count % n)
+}
+
 /// The weight of `node` for the key whose hash is `key_hash`.
 fn weight(key_hash: u64, node: &[u8]) -> u64 {
     mix(key_hash ^ fnv1a(node).rotate_left(29))
@@ -83,7 +103,52 @@ mod tests {
         }
     }
 
+    #[test]
+    fn shares_add_up_to_the_count_and_the_owner_holds_the_first() {
+        for count in 0..12u32 {
+            for n in 1..6 {
+                let members = nodes(n);
+                let key = b"0f8e0c2a-3a7b-4c1e-9d2f-5b6a7c8d9e0f";
+                let shares: Vec<u32> = members
+                    .iter()
+                    .map(|m| share(key, &members, m.as_bytes(), count))
+                    .collect();
+                assert_eq!(shares.iter().sum::<u32>(), count, "{count} over {n}");
+                let (lo, hi) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+                assert!(hi - lo <= 1, "{shares:?}");
+                if count > 0 {
+                    let first = owner(key, &members).unwrap();
+                    assert_eq!(
+                        share(key, &members, first.as_bytes(), count),
+                        count.div_ceil(n as u32)
+                    );
+                }
+            }
+        }
+        assert_eq!(share(b"k", &nodes(3), b"stranger", 5), 0);
+    }
+
     proptest! {
+        #[test]
+        fn two_kept_instances_stay_on_two_nodes_when_a_third_leaves(count in 3usize..10, leaving in 0usize..10) {
+            // minInstances 2 over several nodes: one each on the top two; a node
+            // that held none leaving moves nothing.
+            let members = nodes(count);
+            let key = b"container";
+            let holding: Vec<&String> = members.iter().filter(|m| share(key, &members, m.as_bytes(), 2) == 1).collect();
+            prop_assert_eq!(holding.len(), 2);
+            let gone = &members[leaving % count];
+            let rest: Vec<String> = members.iter().filter(|n| *n != gone).cloned().collect();
+            for m in &rest {
+                let before = share(key, &members, m.as_bytes(), 2);
+                let after = share(key, &rest, m.as_bytes(), 2);
+                if !holding.contains(&gone) {
+                    prop_assert_eq!(before, after);
+                }
+            }
+            prop_assert_eq!(rest.iter().map(|m| share(key, &rest, m.as_bytes(), 2)).sum::<u32>(), 2);
+        }
+
         #[test]
         fn a_node_leaving_moves_only_what_it_owned(count in 2usize..20, leaving in 0usize..20) {
             let members = nodes(count);

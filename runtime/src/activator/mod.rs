@@ -71,7 +71,11 @@ pub(crate) enum Serving {
 /// How a container's traffic is handled: its scaling and its queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TrafficPolicy {
+    /// `scaling.min_instances` is this node's share of `kept_instances`.
     pub(crate) scaling: ScalingPolicy,
+    /// The container's `minInstances`, across the cluster: all of it is this
+    /// node's on one machine.
+    pub(crate) kept_instances: u32,
     /// Most requests waiting for an instance.
     pub(crate) queue_depth: u32,
 }
@@ -203,6 +207,15 @@ impl ContainerTraffic {
 
     pub(crate) fn set_policy(&self, policy: TrafficPolicy) {
         self.pool.lock().policy = policy;
+    }
+
+    /// Sets this node's share of the instances the container keeps running, as
+    /// `share` deals them from the container's `minInstances` (when the cluster's
+    /// members change).
+    pub(crate) fn reshare_kept_instances(&self, share: impl FnOnce(u32) -> u32) {
+        let mut pool = self.pool.lock();
+        let kept = pool.policy.kept_instances;
+        pool.policy.scaling.min_instances = share(kept);
     }
 
     fn serving_revision(&self) -> Option<Arc<ServingRevision>> {

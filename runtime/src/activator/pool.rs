@@ -93,6 +93,7 @@ mod tests {
     fn pool() -> Pool {
         Pool {
             policy: TrafficPolicy {
+                kept_instances: 0,
                 scaling: ScalingPolicy {
                     min_instances: 0,
                     max_instances: 10,

@@ -83,6 +83,7 @@ pub(crate) fn service_counting(
     settings: Settings,
 ) -> (Arc<ContainerTraffic>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let policy = TrafficPolicy {
+        kept_instances: 0,
         scaling: ScalingPolicy {
             min_instances: 0,
             max_instances: settings.max,

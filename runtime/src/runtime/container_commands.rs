@@ -253,8 +253,9 @@ impl Runtime {
     pub(crate) fn policy(&self, container: &Container, kind: WorkloadKind) -> TrafficPolicy {
         let spec = &container.spec;
         TrafficPolicy {
+            kept_instances: spec.min_instances,
             scaling: ScalingPolicy {
-                min_instances: spec.min_instances,
+                min_instances: self.kept_instances_share(container.id, spec.min_instances),
                 max_instances: spec.max_instances,
                 idle_timeout: spec
                     .idle_timeout_seconds

@@ -11,6 +11,9 @@
 use super::*;
 use crate::cluster::ContainerChange;
 
+/// How often a member looks for a change of members, to deal kept instances again.
+const SHARE_CHECK_EVERY: Duration = Duration::from_millis(250);
+
 impl Runtime {
     /// Applies `changes` as they come, until the stream ends.
     pub(crate) fn spawn_following(
@@ -80,6 +83,55 @@ impl Runtime {
         }));
         tracing::info!(container = %id, revision = number, "serving a revision deployed by another node");
         Ok(())
+    }
+
+    /// This node's share of the `kept` instances (`minInstances`) container `id`
+    /// keeps running: all of them on one machine; in a cluster, the share
+    /// rendezvous hashing deals this node among the members (see
+    /// `ember_scheduler::ownership::share`), so that the members' shares add up
+    /// to `kept`, spread over `kept` nodes at most.
+    pub(crate) fn kept_instances_share(&self, id: ContainerId, kept: u32) -> u32 {
+        let (Some(membership), Some(cluster)) =
+            (&self.inner.membership, &self.inner.config.cluster)
+        else {
+            return kept;
+        };
+        let names: Vec<String> = membership.members().into_iter().map(|m| m.name).collect();
+        ember_scheduler::ownership::share(id.as_bytes(), &names, cluster.node_name.as_bytes(), kept)
+    }
+
+    /// Deals the kept instances again whenever the members change: a node that
+    /// left (its lease lapsed) leaves its shares to the others, which start them.
+    pub(crate) fn spawn_share_keeper(&self) {
+        let (Some(membership), Some(cluster)) = (
+            self.inner.membership.clone(),
+            self.inner.config.cluster.clone(),
+        ) else {
+            return;
+        };
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            let mut dealt_for: Vec<String> = Vec::new();
+            loop {
+                tokio::time::sleep(SHARE_CHECK_EVERY).await;
+                let names: Vec<String> = membership.members().into_iter().map(|m| m.name).collect();
+                if names == dealt_for {
+                    continue;
+                }
+                for service in runtime.inner.containers.all() {
+                    let id = service.id;
+                    service.reshare_kept_instances(|kept| {
+                        ember_scheduler::ownership::share(
+                            id.as_bytes(),
+                            &names,
+                            cluster.node_name.as_bytes(),
+                            kept,
+                        )
+                    });
+                }
+                dealt_for = names;
+            }
+        });
     }
 
     /// Stops serving a container another node deleted.

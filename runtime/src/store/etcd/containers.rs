@@ -169,7 +169,7 @@ impl Inner {
             .with_range(prefix_end(&start))
             .with_sort(SortTarget::Key, SortOrder::Descend)
             .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-        let response = self.kv().get(start, Some(options)).await?;
+        let response = self.range(start, Some(options)).await?;
         let items = response
             .kvs()
             .iter()

@@ -61,6 +61,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 const SCAN_PAGE: i64 = 500;
 /// Operations per transaction that a batch of reads uses (etcd's default cap is 128).
 const READS_PER_TXN: usize = 100;
+/// Longest a linearizable read waits for etcd's quorum before the member's own
+/// copy answers instead.
+const QUORUM_READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the members' client ports are checked.
+const ENDPOINT_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How long reads keep to the member's copy after one found no quorum.
+const DEGRADED_FOR: Duration = Duration::from_secs(2);
 
 /// The state store on etcd: cheap to clone.
 #[derive(Clone)]
@@ -83,6 +90,10 @@ struct Inner {
     commits: AtomicU64,
     /// Job updates of this node, one at a time (a job is run by one node).
     job_updates: tokio::sync::Mutex<()>,
+    /// Milliseconds since `opened` before which reads skip the quorum (see
+    /// [`Inner::range`]).
+    degraded_until: AtomicU64,
+    opened: std::time::Instant,
 }
 
 /// The runtime the etcd client lives on, shut down when the store is dropped.
@@ -240,6 +251,12 @@ impl EtcdStore {
             .spawn(connect)
             .await
             .map_err(RuntimeError::task("connecting to etcd"))??;
+        if config.endpoints.len() > 1 {
+            io.handle().spawn(keep_live_endpoints(
+                client.clone(),
+                config.endpoints.clone(),
+            ));
+        }
         let keys = Keys {
             prefix: config.prefix.clone().into_bytes(),
         };
@@ -282,6 +299,8 @@ impl EtcdStore {
                 changes: AtomicU64::new(0),
                 commits: AtomicU64::new(0),
                 job_updates: tokio::sync::Mutex::new(()),
+                degraded_until: AtomicU64::new(0),
+                opened: std::time::Instant::now(),
             }),
             io,
         })
@@ -333,6 +352,76 @@ impl EtcdStore {
                 *fault = Some(why.clone());
             }
             _ => *fault = None,
+        }
+    }
+}
+
+/// Whether etcd's answer says to try again: no connection to a member could be
+/// made (a member that died is among the client's endpoints until the endpoint
+/// check takes it out), or the cluster is between leaders (`leader changed`, `no
+/// leader`). Every change this store makes is safe to send twice: a transaction
+/// compares the revisions it read (one already applied fails its compare, and is
+/// read again), and a plain put or delete leaves the same state.
+fn transient(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        // gRPC's UNAVAILABLE.
+        etcd_client::Error::GRpcStatus(status) => status.code() as i32 == 14,
+        _ => false,
+    }
+}
+
+/// Runs `call` again while it fails for a [`transient`] reason, for up to
+/// [`CALL_TIMEOUT`] in all (a leader election takes a second or two; a cluster
+/// without quorum is reported unavailable after that).
+async fn again_if_transient<T, F, Fut>(mut call: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match call().await {
+            Err(e) if transient(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Keeps the client's endpoints to the members that accept connections (all of
+/// them when none does), checked every [`ENDPOINT_CHECK_EVERY`].
+async fn keep_live_endpoints(client: Client, endpoints: Vec<String>) {
+    let mut out: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        tokio::time::sleep(ENDPOINT_CHECK_EVERY).await;
+        let mut live = Vec::new();
+        for endpoint in &endpoints {
+            let address = endpoint
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .trim_end_matches('/')
+                .to_string();
+            let connect = tokio::net::TcpStream::connect(address);
+            let up = matches!(
+                tokio::time::timeout(Duration::from_millis(300), connect).await,
+                Ok(Ok(_))
+            );
+            live.push((endpoint.clone(), up));
+        }
+        if live.iter().all(|(_, up)| !up) {
+            continue;
+        }
+        for (endpoint, up) in live {
+            if up && out.remove(&endpoint) {
+                let _ = client.add_endpoint(&endpoint).await;
+            } else if !up && !out.contains(&endpoint) {
+                client.remove_endpoint(&endpoint).await.ok();
+                out.insert(endpoint);
+            }
         }
     }
 }
@@ -402,20 +491,32 @@ impl Inner {
     }
 
     async fn get_raw(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, RuntimeError> {
-        let response = self.kv().get(key, None).await?;
+        let response = self.range(key, None).await?;
         Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     /// Writes one record (a change of its own).
     async fn put(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), RuntimeError> {
-        self.kv().put(self.keys.of(tree, key), value, None).await?;
+        let key = self.keys.of(tree, key);
+        again_if_transient(|| {
+            let mut kv = self.kv();
+            let (key, value) = (key.clone(), value.clone());
+            async move { kv.put(key, value, None).await }
+        })
+        .await?;
         self.count_commit(1);
         Ok(())
     }
 
     /// Removes one record (a change of its own).
     async fn delete(&self, tree: Tree, key: &[u8]) -> Result<(), RuntimeError> {
-        self.kv().delete(self.keys.of(tree, key), None).await?;
+        let key = self.keys.of(tree, key);
+        again_if_transient(|| {
+            let mut kv = self.kv();
+            let key = key.clone();
+            async move { kv.delete(key, None).await }
+        })
+        .await?;
         self.count_commit(1);
         Ok(())
     }
@@ -449,7 +550,7 @@ impl Inner {
             if keys_only {
                 options = options.with_keys_only();
             }
-            let mut response = self.kv().get(from.clone(), Some(options)).await?;
+            let mut response = self.range(from.clone(), Some(options)).await?;
             let more = response.more();
             let kvs = response.take_kvs();
             let Some(last) = kvs.last() else {
@@ -487,24 +588,87 @@ impl Inner {
         let options = GetOptions::new()
             .with_range(prefix_end(&start))
             .with_count_only();
-        let response = self.kv().get(start, Some(options)).await?;
+        let response = self.range(start, Some(options)).await?;
         Ok(usize::try_from(response.count()).unwrap_or(usize::MAX))
     }
 
+    /// A read: linearizable (it sees every write acknowledged before it) while
+    /// etcd has a quorum; without one, what this node's etcd member holds (a
+    /// serializable read), so that a node keeps answering reads (and taking
+    /// tokens) while writes are refused. After a read that found no quorum, reads
+    /// go to the member's copy for [`DEGRADED_FOR`] before trying quorum again.
+    async fn range(
+        &self,
+        key: Vec<u8>,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, RuntimeError> {
+        if !self.is_degraded() {
+            let read = again_if_transient(|| {
+                let mut kv = self.kv();
+                let (key, options) = (key.clone(), options.clone());
+                async move { kv.get(key, options).await }
+            });
+            match tokio::time::timeout(QUORUM_READ_TIMEOUT, read).await {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(e)) => {
+                    let e = RuntimeError::from(e);
+                    if !matches!(e, RuntimeError::Storage(StoreError::Unavailable(_))) {
+                        return Err(e);
+                    }
+                }
+                Err(_) => {}
+            }
+            self.degraded_until.store(
+                self.clock_ms()
+                    .saturating_add(DEGRADED_FOR.as_millis() as u64),
+                Ordering::Relaxed,
+            );
+        }
+        let options = options.unwrap_or_default().with_serializable();
+        Ok(again_if_transient(|| {
+            let mut kv = self.kv();
+            let (key, options) = (key.clone(), options.clone());
+            async move { kv.get(key, Some(options)).await }
+        })
+        .await?)
+    }
+
+    fn is_degraded(&self) -> bool {
+        self.clock_ms() < self.degraded_until.load(Ordering::Relaxed)
+    }
+
+    fn clock_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
     /// The records at `keys` of `tree`, in their order (`None` where one is gone),
-    /// read in a few transactions rather than one request each.
+    /// read in a few transactions rather than one request each (one read each
+    /// while etcd has no quorum: a transaction needs one).
     async fn get_many<T: DeserializeOwned>(
         &self,
         tree: Tree,
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<T>>, RuntimeError> {
+        if self.is_degraded() {
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                found.push(self.get(tree, key).await?);
+            }
+            return Ok(found);
+        }
         let mut found = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(READS_PER_TXN) {
             let reads: Vec<TxnOp> = chunk
                 .iter()
                 .map(|key| TxnOp::get(self.keys.of(tree, key), None))
                 .collect();
-            let response = self.kv().txn(Txn::new().and_then(reads)).await?;
+            let txn = Txn::new().and_then(reads);
+            let response = again_if_transient(|| {
+                let mut kv = self.kv();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
             for op in response.op_responses() {
                 let etcd_client::TxnOpResponse::Get(get) = op else {
                     return Err(StoreError::broken(
@@ -548,7 +712,12 @@ impl Tx<'_> {
     /// The raw value at `key` of `tree`, remembered for the commit's check.
     async fn get_raw(&mut self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, RuntimeError> {
         let key = self.inner.keys.of(tree, key);
-        let response = self.inner.kv().get(key.clone(), None).await?;
+        let response = again_if_transient(|| {
+            let mut kv = self.inner.kv();
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })
+        .await?;
         let found = response.kvs().first();
         self.reads
             .push((key, found.map_or(0, |kv| kv.mod_revision())));
@@ -616,11 +785,13 @@ impl Tx<'_> {
             .into_iter()
             .map(|(key, revision)| Compare::mod_revision(key, CompareOp::Equal, revision))
             .collect();
-        let response = self
-            .inner
-            .kv()
-            .txn(Txn::new().when(compares).and_then(ops))
-            .await?;
+        let txn = Txn::new().when(compares).and_then(ops);
+        let response = again_if_transient(|| {
+            let mut kv = self.inner.kv();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await?;
         if response.succeeded() {
             self.inner.count_commit(changes);
         }
