@@ -369,6 +369,12 @@ pub struct BenchArgs {
     /// threads and errors over time (e.g. `10m`, `60s`).
     #[arg(long, value_name = "DURATION", value_parser = parse_soak, conflicts_with = "scale")]
     pub soak: Option<std::time::Duration>,
+    /// Measure cluster mode instead (an etcd and two nodes on loopback): warm
+    /// latency through the node holding the instance and through the other (one
+    /// relay hop), a cold start through a node, and the scheduler's decisions per
+    /// second for 100 nodes and 10,000 containers.
+    #[arg(long, conflicts_with_all = ["scale", "soak"])]
+    pub cluster: bool,
 }
 
 /// A soak's length: at least 10 seconds.

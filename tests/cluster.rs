@@ -565,3 +565,90 @@ async fn losing_one_etcd_member_changes_nothing_losing_two_refuses_writes_and_ke
     }
     wait_answers(&nodes[0], "healed", "still here", Duration::from_secs(15)).await;
 }
+
+/// The pinned instances of container `id` on each node.
+async fn pinned_per_node(nodes: &[Ember], id: &str) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for node in nodes {
+        let pinned = node
+            .instances(id)
+            .await
+            .iter()
+            .filter(|i| i["pinned"] == json!(true))
+            .count();
+        counts.push(pinned);
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_pinned_on_a_named_server_start_there_and_outlive_its_loss() {
+    let etcd = Etcd::start();
+    let (mut nodes, _dirs) = start_nodes(&etcd, 3);
+    let created = nodes[0]
+        .deploy_wasm("pinned", &common::fixtures::hello("pinned"), json!({}))
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let (_, servers) = nodes[0].get_json("/v1/servers").await;
+    let server_of = |name: &str| {
+        servers["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == json!(name))
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // An id no member has: 400 naming it.
+    let stranger = "00000000-0000-4000-8000-000000000000";
+    let (status, body) = nodes[0]
+        .send_json(
+            Method::POST,
+            &format!("/v1/containers/{id}/instances"),
+            &json!([{ "server_id": stranger, "new_instances": 1 }]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "[0].server_id", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains(stranger),
+        "{body}"
+    );
+
+    // Two on node 2, asked through node 1.
+    let (status, body) = nodes[0]
+        .send_json(
+            Method::POST,
+            &format!("/v1/containers/{id}/instances"),
+            &json!([{ "server_id": server_of("node-2"), "new_instances": 2 }]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pinned = pinned_per_node(&nodes, &id).await;
+        if pinned == [0, 2, 0] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pinned per node: {pinned:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Node 2 lost: its two are dealt over the others once its lease lapses.
+    nodes.remove(1).kill();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(10);
+    loop {
+        let pinned = pinned_per_node(&nodes, &id).await;
+        if pinned.iter().sum::<usize>() == 2 {
+            eprintln!(
+                "pinned instances of a killed node ran elsewhere after {:?}: {pinned:?}",
+                killed.elapsed()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "pinned per node: {pinned:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

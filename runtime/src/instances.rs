@@ -51,18 +51,23 @@ impl Runtime {
         id: ContainerId,
         requests: &[(ServerId, u32)],
     ) -> Result<Job, RuntimeError> {
-        let server_id = self.server_id();
+        let here = self.server_id();
+        let live = self.live_servers();
         let mut count = 0u32;
         for (i, (server, n)) in requests.iter().enumerate() {
-            if *server != server_id {
+            if !live.contains(server) && *server != here {
+                let servers: Vec<String> = live.iter().map(ToString::to_string).collect();
                 return Err(RuntimeError::invalid(
                     &format!("[{i}].server_id"),
-                    format!("there is no server {server}; this runtime's server is {server_id}"),
+                    format!(
+                        "there is no server {server}; the servers are {} (GET /v1/servers)",
+                        servers.join(", ")
+                    ),
                 ));
             }
             count = count.saturating_add(*n);
         }
-        let service = self
+        let (service, target) = self
             .edit_container(Some(caller), id, |container, traffic| {
             let limit = container.spec.max_instances;
             let pinned = container.pinned_instances.saturating_add(count);
@@ -79,14 +84,25 @@ impl Runtime {
                     "the container has not deployed yet; create instances once it has".into(),
                 ));
             }
-            container.pinned_instances = pinned;
-            Ok(traffic.clone())
+            for (server, n) in requests {
+                container.pin(*server, *n);
+            }
+            let target = crate::model::pinned_share(
+                container.id,
+                &container.pinned_on,
+                container.pinned_instances,
+                here,
+                &live,
+            );
+            Ok((traffic.clone(), target))
         })
             .await?;
         let job = self
             .new_job(caller, id, JobAction::CreateInstances { count }, count)
             .await?;
-        let Some(outcomes) = service.add_pinned(count) else {
+        // Those of other servers are started by their nodes when the record
+        // reaches them; this job follows the ones started here.
+        let Some(outcomes) = service.add_pinned_up_to(target) else {
             // Unavailable since: the job says so; the count stands for when it serves.
             self.finish_job(job.id, Some("the container stopped serving".into()))
                 .await;
@@ -107,7 +123,7 @@ impl Runtime {
     ) -> Result<Job, RuntimeError> {
         let service = self
             .edit_container(Some(caller), id, |container, traffic| {
-                container.pinned_instances = 0;
+                container.unpin_all();
                 container.stopped_instances.clear();
                 Ok(traffic.clone())
             })
@@ -146,8 +162,7 @@ impl Runtime {
                     }
                     InstanceState::Running => {
                         if info.pinned {
-                            container.pinned_instances =
-                                container.pinned_instances.saturating_sub(1);
+                            container.unpin_one(self.server_id());
                         }
                     }
                     // Holds nothing and no longer counts as pinned: it is only forgotten.

@@ -77,8 +77,7 @@ impl Runtime {
                 Ok(live) => {
                     if action == PowerAction::Stop || action == PowerAction::Terminate {
                         if live.is_pinned() {
-                            container.pinned_instances =
-                                container.pinned_instances.saturating_sub(1);
+                            container.unpin_one(self.server_id());
                         }
                         if action == PowerAction::Stop {
                             container.stopped_instances.push(live.as_stopped());
@@ -113,7 +112,7 @@ impl Runtime {
                             });
                         }
                         service.start_stopped(instance, true).map_err(refused)?;
-                        container.pinned_instances += 1;
+                        container.pin(self.server_id(), 1);
                         container.stopped_instances.retain(|s| s.id != instance);
                     }
                     PowerAction::Stop => {

@@ -2,6 +2,8 @@
 //! the ingress, beside crun, runc, `wasmtime serve` and nginx on the same workloads
 //! and the same load, with the project's goals checked.
 
+#[cfg(feature = "cluster")]
+mod cluster;
 mod hostile;
 mod load;
 pub mod peers;
@@ -82,6 +84,14 @@ const IDLE_MEMORY_GOAL_MIB: f64 = 150.0;
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.scale {
         return run_scale(&args).await;
+    }
+    if args.cluster {
+        #[cfg(feature = "cluster")]
+        return cluster::run_cluster(&args).await;
+        #[cfg(not(feature = "cluster"))]
+        anyhow::bail!(
+            "--cluster needs an ember built with cluster mode: cargo build --release --features cluster"
+        );
     }
     if let Some(duration) = args.soak {
         return run_soak(&args, duration).await;

@@ -25,12 +25,22 @@ pub struct Target {
 
 struct OwnRuntime {
     child: Child,
+    // Read by `--cluster`, built with the `cluster` feature only.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    ingress: SocketAddr,
+    bridge: String,
     _data_dir: tempfile::TempDir,
 }
 
 impl Target {
     /// Starts `ember serve` (this executable) on free loopback ports.
     pub fn start_own() -> anyhow::Result<Self> {
+        Self::start_node(&[], BENCH_BRIDGE, BENCH_SUBNET)
+    }
+
+    /// As [`Self::start_own`], with `extra` flags and OCI instances on `bridge` and
+    /// `subnet` (a cluster's nodes on one machine each need their own).
+    pub fn start_node(extra: &[&str], bridge: &str, subnet: &str) -> anyhow::Result<Self> {
         let data_dir = tempfile::tempdir().context("creating a data dir")?;
         let mut command = Command::new(std::env::current_exe()?);
         command
@@ -39,7 +49,8 @@ impl Target {
             .arg(data_dir.path())
             .args(["--api-addr", "127.0.0.1:0", "--ingress-addr", "127.0.0.1:0"])
             .args(["--ssh-addr", "127.0.0.1:0"])
-            .args(["--bridge", BENCH_BRIDGE, "--subnet", BENCH_SUBNET])
+            .args(["--bridge", bridge, "--subnet", subnet])
+            .args(extra)
             .args(["--idle-timeout", "3600", "--stop-grace", "0"])
             // Room for the 10,000 slow connections of the attack case beside the
             // measured client (the default is half the open files limit).
@@ -51,19 +62,21 @@ impl Target {
             super::servers::spawn_tied_to_bench(&mut command).context("starting ember serve")?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
-        let api = loop {
+        let (mut api, mut ingress) = (None, None);
+        while api.is_none() || ingress.is_none() {
             let Some(line) = lines.next() else {
                 let _ = child.kill();
                 bail!("ember serve exited before listening");
             };
-            if let Some(rest) = line?.strip_prefix("api listening on http://") {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .parse::<SocketAddr>()?;
-            }
-        };
+            let line = line?;
+            let address = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .and_then(|rest| rest.split_whitespace().next()?.parse::<SocketAddr>().ok())
+            };
+            api = api.or(address("api listening on http://"));
+            ingress = ingress.or(address("ingress listening on http://"));
+        }
+        let (api, ingress) = (api.expect("read above"), ingress.expect("read above"));
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
         let token =
@@ -73,6 +86,8 @@ impl Target {
             client: ApiClient::with_token(&format!("http://{api}"), token.trim().to_string()),
             own: Some(OwnRuntime {
                 child,
+                ingress,
+                bridge: bridge.to_string(),
                 _data_dir: data_dir,
             }),
         })
@@ -81,6 +96,12 @@ impl Target {
     /// A runtime already running at `client`'s API.
     pub fn existing(client: ApiClient) -> Self {
         Self { client, own: None }
+    }
+
+    /// The ingress of a runtime this command started.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub fn ingress(&self) -> Option<SocketAddr> {
+        self.own.as_ref().map(|own| own.ingress)
     }
 
     /// The process id of a runtime this command started.
@@ -174,7 +195,7 @@ impl Target {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let _ = own.child.wait();
             let _ = Command::new("ip")
-                .args(["link", "del", BENCH_BRIDGE])
+                .args(["link", "del", &own.bridge])
                 .stderr(Stdio::null())
                 .status();
         }

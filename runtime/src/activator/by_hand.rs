@@ -26,14 +26,44 @@ impl ContainerTraffic {
         self.pool.lock().pinned_wanted = pinned;
     }
 
-    /// Starts `count` more pinned instances; returns what to watch for each start.
-    /// Fails when no revision is serving yet.
-    pub(crate) fn add_pinned(self: &Arc<Self>, count: u32) -> Option<Vec<StartOutcome>> {
+    /// Keeps the container's pinned instances as stored (`pinned_on` each server,
+    /// `total` in all) and pins this node's share of them for the `live` servers.
+    pub(crate) fn set_pinned_plan(
+        &self,
+        pinned_on: std::collections::BTreeMap<ServerId, u32>,
+        total: u32,
+        live: &[ServerId],
+    ) {
+        let share = crate::model::pinned_share(self.id, &pinned_on, total, self.server_id, live);
+        *self.pinned_plan.lock() = (pinned_on, total);
+        self.set_pinned(share);
+    }
+
+    /// Pins this node's share again, for a new set of `live` servers.
+    pub(crate) fn repin(&self, live: &[ServerId]) {
+        let share = {
+            let plan = self.pinned_plan.lock();
+            crate::model::pinned_share(self.id, &plan.0, plan.1, self.server_id, live)
+        };
+        self.set_pinned(share);
+    }
+
+    /// Pins `target` instances of the serving revision here (or more, if the
+    /// record already asked for more), starting those missing; returns what to
+    /// watch for each start. Up to a target rather than `count` more, so that the
+    /// record of the same change arriving from the cluster's store first does not
+    /// start them twice. Fails when no revision is serving yet.
+    pub(crate) fn add_pinned_up_to(self: &Arc<Self>, target: u32) -> Option<Vec<StartOutcome>> {
         let revision = self.serving_revision()?;
         let mut pool = self.pool.lock();
-        pool.pinned_wanted += count;
+        let number = revision.number;
+        let present = pool
+            .lifecycle
+            .count_present(|r, pinned| pinned && r == number) as u32;
+        pool.pinned_wanted = pool.pinned_wanted.max(target);
+        let wanted = pool.pinned_wanted;
         Some(
-            (0..count)
+            (present..wanted)
                 .map(|_| self.start_instance(&mut pool, revision.clone(), true, false))
                 .collect(),
         )
@@ -153,7 +183,7 @@ mod tests {
             idle: Duration::from_millis(50),
             ..Settings::default()
         });
-        let mut outcomes = service.add_pinned(2).unwrap();
+        let mut outcomes = service.add_pinned_up_to(2).unwrap();
         for outcome in &mut outcomes {
             outcome.wait_for(Option::is_some).await.unwrap();
         }

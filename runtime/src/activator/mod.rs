@@ -134,6 +134,9 @@ pub(crate) struct ContainerTraffic {
     journal: Arc<dyn InstanceJournal>,
     /// The next instance's ordinal.
     next_ordinal: AtomicU32,
+    /// The container's pinned instances as stored: each server's, and the total
+    /// (see [`crate::model::pinned_share`]).
+    pinned_plan: Mutex<(std::collections::BTreeMap<ServerId, u32>, u32)>,
 }
 
 impl ContainerTraffic {
@@ -181,6 +184,7 @@ impl ContainerTraffic {
             drain_limit,
             journal,
             next_ordinal: AtomicU32::new(1),
+            pinned_plan: Mutex::default(),
         });
         service.touch();
         service

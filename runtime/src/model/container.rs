@@ -155,6 +155,11 @@ pub struct Container {
     /// Instances started through the instances API, kept beyond the autoscaler's count.
     #[serde(default)]
     pub pinned_instances: u32,
+    /// Of `pinned_instances`, how many each server keeps (the instances API's
+    /// `server_id`); those pinned before servers were recorded, or on a server no
+    /// longer a member, are dealt over the live servers (see [`pinned_share`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pinned_on: BTreeMap<ServerId, u32>,
     /// Instances stopped by hand, which keep their ids to start again (also after a
     /// restart of the runtime).
     #[serde(default)]
@@ -189,9 +194,52 @@ impl Container {
             latest_revision: 1,
             serving_revision: None,
             pinned_instances: 0,
+            pinned_on: BTreeMap::new(),
             stopped_instances: Vec::new(),
         }
     }
+
+    /// Pins `count` more instances on `server`.
+    pub fn pin(&mut self, server: ServerId, count: u32) {
+        self.pinned_instances = self.pinned_instances.saturating_add(count);
+        let on = self.pinned_on.entry(server).or_default();
+        *on = on.saturating_add(count);
+    }
+
+    /// One pinned instance of `server` fewer.
+    pub fn unpin_one(&mut self, server: ServerId) {
+        self.pinned_instances = self.pinned_instances.saturating_sub(1);
+        if let Some(on) = self.pinned_on.get_mut(&server) {
+            *on = on.saturating_sub(1);
+            if *on == 0 {
+                self.pinned_on.remove(&server);
+            }
+        }
+    }
+
+    /// No pinned instance anywhere.
+    pub fn unpin_all(&mut self) {
+        self.pinned_instances = 0;
+        self.pinned_on.clear();
+    }
+}
+
+/// The pinned instances `server` keeps of a container's `total`, `pinned_on`
+/// each server, when `live` are the servers up: its own, and its share (dealt
+/// by rendezvous hashing over `live`, as kept instances are) of those pinned on
+/// no live server. On one machine `live` is that machine alone, which keeps all.
+pub fn pinned_share(
+    id: ContainerId,
+    pinned_on: &BTreeMap<ServerId, u32>,
+    total: u32,
+    server: ServerId,
+    live: &[ServerId],
+) -> u32 {
+    let own = pinned_on.get(&server).copied().unwrap_or(0);
+    let placed: u32 = live.iter().filter_map(|s| pinned_on.get(s)).sum();
+    let orphaned = total.saturating_sub(placed);
+    let names: Vec<[u8; 16]> = live.iter().map(|s| *s.as_bytes()).collect();
+    own + ember_scheduler::ownership::share(id.as_bytes(), &names, server.as_bytes(), orphaned)
 }
 
 /// An OCI instance as recorded while it runs, so that a runtime started after

@@ -18,7 +18,7 @@ pub use access::{
 };
 pub use container::{
     Caller, Container, ContainerQuery, ContainerSpec, ContainerStatus, InstanceInfo, InstanceState,
-    Page, PageRequest, Revision, Role, RunningInstance, StoppedInstance,
+    Page, PageRequest, Revision, Role, RunningInstance, StoppedInstance, pinned_share,
 };
 /// A CDI device's qualified name (`vendor.com/class=name`), from the sandbox.
 pub use ember_sandbox::capabilities::{CapabilityChanges, CapabilityName, DEFAULT_CAPABILITIES};

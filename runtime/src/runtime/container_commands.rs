@@ -287,7 +287,11 @@ impl Runtime {
             )
         });
         service.set_listing(listing(container));
-        service.set_pinned(container.pinned_instances);
+        service.set_pinned_plan(
+            container.pinned_on.clone(),
+            container.pinned_instances,
+            &self.live_servers(),
+        );
         service
     }
 }

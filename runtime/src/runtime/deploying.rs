@@ -11,8 +11,23 @@ impl Runtime {
             let Ok(_slot) = runtime.inner.deploy_slots.clone().acquire_owned().await else {
                 return;
             };
-            if let Err(e) = runtime.deploy(id, number).await {
-                tracing::error!(container = %id, revision = number, error = %e, "recording a deployment failed");
+            // A store out of reach for a while (a cluster's etcd electing a
+            // leader, or without quorum) is waited out: the outcome must be
+            // recorded, or the container would show `deploying` for ever.
+            let mut pause = Duration::from_millis(500);
+            loop {
+                match runtime.deploy(id, number).await {
+                    Err(RuntimeError::Storage(crate::store::StoreError::Unavailable(why))) => {
+                        tracing::warn!(container = %id, revision = number, %why, "the store is out of reach; the deployment is tried again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(10));
+                    }
+                    Err(e) => {
+                        tracing::error!(container = %id, revision = number, error = %e, "recording a deployment failed");
+                        return;
+                    }
+                    Ok(()) => return,
+                }
             }
         });
     }

@@ -85,6 +85,14 @@ impl Runtime {
         Ok(())
     }
 
+    /// The servers up now: the cluster's members, or this one alone.
+    pub(crate) fn live_servers(&self) -> Vec<ServerId> {
+        match &self.inner.membership {
+            Some(membership) => membership.members().iter().map(|m| m.server_id).collect(),
+            None => vec![self.inner.server_id],
+        }
+    }
+
     /// This node's share of the `kept` instances (`minInstances`) container `id`
     /// keeps running: all of them on one machine; in a cluster, the share
     /// rendezvous hashing deals this node among the members (see
@@ -118,7 +126,9 @@ impl Runtime {
                 if names == dealt_for {
                     continue;
                 }
+                let live = runtime.live_servers();
                 for service in runtime.inner.containers.all() {
+                    service.repin(&live);
                     let id = service.id;
                     service.reshare_kept_instances(|kept| {
                         ember_scheduler::ownership::share(
