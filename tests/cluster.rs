@@ -652,3 +652,25 @@ async fn instances_pinned_on_a_named_server_start_there_and_outlive_its_loss() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[test]
+fn the_cluster_bench_measures_the_hop_a_cold_start_and_the_scheduler() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["bench", "--cluster", "--quick"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for case in [
+        "warm, through the node holding the instance",
+        "warm, through the other node (one relay hop)",
+        "cold start through a node, none warm anywhere",
+        "scheduler decisions per second",
+    ] {
+        assert!(table.contains(case), "{table}");
+    }
+}
