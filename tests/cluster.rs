@@ -674,3 +674,56 @@ fn the_cluster_bench_measures_the_hop_a_cold_start_and_the_scheduler() {
         assert!(table.contains(case), "{table}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_with_no_room_here_is_placed_on_a_member_with_room() {
+    let etcd = Etcd::start();
+    let small_dir = common::temp_dir();
+    let large_dir = common::temp_dir();
+    let small = Ember::start(
+        small_dir.path(),
+        &[
+            "--cluster",
+            &etcd.url,
+            "--node-name",
+            "small",
+            "--node-cpus",
+            "0.5",
+        ],
+    );
+    let large = Ember::start(
+        large_dir.path(),
+        &[
+            "--cluster",
+            &etcd.url,
+            "--node-name",
+            "large",
+            "--node-cpus",
+            "4",
+        ],
+    );
+    // Two CPUs an instance: never on `small`, which still takes the create.
+    let created = small
+        .deploy_wasm(
+            "big",
+            &common::fixtures::hello("placed by room"),
+            json!({ "cpu": 2 }),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let (status, body) = small.invoke("big").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "placed by room"));
+    assert_eq!(small.instances(&id).await.len(), 0);
+    assert_eq!(large.instances(&id).await.len(), 1);
+    // Nothing fits anywhere: refused at create, naming the field.
+    let digest = small.upload(&common::fixtures::hello("too big")).await;
+    let (status, body) = small
+        .send_json(
+            Method::POST,
+            "/v1/containers",
+            &json!({ "name": "huge", "image": digest, "cpu": 8 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "cpu", "{body}");
+}

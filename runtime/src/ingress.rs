@@ -139,7 +139,7 @@ async fn forward(runtime: &Runtime, host: &str, req: IncomingRequest) -> Respons
     };
     tracing::Span::current().record("container", tracing::field::display(service.id));
     let mut req = req.map(|body| body.map_err(Into::into).boxed_unsync());
-    if let Some(member) = runtime.warm_member_for(&service, &req) {
+    if let Some(member) = runtime.member_to_serve(&service, &req) {
         let own = runtime
             .config()
             .cluster
@@ -148,7 +148,7 @@ async fn forward(runtime: &Runtime, host: &str, req: IncomingRequest) -> Respons
         match crate::relay::relay(member, own, req).await {
             Ok(response) => return response,
             Err((unsent, why)) => {
-                tracing::info!(%member, %why, "a member with the container warm did not answer; starting it here");
+                tracing::info!(%member, %why, "the member chosen to serve did not answer; serving here");
                 req = unsent;
             }
         }

@@ -7,6 +7,7 @@
 use crate::activator::ContainerTraffic;
 use crate::runtime::Runtime;
 use bytes::Bytes;
+use ember_scheduler::placement::{self, Node};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
@@ -21,9 +22,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, ember_sandbox::BoxError>;
 
 impl Runtime {
-    /// The ingress of a member that holds `service` warm, when this node would
-    /// have to cold-start it and the request was not relayed already.
-    pub(crate) fn warm_member_for<B>(
+    /// The ingress of the member that should serve this request instead of this
+    /// node, when this node has no instance of `service` and the request was not
+    /// relayed already: a member that holds the container warm (the most
+    /// instances first), or, when none does and this node has no room for an
+    /// instance now, the member the scheduler places one on (the most free memory
+    /// among those it fits: the cold start happens there, this request held
+    /// here until it answers).
+    pub(crate) fn member_to_serve<B>(
         &self,
         service: &ContainerTraffic,
         request: &Request<B>,
@@ -33,14 +39,36 @@ impl Runtime {
             return None;
         }
         let own = &self.config().cluster.as_ref()?.node_name;
-        membership
+        let others: Vec<_> = membership
             .members()
             .into_iter()
             .filter(|m| &m.name != own)
+            .collect();
+        let warm = others
+            .iter()
             .filter_map(|m| Some((*m.warm.get(&service.id)?, m.ingress)))
             .filter(|(warm, _)| *warm > 0)
             .max_by_key(|(warm, _)| *warm)
-            .map(|(_, ingress)| ingress)
+            .map(|(_, ingress)| ingress);
+        if warm.is_some() {
+            return warm;
+        }
+        let wanted = service.serving_request()?;
+        if self.node().snapshot().fits_now(&wanted).is_ok() {
+            return None;
+        }
+        let mut nodes: Vec<Node<SocketAddr>> = others
+            .iter()
+            .map(|m| Node {
+                id: m.ingress,
+                name: m.name.clone(),
+                capacity: (&m.capacity).into(),
+                allocated: (&m.allocated).into(),
+            })
+            .collect();
+        placement::place(&mut nodes, &wanted)
+            .ok()
+            .map(|placed| placed.node)
     }
 }
 

@@ -229,6 +229,12 @@ impl ContainerTraffic {
         }
     }
 
+    /// What an instance of the serving revision asks of a node.
+    pub(crate) fn serving_request(&self) -> Option<ember_scheduler::Request> {
+        self.serving_revision()
+            .map(|revision| revision.request.clone())
+    }
+
     pub(crate) fn serving_number(&self) -> Option<u32> {
         match &*self.serving.borrow() {
             Serving::Ready(revision) => Some(revision.number),

@@ -166,8 +166,18 @@ impl Runtime {
 
     /// Refuses a spec whose instances could never fit this node, naming the field.
     pub(crate) fn check_fits(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let request = node::instance_request(spec);
+        // In a cluster, a member that could run it is enough.
+        let members = self.servers();
+        if members.len() > 1
+            && members
+                .iter()
+                .any(|server| server.node.could_ever_fit(&request).is_ok())
+        {
+            return Ok(());
+        }
         let node = self.inner.node.snapshot();
-        node.could_ever_fit(&node::instance_request(spec))
+        node.could_ever_fit(&request)
             .map_err(|misfit| {
                 let field = match misfit {
                     Misfit::Cpu { .. } => "cpu",
