@@ -160,6 +160,28 @@ async fn tokens_work_on_every_node_a_revoked_one_on_none_and_tenants_stay_apart(
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{clash}");
 
+    // A quota set through node 1 holds on node 3 within a few seconds.
+    let (status, body) = nodes[0]
+        .send_json(
+            Method::PUT,
+            "/v1/users/alice/quota",
+            &json!({ "containers": 1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Nodes read the quotas again every 2 s.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (status, body) = nodes[2]
+        .call_as(
+            Some(&secret(&alice)),
+            Method::POST,
+            "/v1/containers",
+            Some(&json!({ "name": "alices-second", "image": image })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["code"], "quota_exceeded", "{body}");
+
     // Revoked on node 3: refused on every node within a second.
     let token_id = alice["id"].as_str().unwrap();
     let (status, _) = nodes[2]
@@ -372,11 +394,38 @@ async fn a_node_that_joins_later_or_restarts_serves_what_was_deployed_before() {
     assert_eq!(names, ["late", "node-1"]);
 }
 
+/// The server id of `node`, as the cluster lists it.
+async fn server_id_of(node: &Ember) -> String {
+    let (_, servers) = node.get_json("/v1/servers").await;
+    servers["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["api"] == json!(node.api.to_string()))
+        .unwrap_or_else(|| panic!("{} is not among {servers}", node.api))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The instances of container `id` that `node` itself runs (any node lists the
+/// whole cluster's).
+async fn own_instances(node: &Ember, id: &str) -> Vec<Value> {
+    let server = server_id_of(node).await;
+    let (status, body) = node
+        .get_json(&format!(
+            "/v1/containers/{id}/instances?filter[server_id]={server}"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["data"].as_array().unwrap().clone()
+}
+
 /// Instances of container `id` on each node.
 async fn instances_per_node(nodes: &[Ember], id: &str) -> Vec<usize> {
     let mut counts = Vec::new();
     for node in nodes {
-        counts.push(node.instances(id).await.len());
+        counts.push(own_instances(node, id).await.len());
     }
     counts
 }
@@ -430,7 +479,7 @@ async fn min_instances_spread_over_nodes_and_a_killed_node_s_share_is_taken_over
     let heir = &nodes[if heir > victim { heir - 1 } else { heir }];
     let deadline = killed + Duration::from_secs(10);
     loop {
-        if heir.instances(&id).await.len() == 1 {
+        if own_instances(heir, &id).await.len() == 1 {
             eprintln!(
                 "the killed node's share was running elsewhere after {:?}",
                 killed.elapsed()
@@ -570,8 +619,7 @@ async fn losing_one_etcd_member_changes_nothing_losing_two_refuses_writes_and_ke
 async fn pinned_per_node(nodes: &[Ember], id: &str) -> Vec<usize> {
     let mut counts = Vec::new();
     for node in nodes {
-        let pinned = node
-            .instances(id)
+        let pinned = own_instances(node, id)
             .await
             .iter()
             .filter(|i| i["pinned"] == json!(true))
@@ -713,8 +761,24 @@ async fn a_cold_start_with_no_room_here_is_placed_on_a_member_with_room() {
     let id = created["id"].as_str().unwrap().to_string();
     let (status, body) = small.invoke("big").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "placed by room"));
-    assert_eq!(small.instances(&id).await.len(), 0);
-    assert_eq!(large.instances(&id).await.len(), 1);
+    assert_eq!(own_instances(&small, &id).await.len(), 0);
+    assert_eq!(own_instances(&large, &id).await.len(), 1);
+    // Any node lists the cluster's instances, each with its server.
+    let listed = small.instances(&id).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["server_id"], json!(server_id_of(&large).await));
+    // Stopping every instance through one node stops the others' too.
+    let (status, body) = small
+        .send_json(
+            Method::DELETE,
+            &format!("/v1/containers/{id}/instances"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    large
+        .wait_scaled_to_zero(&id, Duration::from_secs(10))
+        .await;
     // Nothing fits anywhere: refused at create, naming the field.
     let digest = small.upload(&common::fixtures::hello("too big")).await;
     let (status, body) = small

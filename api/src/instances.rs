@@ -41,12 +41,20 @@ async fn list(
     Authenticated(caller): Authenticated,
     id: Result<ContainerIdPath, ApiError>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<InstanceList>, ApiError> {
     caller.require_capability(Capability::ContainersView)?;
     let ContainerIdPath(id) = id?;
     let Query(query) = query?;
     let query = InstanceQuery::parse(&query)?;
-    let instances = query.apply(runtime.list_instances(&caller, id).await?);
+    let mut instances = runtime.list_instances(&caller, id).await?;
+    // In a cluster, the other members' too, unless a member is asking for this
+    // node's own.
+    if !headers.contains_key(MEMBER_ASKING) {
+        let others = runtime.other_members_instances(&caller, id).await?;
+        instances.extend(others.iter().filter_map(instance_from_member));
+    }
+    let instances = query.apply(instances);
     // The container, once, for the includes that describe it.
     let container = if query
         .includes
@@ -121,6 +129,30 @@ async fn get_one(
     }))
 }
 
+/// Set by a member of the cluster asking for this node's own instances.
+const MEMBER_ASKING: &str = "ember-relayed-by";
+
+/// An instance as another member's API listed it (its place among the
+/// container's instances is not listed: 0).
+fn instance_from_member(listed: &serde_json::Value) -> Option<InstanceInfo> {
+    let changed = humantime::parse_rfc3339(listed["state"]["changed"].as_str()?).ok()?;
+    Some(InstanceInfo {
+        id: listed["id"].as_str()?.parse().ok()?,
+        ordinal: 0,
+        created: changed,
+        container_id: listed["container_id"].as_str()?.parse().ok()?,
+        server_id: listed["server_id"].as_str()?.parse().ok()?,
+        revision: u32::try_from(listed["revision"].as_u64()?).ok()?,
+        state: serde_json::from_value(listed["state"]["current"].clone()).ok()?,
+        state_changed: changed,
+        in_flight: u32::try_from(listed["in_flight"].as_u64()?).ok()?,
+        pinned: listed["pinned"].as_bool()?,
+        waiting_reason: listed["state"]["reason"].as_str().map(str::to_string),
+        sandbox_id: listed["sandbox_id"].as_str().map(str::to_string),
+        address: listed["address"].as_str().and_then(|a| a.parse().ok()),
+    })
+}
+
 /// One entry of POST's body, as the instances API names its fields.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,9 +220,15 @@ async fn delete_all(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     id: Result<ContainerIdPath, ApiError>,
+    headers: axum::http::HeaderMap,
 ) -> Result<(StatusCode, Json<DataEnvelope<JobJson>>), ApiError> {
     caller.require_capability(Capability::ContainersUpdate)?;
-    let job = runtime.delete_instances(&caller, id?.0).await?;
+    let ContainerIdPath(id) = id?;
+    let job = runtime.delete_instances(&caller, id).await?;
+    // In a cluster, every member stops its own too (the job follows this node's).
+    if !headers.contains_key(MEMBER_ASKING) {
+        runtime.stop_other_members_instances(&caller, id).await?;
+    }
     Ok(accepted(job))
 }
 

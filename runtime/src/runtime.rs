@@ -5,9 +5,7 @@ use crate::auth;
 use crate::awake::AwakeSet;
 use crate::background::Background;
 use crate::clock::Clock;
-use crate::cluster::{
-    BlobPeers, ClusterLink, Membership, NodeRecord, NodeSnapshot, PeerBlobs, Server,
-};
+use crate::cluster::{BlobPeers, ClusterLink, Membership, NodeRecord, NodeSnapshot, Peers, Server};
 use crate::config::RuntimeConfig;
 use crate::connections::ConnectionGate;
 use crate::containers::Containers;
@@ -85,6 +83,8 @@ struct Inner {
     api_gate: Arc<ConnectionGate>,
     /// This node's cluster, when it is a member of one.
     membership: Option<Arc<dyn Membership>>,
+    /// The other members' APIs, in a cluster.
+    peers: Option<Arc<Peers>>,
 }
 
 /// Deployments that pull and prepare at once. Pulls of one image are shared and
@@ -126,11 +126,11 @@ impl Runtime {
             .as_ref()
             .zip(config.cluster.as_ref())
             .map(|(m, c)| {
-                Arc::new(PeerBlobs::new(
+                Arc::new(Peers::new(
                     m.clone(),
                     c.node_name.clone(),
                     admin.secret.clone(),
-                )) as Arc<dyn BlobPeers>
+                ))
             });
         let blobs = BlobStore::open(data_dir.join("blobs"))?;
         let cdi = Arc::new(node::load_cdi_specs(&config.cdi_spec_dirs));
@@ -174,7 +174,7 @@ impl Runtime {
             logs: logs.clone(),
             cdi: cdi.clone(),
             id_ranges: store.clone(),
-            peers,
+            peers: peers.clone().map(|p| p as Arc<dyn BlobPeers>),
         });
         let server_id = store.server_id();
         let journal = Arc::new(StoreJournal::start(store.clone()));
@@ -210,6 +210,7 @@ impl Runtime {
                 ingress_routing: false.into(),
                 journal,
                 membership,
+                peers,
             }),
         };
         runtime.set_reclaimer();
@@ -219,6 +220,7 @@ impl Runtime {
         if let Some(changes) = changes {
             runtime.spawn_following(changes);
             runtime.spawn_share_keeper();
+            runtime.spawn_quota_reader();
         }
         runtime.spawn_reconciler();
         runtime.spawn_usage_sampler();
@@ -301,6 +303,38 @@ impl Runtime {
         if let Some(membership) = &self.inner.membership {
             membership.leave().await;
         }
+    }
+
+    /// The instances of container `id` that the cluster's other members run, as
+    /// their APIs list them (none on one machine). The caller's right to see the
+    /// container is checked here first; the members are asked with this node's
+    /// own admin token.
+    pub async fn other_members_instances(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+    ) -> Result<Vec<serde_json::Value>, RuntimeError> {
+        let Some(peers) = &self.inner.peers else {
+            return Ok(Vec::new());
+        };
+        self.accessible(caller, id).await?;
+        Ok(peers.instances_of(id).await)
+    }
+
+    /// Has the cluster's other members stop their instances of container `id`
+    /// (nothing on one machine); the caller's right to change it is checked
+    /// first.
+    pub async fn stop_other_members_instances(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+    ) -> Result<(), RuntimeError> {
+        let Some(peers) = &self.inner.peers else {
+            return Ok(());
+        };
+        self.accessible(caller, id).await?;
+        peers.stop_instances_of(id).await;
+        Ok(())
     }
 
     /// This node's cluster membership, when it is in a cluster.

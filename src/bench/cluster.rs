@@ -17,6 +17,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The two nodes' names.
+const NAMES: [&str; 2] = ["bench-a", "bench-b"];
+
 /// What the run measured, as `--json` writes it.
 #[derive(Debug, Serialize)]
 pub struct ClusterReport {
@@ -113,11 +116,23 @@ async fn timed_gets(client: &reqwest::Client, url: &str, n: usize) -> anyhow::Re
     Summary::of(&samples, Some(began.elapsed())).context("no samples")
 }
 
-/// Instances of container `id` that `node` runs.
-async fn instances_on(node: &Target, id: &str) -> anyhow::Result<usize> {
+/// Instances of container `id` that node `name` runs (any node lists the
+/// whole cluster's, each with its server).
+async fn instances_on(node: &Target, name: &str, id: &str) -> anyhow::Result<usize> {
+    let servers = node.client.get("/v1/servers").await?;
+    let server = servers["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == name)
+        .and_then(|s| s["id"].as_str())
+        .with_context(|| format!("{name} is not a member"))?
+        .to_string();
     let listed = node
         .client
-        .get(&format!("/v1/containers/{id}/instances"))
+        .get(&format!(
+            "/v1/containers/{id}/instances?filter[server_id]={server}"
+        ))
         .await?;
     Ok(listed["data"].as_array().map_or(0, Vec::len))
 }
@@ -133,8 +148,8 @@ pub async fn run_cluster(args: &super::BenchArgs) -> anyhow::Result<()> {
         )
     };
     let nodes = [
-        node("bench-a", "emberbench1", "10.251.1.0/24")?,
-        node("bench-b", "emberbench2", "10.251.2.0/24")?,
+        node(NAMES[0], "emberbench1", "10.251.1.0/24")?,
+        node(NAMES[1], "emberbench2", "10.251.2.0/24")?,
     ];
     let outcome = measure(&nodes, warm_requests, cold_starts).await;
     for node in nodes {
@@ -167,8 +182,8 @@ async fn measure(
     let deadline = Instant::now() + Duration::from_secs(30);
     let holder = loop {
         let mut held = Vec::new();
-        for node in nodes {
-            held.push(instances_on(node, &warm.id).await?);
+        for (node, name) in nodes.iter().zip(NAMES) {
+            held.push(instances_on(node, name, &warm.id).await?);
         }
         if let Some(holder) = held.iter().position(|n| *n == 1)
             && held.iter().sum::<usize>() == 1
@@ -195,7 +210,7 @@ async fn measure(
     let warm_on_holder = timed_gets(&direct, &url(holder)?, warm_requests).await?;
     let warm_relayed = timed_gets(&relayed, &url(other)?, warm_requests).await?;
     ensure!(
-        instances_on(&nodes[other], &warm.id).await? == 0,
+        instances_on(&nodes[other], NAMES[other], &warm.id).await? == 0,
         "the other node cold-started an instance instead of relaying"
     );
 

@@ -198,6 +198,11 @@ impl Target {
                 .args(["link", "del", &own.bridge])
                 .stderr(Stdio::null())
                 .status();
+            let table = format!("ember_{}", own.bridge.replace('-', "_"));
+            let _ = Command::new("nft")
+                .args(["delete", "table", "bridge", &table])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }

@@ -46,9 +46,20 @@ impl TestNetwork {
 }
 
 impl Drop for TestNetwork {
+    /// Removes the bridge and the runtime's guard of it (an nftables table: the
+    /// kernel takes about a thousand of them).
     fn drop(&mut self) {
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.bridge])
+            .status();
+        let _ = std::process::Command::new("nft")
+            .args([
+                "delete",
+                "table",
+                "bridge",
+                &format!("ember_{}", self.bridge.replace('-', "_")),
+            ])
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }

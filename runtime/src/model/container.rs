@@ -299,7 +299,7 @@ impl Revision {
 }
 
 /// States of an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceState {
     /// Being started (a cold start in progress).

@@ -13,6 +13,8 @@ use crate::cluster::ContainerChange;
 
 /// How often a member looks for a change of members, to deal kept instances again.
 const SHARE_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How often a member reads the users' quotas again.
+const QUOTA_READ_EVERY: Duration = Duration::from_secs(2);
 
 impl Runtime {
     /// Applies `changes` as they come, until the stream ends.
@@ -140,6 +142,30 @@ impl Runtime {
                     });
                 }
                 dealt_for = names;
+            }
+        });
+    }
+
+    /// Reads the users' quotas again every [`QUOTA_READ_EVERY`]: an admin may set
+    /// one through another node, which keeps it in the store; this node's
+    /// tenants take it from there.
+    pub(crate) fn spawn_quota_reader(&self) {
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(QUOTA_READ_EVERY).await;
+                let store = runtime.inner.store.clone();
+                let Ok(Ok(quotas)) =
+                    tokio::task::spawn_blocking(move || store.quotas_blocking()).await
+                else {
+                    continue;
+                };
+                let node = &runtime.inner.node;
+                for (user, quota) in quotas {
+                    if node.tenants().quota_of(user) != quota {
+                        node.set_quota(user, quota);
+                    }
+                }
             }
         });
     }

@@ -49,6 +49,7 @@ impl PortGuard {
     /// so that instances an earlier run left running stay reachable; the rules
     /// are written anew.
     pub(crate) async fn install(bridge: &str) -> Result<Self, NetworkError> {
+        prune_orphans().await;
         let table = format!("ember_{}", bridge.replace('-', "_"));
         nft(format!(
             "add table bridge {table}\n\
@@ -83,6 +84,46 @@ impl PortGuard {
 }
 
 /// Runs an nftables script as one transaction.
+/// Removes the guards of bridges that no longer exist (removed by hand, or by a
+/// test): each holds a hook on the bridge family's prerouting, and the kernel
+/// takes about a thousand hooks there, past which no new guard can be made.
+async fn prune_orphans() {
+    let Ok(listed) = tokio::process::Command::new("nft")
+        .args(["list", "tables", "bridge"])
+        .output()
+        .await
+    else {
+        return;
+    };
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let orphans: Vec<&str> = listed
+        .lines()
+        .filter_map(|line| line.strip_prefix("table bridge "))
+        .filter(|table| {
+            table.strip_prefix("ember_").is_some_and(|name| {
+                // The table's name turned `-` into `_`: either may be the bridge's.
+                [name.to_string(), name.replace('_', "-")]
+                    .iter()
+                    .all(|bridge| !std::path::Path::new("/sys/class/net").join(bridge).exists())
+            })
+        })
+        .collect();
+    if orphans.is_empty() {
+        return;
+    }
+    let script: String = orphans
+        .iter()
+        .map(|table| format!("delete table bridge {table}\n"))
+        .collect();
+    match nft(script).await {
+        Ok(()) => tracing::info!(
+            count = orphans.len(),
+            "removed the guards of bridges that are gone"
+        ),
+        Err(e) => tracing::warn!(error = %e, "removing the guards of bridges that are gone failed"),
+    }
+}
+
 async fn nft(script: String) -> Result<(), NetworkError> {
     let guard_error = |message: String| NetworkError::Guard(message);
     let mut child = tokio::process::Command::new("nft")

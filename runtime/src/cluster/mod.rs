@@ -3,6 +3,10 @@
 //! node lives and tells every node who the others are. One machine on sled has
 //! no membership: it is the only server.
 
+mod peers;
+
+pub(crate) use peers::Peers;
+
 use crate::error::RuntimeError;
 use crate::model::ServerId;
 use ember_scheduler::placement::{Gpu, Resources};
@@ -151,88 +155,4 @@ pub trait BlobPeers: Send + Sync {
     /// The bytes of blob `digest` from a member that holds it (the caller checks
     /// them against the digest).
     async fn fetch(&self, digest: &ember_sandbox::Digest) -> Result<Vec<u8>, RuntimeError>;
-}
-
-/// The other members' APIs (`GET /v1/blobs/{digest}`), asked in turn with this
-/// node's admin token, which every node accepts: tokens are the cluster's.
-pub(crate) struct PeerBlobs {
-    membership: Arc<dyn Membership>,
-    own_name: String,
-    secret: String,
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Empty<bytes::Bytes>,
-    >,
-}
-
-/// Longest a fetch from one peer may take.
-const PEER_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-impl PeerBlobs {
-    pub(crate) fn new(membership: Arc<dyn Membership>, own_name: String, secret: String) -> Self {
-        Self {
-            membership,
-            own_name,
-            secret,
-            client: hyper_util::client::legacy::Client::builder(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .build_http(),
-        }
-    }
-
-    async fn fetch_from(&self, peer: SocketAddr, digest: &str) -> Result<Vec<u8>, String> {
-        use http_body_util::BodyExt;
-        let request = http::Request::get(format!("http://{peer}/v1/blobs/{digest}"))
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", self.secret),
-            )
-            .body(http_body_util::Empty::new())
-            .map_err(|e| e.to_string())?;
-        let fetch = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| e.to_string())?;
-            if response.status() != http::StatusCode::OK {
-                return Err(format!("answered {}", response.status()));
-            }
-            let body =
-                http_body_util::Limited::new(response.into_body(), crate::runtime::MAX_BLOB_BYTES);
-            body.collect()
-                .await
-                .map(|collected| collected.to_bytes().to_vec())
-                .map_err(|e| e.to_string())
-        };
-        tokio::time::timeout(PEER_FETCH_TIMEOUT, fetch)
-            .await
-            .map_err(|_| format!("took over {PEER_FETCH_TIMEOUT:?}"))?
-    }
-}
-
-#[async_trait::async_trait]
-impl BlobPeers for PeerBlobs {
-    async fn fetch(&self, digest: &ember_sandbox::Digest) -> Result<Vec<u8>, RuntimeError> {
-        let digest = digest.to_string();
-        let mut tried = Vec::new();
-        for member in self.membership.members() {
-            if member.name == self.own_name {
-                continue;
-            }
-            match self.fetch_from(member.api, &digest).await {
-                Ok(bytes) => return Ok(bytes),
-                Err(why) => tried.push(format!("{} {why}", member.name)),
-            }
-        }
-        Err(RuntimeError::Unprocessable(format!(
-            "blob {digest} is on no node of the cluster ({}); upload it with POST /v1/blobs",
-            if tried.is_empty() {
-                "no other node is a member".to_string()
-            } else {
-                tried.join("; ")
-            }
-        )))
-    }
 }

@@ -1,0 +1,202 @@
+//! The other members' APIs, asked with this node's admin token (which every
+//! node accepts: tokens are the cluster's): components uploaded to them, and the
+//! instances they run.
+
+use super::{BlobPeers, Membership};
+use crate::error::RuntimeError;
+use crate::model::ContainerId;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The other members, as clients of their APIs.
+pub(crate) struct Peers {
+    membership: Arc<dyn Membership>,
+    own_name: String,
+    secret: String,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
+}
+
+/// Longest a blob's fetch from one peer may take.
+const BLOB_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a member may take to list its instances; one that takes longer (it
+/// died, and its lease has not lapsed yet) is left out of the list.
+const LIST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes of one member's page of instances.
+const LIST_BYTES: usize = 4 << 20;
+
+impl Peers {
+    pub(crate) fn new(membership: Arc<dyn Membership>, own_name: String, secret: String) -> Self {
+        Self {
+            membership,
+            own_name,
+            secret,
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build_http(),
+        }
+    }
+
+    /// The body of `GET path` on `peer`'s API, marked as a peer's so that the
+    /// peer answers for itself alone.
+    async fn get(
+        &self,
+        peer: SocketAddr,
+        path: &str,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
+        self.send(
+            http::Method::GET,
+            peer,
+            path,
+            limit,
+            timeout,
+            http::StatusCode::OK,
+        )
+        .await
+    }
+
+    /// As [`Self::get`], for any method, expecting `answer`.
+    async fn send(
+        &self,
+        method: http::Method,
+        peer: SocketAddr,
+        path: &str,
+        limit: usize,
+        timeout: Duration,
+        answer: http::StatusCode,
+    ) -> Result<Vec<u8>, String> {
+        use http_body_util::BodyExt;
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{peer}{path}"))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.secret),
+            )
+            .header(crate::relay::RELAYED_BY, self.own_name.as_str())
+            .body(http_body_util::Empty::new())
+            .map_err(|e| e.to_string())?;
+        let fetch = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            if response.status() != answer {
+                return Err(format!("answered {}", response.status()));
+            }
+            let body = http_body_util::Limited::new(response.into_body(), limit);
+            body.collect()
+                .await
+                .map(|collected| collected.to_bytes().to_vec())
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(timeout, fetch)
+            .await
+            .map_err(|_| format!("took over {timeout:?}"))?
+    }
+
+    /// Has every other member stop its instances of container `id` (`DELETE
+    /// /v1/containers/{id}/instances` for itself alone); a member that does not
+    /// answer is logged and skipped (its instances go idle and scale to zero).
+    pub(crate) async fn stop_instances_of(&self, id: ContainerId) {
+        let members: Vec<_> = self
+            .membership
+            .members()
+            .into_iter()
+            .filter(|m| m.name != self.own_name)
+            .collect();
+        let path = format!("/v1/containers/{id}/instances");
+        let stops = members.iter().map(|member| {
+            let path = path.clone();
+            async move {
+                let sent = self
+                    .send(
+                        http::Method::DELETE,
+                        member.api,
+                        &path,
+                        LIST_BYTES,
+                        LIST_TIMEOUT,
+                        http::StatusCode::ACCEPTED,
+                    )
+                    .await;
+                if let Err(why) = sent {
+                    tracing::info!(member = %member.name, %why, "a member did not stop its instances");
+                }
+            }
+        });
+        futures::future::join_all(stops).await;
+    }
+
+    /// The instances of container `id` the other members run, as their APIs list
+    /// them (`GET /v1/containers/{id}/instances`, every page); a member that does
+    /// not answer within [`LIST_TIMEOUT`] is left out.
+    pub(crate) async fn instances_of(&self, id: ContainerId) -> Vec<serde_json::Value> {
+        let members: Vec<_> = self
+            .membership
+            .members()
+            .into_iter()
+            .filter(|m| m.name != self.own_name)
+            .collect();
+        let lists = members.iter().map(|member| async move {
+            let mut found = Vec::new();
+            for page in 1.. {
+                let path = format!("/v1/containers/{id}/instances?page[size]=100&page[number]={page}");
+                let listed = match self.get(member.api, &path, LIST_BYTES, LIST_TIMEOUT).await {
+                    Ok(body) => serde_json::from_slice::<serde_json::Value>(&body).ok(),
+                    Err(why) => {
+                        tracing::info!(member = %member.name, %why, "a member did not list its instances");
+                        None
+                    }
+                };
+                let Some(items) = listed.and_then(|l| l["data"].as_array().cloned()) else {
+                    break;
+                };
+                let last = items.len() < 100;
+                found.extend(items);
+                if last {
+                    break;
+                }
+            }
+            found
+        });
+        futures::future::join_all(lists)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobPeers for Peers {
+    async fn fetch(&self, digest: &ember_sandbox::Digest) -> Result<Vec<u8>, RuntimeError> {
+        let digest = digest.to_string();
+        let mut tried = Vec::new();
+        for member in self.membership.members() {
+            if member.name == self.own_name {
+                continue;
+            }
+            let path = format!("/v1/blobs/{digest}");
+            let limit = crate::runtime::MAX_BLOB_BYTES;
+            match self.get(member.api, &path, limit, BLOB_FETCH_TIMEOUT).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(why) => tried.push(format!("{} {why}", member.name)),
+            }
+        }
+        Err(RuntimeError::Unprocessable(format!(
+            "blob {digest} is on no node of the cluster ({}); upload it with POST /v1/blobs",
+            if tried.is_empty() {
+                "no other node is a member".to_string()
+            } else {
+                tried.join("; ")
+            }
+        )))
+    }
+}
