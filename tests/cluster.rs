@@ -791,3 +791,206 @@ async fn a_cold_start_with_no_room_here_is_placed_on_a_member_with_room() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["field"], "cpu", "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_cluster_starts_nodes_in_namespaces_and_removes_them() {
+    common::oci::require_root();
+    let dir = common::temp_dir();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster");
+    let mut cluster = std::process::Command::new(script)
+        .arg("2")
+        .env("EMBER_BIN", env!("CARGO_BIN_EXE_ember"))
+        .env("EMBER_CLUSTER_NET", "10.79.0")
+        .env("EMBER_CLUSTER_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = cluster.stdout.take().unwrap();
+    let printed = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let done = line.starts_with("Ctrl-C");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    })
+    .join()
+    .unwrap();
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.starts_with("node-2: api http://10.79.0.2:8080")),
+        "{printed:?}"
+    );
+    let token = std::fs::read_to_string(dir.path().join("node-1/admin.token")).unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed: Value = client
+            .get("http://10.79.0.2:8080/v1/servers")
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if listed["data"].as_array().map_or(0, Vec::len) == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SIGTERM: the nodes and etcd stop, the namespaces and the host's veth go.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cluster.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(cluster.wait().unwrap().code().is_some());
+    let namespaces = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&namespaces.stdout).contains("ember-cl-"));
+    assert!(!std::path::Path::new("/sys/class/net/embcl-host").exists());
+}
+
+/// Waits until job `job` (as node `node` shows it) ends; its final state.
+async fn job_outcome(node: &Ember, job: &Value) -> Value {
+    let path = format!("/v1/jobs/{}", job["data"]["id"].as_str().unwrap());
+    node.wait_for(&path, Duration::from_secs(60), |job| {
+        let state = job["data"]["state"]["current"].as_str()?;
+        (state == "completed" || state == "error").then(|| job.clone())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_migrates_to_another_node_under_its_id_serving_throughout_and_back() {
+    let etcd = Etcd::start();
+    let (nodes, _dirs) = start_nodes(&etcd, 2);
+    let created = nodes[0]
+        .deploy_wasm("mover", &common::fixtures::hello("moving"), json!({}))
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let (one, two) = (server_id_of(&nodes[0]).await, server_id_of(&nodes[1]).await);
+    // One instance, pinned on node 1.
+    let (status, body) = nodes[0]
+        .send_json(
+            Method::POST,
+            &format!("/v1/containers/{id}/instances"),
+            &json!([{ "server_id": one, "new_instances": 1 }]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let instance = loop {
+        let own = own_instances(&nodes[0], &id).await;
+        if let Some(running) = own.iter().find(|i| i["state"]["current"] == "running") {
+            break running["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "{own:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Steady traffic through node 1 while the instance moves to node 2.
+    let load = {
+        let client = nodes[0].ingress_client("mover");
+        let url = nodes[0].ingress_url("mover", "/");
+        tokio::spawn(async move {
+            let (mut answered, mut failed) = (0, 0);
+            let until = Instant::now() + Duration::from_secs(4);
+            while Instant::now() < until {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == StatusCode::OK => answered += 1,
+                    _ => failed += 1,
+                }
+            }
+            (answered, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = format!("/v1/containers/{id}/instances/{instance}/tasks");
+    let (status, job) = nodes[0]
+        .send_json(
+            Method::POST,
+            &path,
+            &json!({ "action": "migration.start", "contents": { "server_id": two } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let outcome = job_outcome(&nodes[0], &job).await;
+    assert_eq!(
+        outcome["data"]["state"]["current"], "completed",
+        "{outcome}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // On node 2 under its id, still pinned; node 1's copy gone (an instance
+        // node 1 started for the load meanwhile would be another id).
+        let listed = nodes[1].instances(&id).await;
+        let copies: Vec<_> = listed
+            .iter()
+            .filter(|i| i["id"] == json!(instance) && i["state"]["current"] == "running")
+            .collect();
+        if copies.len() == 1 && copies[0]["server_id"] == json!(two) {
+            assert_eq!(copies[0]["pinned"], json!(true));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{listed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (answered, failed) = load.await.unwrap();
+    eprintln!("through the move: {answered} answered, {failed} failed");
+    assert!(answered > 0);
+    assert_eq!(failed, 0);
+
+    // An unknown server is a 400 naming the field; a revert (asked where the
+    // instance runs now) brings it back.
+    let (status, body) = nodes[1]
+        .send_json(
+            Method::POST,
+            &path,
+            &json!({ "action": "migration.start", "contents": { "server_id": "00000000-0000-4000-8000-000000000000" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "contents.server_id", "{body}");
+    let (status, job) = nodes[1]
+        .send_json(
+            Method::POST,
+            &path,
+            &json!({ "action": "migration.revert", "contents": {} }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let outcome = job_outcome(&nodes[1], &job).await;
+    assert_eq!(
+        outcome["data"]["state"]["current"], "completed",
+        "{outcome}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let own = own_instances(&nodes[0], &id).await;
+        if own
+            .iter()
+            .any(|i| i["id"] == json!(instance) && i["state"]["current"] == "running")
+            && own_instances(&nodes[1], &id)
+                .await
+                .iter()
+                .all(|i| i["state"]["current"] != "running")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{own:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -43,6 +43,9 @@ impl Runtime {
     ) -> Result<Job, RuntimeError> {
         let here = self.server_id();
         let revert = task == InstanceTask::MigrationRevert;
+        if let Some(to) = self.member_to_move_to(caller, id, instance, task).await? {
+            return self.move_to_member(caller, id, instance, to, revert).await;
+        }
         if let InstanceTask::MigrationStart {
             server: Some(server),
         } = task

@@ -36,6 +36,7 @@ mod admission;
 mod container_commands;
 mod deploying;
 mod following;
+mod moving;
 mod restore;
 
 pub use admission::MAX_BLOB_BYTES;

@@ -102,6 +102,47 @@ impl Peers {
             .map_err(|_| format!("took over {timeout:?}"))?
     }
 
+    /// The API address of the member whose server id is `server`.
+    pub(crate) fn api_of(&self, server: crate::model::ServerId) -> Option<SocketAddr> {
+        self.membership
+            .members()
+            .into_iter()
+            .find(|m| m.server_id == server)
+            .map(|m| m.api)
+    }
+
+    /// Waits until the member at `api` runs `instance` of container `id` (as its
+    /// API shows it), for up to `within`.
+    pub(crate) async fn wait_running(
+        &self,
+        api: SocketAddr,
+        id: ContainerId,
+        instance: crate::model::InstanceId,
+        within: Duration,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + within;
+        let path = format!("/v1/containers/{id}/instances/{instance}");
+        let mut last = String::from("not listed yet");
+        while tokio::time::Instant::now() < deadline {
+            match self.get(api, &path, LIST_BYTES, LIST_TIMEOUT).await {
+                Ok(body) => {
+                    let listed: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or_default();
+                    let state = listed["data"]["state"]["current"].as_str().unwrap_or("");
+                    if state == "running" {
+                        return Ok(());
+                    }
+                    last = format!("it is {state}");
+                }
+                Err(why) => last = why,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!(
+            "the target did not run it within {within:?} ({last})"
+        ))
+    }
+
     /// Has every other member stop its instances of container `id` (`DELETE
     /// /v1/containers/{id}/instances` for itself alone); a member that does not
     /// answer is logged and skipped (its instances go idle and scale to zero).

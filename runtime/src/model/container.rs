@@ -160,10 +160,31 @@ pub struct Container {
     /// longer a member, are dealt over the live servers (see [`pinned_share`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pinned_on: BTreeMap<ServerId, u32>,
+    /// Instances on their way from one server of a cluster to another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<InstanceMove>,
+    /// Where each instance moved between servers came from, for a revert.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub moved_from: BTreeMap<InstanceId, ServerId>,
     /// Instances stopped by hand, which keep their ids to start again (also after a
     /// restart of the runtime).
     #[serde(default)]
     pub stopped_instances: Vec<StoppedInstance>,
+}
+
+/// An instance moving between two servers of a cluster: the target starts it
+/// under the same identity, then the source stops its own.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceMove {
+    /// Its identity (id, place, age) and the revision it ran.
+    pub instance: StoppedInstance,
+    /// Whether it is pinned.
+    pub pinned: bool,
+    /// The server it runs on.
+    pub from: ServerId,
+    /// The server it moves to.
+    pub to: ServerId,
 }
 
 /// An instance stopped by hand, as stored.
@@ -195,6 +216,8 @@ impl Container {
             serving_revision: None,
             pinned_instances: 0,
             pinned_on: BTreeMap::new(),
+            moves: Vec::new(),
+            moved_from: BTreeMap::new(),
             stopped_instances: Vec::new(),
         }
     }

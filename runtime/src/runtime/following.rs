@@ -51,6 +51,20 @@ impl Runtime {
             }
         }
         let service = self.register(&container);
+        self.follow_serving(&container, &service).await?;
+        // Instances moving here start once the revision serves here.
+        self.arrive(&container, &service);
+        Ok(())
+    }
+
+    /// Serves the revision `container` records as serving, once it is newer than
+    /// what `service` serves here.
+    async fn follow_serving(
+        &self,
+        container: &Container,
+        service: &Arc<ContainerTraffic>,
+    ) -> Result<(), RuntimeError> {
+        let id = container.id;
         let Some(number) = container.serving_revision else {
             if container.status == ContainerStatus::Failed
                 && let Some(reason) = &container.status_reason
@@ -72,7 +86,7 @@ impl Runtime {
         let Some(kind) = revision.kind.filter(|_| revision.artifact.is_some()) else {
             return Ok(());
         };
-        service.set_policy(self.policy(&container, kind));
+        service.set_policy(self.policy(container, kind));
         service.serve(Arc::new(ServingRevision {
             number,
             kind,
