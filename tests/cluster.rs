@@ -948,6 +948,12 @@ async fn an_instance_migrates_to_another_node_under_its_id_serving_throughout_an
         assert!(Instant::now() < deadline, "{listed:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Any node answers for it by id.
+    let (status, one) = nodes[0]
+        .get_json(&format!("/v1/containers/{id}/instances/{instance}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(one["data"]["server_id"], json!(two), "{one}");
     let (answered, failed) = load.await.unwrap();
     eprintln!("through the move: {answered} answered, {failed} failed");
     assert!(answered > 0);

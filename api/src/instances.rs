@@ -120,10 +120,25 @@ async fn get_one(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     ids: Result<InstanceIdPath, ApiError>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<DataEnvelope<InstanceJson>>, ApiError> {
     caller.require_capability(Capability::ContainersView)?;
     let InstanceIdPath(id, instance) = ids?;
-    let info = runtime.get_instance(&caller, id, instance).await?;
+    let info = match runtime.get_instance(&caller, id, instance).await {
+        // In a cluster, another member may run it.
+        Err(e @ ember_runtime::RuntimeError::NotFound { .. })
+            if !headers.contains_key(MEMBER_ASKING) =>
+        {
+            runtime
+                .other_members_instances(&caller, id)
+                .await?
+                .iter()
+                .filter_map(instance_from_member)
+                .find(|i| i.id == instance)
+                .ok_or(e)?
+        }
+        other => other?,
+    };
     Ok(Json(DataEnvelope {
         data: InstanceJson::from(info),
     }))
