@@ -959,8 +959,8 @@ async fn an_instance_migrates_to_another_node_under_its_id_serving_throughout_an
     assert!(answered > 0);
     assert_eq!(failed, 0);
 
-    // An unknown server is a 400 naming the field; a revert (asked where the
-    // instance runs now) brings it back.
+    // An unknown server is a 400 naming the field; a revert brings it back, asked
+    // of node 1, which no longer runs it and sends the request on to node 2.
     let (status, body) = nodes[1]
         .send_json(
             Method::POST,
@@ -970,7 +970,7 @@ async fn an_instance_migrates_to_another_node_under_its_id_serving_throughout_an
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["field"], "contents.server_id", "{body}");
-    let (status, job) = nodes[1]
+    let (status, job) = nodes[0]
         .send_json(
             Method::POST,
             &path,

@@ -11,7 +11,7 @@ use crate::path_ids::InstanceIdPath;
 use crate::wire::{DataEnvelope, rfc3339};
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use ember_runtime::grants::StreamPurpose;
 use ember_runtime::model::{Caller, Capability, ContainerId, InstanceId, ServerId};
 use ember_runtime::{InstanceTask, Runtime};
@@ -280,15 +280,37 @@ async fn create_task(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     ids: Result<InstanceIdPath, ApiError>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
     StrictJson(body): StrictJson<TaskBody>,
-) -> Result<(StatusCode, Json<DataEnvelope<JobJson>>), ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     caller.require_capability(Capability::ContainersInstanceMigrate)?;
     let InstanceIdPath(id, instance) = ids?;
+    let as_sent = serde_json::to_vec(&serde_json::json!({
+        "action": &body.action,
+        "contents": &body.contents,
+    }))
+    .unwrap_or_default();
     let task = task_from(body)?;
-    let job = runtime
-        .run_instance_task(&caller, id, instance, task)
-        .await?;
-    Ok(accepted(job))
+    match runtime.run_instance_task(&caller, id, instance, task).await {
+        Ok(job) => Ok(accepted(job).into_response()),
+        // In a cluster, another member may run it.
+        Err(e @ ember_runtime::RuntimeError::NotFound { .. }) => {
+            let request = (&method, &uri, &headers);
+            crate::instances::on_its_member(
+                &runtime,
+                &caller,
+                (id, instance),
+                request,
+                Some(as_sent),
+            )
+            .await?
+            .ok_or_else(|| e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

@@ -144,8 +144,48 @@ async fn get_one(
     }))
 }
 
-/// Set by a member of the cluster asking for this node's own instances.
-const MEMBER_ASKING: &str = "ember-relayed-by";
+/// Set by a member of the cluster asking for this node's own instances, or
+/// sending on a client's request for an instance that this node runs.
+pub(crate) const MEMBER_ASKING: &str = "ember-relayed-by";
+
+/// When `instance` runs on another member of the cluster: the client's request
+/// sent on to that member with the client's own credentials, answered as the
+/// member answered. `None` when no other member runs it (or a member asks).
+pub(crate) async fn on_its_member(
+    runtime: &Runtime,
+    caller: &ember_runtime::model::Caller,
+    (id, instance): (
+        ember_runtime::model::ContainerId,
+        ember_runtime::model::InstanceId,
+    ),
+    request: (
+        &axum::http::Method,
+        &axum::http::Uri,
+        &axum::http::HeaderMap,
+    ),
+    json: Option<Vec<u8>>,
+) -> Result<Option<axum::response::Response>, ApiError> {
+    use axum::response::IntoResponse;
+    let (method, uri, headers) = request;
+    if headers.contains_key(MEMBER_ASKING) {
+        return Ok(None);
+    }
+    let Some(api) = runtime.member_running(caller, id, instance).await? else {
+        return Ok(None);
+    };
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let authorization = headers.get(axum::http::header::AUTHORIZATION).cloned();
+    let (status, content_type, body) = runtime
+        .forward_to_member(api, method.clone(), path, authorization, json)
+        .await?;
+    let mut response = (status, body).into_response();
+    if let Some(content_type) = content_type {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_TYPE, content_type);
+    }
+    Ok(Some(response))
+}
 
 /// An instance as another member's API listed it (its place among the
 /// container's instances is not listed: 0).
@@ -259,11 +299,27 @@ async fn delete_one(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     ids: Result<InstanceIdPath, ApiError>,
-) -> Result<(StatusCode, Json<DataEnvelope<JobJson>>), ApiError> {
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     caller.require_capability(Capability::ContainersUpdate)?;
     let InstanceIdPath(id, instance) = ids?;
-    let job = runtime.delete_instance(&caller, id, instance).await?;
-    Ok(accepted(job))
+    match runtime.delete_instance(&caller, id, instance).await {
+        Ok(job) => Ok(accepted(job).into_response()),
+        // In a cluster, another member may run it.
+        Err(e @ ember_runtime::RuntimeError::NotFound { .. }) => on_its_member(
+            &runtime,
+            &caller,
+            (id, instance),
+            (&method, &uri, &headers),
+            None,
+        )
+        .await?
+        .ok_or_else(|| e.into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(crate) fn accepted(

@@ -322,6 +322,51 @@ impl Runtime {
         Ok(peers.instances_of(id).await)
     }
 
+    /// The API of the member that runs `instance` of container `id`, when another
+    /// member of the cluster does (the caller's right to see it checked first).
+    pub async fn member_running(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        instance: InstanceId,
+    ) -> Result<Option<std::net::SocketAddr>, RuntimeError> {
+        let Some(peers) = &self.inner.peers else {
+            return Ok(None);
+        };
+        let wanted = instance.to_string();
+        let server = self
+            .other_members_instances(caller, id)
+            .await?
+            .iter()
+            .find(|i| i["id"].as_str() == Some(wanted.as_str()))
+            .and_then(|i| i["server_id"].as_str()?.parse::<ServerId>().ok());
+        Ok(server.and_then(|server| peers.api_of(server)))
+    }
+
+    /// Sends a client's API request on to the member at `api` (found with
+    /// [`Self::member_running`]), with the client's own credentials; the member's
+    /// status, content type and body.
+    pub async fn forward_to_member(
+        &self,
+        api: std::net::SocketAddr,
+        method: http::Method,
+        path: &str,
+        authorization: Option<http::HeaderValue>,
+        json: Option<Vec<u8>>,
+    ) -> Result<(http::StatusCode, Option<http::HeaderValue>, Vec<u8>), RuntimeError> {
+        let peers = self
+            .inner
+            .peers
+            .as_ref()
+            .ok_or_else(|| RuntimeError::Unprocessable("this node is in no cluster".into()))?;
+        peers
+            .forward(api, method, path, authorization, json)
+            .await
+            .map_err(|why| {
+                RuntimeError::Unprocessable(format!("the member running the instance: {why}"))
+            })
+    }
+
     /// Has the cluster's other members stop their instances of container `id`
     /// (nothing on one machine); the caller's right to change it is checked
     /// first.

@@ -16,7 +16,7 @@ pub(crate) struct Peers {
     secret: String,
     client: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Empty<bytes::Bytes>,
+        http_body_util::Full<bytes::Bytes>,
     >,
 }
 
@@ -80,7 +80,7 @@ impl Peers {
                 format!("Bearer {}", self.secret),
             )
             .header(crate::relay::RELAYED_BY, self.own_name.as_str())
-            .body(http_body_util::Empty::new())
+            .body(http_body_util::Full::default())
             .map_err(|e| e.to_string())?;
         let fetch = async {
             let response = self
@@ -100,6 +100,54 @@ impl Peers {
         tokio::time::timeout(timeout, fetch)
             .await
             .map_err(|_| format!("took over {timeout:?}"))?
+    }
+
+    /// Sends a client's request on to the member at `api`, with the client's own
+    /// `authorization` (the member checks it as it would the client's): the
+    /// member's status, content type and body.
+    pub(crate) async fn forward(
+        &self,
+        api: SocketAddr,
+        method: http::Method,
+        path: &str,
+        authorization: Option<http::HeaderValue>,
+        json: Option<Vec<u8>>,
+    ) -> Result<(http::StatusCode, Option<http::HeaderValue>, Vec<u8>), String> {
+        use http_body_util::BodyExt;
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{api}{path}"))
+            .header(crate::relay::RELAYED_BY, self.own_name.as_str());
+        if let Some(authorization) = authorization {
+            request = request.header(http::header::AUTHORIZATION, authorization);
+        }
+        if json.is_some() {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                json.unwrap_or_default(),
+            )))
+            .map_err(|e| e.to_string())?;
+        let send = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let content_type = response.headers().get(http::header::CONTENT_TYPE).cloned();
+            let body = http_body_util::Limited::new(response.into_body(), LIST_BYTES)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes()
+                .to_vec();
+            Ok((status, content_type, body))
+        };
+        tokio::time::timeout(LIST_TIMEOUT * 5, send)
+            .await
+            .map_err(|_| "the member did not answer within 10 s".to_string())?
     }
 
     /// The API address of the member whose server id is `server`.
