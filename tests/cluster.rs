@@ -394,6 +394,28 @@ async fn a_node_that_joins_later_or_restarts_serves_what_was_deployed_before() {
     assert_eq!(names, ["late", "node-1"]);
 }
 
+/// GETs of `name` through `node`'s ingress, one after another, for `how_long`:
+/// how many were answered 200, and how many not.
+fn steady_load(
+    node: &Ember,
+    name: &str,
+    how_long: Duration,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    let client = node.ingress_client(name);
+    let url = node.ingress_url(name, "/");
+    tokio::spawn(async move {
+        let (mut answered, mut failed) = (0, 0);
+        let until = Instant::now() + how_long;
+        while Instant::now() < until {
+            match client.get(&url).send().await {
+                Ok(r) if r.status() == StatusCode::OK => answered += 1,
+                _ => failed += 1,
+            }
+        }
+        (answered, failed)
+    })
+}
+
 /// The server id of `node`, as the cluster lists it.
 async fn server_id_of(node: &Ember) -> String {
     let (_, servers) = node.get_json("/v1/servers").await;
@@ -457,21 +479,7 @@ async fn min_instances_spread_over_nodes_and_a_killed_node_s_share_is_taken_over
     let heir = counts.iter().position(|c| *c == 0).unwrap();
 
     // Steady load through a surviving node while the victim is killed.
-    let load = {
-        let client = nodes[survivor].ingress_client("kept");
-        let url = nodes[survivor].ingress_url("kept", "/");
-        tokio::spawn(async move {
-            let (mut answered, mut failed) = (0, 0);
-            let until = Instant::now() + Duration::from_secs(6);
-            while Instant::now() < until {
-                match client.get(&url).send().await {
-                    Ok(r) if r.status() == StatusCode::OK => answered += 1,
-                    _ => failed += 1,
-                }
-            }
-            (answered, failed)
-        })
-    };
+    let load = steady_load(&nodes[survivor], "kept", Duration::from_secs(6));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed = Instant::now();
     nodes.remove(victim).kill();
@@ -535,7 +543,7 @@ async fn a_node_without_an_instance_sends_requests_to_a_warm_member_instead_of_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_one_etcd_member_changes_nothing_losing_two_refuses_writes_and_keeps_reads() {
-    let mut etcd = common::etcd::EtcdCluster::start(3);
+    let mut etcd = common::etcd::EtcdCluster::start(3).unwrap();
     let urls = etcd.urls();
     let dirs: Vec<_> = (0..2).map(|_| common::temp_dir()).collect();
     let nodes: Vec<Ember> = dirs
@@ -592,8 +600,8 @@ async fn losing_one_etcd_member_changes_nothing_losing_two_refuses_writes_and_ke
     }
 
     // The members come back: writes work again.
-    etcd.restart(1);
-    etcd.restart(2);
+    etcd.restart(1).unwrap();
+    etcd.restart(2).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = nodes[1]
@@ -902,21 +910,7 @@ async fn an_instance_migrates_to_another_node_under_its_id_serving_throughout_an
     };
 
     // Steady traffic through node 1 while the instance moves to node 2.
-    let load = {
-        let client = nodes[0].ingress_client("mover");
-        let url = nodes[0].ingress_url("mover", "/");
-        tokio::spawn(async move {
-            let (mut answered, mut failed) = (0, 0);
-            let until = Instant::now() + Duration::from_secs(4);
-            while Instant::now() < until {
-                match client.get(&url).send().await {
-                    Ok(r) if r.status() == StatusCode::OK => answered += 1,
-                    _ => failed += 1,
-                }
-            }
-            (answered, failed)
-        })
-    };
+    let load = steady_load(&nodes[0], "mover", Duration::from_secs(4));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let path = format!("/v1/containers/{id}/instances/{instance}/tasks");
     let (status, job) = nodes[0]

@@ -6,7 +6,6 @@
 //! one, and the pure scheduler's decisions per second for 100 simulated nodes and
 //! 10,000 containers (owner, this node's share, and a spread placement each).
 
-use super::servers::spawn_tied_to_bench;
 use super::stats::Summary;
 use super::target::Target;
 use crate::workloads::HELLO_COMPONENT;
@@ -14,7 +13,6 @@ use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The two nodes' names.
@@ -32,62 +30,6 @@ pub struct ClusterReport {
     pub cold_start: Summary,
     /// Decisions of the pure scheduler per second (100 nodes, 10,000 containers).
     pub scheduler_decisions_per_sec: f64,
-}
-
-/// An etcd of the bench's own, removed with it.
-struct Etcd {
-    child: Child,
-    url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Etcd {
-    fn start() -> anyhow::Result<Self> {
-        let data = tempfile::tempdir().context("creating etcd's data dir")?;
-        let port = |_| -> anyhow::Result<u16> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port())
-        };
-        let (client, peer) = (port(())?, port(())?);
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut command = Command::new("etcd");
-        command
-            .args(["--name", "bench", "--data-dir"])
-            .arg(data.path())
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("bench={peer_url}")])
-            .args(["--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = spawn_tied_to_bench(&mut command)
-            .context("starting etcd (Debian's etcd-server) for --cluster")?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            ensure!(Instant::now() < deadline, "etcd did not listen within 20 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self {
-            child,
-            url,
-            _data: data,
-        })
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A client whose requests for `host` go to `ingress`.
@@ -139,13 +81,10 @@ async fn instances_on(node: &Target, name: &str, id: &str) -> anyhow::Result<usi
 
 pub async fn run_cluster(args: &super::BenchArgs) -> anyhow::Result<()> {
     let (warm_requests, cold_starts) = if args.quick { (500, 5) } else { (5_000, 20) };
-    let etcd = Etcd::start()?;
+    let etcd = crate::workloads::etcd::EtcdCluster::start(1)?;
+    let url = etcd.urls();
     let node = |name: &str, bridge: &str, subnet: &str| {
-        Target::start_node(
-            &["--cluster", &etcd.url, "--node-name", name],
-            bridge,
-            subnet,
-        )
+        Target::start_node(&["--cluster", &url, "--node-name", name], bridge, subnet)
     };
     let nodes = [
         node(NAMES[0], "emberbench1", "10.251.1.0/24")?,

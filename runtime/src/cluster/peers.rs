@@ -150,6 +150,13 @@ impl Peers {
             .map_err(|_| "the member did not answer within 10 s".to_string())?
     }
 
+    /// The members other than this node.
+    fn others(&self) -> Vec<super::NodeRecord> {
+        let mut members = self.membership.members();
+        members.retain(|m| m.name != self.own_name);
+        members
+    }
+
     /// The API address of the member whose server id is `server`.
     pub(crate) fn api_of(&self, server: crate::model::ServerId) -> Option<SocketAddr> {
         self.membership
@@ -195,12 +202,7 @@ impl Peers {
     /// /v1/containers/{id}/instances` for itself alone); a member that does not
     /// answer is logged and skipped (its instances go idle and scale to zero).
     pub(crate) async fn stop_instances_of(&self, id: ContainerId) {
-        let members: Vec<_> = self
-            .membership
-            .members()
-            .into_iter()
-            .filter(|m| m.name != self.own_name)
-            .collect();
+        let members = self.others();
         let path = format!("/v1/containers/{id}/instances");
         let stops = members.iter().map(|member| {
             let path = path.clone();
@@ -227,12 +229,7 @@ impl Peers {
     /// them (`GET /v1/containers/{id}/instances`, every page); a member that does
     /// not answer within [`LIST_TIMEOUT`] is left out.
     pub(crate) async fn instances_of(&self, id: ContainerId) -> Vec<serde_json::Value> {
-        let members: Vec<_> = self
-            .membership
-            .members()
-            .into_iter()
-            .filter(|m| m.name != self.own_name)
-            .collect();
+        let members = self.others();
         let lists = members.iter().map(|member| async move {
             let mut found = Vec::new();
             for page in 1.. {
@@ -268,10 +265,7 @@ impl BlobPeers for Peers {
     async fn fetch(&self, digest: &ember_sandbox::Digest) -> Result<Vec<u8>, RuntimeError> {
         let digest = digest.to_string();
         let mut tried = Vec::new();
-        for member in self.membership.members() {
-            if member.name == self.own_name {
-                continue;
-            }
+        for member in self.others() {
             let path = format!("/v1/blobs/{digest}");
             let limit = crate::runtime::MAX_BLOB_BYTES;
             match self.get(member.api, &path, limit, BLOB_FETCH_TIMEOUT).await {
