@@ -33,10 +33,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 mod admission;
+mod cluster_member;
 mod container_commands;
 mod deploying;
 mod following;
+mod metrics_text;
 mod moving;
+mod periodic;
 mod restore;
 
 pub use admission::MAX_BLOB_BYTES;
@@ -93,9 +96,6 @@ struct Inner {
 /// the CPUs.
 const CONCURRENT_DEPLOYS: usize = 32;
 
-/// Containers the reconciler looks at before it lets other tasks run.
-const RECONCILED_BETWEEN_YIELDS: usize = 256;
-
 impl Runtime {
     /// Opens the data dir, loads every container and starts serving them (routes,
     /// deployments, the autoscaler). Returns the runtime and, on the first start, the
@@ -109,7 +109,7 @@ impl Runtime {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .map_err(RuntimeError::io(format!("creating {}", data_dir.display())))?;
-        let (store, cluster) = open_store(&config).await?;
+        let (store, cluster) = cluster_member::open_store(&config).await?;
         let (membership, changes) = match cluster {
             Some(link) => (Some(link.membership), Some(link.changes)),
             None => (None, None),
@@ -306,199 +306,6 @@ impl Runtime {
         }
     }
 
-    /// The instances of container `id` that the cluster's other members run, as
-    /// their APIs list them (none on one machine). The caller's right to see the
-    /// container is checked here first; the members are asked with this node's
-    /// own admin token.
-    pub async fn other_members_instances(
-        &self,
-        caller: &Caller,
-        id: ContainerId,
-    ) -> Result<Vec<serde_json::Value>, RuntimeError> {
-        let Some(peers) = &self.inner.peers else {
-            return Ok(Vec::new());
-        };
-        self.accessible(caller, id).await?;
-        Ok(peers.instances_of(id).await)
-    }
-
-    /// The API of the member that runs `instance` of container `id`, when another
-    /// member of the cluster does (the caller's right to see it checked first).
-    pub async fn member_running(
-        &self,
-        caller: &Caller,
-        id: ContainerId,
-        instance: InstanceId,
-    ) -> Result<Option<std::net::SocketAddr>, RuntimeError> {
-        let Some(peers) = &self.inner.peers else {
-            return Ok(None);
-        };
-        let wanted = instance.to_string();
-        let server = self
-            .other_members_instances(caller, id)
-            .await?
-            .iter()
-            .find(|i| i["id"].as_str() == Some(wanted.as_str()))
-            .and_then(|i| i["server_id"].as_str()?.parse::<ServerId>().ok());
-        Ok(server.and_then(|server| peers.api_of(server)))
-    }
-
-    /// Sends a client's API request on to the member at `api` (found with
-    /// [`Self::member_running`]), with the client's own credentials; the member's
-    /// status, content type and body.
-    pub async fn forward_to_member(
-        &self,
-        api: std::net::SocketAddr,
-        method: http::Method,
-        path: &str,
-        authorization: Option<http::HeaderValue>,
-        json: Option<Vec<u8>>,
-    ) -> Result<(http::StatusCode, Option<http::HeaderValue>, Vec<u8>), RuntimeError> {
-        let peers = self
-            .inner
-            .peers
-            .as_ref()
-            .ok_or_else(|| RuntimeError::Unprocessable("this node is in no cluster".into()))?;
-        peers
-            .forward(api, method, path, authorization, json)
-            .await
-            .map_err(|why| {
-                RuntimeError::Unprocessable(format!("the member running the instance: {why}"))
-            })
-    }
-
-    /// Has the cluster's other members stop their instances of container `id`
-    /// (nothing on one machine); the caller's right to change it is checked
-    /// first.
-    pub async fn stop_other_members_instances(
-        &self,
-        caller: &Caller,
-        id: ContainerId,
-    ) -> Result<(), RuntimeError> {
-        let Some(peers) = &self.inner.peers else {
-            return Ok(());
-        };
-        self.accessible(caller, id).await?;
-        peers.stop_instances_of(id).await;
-        Ok(())
-    }
-
-    /// This node's cluster membership, when it is in a cluster.
-    pub(crate) fn membership(&self) -> Option<&Arc<dyn Membership>> {
-        self.inner.membership.as_ref()
-    }
-
-    /// The servers instances run on and what they hold: this node alone, or the
-    /// members of its cluster.
-    pub fn servers(&self) -> Vec<Server> {
-        match &self.inner.membership {
-            Some(membership) => membership.members().iter().map(Server::from).collect(),
-            None => vec![Server {
-                node: self.inner.node.snapshot(),
-                addresses: None,
-            }],
-        }
-    }
-
-    /// Publishes this node to its cluster (if it is in one), with the addresses its
-    /// API and ingress listen on, kept published until it stops.
-    pub async fn join_cluster(
-        &self,
-        api: std::net::SocketAddr,
-        ingress: std::net::SocketAddr,
-    ) -> Result<(), RuntimeError> {
-        let (Some(membership), Some(cluster)) =
-            (&self.inner.membership, &self.inner.config.cluster)
-        else {
-            return Ok(());
-        };
-        let advertised = |addr: std::net::SocketAddr| {
-            std::net::SocketAddr::new(cluster.advertise_addr, addr.port())
-        };
-        let (api, ingress) = (advertised(api), advertised(ingress));
-        let node = self.inner.node.clone();
-        let (name, joined) = (cluster.node_name.clone(), SystemTime::now());
-        let runtime = Arc::downgrade(&self.inner);
-        let snapshot: NodeSnapshot = Arc::new(move || {
-            let now = node.snapshot();
-            let warm = runtime
-                .upgrade()
-                .map(|inner| {
-                    inner
-                        .containers
-                        .all()
-                        .iter()
-                        .filter_map(|s| {
-                            let count = u32::try_from(s.instance_count()).ok()?;
-                            (count > 0).then_some((s.id, count))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            NodeRecord {
-                name: name.clone(),
-                server_id: now.id,
-                api,
-                ingress,
-                capacity: (&now.capacity).into(),
-                allocated: (&now.allocated).into(),
-                joined,
-                warm,
-            }
-        });
-        membership.join(snapshot).await
-    }
-
-    /// Prometheus text for `/metrics`.
-    ///
-    /// `reader` decides whose series it holds: every container's for an admin or a
-    /// token with the `metrics` scope, none (node-wide series only) otherwise, so
-    /// that one tenant never reads another's container ids and traffic.
-    pub fn metrics_text(&self, reader: Option<&Caller>) -> String {
-        let every_container = reader.is_some_and(|caller| {
-            caller.role == crate::model::Role::Admin || caller.scopes.contains(Scope::Metrics)
-        });
-        let services = self.inner.containers.all();
-        let instances: usize = services.iter().map(|s| s.instance_count()).sum();
-        let mut text = self.inner.metrics.render(&[
-            (
-                "ember_containers",
-                "Containers deployed.",
-                services.len() as u64,
-            ),
-            ("ember_instances", "Instances running.", instances as u64),
-            (
-                "ember_overloaded",
-                "1 while the ingress sheds load (descriptors or memory past their threshold).",
-                u64::from(self.inner.ingress_gate.is_shedding()),
-            ),
-        ]);
-        if every_container {
-            let per_container: Vec<_> = services.iter().map(|s| series_of(s)).collect();
-            crate::metrics::render_per_container(&mut text, &per_container);
-        }
-        Metrics::render_store_writes(&mut text, self.inner.store.write_counts());
-        crate::connections::render_metrics(
-            &mut text,
-            &[&self.inner.ingress_gate, &self.inner.api_gate],
-        );
-        text
-    }
-
-    /// Prometheus text of one container's series, for a caller who may see it.
-    pub async fn container_metrics_text(
-        &self,
-        caller: &Caller,
-        id: ContainerId,
-    ) -> Result<String, RuntimeError> {
-        self.accessible(caller, id).await?;
-        let mut text = String::new();
-        if let Some(traffic) = self.inner.containers.get(id) {
-            crate::metrics::render_per_container(&mut text, &[series_of(&traffic)]);
-        }
-        Ok(text)
-    }
-
     /// Whether the runtime takes work, as a readiness probe asks: its store can
     /// make changes durable and its ingress is routing. Reads only memory.
     pub fn readiness(&self) -> Result<(), String> {
@@ -529,155 +336,4 @@ impl Runtime {
     pub fn api_gate(&self) -> &Arc<ConnectionGate> {
         &self.inner.api_gate
     }
-
-    /// Lets a full node make room by stopping idle instances of other containers,
-    /// those idle longest first.
-    fn set_reclaimer(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        self.inner.node.set_reclaimer(Box::new(move |requester, _| {
-            let Some(inner) = weak.upgrade() else {
-                return false;
-            };
-            let mut others = inner.containers.all();
-            others.retain(|s| s.id != requester);
-            others.sort_by_key(|s| s.idle_since());
-            others.iter().any(|s| s.evict_one_idle())
-        }));
-    }
-
-    fn spawn_reconciler(&self) {
-        self.spawn_periodic(self.inner.config.reconcile_interval, |runtime| async move {
-            let services = runtime.inner.awake.members();
-            for (n, service) in services.iter().enumerate() {
-                service.reconcile();
-                // With many containers a pass takes milliseconds: let the API and
-                // the probes in between.
-                if n % RECONCILED_BETWEEN_YIELDS == RECONCILED_BETWEEN_YIELDS - 1 {
-                    tokio::task::yield_now().await;
-                }
-            }
-        });
-    }
-
-    /// Removes finished jobs past their retention, now and every hour.
-    fn spawn_job_cleaner(&self) {
-        self.spawn_periodic(Duration::from_secs(3600), |runtime| async move {
-            let now = SystemTime::now();
-            if let Some(cutoff) = now.checked_sub(crate::jobs::FINISHED_JOB_RETENTION)
-                && let Err(e) = runtime.store().remove_jobs_finished_before(cutoff).await
-            {
-                tracing::warn!(error = %e, "removing old jobs failed");
-            }
-        });
-    }
-
-    /// Runs `tick` every `interval` (a late tick is not made up for) until the
-    /// runtime is gone.
-    /// Reads the process's pressure periodically, and sheds load on the ingress
-    /// while it is past the thresholds (see `overload`).
-    fn spawn_overload_monitor(&self) {
-        let interval = self.config().overload.interval;
-        let memory_return = Arc::new(crate::overload::MemoryReturn::default());
-        self.spawn_periodic(interval, move |runtime| {
-            let memory_return = memory_return.clone();
-            async move {
-                let open = runtime.ingress_gate().open() + runtime.api_gate().open();
-                if memory_return.observe(open) {
-                    let _ = tokio::task::spawn_blocking(crate::overload::return_free_memory).await;
-                }
-                let Ok(Ok(pressure)) =
-                    tokio::task::spawn_blocking(crate::overload::read_pressure).await
-                else {
-                    return;
-                };
-                let gate = runtime.ingress_gate();
-                let shedding = gate.is_shedding();
-                match (
-                    runtime.config().overload.overloaded(&pressure, shedding),
-                    shedding,
-                ) {
-                    (Some(why), false) => {
-                        tracing::warn!(reason = %why, "overloaded: the ingress sheds load");
-                        gate.set_shedding(true);
-                        let why: Arc<str> = why.into();
-                        for service in runtime.inner.containers.all() {
-                            service.shed_queued(&why);
-                        }
-                    }
-                    (None, true) => {
-                        tracing::info!(?pressure, "no longer overloaded: the ingress serves again");
-                        gate.set_shedding(false);
-                    }
-                    _ => {}
-                }
-            }
-        });
-    }
-
-    pub(crate) fn spawn_periodic<F, Fut>(&self, interval: Duration, tick: F)
-    where
-        F: Fn(Runtime) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send,
-    {
-        let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                tick(Runtime { inner }).await;
-            }
-        });
-    }
-}
-
-/// One container's series, as `/metrics` shows them.
-fn series_of(traffic: &ContainerTraffic) -> ContainerSeries {
-    ContainerSeries {
-        id: traffic.id,
-        traffic: traffic.traffic(),
-        decisions: traffic.decisions().collect(),
-    }
-}
-
-/// The store `config` names, and the cluster membership that comes with it: sled
-/// in the data dir, or the cluster's etcd.
-async fn open_store(config: &RuntimeConfig) -> Result<(Store, Option<ClusterLink>), RuntimeError> {
-    match &config.cluster {
-        None => {
-            let state_dir = config.data_dir.join("state");
-            let store = tokio::task::spawn_blocking(move || SledStore::open(&state_dir))
-                .await
-                .map_err(RuntimeError::task("opening the store"))??;
-            Ok((Arc::new(store), None))
-        }
-        Some(cluster) => open_cluster_store(cluster).await,
-    }
-}
-
-#[cfg(feature = "cluster")]
-async fn open_cluster_store(
-    cluster: &crate::cluster::ClusterConfig,
-) -> Result<(Store, Option<ClusterLink>), RuntimeError> {
-    let store = crate::store::EtcdStore::open(crate::store::EtcdConfig {
-        endpoints: cluster.endpoints.clone(),
-        prefix: crate::store::EtcdConfig::DEFAULT_PREFIX.into(),
-        node_name: cluster.node_name.clone(),
-    })
-    .await?;
-    let link = ClusterLink {
-        membership: store.membership(),
-        changes: store.container_changes(),
-    };
-    Ok((Arc::new(store), Some(link)))
-}
-
-#[cfg(not(feature = "cluster"))]
-async fn open_cluster_store(
-    _: &crate::cluster::ClusterConfig,
-) -> Result<(Store, Option<ClusterLink>), RuntimeError> {
-    Err(RuntimeError::Unprocessable(
-        "this ember was built without cluster mode: build it with `cargo build --release --features cluster` (which needs protoc, Debian's protobuf-compiler)".into(),
-    ))
 }
