@@ -50,7 +50,7 @@ async fn list(
     let mut instances = runtime.list_instances(&caller, id).await?;
     // In a cluster, the other members' too, unless a member is asking for this
     // node's own.
-    if !headers.contains_key(MEMBER_ASKING) {
+    if !headers.contains_key(ember_runtime::RELAYED_BY) {
         let others = runtime.other_members_instances(&caller, id).await?;
         instances.extend(others.iter().filter_map(instance_from_member));
     }
@@ -127,7 +127,7 @@ async fn get_one(
     let info = match runtime.get_instance(&caller, id, instance).await {
         // In a cluster, another member may run it.
         Err(e @ ember_runtime::RuntimeError::NotFound { .. })
-            if !headers.contains_key(MEMBER_ASKING) =>
+            if !headers.contains_key(ember_runtime::RELAYED_BY) =>
         {
             runtime
                 .other_members_instances(&caller, id)
@@ -143,10 +143,6 @@ async fn get_one(
         data: InstanceJson::from(info),
     }))
 }
-
-/// Set by a member of the cluster asking for this node's own instances, or
-/// sending on a client's request for an instance that this node runs.
-pub(crate) const MEMBER_ASKING: &str = "ember-relayed-by";
 
 /// When `instance` runs on another member of the cluster: the client's request
 /// sent on to that member with the client's own credentials, answered as the
@@ -167,7 +163,7 @@ pub(crate) async fn on_its_member(
 ) -> Result<Option<axum::response::Response>, ApiError> {
     use axum::response::IntoResponse;
     let (method, uri, headers) = request;
-    if headers.contains_key(MEMBER_ASKING) {
+    if headers.contains_key(ember_runtime::RELAYED_BY) {
         return Ok(None);
     }
     let Some(api) = runtime.member_running(caller, id, instance).await? else {
@@ -281,7 +277,7 @@ async fn delete_all(
     let ContainerIdPath(id) = id?;
     let job = runtime.delete_instances(&caller, id).await?;
     // In a cluster, every member stops its own too (the job follows this node's).
-    if !headers.contains_key(MEMBER_ASKING) {
+    if !headers.contains_key(ember_runtime::RELAYED_BY) {
         runtime.stop_other_members_instances(&caller, id).await?;
     }
     Ok(accepted(job))

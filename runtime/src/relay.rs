@@ -13,8 +13,10 @@ use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Set on a relayed request, naming the node that relayed it.
-pub(crate) const RELAYED_BY: &str = "ember-relayed-by";
+/// Set on a request one member sends another, naming the sender: a relayed
+/// ingress request, or an API request for the receiver's own instances (it
+/// answers for itself alone, and sends nothing on).
+pub const RELAYED_BY: &str = "ember-relayed-by";
 /// Longest the connection to a member may take before this node serves the
 /// request itself (a member that just died has not left the list yet).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);

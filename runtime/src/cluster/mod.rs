@@ -113,6 +113,10 @@ pub trait Membership: Send + Sync {
     /// The members now, by name, as this node last heard.
     fn members(&self) -> Vec<NodeRecord>;
 
+    /// The members' names and server ids now, by name: what dealing instances
+    /// needs, without copying the records.
+    fn member_ids(&self) -> Vec<(String, ServerId)>;
+
     /// Leaves at once (a graceful stop), rather than when the registration lapses.
     async fn leave(&self);
 }

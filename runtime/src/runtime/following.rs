@@ -104,7 +104,11 @@ impl Runtime {
     /// The servers up now: the cluster's members, or this one alone.
     pub(crate) fn live_servers(&self) -> Vec<ServerId> {
         match &self.inner.membership {
-            Some(membership) => membership.members().iter().map(|m| m.server_id).collect(),
+            Some(membership) => membership
+                .member_ids()
+                .into_iter()
+                .map(|(_, server)| server)
+                .collect(),
             None => vec![self.inner.server_id],
         }
     }
@@ -120,7 +124,11 @@ impl Runtime {
         else {
             return kept;
         };
-        let names: Vec<String> = membership.members().into_iter().map(|m| m.name).collect();
+        let names: Vec<String> = membership
+            .member_ids()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         ember_scheduler::ownership::share(id.as_bytes(), &names, cluster.node_name.as_bytes(), kept)
     }
 
@@ -135,14 +143,15 @@ impl Runtime {
         };
         let runtime = self.clone();
         tokio::spawn(async move {
-            let mut dealt_for: Vec<String> = Vec::new();
+            let mut dealt_for = Vec::new();
             loop {
                 tokio::time::sleep(SHARE_CHECK_EVERY).await;
-                let names: Vec<String> = membership.members().into_iter().map(|m| m.name).collect();
-                if names == dealt_for {
+                let members = membership.member_ids();
+                if members == dealt_for {
                     continue;
                 }
-                let live = runtime.live_servers();
+                let names: Vec<&str> = members.iter().map(|(name, _)| name.as_str()).collect();
+                let live: Vec<ServerId> = members.iter().map(|(_, server)| *server).collect();
                 for service in runtime.inner.containers.all() {
                     service.repin(&live);
                     let id = service.id;
@@ -155,7 +164,7 @@ impl Runtime {
                         )
                     });
                 }
-                dealt_for = names;
+                dealt_for = members;
             }
         });
     }

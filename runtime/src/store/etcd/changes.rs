@@ -1,16 +1,13 @@
-//! The containers other nodes change, as a stream: a watch on `containers/`
-//! from the revision the node read them at, read again whole when the watch
-//! breaks (etcd restarted, or compacted past it).
+//! The containers other nodes change, as a stream: `containers/` followed (see
+//! `follow.rs`).
 
-use super::{EtcdStore, Tree, prefix_end};
+use super::follow::{Seen, follow};
+use super::{EtcdStore, Tree};
 use crate::cluster::ContainerChange;
 use crate::model::{Container, ContainerId};
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
-use std::time::Duration;
+use etcd_client::Client;
+use std::collections::HashSet;
 use tokio::sync::mpsc::UnboundedSender;
-
-/// The wait before a broken watch is set up again.
-const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 impl EtcdStore {
     /// Every change to a container from now on (the node's own included), until
@@ -32,39 +29,24 @@ fn id_of(prefix: &[u8], key: &[u8]) -> Option<ContainerId> {
     ))
 }
 
+/// Sends each change under `prefix` to `changes`: nothing for the first read
+/// (the node loaded the containers itself), every container again after a break
+/// and those gone meanwhile as removed.
 async fn watch_containers(
-    mut client: Client,
+    client: Client,
     prefix: Vec<u8>,
     changes: UnboundedSender<ContainerChange>,
 ) {
-    let mut known: Option<std::collections::HashSet<ContainerId>> = None;
-    let mut start = None;
-    loop {
-        if changes.is_closed() {
-            return;
-        }
-        // The first time, from now on; after a break, everything again.
-        let revision = match start {
-            Some(revision) => revision,
-            None => {
-                let listed = client
-                    .get(
-                        prefix.clone(),
-                        Some(GetOptions::new().with_range(prefix_end(&prefix))),
-                    )
-                    .await;
-                let Ok(listed) = listed else {
-                    tokio::time::sleep(RETRY_AFTER).await;
-                    continue;
-                };
-                let now: std::collections::HashSet<ContainerId> = listed
-                    .kvs()
+    let mut known: Option<HashSet<ContainerId>> = None;
+    follow(client, prefix.clone(), |seen| {
+        match seen {
+            Seen::All(kvs) => {
+                let now: HashSet<ContainerId> = kvs
                     .iter()
                     .filter_map(|kv| id_of(&prefix, kv.key()))
                     .collect();
                 if let Some(before) = known.take() {
-                    for container in listed
-                        .kvs()
+                    for container in kvs
                         .iter()
                         .filter_map(|kv| serde_json::from_slice::<Container>(kv.value()).ok())
                     {
@@ -75,47 +57,28 @@ async fn watch_containers(
                     }
                 }
                 known = Some(now);
-                listed.header().map_or(0, |h| h.revision()) + 1
             }
-        };
-        let options = WatchOptions::new()
-            .with_range(prefix_end(&prefix))
-            .with_start_revision(revision);
-        let Ok(mut stream) = client.watch(prefix.clone(), Some(options)).await else {
-            start = None;
-            tokio::time::sleep(RETRY_AFTER).await;
-            continue;
-        };
-        start = None;
-        while let Ok(Some(response)) = stream.message().await {
-            if response.canceled() {
-                break;
+            Seen::Put(kv) => {
+                let (Some(id), Ok(container)) = (
+                    id_of(&prefix, kv.key()),
+                    serde_json::from_slice::<Container>(kv.value()),
+                ) else {
+                    return !changes.is_closed();
+                };
+                known.get_or_insert_with(HashSet::new).insert(id);
+                let _ = changes.send(ContainerChange::Stored(Box::new(container)));
             }
-            for event in response.events() {
-                let Some(kv) = event.kv() else { continue };
+            Seen::Removed(kv) => {
                 let Some(id) = id_of(&prefix, kv.key()) else {
-                    continue;
+                    return !changes.is_closed();
                 };
-                let change = match event.event_type() {
-                    EventType::Put => match serde_json::from_slice::<Container>(kv.value()) {
-                        Ok(container) => {
-                            known.get_or_insert_with(Default::default).insert(id);
-                            ContainerChange::Stored(Box::new(container))
-                        }
-                        Err(_) => continue,
-                    },
-                    EventType::Delete => {
-                        if let Some(known) = &mut known {
-                            known.remove(&id);
-                        }
-                        ContainerChange::Removed(id)
-                    }
-                };
-                if changes.send(change).is_err() {
-                    return;
+                if let Some(known) = &mut known {
+                    known.remove(&id);
                 }
+                let _ = changes.send(ContainerChange::Removed(id));
             }
         }
-        tokio::time::sleep(RETRY_AFTER).await;
-    }
+        !changes.is_closed()
+    })
+    .await;
 }

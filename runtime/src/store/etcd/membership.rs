@@ -2,10 +2,11 @@
 //! own, renewed every second; a node that stops renewing (killed, cut off) loses
 //! its record when the lease lapses, and every node sees it go on its watch.
 
-use super::{EtcdStore, Tree, prefix_end};
+use super::follow::{Seen, follow};
+use super::{EtcdStore, Tree};
 use crate::cluster::{Membership, NodeRecord, NodeSnapshot};
 use crate::error::RuntimeError;
-use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{Client, PutOptions};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub const LEASE_TTL_SECONDS: i64 = 3;
 /// How often a member renews its lease and republishes a changed record.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
-/// The wait before a broken watch or a lost lease is tried again.
+/// The wait before a lost lease is tried again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// The cluster's members as seen through etcd.
@@ -65,61 +66,35 @@ impl Drop for EtcdMembership {
     }
 }
 
-/// Keeps `members` equal to the records under `prefix`: a full read, then every
-/// change from the revision after it; a broken watch starts again with a read.
+/// Keeps `members` equal to the records under `prefix` (see `follow.rs`).
 async fn watch_members(
-    mut client: Client,
+    client: Client,
     prefix: Vec<u8>,
     members: Arc<RwLock<BTreeMap<String, NodeRecord>>>,
 ) {
     let name_of = |key: &[u8]| String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-    loop {
-        let listed = client
-            .get(
-                prefix.clone(),
-                Some(GetOptions::new().with_range(prefix_end(&prefix))),
-            )
-            .await;
-        let Ok(listed) = listed else {
-            tokio::time::sleep(RETRY_AFTER).await;
-            continue;
-        };
-        let revision = listed.header().map_or(0, |h| h.revision());
-        let read: BTreeMap<String, NodeRecord> = listed
-            .kvs()
-            .iter()
-            .filter_map(|kv| Some((name_of(kv.key()), serde_json::from_slice(kv.value()).ok()?)))
-            .collect();
-        *members.write() = read;
-        let options = WatchOptions::new()
-            .with_range(prefix_end(&prefix))
-            .with_start_revision(revision + 1);
-        let Ok(mut stream) = client.watch(prefix.clone(), Some(options)).await else {
-            tokio::time::sleep(RETRY_AFTER).await;
-            continue;
-        };
-        while let Ok(Some(response)) = stream.message().await {
-            if response.canceled() {
-                break;
+    follow(client, prefix.clone(), |seen| {
+        match seen {
+            Seen::All(kvs) => {
+                *members.write() = kvs
+                    .iter()
+                    .filter_map(|kv| {
+                        Some((name_of(kv.key()), serde_json::from_slice(kv.value()).ok()?))
+                    })
+                    .collect();
             }
-            let mut members = members.write();
-            for event in response.events() {
-                let Some(kv) = event.kv() else { continue };
-                let name = name_of(kv.key());
-                match event.event_type() {
-                    EventType::Put => {
-                        if let Ok(record) = serde_json::from_slice(kv.value()) {
-                            members.insert(name, record);
-                        }
-                    }
-                    EventType::Delete => {
-                        members.remove(&name);
-                    }
+            Seen::Put(kv) => {
+                if let Ok(record) = serde_json::from_slice(kv.value()) {
+                    members.write().insert(name_of(kv.key()), record);
                 }
             }
+            Seen::Removed(kv) => {
+                members.write().remove(&name_of(kv.key()));
+            }
         }
-        tokio::time::sleep(RETRY_AFTER).await;
-    }
+        true
+    })
+    .await;
 }
 
 /// Publishes `record` at `key` under a new lease; the lease.
@@ -251,6 +226,14 @@ impl Membership for EtcdMembership {
 
     fn members(&self) -> Vec<NodeRecord> {
         self.members.read().values().cloned().collect()
+    }
+
+    fn member_ids(&self) -> Vec<(String, crate::model::ServerId)> {
+        self.members
+            .read()
+            .values()
+            .map(|m| (m.name.clone(), m.server_id))
+            .collect()
     }
 
     async fn leave(&self) {

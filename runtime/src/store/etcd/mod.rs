@@ -19,6 +19,7 @@
 
 mod changes;
 mod containers;
+mod follow;
 mod membership;
 mod records;
 #[cfg(test)]
