@@ -114,7 +114,7 @@ async fn run(kind: &str, mut patch: ContainerPatch, rounds: usize, settings: &Se
     if patch.image.is_none() {
         let wasm =
             common::component::component_from_wat(include_str!("../examples/hello/hello.wat"));
-        patch.image = Some(runtime.put_blob(&wasm).unwrap().to_string());
+        patch.image = Some(runtime.put_blob(wasm.into()).await.unwrap().to_string());
     }
     patch.name = Some("burst".parse().unwrap());
     patch.concurrency = Some(20);

@@ -44,7 +44,7 @@ async fn fixture() -> Fixture {
     tokio::spawn(ember_runtime::serve_ingress(runtime.clone(), listener));
 
     let wasm = component::component_from_wat(include_str!("../examples/hello/hello.wat"));
-    let digest = runtime.put_blob(&wasm).unwrap();
+    let digest = runtime.put_blob(wasm.into()).await.unwrap();
     let patch = ContainerPatch {
         name: Some("bench".parse().unwrap()),
         image: Some(digest.to_string()),

@@ -32,10 +32,11 @@ async fn upload(
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let bytes = read_body(body, MAX_BLOB_BYTES).await?;
-    let digest = runtime.put_blob(&bytes)?;
+    let size = bytes.len();
+    let digest = runtime.put_blob(bytes).await?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "digest": digest.to_string(), "size": bytes.len() })),
+        Json(serde_json::json!({ "digest": digest.to_string(), "size": size })),
     ))
 }
 
@@ -57,7 +58,7 @@ async fn download(
     Authenticated(caller): Authenticated,
     axum::extract::Path(digest): axum::extract::Path<String>,
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
-    let bytes = runtime.read_blob(&caller, &digest)?;
+    let bytes = runtime.read_blob(&caller, &digest).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
         bytes,

@@ -103,11 +103,15 @@ impl Deployer {
             return Ok(false);
         };
         let bytes = peers.fetch(digest).await?;
-        self.blobs.put_verified(digest, &bytes).map_err(|e| {
-            RuntimeError::Unprocessable(format!(
-                "blob {digest} fetched from a peer was refused: {e}"
-            ))
-        })?;
+        let (blobs, expected) = (self.blobs.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || blobs.put_verified(&expected, &bytes))
+            .await
+            .map_err(RuntimeError::task("storing a fetched blob"))?
+            .map_err(|e| {
+                RuntimeError::Unprocessable(format!(
+                    "blob {digest} fetched from a peer was refused: {e}"
+                ))
+            })?;
         Ok(true)
     }
 

@@ -145,7 +145,7 @@ async fn forward(runtime: &Runtime, host: &str, req: IncomingRequest) -> Respons
             .cluster
             .as_ref()
             .map_or("", |c| c.node_name.as_str());
-        match crate::relay::relay(member, own, req).await {
+        match crate::relay::relay(runtime.relay_connections(), member, own, req).await {
             Ok(response) => return response,
             Err((unsent, why)) => {
                 tracing::info!(%member, %why, "the member chosen to serve did not answer; serving here");

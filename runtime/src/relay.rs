@@ -10,8 +10,11 @@ use bytes::Bytes;
 use ember_scheduler::placement::{self, Node};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::BodyExt;
+use hyper::client::conn::http1::SendRequest;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Set on a request one member sends another, naming the sender: a relayed
 /// ingress request, or an API request for the receiver's own instances (it
@@ -74,28 +77,91 @@ impl Runtime {
     }
 }
 
-/// Sends `request` to the ingress at `member`; the request back if the member
-/// could not be reached (nothing of it was sent), to be served here.
+/// Kept-alive HTTP/1.1 connections to the other members' ingress, the idle ones
+/// by member: a relayed request takes one instead of paying for a new
+/// connection (a relay hop on a fresh loopback connection measured 274 µs at the
+/// median against 110 µs served locally).
+#[derive(Default)]
+pub(crate) struct MemberConnections {
+    idle: parking_lot::Mutex<HashMap<SocketAddr, Vec<IdleConnection>>>,
+}
+
+struct IdleConnection {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+/// Most idle connections kept to one member.
+const IDLE_PER_MEMBER: usize = 32;
+/// Longest a connection stays idle in the pool: well inside the members'
+/// ingress idle timeout (60 s by default), so that the member does not close one
+/// just as a request is written to it.
+const IDLE_FOR: Duration = Duration::from_secs(20);
+
+impl MemberConnections {
+    /// An idle connection to `member` ready for a request, if one is kept.
+    fn take(&self, member: SocketAddr) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle.lock();
+        let kept = idle.get_mut(&member)?;
+        while let Some(connection) = kept.pop() {
+            if connection.sender.is_ready() && connection.since.elapsed() < IDLE_FOR {
+                return Some(connection.sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` for the next request to `member` once the response now on
+    /// it has been read to its end (the connection is ready again then).
+    fn keep_after_response(self: &Arc<Self>, member: SocketAddr, mut sender: SendRequest<Body>) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let mut idle = pool.idle.lock();
+            let kept = idle.entry(member).or_default();
+            kept.retain(|c| c.since.elapsed() < IDLE_FOR && !c.sender.is_closed());
+            if kept.len() < IDLE_PER_MEMBER {
+                kept.push(IdleConnection {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+
+    /// A new connection to `member`.
+    async fn connect(member: SocketAddr) -> Result<SendRequest<Body>, String> {
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(member))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
+            };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+}
+
+/// Sends `request` to the ingress at `member`, on a kept-alive connection when
+/// one is idle; the request back if the member could not be reached (nothing of
+/// it was sent), to be served here.
 pub(crate) async fn relay(
+    connections: &Arc<MemberConnections>,
     member: SocketAddr,
     own_name: &str,
     mut request: Request<Body>,
 ) -> Result<Response<Body>, (Request<Body>, String)> {
-    let stream =
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(member)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err((request, e.to_string())),
-            Err(_) => return Err((request, format!("no connection within {CONNECT_TIMEOUT:?}"))),
-        };
-    let _ = stream.set_nodelay(true);
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await {
-            Ok(pair) => pair,
-            Err(e) => return Err((request, e.to_string())),
-        };
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
     if let Ok(name) = HeaderValue::from_str(own_name) {
         request.headers_mut().insert(RELAYED_BY, name);
     }
@@ -105,11 +171,34 @@ pub(crate) async fn relay(
         *request.uri_mut() = path.as_str().parse().unwrap_or_default();
     }
     request.headers_mut().remove(header::CONNECTION);
-    match sender.send_request(request).await {
-        Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed_unsync())),
-        Err(e) => Ok(bad_gateway(&format!(
-            "the member serving this container failed: {e}"
-        ))),
+    // A kept connection the member closed meanwhile gives the request back
+    // unsent; it goes on the next kept one, or on a new connection. A new
+    // connection that gives it back means the member does not take requests now:
+    // it is served here.
+    loop {
+        let (mut sender, fresh) = match connections.take(member) {
+            Some(sender) => (sender, false),
+            None => match MemberConnections::connect(member).await {
+                Ok(sender) => (sender, true),
+                Err(why) => return Err((request, why)),
+            },
+        };
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                connections.keep_after_response(member, sender);
+                return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
+            }
+            Err(mut failed) => match failed.take_message() {
+                Some(unsent) if !fresh => request = unsent,
+                Some(unsent) => return Err((unsent, failed.into_error().to_string())),
+                None => {
+                    return Ok(bad_gateway(&format!(
+                        "the member serving this container failed: {}",
+                        failed.into_error()
+                    )));
+                }
+            },
+        }
     }
 }
 

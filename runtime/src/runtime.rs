@@ -89,6 +89,8 @@ struct Inner {
     membership: Option<Arc<dyn Membership>>,
     /// The other members' APIs, in a cluster.
     peers: Option<Arc<Peers>>,
+    /// Kept-alive connections to the other members' ingress, for relayed requests.
+    relay_connections: Arc<crate::relay::MemberConnections>,
 }
 
 /// Deployments that pull and prepare at once. Pulls of one image are shared and
@@ -212,6 +214,7 @@ impl Runtime {
                 journal,
                 membership,
                 peers,
+                relay_connections: Arc::default(),
             }),
         };
         runtime.set_reclaimer();

@@ -7,20 +7,24 @@ use super::*;
 pub const MAX_BLOB_BYTES: usize = 256 << 20;
 
 impl Runtime {
-    /// Stores a wasm component in the content store and returns its digest.
-    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest, RuntimeError> {
-        if !is_wasm_component(bytes) {
+    /// Stores a wasm component in the content store and returns its digest (on a
+    /// blocking thread: a component may be 256 MiB to hash and write).
+    pub async fn put_blob(&self, bytes: bytes::Bytes) -> Result<Digest, RuntimeError> {
+        if !is_wasm_component(&bytes) {
             return Err(RuntimeError::invalid(
                 "body",
                 "is not a WebAssembly component (expected the component binary header)",
             ));
         }
-        Ok(self.inner.deployer.blobs.put(bytes)?)
+        let blobs = self.inner.deployer.blobs.clone();
+        Ok(tokio::task::spawn_blocking(move || blobs.put(&bytes))
+            .await
+            .map_err(RuntimeError::task("storing a blob"))??)
     }
 
     /// The bytes of blob `digest`, for an admin (the cluster's nodes fetch
     /// components uploaded to one another this way; a tenant reads no one's).
-    pub fn read_blob(&self, caller: &Caller, digest: &str) -> Result<Vec<u8>, RuntimeError> {
+    pub async fn read_blob(&self, caller: &Caller, digest: &str) -> Result<Vec<u8>, RuntimeError> {
         if caller.role != crate::model::Role::Admin {
             return Err(RuntimeError::Forbidden(
                 "reading blobs needs an ADMIN token".into(),
@@ -35,7 +39,10 @@ impl Runtime {
                 id: digest.to_string(),
             });
         }
-        Ok(self.inner.deployer.blobs.read(&digest)?)
+        let blobs = self.inner.deployer.blobs.clone();
+        Ok(tokio::task::spawn_blocking(move || blobs.read(&digest))
+            .await
+            .map_err(RuntimeError::task("reading a blob"))??)
     }
 
     /// Brings a component uploaded to another node of the cluster here, so that

@@ -87,6 +87,11 @@ impl Runtime {
         self.inner.membership.as_ref()
     }
 
+    /// The kept-alive connections relayed requests go on.
+    pub(crate) fn relay_connections(&self) -> &Arc<crate::relay::MemberConnections> {
+        &self.inner.relay_connections
+    }
+
     /// The servers instances run on and what they hold: this node alone, or the
     /// members of its cluster.
     pub fn servers(&self) -> Vec<Server> {
