@@ -33,7 +33,7 @@ use ember_runtime::model::{
     Container, ContainerPatch, ContainerQuery, PageRequest, Revision, UserId,
 };
 use ember_runtime::routing::RoutingTable;
-use ember_runtime::store::{ContainerStore, SledStore};
+use ember_runtime::store::{ContainerStore, Saved, SledStore};
 use ember_sandbox::oci::{InstanceDir, OciConfig, OciSandbox};
 use ember_sandbox::{BlobStore, DiscardLogs, LogSinkRef, PreparedWorkload, Sandbox, WorkloadSpec};
 use std::hint::black_box;
@@ -104,11 +104,13 @@ fn state(c: &mut Criterion) {
         .expect("inserted");
     group.bench_function("save_status", |b| {
         b.iter(|| {
+            let before = saved.clone();
             saved.status_reason = Some(format!("pulling: {n} bytes"));
             n += 1;
-            assert!(
-                rt.block_on(store.save_status(saved.clone()))
-                    .expect("saved")
+            assert_eq!(
+                rt.block_on(store.save_status(before, saved.clone()))
+                    .expect("saved"),
+                Saved::Written
             );
         })
     });

@@ -691,13 +691,39 @@ async fn instances_pinned_on_a_named_server_start_there_and_outlive_its_loss() {
         assert!(Instant::now() < deadline, "pinned per node: {pinned:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Pins asked of two nodes at once edit the one record from both: each
+    // node's write finds the other's and makes its own on top, none lost.
+    let node_3 = server_of("node-3");
+    let pins = (0..6).map(|n| {
+        let (node, node_3, id) = (&nodes[[0, 2][n % 2]], node_3.clone(), id.clone());
+        async move {
+            node.send_json(
+                Method::POST,
+                &format!("/v1/containers/{id}/instances"),
+                &json!([{ "server_id": node_3, "new_instances": 1 }]),
+            )
+            .await
+        }
+    });
+    for (status, body) in futures::future::join_all(pins).await {
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let pinned = pinned_per_node(&nodes, &id).await;
+        if pinned == [0, 2, 6] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pinned per node: {pinned:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Node 2 lost: its two are dealt over the others once its lease lapses.
     nodes.remove(1).kill();
     let killed = Instant::now();
     let deadline = killed + Duration::from_secs(10);
     loop {
         let pinned = pinned_per_node(&nodes, &id).await;
-        if pinned.iter().sum::<usize>() == 2 {
+        if pinned.iter().sum::<usize>() == 8 {
             eprintln!(
                 "pinned instances of a killed node ran elsewhere after {:?}: {pinned:?}",
                 killed.elapsed()

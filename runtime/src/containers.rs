@@ -8,6 +8,7 @@ use crate::model::{Caller, Container, ContainerId};
 use crate::record_locks::{RecordGuard, RecordLocks};
 use crate::routing::RoutingTable;
 use crate::runtime::Runtime;
+use crate::store::Saved;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -93,8 +94,9 @@ impl Runtime {
 
     /// One change of container `id`: holds its record's lock, reads the record (one
     /// `caller` may see, when the change is theirs), lets `edit` change it and its
-    /// traffic, and stores the record if it changed, durably, before the lock goes.
-    /// An error from `edit` stores nothing.
+    /// traffic, and stores the record if it changed, durably, before the lock goes
+    /// (made again on the newer record when another node of a cluster changed it
+    /// meanwhile: see [`Container::rebase`]). An error from `edit` stores nothing.
     pub(crate) async fn edit_container<T>(
         &self,
         caller: Option<&Caller>,
@@ -117,8 +119,44 @@ impl Runtime {
         let before = container.clone();
         let outcome = edit(&mut container, &traffic)?;
         if container != before {
-            self.store().save_status(container).await?;
+            self.save_edit(before, container).await?;
         }
         Ok(outcome)
+    }
+
+    /// Stores `after`, an edit of the record `before`: on the newer record when
+    /// another writer changed it in between (nothing when it was deleted).
+    async fn save_edit(
+        &self,
+        mut before: Container,
+        mut after: Container,
+    ) -> Result<(), RuntimeError> {
+        for _ in 0..MAX_REBASES {
+            match self
+                .store()
+                .save_status(before.clone(), after.clone())
+                .await?
+            {
+                Saved::Written | Saved::Gone => return Ok(()),
+                Saved::Changed(current) => {
+                    after = Container::rebase(&before, &after, (*current).clone());
+                    before = *current;
+                }
+            }
+        }
+        Err(changed_too_often(after.id))
+    }
+}
+
+/// Most times one edit is made again on a record other nodes keep changing.
+pub(crate) const MAX_REBASES: usize = 16;
+
+/// The record of container `id` changed under every try of an edit.
+pub(crate) fn changed_too_often(id: ContainerId) -> RuntimeError {
+    RuntimeError::Conflict {
+        code: "changed_meanwhile",
+        message: format!(
+            "container {id} was changed by other nodes under each of {MAX_REBASES} tries; try again"
+        ),
     }
 }

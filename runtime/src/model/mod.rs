@@ -10,6 +10,7 @@ mod name;
 mod patch;
 mod quantity;
 mod quota;
+mod rebase;
 mod token;
 
 pub use access::{

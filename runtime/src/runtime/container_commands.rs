@@ -2,6 +2,7 @@
 //! containers, their revisions and their logs, and each container's view.
 
 use super::*;
+use crate::store::Saved;
 
 /// A container with the parts of its view the store does not hold.
 #[derive(Debug, Clone)]
@@ -46,23 +47,44 @@ impl Runtime {
     ) -> Result<ContainerView, RuntimeError> {
         let (container, old_name) = {
             let _record = self.inner.containers.lock_record(id).await;
-            let mut container = self.accessible(caller, id).await?;
-            let spec = patch.apply(&container.spec)?;
-            self.fetch_missing_blob(&spec.image).await?;
-            self.check_spec(&spec)?;
-            let old_name = container.spec.name.clone();
-            let now = SystemTime::now();
-            container.latest_revision += 1;
-            container.spec = spec.clone();
-            container.date_updated = now;
-            container.status = ContainerStatus::Deploying;
-            container.status_reason = None;
-            let revision = Revision::new(id, container.latest_revision, spec, now);
-            self.inner
-                .store
-                .update_container(container.clone(), old_name.clone(), revision)
-                .await?;
-            (container, old_name)
+            let mut stored = self.accessible(caller, id).await?;
+            let mut tries = 0;
+            loop {
+                let spec = patch.clone().apply(&stored.spec)?;
+                self.fetch_missing_blob(&spec.image).await?;
+                self.check_spec(&spec)?;
+                let now = SystemTime::now();
+                let mut container = stored.clone();
+                container.latest_revision += 1;
+                container.spec = spec.clone();
+                container.date_updated = now;
+                container.status = ContainerStatus::Deploying;
+                container.status_reason = None;
+                let revision = Revision::new(id, container.latest_revision, spec, now);
+                let old_name = stored.spec.name.clone();
+                // Another node may have changed the record since it was read
+                // (a status, or an update of its own): the patch goes on the
+                // newer record.
+                match self
+                    .inner
+                    .store
+                    .update_container(stored, container.clone(), revision)
+                    .await?
+                {
+                    Saved::Written => break (container, old_name),
+                    Saved::Gone => {
+                        return Err(RuntimeError::NotFound {
+                            what: "container",
+                            id: id.to_string(),
+                        });
+                    }
+                    Saved::Changed(current) => stored = *current,
+                }
+                tries += 1;
+                if tries == crate::containers::MAX_REBASES {
+                    return Err(crate::containers::changed_too_often(id));
+                }
+            }
         };
         if old_name != container.spec.name {
             self.inner.containers.unroute(&self.host(old_name.as_str()));

@@ -59,6 +59,11 @@ macro_rules! store_conformance_suite {
             let place = $place;
             $crate::store::conformance::id_ranges_are_given_once_kept_and_never_shared(&place).await;
         }
+        #[tokio::test]
+        async fn a_write_expecting_a_record_changed_meanwhile_writes_nothing() {
+            let place = $place;
+            $crate::store::conformance::a_write_expecting_a_record_changed_meanwhile_writes_nothing(&place).await;
+        }
     };
 }
 pub(crate) use store_conformance_suite;
@@ -118,6 +123,68 @@ pub(crate) async fn only_jobs_finished_before_the_cutoff_are_removed(place: &dyn
     for (id, kept) in ids.into_iter().zip([false, false, true, true]) {
         assert_eq!(store.job(id).await.unwrap().is_some(), kept, "{id}");
     }
+}
+
+/// A status write or an update that expects a record another writer has
+/// changed since writes nothing and hands back the record as it is; one of a
+/// deleted container writes nothing either (and does not bring it back).
+pub(crate) async fn a_write_expecting_a_record_changed_meanwhile_writes_nothing(
+    place: &dyn StorePlace,
+) {
+    let store = place.open().await;
+    let (read, revision) = container("raced", UserId::generate());
+    store
+        .insert_container(read.clone(), revision)
+        .await
+        .unwrap();
+    let mut theirs = read.clone();
+    theirs.status = ContainerStatus::Deployed;
+    assert_eq!(
+        store
+            .save_status(read.clone(), theirs.clone())
+            .await
+            .unwrap(),
+        Saved::Written
+    );
+    let mut mine = read.clone();
+    mine.status_reason = Some("mine".into());
+    assert_eq!(
+        store.save_status(read.clone(), mine.clone()).await.unwrap(),
+        Saved::Changed(Box::new(theirs.clone()))
+    );
+    let mut renamed = read.clone();
+    renamed.spec.name = "renamed".parse().unwrap();
+    renamed.latest_revision = 2;
+    let second = Revision::new(read.id, 2, renamed.spec.clone(), SystemTime::now());
+    assert_eq!(
+        store
+            .update_container(read.clone(), renamed.clone(), second.clone())
+            .await
+            .unwrap(),
+        Saved::Changed(Box::new(theirs.clone()))
+    );
+    assert_eq!(
+        store.container(read.id).await.unwrap(),
+        Some(theirs.clone())
+    );
+    assert!(store.revision(read.id, 2).await.unwrap().is_none());
+    assert_eq!(
+        store
+            .update_container(theirs.clone(), renamed.clone(), second)
+            .await
+            .unwrap(),
+        Saved::Written
+    );
+    assert_eq!(
+        names(&store.list_containers(query(None, 10)).await.unwrap()),
+        ["renamed"]
+    );
+    store.remove_container(renamed.clone()).await.unwrap();
+    assert_eq!(
+        store.save_status(renamed.clone(), mine).await.unwrap(),
+        Saved::Gone
+    );
+    assert_eq!(store.container(read.id).await.unwrap(), None);
 }
 
 pub(crate) async fn names_are_unique_and_freed_on_removal(place: &dyn StorePlace) {
@@ -309,8 +376,12 @@ pub(crate) async fn status_and_name_filters_read_their_own_index_and_follow_chan
         made.push(c);
     }
     for c in &mut made[..2] {
+        let before = c.clone();
         c.status = ContainerStatus::Deployed;
-        assert!(store.save_status(c.clone()).await.unwrap());
+        assert_eq!(
+            store.save_status(before, c.clone()).await.unwrap(),
+            Saved::Written
+        );
     }
     let filtered = |status, name_prefix: Option<&str>| {
         let store = store.clone();
@@ -395,8 +466,12 @@ pub(crate) async fn a_thousand_concurrent_writers_finish_and_every_write_is_kept
                 tokio::spawn(async move {
                     let (mut c, r) = container(&format!("c-{n}"), owner);
                     store.insert_container(c.clone(), r).await.unwrap();
+                    let before = c.clone();
                     c.status = ContainerStatus::Deployed;
-                    assert!(store.save_status(c.clone()).await.unwrap());
+                    assert_eq!(
+                        store.save_status(before, c.clone()).await.unwrap(),
+                        Saved::Written
+                    );
                     let job = Job::new(
                         JobAction::DeleteInstances,
                         c.id,

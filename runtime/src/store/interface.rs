@@ -13,8 +13,8 @@
 
 use crate::error::RuntimeError;
 use crate::model::{
-    Container, ContainerId, ContainerName, ContainerQuery, Job, JobId, Page, PageRequest, Quota,
-    Revision, RunningInstance, ServerId, Token, TokenId, UserId, UserName,
+    Container, ContainerId, ContainerQuery, Job, JobId, Page, PageRequest, Quota, Revision,
+    RunningInstance, ServerId, Token, TokenId, UserId, UserName,
 };
 use ember_sandbox::IdRange;
 use std::sync::Arc;
@@ -25,6 +25,18 @@ pub type Store = Arc<dyn StateStore>;
 
 /// A change to a job, applied where the job is stored.
 pub type JobChange = Box<dyn FnOnce(&mut Job) + Send>;
+
+/// What became of a write of a container record that expected it unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Saved {
+    /// It was written.
+    Written,
+    /// The container was deleted meanwhile.
+    Gone,
+    /// Another writer (another node of a cluster) changed it meanwhile: the
+    /// record as it is now.
+    Changed(Box<Container>),
+}
 
 /// Containers and their revisions.
 #[async_trait::async_trait]
@@ -48,18 +60,20 @@ pub trait ContainerStore: Send + Sync {
         revision: Revision,
     ) -> Result<(), RuntimeError>;
 
-    /// Stores an updated container with its new revision; `previous_name` is
-    /// freed when the name changed.
+    /// Stores an updated container with its new revision if its record is still
+    /// `before` (whose name is freed when it changed); otherwise nothing is
+    /// written, and the answer says why.
     async fn update_container(
         &self,
+        before: Container,
         container: Container,
-        previous_name: ContainerName,
         revision: Revision,
-    ) -> Result<(), RuntimeError>;
+    ) -> Result<Saved, RuntimeError>;
 
-    /// Replaces a container record (status changes); `false`, and nothing
-    /// written, when it was deleted meanwhile.
-    async fn save_status(&self, container: Container) -> Result<bool, RuntimeError>;
+    /// Replaces a container record (status changes) if it is still `before`;
+    /// otherwise nothing is written, and the answer says why.
+    async fn save_status(&self, before: Container, after: Container)
+    -> Result<Saved, RuntimeError>;
 
     /// Removes a container, its name and its revisions.
     async fn remove_container(&self, container: Container) -> Result<(), RuntimeError>;

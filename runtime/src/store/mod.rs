@@ -32,8 +32,7 @@ mod writer;
 
 use crate::error::RuntimeError;
 use crate::model::{
-    Container, ContainerId, ContainerName, ContainerQuery, Page, PageRequest, Revision, ServerId,
-    UserId,
+    Container, ContainerId, ContainerQuery, Page, PageRequest, Revision, ServerId, UserId,
 };
 use ember_sandbox::IdRange;
 use index::IndexChange;
@@ -51,7 +50,7 @@ pub use error::StoreError;
 #[cfg(feature = "cluster")]
 pub use etcd::{EtcdConfig, EtcdStore};
 pub use interface::{
-    ContainerStore, InstanceRecords, JobChange, JobStore, StateStore, Store, TokenStore,
+    ContainerStore, InstanceRecords, JobChange, JobStore, Saved, StateStore, Store, TokenStore,
 };
 pub use schema::SCHEMA_VERSION;
 
@@ -157,27 +156,40 @@ impl SledStore {
 fn write_container(
     t: &Trees,
     container: &Container,
-    previous_name: Option<&ContainerName>,
+    before: Option<&Container>,
     revision: &Revision,
-) -> Result<(), RuntimeError> {
+) -> Result<Saved, RuntimeError> {
     let value = encode(container)?;
     let revision_value = encode(revision)?;
     let id = container.id;
     let name = container.spec.name.as_str().as_bytes();
     let result = (&t.containers, &t.names, &t.revisions, &t.index).transaction(
         |(containers, names, revisions, index)| {
+            let old = containers
+                .get(id.as_bytes())?
+                .map(|raw| decode_in::<Container>(&raw))
+                .transpose()?;
+            match (before, &old) {
+                (Some(_), None) => return Ok(Saved::Gone),
+                (Some(before), Some(old)) if old != before => {
+                    return Ok(Saved::Changed(Box::new(old.clone())));
+                }
+                _ => {}
+            }
             if names
                 .get(name)?
                 .is_some_and(|owner| owner.as_ref() != id.as_bytes())
             {
                 return Err(ConflictableTransactionError::Abort(TxAbort::NameTaken));
             }
-            if let Some(old) = previous_name.filter(|old| *old != &container.spec.name) {
+            if let Some(old) = before
+                .map(|b| &b.spec.name)
+                .filter(|old| *old != &container.spec.name)
+            {
                 names.remove(old.as_str().as_bytes())?;
             }
             names.insert(name, id.as_bytes())?;
-            let old = containers.insert(id.as_bytes(), value.as_slice())?;
-            let old = old.map(|raw| decode_in::<Container>(&raw)).transpose()?;
+            containers.insert(id.as_bytes(), value.as_slice())?;
             revisions.insert(
                 &revision_key(id, revision.number)[..],
                 revision_value.as_slice(),
@@ -186,11 +198,11 @@ fn write_container(
                 index,
                 &IndexChange::containers(old.as_ref(), Some(container)),
             )?;
-            Ok(())
+            Ok(Saved::Written)
         },
     );
     match result {
-        Ok(()) => Ok(()),
+        Ok(saved) => Ok(saved),
         Err(TransactionError::Abort(TxAbort::NameTaken)) => {
             Err(RuntimeError::NameTaken(container.spec.name.to_string()))
         }
@@ -341,39 +353,43 @@ impl ContainerStore for SledStore {
         self.writer
             .write(move |t| write_container(t, &container, None, &revision))
             .await
+            .map(|_| ())
     }
 
-    /// Stores an updated container with its new revision. `previous_name` frees the old
-    /// name when it changed.
+    /// Stores an updated container with its new revision if its record is still
+    /// `before`; `before`'s name is freed when it changed.
     async fn update_container(
         &self,
+        before: Container,
         container: Container,
-        previous_name: ContainerName,
         revision: Revision,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Saved, RuntimeError> {
         self.writer
-            .write(move |t| write_container(t, &container, Some(&previous_name), &revision))
+            .write(move |t| write_container(t, &container, Some(&before), &revision))
             .await
     }
 
-    /// Replaces a container record (status changes); `false`, and nothing written,
-    /// when it was deleted meanwhile.
-    async fn save_status(&self, container: Container) -> Result<bool, RuntimeError> {
+    /// Replaces a container record (status changes) if it is still `before`.
+    async fn save_status(
+        &self,
+        before: Container,
+        after: Container,
+    ) -> Result<Saved, RuntimeError> {
         self.writer
             .write(move |t| {
-                let value = encode(&container)?;
+                let value = encode(&after)?;
                 transact((&t.containers, &t.index), |(containers, index)| {
-                    let key = container.id.as_bytes();
+                    let key = after.id.as_bytes();
                     let Some(old) = containers.get(key)? else {
-                        return Ok(false);
+                        return Ok(Saved::Gone);
                     };
                     let old: Container = decode_in(&old)?;
+                    if old != before {
+                        return Ok(Saved::Changed(Box::new(old)));
+                    }
                     containers.insert(key, value.as_slice())?;
-                    apply_index_change(
-                        index,
-                        &IndexChange::containers(Some(&old), Some(&container)),
-                    )?;
-                    Ok(true)
+                    apply_index_change(index, &IndexChange::containers(Some(&old), Some(&after)))?;
+                    Ok(Saved::Written)
                 })
             })
             .await

@@ -3,39 +3,48 @@
 
 use super::{EtcdStore, Inner, Tree, prefix_end, successor};
 use crate::error::RuntimeError;
-use crate::model::{
-    Container, ContainerId, ContainerName, ContainerQuery, Page, PageRequest, Revision,
-};
+use crate::model::{Container, ContainerId, ContainerQuery, Page, PageRequest, Revision};
 use crate::store::index::{self, IndexChange};
 use crate::store::list::{ListPlan, page_of_named};
-use crate::store::{ContainerStore, corrupt_index, encode, revision_key};
+use crate::store::{ContainerStore, Saved, corrupt_index, encode, revision_key};
 use ember_sandbox::IdRange;
 use etcd_client::{GetOptions, SortOrder, SortTarget};
 use std::ops::Bound;
 
 impl Inner {
     /// Writes a container, its revision and its name, with the index entries that
-    /// point to it, in one transaction; `previous_name` is freed when it changed.
+    /// point to it, in one transaction, if its record is still `before` (a new
+    /// container has none); `before`'s name is freed when it changed.
     async fn write_container(
         &self,
         container: &Container,
-        previous_name: Option<&ContainerName>,
+        before: Option<&Container>,
         revision: &Revision,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Saved, RuntimeError> {
         let value = encode(container)?;
         let revision_value = encode(revision)?;
         let id = container.id;
         let name = container.spec.name.as_str().as_bytes();
         loop {
             let mut tx = self.tx();
+            let old: Option<Container> = tx.get(Tree::Containers, id.as_bytes()).await?;
+            match (before, &old) {
+                (Some(_), None) => return Ok(Saved::Gone),
+                (Some(before), Some(old)) if old != before => {
+                    return Ok(Saved::Changed(Box::new(old.clone())));
+                }
+                _ => {}
+            }
             let holder = tx.get_raw(Tree::Names, name).await?;
             if holder.is_some_and(|holder| holder != id.as_bytes()) {
                 return Err(RuntimeError::NameTaken(container.spec.name.to_string()));
             }
-            if let Some(old) = previous_name.filter(|old| *old != &container.spec.name) {
+            if let Some(old) = before
+                .map(|b| &b.spec.name)
+                .filter(|old| *old != &container.spec.name)
+            {
                 tx.delete(Tree::Names, old.as_str().as_bytes());
             }
-            let old: Option<Container> = tx.get(Tree::Containers, id.as_bytes()).await?;
             tx.put(Tree::Names, name, id.as_bytes().to_vec());
             tx.put(Tree::Containers, id.as_bytes(), value.clone());
             tx.put(
@@ -45,7 +54,7 @@ impl Inner {
             );
             tx.apply_index_change(&IndexChange::containers(old.as_ref(), Some(container)));
             if tx.commit().await? {
-                return Ok(());
+                return Ok(Saved::Written);
             }
         }
     }
@@ -288,34 +297,42 @@ impl ContainerStore for EtcdStore {
     ) -> Result<(), RuntimeError> {
         self.call(move |s| async move { s.write_container(&container, None, &revision).await })
             .await
+            .map(|_| ())
     }
 
     async fn update_container(
         &self,
+        before: Container,
         container: Container,
-        previous_name: ContainerName,
         revision: Revision,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Saved, RuntimeError> {
         self.call(move |s| async move {
-            s.write_container(&container, Some(&previous_name), &revision)
+            s.write_container(&container, Some(&before), &revision)
                 .await
         })
         .await
     }
 
-    async fn save_status(&self, container: Container) -> Result<bool, RuntimeError> {
+    async fn save_status(
+        &self,
+        before: Container,
+        after: Container,
+    ) -> Result<Saved, RuntimeError> {
         self.call(move |s| async move {
-            let value = encode(&container)?;
+            let value = encode(&after)?;
             loop {
                 let mut tx = s.tx();
-                let key = container.id.as_bytes();
+                let key = after.id.as_bytes();
                 let Some(old) = tx.get::<Container>(Tree::Containers, key).await? else {
-                    return Ok(false);
+                    return Ok(Saved::Gone);
                 };
+                if old != before {
+                    return Ok(Saved::Changed(Box::new(old)));
+                }
                 tx.put(Tree::Containers, key, value.clone());
-                tx.apply_index_change(&IndexChange::containers(Some(&old), Some(&container)));
+                tx.apply_index_change(&IndexChange::containers(Some(&old), Some(&after)));
                 if tx.commit().await? {
-                    return Ok(true);
+                    return Ok(Saved::Written);
                 }
             }
         })
