@@ -1020,3 +1020,51 @@ async fn an_instance_migrates_to_another_node_under_its_id_serving_throughout_an
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_runs_the_manifest_the_tag_named_at_deploy_time() {
+    let registry = ember::workloads::registry::Registry::start().unwrap();
+    registry
+        .push_wasm("apps/tagged", "v1", &common::fixtures::hello("first\n"))
+        .await
+        .unwrap();
+    let etcd = Etcd::start();
+    let (nodes, _dirs) = start_nodes(&etcd, 2);
+    let image = format!("{}/apps/tagged:v1", registry.addr);
+    let created = nodes[0]
+        .deploy(json!({ "name": "tagged", "image": image }))
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(nodes[0].invoke("tagged").await.1, "first\n");
+    // The tag moves on after the deploy.
+    registry
+        .push_wasm("apps/tagged", "v1", &common::fixtures::hello("second\n"))
+        .await
+        .unwrap();
+    // Node 2 pulls only now, for an instance pinned on it: the manifest node 1
+    // resolved, not the tag's new one.
+    let server_2 = server_id_of(&nodes[1]).await;
+    let (status, body) = nodes[0]
+        .send_json(
+            Method::POST,
+            &format!("/v1/containers/{id}/instances"),
+            &json!([{ "server_id": server_2, "new_instances": 1 }]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while own_instances(&nodes[1], &id)
+        .await
+        .iter()
+        .all(|i| i["state"]["current"] != json!("running"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node 2 never ran its pinned instance"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(nodes[1].invoke("tagged").await.1, "first\n");
+    }
+}

@@ -78,12 +78,20 @@ impl Deployer {
                 }
                 (WorkloadKind::Wasm, digest)
             }
-            ImageRef::Registry(reference) => {
+            ImageRef::Registry(mut reference) => {
+                // Resolved once (by the node that deployed it): the same manifest
+                // everywhere, even after the tag moved on.
+                if reference.digest.is_none() {
+                    reference.digest = revision.manifest_digest.clone();
+                }
                 let pulled = self
                     .puller
                     .pull_with_progress(&reference, progress)
                     .await
                     .map_err(|e| RuntimeError::Unprocessable(e.to_string()))?;
+                if revision.manifest_digest.is_none() {
+                    revision.manifest_digest = pulled.manifest_digest;
+                }
                 (pulled.kind, pulled.artifact)
             }
         };

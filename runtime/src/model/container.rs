@@ -300,6 +300,11 @@ pub struct Revision {
     pub artifact: Option<ember_sandbox::Digest>,
     /// The kind of workload that blob is, once known.
     pub kind: Option<ember_sandbox::WorkloadKind>,
+    /// The registry manifest its image's tag resolved to when first pulled: the
+    /// other nodes of a cluster pull that manifest, not what the tag names by
+    /// the time they pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<ember_sandbox::Digest>,
 }
 
 impl Revision {
@@ -317,6 +322,7 @@ impl Revision {
             date_created: now,
             artifact: None,
             kind: None,
+            manifest_digest: None,
         }
     }
 }
