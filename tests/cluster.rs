@@ -1068,3 +1068,133 @@ async fn every_node_runs_the_manifest_the_tag_named_at_deploy_time() {
         assert_eq!(nodes[1].invoke("tagged").await.1, "first\n");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_face_shows_and_acts_on_another_node_s_instances_and_their_output() {
+    const LINE: &str = "written-by-the-guest";
+    let etcd = Etcd::start();
+    let (nodes, _dirs) = start_nodes(&etcd, 2);
+    let created = nodes[0]
+        .deploy_wasm(
+            "elsewhere",
+            &common::fixtures::hello_logging("served\n", LINE),
+            json!({}),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    // One instance, pinned on node 2; node 1 runs none.
+    let server_2 = server_id_of(&nodes[1]).await;
+    let (status, body) = nodes[0]
+        .send_json(
+            Method::POST,
+            &format!("/v1/containers/{id}/instances"),
+            &json!([{ "server_id": server_2, "new_instances": 1 }]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let instance = loop {
+        let running = own_instances(&nodes[1], &id).await;
+        if let Some(i) = running.iter().find(|i| i["state"]["current"] == "running") {
+            break i["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "node 2 never ran its instance");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(own_instances(&nodes[0], &id).await.is_empty());
+    assert_eq!(nodes[1].invoke("elsewhere").await.1, "served\n");
+
+    // The native logs API on node 1: node 2's lines, in a closed range...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = nodes[0].logs(&id).await;
+        if text.contains(LINE) {
+            assert!(text.contains(&instance), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 2's line never showed: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and followed: a line node 2's instance writes now arrives too.
+    let mut follow = nodes[0]
+        .api_request(Method::GET, &format!("/v1/containers/{id}/logs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow.status(), StatusCode::OK);
+    let mut streamed = String::new();
+    let mut read_lines = async |count: usize, streamed: &mut String| {
+        while streamed.matches(LINE).count() < count {
+            let chunk = tokio::time::timeout(Duration::from_secs(20), follow.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("{count} lines did not come within 20 s: {streamed}"))
+                .unwrap()
+                .expect("the stream ended");
+            streamed.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    read_lines(1, &mut streamed).await;
+    assert_eq!(nodes[1].invoke("elsewhere").await.1, "served\n");
+    read_lines(2, &mut streamed).await;
+    drop(follow);
+
+    // Tutum's face (003) on node 1 lists node 2's instance and reads it.
+    let (_, list) = nodes[0].get_json("/api/v1/container/").await;
+    let uuids: Vec<_> = list["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["uuid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(uuids, std::slice::from_ref(&instance), "{list}");
+    assert_eq!(list["meta"]["total_count"], 1, "{list}");
+    let (status, shown) = nodes[0]
+        .get_json(&format!("/api/v1/container/{instance}/"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    let (status, logs) = nodes[0]
+        .get_json(&format!("/api/v1/container/{instance}/logs/"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{logs}");
+    assert!(logs["logs"].as_str().unwrap().contains(LINE), "{logs}");
+
+    // The container services face (001) on node 1 lists it, and the numbered
+    // containers face (000) on node 1 shows and stops it on node 2.
+    let (_, services) = nodes[0].get_json("/api/container_services").await;
+    let service = services["container_services"][0]["id"].as_u64().unwrap();
+    let (_, listed) = nodes[0]
+        .get_json(&format!("/api/container_services/{service}/containers"))
+        .await;
+    let number = listed["containers"][0]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{listed}"));
+    let (status, shown) = nodes[0]
+        .get_json(&format!("/api/containers/{number}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    let (status, stopped) = nodes[0]
+        .send_json(
+            Method::PUT,
+            &format!("/api/containers/{number}/power/stop"),
+            &json!({}),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {stopped}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while own_instances(&nodes[1], &id)
+        .await
+        .iter()
+        .any(|i| i["state"]["current"] == "running")
+    {
+        assert!(Instant::now() < deadline, "node 2's instance did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An instance no member has is still a 404.
+    let (status, _) = nodes[0]
+        .get_json("/api/v1/container/00000000-0000-4000-8000-000000000000/")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -19,6 +19,10 @@ pub(crate) fn routes() -> OpenApiRouter<Runtime> {
     OpenApiRouter::new()
         .routes(routes!(volumes))
         .routes(routes!(report))
+        // An instance another member runs is answered by that member.
+        .route_layer(axum::middleware::from_fn(
+            crate::cluster_reach::answered_by_its_member,
+        ))
 }
 
 /// Checks the volume list's query: `sort` over `id` and `name` (`-` for

@@ -47,13 +47,11 @@ async fn list(
     let ContainerIdPath(id) = id?;
     let Query(query) = query?;
     let query = InstanceQuery::parse(&query)?;
-    let mut instances = runtime.list_instances(&caller, id).await?;
     // In a cluster, the other members' too, unless a member is asking for this
     // node's own.
-    if !headers.contains_key(ember_runtime::RELAYED_BY) {
-        let others = runtime.other_members_instances(&caller, id).await?;
-        instances.extend(others.iter().filter_map(instance_from_member));
-    }
+    let instances = runtime
+        .cluster_instances(&caller, id, crate::reach(&headers))
+        .await?;
     let instances = query.apply(instances);
     // The container, once, for the includes that describe it.
     let container = if query
@@ -132,8 +130,7 @@ async fn get_one(
             runtime
                 .other_members_instances(&caller, id)
                 .await?
-                .iter()
-                .filter_map(instance_from_member)
+                .into_iter()
                 .find(|i| i.id == instance)
                 .ok_or(e)?
         }
@@ -181,27 +178,6 @@ pub(crate) async fn on_its_member(
             .insert(axum::http::header::CONTENT_TYPE, content_type);
     }
     Ok(Some(response))
-}
-
-/// An instance as another member's API listed it (its place among the
-/// container's instances is not listed: 0).
-fn instance_from_member(listed: &serde_json::Value) -> Option<InstanceInfo> {
-    let changed = humantime::parse_rfc3339(listed["state"]["changed"].as_str()?).ok()?;
-    Some(InstanceInfo {
-        id: listed["id"].as_str()?.parse().ok()?,
-        ordinal: 0,
-        created: changed,
-        container_id: listed["container_id"].as_str()?.parse().ok()?,
-        server_id: listed["server_id"].as_str()?.parse().ok()?,
-        revision: u32::try_from(listed["revision"].as_u64()?).ok()?,
-        state: serde_json::from_value(listed["state"]["current"].clone()).ok()?,
-        state_changed: changed,
-        in_flight: u32::try_from(listed["in_flight"].as_u64()?).ok()?,
-        pinned: listed["pinned"].as_bool()?,
-        waiting_reason: listed["state"]["reason"].as_str().map(str::to_string),
-        sandbox_id: listed["sandbox_id"].as_str().map(str::to_string),
-        address: listed["address"].as_str().and_then(|a| a.parse().ok()),
-    })
 }
 
 /// One entry of POST's body, as the instances API names its fields.

@@ -7,6 +7,7 @@
 
 mod auth;
 mod blobs;
+mod cluster_reach;
 mod containers;
 pub mod error;
 mod faces;
@@ -59,6 +60,8 @@ pub fn router(runtime: Runtime) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read by our own extractors, which answer 413 in JSON.
         .layer(DefaultBodyLimit::disable())
+        // For the middleware that has no state of its own.
+        .layer(axum::Extension(runtime.clone()))
         .with_state(runtime)
 }
 
@@ -184,5 +187,15 @@ pub async fn serve(runtime: Runtime, listener: tokio::net::TcpListener) {
         tokio::spawn(async move {
             ember_runtime::connections::serve_connection(&builder, admitted, stream, service).await;
         });
+    }
+}
+
+/// Whose instances and lines a request takes in: a member of the cluster asking
+/// (it marks its requests) gets this node's alone, a client the whole cluster's.
+pub(crate) fn reach(headers: &axum::http::HeaderMap) -> ember_runtime::Reach {
+    if headers.contains_key(ember_runtime::RELAYED_BY) {
+        ember_runtime::Reach::ThisNode
+    } else {
+        ember_runtime::Reach::Cluster
     }
 }

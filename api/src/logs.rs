@@ -75,7 +75,9 @@ async fn logs(
     Authenticated(caller): Authenticated,
     id: Result<ContainerIdPath, ApiError>,
     query: Result<Query<Period>, axum::extract::rejection::QueryRejection>,
+    headers: axum::http::HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
+    let reach = crate::reach(&headers);
     let Query(period) = query?;
     let now = SystemTime::now();
     let since = seconds(
@@ -89,7 +91,7 @@ async fn logs(
         (header::CACHE_CONTROL, "no-cache"),
     ];
     let Some(end) = period.period_end.as_deref() else {
-        let (recent, follower) = runtime.follow_logs(&caller, id, since).await?;
+        let (recent, follower) = runtime.follow_logs(&caller, id, since, reach).await?;
         let replay = futures::stream::iter(recent.iter().map(event).collect::<Vec<_>>());
         let body = replay.chain(follow(follower)).map(Ok::<_, Infallible>);
         return Ok((event_stream, Body::from_stream(body)));
@@ -101,7 +103,9 @@ async fn logs(
             "must not be after period_end",
         ));
     }
-    let entries = runtime.read_logs(&caller, id, since, until).await?;
+    let entries = runtime
+        .read_logs(&caller, id, (since, until), reach)
+        .await?;
     let body: Vec<u8> = entries.iter().flat_map(|e| event(e).to_vec()).collect();
     Ok((event_stream, Body::from(body)))
 }

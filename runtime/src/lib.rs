@@ -41,6 +41,7 @@ mod tenants;
 mod tokens;
 mod usage;
 
+pub use cluster::Reach;
 pub use config::RuntimeConfig;
 pub use ember_sandbox::processes::ProcessInfo;
 pub use error::RuntimeError;

@@ -95,6 +95,13 @@ impl LogStore {
             })
     }
 
+    /// A new channel of `FOLLOWER_BACKLOG` lines, for a follower of several
+    /// nodes' lines.
+    pub(crate) fn follower_channel() -> (broadcast::Sender<LogEntry>, broadcast::Receiver<LogEntry>)
+    {
+        broadcast::channel(FOLLOWER_BACKLOG)
+    }
+
     /// The container's lines written since `since`, oldest first, and a receiver of
     /// every line written after them: taken under one lock, so no line is missed or
     /// repeated between the two.

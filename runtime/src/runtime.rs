@@ -5,7 +5,9 @@ use crate::auth;
 use crate::awake::AwakeSet;
 use crate::background::Background;
 use crate::clock::Clock;
-use crate::cluster::{BlobPeers, ClusterLink, Membership, NodeRecord, NodeSnapshot, Peers, Server};
+use crate::cluster::{
+    BlobPeers, ClusterLink, Membership, NodeRecord, NodeSnapshot, Peers, Reach, Server,
+};
 use crate::config::RuntimeConfig;
 use crate::connections::ConnectionGate;
 use crate::containers::Containers;

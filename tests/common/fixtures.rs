@@ -85,3 +85,42 @@ pub fn sleeper(millis: u64) -> Vec<u8> {
     );
     component_from_wat(&wat)
 }
+
+/// [`hello`] that also writes `line` (and a newline) to its standard output on
+/// each request.
+pub fn hello_logging(message: &str, line: &str) -> Vec<u8> {
+    let logged = format!("{line}\n");
+    let wat = include_str!("../../examples/hello/hello.wat")
+        .replace("\"Hello from Ember!\\n\"", &format!("{message:?}"))
+        .replace(
+            "(i32.const 18) (i32.const 0))",
+            &format!("(i32.const {}) (i32.const 0))", message.len()),
+        )
+        .replace(
+            "(func $drop_stream (param i32)))",
+            "(func $drop_stream (param i32)))\n  (import \"wasi:cli/stdout@0.2.12\" \"get-stdout\" (func $get_stdout (result i32)))",
+        )
+        .replace(
+            "(global $heap",
+            &format!("(data (i32.const 2048) {logged:?})\n  (global $heap"),
+        )
+        .replace(
+            "(local $stream i32)",
+            "(local $stream i32) (local $out i32)",
+        )
+        .replace(
+            "(call $drop_request (local.get $request))",
+            &format!(
+                "(call $drop_request (local.get $request))
+    (local.set $out (call $get_stdout))
+    (call $write (local.get $out) (i32.const 2048) (i32.const {}) (i32.const 0))
+    (call $drop_stream (local.get $out))",
+                logged.len()
+            ),
+        );
+    assert!(
+        wat.contains("$get_stdout"),
+        "the hello example changed shape"
+    );
+    component_from_wat(&wat)
+}

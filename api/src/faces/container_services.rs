@@ -127,10 +127,12 @@ fn service_json(runtime: &Runtime, view: &ContainerView) -> ContainerService {
     let c = &view.container;
     let id = c.id.number();
     let instances = runtime.instances_of(view);
+    // In a cluster, with those the other members publish that they run.
     let running = instances
         .iter()
         .filter(|i| i.state == InstanceState::Running)
-        .count();
+        .count()
+        + runtime.instances_elsewhere(c.id) as usize;
     let package = Package::describe(&c.spec);
     let host = view
         .urls
@@ -485,13 +487,27 @@ async fn power(
     Authenticated(caller): Authenticated,
     id: Result<NumberPath, ApiError>,
     action: Result<PowerActionPath, ApiError>,
+    (method, uri, headers): (axum::http::Method, axum::http::Uri, axum::http::HeaderMap),
 ) -> Result<(StatusCode, Json<PowerOutcome>), ApiError> {
     caller.require_scope(Scope::ProjectsWrite)?;
     let PowerActionPath(action) = action?;
     let view = find(&runtime, &caller, id?.0).await?;
-    let applied = runtime
+    let mut applied = runtime
         .power_all_instances(&caller, view.container.id, action)
         .await?;
+    // In a cluster, every member applies it to the instances it runs.
+    if crate::reach(&headers) == ember_runtime::Reach::Cluster {
+        let authorization = headers.get(axum::http::header::AUTHORIZATION).cloned();
+        for (status, _, body) in runtime
+            .forward_to_other_members(method, uri.path(), authorization, None)
+            .await
+        {
+            let outcome: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if status == StatusCode::ACCEPTED {
+                applied += outcome["containers"].as_u64().unwrap_or(0) as usize;
+            }
+        }
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(PowerOutcome {
@@ -513,10 +529,13 @@ async fn containers(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     id: Result<NumberPath, ApiError>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<Containers>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let view = find(&runtime, &caller, id?.0).await?;
-    let instances = runtime.list_instances(&caller, view.container.id).await?;
+    let instances = runtime
+        .cluster_instances(&caller, view.container.id, crate::reach(&headers))
+        .await?;
     let listed = instances
         .iter()
         .map(|i| instance_json(&runtime, &view, i, None))
@@ -537,14 +556,19 @@ async fn logs(
     Authenticated(caller): Authenticated,
     id: Result<NumberPath, ApiError>,
     query: Result<Query<LogQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<Vec<LogRow>>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let Query(query) = query?;
-    let (since, until) = query.range()?;
+    let range = query.range()?;
     let view = find(&runtime, &caller, id?.0).await?;
     let id = view.container.id;
-    let entries = runtime.read_logs(&caller, id, since, until).await?;
-    let instances = runtime.list_all_instances(&caller, id).await?;
+    let reach = crate::reach(&headers);
+    let entries = runtime.read_logs(&caller, id, range, reach).await?;
+    let mut instances = runtime.list_all_instances(&caller, id).await?;
+    if reach == ember_runtime::Reach::Cluster {
+        instances.extend(runtime.other_members_instances(&caller, id).await?);
+    }
     let names = names_by_id(view.container.spec.name.as_str(), &instances);
     Ok(Json(query.rows(entries, &names)?))
 }

@@ -29,10 +29,16 @@ use std::time::{Duration, SystemTime};
 use utoipa_axum::router::OpenApiRouter;
 
 pub(crate) fn routes() -> OpenApiRouter<Runtime> {
-    OpenApiRouter::new()
+    // The faces that name an instance alone find it on whichever member runs it.
+    let instance_faces = OpenApiRouter::new()
         .merge(numbered_containers::routes())
-        .merge(container_services::routes())
         .merge(tutum::routes())
+        .route_layer(axum::middleware::from_fn(
+            crate::cluster_reach::answered_by_its_member,
+        ));
+    OpenApiRouter::new()
+        .merge(instance_faces)
+        .merge(container_services::routes())
         .merge(packages::routes())
 }
 

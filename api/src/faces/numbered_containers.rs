@@ -276,10 +276,17 @@ async fn logs(
 ) -> Result<Json<Vec<LogRow>>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let Query(query) = query?;
-    let (since, until) = query.range()?;
+    let range = query.range()?;
     let (view, instance) = find(&runtime, &caller, id?.0).await?;
+    // The instance runs here (it was found here): its lines are here.
     let entries = runtime
-        .read_instance_logs(&caller, view.container.id, instance.id, since, until)
+        .read_instance_logs(
+            &caller,
+            view.container.id,
+            instance.id,
+            range,
+            ember_runtime::Reach::ThisNode,
+        )
         .await?;
     let names = names_by_id(view.container.spec.name.as_str(), &[instance]);
     Ok(Json(query.rows(entries, &names)?))

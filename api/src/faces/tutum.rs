@@ -14,6 +14,7 @@ use ember_runtime::model::{Caller, InstanceId, InstanceInfo, InstanceState, Scop
 use ember_runtime::{ContainerView, PowerAction, Runtime};
 use serde::Deserialize;
 use serde::Serialize;
+use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -71,7 +72,9 @@ struct TutumContainer {
 #[derive(Serialize, ToSchema)]
 struct TutumList {
     meta: Meta,
-    objects: Vec<TutumContainer>,
+    /// This node's instances, then (in a cluster) the other members'.
+    #[schema(value_type = Vec<TutumContainer>)]
+    objects: Vec<serde_json::Value>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -151,6 +154,7 @@ async fn list(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     query: Result<Query<ListQuery>, QueryRejection>,
+    (uri, headers): (axum::http::Uri, axum::http::HeaderMap),
 ) -> Result<Json<TutumList>, ApiError> {
     caller.require_scope(Scope::ProjectsRead)?;
     let Query(query) = query?;
@@ -185,14 +189,27 @@ async fn list(
                 )
         })
         .collect();
-    let total = rows.len();
+    let elsewhere = if crate::reach(&headers) == ember_runtime::Reach::Cluster {
+        other_members_objects(&runtime, &uri, &headers).await
+    } else {
+        Vec::new()
+    };
+    let total = rows.len() + elsewhere.len();
+    // This node's rows first, then the other members'.
+    let skipped_elsewhere = offset.saturating_sub(rows.len());
     let rows: Vec<_> = rows.into_iter().skip(offset).take(limit).collect();
     let ids: Vec<_> = rows.iter().map(|(id, _, _)| *id).collect();
     let views = runtime.views(&caller, ids).await?;
-    let page = rows
+    let mut page: Vec<serde_json::Value> = rows
         .iter()
-        .filter_map(|(id, _, instance)| Some(object(views.get(id)?, instance)))
+        .filter_map(|(id, _, instance)| Some(json!(object(views.get(id)?, instance))))
         .collect();
+    page.extend(
+        elsewhere
+            .into_iter()
+            .skip(skipped_elsewhere)
+            .take(limit - rows.len()),
+    );
     let link = |offset: usize| format!("/api/v1/container/?limit={limit}&offset={offset}");
     Ok(Json(TutumList {
         meta: Meta {
@@ -241,18 +258,52 @@ async fn logs(
     let (view, instance) = find(&runtime, &caller, uuid?.0).await?;
     let now = std::time::SystemTime::now();
     let lines: String = runtime
+        // The instance runs here (it was found here): its lines are here.
         .read_instance_logs(
             &caller,
             view.container.id,
             instance.id,
-            std::time::UNIX_EPOCH,
-            now,
+            (std::time::UNIX_EPOCH, now),
+            ember_runtime::Reach::ThisNode,
         )
         .await?
         .into_iter()
         .map(|e| e.line + "\n")
         .collect();
     Ok(Json(TutumLogs { logs: lines }))
+}
+
+/// Most instances of one other member the list takes in (one page of its own
+/// list).
+const MEMBER_ROWS: usize = MAX_LIMIT;
+
+/// The instances the other members list for this request's filters, each asked
+/// with the client's own credentials (so each shows the client's alone).
+async fn other_members_objects(
+    runtime: &Runtime,
+    uri: &axum::http::Uri,
+    headers: &axum::http::HeaderMap,
+) -> Vec<serde_json::Value> {
+    let filters: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("limit=") && !p.starts_with("offset="))
+        .collect();
+    let mut path = format!("{}?limit={MEMBER_ROWS}&offset=0", uri.path());
+    for filter in filters {
+        path.push('&');
+        path.push_str(filter);
+    }
+    let authorization = headers.get(axum::http::header::AUTHORIZATION).cloned();
+    runtime
+        .forward_to_other_members(axum::http::Method::GET, &path, authorization, None)
+        .await
+        .into_iter()
+        .filter(|(status, _, _)| *status == StatusCode::OK)
+        .filter_map(|(_, _, body)| serde_json::from_slice::<serde_json::Value>(&body).ok())
+        .flat_map(|list| list["objects"].as_array().cloned().unwrap_or_default())
+        .collect()
 }
 
 /// Applies `action` and answers with the instance as it is then.

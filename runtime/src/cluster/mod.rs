@@ -3,6 +3,7 @@
 //! node lives and tells every node who the others are. One machine on sled has
 //! no membership: it is the only server.
 
+mod member_logs;
 mod peers;
 
 pub(crate) use peers::Peers;
@@ -13,6 +14,15 @@ use ember_scheduler::placement::{Gpu, Resources};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
+
+/// Whose instances, and whose instances' output, a read takes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// This node's alone (a member of the cluster asking for them).
+    ThisNode,
+    /// Every member's: on one machine, this node's.
+    Cluster,
+}
 
 /// Where a node finds its cluster, and who it is in it.
 #[derive(Clone, Debug)]

@@ -4,7 +4,7 @@
 
 use super::{BlobPeers, Membership};
 use crate::error::RuntimeError;
-use crate::model::ContainerId;
+use crate::model::{ContainerId, InstanceInfo};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +43,7 @@ impl Peers {
 
     /// The body of `GET path` on `peer`'s API, marked as a peer's so that the
     /// peer answers for itself alone.
-    async fn get(
+    pub(super) async fn get(
         &self,
         peer: SocketAddr,
         path: &str,
@@ -61,6 +61,45 @@ impl Peers {
         .await
     }
 
+    /// `method path` on `peer`'s API, marked as a peer's: the body of a 200 as it
+    /// arrives (a stream that may not end).
+    pub(super) async fn open(
+        &self,
+        method: http::Method,
+        peer: SocketAddr,
+        path: &str,
+    ) -> Result<hyper::body::Incoming, String> {
+        let response = self
+            .client
+            .request(self.request(method, peer, path)?)
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status() != http::StatusCode::OK {
+            return Err(format!("answered {}", response.status()));
+        }
+        Ok(response.into_body())
+    }
+
+    /// `method path` for `peer`'s API with this node's admin token, marked as a
+    /// peer's.
+    fn request(
+        &self,
+        method: http::Method,
+        peer: SocketAddr,
+        path: &str,
+    ) -> Result<http::Request<http_body_util::Full<bytes::Bytes>>, String> {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("http://{peer}{path}"))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.secret),
+            )
+            .header(crate::relay::RELAYED_BY, self.own_name.as_str())
+            .body(http_body_util::Full::default())
+            .map_err(|e| e.to_string())
+    }
+
     /// As [`Self::get`], for any method, expecting `answer`.
     async fn send(
         &self,
@@ -72,16 +111,7 @@ impl Peers {
         answer: http::StatusCode,
     ) -> Result<Vec<u8>, String> {
         use http_body_util::BodyExt;
-        let request = http::Request::builder()
-            .method(method)
-            .uri(format!("http://{peer}{path}"))
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", self.secret),
-            )
-            .header(crate::relay::RELAYED_BY, self.own_name.as_str())
-            .body(http_body_util::Full::default())
-            .map_err(|e| e.to_string())?;
+        let request = self.request(method, peer, path)?;
         let fetch = async {
             let response = self
                 .client
@@ -150,8 +180,38 @@ impl Peers {
             .map_err(|_| "the member did not answer within 10 s".to_string())?
     }
 
+    /// [`Self::forward`] to every other member at once: the answers of those
+    /// that gave one.
+    pub(crate) async fn forward_to_others(
+        &self,
+        method: http::Method,
+        path: &str,
+        authorization: Option<http::HeaderValue>,
+        json: Option<Vec<u8>>,
+    ) -> Vec<(http::StatusCode, Option<http::HeaderValue>, Vec<u8>)> {
+        let members = self.others();
+        let sends = members.iter().map(|member| {
+            let (method, authorization, json) =
+                (method.clone(), authorization.clone(), json.clone());
+            async move {
+                let sent = self
+                    .forward(member.api, method, path, authorization, json)
+                    .await;
+                if let Err(why) = &sent {
+                    tracing::info!(member = %member.name, %why, "a member did not answer a forwarded request");
+                }
+                sent.ok()
+            }
+        });
+        futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// The members other than this node.
-    fn others(&self) -> Vec<super::NodeRecord> {
+    pub(super) fn others(&self) -> Vec<super::NodeRecord> {
         let mut members = self.membership.members();
         members.retain(|m| m.name != self.own_name);
         members
@@ -228,7 +288,7 @@ impl Peers {
     /// The instances of container `id` the other members run, as their APIs list
     /// them (`GET /v1/containers/{id}/instances`, every page); a member that does
     /// not answer within [`LIST_TIMEOUT`] is left out.
-    pub(crate) async fn instances_of(&self, id: ContainerId) -> Vec<serde_json::Value> {
+    pub(crate) async fn instances_of(&self, id: ContainerId) -> Vec<InstanceInfo> {
         let members = self.others();
         let lists = members.iter().map(|member| async move {
             let mut found = Vec::new();
@@ -256,8 +316,30 @@ impl Peers {
             .await
             .into_iter()
             .flatten()
+            .filter_map(|listed| instance_from_member(&listed))
             .collect()
     }
+}
+
+/// An instance as another member's API listed it (its place among the
+/// container's instances is not listed: 0).
+fn instance_from_member(listed: &serde_json::Value) -> Option<InstanceInfo> {
+    let changed = humantime::parse_rfc3339(listed["state"]["changed"].as_str()?).ok()?;
+    Some(InstanceInfo {
+        id: listed["id"].as_str()?.parse().ok()?,
+        ordinal: 0,
+        created: changed,
+        container_id: listed["container_id"].as_str()?.parse().ok()?,
+        server_id: listed["server_id"].as_str()?.parse().ok()?,
+        revision: u32::try_from(listed["revision"].as_u64()?).ok()?,
+        state: serde_json::from_value(listed["state"]["current"].clone()).ok()?,
+        state_changed: changed,
+        in_flight: u32::try_from(listed["in_flight"].as_u64()?).ok()?,
+        pinned: listed["pinned"].as_bool()?,
+        waiting_reason: listed["state"]["reason"].as_str().map(str::to_string),
+        sandbox_id: listed["sandbox_id"].as_str().map(str::to_string),
+        address: listed["address"].as_str().and_then(|a| a.parse().ok()),
+    })
 }
 
 #[async_trait::async_trait]

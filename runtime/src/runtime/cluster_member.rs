@@ -3,6 +3,7 @@
 //! (sled, or the cluster's etcd) opened with the membership that comes with it.
 
 use super::*;
+use crate::model::InstanceInfo;
 
 impl Runtime {
     /// The instances of container `id` that the cluster's other members run, as
@@ -13,12 +14,27 @@ impl Runtime {
         &self,
         caller: &Caller,
         id: ContainerId,
-    ) -> Result<Vec<serde_json::Value>, RuntimeError> {
+    ) -> Result<Vec<InstanceInfo>, RuntimeError> {
         let Some(peers) = &self.inner.peers else {
             return Ok(Vec::new());
         };
         self.accessible(caller, id).await?;
         Ok(peers.instances_of(id).await)
+    }
+
+    /// The instances of container `id` (not those terminating or terminated):
+    /// this node's, and with `Reach::Cluster` the other members' too.
+    pub async fn cluster_instances(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        reach: Reach,
+    ) -> Result<Vec<InstanceInfo>, RuntimeError> {
+        let mut instances = self.list_instances(caller, id).await?;
+        if reach == Reach::Cluster {
+            instances.extend(self.other_members_instances(caller, id).await?);
+        }
+        Ok(instances)
     }
 
     /// The API of the member that runs `instance` of container `id`, when another
@@ -32,13 +48,12 @@ impl Runtime {
         let Some(peers) = &self.inner.peers else {
             return Ok(None);
         };
-        let wanted = instance.to_string();
         let server = self
             .other_members_instances(caller, id)
             .await?
-            .iter()
-            .find(|i| i["id"].as_str() == Some(wanted.as_str()))
-            .and_then(|i| i["server_id"].as_str()?.parse::<ServerId>().ok());
+            .into_iter()
+            .find(|i| i.id == instance)
+            .map(|i| i.server_id);
         Ok(server.and_then(|server| peers.api_of(server)))
     }
 
@@ -64,6 +79,46 @@ impl Runtime {
             .map_err(|why| {
                 RuntimeError::Unprocessable(format!("the member running the instance: {why}"))
             })
+    }
+
+    /// Sends a client's API request on to every other member, with the client's
+    /// own credentials, each to answer for itself alone: their answers (status,
+    /// content type, body), those that did not answer left out. None on one
+    /// machine.
+    pub async fn forward_to_other_members(
+        &self,
+        method: http::Method,
+        path: &str,
+        authorization: Option<http::HeaderValue>,
+        json: Option<Vec<u8>>,
+    ) -> Vec<(http::StatusCode, Option<http::HeaderValue>, Vec<u8>)> {
+        let Some(peers) = &self.inner.peers else {
+            return Vec::new();
+        };
+        peers
+            .forward_to_others(method, path, authorization, json)
+            .await
+    }
+
+    /// Whether this node is a member of a cluster.
+    pub fn is_cluster_member(&self) -> bool {
+        self.inner.membership.is_some()
+    }
+
+    /// How many instances of container `id` the other members run, as their
+    /// published records say (a second or so old; none on one machine).
+    pub fn instances_elsewhere(&self, id: ContainerId) -> u32 {
+        let (Some(membership), Some(cluster)) =
+            (&self.inner.membership, &self.inner.config.cluster)
+        else {
+            return 0;
+        };
+        membership
+            .members()
+            .iter()
+            .filter(|m| m.name != cluster.node_name)
+            .filter_map(|m| m.warm.get(&id))
+            .sum()
     }
 
     /// Has the cluster's other members stop their instances of container `id`

@@ -187,11 +187,16 @@ impl Runtime {
         &self,
         caller: &Caller,
         id: ContainerId,
-        since: SystemTime,
-        until: SystemTime,
+        (since, until): (SystemTime, SystemTime),
+        reach: Reach,
     ) -> Result<Vec<LogEntry>, RuntimeError> {
         self.accessible(caller, id).await?;
-        Ok(self.inner.logs.read(id, since, until))
+        let mut lines = self.inner.logs.read(id, since, until);
+        if let (Reach::Cluster, Some(peers)) = (reach, &self.inner.peers) {
+            lines.extend(peers.logs_of(id, since, until).await);
+            lines.sort_by_key(|e| e.time);
+        }
+        Ok(lines)
     }
 
     /// What one of the container's instances wrote between `since` and `until`,
@@ -201,25 +206,52 @@ impl Runtime {
         caller: &Caller,
         id: ContainerId,
         instance: crate::model::InstanceId,
-        since: SystemTime,
-        until: SystemTime,
+        range: (SystemTime, SystemTime),
+        reach: Reach,
     ) -> Result<Vec<LogEntry>, RuntimeError> {
         let own = instance.to_string();
-        let mut entries = self.read_logs(caller, id, since, until).await?;
+        let mut entries = self.read_logs(caller, id, range, reach).await?;
         entries.retain(|e| e.instance == own);
         Ok(entries)
     }
 
     /// The container's lines since `since`, then a receiver of each new line, until
-    /// the container is deleted.
+    /// the container is deleted. In a cluster, the other members' lines come
+    /// through the receiver too: those since `since` first, as each member sends
+    /// them, then each new one.
     pub async fn follow_logs(
         &self,
         caller: &Caller,
         id: ContainerId,
         since: SystemTime,
+        reach: Reach,
     ) -> Result<(Vec<LogEntry>, tokio::sync::broadcast::Receiver<LogEntry>), RuntimeError> {
         self.accessible(caller, id).await?;
-        Ok(self.inner.logs.follow(id, since))
+        let (recent, mut own) = self.inner.logs.follow(id, since);
+        let (Reach::Cluster, Some(peers)) = (reach, &self.inner.peers) else {
+            return Ok((recent, own));
+        };
+        let (sink, merged) = crate::logs::LogStore::follower_channel();
+        peers.follow_logs_of(id, since, sink.clone());
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                // Woken now and then to see whether the client has gone.
+                match tokio::time::timeout(std::time::Duration::from_secs(15), own.recv()).await {
+                    Ok(Ok(entry)) => {
+                        if sink.send(entry).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Err(RecvError::Lagged(_))) => {}
+                    // The container was deleted.
+                    Ok(Err(RecvError::Closed)) => return,
+                    Err(_) if sink.receiver_count() == 0 => return,
+                    Err(_) => {}
+                }
+            }
+        });
+        Ok((recent, merged))
     }
 
     /// The container, if it exists and the caller may see it; otherwise not found.
