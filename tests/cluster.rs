@@ -760,30 +760,7 @@ fn the_cluster_bench_measures_the_hop_a_cold_start_and_the_scheduler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_start_with_no_room_here_is_placed_on_a_member_with_room() {
     let etcd = Etcd::start();
-    let small_dir = common::temp_dir();
-    let large_dir = common::temp_dir();
-    let small = Ember::start(
-        small_dir.path(),
-        &[
-            "--cluster",
-            &etcd.url,
-            "--node-name",
-            "small",
-            "--node-cpus",
-            "0.5",
-        ],
-    );
-    let large = Ember::start(
-        large_dir.path(),
-        &[
-            "--cluster",
-            &etcd.url,
-            "--node-name",
-            "large",
-            "--node-cpus",
-            "4",
-        ],
-    );
+    let (small, large, _dirs) = small_and_large(&etcd);
     // Two CPUs an instance: never on `small`, which still takes the create.
     let created = small
         .deploy_wasm(
@@ -1197,4 +1174,54 @@ async fn every_face_shows_and_acts_on_another_node_s_instances_and_their_output(
         .get_json("/api/v1/container/00000000-0000-4000-8000-000000000000/")
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A small node (half a CPU) and a large one (four), on `etcd`.
+fn small_and_large(etcd: &Etcd) -> (Ember, Ember, Vec<tempfile::TempDir>) {
+    let dirs = vec![common::temp_dir(), common::temp_dir()];
+    let node = |dir: &tempfile::TempDir, name: &str, cpus: &str| {
+        Ember::start(
+            dir.path(),
+            &[
+                "--cluster",
+                &etcd.url,
+                "--node-name",
+                name,
+                "--node-cpus",
+                cpus,
+            ],
+        )
+    };
+    let small = node(&dirs[0], "small", "0.5");
+    let large = node(&dirs[1], "large", "4");
+    (small, large, dirs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_instances_are_dealt_only_to_nodes_that_could_hold_them() {
+    let etcd = Etcd::start();
+    let (small, large, _dirs) = small_and_large(&etcd);
+    let created = small
+        .deploy_wasm(
+            "kept-big",
+            &common::fixtures::hello("kept"),
+            json!({ "cpu": 2, "minInstances": 2 }),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (on_small, on_large) = (
+            own_instances(&small, &id).await.len(),
+            own_instances(&large, &id).await.len(),
+        );
+        if (on_small, on_large) == (0, 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kept instances: {on_small} on small, {on_large} on large"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

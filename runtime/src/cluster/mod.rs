@@ -127,6 +127,10 @@ pub trait Membership: Send + Sync {
     /// needs, without copying the records.
     fn member_ids(&self) -> Vec<(String, ServerId)>;
 
+    /// The members' names and capacities now, by name: what dealing kept
+    /// instances by what each member could hold needs.
+    fn member_capacities(&self) -> Vec<(String, Resources)>;
+
     /// Leaves at once (a graceful stop), rather than when the registration lapses.
     async fn leave(&self);
 }

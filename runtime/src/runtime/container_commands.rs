@@ -309,7 +309,11 @@ impl Runtime {
         TrafficPolicy {
             kept_instances: spec.min_instances,
             scaling: ScalingPolicy {
-                min_instances: self.kept_instances_share(container.id, spec.min_instances),
+                min_instances: self.kept_instances_share(
+                    container.id,
+                    spec.min_instances,
+                    &node::instance_request(spec),
+                ),
                 max_instances: spec.max_instances,
                 idle_timeout: spec
                     .idle_timeout_seconds

@@ -114,21 +114,24 @@ impl Runtime {
     }
 
     /// This node's share of the `kept` instances (`minInstances`) container `id`
-    /// keeps running: all of them on one machine; in a cluster, the share
-    /// rendezvous hashing deals this node among the members (see
-    /// `ember_scheduler::ownership::share`), so that the members' shares add up
-    /// to `kept`, spread over `kept` nodes at most.
-    pub(crate) fn kept_instances_share(&self, id: ContainerId, kept: u32) -> u32 {
+    /// keeps running, each asking `wanted`: all of them on one machine; in a
+    /// cluster, the share rendezvous hashing deals this node among the members
+    /// whose capacity could ever hold such an instance (see
+    /// [`members_that_could_hold`] and `ember_scheduler::ownership::share`), so
+    /// that the members' shares add up to `kept`, spread over `kept` nodes at
+    /// most.
+    pub(crate) fn kept_instances_share(
+        &self,
+        id: ContainerId,
+        kept: u32,
+        wanted: &ember_scheduler::Request,
+    ) -> u32 {
         let (Some(membership), Some(cluster)) =
             (&self.inner.membership, &self.inner.config.cluster)
         else {
             return kept;
         };
-        let names: Vec<String> = membership
-            .member_ids()
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
+        let names = members_that_could_hold(&membership.member_capacities(), Some(wanted));
         ember_scheduler::ownership::share(id.as_bytes(), &names, cluster.node_name.as_bytes(), kept)
     }
 
@@ -150,11 +153,13 @@ impl Runtime {
                 if members == dealt_for {
                     continue;
                 }
-                let names: Vec<&str> = members.iter().map(|(name, _)| name.as_str()).collect();
+                let capacities = membership.member_capacities();
                 let live: Vec<ServerId> = members.iter().map(|(_, server)| *server).collect();
                 for service in runtime.inner.containers.all() {
                     service.repin(&live);
                     let id = service.id;
+                    let names =
+                        members_that_could_hold(&capacities, service.serving_request().as_ref());
                     service.reshare_kept_instances(|kept| {
                         ember_scheduler::ownership::share(
                             id.as_bytes(),
@@ -205,4 +210,29 @@ impl Runtime {
         }
         self.inner.logs.remove(id);
     }
+}
+
+/// The names of the `members` whose capacity could ever hold an instance asking
+/// `wanted` (GPUs of its model, enough CPU and memory), over which its kept
+/// instances are dealt: a node that could never start one is dealt none. All of
+/// them when none could (or the request is not known yet), so that the
+/// instances still have a node that says why they wait.
+fn members_that_could_hold(
+    members: &[(String, ember_scheduler::placement::Resources)],
+    wanted: Option<&ember_scheduler::Request>,
+) -> Vec<String> {
+    let all = || members.iter().map(|(name, _)| name.clone()).collect();
+    let Some(wanted) = wanted else {
+        return all();
+    };
+    let able: Vec<String> = members
+        .iter()
+        .filter(|(name, capacity)| {
+            ember_scheduler::placement::Node::new((), name.clone(), capacity.clone())
+                .could_ever_fit(wanted)
+                .is_ok()
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    if able.is_empty() { all() } else { able }
 }

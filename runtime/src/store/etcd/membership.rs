@@ -236,6 +236,14 @@ impl Membership for EtcdMembership {
             .collect()
     }
 
+    fn member_capacities(&self) -> Vec<(String, ember_scheduler::placement::Resources)> {
+        self.members
+            .read()
+            .values()
+            .map(|m| (m.name.clone(), (&m.capacity).into()))
+            .collect()
+    }
+
     async fn leave(&self) {
         if let Some(renewals) = self.renewals.lock().take() {
             renewals.cancel();
