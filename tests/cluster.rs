@@ -1225,3 +1225,38 @@ async fn kept_instances_are_dealt_only_to_nodes_that_could_hold_them() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_room_for_more_sends_the_overflow_to_a_member_with_room() {
+    let etcd = Etcd::start();
+    let (small, large, _dirs) = small_and_large(&etcd);
+    // One request at a time an instance, a quarter of a CPU each: `small` holds
+    // two, then has no room for a third.
+    let created = small
+        .deploy_wasm(
+            "overflow",
+            &common::fixtures::sleeper(1500),
+            json!({ "cpu": 0.25, "concurrency": 1 }),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let requests = (0..6).map(|_| small.invoke("overflow"));
+    for (status, body) in futures::future::join_all(requests).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // Requests that came at once may each have seen room for one more on
+    // `small` (an instance then waits there for room a while): count those
+    // that ran.
+    let running = |listed: Vec<Value>| {
+        listed
+            .iter()
+            .filter(|i| i["state"]["current"] == "running")
+            .count()
+    };
+    let (on_small, on_large) = (
+        running(own_instances(&small, &id).await),
+        running(own_instances(&large, &id).await),
+    );
+    assert!(on_small <= 2, "{on_small} on small, {on_large} on large");
+    assert!(on_large >= 1, "{on_small} on small, {on_large} on large");
+}

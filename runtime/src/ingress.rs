@@ -139,7 +139,16 @@ async fn forward(runtime: &Runtime, host: &str, req: IncomingRequest) -> Respons
     };
     tracing::Span::current().record("container", tracing::field::display(service.id));
     let mut req = req.map(|body| body.map_err(Into::into).boxed_unsync());
-    if let Some(member) = runtime.member_to_serve(&service, &req) {
+    // In a cluster, a request with no free slot here may be better served by
+    // another member (one warm, or one with room when this node has none).
+    let free_here = if runtime.is_cluster_member() {
+        service.lease_now()
+    } else {
+        None
+    };
+    if free_here.is_none()
+        && let Some(member) = runtime.member_to_serve(&service, &req)
+    {
         let own = runtime
             .config()
             .cluster
@@ -155,7 +164,9 @@ async fn forward(runtime: &Runtime, host: &str, req: IncomingRequest) -> Respons
     }
     let timeout = runtime.config().request_timeout;
     // While the node sheds load, a request is served only by a slot free now.
-    let acquired = if runtime.ingress_gate().is_shedding() {
+    let acquired = if let Some(lease) = free_here {
+        Ok(lease)
+    } else if runtime.ingress_gate().is_shedding() {
         service.lease_now().ok_or_else(|| {
             ActivationError::Overloaded("requests that would wait are refused".into())
         })

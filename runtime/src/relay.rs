@@ -28,19 +28,20 @@ type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, ember_sandbox::Box
 
 impl Runtime {
     /// The ingress of the member that should serve this request instead of this
-    /// node, when this node has no instance of `service` and the request was not
-    /// relayed already: a member that holds the container warm (the most
-    /// instances first), or, when none does and this node has no room for an
-    /// instance now, the member the scheduler places one on (the most free memory
-    /// among those it fits: the cold start happens there, this request held
-    /// here until it answers).
+    /// node, when this node has no free slot for it (the caller looked) and the
+    /// request was not relayed already: with no instance here, a member that
+    /// holds the container warm (the most instances first); otherwise, when this
+    /// node has no room for another instance now, the member the scheduler
+    /// places one on (the most free memory among those it fits: the instance
+    /// starts there if the member has none free, this request held here until
+    /// it answers). A node that has room starts the instance itself.
     pub(crate) fn member_to_serve<B>(
         &self,
         service: &ContainerTraffic,
         request: &Request<B>,
     ) -> Option<SocketAddr> {
         let membership = self.membership()?;
-        if request.headers().contains_key(RELAYED_BY) || service.instance_count() > 0 {
+        if request.headers().contains_key(RELAYED_BY) {
             return None;
         }
         let own = &self.config().cluster.as_ref()?.node_name;
@@ -49,17 +50,21 @@ impl Runtime {
             .into_iter()
             .filter(|m| &m.name != own)
             .collect();
-        let warm = others
-            .iter()
-            .filter_map(|m| Some((*m.warm.get(&service.id)?, m.ingress)))
-            .filter(|(warm, _)| *warm > 0)
-            .max_by_key(|(warm, _)| *warm)
-            .map(|(_, ingress)| ingress);
-        if warm.is_some() {
-            return warm;
+        if service.instance_count() == 0 {
+            let warm = others
+                .iter()
+                .filter_map(|m| Some((*m.warm.get(&service.id)?, m.ingress)))
+                .filter(|(warm, _)| *warm > 0)
+                .max_by_key(|(warm, _)| *warm)
+                .map(|(_, ingress)| ingress);
+            if warm.is_some() {
+                return warm;
+            }
         }
         let wanted = service.serving_request()?;
-        if self.node().snapshot().fits_now(&wanted).is_ok() {
+        // An instance of it already waiting here for room says no more fits,
+        // whatever the instant's snapshot says.
+        if service.waiting_note().is_none() && self.node().snapshot().fits_now(&wanted).is_ok() {
             return None;
         }
         let mut nodes: Vec<Node<SocketAddr>> = others
