@@ -805,4 +805,46 @@ async fn a_second_runtime_on_the_first_s_network_says_so_and_one_on_its_own_serv
     deploy(&third, json!({ "name": "third", "image": image })).await;
     assert_eq!(get(&third, "third", "/").await.0, StatusCode::OK);
     assert_eq!(get(&first, "first", "/").await.0, StatusCode::OK);
+
+    // A subnet another interface of the host has (here a bridge some other
+    // runtime left behind, which keeps its route) is refused, naming it: the
+    // host's traffic to the instances would go there.
+    let leftover = TestNetwork::new();
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    let gateway = leftover.subnet.replace(".0/24", ".1/24");
+    run(&["link", "add", &leftover.bridge, "type", "bridge"]);
+    run(&["addr", "add", &gateway, "dev", &leftover.bridge]);
+    let mut on_leftover = TestNetwork::new();
+    on_leftover.subnet = leftover.subnet.clone();
+    let data_d = temp_dir();
+    let fourth = start(data_d.path(), &on_leftover, 1, &[]);
+    let (status, created) = fourth
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/containers",
+            &json!({ "name": "fourth", "image": image }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let failed = fourth
+        .wait_for(
+            &format!("/v1/containers/{id}"),
+            Duration::from_secs(30),
+            |c| (c["status"] == "failed").then(|| c.clone()),
+        )
+        .await;
+    assert!(
+        failed.to_string().contains(&format!(
+            "subnet {} is already on interface {}",
+            leftover.subnet, leftover.bridge
+        )),
+        "{failed}"
+    );
 }

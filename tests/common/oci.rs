@@ -23,13 +23,27 @@ pub struct TestNetwork {
 }
 
 impl TestNetwork {
+    /// A bridge name and a /24 of this test's own: one no interface of the host
+    /// has an address in (a bridge a killed test left behind keeps its route,
+    /// and a runtime refuses a subnet another interface has).
     pub fn new() -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        Self {
-            bridge: format!("embt{:x}{n}", pid % 0xffff),
-            subnet: format!("10.{}.{}.0/24", 200 + (pid % 50), n),
+        loop {
+            let n = NEXT.fetch_add(1, Ordering::SeqCst);
+            let second = 200 + (pid + n / 256) % 50;
+            let subnet = format!("10.{second}.{}.0/24", n % 256);
+            if !routed(std::net::Ipv4Addr::new(
+                10,
+                second as u8,
+                (n % 256) as u8,
+                0,
+            )) {
+                return Self {
+                    bridge: format!("embt{:x}{n}", pid % 0xffff),
+                    subnet,
+                };
+            }
         }
     }
 
@@ -43,6 +57,29 @@ impl TestNetwork {
             "1".into(),
         ]
     }
+}
+
+/// Whether the host routes `network`/24 somewhere already (`/proc/net/route`
+/// prints each destination and mask as the kernel holds them: little-endian
+/// here).
+fn routed(network: std::net::Ipv4Addr) -> bool {
+    let table = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let parse = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| u32::from_str_radix(f, 16).ok())
+                .map(|v| std::net::Ipv4Addr::from(v.to_le_bytes()))
+        };
+        match (parse(1), parse(7)) {
+            (Some(destination), Some(mask)) if mask != std::net::Ipv4Addr::UNSPECIFIED => {
+                let mask = u32::from(mask);
+                u32::from(destination) & mask == u32::from(network) & mask
+            }
+            _ => false,
+        }
+    })
 }
 
 impl Drop for TestNetwork {

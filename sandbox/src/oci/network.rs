@@ -40,6 +40,12 @@ impl Subnet {
         self.prefix
     }
 
+    /// Whether `address` is in the subnet.
+    pub fn contains(&self, address: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.prefix);
+        u32::from(address) & mask == u32::from(self.network)
+    }
+
     /// Number of addresses instances may take (neither network, gateway nor broadcast).
     fn hosts(&self) -> u32 {
         (1u32 << (32 - self.prefix)).saturating_sub(3)
@@ -125,6 +131,17 @@ pub enum NetworkError {
     /// The port guard could not be set up or changed.
     #[error("guarding the bridge's ports: {0}")]
     Guard(String),
+    /// Another interface of the host already has an address in the subnet: the
+    /// host's traffic to the instances would go there.
+    #[error(
+        "subnet {subnet} is already on interface {interface} (another runtime's bridge, or one left behind): give this runtime another with --subnet, or remove it (ip link del {interface})"
+    )]
+    SubnetTaken {
+        /// The subnet.
+        subnet: Subnet,
+        /// The interface that has it.
+        interface: String,
+    },
     /// A netlink request failed.
     #[error("{what}: {source}")]
     Netlink {
@@ -213,6 +230,9 @@ impl Network {
                     })?
             }
         };
+        if let Some(interface) = other_interface_on(&host, subnet, index).await? {
+            return Err(NetworkError::SubnetTaken { subnet, interface });
+        }
         let added = host
             .address()
             .add(index, IpAddr::V4(subnet.gateway()), subnet.prefix())
@@ -393,6 +413,49 @@ impl Network {
     }
 }
 
+/// The name of an interface other than the one at `own` with an IPv4 address in
+/// `subnet`, if there is one.
+async fn other_interface_on(
+    handle: &Handle,
+    subnet: Subnet,
+    own: u32,
+) -> Result<Option<String>, NetworkError> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let mut addresses = handle.address().get().execute();
+    while let Some(address) = addresses
+        .try_next()
+        .await
+        .map_err(netlink("listing the host's addresses"))?
+    {
+        if address.header.index == own {
+            continue;
+        }
+        let inside = address.attributes.iter().any(|a| {
+            matches!(a, AddressAttribute::Address(IpAddr::V4(v4)) | AddressAttribute::Local(IpAddr::V4(v4)) if subnet.contains(*v4))
+        });
+        if inside {
+            let mut links = handle
+                .link()
+                .get()
+                .match_index(address.header.index)
+                .execute();
+            let name = match links.try_next().await {
+                Ok(Some(link)) => link.attributes.iter().find_map(|a| match a {
+                    rtnetlink::packet_route::link::LinkAttribute::IfName(name) => {
+                        Some(name.clone())
+                    }
+                    _ => None,
+                }),
+                _ => None,
+            };
+            return Ok(Some(
+                name.unwrap_or_else(|| format!("#{}", address.header.index)),
+            ));
+        }
+    }
+    Ok(None)
+}
+
 async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetworkError> {
     let mut links = handle.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
@@ -482,6 +545,17 @@ pub(crate) fn veth_name(sandbox_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subnet_contains_its_addresses_and_no_others() {
+        let subnet: Subnet = "10.88.4.0/22".parse().unwrap();
+        for inside in ["10.88.4.0", "10.88.5.17", "10.88.7.255"] {
+            assert!(subnet.contains(inside.parse().unwrap()), "{inside}");
+        }
+        for outside in ["10.88.3.255", "10.88.8.0", "192.168.4.1"] {
+            assert!(!subnet.contains(outside.parse().unwrap()), "{outside}");
+        }
+    }
 
     #[test]
     fn ping_is_allowed_to_the_instance_s_own_groups() {
