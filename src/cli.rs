@@ -25,6 +25,17 @@ pub enum Command {
     Rm(TargetArgs),
     /// Lists a container's revisions.
     Revisions(TargetArgs),
+    /// Prints a container's output: its recent lines, then (with --follow) each
+    /// new one as it is written.
+    Logs(LogsArgs),
+    /// Lists a container's instances (every member's, in a cluster).
+    Instances(TargetArgs),
+    /// Shows a container in one screen: its spec and status, revisions and
+    /// instances.
+    Describe(TargetArgs),
+    /// Sets how many instances a container keeps at least and may run at most
+    /// (a new revision, as an update).
+    Scale(ScaleArgs),
     /// Lists the servers: this node, or every member of its cluster.
     Nodes(ClientArgs),
     /// Mints, lists and revokes API tokens (needs an ADMIN token).
@@ -258,6 +269,37 @@ pub struct TokenTargetArgs {
 pub struct TargetArgs {
     /// Container name or id.
     pub container: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Container name or id.
+    pub container: String,
+    /// Keep printing each new line as it is written.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// How far back to start, e.g. 10m, 2h, 1d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub since: std::time::Duration,
+    /// Only this instance's lines (its id, or the start of it).
+    #[arg(long)]
+    pub instance: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args)]
+pub struct ScaleArgs {
+    /// Container name or id.
+    pub container: String,
+    /// Instances kept running even without traffic.
+    #[arg(long)]
+    pub min: Option<u32>,
+    /// Most instances traffic may start.
+    #[arg(long)]
+    pub max: Option<u32>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -88,6 +88,16 @@ impl ApiClient {
         check(response).await.map(drop)
     }
 
+    /// The answer to `GET path`, to be read as it arrives (an event stream).
+    pub async fn open(&self, path: &str) -> anyhow::Result<Response> {
+        let response = self
+            .request(Method::GET, path)
+            .send()
+            .await
+            .context("calling the API")?;
+        check(response).await
+    }
+
     /// The Prometheus text at `/metrics`.
     pub async fn metrics(&self) -> anyhow::Result<String> {
         let response = self

@@ -1,6 +1,6 @@
 //! The client verbs: deploy, ls, rm, revisions.
 
-use crate::cli::{ClientArgs, DeployArgs, TargetArgs};
+use crate::cli::{ClientArgs, DeployArgs, ScaleArgs, TargetArgs};
 use crate::client::ApiClient;
 use crate::table;
 use anyhow::Context;
@@ -102,6 +102,39 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
+    if args.min.is_none() && args.max.is_none() {
+        anyhow::bail!("say --min, --max or both");
+    }
+    let client = ApiClient::new(&args.client)?;
+    let container = find(&client, &args.container).await?;
+    let id = container["id"].as_str().unwrap_or_default();
+    let mut body = json!({});
+    if let Some(min) = args.min {
+        body["minInstances"] = json!(min);
+    }
+    if let Some(max) = args.max {
+        body["maxInstances"] = json!(max);
+    }
+    let updated = client
+        .send_json(Method::PUT, &format!("/v1/containers/{id}"), &body)
+        .await?;
+    let updated = client
+        .wait_deployed(updated, DEPLOY_WAIT, |reason| eprintln!("{reason}"))
+        .await?;
+    if args.client.json {
+        println!("{updated}");
+    } else {
+        println!(
+            "{}: at least {}, at most {} instances",
+            text(&updated["name"]),
+            updated["minInstances"],
+            updated["maxInstances"]
+        );
+    }
+    Ok(())
+}
+
 pub async fn list(args: ClientArgs) -> anyhow::Result<()> {
     let client = ApiClient::new(&args)?;
     let containers = client.all_containers().await?;
@@ -194,14 +227,14 @@ pub async fn nodes(args: ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn find(client: &ApiClient, name_or_id: &str) -> anyhow::Result<Value> {
+pub(crate) async fn find(client: &ApiClient, name_or_id: &str) -> anyhow::Result<Value> {
     client
         .find(name_or_id)
         .await?
         .with_context(|| format!("no container named {name_or_id}"))
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 

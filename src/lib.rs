@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod gpu_commands;
+pub mod inspect;
 pub mod serve;
 mod table;
 pub mod token_commands;

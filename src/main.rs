@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use ember::cli::{Cli, Command};
-use ember::{bench, commands, gpu_commands, serve, token_commands};
+use ember::{bench, commands, gpu_commands, inspect, serve, token_commands};
 
 fn main() -> std::process::ExitCode {
     // Started again by the runtime to create one container: see ember_sandbox's creator.
@@ -45,6 +45,10 @@ fn main() -> std::process::ExitCode {
             Command::Nodes(args) => commands::nodes(args).await,
             Command::Rm(args) => commands::remove(args).await,
             Command::Revisions(args) => commands::revisions(args).await,
+            Command::Logs(args) => inspect::logs(args).await,
+            Command::Instances(args) => inspect::instances(args).await,
+            Command::Describe(args) => inspect::describe(args).await,
+            Command::Scale(args) => commands::scale(args).await,
             Command::Token(command) => token_commands::run(command).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Gpu(command) => gpu_commands::run(command),

@@ -222,3 +222,112 @@ fn nvidia_spec_generation_on_a_host_without_a_gpu_says_why_and_writes_nothing() 
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_instances_describe_and_scale_from_the_cli() {
+    let dir = temp_dir();
+    let ember = Ember::start(&dir.path().join("data"), &[]);
+    let wasm = dir.path().join("logging.wasm");
+    std::fs::write(
+        &wasm,
+        fixtures::hello_logging("served\n", "a-line-from-the-guest"),
+    )
+    .unwrap();
+    ember_cli(&ember, &["deploy", "chatty", wasm.to_str().unwrap()]);
+    assert_eq!(ember.invoke("chatty").await.1, "served\n");
+
+    // The lines so far, each with its time and instance.
+    let printed = stdout(&ember_cli(&ember, &["logs", "chatty"]));
+    assert!(printed.contains("a-line-from-the-guest"), "{printed}");
+    let listed = stdout(&ember_cli(&ember, &["instances", "chatty", "--json"]));
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let instance = listed[0]["id"].as_str().unwrap().to_string();
+    assert!(printed.contains(&instance[..8]), "{printed}");
+    let only_other = stdout(&ember_cli(
+        &ember,
+        &["logs", "chatty", "--instance", "00000000"],
+    ));
+    assert!(only_other.is_empty(), "{only_other}");
+    let table = stdout(&ember_cli(&ember, &["instances", "chatty"]));
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(
+        table.contains(&instance) && table.contains("running"),
+        "{table}"
+    );
+
+    // Followed: a line written after the command started arrives too.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["logs", "chatty", "-f", "--since", "1s"])
+        .env("EMBER_API", format!("http://{}", ember.api))
+        .env("EMBER_DATA_DIR", &ember.data_dir)
+        .env_remove("EMBER_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(follower.stdout.take().unwrap()));
+    let (found, got) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains("a-line-from-the-guest") {
+                let _ = found.send(line);
+            }
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(ember.invoke("chatty").await.1, "served\n");
+    let line = got
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the followed line");
+    assert!(line.contains(&instance[..8]), "{line}");
+    follower.kill().unwrap();
+    let _ = follower.wait();
+
+    // Scale: the minimum is kept running.
+    let scaled = stdout(&ember_cli(
+        &ember,
+        &["scale", "chatty", "--min", "2", "--max", "5"],
+    ));
+    assert!(scaled.contains("at least 2, at most 5"), "{scaled}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ember
+        .instances(listed[0]["container_id"].as_str().unwrap())
+        .await
+        .iter()
+        .filter(|i| i["state"]["current"] == "running")
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two instances never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let refused = run_ember_cli(&ember, &["scale", "chatty"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--min, --max or both"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // Describe: all of it on one screen (a scale is a new revision, whose
+    // instances replaced the first one's).
+    let described = stdout(&ember_cli(&ember, &["describe", "chatty"]));
+    for expected in [
+        "Name:",
+        "chatty",
+        "deployed",
+        "2 to 5 instances",
+        "Revisions:",
+        "Instances:",
+        "IN-FLIGHT",
+    ] {
+        assert!(described.contains(expected), "{expected} in {described}");
+    }
+    assert_eq!(described.matches(" running ").count(), 2, "{described}");
+    let described = stdout(&ember_cli(&ember, &["describe", "chatty", "--json"]));
+    let described: serde_json::Value = serde_json::from_str(&described).unwrap();
+    assert_eq!(described["container"]["minInstances"], 2);
+    assert_eq!(described["revisions"].as_array().unwrap().len(), 2);
+}
