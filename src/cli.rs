@@ -47,6 +47,12 @@ pub enum Command {
     /// GPUs: writes the CDI spec of this host's NVIDIA GPUs.
     #[command(subcommand)]
     Gpu(GpuCommand),
+    /// Prints the shell completion script for bash, zsh or fish
+    /// (`source <(ember completion bash)`).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Where `ember gpu cdi-generate` writes by default: in the directory of specs

@@ -52,6 +52,16 @@ fn main() -> std::process::ExitCode {
             Command::Token(command) => token_commands::run(command).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Gpu(command) => gpu_commands::run(command),
+            Command::Completion { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "ember",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
         }
     });
     match result {

@@ -331,3 +331,35 @@ async fn logs_instances_describe_and_scale_from_the_cli() {
     assert_eq!(described["container"]["minInstances"], 2);
     assert_eq!(described["revisions"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn shell_completion_scripts_name_every_verb_and_parse() {
+    let completion = |shell: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{shell}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let bash = completion("bash");
+    for verb in ["deploy", "logs", "instances", "describe", "scale", "nodes"] {
+        assert!(bash.contains(verb), "{verb} in the bash script");
+    }
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), &bash).unwrap();
+    let parsed = Command::new("bash")
+        .arg("-n")
+        .arg(script.path())
+        .status()
+        .unwrap();
+    assert!(parsed.success(), "bash -n refused the script");
+    assert!(completion("zsh").starts_with("#compdef ember"));
+    assert!(completion("fish").contains("complete -c ember"));
+    let refused = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["completion", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("possible values"));
+}
