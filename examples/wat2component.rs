@@ -4,8 +4,7 @@
 //! cargo run --example wat2component -- examples/hello/hello.wat hello.wasm
 //! ```
 
-#[path = "../tests/common/component.rs"]
-mod component;
+use ember::workloads::component;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -14,7 +13,7 @@ fn main() {
         std::process::exit(2);
     };
     let wat = std::fs::read_to_string(&input).unwrap_or_else(|e| panic!("reading {input}: {e}"));
-    let bytes = component::component_from_wat(&wat);
+    let bytes = component::component_from_wat(&wat).unwrap_or_else(|e| panic!("{input}: {e:#}"));
     std::fs::write(&output, &bytes).unwrap_or_else(|e| panic!("writing {output}: {e}"));
     println!(
         "wrote {output} ({} bytes, world {})",

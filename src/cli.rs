@@ -314,8 +314,9 @@ pub struct ScaleArgs {
 pub struct DeployArgs {
     /// Container name (also its host: <name>.<domain>).
     pub name: String,
-    /// Image reference with a tag or digest, `sha256:<hex>` of an uploaded blob, or a
-    /// path to a local .wasm component.
+    /// Image reference with a tag or digest, `sha256:<hex>` of an uploaded blob, a
+    /// path to a local .wasm component, or a .wat core module (built into a
+    /// wasi:http component here).
     pub image: String,
     /// Environment variable, KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e')]

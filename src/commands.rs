@@ -15,8 +15,15 @@ const DEPLOY_WAIT: Duration = Duration::from_secs(300);
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let client = ApiClient::new(&args.client)?;
     let image = if Path::new(&args.image).is_file() {
-        let bytes =
+        let mut bytes =
             std::fs::read(&args.image).with_context(|| format!("reading {}", args.image))?;
+        // WAT text: built into a wasi:http component here, before the upload.
+        if args.image.ends_with(".wat") {
+            let wat = String::from_utf8(bytes)
+                .with_context(|| format!("{} is not UTF-8 text", args.image))?;
+            bytes = crate::workloads::component::component_from_wat(&wat)
+                .with_context(|| format!("building a component from {}", args.image))?;
+        }
         let uploaded = client.upload(bytes).await?;
         uploaded["digest"]
             .as_str()

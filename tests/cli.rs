@@ -363,3 +363,23 @@ fn shell_completion_scripts_name_every_verb_and_parse() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("possible values"));
 }
+
+#[tokio::test]
+async fn a_wat_file_is_built_into_a_component_and_deployed() {
+    let dir = temp_dir();
+    let ember = Ember::start(&dir.path().join("data"), &[]);
+    let wat = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello/hello.wat");
+    ember_cli(&ember, &["deploy", "fromwat", wat]);
+    assert_eq!(
+        ember.invoke("fromwat").await,
+        (StatusCode::OK, "Hello from Ember!\n".to_string())
+    );
+    let broken = dir.path().join("broken.wat");
+    std::fs::write(&broken, "(module (func (export \"nothing\")))").unwrap();
+    let refused = run_ember_cli(&ember, &["deploy", "broken", broken.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("building a component from"), "{said}");
+    let (_, containers) = ember.get_json("/v1/containers").await;
+    assert_eq!(containers["total"], 1, "{containers}");
+}

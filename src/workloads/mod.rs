@@ -1,6 +1,7 @@
 //! The workloads `ember bench` and the tests deploy: a hello wasi:http component,
 //! and a busybox httpd OCI image built in memory and pushed to a loopback registry.
 
+pub mod component;
 pub mod etcd;
 pub mod oci_image;
 pub mod registry;
