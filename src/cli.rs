@@ -36,6 +36,12 @@ pub enum Command {
     /// Sets how many instances a container keeps at least and may run at most
     /// (a new revision, as an update).
     Scale(ScaleArgs),
+    /// Runs a command inside one of a container's instances (OCI), with its
+    /// output here and its exit status as this command's.
+    Exec(ExecArgs),
+    /// Opens a shell inside one of a container's instances (OCI), on a terminal
+    /// when this one is.
+    Ssh(SshArgs),
     /// Lists the servers: this node, or every member of its cluster.
     Nodes(ClientArgs),
     /// Mints, lists and revokes API tokens (needs an ADMIN token).
@@ -291,6 +297,31 @@ pub struct LogsArgs {
     pub since: std::time::Duration,
     /// Only this instance's lines (its id, or the start of it).
     #[arg(long)]
+    pub instance: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// Container name or id.
+    pub container: String,
+    /// The instance (its id, or the start of it); by default the first running one.
+    #[arg(long, short = 'i')]
+    pub instance: Option<String>,
+    /// The command and its arguments (after `--`).
+    #[arg(required = true, last = true)]
+    pub command: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args)]
+pub struct SshArgs {
+    /// Container name or id.
+    pub container: String,
+    /// The instance (its id, or the start of it); by default the first running one.
+    #[arg(long, short = 'i')]
     pub instance: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,

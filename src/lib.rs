@@ -8,6 +8,7 @@ pub mod commands;
 pub mod gpu_commands;
 pub mod inspect;
 pub mod serve;
+pub mod shell;
 mod table;
 pub mod token_commands;
 pub mod workloads;

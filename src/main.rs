@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use ember::cli::{Cli, Command};
-use ember::{bench, commands, gpu_commands, inspect, serve, token_commands};
+use ember::{bench, commands, gpu_commands, inspect, serve, shell, token_commands};
 
 fn main() -> std::process::ExitCode {
     // Started again by the runtime to create one container: see ember_sandbox's creator.
@@ -49,6 +49,8 @@ fn main() -> std::process::ExitCode {
             Command::Instances(args) => inspect::instances(args).await,
             Command::Describe(args) => inspect::describe(args).await,
             Command::Scale(args) => commands::scale(args).await,
+            Command::Exec(args) => shell::exec(args).await,
+            Command::Ssh(args) => shell::ssh(args).await,
             Command::Token(command) => token_commands::run(command).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Gpu(command) => gpu_commands::run(command),

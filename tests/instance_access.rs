@@ -587,3 +587,98 @@ async fn each_route_needs_its_capability_and_hides_other_users_instances() {
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
 }
+
+/// Runs the `ember` CLI against `ember` with its admin token, `input` on its
+/// stdin.
+fn ember_cli(ember: &Ember, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .env("EMBER_API", format!("http://{}", ember.api))
+        .env("EMBER_DATA_DIR", &ember.data_dir)
+        .env_remove("EMBER_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_runs_commands_and_a_shell_inside_an_instance() {
+    require_root();
+    let setup = setup(&[]).await;
+    let (ember, image) = (&setup.ember, setup.image.as_str());
+    let id = deploy(ember, busybox("execy", image, "sleep 3600")).await;
+    let instance = running_instance(ember, &id).await;
+
+    // A command: its output here, each stream to its own, its status as ours.
+    let ran = ember_cli(
+        ember,
+        &[
+            "exec",
+            "execy",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        "",
+    );
+    assert_eq!(ran.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&ran.stderr), "err\n");
+    // Words stay whole; the instance named by the start of its id.
+    let ran = ember_cli(
+        ember,
+        &[
+            "exec",
+            "execy",
+            "-i",
+            &instance[..8],
+            "--",
+            "echo",
+            "two words",
+            "$HOME",
+        ],
+        "",
+    );
+    assert!(ran.status.success());
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "two words $HOME\n");
+
+    // A shell, fed from stdin when it is no terminal.
+    let shell = ember_cli(ember, &["ssh", "execy"], "echo from-the-shell; exit\n");
+    assert!(
+        shell.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shell.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&shell.stdout).contains("from-the-shell"),
+        "{}",
+        String::from_utf8_lossy(&shell.stdout)
+    );
+
+    // A wasm component runs no processes: the API's refusal, said clearly.
+    ember
+        .deploy_wasm(
+            "wasmy",
+            &fixtures::hello("hi\n"),
+            json!({ "minInstances": 1 }),
+        )
+        .await;
+    let refused = ember_cli(ember, &["exec", "wasmy", "--", "true"], "");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("422"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
