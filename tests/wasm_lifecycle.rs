@@ -343,3 +343,115 @@ fn the_shipped_hello_component_is_built_from_its_source() {
          `cargo run --example wat2component -- examples/hello/hello.wat examples/hello/hello.wasm`"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_container_s_timeouts_cut_its_requests_with_a_504_and_are_counted() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    // The whole request: a guest that answers after 3 s, allowed 1 (cut where it
+    // waits, not when it next runs). Its instance is up first, so that the time
+    // measured is the request's alone.
+    let whole = ember
+        .deploy_wasm(
+            "whole",
+            &fixtures::sleeper(3000),
+            json!({ "timeoutSeconds": 1, "minInstances": 1 }),
+        )
+        .await;
+    assert_eq!(whole["timeoutSeconds"], 1, "{whole}");
+    let id = whole["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ember
+        .instances(id)
+        .await
+        .iter()
+        .any(|i| i["state"]["current"] == "running")
+    {
+        assert!(std::time::Instant::now() < deadline, "no instance ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = std::time::Instant::now();
+    let (status, body) = ember.invoke("whole").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("\"timeout\""), "{body}");
+    assert!(started.elapsed() < Duration::from_millis(2500));
+
+    // The start of the response: allowed 1 s of the request's 10.
+    ember
+        .deploy_wasm(
+            "start",
+            &fixtures::sleeper(3000),
+            json!({ "timeoutSeconds": 10, "responseStartTimeoutSeconds": 1 }),
+        )
+        .await;
+    let (status, body) = ember.invoke("start").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("response_start_timeout"), "{body}");
+
+    // A started response's silence: the head comes at once, the body after 3 s,
+    // allowed 1 s of silence: the client's body ends short.
+    let silent = ember
+        .deploy_wasm(
+            "silent",
+            &fixtures::slow_body(3000),
+            json!({ "streamIdleTimeoutSeconds": 1 }),
+        )
+        .await;
+    let response = ember
+        .ingress_client("silent")
+        .get(ember.ingress_url("silent", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.text().await.is_err(),
+        "the body should have been cut"
+    );
+    // Given more silence than the guest keeps, the same guest answers whole.
+    let (status, _) = ember
+        .send_json(
+            Method::PUT,
+            &format!("/v1/containers/{}", silent["id"].as_str().unwrap()),
+            &json!({ "streamIdleTimeoutSeconds": 10 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = ember.invoke("silent").await;
+        if status == StatusCode::OK && body == "Hello from Ember!\n" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+    }
+
+    for limit in ["request", "response_start", "stream_idle"] {
+        let cut = ember
+            .metric(&format!(
+                "ember_request_timeouts_total{{limit=\"{limit}\"}}"
+            ))
+            .await;
+        assert!(cut >= 1.0, "{limit}: {cut}");
+    }
+    // Out of bounds, or a start longer than the whole: refused, naming the field.
+    for (body, field) in [
+        (json!({ "timeoutSeconds": 0 }), "timeoutSeconds"),
+        (json!({ "timeoutSeconds": 3601 }), "timeoutSeconds"),
+        (
+            json!({ "streamIdleTimeoutSeconds": 0 }),
+            "streamIdleTimeoutSeconds",
+        ),
+        (
+            json!({ "timeoutSeconds": 5, "responseStartTimeoutSeconds": 6 }),
+            "responseStartTimeoutSeconds",
+        ),
+    ] {
+        let mut body = body;
+        body["name"] = json!("refused");
+        body["image"] = json!(whole["image"]);
+        let (status, answer) = ember.send_json(Method::POST, "/v1/containers", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["field"], field, "{answer}");
+    }
+}

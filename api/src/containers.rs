@@ -253,6 +253,9 @@ pub(crate) struct ContainerRequest {
     min_instances: Option<u32>,
     max_instances: Option<u32>,
     idle_timeout_seconds: Option<u64>,
+    timeout_seconds: Option<u64>,
+    response_start_timeout_seconds: Option<u64>,
+    stream_idle_timeout_seconds: Option<u64>,
     concurrency: Option<u32>,
     queue_depth: Option<u32>,
     prepared_sandboxes: Option<u32>,
@@ -361,6 +364,9 @@ impl ContainerRequest {
             min_instances: self.min_instances,
             max_instances: self.max_instances,
             idle_timeout_seconds: self.idle_timeout_seconds,
+            timeout_seconds: self.timeout_seconds,
+            response_start_timeout_seconds: self.response_start_timeout_seconds,
+            stream_idle_timeout_seconds: self.stream_idle_timeout_seconds,
             concurrency: self.concurrency,
             queue_depth: self.queue_depth,
             prepared_sandboxes: self.prepared_sandboxes,
@@ -414,6 +420,13 @@ pub(crate) struct ContainerJson {
     min_instances: u32,
     max_instances: u32,
     idle_timeout_seconds: u64,
+    /// Seconds a request may run (the runtime's `--request-timeout` when the
+    /// container sets none).
+    timeout_seconds: u64,
+    /// Seconds until a response starts; `null`: the whole request's limit.
+    response_start_timeout_seconds: Option<u64>,
+    /// Seconds a started response may send nothing; `null`: no limit.
+    stream_idle_timeout_seconds: Option<u64>,
     /// `null`: the default for the workload's kind.
     concurrency: Option<u32>,
     queue_depth: u32,
@@ -458,6 +471,11 @@ impl ContainerJson {
             idle_timeout_seconds: spec
                 .idle_timeout_seconds
                 .unwrap_or(runtime.config().default_idle_timeout.as_secs()),
+            timeout_seconds: spec
+                .timeout_seconds
+                .unwrap_or(runtime.config().request_timeout.as_secs()),
+            response_start_timeout_seconds: spec.response_start_timeout_seconds,
+            stream_idle_timeout_seconds: spec.stream_idle_timeout_seconds,
             concurrency: spec.concurrency,
             queue_depth: spec.queue_depth,
             prepared_sandboxes: spec.prepared_sandboxes,

@@ -167,7 +167,9 @@ impl Deployer {
             command: spec.command.clone(),
             arguments: spec.arguments.clone(),
             port: Some(spec.port),
-            request_timeout: self.request_timeout,
+            request_timeout: spec
+                .timeout_seconds
+                .map_or(self.request_timeout, Duration::from_secs),
             logs: LogSinkRef(Arc::new(self.logs.sink(revision.container_id))),
             // A sandbox made ahead of need cannot know which GPUs its instance will
             // be placed on: instances with GPUs are created when they start.

@@ -3,6 +3,7 @@
 
 use crate::activator::{ActivationError, Lease};
 use crate::connections::{self, Admitted, WatchedBody};
+use crate::metrics::RequestTimeout;
 use crate::runtime::Runtime;
 use bytes::Bytes;
 use ember_sandbox::{HttpBody, SandboxError};
@@ -177,15 +178,42 @@ async fn forward(runtime: &Runtime, host: &str, req: IncomingRequest) -> Respons
         Ok(lease) => lease,
         Err(e) => return not_activated(&e),
     };
-    match lease.instance().handle(req).await {
-        Ok(response) => response.map(|body| {
-            LeasedBody {
-                body,
-                _lease: lease,
+    let limits = service.response_timeouts();
+    let handled = lease.instance().handle(req);
+    let handled = match limits.start {
+        Some(limit) => match tokio::time::timeout(limit, handled).await {
+            Ok(handled) => handled,
+            Err(_) => {
+                runtime.metrics().request_cut(RequestTimeout::ResponseStart);
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "response_start_timeout",
+                    &format!(
+                        "the response did not start within {limit:?} (responseStartTimeoutSeconds)"
+                    ),
+                );
             }
-            .boxed_unsync()
-        }),
+        },
+        None => handled.await,
+    };
+    match handled {
+        Ok(response) => {
+            let silence = limits.stream_idle.map(|limit| SilenceLimit {
+                limit,
+                deadline: Box::pin(tokio::time::sleep(limit)),
+                metrics: runtime.metrics().clone(),
+            });
+            response.map(|body| {
+                LeasedBody {
+                    body,
+                    _lease: lease,
+                    silence,
+                }
+                .boxed_unsync()
+            })
+        }
         Err(SandboxError::Timeout(limit)) => {
+            runtime.metrics().request_cut(RequestTimeout::Request);
             // Which instance kept the request, for whoever reads the log after a 504.
             tracing::warn!(
                 container = %service.id,
@@ -226,10 +254,20 @@ fn not_activated(e: &ActivationError) -> Response<HttpBody> {
 /// What a 503 tells the client to wait before trying again.
 const RETRY_AFTER_SECONDS: u32 = 1;
 
-/// A response body that keeps the instance counted as busy until it has been sent.
+/// A response body that keeps the instance counted as busy until it has been sent,
+/// and cuts it when it stays silent past its container's limit.
 struct LeasedBody {
     body: HttpBody,
     _lease: Lease,
+    silence: Option<SilenceLimit>,
+}
+
+/// How long a started response may send nothing (`streamIdleTimeoutSeconds`),
+/// and when that runs out now.
+struct SilenceLimit {
+    limit: std::time::Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Body for LeasedBody {
@@ -240,7 +278,33 @@ impl Body for LeasedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(silence) = &mut this.silence {
+                    let next = tokio::time::Instant::now() + silence.limit;
+                    silence.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                let Some(silence) = &mut this.silence else {
+                    return Poll::Pending;
+                };
+                if silence.deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                silence.metrics.request_cut(RequestTimeout::StreamIdle);
+                let limit = silence.limit;
+                this.silence = None;
+                // An error ends the response short: the client sees its
+                // connection close before the body's end.
+                Poll::Ready(Some(Err(format!(
+                    "the response sent nothing for {limit:?} (streamIdleTimeoutSeconds)"
+                )
+                .into())))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

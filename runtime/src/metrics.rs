@@ -27,6 +27,21 @@ const COLD_START_BUCKETS: [f64; 14] = [
 /// Status classes counted by `ember_requests_total`.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// The limits a request can be cut at: its whole time, the start of its
+/// response, and a started response's silence.
+const TIMEOUT_KINDS: [&str; 3] = ["request", "response_start", "stream_idle"];
+
+/// Which of a request's limits cut it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestTimeout {
+    /// The whole request (`timeoutSeconds`).
+    Request,
+    /// The start of its response (`responseStartTimeoutSeconds`).
+    ResponseStart,
+    /// A started response's silence (`streamIdleTimeoutSeconds`).
+    StreamIdle,
+}
+
 #[derive(Default)]
 struct Histogram {
     buckets: [AtomicU64; COLD_START_BUCKETS.len()],
@@ -52,6 +67,7 @@ impl Histogram {
 #[derive(Default)]
 pub struct Metrics {
     requests: [AtomicU64; STATUS_CLASSES.len()],
+    timeouts: [AtomicU64; TIMEOUT_KINDS.len()],
     cold_starts: [Histogram; 2],
     scale_downs: AtomicU64,
 }
@@ -68,6 +84,11 @@ impl Metrics {
     pub fn request_served(&self, status: http::StatusCode) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.requests[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one request cut at one of its limits.
+    pub fn request_cut(&self, limit: RequestTimeout) {
+        self.timeouts[limit as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records one cold start and how long it took.
@@ -100,6 +121,15 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "ember_requests_total{{code=\"{class}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP ember_request_timeouts_total Requests the ingress cut at one of their container's limits.\n");
+        out.push_str("# TYPE ember_request_timeouts_total counter\n");
+        for (kind, counter) in TIMEOUT_KINDS.iter().zip(&self.timeouts) {
+            let _ = writeln!(
+                out,
+                "ember_request_timeouts_total{{limit=\"{kind}\"}} {}",
                 counter.load(Ordering::Relaxed)
             );
         }

@@ -248,7 +248,7 @@ impl Runtime {
         &self.inner.containers
     }
 
-    pub(crate) fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
     }
 

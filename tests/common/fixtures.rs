@@ -124,3 +124,36 @@ pub fn hello_logging(message: &str, line: &str) -> Vec<u8> {
     );
     component_from_wat(&wat)
 }
+
+/// The hello example that sends its status and headers at once, then waits
+/// `millis` before its body.
+pub fn slow_body(millis: u64) -> Vec<u8> {
+    let write = "(call $write (local.get $stream) (i32.const 1024) (i32.const 18) (i32.const 0))";
+    let wat = include_str!("../../examples/hello/hello.wat")
+        .replace(
+            "(memory (export \"memory\") 1)",
+            r#"(import "wasi:clocks/monotonic-clock@0.2.12" "subscribe-duration" (func $subscribe (param i64) (result i32)))
+  (import "wasi:io/poll@0.2.12" "[method]pollable.block" (func $block (param i32)))
+  (import "wasi:io/poll@0.2.12" "[resource-drop]pollable" (func $drop_pollable (param i32)))
+  (memory (export "memory") 1)"#,
+        )
+        .replace(
+            "(local $stream i32)",
+            "(local $stream i32) (local $pollable i32)",
+        )
+        .replace(
+            write,
+            &format!(
+                "(local.set $pollable (call $subscribe (i64.const {})))
+    (call $block (local.get $pollable))
+    (call $drop_pollable (local.get $pollable))
+    {write}",
+                millis * 1_000_000
+            ),
+        );
+    assert!(
+        wat.contains("$pollable (call"),
+        "the hello example changed shape"
+    );
+    component_from_wat(&wat)
+}

@@ -78,6 +78,18 @@ pub(crate) struct TrafficPolicy {
     pub(crate) kept_instances: u32,
     /// Most requests waiting for an instance.
     pub(crate) queue_depth: u32,
+    /// How long a response may take to start, and to send nothing once started.
+    pub(crate) response_timeouts: ResponseTimeouts,
+}
+
+/// The limits the ingress holds a container's responses to (the whole request's
+/// limit is the sandbox's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ResponseTimeouts {
+    /// Until the status and headers.
+    pub(crate) start: Option<Duration>,
+    /// Between two pieces of a started response's body.
+    pub(crate) stream_idle: Option<Duration>,
 }
 
 /// What the services of every container on this node share.
@@ -227,6 +239,11 @@ impl ContainerTraffic {
             Serving::Ready(revision) => Some(revision.clone()),
             _ => None,
         }
+    }
+
+    /// The limits the ingress holds this container's responses to.
+    pub(crate) fn response_timeouts(&self) -> ResponseTimeouts {
+        self.pool.lock().policy.response_timeouts
     }
 
     /// What an instance of the serving revision asks of a node.

@@ -100,6 +100,7 @@ mod tests {
                     idle_timeout: Duration::from_secs(60),
                     concurrency: 1,
                 },
+                response_timeouts: Default::default(),
                 queue_depth: 10,
             },
             lifecycle: Lifecycle::default(),

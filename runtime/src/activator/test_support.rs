@@ -91,6 +91,7 @@ pub(crate) fn service_counting(
             concurrency: settings.concurrency,
         },
         queue_depth: settings.queue_depth,
+        response_timeouts: Default::default(),
     };
     let node = NodeCapacity::new(
         ServerId::generate(),

@@ -44,6 +44,18 @@ pub struct ContainerSpec {
     pub max_instances: u32,
     /// Seconds without a request before scaling down; `None` takes the runtime's default.
     pub idle_timeout_seconds: Option<u64>,
+    /// Seconds a request may run before it is cut with a 504; `None` takes the
+    /// runtime's `--request-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+    /// Seconds a request may wait for its response to start (its status and
+    /// headers) before it is cut with a 504; `None`: the request's whole limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_start_timeout_seconds: Option<u64>,
+    /// Seconds a response that has started may send nothing before it is cut;
+    /// `None`: no limit but the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_idle_timeout_seconds: Option<u64>,
     /// Most requests one instance serves at once; `None` takes the default for the
     /// workload's kind.
     #[serde(default)]

@@ -48,6 +48,12 @@ pub struct ContainerPatch {
     pub max_instances: Option<u32>,
     /// New idle timeout.
     pub idle_timeout_seconds: Option<u64>,
+    /// New request timeout.
+    pub timeout_seconds: Option<u64>,
+    /// New response start timeout.
+    pub response_start_timeout_seconds: Option<u64>,
+    /// New stream idle timeout.
+    pub stream_idle_timeout_seconds: Option<u64>,
     /// New concurrency.
     pub concurrency: Option<u32>,
     /// New queue depth.
@@ -66,6 +72,8 @@ pub struct ContainerPatch {
 const MAX_CPU: f64 = 1024.0;
 /// Longest idle timeout accepted (a week).
 const MAX_IDLE_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+/// Longest any of a request's timeouts may be (an hour, as Knative's maximum).
+pub const MAX_REQUEST_TIMEOUT_SECONDS: u64 = 3600;
 /// Most requests one instance may be given at once.
 const MAX_CONCURRENCY: u32 = 100_000;
 /// Most requests one container may queue.
@@ -195,6 +203,23 @@ impl ContainerPatch {
                 format!("must be between 1 and {MAX_IDLE_TIMEOUT_SECONDS}"),
             ));
         }
+        for (field, value) in [
+            ("timeoutSeconds", self.timeout_seconds),
+            (
+                "responseStartTimeoutSeconds",
+                self.response_start_timeout_seconds,
+            ),
+            ("streamIdleTimeoutSeconds", self.stream_idle_timeout_seconds),
+        ] {
+            if let Some(value) = value
+                && !(1..=MAX_REQUEST_TIMEOUT_SECONDS).contains(&value)
+            {
+                return Err(InvalidPatch::new(
+                    field,
+                    format!("{value} is not between 1 and {MAX_REQUEST_TIMEOUT_SECONDS}"),
+                ));
+            }
+        }
         for (field, value, max) in [
             ("concurrency", self.concurrency, MAX_CONCURRENCY),
             ("queueDepth", self.queue_depth, MAX_QUEUE_DEPTH),
@@ -253,6 +278,9 @@ impl ContainerPatch {
             min_instances: 0,
             max_instances: ContainerSpec::DEFAULT_MAX_INSTANCES,
             idle_timeout_seconds: None,
+            timeout_seconds: None,
+            response_start_timeout_seconds: None,
+            stream_idle_timeout_seconds: None,
             concurrency: None,
             queue_depth: ContainerSpec::DEFAULT_QUEUE_DEPTH,
             prepared_sandboxes: ContainerSpec::DEFAULT_PREPARED_SANDBOXES,
@@ -296,6 +324,30 @@ impl ContainerPatch {
         );
         if let Some(idle) = self.idle_timeout_seconds {
             spec.idle_timeout_seconds = Some(idle);
+        }
+        for (value, field) in [
+            (self.timeout_seconds, &mut spec.timeout_seconds),
+            (
+                self.response_start_timeout_seconds,
+                &mut spec.response_start_timeout_seconds,
+            ),
+            (
+                self.stream_idle_timeout_seconds,
+                &mut spec.stream_idle_timeout_seconds,
+            ),
+        ] {
+            if value.is_some() {
+                *field = value;
+            }
+        }
+        if let (Some(start), Some(whole)) =
+            (spec.response_start_timeout_seconds, spec.timeout_seconds)
+            && start > whole
+        {
+            return Err(RuntimeError::invalid(
+                "responseStartTimeoutSeconds",
+                format!("({start}) must not exceed timeoutSeconds ({whole})"),
+            ));
         }
         if let Some(concurrency) = self.concurrency {
             spec.concurrency = Some(concurrency);
@@ -431,6 +483,42 @@ mod tests {
         assert_eq!(
             fault(|p| p.max_instances = Some(ContainerSpec::MAX_INSTANCES)),
             None
+        );
+    }
+
+    #[test]
+    fn request_timeouts_are_between_a_second_and_an_hour_and_the_start_within_the_whole() {
+        type Field = fn(&mut ContainerPatch, Option<u64>);
+        let fields: [(Field, &str); 3] = [
+            (|p, v| p.timeout_seconds = v, "timeoutSeconds"),
+            (
+                |p, v| p.response_start_timeout_seconds = v,
+                "responseStartTimeoutSeconds",
+            ),
+            (
+                |p, v| p.stream_idle_timeout_seconds = v,
+                "streamIdleTimeoutSeconds",
+            ),
+        ];
+        for (set, name) in fields {
+            for good in [1, MAX_REQUEST_TIMEOUT_SECONDS] {
+                assert_eq!(fault(|p| set(p, Some(good))), None, "{name} {good}");
+            }
+            for bad in [0, MAX_REQUEST_TIMEOUT_SECONDS + 1] {
+                assert_eq!(fault(|p| set(p, Some(bad))).as_deref(), Some(name));
+            }
+        }
+        let spec = ContainerPatch {
+            name: Some("t".parse().unwrap()),
+            image: Some("a/b:1".into()),
+            timeout_seconds: Some(10),
+            response_start_timeout_seconds: Some(11),
+            ..Default::default()
+        }
+        .into_new_spec();
+        assert!(
+            matches!(&spec, Err(RuntimeError::InvalidField { field, .. }) if field == "responseStartTimeoutSeconds"),
+            "{spec:?}"
         );
     }
 

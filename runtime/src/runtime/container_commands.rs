@@ -321,6 +321,10 @@ impl Runtime {
                 concurrency: spec.concurrency_for(kind),
             },
             queue_depth: spec.queue_depth,
+            response_timeouts: crate::activator::ResponseTimeouts {
+                start: spec.response_start_timeout_seconds.map(Duration::from_secs),
+                stream_idle: spec.stream_idle_timeout_seconds.map(Duration::from_secs),
+            },
         }
     }
 

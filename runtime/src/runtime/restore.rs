@@ -71,7 +71,14 @@ impl Runtime {
                 Some(service) if adoptable.contains(&sandbox) => {
                     let logs =
                         ember_sandbox::LogSinkRef(Arc::new(self.inner.logs.sink(record.container)));
-                    let timeout = self.inner.config.request_timeout;
+                    // The container's own limit, as its instances started fresh get.
+                    let timeout = match self.inner.store.container(record.container).await {
+                        Ok(Some(container)) => container
+                            .spec
+                            .timeout_seconds
+                            .map_or(self.inner.config.request_timeout, Duration::from_secs),
+                        _ => self.inner.config.request_timeout,
+                    };
                     match oci
                         .adopt(&sandbox, &record.instance.to_string(), logs, timeout)
                         .await

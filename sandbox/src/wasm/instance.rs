@@ -158,21 +158,29 @@ impl WasmInstance {
         // task woken during its own poll by waking another worker.
         let mut receiver = receiver;
         let mut finished = None;
-        let head = std::future::poll_fn(|cx| {
-            if finished.is_none()
-                && let Poll::Ready(result) = Pin::new(&mut guest).poll(cx)
-            {
-                finished = Some(result);
-            }
-            match receiver.try_recv() {
-                Ok(sent) => return Poll::Ready(Some(sent)),
-                Err(TryRecvError::Closed) => return Poll::Ready(None),
-                Err(TryRecvError::Empty) if finished.is_some() => return Poll::Ready(None),
-                Err(TryRecvError::Empty) => {}
-            }
-            Pin::new(&mut receiver).poll(cx).map(Result::ok)
-        })
+        let head = tokio::time::timeout_at(
+            tokio::time::Instant::from_std(deadline),
+            std::future::poll_fn(|cx| {
+                if finished.is_none()
+                    && let Poll::Ready(result) = Pin::new(&mut guest).poll(cx)
+                {
+                    finished = Some(result);
+                }
+                match receiver.try_recv() {
+                    Ok(sent) => return Poll::Ready(Some(sent)),
+                    Err(TryRecvError::Closed) => return Poll::Ready(None),
+                    Err(TryRecvError::Empty) if finished.is_some() => return Poll::Ready(None),
+                    Err(TryRecvError::Empty) => {}
+                }
+                Pin::new(&mut receiver).poll(cx).map(Result::ok)
+            }),
+        )
         .await;
+        // A guest that waits (on a clock, a stream) is not at an epoch check:
+        // past its deadline it is dropped here, wherever it waits.
+        let Ok(head) = head else {
+            return Err(SandboxError::Timeout(spec.timeout));
+        };
 
         // Why the guest ended without a response.
         let failure = |result: wasmtime::Result<()>| match result {
