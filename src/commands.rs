@@ -177,6 +177,12 @@ pub async fn revisions(args: TargetArgs) -> anyhow::Result<()> {
         println!("{}", Value::Array(items));
         return Ok(());
     }
+    print_revisions(&items);
+    Ok(())
+}
+
+/// Revisions as the API lists them, as a table.
+pub(crate) fn print_revisions(items: &[Value]) {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|r| {
@@ -188,7 +194,6 @@ pub async fn revisions(args: TargetArgs) -> anyhow::Result<()> {
         })
         .collect();
     table::print(&["REVISION", "IMAGE", "CREATED"], &rows);
-    Ok(())
 }
 
 pub async fn nodes(args: ClientArgs) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 
 use crate::cli::{LogsArgs, TargetArgs};
 use crate::client::ApiClient;
-use crate::commands::{find, text};
+use crate::commands::{find, print_revisions, text};
 use crate::table;
 use anyhow::Context;
 use futures::StreamExt;
@@ -149,19 +149,7 @@ pub async fn describe(args: TargetArgs) -> anyhow::Result<()> {
     field("Created:", text(&container["dateCreated"]));
     field("Updated:", text(&container["dateUpdated"]));
     println!("\nRevisions:");
-    let rows: Vec<Vec<String>> = revisions["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            vec![
-                r["revisionNumber"].to_string(),
-                text(&r["image"]),
-                text(&r["dateCreated"]),
-            ]
-        })
-        .collect();
-    table::print(&["REVISION", "IMAGE", "CREATED"], &rows);
+    print_revisions(revisions["items"].as_array().map_or(&[], Vec::as_slice));
     println!("\nInstances:");
     print_instances(&listed);
     Ok(())

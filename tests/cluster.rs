@@ -444,6 +444,32 @@ async fn own_instances(node: &Ember, id: &str) -> Vec<Value> {
 }
 
 /// Instances of container `id` on each node.
+/// Pins one instance of container `id` on the member `on`, asked through `via`,
+/// and waits until `on` runs it: its id.
+async fn pin_one_and_wait(via: &Ember, on: &Ember, id: &str) -> String {
+    let server = server_id_of(on).await;
+    let (status, body) = via
+        .send_json(
+            Method::POST,
+            &format!("/v1/containers/{id}/instances"),
+            &json!([{ "server_id": server, "new_instances": 1 }]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let own = own_instances(on, id).await;
+        if let Some(running) = own.iter().find(|i| i["state"]["current"] == "running") {
+            return running["id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pinned instance never ran: {own:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn instances_per_node(nodes: &[Ember], id: &str) -> Vec<usize> {
     let mut counts = Vec::new();
     for node in nodes {
@@ -892,25 +918,9 @@ async fn an_instance_migrates_to_another_node_under_its_id_serving_throughout_an
         .deploy_wasm("mover", &common::fixtures::hello("moving"), json!({}))
         .await;
     let id = created["id"].as_str().unwrap().to_string();
-    let (one, two) = (server_id_of(&nodes[0]).await, server_id_of(&nodes[1]).await);
+    let two = server_id_of(&nodes[1]).await;
     // One instance, pinned on node 1.
-    let (status, body) = nodes[0]
-        .send_json(
-            Method::POST,
-            &format!("/v1/containers/{id}/instances"),
-            &json!([{ "server_id": one, "new_instances": 1 }]),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let instance = loop {
-        let own = own_instances(&nodes[0], &id).await;
-        if let Some(running) = own.iter().find(|i| i["state"]["current"] == "running") {
-            break running["id"].as_str().unwrap().to_string();
-        }
-        assert!(Instant::now() < deadline, "{own:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let instance = pin_one_and_wait(&nodes[0], &nodes[0], &id).await;
 
     // Steady traffic through node 1 while the instance moves to node 2.
     let load = steady_load(&nodes[0], "mover", Duration::from_secs(4));
@@ -1020,27 +1030,7 @@ async fn every_node_runs_the_manifest_the_tag_named_at_deploy_time() {
         .unwrap();
     // Node 2 pulls only now, for an instance pinned on it: the manifest node 1
     // resolved, not the tag's new one.
-    let server_2 = server_id_of(&nodes[1]).await;
-    let (status, body) = nodes[0]
-        .send_json(
-            Method::POST,
-            &format!("/v1/containers/{id}/instances"),
-            &json!([{ "server_id": server_2, "new_instances": 1 }]),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while own_instances(&nodes[1], &id)
-        .await
-        .iter()
-        .all(|i| i["state"]["current"] != json!("running"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "node 2 never ran its pinned instance"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    pin_one_and_wait(&nodes[0], &nodes[1], &id).await;
     for _ in 0..5 {
         assert_eq!(nodes[1].invoke("tagged").await.1, "first\n");
     }
@@ -1060,24 +1050,7 @@ async fn every_face_shows_and_acts_on_another_node_s_instances_and_their_output(
         .await;
     let id = created["id"].as_str().unwrap().to_string();
     // One instance, pinned on node 2; node 1 runs none.
-    let server_2 = server_id_of(&nodes[1]).await;
-    let (status, body) = nodes[0]
-        .send_json(
-            Method::POST,
-            &format!("/v1/containers/{id}/instances"),
-            &json!([{ "server_id": server_2, "new_instances": 1 }]),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let instance = loop {
-        let running = own_instances(&nodes[1], &id).await;
-        if let Some(i) = running.iter().find(|i| i["state"]["current"] == "running") {
-            break i["id"].as_str().unwrap().to_string();
-        }
-        assert!(Instant::now() < deadline, "node 2 never ran its instance");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let instance = pin_one_and_wait(&nodes[0], &nodes[1], &id).await;
     assert!(own_instances(&nodes[0], &id).await.is_empty());
     assert_eq!(nodes[1].invoke("elsewhere").await.1, "served\n");
 

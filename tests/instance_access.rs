@@ -6,6 +6,9 @@ mod common;
 
 use common::oci::{deploy, get, require_root, setup};
 use common::{Ember, fixtures};
+// A russh client that takes any host key (the test reaches its own server), as
+// the CLI's does.
+use ember::shell::ApiIssuedServer as TrustingClient;
 
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
@@ -201,20 +204,6 @@ async fn the_telemetry_stream_follows_memory_as_the_instance_allocates() {
         "{storage_first} -> {storage_last}"
     );
     socket.close(None).await.unwrap();
-}
-
-/// A russh client that takes any host key (the test reaches its own server).
-struct TrustingClient;
-
-impl russh::client::Handler for TrustingClient {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::ssh_key::PublicKey,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
 }
 
 /// Logs in with `credentials` (`data` of GET .../ssh); `None` when refused.

@@ -52,18 +52,19 @@ pub fn memory_grower(pages: u32) -> Vec<u8> {
     component_from_wat(&wat)
 }
 
+/// The hello example's memory, with the imports a guest needs to sleep on a
+/// wasi:clocks pollable before it.
+const CLOCK_IMPORTS: &str = r#"(import "wasi:clocks/monotonic-clock@0.2.12" "subscribe-duration" (func $subscribe (param i64) (result i32)))
+  (import "wasi:io/poll@0.2.12" "[method]pollable.block" (func $block (param i32)))
+  (import "wasi:io/poll@0.2.12" "[resource-drop]pollable" (func $drop_pollable (param i32)))
+  (memory (export "memory") 1)"#;
+
 /// The hello example, answering `slept` after sleeping `millis` in the guest (on a
 /// wasi:clocks pollable, so the guest waits without burning a CPU).
 pub fn sleeper(millis: u64) -> Vec<u8> {
     let hello = include_str!("../../examples/hello/hello.wat");
     let wat = hello
-        .replace(
-            "(memory (export \"memory\") 1)",
-            r#"(import "wasi:clocks/monotonic-clock@0.2.12" "subscribe-duration" (func $subscribe (param i64) (result i32)))
-  (import "wasi:io/poll@0.2.12" "[method]pollable.block" (func $block (param i32)))
-  (import "wasi:io/poll@0.2.12" "[resource-drop]pollable" (func $drop_pollable (param i32)))
-  (memory (export "memory") 1)"#,
-        )
+        .replace("(memory (export \"memory\") 1)", CLOCK_IMPORTS)
         .replace(
             "(call $drop_request (local.get $request))",
             &format!(
@@ -130,13 +131,7 @@ pub fn hello_logging(message: &str, line: &str) -> Vec<u8> {
 pub fn slow_body(millis: u64) -> Vec<u8> {
     let write = "(call $write (local.get $stream) (i32.const 1024) (i32.const 18) (i32.const 0))";
     let wat = include_str!("../../examples/hello/hello.wat")
-        .replace(
-            "(memory (export \"memory\") 1)",
-            r#"(import "wasi:clocks/monotonic-clock@0.2.12" "subscribe-duration" (func $subscribe (param i64) (result i32)))
-  (import "wasi:io/poll@0.2.12" "[method]pollable.block" (func $block (param i32)))
-  (import "wasi:io/poll@0.2.12" "[resource-drop]pollable" (func $drop_pollable (param i32)))
-  (memory (export "memory") 1)"#,
-        )
+        .replace("(memory (export \"memory\") 1)", CLOCK_IMPORTS)
         .replace(
             "(local $stream i32)",
             "(local $stream i32) (local $pollable i32)",

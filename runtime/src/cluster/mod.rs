@@ -6,6 +6,7 @@
 mod member_logs;
 mod peers;
 
+pub use peers::MemberAnswer;
 pub(crate) use peers::Peers;
 
 use crate::error::RuntimeError;

@@ -20,6 +20,9 @@ pub(crate) struct Peers {
     >,
 }
 
+/// A member's answer to a request sent on to it: status, content type, body.
+pub type MemberAnswer = (http::StatusCode, Option<http::HeaderValue>, Vec<u8>);
+
 /// Longest a blob's fetch from one peer may take.
 const BLOB_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest a member may take to list its instances; one that takes longer (it
@@ -142,7 +145,7 @@ impl Peers {
         path: &str,
         authorization: Option<http::HeaderValue>,
         json: Option<Vec<u8>>,
-    ) -> Result<(http::StatusCode, Option<http::HeaderValue>, Vec<u8>), String> {
+    ) -> Result<MemberAnswer, String> {
         use http_body_util::BodyExt;
         let mut request = http::Request::builder()
             .method(method)
@@ -188,7 +191,7 @@ impl Peers {
         path: &str,
         authorization: Option<http::HeaderValue>,
         json: Option<Vec<u8>>,
-    ) -> Vec<(http::StatusCode, Option<http::HeaderValue>, Vec<u8>)> {
+    ) -> Vec<MemberAnswer> {
         let members = self.others();
         let sends = members.iter().map(|member| {
             let (method, authorization, json) =

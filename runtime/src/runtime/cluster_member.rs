@@ -67,7 +67,7 @@ impl Runtime {
         path: &str,
         authorization: Option<http::HeaderValue>,
         json: Option<Vec<u8>>,
-    ) -> Result<(http::StatusCode, Option<http::HeaderValue>, Vec<u8>), RuntimeError> {
+    ) -> Result<crate::cluster::MemberAnswer, RuntimeError> {
         let peers = self
             .inner
             .peers
@@ -91,7 +91,7 @@ impl Runtime {
         path: &str,
         authorization: Option<http::HeaderValue>,
         json: Option<Vec<u8>>,
-    ) -> Vec<(http::StatusCode, Option<http::HeaderValue>, Vec<u8>)> {
+    ) -> Vec<crate::cluster::MemberAnswer> {
         let Some(peers) = &self.inner.peers else {
             return Vec::new();
         };
