@@ -87,6 +87,13 @@ impl ContainerTraffic {
             {
                 return Err(ActivationError::QuotaExceeded(why.clone()));
             }
+            // The last start failed and the next is not due yet, and nothing else
+            // may serve: said at once (fail fast), not after the timeout.
+            if pool.lifecycle.count_present(|r, _| r == revision.number) == 0
+                && let Some(why) = self.restarts.lock().failing_start(self.clock.now())
+            {
+                return Err(ActivationError::StartFailed(Arc::from(why)));
+            }
             pool.queue.retain(|w| !w.is_closed());
             let depth = pool.policy.queue_depth;
             if pool.queue.len() >= depth as usize {

@@ -14,6 +14,9 @@ pub(super) struct RestartBackoff {
     not_before: Duration,
     /// What happened last, for the container's status.
     note: Option<String>,
+    /// Whether what happened last was a start that failed (rather than an
+    /// instance that ended after it had started).
+    start_failed: bool,
 }
 
 /// First wait before restarting an instance that ended; doubles per restart in a row.
@@ -28,6 +31,7 @@ impl RestartBackoff {
     /// what happened; one that `ran_long` starts the doubling afresh. Returns the
     /// wait before the next start.
     pub(super) fn record(&mut self, what: &str, ran_long: bool, now: Duration) -> Duration {
+        self.start_failed = false;
         if ran_long {
             self.in_a_row = 0;
         }
@@ -43,6 +47,21 @@ impl RestartBackoff {
             self.total
         ));
         backoff
+    }
+
+    /// Counts a start that failed at clock time `now` (as [`Self::record`]).
+    pub(super) fn record_failed_start(&mut self, what: &str, now: Duration) -> Duration {
+        let backoff = self.record(what, false, now);
+        self.start_failed = true;
+        backoff
+    }
+
+    /// Why a request at clock time `now` should not wait for a start: the last
+    /// one failed and the next is not due yet.
+    pub(super) fn failing_start(&self, now: Duration) -> Option<&str> {
+        self.wait_at(now)
+            .filter(|_| self.start_failed)
+            .and(self.note.as_deref())
     }
 
     /// How long a start at clock time `now` must wait, if at all.
@@ -71,11 +90,18 @@ impl ContainerTraffic {
         self.restarts.lock().note().map(str::to_string)
     }
 
-    /// Counts an instance end (or failed start) and sets the backoff; returns it.
+    /// Counts an instance end and sets the backoff; returns it.
     pub(super) fn record_restart(&self, what: &str, ran_long: bool) -> Duration {
         self.restarts
             .lock()
             .record(what, ran_long, self.clock.now())
+    }
+
+    /// Counts a start that failed and sets the backoff; returns it.
+    pub(super) fn record_failed_start(&self, what: &str) -> Duration {
+        self.restarts
+            .lock()
+            .record_failed_start(what, self.clock.now())
     }
 
     /// An instance ended without being stopped: it leaves the pool, its remains are
@@ -148,6 +174,38 @@ mod tests {
         assert_eq!(backoff.wait_at(at + S / 2), Some(S + S / 2));
         assert_eq!(backoff.wait_at(at + 2 * S), None);
         assert_eq!(backoff.wait_at(at + 5 * S), None);
+    }
+
+    #[test]
+    fn only_a_failed_start_in_its_backoff_turns_requests_away() {
+        let mut backoff = RestartBackoff::default();
+        backoff.record_failed_start("it never listened", S);
+        assert_eq!(
+            backoff.failing_start(S + S / 2),
+            Some("it never listened; next start in 1s (restart 1)")
+        );
+        assert_eq!(backoff.failing_start(2 * S), None, "the next start is due");
+        backoff.record("it crashed", false, 3 * S);
+        assert_eq!(backoff.failing_start(3 * S), None, "a crash after starting");
+    }
+
+    #[tokio::test]
+    async fn requests_after_a_failed_start_are_answered_at_once_until_the_next_is_due() {
+        let (service, starts) = super::super::test_support::failing_traffic();
+        let first = service.acquire(Duration::from_secs(5)).await;
+        assert!(matches!(first, Err(ActivationError::StartFailed(_))));
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        // Within the backoff: the same reason, at once, and no start.
+        let asked = std::time::Instant::now();
+        let again = service.acquire(Duration::from_secs(5)).await;
+        match again {
+            Err(ActivationError::StartFailed(why)) => {
+                assert!(why.contains("no such image"), "{why}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert!(asked.elapsed() < Duration::from_millis(500));
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
     }
 
     #[test]

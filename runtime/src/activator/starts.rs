@@ -108,7 +108,7 @@ impl ContainerTraffic {
                     return Err(Arc::from(e.to_string()));
                 }
                 tracing::warn!(container = %self.id, error = %e, "instance failed to start");
-                self.record_restart(&format!("an instance failed to start: {e}"), false);
+                self.record_failed_start(&format!("an instance failed to start: {e}"));
                 let reason: Arc<str> = Arc::from(e.to_string());
                 // Waiting requests learn why, unless another instance may yet serve them.
                 let number = revision.number;

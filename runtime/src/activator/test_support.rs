@@ -53,6 +53,37 @@ impl PreparedWorkload for SlowStart {
     }
 }
 
+/// A workload whose every start fails.
+pub(crate) struct NeverStarts {
+    pub(crate) starts: Arc<AtomicUsize>,
+}
+
+impl PreparedWorkload for NeverStarts {
+    fn start<'a>(
+        &'a self,
+        _instance: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Err(SandboxError::guest("no such image")) })
+    }
+}
+
+/// A container whose every start fails, and its start count.
+pub(crate) fn failing_traffic() -> (Arc<ContainerTraffic>, Arc<AtomicUsize>) {
+    let (service, _, _) = service_counting(Settings::default());
+    let starts = Arc::new(AtomicUsize::new(0));
+    service.serve(Arc::new(ServingRevision {
+        number: 2,
+        kind: WorkloadKind::Wasm,
+        prepared: Arc::new(NeverStarts {
+            starts: starts.clone(),
+        }),
+        request: Request::default(),
+        ephemeral_storage_bytes: 0,
+    }));
+    (service, starts)
+}
+
 pub(crate) struct Settings {
     pub(crate) idle: Duration,
     pub(crate) max: u32,
