@@ -316,7 +316,9 @@ async fn a_graceful_shutdown_stops_its_instances_at_once_not_one_after_another()
     let (took, clean) = ember.terminate();
     eprintln!("20 instances stopped and the runtime exited in {took:?} (grace 2 s)");
     assert!(clean, "the runtime did not exit cleanly");
-    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    // At once: the grace (2 s) and the teardown, far from 20 graces one after
+    // another (a loaded machine once took 3.05 s).
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
     let left = std::fs::read_dir(common::oci::instances_dir(data.path()))
         .map(|d| d.count())
         .unwrap_or(0);

@@ -257,6 +257,9 @@ pub(crate) struct ContainerRequest {
     response_start_timeout_seconds: Option<u64>,
     stream_idle_timeout_seconds: Option<u64>,
     concurrency: Option<u32>,
+    target_concurrency: Option<u32>,
+    target_utilization_percentage: Option<u32>,
+    scale_down_delay_seconds: Option<u64>,
     queue_depth: Option<u32>,
     prepared_sandboxes: Option<u32>,
     init: Option<bool>,
@@ -368,6 +371,9 @@ impl ContainerRequest {
             response_start_timeout_seconds: self.response_start_timeout_seconds,
             stream_idle_timeout_seconds: self.stream_idle_timeout_seconds,
             concurrency: self.concurrency,
+            target_concurrency: self.target_concurrency,
+            target_utilization_percentage: self.target_utilization_percentage,
+            scale_down_delay_seconds: self.scale_down_delay_seconds,
             queue_depth: self.queue_depth,
             prepared_sandboxes: self.prepared_sandboxes,
             init: self.init,
@@ -429,6 +435,12 @@ pub(crate) struct ContainerJson {
     stream_idle_timeout_seconds: Option<u64>,
     /// `null`: the default for the workload's kind.
     concurrency: Option<u32>,
+    /// Requests each instance is aimed to carry; `null`: `concurrency`.
+    target_concurrency: Option<u32>,
+    /// Percent of the target the count is planned for.
+    target_utilization_percentage: u32,
+    /// Seconds a lower count holds before a scale-down.
+    scale_down_delay_seconds: u64,
     queue_depth: u32,
     prepared_sandboxes: u32,
     /// Whether OCI instances run under Ember's init (PID 1 passes signals on to the
@@ -446,6 +458,7 @@ impl ContainerJson {
     pub(crate) fn from_view(runtime: &Runtime, view: ContainerView) -> Self {
         let c = view.container;
         let spec = c.spec;
+        let target_utilization_percentage = spec.target_utilization_percent();
         Self {
             id: c.id.to_string(),
             name: spec.name.to_string(),
@@ -477,6 +490,9 @@ impl ContainerJson {
             response_start_timeout_seconds: spec.response_start_timeout_seconds,
             stream_idle_timeout_seconds: spec.stream_idle_timeout_seconds,
             concurrency: spec.concurrency,
+            target_concurrency: spec.target_concurrency,
+            target_utilization_percentage,
+            scale_down_delay_seconds: spec.scale_down_delay_seconds.unwrap_or(0),
             queue_depth: spec.queue_depth,
             prepared_sandboxes: spec.prepared_sandboxes,
             init: spec.init,

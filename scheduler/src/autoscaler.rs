@@ -2,7 +2,8 @@
 //! autoscaler in the manner of Knative's KPA.
 //!
 //! Demand is the number of requests in flight or waiting. Each instance is meant to
-//! carry [`TARGET_UTILIZATION`] of its `concurrency`. Two windows average the demand:
+//! carry [`TARGET_UTILIZATION_PERCENT`] of its target (its `concurrency`, or a
+//! softer `target`). Two windows average the demand:
 //! the stable window (60 s) sets the count in normal times; the panic window (6 s)
 //! reacts to bursts. When the panic window asks for [`PANIC_THRESHOLD`] times the
 //! instances that are ready, the autoscaler panics: it scales up at once and does not
@@ -18,8 +19,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-/// The share of `concurrency` each instance is meant to carry.
-pub const TARGET_UTILIZATION: f64 = 0.7;
+/// The share of its target each instance is meant to carry, in percent, unless a
+/// container says otherwise (Knative's `target-utilization-percentage`).
+pub const TARGET_UTILIZATION_PERCENT: u32 = 70;
 /// The window whose average demand sets the instance count in normal times.
 pub const STABLE_WINDOW: Duration = Duration::from_secs(60);
 /// The window whose average demand detects a burst.
@@ -38,6 +40,37 @@ pub struct ScalingPolicy {
     pub idle_timeout: Duration,
     /// Most requests one instance serves at once (at least one).
     pub concurrency: u32,
+    /// Requests each instance is aimed to carry, below the hard `concurrency`
+    /// (Knative's `target`); `None`: `concurrency`.
+    pub target: Option<u32>,
+    /// Percent of the target the count is planned for (Knative's
+    /// `target-utilization-percentage`).
+    pub target_utilization_percent: u32,
+    /// How long a lower count must hold before the container scales down to it
+    /// (Knative's `scale-down-delay`): a scale-down goes only to the most
+    /// instances decided within this window.
+    pub scale_down_delay: Duration,
+}
+
+impl ScalingPolicy {
+    /// A policy with Knative's defaults for the knobs: the target is the
+    /// concurrency, planned at [`TARGET_UTILIZATION_PERCENT`], no scale-down delay.
+    pub fn new(
+        min_instances: u32,
+        max_instances: u32,
+        idle_timeout: Duration,
+        concurrency: u32,
+    ) -> Self {
+        Self {
+            min_instances,
+            max_instances,
+            idle_timeout,
+            concurrency,
+            target: None,
+            target_utilization_percent: TARGET_UTILIZATION_PERCENT,
+            scale_down_delay: Duration::ZERO,
+        }
+    }
 }
 
 /// What the runtime observed about a container at one moment.
@@ -81,13 +114,15 @@ pub enum ScaleReason {
     BelowMinimum,
     /// More instances than the maximum.
     AboveMaximum,
+    /// A lower count is due, held until the scale-down delay has passed.
+    DelayedScaleDown,
     /// Nothing to change.
     Steady,
 }
 
 impl ScaleReason {
     /// Every reason, for metrics that list them all.
-    pub const ALL: [ScaleReason; 9] = [
+    pub const ALL: [ScaleReason; 10] = [
         ScaleReason::ColdStart,
         ScaleReason::Panic,
         ScaleReason::PanicHold,
@@ -96,6 +131,7 @@ impl ScaleReason {
         ScaleReason::Idle,
         ScaleReason::BelowMinimum,
         ScaleReason::AboveMaximum,
+        ScaleReason::DelayedScaleDown,
         ScaleReason::Steady,
     ];
 
@@ -110,6 +146,7 @@ impl ScaleReason {
             ScaleReason::Idle => "idle",
             ScaleReason::BelowMinimum => "below_minimum",
             ScaleReason::AboveMaximum => "above_maximum",
+            ScaleReason::DelayedScaleDown => "delayed_scale_down",
             ScaleReason::Steady => "steady",
         }
     }
@@ -135,6 +172,8 @@ pub struct Autoscaler {
     panic_since: Option<Duration>,
     /// The most instances wanted during this panic.
     panic_desired: u32,
+    /// Recent decisions, oldest first, none older than the scale-down delay.
+    recent: VecDeque<(Duration, u32)>,
 }
 
 impl Autoscaler {
@@ -206,7 +245,9 @@ impl Autoscaler {
         let max = policy.max_instances.max(1);
         let min = policy.min_instances.min(max);
         let concurrency = policy.concurrency.max(1);
-        let target = (f64::from(concurrency) * TARGET_UTILIZATION).max(1.0);
+        let aim = policy.target.unwrap_or(concurrency).clamp(1, concurrency);
+        let utilization = f64::from(policy.target_utilization_percent.clamp(1, 100)) / 100.0;
+        let target = (f64::from(aim) * utilization).max(1.0);
         let current = observed.ready + observed.starting;
         let demand = observed.demand();
 
@@ -292,7 +333,25 @@ impl Autoscaler {
         } else {
             (wanted, reason)
         };
-        let reason = if desired == current && reason != ScaleReason::PanicHold {
+        // A lower count waits out the scale-down delay: the most decided within it.
+        self.recent.push_back((now, desired));
+        while let Some(&(at, _)) = self.recent.front() {
+            if now.saturating_sub(at) <= policy.scale_down_delay {
+                break;
+            }
+            self.recent.pop_front();
+        }
+        let (desired, reason) = match self.recent.iter().map(|(_, d)| *d).max() {
+            Some(held) if held > desired && current > desired => {
+                (held.min(current), ScaleReason::DelayedScaleDown)
+            }
+            _ => (desired, reason),
+        };
+        let reason = if desired == current
+            && !matches!(
+                reason,
+                ScaleReason::PanicHold | ScaleReason::DelayedScaleDown
+            ) {
             ScaleReason::Steady
         } else {
             reason
@@ -325,12 +384,7 @@ mod tests {
     const TICK: Duration = Duration::from_millis(250);
 
     fn policy(min: u32, max: u32, idle_secs: u64) -> ScalingPolicy {
-        ScalingPolicy {
-            min_instances: min,
-            max_instances: max,
-            idle_timeout: Duration::from_secs(idle_secs),
-            concurrency: 10,
-        }
+        ScalingPolicy::new(min, max, Duration::from_secs(idle_secs), 10)
     }
 
     /// Simulated time: a runtime that records and decides every tick and starts or
@@ -470,6 +524,67 @@ mod tests {
     }
 
     #[test]
+    fn the_count_is_planned_for_the_target_at_its_utilization() {
+        // 50 requests steadily; 100 allowed an instance, 10 aimed for.
+        let mut knobs = ScalingPolicy::new(0, 100, Duration::from_secs(60), 100);
+        knobs.target = Some(10);
+        knobs.target_utilization_percent = 100;
+        let mut sim = Simulation::new(knobs);
+        assert_eq!(sim.run(120 * SECOND, 50).desired, 5);
+        // Planned at half the target: twice the instances.
+        knobs.target_utilization_percent = 50;
+        let mut sim = Simulation::new(knobs);
+        assert_eq!(sim.run(120 * SECOND, 50).desired, 10);
+        // Without a target, the hard concurrency at Knative's 70 %.
+        let mut sim = Simulation::new(ScalingPolicy::new(0, 100, Duration::from_secs(60), 10));
+        assert_eq!(sim.run(120 * SECOND, 70).desired, 10);
+    }
+
+    #[test]
+    fn a_scale_down_waits_out_the_delay_then_goes() {
+        let mut knobs = policy(0, 100, 600);
+        knobs.scale_down_delay = Duration::from_secs(30);
+        let mut sim = Simulation::new(knobs);
+        let busy = sim.run(120 * SECOND, 70).desired;
+        assert_eq!(busy, 10);
+        // Demand falls to a tenth: the stable window lets the count fall, but not
+        // below what was decided in the last 30 s.
+        let held = sim.run(20 * SECOND, 7);
+        assert_eq!(held.desired, 10, "{held:?}");
+        assert_eq!(held.reason, ScaleReason::DelayedScaleDown);
+        // Long after: the lower count.
+        let settled = sim.run(200 * SECOND, 7);
+        assert!(settled.desired < 10, "{settled:?}");
+        // Without a delay, the same fall.
+        let mut sim = Simulation::new(policy(0, 100, 600));
+        sim.run(120 * SECOND, 70);
+        let fell = sim.run(200 * SECOND, 7);
+        assert!(fell.desired < 10, "{fell:?}");
+    }
+
+    proptest! {
+        /// The delay only ever holds a count that was there: never above the
+        /// instances present, never above the maximum.
+        #[test]
+        fn a_delayed_scale_down_never_adds_instances(
+            demands in proptest::collection::vec(0u32..200, 1..40),
+            delay in 0u64..120,
+        ) {
+            let mut knobs = policy(0, 20, 600);
+            knobs.scale_down_delay = Duration::from_secs(delay);
+            let mut sim = Simulation::new(knobs);
+            for demand in demands {
+                let before = sim.ready + sim.starting;
+                let decision = sim.run(5 * SECOND, demand);
+                prop_assert!(decision.desired <= 20);
+                if decision.reason == ScaleReason::DelayedScaleDown {
+                    prop_assert!(decision.desired <= before.max(sim.ready + sim.starting));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_burst_panics_and_holds_until_a_stable_window_has_passed() {
         let mut sim = Simulation::new(policy(0, 100, 600));
         sim.run(SECOND * 120, 14);
@@ -577,12 +692,7 @@ mod tests {
             idle in 0u64..120,
             steps in prop::collection::vec((1u64..20_000, observation()), 1..60),
         ) {
-            let policy = ScalingPolicy {
-                min_instances: min,
-                max_instances: max,
-                idle_timeout: Duration::from_secs(idle),
-                concurrency,
-            };
+            let policy = ScalingPolicy::new(min, max, Duration::from_secs(idle), concurrency);
             let max_eff = max.max(1);
             let mut scaler = Autoscaler::new();
             let mut now = Duration::ZERO;
@@ -629,12 +739,7 @@ mod tests {
             busy in prop::collection::vec(0u32..200, 1..240),
             start_ticks in 0u32..8,
         ) {
-            let policy = ScalingPolicy {
-                min_instances: 0,
-                max_instances: 100,
-                idle_timeout: Duration::from_secs(idle_secs),
-                concurrency,
-            };
+            let policy = ScalingPolicy::new(0, 100, Duration::from_secs(idle_secs), concurrency);
             let mut sim = Simulation::new(policy);
             sim.start_ticks = start_ticks;
             for demand in busy {

@@ -94,12 +94,7 @@ mod tests {
         Pool {
             policy: TrafficPolicy {
                 kept_instances: 0,
-                scaling: ScalingPolicy {
-                    min_instances: 0,
-                    max_instances: 10,
-                    idle_timeout: Duration::from_secs(60),
-                    concurrency: 1,
-                },
+                scaling: ScalingPolicy::new(0, 10, Duration::from_secs(60), 1),
                 response_timeouts: Default::default(),
                 queue_depth: 10,
             },

@@ -115,12 +115,7 @@ pub(crate) fn service_counting(
 ) -> (Arc<ContainerTraffic>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let policy = TrafficPolicy {
         kept_instances: 0,
-        scaling: ScalingPolicy {
-            min_instances: 0,
-            max_instances: settings.max,
-            idle_timeout: settings.idle,
-            concurrency: settings.concurrency,
-        },
+        scaling: ScalingPolicy::new(0, settings.max, settings.idle, settings.concurrency),
         queue_depth: settings.queue_depth,
         response_timeouts: Default::default(),
     };

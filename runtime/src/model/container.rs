@@ -60,6 +60,18 @@ pub struct ContainerSpec {
     /// workload's kind.
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// Requests each instance is aimed to carry, at most `concurrency` (Knative's
+    /// `target`); `None`: `concurrency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_concurrency: Option<u32>,
+    /// Percent of the target the instance count is planned for (Knative's
+    /// `target-utilization-percentage`); `None`: 70.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_utilization_percentage: Option<u32>,
+    /// Seconds a lower instance count must hold before the container scales down
+    /// to it (Knative's `scale-down-delay`); `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay_seconds: Option<u64>,
     /// Most requests waiting for an instance; more are refused with 503.
     #[serde(default = "default_queue_depth")]
     pub queue_depth: u32,
@@ -119,6 +131,12 @@ impl ContainerSpec {
     /// a cold start from zero fast, at the cost of a created container (its mounts,
     /// cgroups and a waiting init process, but no workload process).
     pub const DEFAULT_PREPARED_SANDBOXES: u32 = 1;
+
+    /// Percent of the target the instance count is planned for (70 unless set).
+    pub fn target_utilization_percent(&self) -> u32 {
+        self.target_utilization_percentage
+            .unwrap_or(ember_scheduler::autoscaler::TARGET_UTILIZATION_PERCENT)
+    }
 
     /// Requests one instance serves at once, for a workload of `kind`.
     pub fn concurrency_for(&self, kind: ember_sandbox::WorkloadKind) -> u32 {

@@ -56,6 +56,12 @@ pub struct ContainerPatch {
     pub stream_idle_timeout_seconds: Option<u64>,
     /// New concurrency.
     pub concurrency: Option<u32>,
+    /// New target concurrency.
+    pub target_concurrency: Option<u32>,
+    /// New target utilization.
+    pub target_utilization_percentage: Option<u32>,
+    /// New scale-down delay.
+    pub scale_down_delay_seconds: Option<u64>,
     /// New queue depth.
     pub queue_depth: Option<u32>,
     /// New number of prepared sandboxes.
@@ -222,6 +228,16 @@ impl ContainerPatch {
         }
         for (field, value, max) in [
             ("concurrency", self.concurrency, MAX_CONCURRENCY),
+            (
+                "targetConcurrency",
+                self.target_concurrency,
+                MAX_CONCURRENCY,
+            ),
+            (
+                "targetUtilizationPercentage",
+                self.target_utilization_percentage,
+                100,
+            ),
             ("queueDepth", self.queue_depth, MAX_QUEUE_DEPTH),
         ] {
             if let Some(value) = value
@@ -232,6 +248,14 @@ impl ContainerPatch {
                     format!("{value} is not between 1 and {max}"),
                 ));
             }
+        }
+        if let Some(delay) = self.scale_down_delay_seconds
+            && delay > MAX_REQUEST_TIMEOUT_SECONDS
+        {
+            return Err(InvalidPatch::new(
+                "scaleDownDelaySeconds",
+                format!("{delay} is not between 0 and {MAX_REQUEST_TIMEOUT_SECONDS}"),
+            ));
         }
         if let Some(contradiction) = self.capabilities.as_ref().and_then(|c| c.contradiction()) {
             return Err(InvalidPatch::new(
@@ -282,6 +306,9 @@ impl ContainerPatch {
             response_start_timeout_seconds: None,
             stream_idle_timeout_seconds: None,
             concurrency: None,
+            target_concurrency: None,
+            target_utilization_percentage: None,
+            scale_down_delay_seconds: None,
             queue_depth: ContainerSpec::DEFAULT_QUEUE_DEPTH,
             prepared_sandboxes: ContainerSpec::DEFAULT_PREPARED_SANDBOXES,
             init: true,
@@ -351,6 +378,28 @@ impl ContainerPatch {
         }
         if let Some(concurrency) = self.concurrency {
             spec.concurrency = Some(concurrency);
+        }
+        for (value, field) in [
+            (self.target_concurrency, &mut spec.target_concurrency),
+            (
+                self.target_utilization_percentage,
+                &mut spec.target_utilization_percentage,
+            ),
+        ] {
+            if value.is_some() {
+                *field = value;
+            }
+        }
+        if self.scale_down_delay_seconds.is_some() {
+            spec.scale_down_delay_seconds = self.scale_down_delay_seconds;
+        }
+        if let (Some(target), Some(concurrency)) = (spec.target_concurrency, spec.concurrency)
+            && target > concurrency
+        {
+            return Err(RuntimeError::invalid(
+                "targetConcurrency",
+                format!("({target}) must not exceed concurrency ({concurrency})"),
+            ));
         }
         if spec.min_instances > spec.max_instances {
             return Err(RuntimeError::invalid(
@@ -518,6 +567,40 @@ mod tests {
         .into_new_spec();
         assert!(
             matches!(&spec, Err(RuntimeError::InvalidField { field, .. }) if field == "responseStartTimeoutSeconds"),
+            "{spec:?}"
+        );
+    }
+
+    #[test]
+    fn scaling_knobs_keep_knative_s_bounds() {
+        assert_eq!(fault(|p| p.target_utilization_percentage = Some(1)), None);
+        assert_eq!(fault(|p| p.target_utilization_percentage = Some(100)), None);
+        for bad in [0, 101] {
+            assert_eq!(
+                fault(|p| p.target_utilization_percentage = Some(bad)).as_deref(),
+                Some("targetUtilizationPercentage")
+            );
+        }
+        assert_eq!(
+            fault(|p| p.target_concurrency = Some(0)).as_deref(),
+            Some("targetConcurrency")
+        );
+        assert_eq!(fault(|p| p.scale_down_delay_seconds = Some(0)), None);
+        assert_eq!(
+            fault(|p| p.scale_down_delay_seconds = Some(MAX_REQUEST_TIMEOUT_SECONDS + 1))
+                .as_deref(),
+            Some("scaleDownDelaySeconds")
+        );
+        let spec = ContainerPatch {
+            name: Some("t".parse().unwrap()),
+            image: Some("a/b:1".into()),
+            concurrency: Some(10),
+            target_concurrency: Some(11),
+            ..Default::default()
+        }
+        .into_new_spec();
+        assert!(
+            matches!(&spec, Err(RuntimeError::InvalidField { field, .. }) if field == "targetConcurrency"),
             "{spec:?}"
         );
     }

@@ -319,6 +319,9 @@ impl Runtime {
                     .idle_timeout_seconds
                     .map_or(self.inner.config.default_idle_timeout, Duration::from_secs),
                 concurrency: spec.concurrency_for(kind),
+                target: spec.target_concurrency,
+                target_utilization_percent: spec.target_utilization_percent(),
+                scale_down_delay: Duration::from_secs(spec.scale_down_delay_seconds.unwrap_or(0)),
             },
             queue_depth: spec.queue_depth,
             response_timeouts: crate::activator::ResponseTimeouts {
