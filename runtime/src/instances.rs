@@ -150,9 +150,7 @@ impl Runtime {
         let (service, was_stopped) = self
             .edit_container(Some(caller), id, |container, service| {
                 let info = service
-                    .instances()
-                    .into_iter()
-                    .find(|i| i.id == instance)
+                    .instance(instance)
                     .ok_or_else(|| instance_not_found(instance))?;
                 match info.state {
                     InstanceState::Starting => {

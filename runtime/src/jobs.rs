@@ -49,6 +49,21 @@ impl Runtime {
         Ok(job)
     }
 
+    /// A new job that moves `instance` of container `id` (or moves it back).
+    pub(crate) async fn new_migration_job(
+        &self,
+        caller: &Caller,
+        id: ContainerId,
+        instance: crate::model::InstanceId,
+        revert: bool,
+    ) -> Result<Job, RuntimeError> {
+        let action = JobAction::MigrateInstance {
+            instance_id: instance,
+            revert,
+        };
+        self.new_job(caller, id, action, 1).await
+    }
+
     /// Runs `work` as job `id`: running now, completed or failed when it ends.
     pub(crate) fn spawn_job(
         &self,

@@ -6,7 +6,7 @@
 use crate::activator::Refusal;
 use crate::error::RuntimeError;
 use crate::instances::instance_not_found;
-use crate::model::{Caller, ContainerId, InstanceId, InstanceState, Job, JobAction, ServerId};
+use crate::model::{Caller, ContainerId, InstanceId, InstanceState, Job, ServerId};
 use crate::power::refusal_error;
 use crate::runtime::Runtime;
 
@@ -80,17 +80,7 @@ impl Runtime {
                     .map_err(|refusal| refused(refusal, instance, task.action()))
             })
             .await?;
-        let job = self
-            .new_job(
-                caller,
-                id,
-                JobAction::MigrateInstance {
-                    instance_id: instance,
-                    revert,
-                },
-                1,
-            )
-            .await?;
+        let job = self.new_migration_job(caller, id, instance, revert).await?;
         let runtime = self.clone();
         self.spawn_job(job.id, async move {
             work.await.map_err(|e| vec![e])?;

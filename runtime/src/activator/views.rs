@@ -10,6 +10,15 @@ impl ContainerTraffic {
         !self.pool.lock().lifecycle.is_empty()
     }
 
+    /// Instance `id` as [`Self::instances`] lists it, if it does.
+    pub(crate) fn instance(&self, id: InstanceId) -> Option<InstanceInfo> {
+        let pool = self.pool.lock();
+        pool.lifecycle
+            .in_list_order()
+            .find(|member| member.identity.id == id)
+            .map(|member| self.info(member))
+    }
+
     /// Every instance the container has or recently had, for the API: running ones,
     /// then starting ones, then those that left.
     pub(crate) fn instances(&self) -> Vec<InstanceInfo> {

@@ -10,7 +10,7 @@ use super::*;
 use crate::activator::Leaving;
 use crate::instances::instance_not_found;
 use crate::migration::InstanceTask;
-use crate::model::{InstanceId, InstanceMove, InstanceState, Job, JobAction, StoppedInstance};
+use crate::model::{InstanceId, InstanceMove, InstanceState, Job, StoppedInstance};
 
 /// Longest the target may take to run a moved instance.
 const MOVE_LIMIT: Duration = Duration::from_secs(60);
@@ -94,9 +94,7 @@ impl Runtime {
         let (service, pinned) = self
             .edit_container(Some(caller), id, |container, service| {
                 let info = service
-                    .instances()
-                    .into_iter()
-                    .find(|i| i.id == instance)
+                    .instance(instance)
                     .ok_or_else(|| instance_not_found(instance))?;
                 if info.state != InstanceState::Running {
                     return Err(RuntimeError::Conflict {
@@ -122,17 +120,7 @@ impl Runtime {
                 Ok((service.clone(), info.pinned))
             })
             .await?;
-        let job = self
-            .new_job(
-                caller,
-                id,
-                JobAction::MigrateInstance {
-                    instance_id: instance,
-                    revert,
-                },
-                1,
-            )
-            .await?;
+        let job = self.new_migration_job(caller, id, instance, revert).await?;
         let runtime = self.clone();
         self.spawn_job(job.id, async move {
             let arrived = peers.wait_running(api, id, instance, MOVE_LIMIT).await;
