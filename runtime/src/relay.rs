@@ -45,18 +45,27 @@ impl Runtime {
             return None;
         }
         let own = &self.config().cluster.as_ref()?.node_name;
-        let others: Vec<_> = membership
-            .members()
-            .into_iter()
-            .filter(|m| &m.name != own)
-            .collect();
+        // The other members as the scheduler sees them, each with its instances
+        // of this container (read in place: a record holds every container a
+        // member has warm).
+        let mut others: Vec<(u32, Node<SocketAddr>)> = Vec::new();
+        membership.visit_members(&mut |m| {
+            if &m.name != own {
+                let node = Node {
+                    id: m.ingress,
+                    name: m.name.clone(),
+                    capacity: (&m.capacity).into(),
+                    allocated: (&m.allocated).into(),
+                };
+                others.push((m.warm.get(&service.id).copied().unwrap_or(0), node));
+            }
+        });
         if service.instance_count() == 0 {
             let warm = others
                 .iter()
-                .filter_map(|m| Some((*m.warm.get(&service.id)?, m.ingress)))
                 .filter(|(warm, _)| *warm > 0)
                 .max_by_key(|(warm, _)| *warm)
-                .map(|(_, ingress)| ingress);
+                .map(|(_, node)| node.id);
             if warm.is_some() {
                 return warm;
             }
@@ -67,15 +76,7 @@ impl Runtime {
         if service.waiting_note().is_none() && self.node().snapshot().fits_now(&wanted).is_ok() {
             return None;
         }
-        let mut nodes: Vec<Node<SocketAddr>> = others
-            .iter()
-            .map(|m| Node {
-                id: m.ingress,
-                name: m.name.clone(),
-                capacity: (&m.capacity).into(),
-                allocated: (&m.allocated).into(),
-            })
-            .collect();
+        let mut nodes: Vec<Node<SocketAddr>> = others.into_iter().map(|(_, node)| node).collect();
         placement::place(&mut nodes, &wanted)
             .ok()
             .map(|placed| placed.node)

@@ -121,16 +121,32 @@ pub trait Membership: Send + Sync {
     /// node's end: a node that stops renewing is gone a few seconds later.
     async fn join(&self, snapshot: NodeSnapshot) -> Result<(), RuntimeError>;
 
+    /// Shows `visit` each member now, by name, as this node last heard, without
+    /// copying the records (they carry every container a member holds warm).
+    fn visit_members(&self, visit: &mut dyn FnMut(&NodeRecord));
+
     /// The members now, by name, as this node last heard.
-    fn members(&self) -> Vec<NodeRecord>;
+    fn members(&self) -> Vec<NodeRecord> {
+        let mut members = Vec::new();
+        self.visit_members(&mut |m| members.push(m.clone()));
+        members
+    }
 
     /// The members' names and server ids now, by name: what dealing instances
-    /// needs, without copying the records.
-    fn member_ids(&self) -> Vec<(String, ServerId)>;
+    /// needs.
+    fn member_ids(&self) -> Vec<(String, ServerId)> {
+        let mut ids = Vec::new();
+        self.visit_members(&mut |m| ids.push((m.name.clone(), m.server_id)));
+        ids
+    }
 
     /// The members' names and capacities now, by name: what dealing kept
     /// instances by what each member could hold needs.
-    fn member_capacities(&self) -> Vec<(String, Resources)>;
+    fn member_capacities(&self) -> Vec<(String, Resources)> {
+        let mut capacities = Vec::new();
+        self.visit_members(&mut |m| capacities.push((m.name.clone(), (&m.capacity).into())));
+        capacities
+    }
 
     /// Leaves at once (a graceful stop), rather than when the registration lapses.
     async fn leave(&self);

@@ -113,12 +113,13 @@ impl Runtime {
         else {
             return 0;
         };
-        membership
-            .members()
-            .iter()
-            .filter(|m| m.name != cluster.node_name)
-            .filter_map(|m| m.warm.get(&id))
-            .sum()
+        let mut elsewhere = 0;
+        membership.visit_members(&mut |m| {
+            if m.name != cluster.node_name {
+                elsewhere += m.warm.get(&id).copied().unwrap_or(0);
+            }
+        });
+        elsewhere
     }
 
     /// Has the cluster's other members stop their instances of container `id`

@@ -224,24 +224,8 @@ impl Membership for EtcdMembership {
         Ok(())
     }
 
-    fn members(&self) -> Vec<NodeRecord> {
-        self.members.read().values().cloned().collect()
-    }
-
-    fn member_ids(&self) -> Vec<(String, crate::model::ServerId)> {
-        self.members
-            .read()
-            .values()
-            .map(|m| (m.name.clone(), m.server_id))
-            .collect()
-    }
-
-    fn member_capacities(&self) -> Vec<(String, ember_scheduler::placement::Resources)> {
-        self.members
-            .read()
-            .values()
-            .map(|m| (m.name.clone(), (&m.capacity).into()))
-            .collect()
+    fn visit_members(&self, visit: &mut dyn FnMut(&NodeRecord)) {
+        self.members.read().values().for_each(visit);
     }
 
     async fn leave(&self) {
