@@ -17,7 +17,7 @@ pub enum Command {
     /// Runs the runtime: the management API and the ingress.
     Serve(Box<ServeArgs>),
     /// Deploys a container (or updates it when the name exists) from an image
-    /// reference or a local .wasm file.
+    /// reference, a local .wasm or .wat file, or an image archive or layout.
     Deploy(DeployArgs),
     /// Lists containers.
     Ls(ClientArgs),
@@ -109,9 +109,18 @@ pub struct ServeArgs {
     /// Seconds without requests before a container scales to zero (unless it sets its own).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
-    /// Seconds a request may run before it is cut with a 5xx.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds a request may run before it is cut with a 504, for containers that
+    /// set no `timeoutSeconds` (at most 3600).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout: u64,
+    /// Seconds a request may wait for an instance (a cold start, or a free slot)
+    /// before it is answered 503; never longer than its container's request limit.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub queue_timeout: u64,
+    /// Seconds a client may send nothing of a request body it has begun before
+    /// its connection is closed.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_stall_timeout: u64,
     /// Seconds a client of the ingress or the API has to send a whole request head
     /// (from connecting, or from the first byte of a next request) before its
     /// connection is closed: slowloris clients hold nothing longer.
@@ -346,8 +355,10 @@ pub struct DeployArgs {
     /// Container name (also its host: <name>.<domain>).
     pub name: String,
     /// Image reference with a tag or digest, `sha256:<hex>` of an uploaded blob, a
-    /// path to a local .wasm component, or a .wat core module (built into a
-    /// wasi:http component here).
+    /// path to a local .wasm component, a .wat core module (built into a
+    /// wasi:http component here), or an image on disk: a `docker save` / `podman
+    /// save` archive, an OCI image layout directory or an `oci-archive` (uploaded
+    /// to the runtime's content store, no registry needed).
     pub image: String,
     /// Environment variable, KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e')]

@@ -72,9 +72,14 @@ impl ApiClient {
     }
 
     pub async fn upload(&self, bytes: Vec<u8>) -> anyhow::Result<Value> {
+        self.upload_as(bytes, "application/wasm").await
+    }
+
+    /// Uploads a blob as `media_type` (an image's layer, config or manifest).
+    pub async fn upload_as(&self, bytes: Vec<u8>, media_type: &str) -> anyhow::Result<Value> {
         let request = self
             .request(Method::POST, "/v1/blobs")
-            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .header(reqwest::header::CONTENT_TYPE, media_type)
             .body(bytes);
         json(request.send().await).await
     }

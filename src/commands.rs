@@ -3,6 +3,7 @@
 use crate::cli::{ClientArgs, DeployArgs, ScaleArgs, TargetArgs};
 use crate::client::ApiClient;
 use crate::table;
+use crate::workloads::image_archive;
 use anyhow::Context;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -12,9 +13,61 @@ use std::time::Duration;
 /// How long `deploy` waits for a deployment to finish.
 const DEPLOY_WAIT: Duration = Duration::from_secs(300);
 
+/// Uploads an image archive or layout's blobs, then its manifest, to the
+/// runtime's content store, with a progress line on stderr; returns the
+/// manifest's digest, which deploys it.
+async fn upload_image(client: &ApiClient, path: &Path) -> anyhow::Result<String> {
+    let owned = path.to_path_buf();
+    let image = tokio::task::spawn_blocking(move || image_archive::read_image(&owned))
+        .await
+        .context("reading the image")??;
+    let manifest_digest = image_archive::digest_of(&image.manifest);
+    // The config, the layers, and the manifest last: the runtime checks that every
+    // blob it names is there.
+    let mut uploads: Vec<_> = image
+        .blobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, blob)| {
+            let media_type = if i == 0 {
+                "application/vnd.oci.image.config.v1+json"
+            } else {
+                "application/vnd.oci.image.layer.v1.tar"
+            };
+            (media_type, blob)
+        })
+        .collect();
+    uploads.push(("application/vnd.oci.image.manifest.v1+json", image.manifest));
+    let total = uploads.len();
+    let bytes_total: usize = uploads.iter().map(|(_, blob)| blob.len()).sum();
+    let mut bytes_done = 0;
+    for (i, (media_type, blob)) in uploads.into_iter().enumerate() {
+        let size = blob.len();
+        let expected = image_archive::digest_of(&blob);
+        let uploaded = client.upload_as(blob, media_type).await?;
+        let digest = uploaded["digest"].as_str().unwrap_or_default();
+        anyhow::ensure!(
+            digest == expected,
+            "the runtime stored {expected} as {digest:?}"
+        );
+        bytes_done += size;
+        eprint!(
+            "\ruploading the {}: {}/{total} blobs, {:.1} of {:.1} MB",
+            image.format,
+            i + 1,
+            bytes_done as f64 / 1e6,
+            bytes_total as f64 / 1e6
+        );
+    }
+    eprintln!();
+    Ok(manifest_digest)
+}
+
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let client = ApiClient::new(&args.client)?;
-    let image = if Path::new(&args.image).is_file() {
+    let image = if image_archive::looks_like_image(Path::new(&args.image)) {
+        upload_image(&client, Path::new(&args.image)).await?
+    } else if Path::new(&args.image).is_file() {
         let mut bytes =
             std::fs::read(&args.image).with_context(|| format!("reading {}", args.image))?;
         // WAT text: built into a wasi:http component here, before the upload.

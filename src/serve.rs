@@ -70,6 +70,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.ssh_credential_lifetime = args.ssh_credential_lifetime;
     config.default_idle_timeout = Duration::from_secs(args.idle_timeout);
     config.request_timeout = Duration::from_secs(args.request_timeout);
+    config.queue_timeout = Duration::from_secs(args.queue_timeout);
     config.allowed_registries = args.allowed_registries.clone().unwrap_or_else(|| {
         ember_sandbox::image::AllowedRegistries::default_for(api_addr.ip().is_loopback())
     });
@@ -198,13 +199,12 @@ async fn shutdown_signal() {
 }
 
 /// The connection limits and timeouts the flags set, for a listener that may hold
-/// `max_total` connections. A stalled request body is cut after the request
-/// timeout, which would cut its request anyway.
+/// `max_total` connections.
 fn connection_policy(args: &ServeArgs, max_total: u32) -> ConnectionPolicy {
     ConnectionPolicy {
         header_read_timeout: Duration::from_secs(args.header_read_timeout),
         idle_timeout: Duration::from_secs(args.idle_connection_timeout),
-        body_stall_timeout: Duration::from_secs(args.request_timeout),
+        body_stall_timeout: Duration::from_secs(args.body_stall_timeout),
         max_per_source: args.max_connections_per_source,
         max_total: max_total.max(1),
     }

@@ -283,3 +283,107 @@ async fn instances_started_by_hand_stay_through_idleness_and_restarts_until_dele
 fn uuid_like() -> &'static str {
     "00000000-0000-4000-8000-000000000000"
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_scale_starts_instances_before_any_request_and_rps_scales_on_the_arrival_rate() {
+    let data = temp_dir();
+    let ember = Ember::start(data.path(), &[]);
+    let small = json!({ "cpu": 0.05, "ram": "16Mi" });
+
+    // initialScale: three instances with no request at all; once they have been
+    // idle for the idle timeout, they go.
+    let mut knobs = small.clone();
+    knobs["initialScale"] = json!(3);
+    knobs["idleTimeoutSeconds"] = json!(2);
+    let warm = ember
+        .deploy_wasm("warm", &fixtures::hello("warm\n"), knobs)
+        .await;
+    assert_eq!(warm["initialScale"], 3, "{warm}");
+    let id = warm["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = ember
+            .instances(&id)
+            .await
+            .iter()
+            .filter(|i| i["state"]["current"] == "running")
+            .count();
+        if running == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{running} of 3 initial instances"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let initial = ember
+        .metric(&format!(
+            "ember_scaling_decisions_total{{container=\"{id}\",reason=\"initial_scale\"}}"
+        ))
+        .await;
+    assert!(initial >= 1.0, "{initial}");
+    ember
+        .wait_scaled_to_zero(&id, Duration::from_secs(20))
+        .await;
+
+    // metric rps: 10 a second each. About 50 requests a second, each answered at
+    // once, never have more than one in flight (one instance on concurrency),
+    // but need several instances on their rate.
+    let mut knobs = small.clone();
+    knobs["metric"] = json!("rps");
+    knobs["targetRequestsPerSecond"] = json!(10);
+    knobs["maxInstances"] = json!(20);
+    let rated = ember
+        .deploy_wasm("rated", &fixtures::hello("rated\n"), knobs)
+        .await;
+    assert_eq!(rated["metric"], "rps", "{rated}");
+    assert_eq!(rated["targetRequestsPerSecond"], 10, "{rated}");
+    let id = rated["id"].as_str().unwrap().to_string();
+    let client = ember.ingress_client("rated");
+    let url = ember.ingress_url("rated", "/");
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let instances = ember.instances(&id).await.len();
+    assert!(
+        instances >= 3,
+        "{instances} instances for ~50 requests a second"
+    );
+
+    // The default container scales on concurrency and says so.
+    let (_, plain) = ember
+        .get_json(&format!("/v1/containers/{}", warm["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(plain["metric"], "concurrency", "{plain}");
+    assert_eq!(plain["targetRequestsPerSecond"], Value::Null, "{plain}");
+
+    // Refused, naming the field, and nothing made.
+    for (body, field) in [
+        (json!({ "metric": "cpu" }), "metric"),
+        (
+            json!({ "targetRequestsPerSecond": 5 }),
+            "targetRequestsPerSecond",
+        ),
+        (
+            json!({ "metric": "rps", "targetRequestsPerSecond": 0 }),
+            "targetRequestsPerSecond",
+        ),
+        (
+            json!({ "initialScale": 5, "maxInstances": 2 }),
+            "initialScale",
+        ),
+    ] {
+        let mut body = body;
+        body["name"] = json!("refused");
+        body["image"] = json!(rated["image"]);
+        let (status, answer) = ember.send_json(Method::POST, "/v1/containers", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["field"], field, "{answer}");
+    }
+    let (_, refused) = ember.get_json("/v1/containers/refused").await;
+    assert_ne!(refused["name"], "refused", "{refused}");
+}

@@ -291,7 +291,7 @@ async fn idle_kept_alive_connections_are_closed_after_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_is_cut() {
-    let (_dir, ember) = with_hello(&["--request-timeout", "2"]).await;
+    let (_dir, ember) = with_hello(&["--body-stall-timeout", "2"]).await;
     for (listener, to, path) in [
         ("api", ember.api, "/v1/containers"),
         ("ingress", ember.ingress, "/"),

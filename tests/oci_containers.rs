@@ -1054,3 +1054,129 @@ async fn an_upgrade_that_replaces_the_binary_leaves_cold_starts_working() {
         (StatusCode::OK, "hello from busybox httpd\n".into())
     );
 }
+
+/// `skopeo copy` of `image` (in the test registry) to `destination`, a transport
+/// and path as skopeo names them.
+fn skopeo_copy(image: &str, destination: &str) {
+    let output = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{image}"))
+        .arg(destination)
+        .output()
+        .expect("skopeo is installed (scripts/test installs it)");
+    assert!(
+        output.status.success(),
+        "skopeo copy to {destination}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_saved_to_disk_deploy_from_the_cli_with_no_registry() {
+    require_root();
+    let registry = Registry::start().unwrap();
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    let ember = start(data.path(), &network, &[]);
+    // A Docker image (gzip layers: `docker save` archives hold no zstd).
+    let layers = [
+        busybox_layer()
+            .unwrap()
+            .with_compression(Compression::DockerGzip),
+        http_app_layer().with_compression(Compression::DockerGzip),
+    ];
+    push_image(
+        registry.addr,
+        "apps/saved",
+        "v1",
+        &busybox_http_config(),
+        &layers,
+        ManifestFormat::DockerV2,
+    )
+    .await
+    .unwrap();
+    let image = format!("{}/apps/saved:v1", registry.addr);
+    // The three forms people have on disk, each written by a real tool.
+    let disk = temp_dir();
+    let saved = disk.path().join("saved.tar");
+    let layout = disk.path().join("layout");
+    let archive = disk.path().join("oci.tar");
+    skopeo_copy(&image, &format!("docker-archive:{}", saved.display()));
+    skopeo_copy(&image, &format!("oci:{}:v1", layout.display()));
+    skopeo_copy(&image, &format!("oci-archive:{}", archive.display()));
+    // Nothing comes from the registry from here on.
+    drop(registry);
+
+    for (name, path) in [
+        ("saved", &saved),
+        ("layout", &layout),
+        ("ociarchive", &archive),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["deploy", name])
+            .arg(path)
+            .env("EMBER_API", format!("http://{}", ember.api))
+            .env("EMBER_DATA_DIR", &ember.data_dir)
+            .env_remove("EMBER_TOKEN")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains("uploading the"), "{name}: {stderr}");
+        assert_eq!(
+            get(&ember, name, "/").await,
+            (StatusCode::OK, "hello from busybox httpd\n".into()),
+            "{name}"
+        );
+    }
+
+    // A manifest whose layers were never uploaded is refused, naming the blob.
+    let upload_as = |bytes: Vec<u8>, media_type: &'static str| {
+        let request = ember
+            .api_request(reqwest::Method::POST, "/v1/blobs")
+            .header("content-type", media_type)
+            .body(bytes);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (_, config) = upload_as(b"{}".to_vec(), "application/vnd.oci.image.config.v1+json").await;
+    let config = config["digest"].as_str().unwrap().to_string();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config, "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": format!("sha256:{}", "0".repeat(64)), "size": 1}],
+    });
+    let (status, manifest) = upload_as(
+        serde_json::to_vec(&manifest).unwrap(),
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{manifest}");
+    let manifest = manifest["digest"].as_str().unwrap().to_string();
+    // Neither a manifest nor a config that is not one is stored.
+    for (bytes, media_type) in [
+        (
+            &b"{\"layers\": 1}"[..],
+            "application/vnd.oci.image.manifest.v1+json",
+        ),
+        (&b"not json"[..], "application/vnd.oci.image.config.v1+json"),
+    ] {
+        let (status, refused) = upload_as(bytes.to_vec(), media_type).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+        assert_eq!(refused["field"], "body", "{refused}");
+    }
+    let failed = deploy_failing(&ember, json!({ "name": "partial", "image": manifest })).await;
+    assert!(
+        failed["statusReason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&"0".repeat(64)),
+        "{failed}"
+    );
+}

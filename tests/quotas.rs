@@ -38,7 +38,7 @@ async fn tenants_are_held_to_their_quotas_which_admins_set() {
             "2",
             "--quota-instances",
             "1",
-            "--request-timeout",
+            "--queue-timeout",
             "2",
         ],
     );

@@ -345,6 +345,20 @@ fn the_shipped_hello_component_is_built_from_its_source() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_run_300_s_by_default_and_the_queue_wait_is_bounded_apart() {
+    let dir = temp_dir();
+    // The wait for an instance is allowed 1 s; a request that runs 2 s once it
+    // has one is not cut by it.
+    let ember = Ember::start(dir.path(), &["--queue-timeout", "1"]);
+    let slow = ember
+        .deploy_wasm("slow", &fixtures::sleeper(2000), json!({}))
+        .await;
+    assert_eq!(slow["timeoutSeconds"], 300, "{slow}");
+    let (status, body) = ember.invoke("slow").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_container_s_timeouts_cut_its_requests_with_a_504_and_are_counted() {
     let dir = temp_dir();
     let ember = Ember::start(dir.path(), &[]);

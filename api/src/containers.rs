@@ -10,10 +10,11 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use ember_runtime::model::{CapabilityChanges, CapabilityName};
 use ember_runtime::model::{
-    CdiDeviceName, ContainerName, ContainerPatch, ContainerQuery, ContainerStatus, Revision,
+    AutoscalingMetric, CdiDeviceName, ContainerName, ContainerPatch, ContainerQuery, ContainerSpec,
+    ContainerStatus, Revision,
 };
+use ember_runtime::model::{CapabilityChanges, CapabilityName};
 use ember_runtime::{ContainerView, Runtime};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -260,6 +261,9 @@ pub(crate) struct ContainerRequest {
     target_concurrency: Option<u32>,
     target_utilization_percentage: Option<u32>,
     scale_down_delay_seconds: Option<u64>,
+    initial_scale: Option<u32>,
+    metric: Option<String>,
+    target_requests_per_second: Option<u32>,
     queue_depth: Option<u32>,
     prepared_sandboxes: Option<u32>,
     init: Option<bool>,
@@ -374,6 +378,12 @@ impl ContainerRequest {
             target_concurrency: self.target_concurrency,
             target_utilization_percentage: self.target_utilization_percentage,
             scale_down_delay_seconds: self.scale_down_delay_seconds,
+            initial_scale: self.initial_scale,
+            metric: self
+                .metric
+                .map(|m| m.parse().map_err(|e: String| invalid("metric", e)))
+                .transpose()?,
+            target_requests_per_second: self.target_requests_per_second,
             queue_depth: self.queue_depth,
             prepared_sandboxes: self.prepared_sandboxes,
             init: self.init,
@@ -441,6 +451,13 @@ pub(crate) struct ContainerJson {
     target_utilization_percentage: u32,
     /// Seconds a lower count holds before a scale-down.
     scale_down_delay_seconds: u64,
+    /// Instances a new revision starts with before any request.
+    initial_scale: u32,
+    /// What the autoscaler counts: `concurrency` or `rps`.
+    metric: &'static str,
+    /// Requests a second each instance is aimed at (`metric` `rps`); `null`
+    /// otherwise.
+    target_requests_per_second: Option<u32>,
     queue_depth: u32,
     prepared_sandboxes: u32,
     /// Whether OCI instances run under Ember's init (PID 1 passes signals on to the
@@ -493,6 +510,12 @@ impl ContainerJson {
             target_concurrency: spec.target_concurrency,
             target_utilization_percentage,
             scale_down_delay_seconds: spec.scale_down_delay_seconds.unwrap_or(0),
+            initial_scale: spec.initial_scale.unwrap_or(0),
+            metric: spec.metric.name(),
+            target_requests_per_second: (spec.metric == AutoscalingMetric::Rps).then(|| {
+                spec.target_requests_per_second
+                    .unwrap_or(ContainerSpec::DEFAULT_TARGET_REQUESTS_PER_SECOND)
+            }),
             queue_depth: spec.queue_depth,
             prepared_sandboxes: spec.prepared_sandboxes,
             init: spec.init,

@@ -20,8 +20,12 @@ pub struct RuntimeConfig {
     pub ingress_port: u16,
     /// Idle time before scaling to zero, for containers that set none.
     pub default_idle_timeout: Duration,
-    /// Longest a request may take (waiting for an instance included).
+    /// Longest a request may run, for containers that set no `timeoutSeconds`
+    /// (Knative's and Cloud Run's 300 s by default).
     pub request_timeout: Duration,
+    /// Longest a request waits for an instance (in the activator's queue) before
+    /// it is answered 503; never longer than its container's request limit.
+    pub queue_timeout: Duration,
     /// How often the autoscaler looks at every container.
     pub reconcile_interval: Duration,
     /// Wasm instances (one per request in flight) that may exist at once.
@@ -77,7 +81,8 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    /// Defaults for a data dir: `ember.localhost`, port 8000, 60 s idle, 30 s requests;
+    /// Defaults for a data dir: `ember.localhost`, port 8000, 60 s idle, 300 s requests
+    /// of which at most 30 s in the queue;
     /// OCI instances on bridge `ember0` in 10.88.0.0/16, 10 s stop grace, 1 MiB of logs;
     /// an ingress thread per CPU; CDI specs from /etc/cdi and /var/run/cdi; no SSH
     /// server, and SSH credentials valid for 30 minutes; no capability beyond the
@@ -88,7 +93,8 @@ impl RuntimeConfig {
             domain: "ember.localhost".into(),
             ingress_port: 8000,
             default_idle_timeout: Duration::from_secs(60),
-            request_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(300),
+            queue_timeout: Duration::from_secs(30),
             reconcile_interval: Duration::from_millis(250),
             max_wasm_instances: 1000,
             admin_token: None,

@@ -76,7 +76,7 @@ impl Deployer {
                         "blob {digest} is not in the content store; upload it with POST /v1/blobs first"
                     )));
                 }
-                (WorkloadKind::Wasm, digest)
+                self.uploaded(digest).await?
             }
             ImageRef::Registry(mut reference) => {
                 // Resolved once (by the node that deployed it): the same manifest
@@ -98,6 +98,31 @@ impl Deployer {
         revision.artifact = Some(artifact);
         revision.kind = Some(kind);
         Ok(true)
+    }
+
+    /// What an uploaded blob runs as: an image manifest (uploaded by `ember deploy
+    /// NAME ./image.tar` after its config and layers) names its kind and every blob
+    /// it needs, each of which must be stored; any other blob is a component.
+    async fn uploaded(&self, digest: Digest) -> Result<(WorkloadKind, Digest), RuntimeError> {
+        let blobs = self.blobs.clone();
+        let read = digest.clone();
+        let image = tokio::task::spawn_blocking(move || {
+            ember_sandbox::image::uploaded_image(&blobs, &read)
+        })
+        .await
+        .map_err(RuntimeError::task("reading an uploaded manifest"))?
+        .map_err(|e| RuntimeError::Unprocessable(e.to_string()))?;
+        let Some(image) = image else {
+            return Ok((WorkloadKind::Wasm, digest));
+        };
+        for blob in &image.blobs {
+            if !self.ensure_local_blob(blob).await? {
+                return Err(RuntimeError::Unprocessable(format!(
+                    "blob {blob}, which the manifest {digest} names, is not in the content store; upload it with POST /v1/blobs first"
+                )));
+            }
+        }
+        Ok((image.kind, image.artifact))
     }
 
     /// Whether blob `digest` is in the content store, fetching it first from

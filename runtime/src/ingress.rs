@@ -163,7 +163,7 @@ async fn forward(runtime: &Runtime, host: &str, req: IncomingRequest) -> Respons
             }
         }
     }
-    let timeout = runtime.config().request_timeout;
+    let timeout = runtime.config().queue_timeout.min(service.request_limit());
     // While the node sheds load, a request is served only by a slot free now.
     let acquired = if let Some(lease) = free_here {
         Ok(lease)

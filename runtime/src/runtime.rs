@@ -44,7 +44,7 @@ mod moving;
 mod periodic;
 mod restore;
 
-pub use admission::MAX_BLOB_BYTES;
+pub use admission::{ImagePart, MAX_BLOB_BYTES};
 pub use container_commands::ContainerView;
 use restore::load_containers;
 

@@ -11,6 +11,12 @@
 //! no request has come for the idle timeout (a container idle that long has no burst
 //! to protect against, and its owner asked for it to go).
 //!
+//! The metric is concurrency by default; a container may scale on requests per
+//! second instead (Knative's `metric: rps`), each instance aimed at `target`
+//! requests a second (200 unless set). A new revision may start with
+//! `initialScale` instances (Knative's `initial-scale`), kept until they are all
+//! ready; its idle timeout counts from then.
+//!
 //! Unlike the KPA, the demand seen at the moment of a decision counts as much as the
 //! panic window's average: the activator asks for a decision when requests queue, so
 //! a burst against a container at zero starts every instance it needs within
@@ -28,6 +34,20 @@ pub const STABLE_WINDOW: Duration = Duration::from_secs(60);
 pub const PANIC_WINDOW: Duration = Duration::from_secs(6);
 /// Panic when the panic window wants this many times the ready instances.
 pub const PANIC_THRESHOLD: f64 = 2.0;
+
+/// Requests a second each instance is aimed at, for a container that scales on
+/// `rps` and sets no target (Knative's default).
+pub const DEFAULT_RPS_TARGET: u32 = 200;
+
+/// What the autoscaler counts against each instance's target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ScalingMetric {
+    /// Requests in flight or waiting.
+    #[default]
+    Concurrency,
+    /// Requests arriving per second.
+    Rps,
+}
 
 /// A container's scaling settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +70,8 @@ pub struct ScalingPolicy {
     /// (Knative's `scale-down-delay`): a scale-down goes only to the most
     /// instances decided within this window.
     pub scale_down_delay: Duration,
+    /// What `target` counts.
+    pub metric: ScalingMetric,
 }
 
 impl ScalingPolicy {
@@ -69,6 +91,7 @@ impl ScalingPolicy {
             target: None,
             target_utilization_percent: TARGET_UTILIZATION_PERCENT,
             scale_down_delay: Duration::ZERO,
+            metric: ScalingMetric::Concurrency,
         }
     }
 }
@@ -86,6 +109,8 @@ pub struct Observation {
     pub waiting: u32,
     /// When the last request arrived or finished, if ever.
     pub last_activity: Option<Duration>,
+    /// Requests that ever arrived (a running count, for the `rps` metric).
+    pub arrivals: u64,
 }
 
 impl Observation {
@@ -116,13 +141,15 @@ pub enum ScaleReason {
     AboveMaximum,
     /// A lower count is due, held until the scale-down delay has passed.
     DelayedScaleDown,
+    /// A new revision starts with its `initialScale` instances.
+    InitialScale,
     /// Nothing to change.
     Steady,
 }
 
 impl ScaleReason {
     /// Every reason, for metrics that list them all.
-    pub const ALL: [ScaleReason; 10] = [
+    pub const ALL: [ScaleReason; 11] = [
         ScaleReason::ColdStart,
         ScaleReason::Panic,
         ScaleReason::PanicHold,
@@ -132,6 +159,7 @@ impl ScaleReason {
         ScaleReason::BelowMinimum,
         ScaleReason::AboveMaximum,
         ScaleReason::DelayedScaleDown,
+        ScaleReason::InitialScale,
         ScaleReason::Steady,
     ];
 
@@ -147,6 +175,7 @@ impl ScaleReason {
             ScaleReason::BelowMinimum => "below_minimum",
             ScaleReason::AboveMaximum => "above_maximum",
             ScaleReason::DelayedScaleDown => "delayed_scale_down",
+            ScaleReason::InitialScale => "initial_scale",
             ScaleReason::Steady => "steady",
         }
     }
@@ -164,8 +193,8 @@ pub struct ScaleDecision {
 /// One container's autoscaler: the demand it has seen and whether it is panicking.
 #[derive(Debug, Default, Clone)]
 pub struct Autoscaler {
-    /// Demand samples, oldest first, none older than the stable window.
-    samples: VecDeque<(Duration, u32)>,
+    /// Samples of the metric, oldest first, none older than the stable window.
+    samples: VecDeque<(Duration, f64)>,
     /// How many of `samples` saw some demand.
     samples_with_demand: usize,
     /// When the panic condition last held, while panicking.
@@ -174,6 +203,15 @@ pub struct Autoscaler {
     panic_desired: u32,
     /// Recent decisions, oldest first, none older than the scale-down delay.
     recent: VecDeque<(Duration, u32)>,
+    /// The arrivals count at the last `rps` sample, and when it was taken.
+    last_arrivals: Option<(Duration, u64)>,
+    /// The newest sample's value.
+    latest: f64,
+    /// Instances a new revision starts with, kept until they have all been ready
+    /// for the idle timeout.
+    initial: Option<u32>,
+    /// When the initial instances were all ready.
+    initial_reached: Option<Duration>,
 }
 
 impl Autoscaler {
@@ -182,18 +220,55 @@ impl Autoscaler {
         Self::default()
     }
 
-    /// Records the demand at `now`. The runtime samples at a fixed interval, so the
-    /// windows' averages are averages over time.
+    /// Records the demand (requests in flight or waiting) at `now`. The runtime
+    /// samples at a fixed interval, so the windows' averages are averages over time.
     pub fn record(&mut self, now: Duration, demand: u32) {
-        self.samples.push_back((now, demand));
-        self.samples_with_demand += usize::from(demand > 0);
+        self.push_sample(now, f64::from(demand));
+    }
+
+    /// Records what `policy`'s metric counts at `now`: the demand, or the rate at
+    /// which requests arrived since the last sample.
+    pub fn record_observation(
+        &mut self,
+        policy: &ScalingPolicy,
+        now: Duration,
+        observed: &Observation,
+    ) {
+        match policy.metric {
+            ScalingMetric::Concurrency => self.record(now, observed.demand()),
+            ScalingMetric::Rps => {
+                let rate = match self.last_arrivals {
+                    Some((at, before)) if now > at => {
+                        observed.arrivals.saturating_sub(before) as f64
+                            / now.saturating_sub(at).as_secs_f64()
+                    }
+                    _ => 0.0,
+                };
+                self.last_arrivals = Some((now, observed.arrivals));
+                self.push_sample(now, rate);
+            }
+        }
+    }
+
+    fn push_sample(&mut self, now: Duration, value: f64) {
+        self.samples.push_back((now, value));
+        self.latest = value;
+        self.samples_with_demand += usize::from(value > 0.0);
         while let Some(&(at, old)) = self.samples.front() {
             if now.saturating_sub(at) < STABLE_WINDOW {
                 break;
             }
             self.samples.pop_front();
-            self.samples_with_demand -= usize::from(old > 0);
+            self.samples_with_demand -= usize::from(old > 0.0);
         }
+    }
+
+    /// A new revision starts serving: it is to have `count` instances (its
+    /// `initialScale`, bounded by its maximum), whatever the demand, until they
+    /// have all been ready for the idle timeout (as if each had just served).
+    pub fn begin_initial_scale(&mut self, count: u32) {
+        self.initial = (count > 0).then_some(count);
+        self.initial_reached = None;
     }
 
     /// Whether the autoscaler has nothing on record that could move a decision
@@ -203,7 +278,7 @@ impl Autoscaler {
     /// so a caller may skip both until demand comes (a runtime with many
     /// containers at zero spends nothing on them).
     pub fn is_at_rest(&self) -> bool {
-        self.panic_since.is_none() && self.samples_with_demand == 0
+        self.panic_since.is_none() && self.samples_with_demand == 0 && self.initial.is_none()
     }
 
     /// Whether a burst is being handled.
@@ -218,14 +293,8 @@ impl Autoscaler {
             .iter()
             .rev()
             .take_while(|(at, _)| now.saturating_sub(*at) < window)
-            .fold((0u64, 0u64), |(sum, n), (_, demand)| {
-                (sum + u64::from(*demand), n + 1)
-            });
-        if count == 0 {
-            0.0
-        } else {
-            sum as f64 / count as f64
-        }
+            .fold((0.0, 0u64), |(sum, n), (_, value)| (sum + value, n + 1));
+        if count == 0 { 0.0 } else { sum / count as f64 }
     }
 
     /// Decides the number of instances for a container at time `now`.
@@ -243,15 +312,43 @@ impl Autoscaler {
         now: Duration,
     ) -> ScaleDecision {
         let max = policy.max_instances.max(1);
-        let min = policy.min_instances.min(max);
+        let kept = policy.min_instances.min(max);
+        if let Some(count) = self.initial {
+            match self.initial_reached {
+                None if observed.ready >= count.min(max) => self.initial_reached = Some(now),
+                Some(at) if now.saturating_sub(at) >= policy.idle_timeout => {
+                    self.initial = None;
+                    self.initial_reached = None;
+                }
+                _ => {}
+            }
+        }
+        // A new revision's initial instances are its minimum, until they have
+        // been idle as long as the idle timeout allows.
+        let initial = self.initial.map_or(0, |count| count.min(max));
+        let min = kept.max(initial);
+        let below_minimum = if initial > kept {
+            ScaleReason::InitialScale
+        } else {
+            ScaleReason::BelowMinimum
+        };
         let concurrency = policy.concurrency.max(1);
-        let aim = policy.target.unwrap_or(concurrency).clamp(1, concurrency);
         let utilization = f64::from(policy.target_utilization_percent.clamp(1, 100)) / 100.0;
-        let target = (f64::from(aim) * utilization).max(1.0);
         let current = observed.ready + observed.starting;
         let demand = observed.demand();
+        let (aim, metric_now) = match policy.metric {
+            ScalingMetric::Concurrency => (
+                policy.target.unwrap_or(concurrency).clamp(1, concurrency),
+                f64::from(demand),
+            ),
+            ScalingMetric::Rps => (
+                policy.target.unwrap_or(DEFAULT_RPS_TARGET).max(1),
+                self.latest,
+            ),
+        };
+        let target = (f64::from(aim) * utilization).max(1.0);
 
-        let panic_demand = self.average(now, PANIC_WINDOW).max(f64::from(demand));
+        let panic_demand = self.average(now, PANIC_WINDOW).max(metric_now);
         let want_panic = instances_for(panic_demand, target);
         let want_stable = instances_for(self.average(now, STABLE_WINDOW), target);
         // However the averages go, every request in flight or waiting needs a slot.
@@ -287,7 +384,7 @@ impl Autoscaler {
             // averages may still remember requests, but the instances that served
             // them are gone or going (stopped by hand, idle, moved): starting one
             // again for no request would only hold capacity.
-            (min, ScaleReason::BelowMinimum)
+            (min, below_minimum)
         } else if idle {
             // However high the averages still are from before: no request for the
             // idle timeout means the minimum. Instances already stopped (or still
@@ -296,7 +393,7 @@ impl Autoscaler {
             let reason = if current > min {
                 ScaleReason::Idle
             } else {
-                ScaleReason::BelowMinimum
+                below_minimum
             };
             (min, reason)
         } else if self.is_panicking() {
@@ -322,7 +419,7 @@ impl Autoscaler {
         };
 
         let (desired, reason) = if wanted < floor {
-            (floor, ScaleReason::BelowMinimum)
+            (floor, below_minimum)
         } else if wanted > max {
             let reason = if current > max {
                 ScaleReason::AboveMaximum
@@ -400,6 +497,9 @@ mod tests {
         /// Starts under way, with the ticks each has left.
         pending: Vec<u32>,
         last_activity: Option<Duration>,
+        /// Requests arriving per second (for the `rps` metric), and the count so far.
+        rate: u64,
+        arrivals: u64,
     }
 
     impl Simulation {
@@ -413,6 +513,8 @@ mod tests {
                 start_ticks: 0,
                 pending: Vec::new(),
                 last_activity: None,
+                rate: 0,
+                arrivals: 0,
             }
         }
 
@@ -429,7 +531,8 @@ mod tests {
                 self.pending.retain(|left| *left > 0);
                 self.ready += started;
                 self.starting = self.pending.len() as u32;
-                if demand > 0 {
+                self.arrivals += self.rate * TICK.as_millis() as u64 / 1000;
+                if demand > 0 || self.rate > 0 {
                     self.last_activity = Some(self.now);
                 }
                 let capacity = self.ready * self.policy.concurrency;
@@ -439,8 +542,10 @@ mod tests {
                     in_flight: demand.min(capacity),
                     waiting: demand.saturating_sub(capacity),
                     last_activity: self.last_activity,
+                    arrivals: self.arrivals,
                 };
-                self.scaler.record(self.now, observed.demand());
+                self.scaler
+                    .record_observation(&self.policy, self.now, &observed);
                 let decision = self.scaler.decide(&self.policy, &observed, self.now);
                 let current = self.ready + self.starting;
                 if decision.desired > current {
@@ -538,6 +643,81 @@ mod tests {
         // Without a target, the hard concurrency at Knative's 70 %.
         let mut sim = Simulation::new(ScalingPolicy::new(0, 100, Duration::from_secs(60), 10));
         assert_eq!(sim.run(120 * SECOND, 70).desired, 10);
+    }
+
+    #[test]
+    fn on_rps_the_count_follows_the_arrival_rate_not_the_concurrency() {
+        let mut knobs = policy(0, 100, 600);
+        knobs.metric = ScalingMetric::Rps;
+        knobs.target = Some(100);
+        // 700 requests a second at 100 each, planned at 70%: 10 instances, though
+        // only 5 are in flight at any moment (fast requests).
+        let mut sim = Simulation::new(knobs);
+        sim.rate = 700;
+        assert_eq!(sim.run(120 * SECOND, 5).desired, 10);
+        // The same load scaled on concurrency needs one.
+        let mut sim = Simulation::new(policy(0, 100, 600));
+        sim.rate = 700;
+        assert_eq!(sim.run(120 * SECOND, 5).desired, 1);
+        // With no target set, Knative's 200 a second: 700 / 140 = 5.
+        let mut knobs = policy(0, 100, 600);
+        knobs.metric = ScalingMetric::Rps;
+        let mut sim = Simulation::new(knobs);
+        sim.rate = 700;
+        assert_eq!(sim.run(120 * SECOND, 5).desired, 5);
+        // The rate falls to nothing: the count falls, and at the idle timeout
+        // reaches zero.
+        sim.rate = 0;
+        assert_eq!(sim.run(700 * SECOND, 0).desired, 0);
+    }
+
+    #[test]
+    fn a_new_revision_starts_its_initial_scale_and_idles_down_from_when_they_are_ready() {
+        let mut sim = Simulation::new(policy(1, 10, 5));
+        sim.start_ticks = 8;
+        sim.scaler.begin_initial_scale(4);
+        assert!(!sim.scaler.is_at_rest());
+        let first = sim.run(TICK, 0);
+        assert_eq!(
+            (first.desired, first.reason),
+            (4, ScaleReason::InitialScale)
+        );
+        // Held while they start (two seconds), and for the idle timeout after.
+        let held = sim.run(6 * SECOND, 0);
+        assert_eq!(held.desired, 4, "{held:?}");
+        assert_eq!(sim.ready, 4);
+        assert!(!sim.scaler.is_at_rest());
+        // Then down to the minimum, as any idle container.
+        let idle = sim.run(2 * SECOND, 0);
+        assert_eq!(idle.desired, 1, "{idle:?}");
+        assert_eq!(sim.ready, 1);
+        // Bounded by the maximum.
+        let mut sim = Simulation::new(policy(0, 3, 5));
+        sim.scaler.begin_initial_scale(50);
+        assert_eq!(sim.run(TICK, 0).desired, 3);
+    }
+
+    proptest! {
+        /// Whatever the arrival rate, on `rps` the count stays within the
+        /// bounds and every request in flight has a slot.
+        #[test]
+        fn on_rps_the_bounds_and_the_hard_floor_hold(
+            rate in 0u64..5000,
+            demand in 0u32..300,
+            target in prop::option::of(1u32..500),
+            min in 0u32..5,
+            max in 1u32..60,
+        ) {
+            let mut knobs = policy(min.min(max), max, 30);
+            knobs.metric = ScalingMetric::Rps;
+            knobs.target = target;
+            let mut sim = Simulation::new(knobs);
+            sim.rate = rate;
+            let d = sim.run(20 * SECOND, demand);
+            prop_assert!(d.desired <= max);
+            prop_assert!(d.desired >= min.min(max));
+            prop_assert!(d.desired >= demand.div_ceil(10).min(max));
+        }
     }
 
     #[test]
@@ -677,6 +857,7 @@ mod tests {
                 in_flight,
                 waiting,
                 last_activity: last.map(Duration::from_secs),
+                arrivals: 0,
             })
     }
 

@@ -10,6 +10,9 @@ pub mod fair_share;
 pub mod ownership;
 pub mod placement;
 
-pub use autoscaler::{Autoscaler, Observation, ScaleDecision, ScaleReason, ScalingPolicy};
+pub use autoscaler::{
+    Autoscaler, DEFAULT_RPS_TARGET, Observation, ScaleDecision, ScaleReason, ScalingMetric,
+    ScalingPolicy,
+};
 pub use fair_share::{FairQueue, Ticket};
 pub use placement::{Allocation, Misfit, Node, Request, Resources, Unplaced};

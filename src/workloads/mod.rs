@@ -3,6 +3,7 @@
 
 pub mod component;
 pub mod etcd;
+pub mod image_archive;
 pub mod oci_image;
 pub mod registry;
 

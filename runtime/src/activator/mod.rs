@@ -80,6 +80,9 @@ pub(crate) struct TrafficPolicy {
     pub(crate) queue_depth: u32,
     /// How long a response may take to start, and to send nothing once started.
     pub(crate) response_timeouts: ResponseTimeouts,
+    /// Longest one request may run (the container's `timeoutSeconds`): also how
+    /// long an instance taken out of service waits for its requests to end.
+    pub(crate) request_limit: Duration,
 }
 
 /// The limits the ingress holds a container's responses to (the whole request's
@@ -102,9 +105,6 @@ pub(crate) struct TrafficShared {
     pub(crate) background: Background,
     /// The containers the reconciler visits.
     pub(crate) awake: Arc<AwakeSet<ContainerTraffic>>,
-    /// Longest an instance taken out of service waits for its requests to end
-    /// before it stops (the request timeout).
-    pub(crate) drain_limit: Duration,
     /// Where OCI instances that start and stop are recorded, for a later runtime
     /// to adopt those still running.
     pub(crate) journal: Arc<dyn InstanceJournal>,
@@ -132,6 +132,8 @@ pub(crate) struct ContainerTraffic {
     restarts: Mutex<RestartBackoff>,
     /// Nanoseconds since the clock's origin of the last request start or end.
     last_activity: AtomicU64,
+    /// Requests that asked for an instance, ever (the `rps` metric's count).
+    arrivals: AtomicU64,
     /// Scaling decisions that changed the instance count, by reason.
     decisions: [AtomicU64; ScaleReason::ALL.len()],
     clock: Clock,
@@ -140,8 +142,6 @@ pub(crate) struct ContainerTraffic {
     /// Where starts and stops run, whichever thread the request that set them off
     /// came in on.
     background: Background,
-    /// See [`TrafficShared::drain_limit`].
-    drain_limit: Duration,
     /// See [`TrafficShared::journal`].
     journal: Arc<dyn InstanceJournal>,
     /// The next instance's ordinal.
@@ -165,7 +165,6 @@ impl ContainerTraffic {
             node,
             background,
             awake,
-            drain_limit,
             journal,
         } = shared.clone();
         let service = Arc::new_cyclic(|me| Self {
@@ -188,12 +187,12 @@ impl ContainerTraffic {
             },
             restarts: Mutex::default(),
             last_activity: AtomicU64::new(0),
+            arrivals: AtomicU64::new(0),
             decisions: Default::default(),
             clock,
             metrics,
             node,
             background,
-            drain_limit,
             journal,
             next_ordinal: AtomicU32::new(1),
             pinned_plan: Mutex::default(),
@@ -246,6 +245,11 @@ impl ContainerTraffic {
         self.pool.lock().policy.response_timeouts
     }
 
+    /// Longest one of this container's requests may run.
+    pub(crate) fn request_limit(&self) -> Duration {
+        self.pool.lock().policy.request_limit
+    }
+
     /// What an instance of the serving revision asks of a node.
     pub(crate) fn serving_request(&self) -> Option<ember_scheduler::Request> {
         self.serving_revision()
@@ -277,6 +281,20 @@ impl ContainerTraffic {
             retired
         };
         self.stop_all(retired);
+    }
+
+    /// Starts `count` instances of the revision just served before any request
+    /// (its `initialScale`); they stay until idle as long as the idle timeout.
+    pub(crate) fn begin_initial_scale(self: &Arc<Self>, count: u32) {
+        if count == 0 {
+            return;
+        }
+        let stopped = {
+            let mut pool = self.pool.lock();
+            pool.autoscaler.begin_initial_scale(count);
+            self.scale(&mut pool, false)
+        };
+        self.stop_all(stopped);
     }
 
     /// Marks the container unavailable (its first deployment failed, or it was deleted);

@@ -96,6 +96,7 @@ mod tests {
                 kept_instances: 0,
                 scaling: ScalingPolicy::new(0, 10, Duration::from_secs(60), 1),
                 response_timeouts: Default::default(),
+                request_limit: Duration::from_secs(5),
                 queue_depth: 10,
             },
             lifecycle: Lifecycle::default(),

@@ -74,6 +74,7 @@ impl ContainerTraffic {
     ) -> Result<Lease, ActivationError> {
         let deadline = tokio::time::Instant::now() + timeout;
         self.touch();
+        self.arrivals.fetch_add(1, Ordering::Relaxed);
         let revision = self.wait_for_revision(deadline, timeout).await?;
         let waiting = {
             let mut pool = self.pool.lock();
@@ -144,7 +145,12 @@ impl ContainerTraffic {
             return None;
         }
         self.touch();
-        self.lease_least_loaded(&pool, number)
+        let lease = self.lease_least_loaded(&pool, number);
+        if lease.is_some() {
+            // Otherwise the request goes on to `acquire`, which counts it.
+            self.arrivals.fetch_add(1, Ordering::Relaxed);
+        }
+        lease
     }
 
     /// Answers every waiting request `503` (overload): the node sheds load.

@@ -61,7 +61,7 @@ impl ContainerTraffic {
         }
         tracing::info!(container = %self.id, instance = %id, "instance moved to a new sandbox");
         // Requests under way on the old sandbox finish there; none new reach it.
-        old.drained(self.drain_limit).await;
+        old.drained(self.request_limit()).await;
         let (stopped, done) = oneshot::channel();
         let retired = old.instance.clone();
         drop(old);

@@ -29,11 +29,12 @@ impl ContainerTraffic {
                 .sum(),
             waiting: pool.queue.iter().filter(|w| !w.is_closed()).count() as u32,
             last_activity: Some(self.last_activity()),
+            arrivals: self.arrivals.load(Ordering::Relaxed),
         };
-        if sample {
-            pool.autoscaler.record(now, observed.demand());
-        }
         let policy = pool.policy.scaling;
+        if sample {
+            pool.autoscaler.record_observation(&policy, now, &observed);
+        }
         let decision = pool.autoscaler.decide(&policy, &observed, now);
         pool.desired = decision.desired;
 

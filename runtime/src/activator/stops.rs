@@ -53,7 +53,8 @@ impl ContainerTraffic {
         live: Arc<LiveInstance>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let me = self.me.clone();
-        let drain_limit = self.drain_limit;
+        // Callers let go of the pool's lock before they stop what they took.
+        let drain_limit = self.request_limit();
         let journal = self.journal.clone();
         async move {
             // What it serves finishes first (it is out of the pool: nothing new

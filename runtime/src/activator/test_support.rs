@@ -118,6 +118,7 @@ pub(crate) fn service_counting(
         scaling: ScalingPolicy::new(0, settings.max, settings.idle, settings.concurrency),
         queue_depth: settings.queue_depth,
         response_timeouts: Default::default(),
+        request_limit: Duration::from_secs(5),
     };
     let node = NodeCapacity::new(
         ServerId::generate(),
@@ -144,7 +145,6 @@ pub(crate) fn service_counting(
             node,
             background: Background::current(),
             awake: Arc::default(),
-            drain_limit: Duration::from_secs(5),
             journal: Arc::new(crate::journal::NoJournal),
         },
     );

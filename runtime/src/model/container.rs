@@ -72,6 +72,17 @@ pub struct ContainerSpec {
     /// to it (Knative's `scale-down-delay`); `None`: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_delay_seconds: Option<u64>,
+    /// Instances a new revision starts with before any request (Knative's
+    /// `initial-scale`); `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_scale: Option<u32>,
+    /// What the autoscaler counts against each instance's target.
+    #[serde(default, skip_serializing_if = "AutoscalingMetric::is_default")]
+    pub metric: AutoscalingMetric,
+    /// Requests a second each instance is aimed at, when `metric` is `rps`;
+    /// `None`: 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_requests_per_second: Option<u32>,
     /// Most requests waiting for an instance; more are refused with 503.
     #[serde(default = "default_queue_depth")]
     pub queue_depth: u32,
@@ -89,6 +100,42 @@ pub struct ContainerSpec {
     /// host user; `false` (host ids) only where the operator allows it.
     #[serde(default = "default_user_namespace")]
     pub user_namespace: bool,
+}
+
+/// What a container's autoscaler counts (Knative's `metric`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoscalingMetric {
+    /// Requests in flight or waiting, against `targetConcurrency`.
+    #[default]
+    Concurrency,
+    /// Requests arriving a second, against `targetRequestsPerSecond`.
+    Rps,
+}
+
+impl AutoscalingMetric {
+    fn is_default(&self) -> bool {
+        *self == Self::Concurrency
+    }
+
+    /// Its name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Concurrency => "concurrency",
+            Self::Rps => "rps",
+        }
+    }
+}
+
+impl std::str::FromStr for AutoscalingMetric {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "concurrency" => Ok(Self::Concurrency),
+            "rps" => Ok(Self::Rps),
+            other => Err(format!("\"{other}\" is not \"concurrency\" or \"rps\"")),
+        }
+    }
 }
 
 fn default_init() -> bool {
@@ -117,6 +164,9 @@ impl ContainerSpec {
     pub const DEFAULT_EPHEMERAL_STORAGE: &str = "1Gi";
     /// Port when none is given (as Cloud Run).
     pub const DEFAULT_PORT: u16 = 8080;
+    /// Requests a second each instance is aimed at on metric `rps`, when the
+    /// container sets none (Knative's).
+    pub const DEFAULT_TARGET_REQUESTS_PER_SECOND: u32 = ember_scheduler::DEFAULT_RPS_TARGET;
     /// Upper bound of instances when none is given.
     pub const DEFAULT_MAX_INSTANCES: u32 = 100;
     /// The most instances a container may ask for, as minimum or maximum.

@@ -18,9 +18,9 @@ pub use access::{
     UserName, default_scopes,
 };
 pub use container::{
-    Caller, Container, ContainerQuery, ContainerSpec, ContainerStatus, InstanceInfo, InstanceMove,
-    InstanceState, Page, PageRequest, Revision, Role, RunningInstance, StoppedInstance,
-    pinned_share,
+    AutoscalingMetric, Caller, Container, ContainerQuery, ContainerSpec, ContainerStatus,
+    InstanceInfo, InstanceMove, InstanceState, Page, PageRequest, Revision, Role, RunningInstance,
+    StoppedInstance, pinned_share,
 };
 /// A CDI device's qualified name (`vendor.com/class=name`), from the sandbox.
 pub use ember_sandbox::capabilities::{CapabilityChanges, CapabilityName, DEFAULT_CAPABILITIES};

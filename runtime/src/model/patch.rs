@@ -5,7 +5,7 @@
 //! other caller of the runtime) is held to the same ones: a face only maps its own
 //! wire names onto a patch and back onto the field an [`InvalidPatch`] names.
 
-use super::{ContainerName, ContainerSpec, Quantity};
+use super::{AutoscalingMetric, ContainerName, ContainerSpec, Quantity};
 use crate::error::RuntimeError;
 use ember_sandbox::capabilities::CapabilityChanges;
 use ember_sandbox::cdi::CdiDeviceName;
@@ -62,6 +62,12 @@ pub struct ContainerPatch {
     pub target_utilization_percentage: Option<u32>,
     /// New scale-down delay.
     pub scale_down_delay_seconds: Option<u64>,
+    /// New initial scale.
+    pub initial_scale: Option<u32>,
+    /// New autoscaling metric.
+    pub metric: Option<AutoscalingMetric>,
+    /// New target rate.
+    pub target_requests_per_second: Option<u32>,
     /// New queue depth.
     pub queue_depth: Option<u32>,
     /// New number of prepared sandboxes.
@@ -239,6 +245,11 @@ impl ContainerPatch {
                 100,
             ),
             ("queueDepth", self.queue_depth, MAX_QUEUE_DEPTH),
+            (
+                "targetRequestsPerSecond",
+                self.target_requests_per_second,
+                MAX_CONCURRENCY,
+            ),
         ] {
             if let Some(value) = value
                 && !(1..=max).contains(&value)
@@ -309,6 +320,9 @@ impl ContainerPatch {
             target_concurrency: None,
             target_utilization_percentage: None,
             scale_down_delay_seconds: None,
+            initial_scale: None,
+            metric: AutoscalingMetric::Concurrency,
+            target_requests_per_second: None,
             queue_depth: ContainerSpec::DEFAULT_QUEUE_DEPTH,
             prepared_sandboxes: ContainerSpec::DEFAULT_PREPARED_SANDBOXES,
             init: true,
@@ -392,6 +406,34 @@ impl ContainerPatch {
         }
         if self.scale_down_delay_seconds.is_some() {
             spec.scale_down_delay_seconds = self.scale_down_delay_seconds;
+        }
+        if self.initial_scale.is_some() {
+            spec.initial_scale = self.initial_scale;
+        }
+        if let Some(metric) = self.metric {
+            spec.metric = metric;
+        }
+        if self.target_requests_per_second.is_some() {
+            spec.target_requests_per_second = self.target_requests_per_second;
+        }
+        if let Some(rate) = spec.target_requests_per_second
+            && spec.metric != AutoscalingMetric::Rps
+        {
+            return Err(RuntimeError::invalid(
+                "targetRequestsPerSecond",
+                format!("({rate}) applies only to metric \"rps\""),
+            ));
+        }
+        if let Some(initial) = spec.initial_scale
+            && initial > spec.max_instances
+        {
+            return Err(RuntimeError::invalid(
+                "initialScale",
+                format!(
+                    "({initial}) must not exceed maxInstances ({})",
+                    spec.max_instances
+                ),
+            ));
         }
         if let (Some(target), Some(concurrency)) = (spec.target_concurrency, spec.concurrency)
             && target > concurrency

@@ -22,6 +22,32 @@ impl Runtime {
             .map_err(RuntimeError::task("storing a blob"))??)
     }
 
+    /// Stores one part of an image uploaded from disk (`ember deploy NAME
+    /// ./image.tar`): a layer as it is, a config if it is JSON, a manifest if it
+    /// describes an image Ember runs (its blobs are checked when it deploys).
+    pub async fn put_image_blob(
+        &self,
+        bytes: bytes::Bytes,
+        part: ImagePart,
+    ) -> Result<Digest, RuntimeError> {
+        match part {
+            ImagePart::Layer => {}
+            ImagePart::Config => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+                    RuntimeError::invalid("body", format!("is not an image config (JSON): {e}"))
+                })?;
+            }
+            ImagePart::Manifest => {
+                ember_sandbox::image::check_manifest(&bytes)
+                    .map_err(|reason| RuntimeError::invalid("body", reason))?;
+            }
+        }
+        let blobs = self.inner.deployer.blobs.clone();
+        Ok(tokio::task::spawn_blocking(move || blobs.put(&bytes))
+            .await
+            .map_err(RuntimeError::task("storing a blob"))??)
+    }
+
     /// The bytes of blob `digest`, for an admin (the cluster's nodes fetch
     /// components uploaded to one another this way; a tenant reads no one's).
     pub async fn read_blob(&self, caller: &Caller, digest: &str) -> Result<Vec<u8>, RuntimeError> {
@@ -114,8 +140,10 @@ impl Runtime {
     /// valid spec defines or that are one of the node's GPUs (those are scheduled, so
     /// that each is held by one instance), and any device for a wasm blob.
     pub(crate) fn check_devices(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        if matches!(spec.image.parse::<ImageRef>(), Ok(ImageRef::Local(_))) {
-            // A blob is always a wasm component.
+        if let Ok(ImageRef::Local(digest)) = spec.image.parse::<ImageRef>()
+            && !ember_sandbox::image::may_be_manifest(&self.inner.deployer.blobs, &digest)
+        {
+            // A blob that is no image manifest is a wasm component.
             crate::deploy::check_wasm_has_no_devices(spec)?;
         }
         let capacity = self.inner.node.snapshot().capacity;
@@ -203,6 +231,35 @@ impl Runtime {
 }
 
 /// A component binary starts with the wasm magic and the component layer's version.
+/// What part of an image an upload is, from its media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImagePart {
+    /// An image manifest (OCI or Docker).
+    Manifest,
+    /// An image config.
+    Config,
+    /// A layer (a tar, compressed or not).
+    Layer,
+}
+
+impl ImagePart {
+    /// The part an OCI or Docker media type names (`None` for any other type).
+    pub fn from_media_type(media_type: &str) -> Option<Self> {
+        let media_type = media_type.split(';').next().unwrap_or_default().trim();
+        let image_type = media_type.starts_with("application/vnd.oci.image.")
+            || media_type.starts_with("application/vnd.docker.");
+        if !image_type {
+            None
+        } else if media_type.contains("manifest") {
+            Some(Self::Manifest)
+        } else if media_type.contains("config") || media_type.contains("container.image") {
+            Some(Self::Config)
+        } else {
+            Some(Self::Layer)
+        }
+    }
+}
+
 pub(crate) fn is_wasm_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }

@@ -2,6 +2,7 @@
 //! containers, their revisions and their logs, and each container's view.
 
 use super::*;
+use crate::model::AutoscalingMetric;
 use crate::store::Saved;
 
 /// A container with the parts of its view the store does not hold.
@@ -319,7 +320,14 @@ impl Runtime {
                     .idle_timeout_seconds
                     .map_or(self.inner.config.default_idle_timeout, Duration::from_secs),
                 concurrency: spec.concurrency_for(kind),
-                target: spec.target_concurrency,
+                target: match spec.metric {
+                    AutoscalingMetric::Concurrency => spec.target_concurrency,
+                    AutoscalingMetric::Rps => spec.target_requests_per_second,
+                },
+                metric: match spec.metric {
+                    AutoscalingMetric::Concurrency => ember_scheduler::ScalingMetric::Concurrency,
+                    AutoscalingMetric::Rps => ember_scheduler::ScalingMetric::Rps,
+                },
                 target_utilization_percent: spec.target_utilization_percent(),
                 scale_down_delay: Duration::from_secs(spec.scale_down_delay_seconds.unwrap_or(0)),
             },
@@ -328,6 +336,9 @@ impl Runtime {
                 start: spec.response_start_timeout_seconds.map(Duration::from_secs),
                 stream_idle: spec.stream_idle_timeout_seconds.map(Duration::from_secs),
             },
+            request_limit: spec
+                .timeout_seconds
+                .map_or(self.inner.config.request_timeout, Duration::from_secs),
         }
     }
 
@@ -346,7 +357,6 @@ impl Runtime {
                     node: self.inner.node.clone(),
                     background: self.inner.background.clone(),
                     awake: self.inner.awake.clone(),
-                    drain_limit: self.inner.config.request_timeout,
                     journal: self.inner.journal.clone(),
                 },
             )

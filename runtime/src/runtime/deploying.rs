@@ -77,6 +77,9 @@ impl Runtime {
                             request: node::instance_request(&revision.spec),
                             ephemeral_storage_bytes: node::instance_storage(&revision.spec, kind),
                         }));
+                        // The node that deployed the revision starts its initial
+                        // instances; the others scale it on demand.
+                        service.begin_initial_scale(revision.spec.initial_scale.unwrap_or(0));
                         if container.latest_revision == number {
                             container.status = ContainerStatus::Deployed;
                             container.status_reason = None;

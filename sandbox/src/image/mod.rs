@@ -6,6 +6,7 @@ mod egress;
 mod pull;
 mod reference;
 mod shared;
+mod uploaded;
 
 pub use credentials::Credentials;
 pub use destinations::{AllowedRegistries, InvalidRule, Refused};
@@ -14,3 +15,6 @@ pub use pull::{
     WASM_LAYER_MEDIA_TYPE,
 };
 pub use reference::{DEFAULT_REGISTRY, ImageRef, InvalidImageRef, RegistryRef};
+pub use uploaded::{
+    UploadedImage, UploadedImageError, check_manifest, may_be_manifest, uploaded_image,
+};

@@ -335,7 +335,10 @@ fn oci_reference(image: &RegistryRef) -> Reference {
 }
 
 /// Decides the workload kind from the manifest's media types.
-fn classify(config_media_type: &str, layers: &[OciDescriptor]) -> Result<WorkloadKind, String> {
+pub(super) fn classify(
+    config_media_type: &str,
+    layers: &[OciDescriptor],
+) -> Result<WorkloadKind, String> {
     let is_wasm_layer = |l: &OciDescriptor| l.media_type == WASM_LAYER_MEDIA_TYPE;
     if config_media_type == WASM_CONFIG_MEDIA_TYPE || layers.iter().any(is_wasm_layer) {
         return match layers {
