@@ -66,6 +66,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = RuntimeConfig::new(&args.data_dir);
     config.domain = args.domain.to_ascii_lowercase();
     config.ingress_port = ingress_addr.port();
+    // Bound to every address: reached on loopback.
+    config.ingress_addr = match ingress_addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            ([127, 0, 0, 1], ingress_addr.port()).into()
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            (std::net::Ipv6Addr::LOCALHOST, ingress_addr.port()).into()
+        }
+        _ => ingress_addr,
+    };
     config.ssh_addr = Some(ssh_addr);
     config.ssh_credential_lifetime = args.ssh_credential_lifetime;
     config.default_idle_timeout = Duration::from_secs(args.idle_timeout);

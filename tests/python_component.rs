@@ -157,3 +157,78 @@ async fn a_componentize_py_component_streams_bodies_both_ways() {
         "outbound: denied ErrorCode_HttpRequestDenied\n"
     );
 }
+
+#[tokio::test]
+async fn a_guest_calls_the_hosts_its_container_lists_and_nothing_else() {
+    let dir = temp_dir();
+    let wasm = python_echo();
+    let ember = Ember::start(&dir.path().join("data"), &[]);
+    ember
+        .deploy_wasm(
+            "callee",
+            &common::fixtures::hello("from the callee\n"),
+            json!({}),
+        )
+        .await;
+    let port = ember.ingress.port();
+    let callee = format!("callee.ember.localhost:{port}");
+    let api = format!("127.0.0.1:{}", ember.api.port());
+    let caller = ember
+        .deploy_wasm(
+            "caller",
+            wasm,
+            json!({ "allowedOutboundHosts": [format!("http://{callee}"), api] }),
+        )
+        .await;
+    assert_eq!(
+        caller["allowedOutboundHosts"],
+        json!([format!("http://{callee}"), api]),
+        "{caller}"
+    );
+    let fetch = |url: String| {
+        let client = ember.ingress_client("caller");
+        let through = ember.ingress_url("caller", &format!("/fetch?url={url}"));
+        async move {
+            let response = client.get(through).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.text().await.unwrap()
+        }
+    };
+    // Another container through the node's own ingress, started cold for it.
+    assert_eq!(
+        fetch(format!("http://{callee}/")).await,
+        "fetched 200: from the callee\n"
+    );
+    // A container not listed, a listed host on another port, a listed address
+    // that is not public (the node's own API): refused, and the guest says so.
+    for (url, error) in [
+        (
+            format!("http://other.ember.localhost:{port}/"),
+            "HttpRequestDenied",
+        ),
+        (
+            format!("http://callee.ember.localhost:{}/", port + 1),
+            "HttpRequestDenied",
+        ),
+        (format!("https://{callee}/"), "HttpRequestDenied"),
+        (format!("http://{api}/healthz"), "DestinationIpProhibited"),
+    ] {
+        let answer = fetch(url.clone()).await;
+        assert!(
+            answer.starts_with("denied ") && answer.contains(error),
+            "{url}: {answer}"
+        );
+    }
+    // Entries are exact: anything looser is refused, naming the entry.
+    for bad in ["callee.ember.localhost", "*.example.com:80", "ftp://x:21"] {
+        let (status, answer) = ember
+            .send_json(
+                reqwest::Method::POST,
+                "/v1/containers",
+                &json!({ "name": "loose", "image": caller["image"], "allowedOutboundHosts": [bad] }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["field"], "allowedOutboundHosts[0]", "{answer}");
+    }
+}

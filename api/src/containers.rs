@@ -262,6 +262,7 @@ pub(crate) struct ContainerRequest {
     target_utilization_percentage: Option<u32>,
     scale_down_delay_seconds: Option<u64>,
     initial_scale: Option<u32>,
+    allowed_outbound_hosts: Option<Vec<String>>,
     metric: Option<String>,
     target_requests_per_second: Option<u32>,
     queue_depth: Option<u32>,
@@ -379,6 +380,7 @@ impl ContainerRequest {
             target_utilization_percentage: self.target_utilization_percentage,
             scale_down_delay_seconds: self.scale_down_delay_seconds,
             initial_scale: self.initial_scale,
+            allowed_outbound_hosts: self.allowed_outbound_hosts,
             metric: self
                 .metric
                 .map(|m| m.parse().map_err(|e: String| invalid("metric", e)))
@@ -453,6 +455,8 @@ pub(crate) struct ContainerJson {
     scale_down_delay_seconds: u64,
     /// Instances a new revision starts with before any request.
     initial_scale: u32,
+    /// Hosts a wasm guest may send HTTP requests to.
+    allowed_outbound_hosts: Vec<String>,
     /// What the autoscaler counts: `concurrency` or `rps`.
     metric: &'static str,
     /// Requests a second each instance is aimed at (`metric` `rps`); `null`
@@ -511,6 +515,7 @@ impl ContainerJson {
             target_utilization_percentage,
             scale_down_delay_seconds: spec.scale_down_delay_seconds.unwrap_or(0),
             initial_scale: spec.initial_scale.unwrap_or(0),
+            allowed_outbound_hosts: spec.allowed_outbound_hosts,
             metric: spec.metric.name(),
             target_requests_per_second: (spec.metric == AutoscalingMetric::Rps).then(|| {
                 spec.target_requests_per_second

@@ -6,6 +6,9 @@ the container's environment (default "echo").
 
 `GET /outbound` instead tries an outgoing HTTP request to 127.0.0.1:9 and says
 whether the runtime allowed it (Ember denies guests outbound network by default).
+`GET /fetch?url=http://host:port/path` sends a GET there and answers
+`fetched <status>: <body>`, or `denied <error>` when the runtime refused it (a
+container lists the hosts its guests may call in `allowedOutboundHosts`).
 
 `GET /escape` tries, as a hostile guest would, to reach what is outside its
 sandbox (host files, the host's environment, sockets, processes) and answers one
@@ -27,6 +30,7 @@ from wit_world.imports.types import (
     OutgoingResponse,
     ResponseOutparam,
     Scheme_Http,
+    Scheme_Https,
 )
 
 # blocking-write-and-flush takes at most 4096 bytes per call.
@@ -53,6 +57,11 @@ class IncomingHandler(exports.IncomingHandler):
                     out.blocking_write_and_flush(f"{line}\n".encode())
             OutgoingBody.finish(outgoing_body, None)
             return
+        if path.startswith("/fetch?url="):
+            with outgoing_body.write() as out:
+                out.blocking_write_and_flush(f"{fetch(path[len('/fetch?url='):])}\n".encode())
+            OutgoingBody.finish(outgoing_body, None)
+            return
         if path == "/outbound":
             with outgoing_body.write() as out:
                 out.blocking_write_and_flush(f"outbound: {try_outbound()}\n".encode())
@@ -71,6 +80,39 @@ class IncomingHandler(exports.IncomingHandler):
                 if chunk:
                     out.blocking_write_and_flush(chunk)
         OutgoingBody.finish(outgoing_body, None)
+
+
+def fetch(url: str) -> str:
+    """GETs `url` through the outgoing handler; says what came back."""
+    scheme, _, rest = url.partition("://")
+    authority, _, path = rest.partition("/")
+    request = OutgoingRequest(Fields())
+    request.set_scheme(Scheme_Https() if scheme == "https" else Scheme_Http())
+    request.set_authority(authority)
+    request.set_path_with_query("/" + path)
+    try:
+        future = outgoing_handler.handle(request, None)
+    except Err as e:
+        return f"denied {type(e.value).__name__}"
+    with future.subscribe() as pollable:
+        pollable.block()
+    result = future.get()
+    if not (isinstance(result, Ok) and isinstance(result.value, Ok)):
+        error = result.value.value if isinstance(result, Ok) else result.value
+        return f"denied {type(error).__name__}"
+    response = result.value.value
+    status = response.status()
+    data = b""
+    with response.consume() as body:
+        with body.stream() as stream:
+            while True:
+                try:
+                    data += stream.blocking_read(CHUNK)
+                except Err as e:
+                    if isinstance(e.value, StreamError_Closed):
+                        break
+                    raise
+    return f"fetched {status}: {data.decode().strip()}"
 
 
 def try_outbound() -> str:

@@ -18,6 +18,9 @@ pub struct RuntimeConfig {
     pub domain: String,
     /// Port the ingress is reached on, for the URLs containers report (omitted when 80).
     pub ingress_port: u16,
+    /// Where this node reaches its own ingress: wasm guests' outbound requests to
+    /// `<name>.<domain>` go there.
+    pub ingress_addr: std::net::SocketAddr,
     /// Idle time before scaling to zero, for containers that set none.
     pub default_idle_timeout: Duration,
     /// Longest a request may run, for containers that set no `timeoutSeconds`
@@ -92,6 +95,7 @@ impl RuntimeConfig {
             data_dir: data_dir.into(),
             domain: "ember.localhost".into(),
             ingress_port: 8000,
+            ingress_addr: ([127, 0, 0, 1], 8000).into(),
             default_idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),
             queue_timeout: Duration::from_secs(30),

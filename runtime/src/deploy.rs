@@ -21,6 +21,8 @@ pub(crate) struct Deployer {
     /// The OCI sandbox, or why this runtime cannot run containers (not root).
     pub(crate) oci: Result<Arc<dyn Sandbox>, String>,
     pub(crate) request_timeout: Duration,
+    /// The node's ingress, which wasm guests reach for `<name>.<domain>`.
+    pub(crate) local_ingress: ember_sandbox::wasm::LocalIngress,
     pub(crate) logs: Arc<LogStore>,
     /// The CDI devices of this node.
     pub(crate) cdi: Arc<CdiRegistry>,
@@ -207,6 +209,14 @@ impl Deployer {
             init: spec.init,
             capabilities: spec.capabilities.clone(),
             id_range,
+            outbound: ember_sandbox::wasm::OutboundPolicy {
+                allowed: spec
+                    .allowed_outbound_hosts
+                    .iter()
+                    .filter_map(|host| host.parse().ok())
+                    .collect(),
+                ingress: Some(self.local_ingress.clone()),
+            },
         };
         Ok(sandbox.prepare(workload).await?)
     }

@@ -176,6 +176,10 @@ impl Runtime {
             wasm: Arc::new(wasm),
             oci,
             request_timeout: config.request_timeout,
+            local_ingress: ember_sandbox::wasm::LocalIngress {
+                domain: config.domain.clone(),
+                addr: config.ingress_addr,
+            },
             logs: logs.clone(),
             cdi: cdi.clone(),
             id_ranges: store.clone(),

@@ -94,6 +94,8 @@ pub struct WorkloadSpec {
     /// The host ids an OCI instance's user namespace maps its ids onto; `None`
     /// runs it with the host's ids (no user namespace).
     pub id_range: Option<IdRange>,
+    /// Where a wasm guest may send HTTP requests (none by default).
+    pub outbound: wasm::OutboundPolicy,
 }
 
 /// Which output stream a log line came from.

@@ -76,6 +76,11 @@ pub struct ContainerSpec {
     /// `initial-scale`); `None`: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_scale: Option<u32>,
+    /// Hosts a wasm guest may send HTTP requests to (`host:port`,
+    /// `http://host[:port]`, `https://host[:port]`; Spin's
+    /// `allowed_outbound_hosts`); none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
     /// What the autoscaler counts against each instance's target.
     #[serde(default, skip_serializing_if = "AutoscalingMetric::is_default")]
     pub metric: AutoscalingMetric,

@@ -64,6 +64,8 @@ pub struct ContainerPatch {
     pub scale_down_delay_seconds: Option<u64>,
     /// New initial scale.
     pub initial_scale: Option<u32>,
+    /// New allowed outbound hosts (replacing the old ones whole).
+    pub allowed_outbound_hosts: Option<Vec<String>>,
     /// New autoscaling metric.
     pub metric: Option<AutoscalingMetric>,
     /// New target rate.
@@ -80,6 +82,8 @@ pub struct ContainerPatch {
     pub capabilities: Option<CapabilityChanges>,
 }
 
+/// Most hosts a container may list for outbound requests.
+const MAX_OUTBOUND_HOSTS: usize = 100;
 /// Most CPUs one instance may ask for.
 const MAX_CPU: f64 = 1024.0;
 /// Longest idle timeout accepted (a week).
@@ -268,6 +272,22 @@ impl ContainerPatch {
                 format!("{delay} is not between 0 and {MAX_REQUEST_TIMEOUT_SECONDS}"),
             ));
         }
+        if let Some(hosts) = &self.allowed_outbound_hosts {
+            if hosts.len() > MAX_OUTBOUND_HOSTS {
+                return Err(InvalidPatch::new(
+                    "allowedOutboundHosts",
+                    format!("{} entries; at most {MAX_OUTBOUND_HOSTS}", hosts.len()),
+                ));
+            }
+            for (i, host) in hosts.iter().enumerate() {
+                if let Err(e) = host.parse::<ember_sandbox::wasm::AllowedHost>() {
+                    return Err(InvalidPatch::new(
+                        format!("allowedOutboundHosts[{i}]"),
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
         if let Some(contradiction) = self.capabilities.as_ref().and_then(|c| c.contradiction()) {
             return Err(InvalidPatch::new(
                 "capabilities",
@@ -321,6 +341,7 @@ impl ContainerPatch {
             target_utilization_percentage: None,
             scale_down_delay_seconds: None,
             initial_scale: None,
+            allowed_outbound_hosts: Vec::new(),
             metric: AutoscalingMetric::Concurrency,
             target_requests_per_second: None,
             queue_depth: ContainerSpec::DEFAULT_QUEUE_DEPTH,
@@ -363,6 +384,14 @@ impl ContainerPatch {
             capabilities,
             user_namespace
         );
+        if let Some(hosts) = self.allowed_outbound_hosts {
+            // Stored as the runtime reads them: lower-cased, the port spelled out.
+            spec.allowed_outbound_hosts = hosts
+                .iter()
+                .filter_map(|h| h.parse::<ember_sandbox::wasm::AllowedHost>().ok())
+                .map(|h| h.to_string())
+                .collect();
+        }
         if let Some(idle) = self.idle_timeout_seconds {
             spec.idle_timeout_seconds = Some(idle);
         }

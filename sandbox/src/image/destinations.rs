@@ -360,7 +360,7 @@ const SPECIAL_V6: [(Ipv6Addr, u8, &str); 7] = [
 ];
 
 /// What kind of address `addr` is, in words.
-fn address_class(addr: IpAddr) -> &'static str {
+pub(crate) fn address_class(addr: IpAddr) -> &'static str {
     let addr = canonical(addr);
     let special = match addr {
         IpAddr::V4(_) => SPECIAL_V4
@@ -375,7 +375,7 @@ fn address_class(addr: IpAddr) -> &'static str {
     special.unwrap_or("a public address")
 }
 
-fn is_public(addr: IpAddr) -> bool {
+pub(crate) fn is_public(addr: IpAddr) -> bool {
     address_class(addr) == "a public address"
 }
 

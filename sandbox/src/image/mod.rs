@@ -1,7 +1,7 @@
 //! Images: references, and pulling artifacts from OCI registries into the content store.
 
 mod credentials;
-mod destinations;
+pub(crate) mod destinations;
 mod egress;
 mod pull;
 mod reference;

@@ -1,6 +1,7 @@
 //! The per-request store data of a wasm guest.
 
 use super::meter::{MeteredLimits, WasmMeter};
+use super::outbound::OutboundPolicy;
 use super::output::GuestOutput;
 use std::sync::Arc;
 use wasmtime::StoreLimitsBuilder;
@@ -22,7 +23,7 @@ pub(crate) struct GuestState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    hooks: NoOutboundHttp,
+    hooks: OutboundHttp,
     pub(crate) limits: MeteredLimits,
 }
 
@@ -33,6 +34,7 @@ impl GuestState {
         memory_limit: usize,
         meter: Arc<WasmMeter>,
         output: &GuestOutputs,
+        outbound: Arc<OutboundPolicy>,
     ) -> Self {
         // No preopened directories and the default socket policy (every address
         // refused): guests get no filesystem and no network unless Ember grants them.
@@ -46,7 +48,7 @@ impl GuestState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: NoOutboundHttp,
+            hooks: OutboundHttp(outbound),
             limits: MeteredLimits::new(
                 StoreLimitsBuilder::new()
                     .memory_size(memory_limit)
@@ -77,15 +79,15 @@ impl WasiHttpView for GuestState {
     }
 }
 
-/// wasi:http hooks that refuse every outgoing request: guests have no outbound network
-/// by default.
-struct NoOutboundHttp;
+/// wasi:http hooks that send a guest's outgoing requests to the hosts its
+/// container lists, and refuse every other (none are listed by default).
+struct OutboundHttp(Arc<OutboundPolicy>);
 
-impl WasiHttpHooks for NoOutboundHttp {
+impl WasiHttpHooks for OutboundHttp {
     fn send_request(
         &mut self,
-        _request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<
         dyn Future<
@@ -98,6 +100,6 @@ impl WasiHttpHooks for NoOutboundHttp {
                 >,
             > + Send,
     > {
-        Box::new(async { Err(HttpError::HttpRequestDenied) })
+        super::outbound::send(self.0.clone(), request, options)
     }
 }

@@ -41,6 +41,7 @@ struct GuestSpec {
     memory_limit: usize,
     timeout: std::time::Duration,
     logs: LogSinkRef,
+    outbound: Arc<super::OutboundPolicy>,
 }
 
 impl PreparedComponent {
@@ -55,6 +56,7 @@ impl PreparedComponent {
                 memory_limit: usize::try_from(spec.memory_limit_bytes).unwrap_or(usize::MAX),
                 timeout: spec.request_timeout,
                 logs: spec.logs,
+                outbound: Arc::new(spec.outbound),
             }),
         }
     }
@@ -105,6 +107,7 @@ impl WasmInstance {
                 spec.memory_limit,
                 self.meter.clone(),
                 &self.output,
+                spec.outbound.clone(),
             ),
         );
         store.limiter(|state| &mut state.limits);

@@ -13,6 +13,8 @@ mod engine;
 mod guest;
 mod instance;
 mod meter;
+mod outbound;
 mod output;
 
 pub use engine::{WasmConfig, WasmSandbox};
+pub use outbound::{AllowedHost, InvalidAllowedHost, LocalIngress, OutboundPolicy};
