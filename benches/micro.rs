@@ -258,6 +258,7 @@ fn oci_starts(c: &mut Criterion) {
             init: true,
             capabilities: Default::default(),
             id_range: None,
+            startup_timeout: None,
             outbound: Default::default(),
         };
         rt.block_on(sandbox.prepare(spec)).expect("prepared")

@@ -188,6 +188,7 @@ fn wasm(c: &mut Criterion) {
             init: true,
             capabilities: Default::default(),
             id_range: None,
+            startup_timeout: None,
             outbound: Default::default(),
         };
         let prepared = ember_sandbox::Sandbox::prepare(&sandbox, spec)

@@ -1180,3 +1180,89 @@ async fn images_saved_to_disk_deploy_from_the_cli_with_no_registry() {
         "{failed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_give_slow_starters_time_gate_readiness_and_replace_the_unhealthy() {
+    require_root();
+    // The node allows a workload 1 s to listen.
+    let Setup {
+        ember,
+        data: _data,
+        image,
+        network: _network,
+        _registry,
+    } = setup(&["--startup-timeout", "1"]).await;
+    let slow = "sleep 3; exec httpd -f -p 8080 -h /www";
+    let slow_starter = |name: &str, extra: Value| {
+        let mut body = json!({
+            "name": name,
+            "image": image,
+            "command": ["/bin/sh", "-c"],
+            "arguments": [slow],
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // Without a startup probe, a workload that takes 3 s fails to start.
+    deploy(&ember, slow_starter("impatient", json!({}))).await;
+    let (status, body) = get(&ember, "impatient", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("did not listen"), "{body}");
+    // With one allowing 10 s, it serves, and its readiness probe passes.
+    deploy(
+        &ember,
+        slow_starter(
+            "patient",
+            json!({
+                "startupProbe": { "tcpSocket": {}, "periodSeconds": 1, "failureThreshold": 10 },
+                "readinessProbe": { "httpGet": { "path": "/" } },
+            }),
+        ),
+    )
+    .await;
+    assert_eq!(
+        get(&ember, "patient", "/").await,
+        (StatusCode::OK, "hello from busybox httpd\n".into())
+    );
+
+    // A readiness path the server answers 404: never ready, and the request is
+    // told why.
+    deploy(
+        &ember,
+        json!({ "name": "unready", "image": image, "readinessProbe": {
+            "httpGet": { "path": "/missing" }, "periodSeconds": 1, "failureThreshold": 2
+        } }),
+    )
+    .await;
+    let (status, body) = get(&ember, "unready", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body.contains("readiness probe") && body.contains("404"),
+        "{body}"
+    );
+
+    // A liveness path answered 404: the instance is replaced and counted.
+    let id = deploy(
+        &ember,
+        json!({ "name": "unhealthy", "image": image, "minInstances": 1, "livenessProbe": {
+            "httpGet": { "path": "/missing" }, "periodSeconds": 1, "failureThreshold": 2
+        } }),
+    )
+    .await;
+    let replaced = ember
+        .wait_for(
+            &format!("/v1/containers/{id}"),
+            Duration::from_secs(60),
+            |c| (c["restarts"].as_u64() >= Some(1)).then(|| c.clone()),
+        )
+        .await;
+    assert!(
+        replaced["statusReason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("liveness probe"),
+        "{replaced}"
+    );
+}

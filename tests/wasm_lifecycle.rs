@@ -469,3 +469,96 @@ async fn each_container_s_timeouts_cut_its_requests_with_a_504_and_are_counted()
         assert_eq!(answer["field"], field, "{answer}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_gate_starts_and_a_failing_liveness_probe_replaces_the_instance() {
+    let dir = temp_dir();
+    let ember = Ember::start(dir.path(), &[]);
+    // Probes that pass: served as before, and shown as set.
+    let ready = ember
+        .deploy_wasm(
+            "ready",
+            &fixtures::hello("ready\n"),
+            json!({
+                "readinessProbe": { "httpGet": { "path": "/healthz" } },
+                "livenessProbe": { "httpGet": { "path": "/healthz" }, "periodSeconds": 1 },
+            }),
+        )
+        .await;
+    assert_eq!(
+        ready["readinessProbe"]["httpGet"]["path"], "/healthz",
+        "{ready}"
+    );
+    assert_eq!(ready["livenessProbe"]["periodSeconds"], 1, "{ready}");
+    assert_eq!(
+        ember.invoke("ready").await,
+        (StatusCode::OK, "ready\n".to_string())
+    );
+
+    // A readiness probe that never passes: the start fails once its allowance
+    // (period × threshold, 2 s) is spent, and the request is told why at once.
+    ember
+        .deploy_wasm(
+            "unready",
+            &fixtures::answering_status(503),
+            json!({ "readinessProbe": {
+                "httpGet": { "path": "/healthz" }, "periodSeconds": 1, "failureThreshold": 2
+            } }),
+        )
+        .await;
+    let started = std::time::Instant::now();
+    let (status, body) = ember.invoke("unready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body.contains("start_failed") && body.contains("readiness probe"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A liveness probe that fails: the instance is replaced, counted in
+    // `restarts`, and `statusReason` says why.
+    let unhealthy = ember
+        .deploy_wasm(
+            "unhealthy",
+            &fixtures::answering_status(500),
+            json!({ "minInstances": 1, "livenessProbe": {
+                "httpGet": { "path": "/live" }, "periodSeconds": 1, "failureThreshold": 2
+            } }),
+        )
+        .await;
+    let id = unhealthy["id"].as_str().unwrap();
+    let replaced = ember
+        .wait_for(
+            &format!("/v1/containers/{id}"),
+            Duration::from_secs(30),
+            |c| (c["restarts"].as_u64() >= Some(1)).then(|| c.clone()),
+        )
+        .await;
+    let reason = replaced["statusReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("liveness probe"), "{replaced}");
+    assert!(reason.contains("500"), "{replaced}");
+
+    // Malformed probes are refused, naming the field, and nothing is made.
+    for (probe, field) in [
+        (json!({ "readinessProbe": {} }), "readinessProbe"),
+        (
+            json!({ "livenessProbe": { "httpGet": { "path": "live" } } }),
+            "livenessProbe.httpGet.path",
+        ),
+        (
+            json!({ "startupProbe": { "tcpSocket": {}, "failureThreshold": 0 } }),
+            "startupProbe.failureThreshold",
+        ),
+    ] {
+        let mut body = probe;
+        body["name"] = json!("refused");
+        body["image"] = json!(ready["image"]);
+        let (status, answer) = ember.send_json(Method::POST, "/v1/containers", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["field"], field, "{answer}");
+    }
+}

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use ember_runtime::model::{
     AutoscalingMetric, CdiDeviceName, ContainerName, ContainerPatch, ContainerQuery, ContainerSpec,
-    ContainerStatus, Revision,
+    ContainerStatus, Probe, Revision,
 };
 use ember_runtime::model::{CapabilityChanges, CapabilityName};
 use ember_runtime::{ContainerView, Runtime};
@@ -263,6 +263,12 @@ pub(crate) struct ContainerRequest {
     scale_down_delay_seconds: Option<u64>,
     initial_scale: Option<u32>,
     allowed_outbound_hosts: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    startup_probe: Option<Option<Probe>>,
+    #[serde(default, deserialize_with = "present")]
+    readiness_probe: Option<Option<Probe>>,
+    #[serde(default, deserialize_with = "present")]
+    liveness_probe: Option<Option<Probe>>,
     metric: Option<String>,
     target_requests_per_second: Option<u32>,
     queue_depth: Option<u32>,
@@ -381,6 +387,9 @@ impl ContainerRequest {
             scale_down_delay_seconds: self.scale_down_delay_seconds,
             initial_scale: self.initial_scale,
             allowed_outbound_hosts: self.allowed_outbound_hosts,
+            startup_probe: self.startup_probe,
+            readiness_probe: self.readiness_probe,
+            liveness_probe: self.liveness_probe,
             metric: self
                 .metric
                 .map(|m| m.parse().map_err(|e: String| invalid("metric", e)))
@@ -457,6 +466,11 @@ pub(crate) struct ContainerJson {
     initial_scale: u32,
     /// Hosts a wasm guest may send HTTP requests to.
     allowed_outbound_hosts: Vec<String>,
+    /// Probes of the instances' health (`startupProbe`, `readinessProbe`,
+    /// `livenessProbe`), as set.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    probes: serde_json::Value,
     /// What the autoscaler counts: `concurrency` or `rps`.
     metric: &'static str,
     /// Requests a second each instance is aimed at (`metric` `rps`); `null`
@@ -516,6 +530,7 @@ impl ContainerJson {
             scale_down_delay_seconds: spec.scale_down_delay_seconds.unwrap_or(0),
             initial_scale: spec.initial_scale.unwrap_or(0),
             allowed_outbound_hosts: spec.allowed_outbound_hosts,
+            probes: serde_json::to_value(&spec.probes).unwrap_or_default(),
             metric: spec.metric.name(),
             target_requests_per_second: (spec.metric == AutoscalingMetric::Rps).then(|| {
                 spec.target_requests_per_second

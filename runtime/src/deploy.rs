@@ -209,6 +209,12 @@ impl Deployer {
             init: spec.init,
             capabilities: spec.capabilities.clone(),
             id_range,
+            // Slow starters get their startup probe's allowance to listen.
+            startup_timeout: spec
+                .probes
+                .startup_probe
+                .as_ref()
+                .map(|p| p.period() * p.failure_threshold()),
             outbound: ember_sandbox::wasm::OutboundPolicy {
                 allowed: spec
                     .allowed_outbound_hosts

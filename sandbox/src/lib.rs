@@ -94,6 +94,9 @@ pub struct WorkloadSpec {
     /// The host ids an OCI instance's user namespace maps its ids onto; `None`
     /// runs it with the host's ids (no user namespace).
     pub id_range: Option<IdRange>,
+    /// How long an OCI workload may take to listen on its port (a startup
+    /// probe's allowance); `None`: the sandbox's own limit.
+    pub startup_timeout: Option<Duration>,
     /// Where a wasm guest may send HTTP requests (none by default).
     pub outbound: wasm::OutboundPolicy,
 }

@@ -152,3 +152,24 @@ pub fn slow_body(millis: u64) -> Vec<u8> {
     );
     component_from_wat(&wat)
 }
+
+/// The hello example, answering every request with status `code` (and its greeting).
+pub fn answering_status(code: u16) -> Vec<u8> {
+    let source = include_str!("../../examples/hello/hello.wat");
+    let wat = source
+        .replace(
+            "(import \"wasi:http/types@0.2.12\" \"[method]outgoing-response.body\"",
+            "(import \"wasi:http/types@0.2.12\" \"[method]outgoing-response.set-status-code\" (func $set_status (param i32 i32) (result i32)))\n  (import \"wasi:http/types@0.2.12\" \"[method]outgoing-response.body\"",
+        )
+        .replace(
+            "(local.set $response (call $response_new (call $fields_new)))",
+            &format!(
+                "(local.set $response (call $response_new (call $fields_new)))\n    (drop (call $set_status (local.get $response) (i32.const {code})))"
+            ),
+        );
+    assert!(
+        wat.contains("$set_status (local.get"),
+        "the hello example changed shape"
+    );
+    component_from_wat(&wat)
+}

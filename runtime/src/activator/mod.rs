@@ -26,6 +26,7 @@ mod by_hand;
 mod lifecycle;
 mod live;
 mod pool;
+mod probes;
 mod queue;
 mod replacement;
 mod restarts;
@@ -55,6 +56,8 @@ pub(crate) struct ServingRevision {
     pub(crate) request: Request,
     /// The disk each instance may write, counted against its tenant's quota.
     pub(crate) ephemeral_storage_bytes: u64,
+    /// Its instances' health probes.
+    pub(crate) probes: crate::model::Probes,
 }
 
 /// What a container's traffic goes to.

@@ -63,10 +63,21 @@ impl ContainerTraffic {
         let began = Instant::now();
         let instance_name = id.to_string();
         let gpus = placement.gpu_devices();
-        let result = revision
+        let result = match revision
             .prepared
             .start_with_devices(&instance_name, &gpus)
-            .await;
+            .await
+        {
+            // Up, but it takes requests only once its probes pass.
+            Ok(instance) => match probes::until_ready(instance.as_ref(), &revision.probes).await {
+                Ok(()) => Ok(instance),
+                Err(why) => {
+                    instance.stop().await;
+                    Err(ember_sandbox::SandboxError::start(why))
+                }
+            },
+            Err(e) => Err(e),
+        };
         let took = began.elapsed();
         let mut pool = self.pool.lock();
         match result {
@@ -94,6 +105,9 @@ impl ContainerTraffic {
                 }
                 if let Some(exit) = exit {
                     watch_exit(self, &live, exit);
+                }
+                if let Some(probe) = &revision.probes.liveness_probe {
+                    probes::watch_liveness(self, &live, probe.clone());
                 }
                 self.journal_started(&live);
                 self.dispatch(&mut pool);

@@ -80,6 +80,7 @@ pub(crate) fn failing_traffic() -> (Arc<ContainerTraffic>, Arc<AtomicUsize>) {
         }),
         request: Request::default(),
         ephemeral_storage_bytes: 0,
+        probes: Default::default(),
     }));
     (service, starts)
 }
@@ -164,6 +165,7 @@ pub(crate) fn service_counting(
             ..Default::default()
         },
         ephemeral_storage_bytes: 0,
+        probes: Default::default(),
     }));
     (service, starts, most_at_once)
 }
@@ -213,6 +215,7 @@ pub(crate) fn live_instance(identity: Identity, pinned: bool) -> LiveInstance {
         }),
         request: Request::default(),
         ephemeral_storage_bytes: 0,
+        probes: Default::default(),
     };
     LiveInstance::new(
         identity,

@@ -81,6 +81,9 @@ pub struct ContainerSpec {
     /// `allowed_outbound_hosts`); none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Health probes of its instances.
+    #[serde(default, flatten)]
+    pub probes: super::Probes,
     /// What the autoscaler counts against each instance's target.
     #[serde(default, skip_serializing_if = "AutoscalingMetric::is_default")]
     pub metric: AutoscalingMetric,

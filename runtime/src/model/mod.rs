@@ -8,6 +8,7 @@ mod ids;
 mod job;
 mod name;
 mod patch;
+mod probe;
 mod quantity;
 mod quota;
 mod rebase;
@@ -32,6 +33,7 @@ pub use ids::{ContainerId, InstanceId, InvalidId, JobId, ServerId, TokenId, User
 pub use job::{Job, JobAction, JobState};
 pub use name::{ContainerName, InvalidName};
 pub use patch::{ContainerPatch, InvalidPatch};
+pub use probe::{HttpGet, Probe, Probes, TcpSocket};
 pub use quantity::{InvalidQuantity, Quantity};
 pub use quota::{Quota, QuotaKind, QuotaUse, RequestBucket};
 pub use token::{NewToken, Token};

@@ -5,7 +5,7 @@
 //! other caller of the runtime) is held to the same ones: a face only maps its own
 //! wire names onto a patch and back onto the field an [`InvalidPatch`] names.
 
-use super::{AutoscalingMetric, ContainerName, ContainerSpec, Quantity};
+use super::{AutoscalingMetric, ContainerName, ContainerSpec, Probe, Probes, Quantity};
 use crate::error::RuntimeError;
 use ember_sandbox::capabilities::CapabilityChanges;
 use ember_sandbox::cdi::CdiDeviceName;
@@ -66,6 +66,12 @@ pub struct ContainerPatch {
     pub initial_scale: Option<u32>,
     /// New allowed outbound hosts (replacing the old ones whole).
     pub allowed_outbound_hosts: Option<Vec<String>>,
+    /// New probes; `Some(None)` removes one.
+    pub startup_probe: Option<Option<Probe>>,
+    /// See `startup_probe`.
+    pub readiness_probe: Option<Option<Probe>>,
+    /// See `startup_probe`.
+    pub liveness_probe: Option<Option<Probe>>,
     /// New autoscaling metric.
     pub metric: Option<AutoscalingMetric>,
     /// New target rate.
@@ -272,6 +278,17 @@ impl ContainerPatch {
                 format!("{delay} is not between 0 and {MAX_REQUEST_TIMEOUT_SECONDS}"),
             ));
         }
+        for (field, probe) in [
+            ("startupProbe", &self.startup_probe),
+            ("readinessProbe", &self.readiness_probe),
+            ("livenessProbe", &self.liveness_probe),
+        ] {
+            if let Some(Some(probe)) = probe {
+                probe
+                    .check(field)
+                    .map_err(|(field, message)| InvalidPatch::new(field, message))?;
+            }
+        }
         if let Some(hosts) = &self.allowed_outbound_hosts {
             if hosts.len() > MAX_OUTBOUND_HOSTS {
                 return Err(InvalidPatch::new(
@@ -342,6 +359,7 @@ impl ContainerPatch {
             scale_down_delay_seconds: None,
             initial_scale: None,
             allowed_outbound_hosts: Vec::new(),
+            probes: Probes::default(),
             metric: AutoscalingMetric::Concurrency,
             target_requests_per_second: None,
             queue_depth: ContainerSpec::DEFAULT_QUEUE_DEPTH,
@@ -384,6 +402,15 @@ impl ContainerPatch {
             capabilities,
             user_namespace
         );
+        for (value, field) in [
+            (self.startup_probe, &mut spec.probes.startup_probe),
+            (self.readiness_probe, &mut spec.probes.readiness_probe),
+            (self.liveness_probe, &mut spec.probes.liveness_probe),
+        ] {
+            if let Some(value) = value {
+                *field = value;
+            }
+        }
         if let Some(hosts) = self.allowed_outbound_hosts {
             // Stored as the runtime reads them: lower-cased, the port spelled out.
             spec.allowed_outbound_hosts = hosts

@@ -76,6 +76,7 @@ impl Runtime {
                             prepared,
                             request: node::instance_request(&revision.spec),
                             ephemeral_storage_bytes: node::instance_storage(&revision.spec, kind),
+                            probes: revision.spec.probes.clone(),
                         }));
                         // The node that deployed the revision starts its initial
                         // instances; the others scale it on demand.

@@ -96,6 +96,7 @@ impl Runtime {
             )),
             request: node::instance_request(&revision.spec),
             ephemeral_storage_bytes: node::instance_storage(&revision.spec, kind),
+            probes: revision.spec.probes.clone(),
         }));
         tracing::info!(container = %id, revision = number, "serving a revision deployed by another node");
         Ok(())

@@ -35,6 +35,7 @@ impl Runtime {
                         prepared: prepared.clone(),
                         request: node::instance_request(&revision.spec),
                         ephemeral_storage_bytes: node::instance_storage(&revision.spec, kind),
+                        probes: revision.spec.probes.clone(),
                     }));
                     warm_ups.push((container.id, number, prepared));
                     // An update was deploying when the runtime stopped: carry on

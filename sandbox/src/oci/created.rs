@@ -38,6 +38,9 @@ pub(crate) struct Recipe {
     pub(crate) limits: spec::Limits,
     pub(crate) ephemeral_storage: u64,
     pub(crate) request_timeout: Duration,
+    /// How long the workload may take to listen; `None`: the sandbox's
+    /// `startup_timeout`.
+    pub(crate) startup_timeout: Option<Duration>,
     pub(crate) logs: LogSinkRef,
     /// CDI devices every sandbox gets.
     pub(crate) devices: Vec<CdiDeviceName>,
@@ -287,7 +290,9 @@ impl Recipe {
         resources.container = Some(container);
         let ready = match started {
             Ok(()) => {
-                let timeout = self.shared.config.startup_timeout;
+                let timeout = self
+                    .startup_timeout
+                    .unwrap_or(self.shared.config.startup_timeout);
                 wait_until_ready(address, &exit, timeout, abandoned).await
             }
             Err(e) => Err(fail("starting the container", e)),

@@ -411,6 +411,7 @@ fn prepare(
         gid,
         ephemeral_storage: spec.ephemeral_storage_bytes,
         request_timeout: spec.request_timeout,
+        startup_timeout: spec.startup_timeout,
         logs: spec.logs,
         devices: spec.devices,
         init: spec.init,
