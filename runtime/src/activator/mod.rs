@@ -45,7 +45,6 @@ use queue::Waiter;
 pub(crate) use queue::{ActivationError, Lease};
 use restarts::RestartBackoff;
 pub(crate) use starts::StartOutcome;
-use starts::watch_exit;
 
 /// A revision ready to start instances from.
 pub(crate) struct ServingRevision {

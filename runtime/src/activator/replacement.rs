@@ -53,9 +53,7 @@ impl ContainerTraffic {
                     "instance {id} stopped or ended while its new sandbox started"
                 ));
             };
-            if let Some(exit) = exit {
-                watch_exit(self, &new, exit);
-            }
+            self.watch_health(&new, exit, &revision);
             self.journal_started(&new);
             self.dispatch(&mut pool);
         }

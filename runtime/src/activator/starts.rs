@@ -103,12 +103,7 @@ impl ContainerTraffic {
                     self.stop_all(vec![live]);
                     return Err("the instance was removed while it started".into());
                 }
-                if let Some(exit) = exit {
-                    watch_exit(self, &live, exit);
-                }
-                if let Some(probe) = &revision.probes.liveness_probe {
-                    probes::watch_liveness(self, &live, probe.clone());
-                }
+                self.watch_health(&live, exit, revision);
                 self.journal_started(&live);
                 self.dispatch(&mut pool);
                 Ok(())
@@ -226,13 +221,27 @@ impl ContainerTraffic {
             placement,
             self.clock.now(),
         ));
-        if let Some(exit) = exit {
-            watch_exit(self, &live, exit);
-        }
+        self.watch_health(&live, exit, &revision);
         let mut pool = self.pool.lock();
         pool.lifecycle.adopt(live);
         self.dispatch(&mut pool);
         true
+    }
+
+    /// Watches a live instance for its end on its own (`exit`) and, when its
+    /// revision has one, its liveness probe: either has it replaced.
+    pub(super) fn watch_health(
+        self: &Arc<Self>,
+        live: &Arc<LiveInstance>,
+        exit: Option<watch::Receiver<Option<String>>>,
+        revision: &ServingRevision,
+    ) {
+        if let Some(exit) = exit {
+            watch_exit(self, live, exit);
+        }
+        if let Some(probe) = &revision.probes.liveness_probe {
+            probes::watch_liveness(self, live, probe.clone());
+        }
     }
 
     /// Records a started OCI instance, for a later runtime to adopt.
@@ -254,7 +263,7 @@ impl ContainerTraffic {
 }
 
 /// Tells `service` when `live` ends; stops watching once the service is gone.
-pub(super) fn watch_exit(
+fn watch_exit(
     service: &Arc<ContainerTraffic>,
     live: &Arc<LiveInstance>,
     mut exit: watch::Receiver<Option<String>>,
