@@ -1266,3 +1266,94 @@ async fn probes_give_slow_starters_time_gate_readiness_and_replace_the_unhealthy
         "{replaced}"
     );
 }
+
+/// tests/servers/ws_echo.c, built static with the host's C compiler.
+fn ws_echo_server() -> Vec<u8> {
+    let dir = temp_dir();
+    let out = dir.path().join("ws_echo");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers/ws_echo.c");
+    let status = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(source)
+        .status()
+        .expect("running cc (Rust's linker needs it installed anyway)");
+    assert!(status.success(), "building {source} failed");
+    std::fs::read(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_pass_through_a_cold_start_both_ways_and_hold_the_instance() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    require_root();
+    let registry = Registry::start().unwrap();
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    let ember = start(data.path(), &network, &[]);
+    let server = common::oci_image::LayerBuilder::new()
+        .file("/ws_echo", 0o755, &ws_echo_server())
+        .build(Compression::Gzip);
+    push_image(
+        registry.addr,
+        "apps/ws",
+        "v1",
+        &common::oci_image::ImageConfig {
+            entrypoint: vec!["/ws_echo".into()],
+            ..Default::default()
+        },
+        &[busybox_layer().unwrap(), server],
+        ManifestFormat::Oci,
+    )
+    .await
+    .unwrap();
+    let id = deploy(
+        &ember,
+        json!({ "name": "ws", "image": format!("{}/apps/ws:v1", registry.addr) }),
+    )
+    .await;
+    assert!(ember.instances(&id).await.is_empty(), "at zero before");
+
+    // The upgrade itself starts the container (a cold start).
+    let mut request = format!("ws://{}/chat", ember.ingress)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "host",
+        format!("ws.ember.localhost:{}", ember.ingress.port())
+            .parse()
+            .unwrap(),
+    );
+    let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    for message in [
+        Message::Text("hello through Ember".into()),
+        Message::Binary(big.clone().into()),
+        Message::Text("and again".into()),
+    ] {
+        socket.send(message.clone()).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, message);
+    }
+    // While it is open the instance counts as busy, so it is not scaled away.
+    let busy = ember.instances(&id).await;
+    assert_eq!(busy.len(), 1);
+    assert_eq!(busy[0]["in_flight"], 1, "{busy:?}");
+    socket.close(None).await.unwrap();
+    drop(socket);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ember.instances(&id).await[0]["in_flight"] != 0 {
+        assert!(Instant::now() < deadline, "the closed tunnel still counts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A plain request to the same server is still plain HTTP.
+    assert_eq!(
+        get(&ember, "ws", "/").await,
+        (StatusCode::OK, "no websocket\n".into())
+    );
+}

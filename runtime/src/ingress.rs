@@ -197,7 +197,19 @@ async fn forward(runtime: &Runtime, host: &str, req: IncomingRequest) -> Respons
         None => handled.await,
     };
     match handled {
-        Ok(response) => {
+        Ok(mut response) => {
+            if let Some(tunnel) = response
+                .extensions_mut()
+                .remove::<ember_sandbox::oci::TunnelOpen>()
+            {
+                // An upgraded connection (a WebSocket): the instance counts as busy
+                // for as long as it stays open.
+                tokio::spawn(async move {
+                    let _lease = lease;
+                    tunnel.closed().await;
+                });
+                return response;
+            }
             let silence = limits.stream_idle.map(|limit| SilenceLimit {
                 limit,
                 deadline: Box::pin(tokio::time::sleep(limit)),

@@ -6,6 +6,7 @@ use super::connector::RetryingConnector;
 use super::deadline_body::DeadlineBody;
 use super::network::{Attachment, Network, veth_name};
 use super::rootfs::InstanceDir;
+use super::tunnel;
 use crate::{
     BoxFuture, EnterRequest, EnteredProcess, HttpBody, Instance, LogSinkRef, LogStream,
     ResourceUsage, SandboxError,
@@ -153,7 +154,17 @@ impl OciInstance {
         parts.uri = format!("http://{}{path}", self.address)
             .parse()
             .map_err(|e| SandboxError::guest_failed("bad request path", e))?;
+        let upgrade = tunnel::requested(&parts.headers);
         strip_hop_by_hop(&mut parts.headers);
+        // An upgrade goes on to the instance; the client's side of it is joined to
+        // the instance's once the instance agrees.
+        let client_side = match upgrade {
+            Some(protocol) => {
+                tunnel::ask_again(&mut parts.headers, protocol);
+                parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+            }
+            None => None,
+        };
         let request = http::Request::from_parts(parts, body);
         let client = self.clients.get_or(client);
         let deadline = tokio::time::Instant::now() + self.request_timeout;
@@ -161,6 +172,25 @@ impl OciInstance {
             .await
             .map_err(|_| SandboxError::Timeout(self.request_timeout))?
             .map_err(|e| SandboxError::guest_failed("the container did not answer", e))?;
+        let mut response = response;
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_side) = client_side
+        {
+            let instance_side = hyper::upgrade::on(&mut response);
+            let protocol = response.headers().get(http::header::UPGRADE).cloned();
+            let (mut parts, _) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            if let Some(protocol) = protocol {
+                tunnel::ask_again(&mut parts.headers, protocol);
+            }
+            parts
+                .extensions
+                .insert(tunnel::join(client_side, instance_side));
+            let empty = http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            return Ok(http::Response::from_parts(parts, empty));
+        }
         let (mut parts, body) = response.into_parts();
         // The instance's `Connection: close` (busybox httpd sends it) is about its hop
         // only; passed on, it would close the client's kept-alive connection too.

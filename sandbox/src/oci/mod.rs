@@ -25,6 +25,7 @@ mod rootfs;
 mod seccomp;
 mod spec;
 mod stdio;
+mod tunnel;
 mod usage;
 mod user_namespace;
 
@@ -32,6 +33,7 @@ pub use creator::run_if_creator;
 pub use joiner::run_if_joiner;
 pub use network::{NetworkError, Subnet};
 pub use rootfs::{IdMapping, InstanceDir};
+pub use tunnel::TunnelOpen;
 
 use crate::blob_store::BlobStore;
 use crate::cdi::CdiRegistry;
