@@ -260,6 +260,7 @@ fn oci_starts(c: &mut Criterion) {
             id_range: None,
             startup_timeout: None,
             outbound: Default::default(),
+            http2: false,
         };
         rt.block_on(sandbox.prepare(spec)).expect("prepared")
     };

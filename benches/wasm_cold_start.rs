@@ -190,6 +190,7 @@ fn wasm(c: &mut Criterion) {
             id_range: None,
             startup_timeout: None,
             outbound: Default::default(),
+            http2: false,
         };
         let prepared = ember_sandbox::Sandbox::prepare(&sandbox, spec)
             .await

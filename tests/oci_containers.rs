@@ -1357,3 +1357,132 @@ async fn websockets_pass_through_a_cold_start_both_ways_and_hold_the_instance() 
         (StatusCode::OK, "no websocket\n".into())
     );
 }
+
+/// A layer with the host's nginx and the libraries it links, serving h2c (HTTP/2
+/// with prior knowledge) on port 8080 with a trailer on each answer.
+fn nginx_h2c_layer() -> common::oci_image::ImageLayer {
+    let nginx = "/usr/sbin/nginx";
+    let ldd = std::process::Command::new("ldd")
+        .arg(nginx)
+        .output()
+        .unwrap();
+    assert!(
+        ldd.status.success(),
+        "ldd {nginx}: is nginx installed? (scripts/test installs it)"
+    );
+    let mut layer = common::oci_image::LayerBuilder::new()
+        .dir("/lib", 0o755)
+        .dir("/lib/x86_64-linux-gnu", 0o755)
+        .dir("/lib64", 0o755)
+        .dir("/usr", 0o755)
+        .dir("/usr/sbin", 0o755)
+        .dir("/etc/nginx", 0o755)
+        .file(nginx, 0o755, &std::fs::read(nginx).unwrap());
+    // `libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)`, and the loader alone.
+    for line in String::from_utf8(ldd.stdout).unwrap().lines() {
+        let path = line
+            .split_whitespace()
+            .find(|word| word.starts_with('/'))
+            .map(str::to_string);
+        if let Some(path) = path {
+            layer = layer.file(&path, 0o755, &std::fs::read(&path).unwrap());
+        }
+    }
+    let config = "daemon off; master_process off; worker_processes 1; pid /tmp/nginx.pid;
+        error_log stderr warn; events { worker_connections 64; }
+        http {
+          access_log off;
+          client_body_temp_path /tmp/body; proxy_temp_path /tmp/proxy;
+          fastcgi_temp_path /tmp/fastcgi; uwsgi_temp_path /tmp/uwsgi; scgi_temp_path /tmp/scgi;
+          server {
+            listen 8080 http2;
+            location / { add_trailer x-served-by nginx-h2c; return 200 \"over h2c\\n\"; }
+          }
+        }";
+    layer
+        .file("/etc/nginx/nginx.conf", 0o644, config.as_bytes())
+        .build(Compression::Gzip)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_end_to_end_keeps_trailers_and_http1_clients_still_reach_it() {
+    use http_body_util::BodyExt;
+    require_root();
+    let registry = Registry::start().unwrap();
+    let network = TestNetwork::new();
+    let data = temp_dir();
+    let ember = start(data.path(), &network, &[]);
+    push_image(
+        registry.addr,
+        "apps/h2c",
+        "v1",
+        &common::oci_image::ImageConfig {
+            entrypoint: vec!["/usr/sbin/nginx".into()],
+            ..Default::default()
+        },
+        &[busybox_layer().unwrap(), nginx_h2c_layer()],
+        ManifestFormat::Oci,
+    )
+    .await
+    .unwrap();
+    let created = ember
+        .deploy(json!({
+            "name": "h2",
+            "image": format!("{}/apps/h2c:v1", registry.addr),
+            "http2": true,
+        }))
+        .await;
+    assert_eq!(created["http2"], true, "{created}");
+    ember.wait_deployed(created["id"].as_str().unwrap()).await;
+
+    // An HTTP/2 client with prior knowledge, as gRPC clients are: the answer and
+    // its trailer come through.
+    let stream = tokio::net::TcpStream::connect(ember.ingress).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!(
+        "http://h2.ember.localhost:{}/",
+        ember.ingress.port()
+    ))
+    .header("te", "trailers")
+    .body(http_body_util::Empty::<bytes::Bytes>::new())
+    .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap();
+    let trailers = body.trailers().cloned().expect("the trailer came through");
+    assert_eq!(trailers["x-served-by"], "nginx-h2c");
+    assert_eq!(body.to_bytes(), "over h2c\n");
+
+    // An HTTP/1.1 client reaches the same instance over h2c.
+    assert_eq!(
+        get(&ember, "h2", "/").await,
+        (StatusCode::OK, "over h2c\n".into())
+    );
+
+    // And an HTTP/2 client reaches an instance that speaks HTTP/1.1 only.
+    push_busybox_http_image(registry.addr, "apps/httpd", "v1")
+        .await
+        .unwrap();
+    deploy(
+        &ember,
+        json!({ "name": "web", "image": format!("{}/apps/httpd:v1", registry.addr) }),
+    )
+    .await;
+    let request = http::Request::get(format!(
+        "http://web.ember.localhost:{}/",
+        ember.ingress.port()
+    ))
+    .body(http_body_util::Empty::<bytes::Bytes>::new())
+    .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "hello from busybox httpd\n");
+}

@@ -269,6 +269,7 @@ pub(crate) struct ContainerRequest {
     readiness_probe: Option<Option<Probe>>,
     #[serde(default, deserialize_with = "present")]
     liveness_probe: Option<Option<Probe>>,
+    http2: Option<bool>,
     metric: Option<String>,
     target_requests_per_second: Option<u32>,
     queue_depth: Option<u32>,
@@ -390,6 +391,7 @@ impl ContainerRequest {
             startup_probe: self.startup_probe,
             readiness_probe: self.readiness_probe,
             liveness_probe: self.liveness_probe,
+            http2: self.http2,
             metric: self
                 .metric
                 .map(|m| m.parse().map_err(|e: String| invalid("metric", e)))
@@ -466,6 +468,8 @@ pub(crate) struct ContainerJson {
     initial_scale: u32,
     /// Hosts a wasm guest may send HTTP requests to.
     allowed_outbound_hosts: Vec<String>,
+    /// Whether OCI instances speak HTTP/2 with prior knowledge (h2c).
+    http2: bool,
     /// Probes of the instances' health (`startupProbe`, `readinessProbe`,
     /// `livenessProbe`), as set.
     #[serde(flatten)]
@@ -530,6 +534,7 @@ impl ContainerJson {
             scale_down_delay_seconds: spec.scale_down_delay_seconds.unwrap_or(0),
             initial_scale: spec.initial_scale.unwrap_or(0),
             allowed_outbound_hosts: spec.allowed_outbound_hosts,
+            http2: spec.http2,
             probes: serde_json::to_value(&spec.probes).unwrap_or_default(),
             metric: spec.metric.name(),
             target_requests_per_second: (spec.metric == AutoscalingMetric::Rps).then(|| {

@@ -215,6 +215,7 @@ impl Deployer {
                 .startup_probe
                 .as_ref()
                 .map(|p| p.period() * p.failure_threshold()),
+            http2: spec.http2,
             outbound: ember_sandbox::wasm::OutboundPolicy {
                 allowed: spec
                     .allowed_outbound_hosts

@@ -99,6 +99,18 @@ pub struct WorkloadSpec {
     pub startup_timeout: Option<Duration>,
     /// Where a wasm guest may send HTTP requests (none by default).
     pub outbound: wasm::OutboundPolicy,
+    /// Whether an OCI instance speaks HTTP/2 with prior knowledge (h2c) rather
+    /// than HTTP/1.1 (Cloud Run's end-to-end HTTP/2): gRPC servers do.
+    pub http2: bool,
+}
+
+/// How requests reach an OCI instance, as its workload spec says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proxying {
+    /// Longest one request may run.
+    pub request_timeout: Duration,
+    /// HTTP/2 with prior knowledge instead of HTTP/1.1.
+    pub http2: bool,
 }
 
 /// Which output stream a log line came from.
@@ -270,9 +282,9 @@ pub trait Sandbox: Send + Sync + 'static {
         sandbox_id: &'a str,
         instance: &'a str,
         logs: LogSinkRef,
-        request_timeout: Duration,
+        proxying: Proxying,
     ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
-        let _ = (sandbox_id, instance, logs, request_timeout);
+        let _ = (sandbox_id, instance, logs, proxying);
         Box::pin(async {
             Err(SandboxError::Unsupported(
                 "this sandbox has no instances to adopt".into(),

@@ -81,6 +81,11 @@ pub struct ContainerSpec {
     /// `allowed_outbound_hosts`); none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Whether OCI instances speak HTTP/2 with prior knowledge (h2c) rather than
+    /// HTTP/1.1 (Cloud Run's end-to-end HTTP/2, Knative's `h2c` port): gRPC
+    /// servers do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
     /// Health probes of its instances.
     #[serde(default, flatten)]
     pub probes: super::Probes,

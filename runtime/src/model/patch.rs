@@ -72,6 +72,8 @@ pub struct ContainerPatch {
     pub readiness_probe: Option<Option<Probe>>,
     /// See `startup_probe`.
     pub liveness_probe: Option<Option<Probe>>,
+    /// Whether OCI instances speak h2c.
+    pub http2: Option<bool>,
     /// New autoscaling metric.
     pub metric: Option<AutoscalingMetric>,
     /// New target rate.
@@ -360,6 +362,7 @@ impl ContainerPatch {
             initial_scale: None,
             allowed_outbound_hosts: Vec::new(),
             probes: Probes::default(),
+            http2: false,
             metric: AutoscalingMetric::Concurrency,
             target_requests_per_second: None,
             queue_depth: ContainerSpec::DEFAULT_QUEUE_DEPTH,
@@ -400,7 +403,8 @@ impl ContainerPatch {
             prepared_sandboxes,
             init,
             capabilities,
-            user_namespace
+            user_namespace,
+            http2
         );
         for (value, field) in [
             (self.startup_probe, &mut spec.probes.startup_probe),

@@ -72,16 +72,23 @@ impl Runtime {
                 Some(service) if adoptable.contains(&sandbox) => {
                     let logs =
                         ember_sandbox::LogSinkRef(Arc::new(self.inner.logs.sink(record.container)));
-                    // The container's own limit, as its instances started fresh get.
-                    let timeout = match self.inner.store.container(record.container).await {
-                        Ok(Some(container)) => container
-                            .spec
-                            .timeout_seconds
-                            .map_or(self.inner.config.request_timeout, Duration::from_secs),
-                        _ => self.inner.config.request_timeout,
+                    // The container's own limit and protocol, as its instances
+                    // started fresh get.
+                    let proxying = match self.inner.store.container(record.container).await {
+                        Ok(Some(container)) => ember_sandbox::Proxying {
+                            request_timeout: container
+                                .spec
+                                .timeout_seconds
+                                .map_or(self.inner.config.request_timeout, Duration::from_secs),
+                            http2: container.spec.http2,
+                        },
+                        _ => ember_sandbox::Proxying {
+                            request_timeout: self.inner.config.request_timeout,
+                            http2: false,
+                        },
                     };
                     match oci
-                        .adopt(&sandbox, &record.instance.to_string(), logs, timeout)
+                        .adopt(&sandbox, &record.instance.to_string(), logs, proxying)
                         .await
                     {
                         Ok(instance) => service.adopt(&record, instance).await,

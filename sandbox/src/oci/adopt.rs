@@ -13,7 +13,6 @@ use libcontainer::container::Container;
 use nix::unistd::Pid;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 /// Takes over `sandbox_id` (see [`crate::Sandbox::adopt`]).
 pub(crate) async fn adopt(
@@ -21,7 +20,7 @@ pub(crate) async fn adopt(
     sandbox_id: &str,
     instance: &str,
     logs: LogSinkRef,
-    request_timeout: Duration,
+    proxying: crate::Proxying,
 ) -> Result<Arc<dyn Instance>, SandboxError> {
     let fail = |what: &str, e: BoxError| {
         SandboxError::start_failed(format!("adopting instance {sandbox_id}: {what}"), e)
@@ -94,7 +93,8 @@ pub(crate) async fn adopt(
         resources: tokio::sync::Mutex::new(Some(resources)),
         pid,
         grace: shared.config.stop_grace,
-        request_timeout,
+        request_timeout: proxying.request_timeout,
+        http2: proxying.http2,
         stdin: tokio::sync::Mutex::new(stdin),
         writable_dir: dir.join("rw"),
     }))

@@ -41,6 +41,8 @@ pub(crate) struct Recipe {
     /// How long the workload may take to listen; `None`: the sandbox's
     /// `startup_timeout`.
     pub(crate) startup_timeout: Option<Duration>,
+    /// Whether the instance speaks h2c.
+    pub(crate) http2: bool,
     pub(crate) logs: LogSinkRef,
     /// CDI devices every sandbox gets.
     pub(crate) devices: Vec<CdiDeviceName>,
@@ -318,6 +320,7 @@ impl Recipe {
             pid,
             grace: self.shared.config.stop_grace,
             request_timeout: self.request_timeout,
+            http2: self.http2,
             writable_dir,
             stdin: tokio::sync::Mutex::new(
                 tokio::net::unix::pipe::Sender::from_owned_fd(stdin)

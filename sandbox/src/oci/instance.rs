@@ -96,6 +96,8 @@ pub(crate) struct OciInstance {
     pub(crate) pid: Pid,
     pub(crate) grace: Duration,
     pub(crate) request_timeout: Duration,
+    /// Whether it speaks HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    pub(crate) http2: bool,
     /// The write end of the container's standard input, held open as long as the
     /// instance runs (as `docker run -i` does), for the console.
     pub(crate) stdin: tokio::sync::Mutex<tokio::net::unix::pipe::Sender>,
@@ -135,9 +137,12 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
-/// A client for one instance: kept-alive HTTP/1 connections to its address.
-fn client() -> Client<RetryingConnector, HttpBody> {
-    Client::builder(TokioExecutor::new()).build(RetryingConnector::new())
+/// A client for one instance: kept-alive HTTP/1 connections to its address, or
+/// one HTTP/2 connection (h2c, prior knowledge) for an instance that speaks it.
+fn client(http2: bool) -> Client<RetryingConnector, HttpBody> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(http2)
+        .build(RetryingConnector::new())
 }
 
 impl OciInstance {
@@ -155,7 +160,31 @@ impl OciInstance {
             .parse()
             .map_err(|e| SandboxError::guest_failed("bad request path", e))?;
         let upgrade = tunnel::requested(&parts.headers);
+        // gRPC asks for trailers with `TE: trailers`, the one TE HTTP/2 allows.
+        let wants_trailers = parts
+            .headers
+            .get(http::header::TE)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
         strip_hop_by_hop(&mut parts.headers);
+        // The instance's protocol, whichever the client spoke to the ingress.
+        parts.version = if self.http2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
+        if self.http2 {
+            // HTTP/2 names the host in `:authority` (the instance's address here);
+            // a `Host` header beside it that says otherwise is refused by servers
+            // such as nginx. The client's host goes on as `X-Forwarded-Host`.
+            if let Some(host) = parts.headers.remove(http::header::HOST) {
+                parts.headers.insert("x-forwarded-host", host);
+            }
+        }
+        if self.http2 && wants_trailers {
+            parts
+                .headers
+                .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        }
         // An upgrade goes on to the instance; the client's side of it is joined to
         // the instance's once the instance agrees.
         let client_side = match upgrade {
@@ -166,7 +195,7 @@ impl OciInstance {
             None => None,
         };
         let request = http::Request::from_parts(parts, body);
-        let client = self.clients.get_or(client);
+        let client = self.clients.get_or(|| client(self.http2));
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let response = tokio::time::timeout_at(deadline, client.request(request))
             .await

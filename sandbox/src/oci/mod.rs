@@ -326,14 +326,14 @@ impl Sandbox for OciSandbox {
         sandbox_id: &'a str,
         instance: &'a str,
         logs: LogSinkRef,
-        request_timeout: Duration,
+        proxying: crate::Proxying,
     ) -> BoxFuture<'a, Result<Arc<dyn Instance>, SandboxError>> {
         Box::pin(adopt::adopt(
             self.shared.clone(),
             sandbox_id,
             instance,
             logs,
-            request_timeout,
+            proxying,
         ))
     }
 
@@ -414,6 +414,7 @@ fn prepare(
         ephemeral_storage: spec.ephemeral_storage_bytes,
         request_timeout: spec.request_timeout,
         startup_timeout: spec.startup_timeout,
+        http2: spec.http2,
         logs: spec.logs,
         devices: spec.devices,
         init: spec.init,
