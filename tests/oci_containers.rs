@@ -1486,3 +1486,52 @@ async fn h2c_end_to_end_keeps_trailers_and_http1_clients_still_reach_it() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "hello from busybox httpd\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_reach_the_client_as_they_are_written() {
+    require_root();
+    let Setup {
+        ember,
+        data: _data,
+        image,
+        network: _network,
+        _registry,
+    } = setup(&[]).await;
+    // A CGI script that sends an event a second: busybox httpd passes its output
+    // on as it comes.
+    let script = r#"mkdir -p /www/cgi-bin
+printf '#!/bin/sh\necho "Content-Type: text/event-stream"\necho\nfor i in 1 2 3; do echo "data: event $i"; echo; sleep 1; done\n' > /www/cgi-bin/events
+chmod +x /www/cgi-bin/events
+exec httpd -f -p 8080 -h /www"#;
+    deploy(
+        &ember,
+        json!({ "name": "sse", "image": image, "command": ["/bin/sh", "-c"], "arguments": [script] }),
+    )
+    .await;
+    let mut response = ember
+        .ingress_client("sse")
+        .get(ember.ingress_url("sse", "/cgi-bin/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let began = Instant::now();
+    let mut seen = String::new();
+    let mut first_at = None;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if first_at.is_none() && seen.contains("data: event 1") {
+            first_at = Some(began.elapsed());
+        }
+    }
+    assert!(seen.contains("data: event 3"), "{seen}");
+    // The first event came long before the last was written: nothing buffered it.
+    let first_at = first_at.expect("the first event");
+    assert!(first_at < Duration::from_millis(900), "{first_at:?}");
+    assert!(
+        began.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        began.elapsed()
+    );
+}
