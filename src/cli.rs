@@ -36,6 +36,12 @@ pub enum Command {
     /// Sets how many instances a container keeps at least and may run at most
     /// (a new revision, as an update).
     Scale(ScaleArgs),
+    /// Sends a container's traffic to a revision (`3=100`) or to the latest
+    /// (`latest=100`), without a new revision.
+    Traffic(TrafficArgs),
+    /// Sends all of a container's traffic back to an earlier revision (by default
+    /// the one before the revision serving), without a new revision.
+    Rollback(RollbackArgs),
     /// Runs a command inside one of a container's instances (OCI), with its
     /// output here and its exit status as this command's.
     Exec(ExecArgs),
@@ -346,6 +352,28 @@ pub struct ScaleArgs {
     /// Most instances traffic may start.
     #[arg(long)]
     pub max: Option<u32>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args)]
+pub struct TrafficArgs {
+    /// Container name or id.
+    pub container: String,
+    /// Targets as REVISION=PERCENT (`3=100`, `latest=100`); one target takes 100
+    /// percent: splitting between revisions is not supported yet.
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args)]
+pub struct RollbackArgs {
+    /// Container name or id.
+    pub container: String,
+    /// The revision to go back to; by default the one before the revision serving.
+    pub revision: Option<u32>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

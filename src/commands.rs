@@ -1,6 +1,6 @@
 //! The client verbs: deploy, ls, rm, revisions.
 
-use crate::cli::{ClientArgs, DeployArgs, ScaleArgs, TargetArgs};
+use crate::cli::{ClientArgs, DeployArgs, RollbackArgs, ScaleArgs, TargetArgs, TrafficArgs};
 use crate::client::ApiClient;
 use crate::table;
 use crate::workloads::image_archive;
@@ -159,6 +159,86 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             .await?;
     }
     print_containers(&args.client, &[container]);
+    Ok(())
+}
+
+/// `ember traffic NAME 3=100` / `latest=100`: a PUT of `traffic` alone.
+pub async fn traffic(args: TrafficArgs) -> anyhow::Result<()> {
+    let mut entries = Vec::new();
+    for target in &args.targets {
+        let (revision, percent) = target
+            .split_once('=')
+            .with_context(|| format!("{target}: expected REVISION=PERCENT (3=100, latest=100)"))?;
+        let percent: u32 = percent
+            .parse()
+            .with_context(|| format!("{target}: the percent is not a number"))?;
+        entries.push(if revision == "latest" {
+            json!({ "latestRevision": true, "percent": percent })
+        } else {
+            let number: u32 = revision
+                .parse()
+                .with_context(|| format!("{target}: the revision is not a number or `latest`"))?;
+            json!({ "revisionNumber": number, "percent": percent })
+        });
+    }
+    move_traffic(&args.client, &args.container, entries).await
+}
+
+/// `ember rollback NAME [REVISION]`: all traffic to an earlier revision.
+pub async fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&args.client)?;
+    let container = find(&client, &args.container).await?;
+    let revision = match args.revision {
+        Some(revision) => revision,
+        None => {
+            let serving = container["traffic"][0]["revisionNumber"]
+                .as_u64()
+                .context("no revision serves yet: nothing to roll back from")?;
+            anyhow::ensure!(
+                serving > 1,
+                "revision {serving} is the first: nothing to roll back to"
+            );
+            u32::try_from(serving - 1)?
+        }
+    };
+    move_traffic(
+        &args.client,
+        &args.container,
+        vec![json!({ "revisionNumber": revision, "percent": 100 })],
+    )
+    .await
+}
+
+async fn move_traffic(
+    client_args: &ClientArgs,
+    container: &str,
+    traffic: Vec<Value>,
+) -> anyhow::Result<()> {
+    let client = ApiClient::new(client_args)?;
+    let found = find(&client, container).await?;
+    let id = found["id"].as_str().unwrap_or_default();
+    let updated = client
+        .send_json(
+            Method::PUT,
+            &format!("/v1/containers/{id}"),
+            &json!({ "traffic": traffic }),
+        )
+        .await?;
+    if client_args.json {
+        println!("{updated}");
+    } else {
+        let target = &updated["traffic"][0];
+        println!(
+            "{}: 100% to revision {}{}",
+            text(&updated["name"]),
+            target["revisionNumber"],
+            if target["latestRevision"] == true {
+                " (the latest, and each new one)"
+            } else {
+                " (pinned: new revisions take no traffic until `ember traffic NAME latest=100`)"
+            }
+        );
+    }
     Ok(())
 }
 

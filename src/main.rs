@@ -49,6 +49,8 @@ fn main() -> std::process::ExitCode {
             Command::Instances(args) => inspect::instances(args).await,
             Command::Describe(args) => inspect::describe(args).await,
             Command::Scale(args) => commands::scale(args).await,
+            Command::Traffic(args) => commands::traffic(args).await,
+            Command::Rollback(args) => commands::rollback(args).await,
             Command::Exec(args) => shell::exec(args).await,
             Command::Ssh(args) => shell::ssh(args).await,
             Command::Token(command) => token_commands::run(command).await,

@@ -343,7 +343,16 @@ fn shell_completion_scripts_name_every_verb_and_parse() {
         String::from_utf8(output.stdout).unwrap()
     };
     let bash = completion("bash");
-    for verb in ["deploy", "logs", "instances", "describe", "scale", "nodes"] {
+    for verb in [
+        "deploy",
+        "logs",
+        "instances",
+        "describe",
+        "scale",
+        "traffic",
+        "rollback",
+        "nodes",
+    ] {
         assert!(bash.contains(verb), "{verb} in the bash script");
     }
     let script = tempfile::NamedTempFile::new().unwrap();
@@ -382,4 +391,120 @@ async fn a_wat_file_is_built_into_a_component_and_deployed() {
     assert!(said.contains("building a component from"), "{said}");
     let (_, containers) = ember.get_json("/v1/containers").await;
     assert_eq!(containers["total"], 1, "{containers}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_moves_traffic_to_an_old_revision_without_a_new_one_or_a_failed_request() {
+    use reqwest::Method;
+    use serde_json::{Value, json};
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let ember = Ember::start(&data, &[]);
+    let created = ember
+        .deploy_wasm("rolled", &fixtures::hello("one\n"), json!({}))
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let put = |body: Value| {
+        let ember = &ember;
+        let id = id.clone();
+        async move {
+            ember
+                .send_json(Method::PUT, &format!("/v1/containers/{id}"), &body)
+                .await
+        }
+    };
+    let two = ember.upload(&fixtures::hello("two\n")).await;
+    let (status, _) = put(json!({ "image": two })).await;
+    assert_eq!(status, StatusCode::OK);
+    ember.wait_deployed(&id).await;
+    assert_eq!(ember.invoke("rolled").await.1, "two\n");
+
+    // Requests keep coming while traffic moves: none fails.
+    let client = ember.ingress_client("rolled");
+    let url = ember.ingress_url("rolled", "/");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let response = client.get(&url).send().await.unwrap();
+                answers.push((response.status(), response.text().await.unwrap()));
+            }
+            answers
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let rolled = stdout(&ember_cli(&ember, &["rollback", "rolled"]));
+    assert!(rolled.contains("100% to revision 1"), "{rolled}");
+    assert_eq!(ember.invoke("rolled").await.1, "one\n");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = load.await.unwrap();
+    assert!(
+        answers.iter().all(|(s, _)| *s == StatusCode::OK),
+        "{answers:?}"
+    );
+    assert!(answers.iter().any(|(_, b)| b == "two\n") && answers.iter().any(|(_, b)| b == "one\n"));
+
+    // No new revision; the traffic says where it goes.
+    let (_, revisions) = ember
+        .get_json(&format!("/v1/containers/{id}/revisions"))
+        .await;
+    assert_eq!(
+        revisions["items"].as_array().unwrap().len(),
+        2,
+        "{revisions}"
+    );
+    let (_, container) = ember.get_json(&format!("/v1/containers/{id}")).await;
+    assert_eq!(
+        container["traffic"],
+        json!([{ "revisionNumber": 1, "latestRevision": false, "percent": 100 }])
+    );
+
+    // A new revision deploys but takes no traffic while it is pinned; a restart
+    // keeps it pinned.
+    let three = ember.upload(&fixtures::hello("three\n")).await;
+    let (status, _) = put(json!({ "image": three })).await;
+    assert_eq!(status, StatusCode::OK);
+    let deployed = ember.wait_deployed(&id).await;
+    assert_eq!(deployed["image"], three, "{deployed}");
+    let (_, revisions) = ember
+        .get_json(&format!("/v1/containers/{id}/revisions"))
+        .await;
+    assert_eq!(revisions["items"][0]["revisionNumber"], 3, "{revisions}");
+    assert_eq!(ember.invoke("rolled").await.1, "one\n");
+    ember.terminate();
+    let ember = Ember::start(&data, &[]);
+    assert_eq!(ember.invoke("rolled").await.1, "one\n");
+    // Back to the latest, and it follows from then on.
+    let moved = stdout(&ember_cli(&ember, &["traffic", "rolled", "latest=100"]));
+    assert!(moved.contains("100% to revision 3"), "{moved}");
+    assert_eq!(ember.invoke("rolled").await.1, "three\n");
+
+    // Refused, naming the field, and nothing moves.
+    for (body, field, status) in [
+        (
+            json!({ "traffic": [{ "revisionNumber": 1, "percent": 90 }, { "revisionNumber": 3, "percent": 10 }] }),
+            "traffic",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({ "traffic": [{ "revisionNumber": 1, "percent": 100 }], "minInstances": 1 }),
+            "traffic",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({ "traffic": [{ "revisionNumber": 9, "percent": 100 }] }),
+            "traffic[0].revisionNumber",
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (got, answer) = ember
+            .send_json(Method::PUT, &format!("/v1/containers/{id}"), &body)
+            .await;
+        assert_eq!(got, status, "{answer}");
+        assert_eq!(answer["field"], field, "{answer}");
+    }
+    assert_eq!(ember.invoke("rolled").await.1, "three\n");
 }

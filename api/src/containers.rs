@@ -15,7 +15,7 @@ use ember_runtime::model::{
     ContainerStatus, Probe, Revision,
 };
 use ember_runtime::model::{CapabilityChanges, CapabilityName};
-use ember_runtime::{ContainerView, Runtime};
+use ember_runtime::{ContainerView, Runtime, TrafficTarget};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use utoipa_axum::router::OpenApiRouter;
@@ -178,17 +178,28 @@ async fn create(
     put,
     path = "/v1/containers/{id}",
     tag = "containers",
-    summary = "Updates a container: a new revision",
+    summary = "Updates a container: a new revision; or, with `traffic` alone, moves its traffic (no new revision)",
     params(("id" = String, Path, description = "The container's id (a UUID)")),
     request_body = serde_json::Value,
-    responses((status = 200, description = "The container, deploying the new revision", body = ContainerJson))
+    responses((status = 200, description = "The container, deploying the new revision (or serving the one traffic went to)", body = ContainerJson))
 )]
 async fn update(
     State(runtime): State<Runtime>,
     Authenticated(caller): Authenticated,
     ContainerIdPath(id): ContainerIdPath,
-    StrictJson(body): StrictJson<ContainerRequest>,
+    StrictJson(mut body): StrictJson<ContainerRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    if let Some(traffic) = body.traffic.take() {
+        let target = traffic_target(&traffic)?;
+        if body.into_patch()? != ContainerPatch::default() {
+            return Err(invalid(
+                "traffic",
+                "is changed in a request of its own: a PUT with `traffic` and any other field is refused",
+            ));
+        }
+        let view = runtime.set_traffic(&caller, id, target).await?;
+        return Ok(Json(ContainerJson::from_view(&runtime, view)));
+    }
     let patch = body.into_patch()?;
     let view = runtime.update_container(&caller, id, patch).await?;
     Ok(Json(ContainerJson::from_view(&runtime, view)))
@@ -271,12 +282,50 @@ pub(crate) struct ContainerRequest {
     liveness_probe: Option<Option<Probe>>,
     http2: Option<bool>,
     metric: Option<String>,
+    traffic: Option<Vec<TrafficEntry>>,
     target_requests_per_second: Option<u32>,
     queue_depth: Option<u32>,
     prepared_sandboxes: Option<u32>,
     init: Option<bool>,
     capabilities: Option<CapabilitiesRequest>,
     user_namespace: Option<bool>,
+}
+
+/// One target of `traffic`: a revision (by number, or the latest) and its share.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct TrafficEntry {
+    revision_number: Option<u32>,
+    latest_revision: Option<bool>,
+    percent: u32,
+}
+
+/// Where `traffic` sends requests. One target takes all of them: splitting
+/// between revisions is refused, naming `traffic`, until it is built.
+fn traffic_target(entries: &[TrafficEntry]) -> Result<TrafficTarget, ApiError> {
+    let [entry] = entries else {
+        return Err(invalid(
+            "traffic",
+            "lists one target taking 100 percent: splitting traffic between revisions is not supported yet",
+        ));
+    };
+    if entry.percent != 100 {
+        return Err(invalid(
+            "traffic[0].percent",
+            format!(
+                "{} is not 100: one target takes all the traffic",
+                entry.percent
+            ),
+        ));
+    }
+    match (entry.revision_number, entry.latest_revision) {
+        (Some(number), None | Some(false)) if number > 0 => Ok(TrafficTarget::Revision(number)),
+        (None, Some(true)) => Ok(TrafficTarget::Latest),
+        _ => Err(invalid(
+            "traffic[0]",
+            "names either `revisionNumber` (from 1) or `latestRevision: true`",
+        )),
+    }
 }
 
 /// `capabilities`: names added to and dropped from the default set.
@@ -411,6 +460,15 @@ impl ContainerRequest {
     }
 }
 
+/// One target of a container's traffic, as shown.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TrafficJson {
+    revision_number: u32,
+    latest_revision: bool,
+    percent: u32,
+}
+
 /// Capability names added to and dropped from the default set (Podman's).
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct CapabilitiesJson {
@@ -470,6 +528,9 @@ pub(crate) struct ContainerJson {
     allowed_outbound_hosts: Vec<String>,
     /// Whether OCI instances speak HTTP/2 with prior knowledge (h2c).
     http2: bool,
+    /// Where requests go: the revision serving and its share (`latestRevision`:
+    /// it follows each new revision; otherwise traffic is pinned to it).
+    traffic: Vec<TrafficJson>,
     /// Probes of the instances' health (`startupProbe`, `readinessProbe`,
     /// `livenessProbe`), as set.
     #[serde(flatten)]
@@ -535,6 +596,15 @@ impl ContainerJson {
             initial_scale: spec.initial_scale.unwrap_or(0),
             allowed_outbound_hosts: spec.allowed_outbound_hosts,
             http2: spec.http2,
+            traffic: c
+                .serving_revision
+                .map(|number| TrafficJson {
+                    revision_number: number,
+                    latest_revision: c.traffic_revision.is_none(),
+                    percent: 100,
+                })
+                .into_iter()
+                .collect(),
             probes: serde_json::to_value(&spec.probes).unwrap_or_default(),
             metric: spec.metric.name(),
             target_requests_per_second: (spec.metric == AutoscalingMetric::Rps).then(|| {

@@ -52,6 +52,6 @@ pub use node::host_name;
 pub use overload::OverloadPolicy;
 pub use power::PowerAction;
 pub use relay::RELAYED_BY;
-pub use runtime::{ContainerView, ImagePart, MAX_BLOB_BYTES, Runtime};
+pub use runtime::{ContainerView, ImagePart, MAX_BLOB_BYTES, Runtime, TrafficTarget};
 pub use ssh::serve_ssh;
 pub use usage::{SAMPLES_KEPT, UsageSample};

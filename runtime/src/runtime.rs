@@ -43,10 +43,12 @@ mod metrics_text;
 mod moving;
 mod periodic;
 mod restore;
+mod traffic;
 
 pub use admission::{ImagePart, MAX_BLOB_BYTES};
 pub use container_commands::ContainerView;
 use restore::load_containers;
+pub use traffic::TrafficTarget;
 
 /// The runtime: cheap to clone, shared by the API, the ingress and background tasks.
 #[derive(Clone)]

@@ -57,6 +57,9 @@ pub(crate) struct ServingRevision {
     pub(crate) ephemeral_storage_bytes: u64,
     /// Its instances' health probes.
     pub(crate) probes: crate::model::Probes,
+    /// The container's `traffic_changes` when it began to serve: a move of
+    /// traffic by hand outranks any revision served before it.
+    pub(crate) traffic_changes: u64,
 }
 
 /// What a container's traffic goes to.
@@ -256,6 +259,15 @@ impl ContainerTraffic {
     pub(crate) fn serving_request(&self) -> Option<ember_scheduler::Request> {
         self.serving_revision()
             .map(|revision| revision.request.clone())
+    }
+
+    /// The traffic move and revision that serve: what a newer record must
+    /// outrank to be served instead.
+    pub(crate) fn serving_rank(&self) -> Option<(u64, u32)> {
+        match &*self.serving.borrow() {
+            Serving::Ready(revision) => Some((revision.traffic_changes, revision.number)),
+            _ => None,
+        }
     }
 
     pub(crate) fn serving_number(&self) -> Option<u32> {

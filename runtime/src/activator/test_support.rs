@@ -81,6 +81,7 @@ pub(crate) fn failing_traffic() -> (Arc<ContainerTraffic>, Arc<AtomicUsize>) {
         request: Request::default(),
         ephemeral_storage_bytes: 0,
         probes: Default::default(),
+        traffic_changes: 0,
     }));
     (service, starts)
 }
@@ -166,6 +167,7 @@ pub(crate) fn service_counting(
         },
         ephemeral_storage_bytes: 0,
         probes: Default::default(),
+        traffic_changes: 0,
     }));
     (service, starts, most_at_once)
 }
@@ -216,6 +218,7 @@ pub(crate) fn live_instance(identity: Identity, pinned: bool) -> LiveInstance {
         request: Request::default(),
         ephemeral_storage_bytes: 0,
         probes: Default::default(),
+        traffic_changes: 0,
     };
     LiveInstance::new(
         identity,

@@ -245,6 +245,15 @@ pub struct Container {
     pub latest_revision: u32,
     /// The revision traffic goes to, once one has deployed.
     pub serving_revision: Option<u32>,
+    /// The revision all traffic is pinned to (a rollback); `None`: the latest
+    /// revision, once it has deployed (Knative's `latestRevision: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_revision: Option<u32>,
+    /// How many times traffic was moved by hand: orders the moves, so that a
+    /// node following the record serves an older revision only when a newer move
+    /// says so.
+    #[serde(default)]
+    pub traffic_changes: u64,
     /// Instances started through the instances API, kept beyond the autoscaler's count.
     #[serde(default)]
     pub pinned_instances: u32,
@@ -307,6 +316,8 @@ impl Container {
             status_reason: None,
             latest_revision: 1,
             serving_revision: None,
+            traffic_revision: None,
+            traffic_changes: 0,
             pinned_instances: 0,
             pinned_on: BTreeMap::new(),
             moves: Vec::new(),

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 /// a quantity and a device name cannot be built unless they parse);
 /// [`ContainerPatch::validate`] checks each against its bounds, and
 /// [`ContainerPatch::apply`] checks how they fit the spec they change.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContainerPatch {
     /// New name.
     pub name: Option<ContainerName>,

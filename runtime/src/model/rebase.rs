@@ -26,6 +26,8 @@ impl Container {
             status_reason,
             latest_revision,
             serving_revision,
+            traffic_revision,
+            traffic_changes,
             pinned_instances,
             pinned_on,
             moves,
@@ -60,6 +62,12 @@ impl Container {
             &before.serving_revision,
             serving_revision,
         );
+        take_if_changed(
+            &mut current.traffic_revision,
+            &before.traffic_revision,
+            traffic_revision,
+        );
+        current.traffic_changes = current.traffic_changes.max(*traffic_changes);
         current.pinned_instances = add_difference(
             current.pinned_instances,
             before.pinned_instances,

@@ -67,6 +67,22 @@ impl Runtime {
                     return Ok(());
                 }
                 match outcome {
+                    Ok(prepared)
+                        if container
+                            .traffic_revision
+                            .is_some_and(|pinned| pinned != number) =>
+                    {
+                        // Traffic is pinned to another revision (a rollback): this
+                        // one is ready, and takes traffic when it is moved to it.
+                        self.inner
+                            .background
+                            .spawn_stop(async move { prepared.retire().await });
+                        if container.latest_revision == number {
+                            container.status = ContainerStatus::Deployed;
+                            container.status_reason = None;
+                        }
+                        tracing::info!(container = %id, revision = number, "revision ready; traffic stays on the pinned revision");
+                    }
                     Ok(prepared) => {
                         let kind = revision.kind.unwrap_or(WorkloadKind::Wasm);
                         service.set_policy(self.policy(container, kind));
@@ -77,6 +93,7 @@ impl Runtime {
                             request: node::instance_request(&revision.spec),
                             ephemeral_storage_bytes: node::instance_storage(&revision.spec, kind),
                             probes: revision.spec.probes.clone(),
+                            traffic_changes: container.traffic_changes,
                         }));
                         // The node that deployed the revision starts its initial
                         // instances; the others scale it on demand.

@@ -73,10 +73,11 @@ impl Runtime {
             }
             return Ok(());
         };
-        // Only forward: an older record may arrive after this node moved on.
+        // Only forward: an older record may arrive after this node moved on. A
+        // move of traffic by hand (a rollback) outranks any revision before it.
         if service
-            .serving_number()
-            .is_some_and(|serving| serving >= number)
+            .serving_rank()
+            .is_some_and(|serving| serving >= (container.traffic_changes, number))
         {
             return Ok(());
         }
@@ -97,6 +98,7 @@ impl Runtime {
             request: node::instance_request(&revision.spec),
             ephemeral_storage_bytes: node::instance_storage(&revision.spec, kind),
             probes: revision.spec.probes.clone(),
+            traffic_changes: container.traffic_changes,
         }));
         tracing::info!(container = %id, revision = number, "serving a revision deployed by another node");
         Ok(())

@@ -36,6 +36,7 @@ impl Runtime {
                         request: node::instance_request(&revision.spec),
                         ephemeral_storage_bytes: node::instance_storage(&revision.spec, kind),
                         probes: revision.spec.probes.clone(),
+                        traffic_changes: container.traffic_changes,
                     }));
                     warm_ups.push((container.id, number, prepared));
                     // An update was deploying when the runtime stopped: carry on
