@@ -1535,3 +1535,56 @@ exec httpd -f -p 8080 -h /www"#;
         began.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_failing_its_readiness_probe_takes_no_requests_and_is_made_up_for() {
+    require_root();
+    let Setup {
+        ember,
+        data: _data,
+        image,
+        network: _network,
+        _registry,
+    } = setup(&[]).await;
+    // Ready while /www/ready exists; GET /cgi-bin/sick removes it.
+    let script = r#"mkdir -p /www/cgi-bin
+echo ok > /www/ready
+printf '#!/bin/sh\nrm -f /www/ready\necho "Content-Type: text/plain"\necho\necho "sick $HOSTNAME"\n' > /www/cgi-bin/sick
+chmod +x /www/cgi-bin/sick
+exec httpd -f -p 8080 -h /www"#;
+    let id = deploy(
+        &ember,
+        json!({
+            "name": "flaky", "image": image, "minInstances": 1,
+            "command": ["/bin/sh", "-c"], "arguments": [script],
+            "readinessProbe": { "httpGet": { "path": "/ready" }, "periodSeconds": 1, "failureThreshold": 1 },
+        }),
+    )
+    .await;
+    assert_eq!(get(&ember, "flaky", "/ready").await.0, StatusCode::OK);
+    let (status, sick) = get(&ember, "flaky", "/cgi-bin/sick").await;
+    assert_eq!(status, StatusCode::OK, "{sick}");
+    // The sick instance stays up but out of rotation; another starts and serves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ember.instances(&id).await.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no instance made up for the unready one"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get(&ember, "flaky", "/ready").await;
+        if status == StatusCode::OK {
+            assert_eq!(body, "ok\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every request now reaches the ready one: none gets the sick one's 404.
+    for _ in 0..20 {
+        assert_eq!(get(&ember, "flaky", "/ready").await.0, StatusCode::OK);
+    }
+}

@@ -20,6 +20,9 @@ pub(crate) struct LiveInstance {
     pub(super) idle: tokio::sync::Notify,
     /// Started through the instances API: the autoscaler neither counts nor stops it.
     pub(super) pinned: bool,
+    /// Its readiness probe has failed its threshold's times in a row since it
+    /// last passed: it takes no new request until it passes again.
+    pub(super) unready: std::sync::atomic::AtomicBool,
     /// Its room on the node, given back when the last reference goes.
     pub(super) _placement: Placement,
 }
@@ -46,8 +49,14 @@ impl LiveInstance {
             in_flight: AtomicU32::new(0),
             idle: tokio::sync::Notify::new(),
             pinned,
+            unready: std::sync::atomic::AtomicBool::new(false),
             _placement: placement,
         }
+    }
+
+    /// Whether it takes new requests (its readiness probe, if any, passes).
+    pub(super) fn takes_requests(&self) -> bool {
+        !self.unready.load(Ordering::Acquire)
     }
 
     /// One request it served has ended.

@@ -78,6 +78,49 @@ pub(super) async fn until_ready(instance: &dyn Instance, probes: &Probes) -> Res
     Ok(())
 }
 
+/// Asks `live` its readiness probe every period while it serves: after the
+/// failure threshold in a row it takes no new request (and the autoscaler counts
+/// it out), until the probe passes again.
+pub(super) fn watch_readiness(
+    service: &Arc<ContainerTraffic>,
+    live: &Arc<LiveInstance>,
+    probe: Probe,
+) {
+    let background = &service.background;
+    let service = Arc::downgrade(service);
+    let live = Arc::downgrade(live);
+    background.spawn(async move {
+        let mut failures = 0;
+        loop {
+            tokio::time::sleep(probe.period()).await;
+            let (Some(traffic), Some(instance)) = (service.upgrade(), live.upgrade()) else {
+                return;
+            };
+            if !traffic.is_serving(&instance) {
+                return;
+            }
+            match try_once(instance.instance.as_ref(), &probe).await {
+                Ok(()) => {
+                    failures = 0;
+                    if instance.unready.swap(false, Ordering::AcqRel) {
+                        tracing::info!(container = %traffic.id, instance = %instance.id, "readiness probe passes again: taking requests");
+                        let mut pool = traffic.pool.lock();
+                        traffic.dispatch(&mut pool);
+                    }
+                }
+                Err(why) => {
+                    failures += 1;
+                    if failures >= probe.failure_threshold()
+                        && !instance.unready.swap(true, Ordering::AcqRel)
+                    {
+                        tracing::warn!(container = %traffic.id, instance = %instance.id, %why, "readiness probe failed: no new requests until it passes");
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// Asks `live` its liveness probe every period while it serves; after the
 /// failure threshold in a row, it is replaced as a crashed instance is (counted in
 /// `restarts`, the reason in `statusReason`).
@@ -96,13 +139,7 @@ pub(super) fn watch_liveness(
             let (Some(traffic), Some(instance)) = (service.upgrade(), live.upgrade()) else {
                 return;
             };
-            let serving = traffic
-                .pool
-                .lock()
-                .lifecycle
-                .ready()
-                .any(|i| Arc::ptr_eq(i, &instance));
-            if !serving {
+            if !traffic.is_serving(&instance) {
                 return;
             }
             match try_once(instance.instance.as_ref(), &probe).await {
@@ -121,4 +158,15 @@ pub(super) fn watch_liveness(
             }
         }
     });
+}
+
+impl ContainerTraffic {
+    /// Whether `live` is still among the instances that serve (not stopped).
+    fn is_serving(&self, live: &Arc<LiveInstance>) -> bool {
+        self.pool
+            .lock()
+            .lifecycle
+            .ready()
+            .any(|i| Arc::ptr_eq(i, live))
+    }
 }

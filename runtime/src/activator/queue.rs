@@ -168,7 +168,7 @@ impl ContainerTraffic {
         let instance = pool
             .lifecycle
             .ready()
-            .filter(|i| i.revision == number)
+            .filter(|i| i.revision == number && i.takes_requests())
             .map(|i| (i.in_flight.load(Ordering::Acquire), i))
             .filter(|(in_flight, _)| *in_flight < concurrency)
             .min_by_key(|(in_flight, _)| *in_flight)?

@@ -15,7 +15,13 @@ impl ContainerTraffic {
         let number = revision.number;
         let scaled = |i: &LiveInstance| i.revision == number && !i.pinned;
         let observed = Observation {
-            ready: pool.lifecycle.ready().filter(|i| scaled(i)).count() as u32,
+            // One that fails its readiness probe is not ready: the count it
+            // leaves short is started anew.
+            ready: pool
+                .lifecycle
+                .ready()
+                .filter(|i| scaled(i) && i.takes_requests())
+                .count() as u32,
             starting: pool
                 .lifecycle
                 .starting()

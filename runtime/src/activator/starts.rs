@@ -229,7 +229,8 @@ impl ContainerTraffic {
     }
 
     /// Watches a live instance for its end on its own (`exit`) and, when its
-    /// revision has one, its liveness probe: either has it replaced.
+    /// revision has one, its liveness probe: either has it replaced; and its
+    /// readiness probe, which takes it out of rotation while it fails.
     pub(super) fn watch_health(
         self: &Arc<Self>,
         live: &Arc<LiveInstance>,
@@ -241,6 +242,14 @@ impl ContainerTraffic {
         }
         if let Some(probe) = &revision.probes.liveness_probe {
             probes::watch_liveness(self, live, probe.clone());
+        }
+        if let Some(probe) = revision
+            .probes
+            .readiness_probe
+            .as_ref()
+            .filter(|p| p.path().is_some())
+        {
+            probes::watch_readiness(self, live, probe.clone());
         }
     }
 
