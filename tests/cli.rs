@@ -506,5 +506,14 @@ async fn rollback_moves_traffic_to_an_old_revision_without_a_new_one_or_a_failed
         assert_eq!(got, status, "{answer}");
         assert_eq!(answer["field"], field, "{answer}");
     }
+    let (got, answer) = ember
+        .send_json(
+            Method::POST,
+            "/v1/containers",
+            &json!({ "name": "fresh", "image": three, "traffic": [{ "latestRevision": true, "percent": 100 }] }),
+        )
+        .await;
+    assert_eq!(got, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["field"], "traffic", "{answer}");
     assert_eq!(ember.invoke("rolled").await.1, "three\n");
 }

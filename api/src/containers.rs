@@ -166,6 +166,12 @@ async fn create(
     Authenticated(caller): Authenticated,
     StrictJson(body): StrictJson<ContainerRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    if body.traffic.is_some() {
+        return Err(invalid(
+            "traffic",
+            "is moved on a container that has revisions: PUT /v1/containers/{id} with traffic alone",
+        ));
+    }
     let patch = body.into_patch()?;
     let view = runtime.create_container(&caller, patch).await?;
     Ok((
