@@ -62,6 +62,27 @@ pub(crate) struct ServingRevision {
     pub(crate) traffic_changes: u64,
 }
 
+impl ServingRevision {
+    /// `revision`, resolved to `kind`, ready to start instances from `prepared`;
+    /// `traffic_changes` is its container's count of traffic moves now.
+    pub(crate) fn of(
+        revision: &crate::model::Revision,
+        kind: WorkloadKind,
+        prepared: Arc<dyn PreparedWorkload>,
+        traffic_changes: u64,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            number: revision.number,
+            kind,
+            prepared,
+            request: crate::node::instance_request(&revision.spec),
+            ephemeral_storage_bytes: crate::node::instance_storage(&revision.spec, kind),
+            probes: revision.spec.probes.clone(),
+            traffic_changes,
+        })
+    }
+}
+
 /// What a container's traffic goes to.
 #[derive(Clone)]
 pub(crate) enum Serving {

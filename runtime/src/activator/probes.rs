@@ -78,13 +78,30 @@ pub(super) async fn until_ready(instance: &dyn Instance, probes: &Probes) -> Res
     Ok(())
 }
 
-/// Asks `live` its readiness probe every period while it serves: after the
-/// failure threshold in a row it takes no new request (and the autoscaler counts
-/// it out), until the probe passes again.
-pub(super) fn watch_readiness(
+/// What one try of a watched probe said.
+enum Verdict {
+    Passed,
+    /// Failed, `failures` times in a row so far.
+    Failed {
+        failures: u32,
+        why: String,
+    },
+}
+
+/// Asks `probe` of `live` every period while it serves, telling `heed` each
+/// verdict; `heed` answers whether to go on.
+fn watch_probe(
     service: &Arc<ContainerTraffic>,
     live: &Arc<LiveInstance>,
     probe: Probe,
+    mut heed: impl FnMut(
+        &Arc<ContainerTraffic>,
+        Arc<LiveInstance>,
+        &Weak<LiveInstance>,
+        Verdict,
+    ) -> bool
+    + Send
+    + 'static,
 ) {
     let background = &service.background;
     let service = Arc::downgrade(service);
@@ -99,26 +116,54 @@ pub(super) fn watch_readiness(
             if !traffic.is_serving(&instance) {
                 return;
             }
-            match try_once(instance.instance.as_ref(), &probe).await {
+            let verdict = match try_once(instance.instance.as_ref(), &probe).await {
                 Ok(()) => {
                     failures = 0;
+                    Verdict::Passed
+                }
+                Err(why) => {
+                    failures += 1;
+                    Verdict::Failed { failures, why }
+                }
+            };
+            if !heed(&traffic, instance, &live, verdict) {
+                return;
+            }
+        }
+    });
+}
+
+/// Asks `live` its readiness probe every period while it serves: after the
+/// failure threshold in a row it takes no new request (and the autoscaler counts
+/// it out), until the probe passes again.
+pub(super) fn watch_readiness(
+    service: &Arc<ContainerTraffic>,
+    live: &Arc<LiveInstance>,
+    probe: Probe,
+) {
+    let threshold = probe.failure_threshold();
+    watch_probe(
+        service,
+        live,
+        probe,
+        move |traffic, instance, _, verdict| {
+            match verdict {
+                Verdict::Passed => {
                     if instance.unready.swap(false, Ordering::AcqRel) {
                         tracing::info!(container = %traffic.id, instance = %instance.id, "readiness probe passes again: taking requests");
                         let mut pool = traffic.pool.lock();
                         traffic.dispatch(&mut pool);
                     }
                 }
-                Err(why) => {
-                    failures += 1;
-                    if failures >= probe.failure_threshold()
-                        && !instance.unready.swap(true, Ordering::AcqRel)
-                    {
+                Verdict::Failed { failures, why } => {
+                    if failures >= threshold && !instance.unready.swap(true, Ordering::AcqRel) {
                         tracing::warn!(container = %traffic.id, instance = %instance.id, %why, "readiness probe failed: no new requests until it passes");
                     }
                 }
             }
-        }
-    });
+            true
+        },
+    );
 }
 
 /// Asks `live` its liveness probe every period while it serves; after the
@@ -129,35 +174,23 @@ pub(super) fn watch_liveness(
     live: &Arc<LiveInstance>,
     probe: Probe,
 ) {
-    let background = &service.background;
-    let service = Arc::downgrade(service);
-    let live = Arc::downgrade(live);
-    background.spawn(async move {
-        let mut failures = 0;
-        loop {
-            tokio::time::sleep(probe.period()).await;
-            let (Some(traffic), Some(instance)) = (service.upgrade(), live.upgrade()) else {
-                return;
-            };
-            if !traffic.is_serving(&instance) {
-                return;
+    let threshold = probe.failure_threshold();
+    watch_probe(
+        service,
+        live,
+        probe,
+        move |traffic, instance, live, verdict| match verdict {
+            Verdict::Failed { failures, why } if failures >= threshold => {
+                drop(instance);
+                traffic.instance_exited(
+                    live,
+                    &format!("failed its liveness probe {failures} times: {why}"),
+                );
+                false
             }
-            match try_once(instance.instance.as_ref(), &probe).await {
-                Ok(()) => failures = 0,
-                Err(why) => {
-                    failures += 1;
-                    if failures >= probe.failure_threshold() {
-                        drop(instance);
-                        traffic.instance_exited(
-                            &live,
-                            &format!("failed its liveness probe {failures} times: {why}"),
-                        );
-                        return;
-                    }
-                }
-            }
-        }
-    });
+            _ => true,
+        },
+    );
 }
 
 impl ContainerTraffic {

@@ -86,15 +86,7 @@ impl Runtime {
                     Ok(prepared) => {
                         let kind = revision.kind.unwrap_or(WorkloadKind::Wasm);
                         service.set_policy(self.policy(container, kind));
-                        service.serve(Arc::new(ServingRevision {
-                            number,
-                            kind,
-                            prepared,
-                            request: node::instance_request(&revision.spec),
-                            ephemeral_storage_bytes: node::instance_storage(&revision.spec, kind),
-                            probes: revision.spec.probes.clone(),
-                            traffic_changes: container.traffic_changes,
-                        }));
+                        service.serve(ServingRevision::of(&revision, kind, prepared, container.traffic_changes));
                         // The node that deployed the revision starts its initial
                         // instances; the others scale it on demand.
                         service.begin_initial_scale(revision.spec.initial_scale.unwrap_or(0));

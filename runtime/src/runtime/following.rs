@@ -88,18 +88,15 @@ impl Runtime {
             return Ok(());
         };
         service.set_policy(self.policy(container, kind));
-        service.serve(Arc::new(ServingRevision {
-            number,
+        service.serve(ServingRevision::of(
+            &revision,
             kind,
-            prepared: Arc::new(PreparedLater::resolving(
+            Arc::new(PreparedLater::resolving(
                 self.inner.deployer.clone(),
                 revision.clone(),
             )),
-            request: node::instance_request(&revision.spec),
-            ephemeral_storage_bytes: node::instance_storage(&revision.spec, kind),
-            probes: revision.spec.probes.clone(),
-            traffic_changes: container.traffic_changes,
-        }));
+            container.traffic_changes,
+        ));
         tracing::info!(container = %id, revision = number, "serving a revision deployed by another node");
         Ok(())
     }

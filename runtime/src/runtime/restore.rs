@@ -29,15 +29,12 @@ impl Runtime {
                         PreparedLater::new(self.inner.deployer.clone(), revision.clone())
                     });
                     service.set_policy(self.policy(&container, kind));
-                    service.serve(Arc::new(ServingRevision {
-                        number,
+                    service.serve(ServingRevision::of(
+                        &revision,
                         kind,
-                        prepared: prepared.clone(),
-                        request: node::instance_request(&revision.spec),
-                        ephemeral_storage_bytes: node::instance_storage(&revision.spec, kind),
-                        probes: revision.spec.probes.clone(),
-                        traffic_changes: container.traffic_changes,
-                    }));
+                        prepared.clone(),
+                        container.traffic_changes,
+                    ));
                     warm_ups.push((container.id, number, prepared));
                     // An update was deploying when the runtime stopped: carry on
                     // with it while the old revision serves.

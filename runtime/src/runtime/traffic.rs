@@ -63,15 +63,12 @@ impl Runtime {
                 let mut as_served = container.clone();
                 as_served.spec = revision.spec.clone();
                 service.set_policy(self.policy(&as_served, kind));
-                service.serve(Arc::new(ServingRevision {
-                    number,
+                service.serve(ServingRevision::of(
+                    &revision,
                     kind,
                     prepared,
-                    request: node::instance_request(&revision.spec),
-                    ephemeral_storage_bytes: node::instance_storage(&revision.spec, kind),
-                    probes: revision.spec.probes.clone(),
-                    traffic_changes: container.traffic_changes,
-                }));
+                    container.traffic_changes,
+                ));
                 Ok(container.clone())
             })
             .await?;
