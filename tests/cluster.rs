@@ -23,6 +23,21 @@ fn start_nodes(etcd: &Etcd, n: usize) -> (Vec<Ember>, Vec<tempfile::TempDir>) {
     (nodes, dirs)
 }
 
+/// Waits until each of `nodes` lists `count` servers: a member's record reaches
+/// the others through etcd, later on a loaded machine.
+async fn wait_members(nodes: &[&Ember], count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in nodes {
+        while server_names(node).await.len() < count {
+            assert!(
+                Instant::now() < deadline,
+                "the members never saw each other"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// The names of the servers `node` lists.
 async fn server_names(node: &Ember) -> Vec<String> {
     let (status, body) = node.get_json("/v1/servers").await;
@@ -787,6 +802,7 @@ fn the_cluster_bench_measures_the_hop_a_cold_start_and_the_scheduler() {
 async fn a_cold_start_with_no_room_here_is_placed_on_a_member_with_room() {
     let etcd = Etcd::start();
     let (small, large, _dirs) = small_and_large(&etcd);
+    wait_members(&[&small, &large], 2).await;
     // Two CPUs an instance: never on `small`, which still takes the create.
     let created = small
         .deploy_wasm(
@@ -1174,6 +1190,7 @@ fn small_and_large(etcd: &Etcd) -> (Ember, Ember, Vec<tempfile::TempDir>) {
 async fn kept_instances_are_dealt_only_to_nodes_that_could_hold_them() {
     let etcd = Etcd::start();
     let (small, large, _dirs) = small_and_large(&etcd);
+    wait_members(&[&small, &large], 2).await;
     let created = small
         .deploy_wasm(
             "kept-big",
@@ -1203,6 +1220,7 @@ async fn kept_instances_are_dealt_only_to_nodes_that_could_hold_them() {
 async fn a_node_without_room_for_more_sends_the_overflow_to_a_member_with_room() {
     let etcd = Etcd::start();
     let (small, large, _dirs) = small_and_large(&etcd);
+    wait_members(&[&small, &large], 2).await;
     // One request at a time an instance, a quarter of a CPU each: `small` holds
     // two, then has no room for a third.
     let created = small
