@@ -139,6 +139,48 @@ pub async fn describe(args: TargetArgs) -> anyhow::Result<()> {
             container["queueDepth"]
         ),
     );
+    let target = &container["traffic"][0];
+    field(
+        "Traffic:",
+        match target["revisionNumber"].as_u64() {
+            None => "- (no revision serves yet)".into(),
+            Some(n) if target["latestRevision"] == true => {
+                format!("100% to revision {n} (the latest, and each new one)")
+            }
+            Some(n) => {
+                format!("100% to revision {n} (pinned: ember traffic NAME latest=100 undoes it)")
+            }
+        },
+    );
+    field(
+        "Timeouts:",
+        format!(
+            "request {} s, response start {}, stream idle {}",
+            container["timeoutSeconds"],
+            seconds_or(&container["responseStartTimeoutSeconds"], "the request's"),
+            seconds_or(&container["streamIdleTimeoutSeconds"], "none"),
+        ),
+    );
+    let probes: Vec<String> = ["startupProbe", "readinessProbe", "livenessProbe"]
+        .iter()
+        .filter_map(|name| {
+            let probe = &container[*name];
+            let action = match (&probe["httpGet"]["path"], &probe["tcpSocket"]) {
+                (Value::String(path), _) => format!("GET {path}"),
+                (_, Value::Object(_)) => "TCP".to_string(),
+                _ => return None,
+            };
+            Some(format!("{} {action}", name.trim_end_matches("Probe")))
+        })
+        .collect();
+    field(
+        "Probes:",
+        if probes.is_empty() {
+            "- (ready once the port accepts connections)".into()
+        } else {
+            probes.join(", ")
+        },
+    );
     field(
         "Restarts:",
         format!(
@@ -214,4 +256,12 @@ fn print_instances(listed: &[Value]) {
 /// The first eight characters of an id: enough to tell instances apart.
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
+}
+
+/// `N s`, or `otherwise` when the value is null.
+fn seconds_or(value: &Value, otherwise: &str) -> String {
+    match value.as_u64() {
+        Some(n) => format!("{n} s"),
+        None => otherwise.to_string(),
+    }
 }

@@ -319,6 +319,9 @@ async fn logs_instances_describe_and_scale_from_the_cli() {
         "chatty",
         "deployed",
         "2 to 5 instances",
+        "100% to revision 2 (the latest",
+        "request 300 s",
+        "Probes:",
         "Revisions:",
         "Instances:",
         "IN-FLIGHT",
@@ -437,6 +440,11 @@ async fn rollback_moves_traffic_to_an_old_revision_without_a_new_one_or_a_failed
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let rolled = stdout(&ember_cli(&ember, &["rollback", "rolled"]));
     assert!(rolled.contains("100% to revision 1"), "{rolled}");
+    let described = stdout(&ember_cli(&ember, &["describe", "rolled"]));
+    assert!(
+        described.contains("100% to revision 1 (pinned"),
+        "{described}"
+    );
     assert_eq!(ember.invoke("rolled").await.1, "one\n");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
