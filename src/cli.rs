@@ -18,7 +18,7 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Deploys a container (or updates it when the name exists) from an image
     /// reference, a local .wasm or .wat file, or an image archive or layout.
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// Lists containers.
     Ls(ClientArgs),
     /// Deletes a container.
@@ -441,6 +441,27 @@ pub struct DeployArgs {
     /// A capability to drop from the default set, e.g. CHOWN (repeatable).
     #[arg(long = "cap-drop")]
     pub cap_drop: Vec<String>,
+    /// Seconds a request may run (`timeoutSeconds`, 1-3600).
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Instances a new revision starts with before any request (`initialScale`).
+    #[arg(long)]
+    pub initial_scale: Option<u32>,
+    /// Scale on requests per second (`metric: rps`) with this many a second per
+    /// instance (`targetRequestsPerSecond`).
+    #[arg(long)]
+    pub target_rps: Option<u32>,
+    /// A host a wasm guest may send HTTP requests to (`allowedOutboundHosts`:
+    /// `host:port`, `http://host[:port]`, `https://host[:port]`); repeatable.
+    #[arg(long = "allow-outbound")]
+    pub allow_outbound: Vec<String>,
+    /// OCI: the instance speaks HTTP/2 with prior knowledge (h2c), as gRPC servers do.
+    #[arg(long)]
+    pub http2: bool,
+    /// A readiness probe: GET this path, answered 200-399, before an instance
+    /// takes requests (and every 10 s while it runs).
+    #[arg(long)]
+    pub ready_path: Option<String>,
     /// Return at once instead of waiting for the deployment to finish.
     #[arg(long)]
     pub no_wait: bool,

@@ -135,6 +135,25 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if args.host_ids {
         body["userNamespace"] = json!(false);
     }
+    if let Some(seconds) = args.timeout {
+        body["timeoutSeconds"] = json!(seconds);
+    }
+    if let Some(n) = args.initial_scale {
+        body["initialScale"] = json!(n);
+    }
+    if let Some(rate) = args.target_rps {
+        body["metric"] = json!("rps");
+        body["targetRequestsPerSecond"] = json!(rate);
+    }
+    if !args.allow_outbound.is_empty() {
+        body["allowedOutboundHosts"] = json!(args.allow_outbound);
+    }
+    if args.http2 {
+        body["http2"] = json!(true);
+    }
+    if let Some(path) = &args.ready_path {
+        body["readinessProbe"] = json!({ "httpGet": { "path": path } });
+    }
     if !args.cap_add.is_empty() || !args.cap_drop.is_empty() {
         body["capabilities"] = json!({ "add": args.cap_add, "drop": args.cap_drop });
     }

@@ -40,7 +40,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
-            Command::Deploy(args) => commands::deploy(args).await,
+            Command::Deploy(args) => commands::deploy(*args).await,
             Command::Ls(args) => commands::list(args).await,
             Command::Nodes(args) => commands::nodes(args).await,
             Command::Rm(args) => commands::remove(args).await,

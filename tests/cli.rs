@@ -525,3 +525,46 @@ async fn rollback_moves_traffic_to_an_old_revision_without_a_new_one_or_a_failed
     assert_eq!(answer["field"], "traffic", "{answer}");
     assert_eq!(ember.invoke("rolled").await.1, "three\n");
 }
+
+#[tokio::test]
+async fn deploy_flags_set_the_serving_fields() {
+    let dir = temp_dir();
+    let ember = Ember::start(&dir.path().join("data"), &[]);
+    let app = dir.path().join("app.wasm");
+    std::fs::write(&app, fixtures::hello("flagged\n")).unwrap();
+    let printed = stdout(&ember_cli(
+        &ember,
+        &[
+            "deploy",
+            "flagged",
+            app.to_str().unwrap(),
+            "--timeout",
+            "20",
+            "--initial-scale",
+            "1",
+            "--target-rps",
+            "50",
+            "--allow-outbound",
+            "http://api.example.com",
+            "--ready-path",
+            "/healthz",
+            "--json",
+        ],
+    ));
+    let deployed: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    let container = &deployed[0];
+    assert_eq!(container["timeoutSeconds"], 20, "{container}");
+    assert_eq!(container["initialScale"], 1, "{container}");
+    assert_eq!(container["metric"], "rps", "{container}");
+    assert_eq!(container["targetRequestsPerSecond"], 50, "{container}");
+    assert_eq!(
+        container["allowedOutboundHosts"],
+        serde_json::json!(["http://api.example.com:80"]),
+        "{container}"
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(
+        ember.invoke("flagged").await,
+        (StatusCode::OK, "flagged\n".to_string())
+    );
+}
