@@ -214,6 +214,14 @@ fn unpack_entry<R: Read>(
     let raw = entry.path().map_err(LayerError::Archive)?.into_owned();
     let Some(rel) = relative_path(&raw).map_err(|reason| unsafe_entry(&raw, reason))? else {
         // The layer root itself: `dest` already exists and belongs to the caller.
+        // Only a directory may name it: a device (or a file, or a link) at `.` is
+        // refused as one anywhere else would be, not skipped.
+        if entry.header().entry_type() != EntryType::Directory {
+            return Err(unsafe_entry(
+                &raw,
+                "only a directory may name the layer's root",
+            ));
+        }
         return Ok(None);
     };
     if let Some(parent) = reserved_parent(&rel) {
@@ -1005,6 +1013,12 @@ mod tests {
             let layer = Layer::new().entry("dev/node", kind, 0o666, None, b"").tar();
             assert_unsafe(scratch.unpack(&layer));
             assert!(!scratch.dest().join("dev/node").exists());
+            // Named as the layer's root, too (found by the property test below).
+            for root in [".", "./"] {
+                let scratch = Scratch::new();
+                let layer = Layer::new().entry(root, kind, 0o666, None, b"").tar();
+                assert_unsafe(scratch.unpack(&layer));
+            }
         }
     }
 
