@@ -2,7 +2,7 @@
 //! instances started or stopped by hand (each a job: see [`crate::jobs`]).
 
 use crate::auth::Authenticated;
-use crate::containers::ContainerJson;
+use crate::container_json::ContainerJson;
 use crate::error::ApiError;
 use crate::instance_query::{Include, InstanceQuery};
 use crate::jobs::JobJson;

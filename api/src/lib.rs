@@ -8,6 +8,8 @@
 mod auth;
 mod blobs;
 mod cluster_reach;
+mod container_json;
+mod container_request;
 mod containers;
 pub mod error;
 mod faces;

@@ -12,6 +12,7 @@ mod probe;
 mod quantity;
 mod quota;
 mod rebase;
+mod spec;
 mod token;
 
 pub use access::{
@@ -19,9 +20,8 @@ pub use access::{
     UserName, default_scopes,
 };
 pub use container::{
-    AutoscalingMetric, Caller, Container, ContainerQuery, ContainerSpec, ContainerStatus,
-    InstanceInfo, InstanceMove, InstanceState, Page, PageRequest, Revision, Role, RunningInstance,
-    StoppedInstance, pinned_share,
+    Caller, Container, ContainerQuery, ContainerStatus, InstanceInfo, InstanceMove, InstanceState,
+    Page, PageRequest, Revision, Role, RunningInstance, StoppedInstance, pinned_share,
 };
 /// A CDI device's qualified name (`vendor.com/class=name`), from the sandbox.
 pub use ember_sandbox::capabilities::{CapabilityChanges, CapabilityName, DEFAULT_CAPABILITIES};
@@ -36,4 +36,5 @@ pub use patch::{ContainerPatch, InvalidPatch};
 pub use probe::{HttpGet, Probe, Probes, TcpSocket};
 pub use quantity::{InvalidQuantity, Quantity};
 pub use quota::{Quota, QuotaKind, QuotaUse, RequestBucket};
+pub use spec::{AutoscalingMetric, ContainerSpec};
 pub use token::{NewToken, Token};
