@@ -89,17 +89,7 @@ impl WasiHttpHooks for OutboundHttp {
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        http::Response<WasiBody>,
-                        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-                    ),
-                    HttpError,
-                >,
-            > + Send,
-    > {
+    ) -> super::outbound::SendFuture {
         super::outbound::send(self.0.clone(), request, options)
     }
 }

@@ -113,7 +113,8 @@ impl OutboundPolicy {
     }
 }
 
-type SendFuture = Box<
+/// What a wasi:http `send_request` hook answers.
+pub(crate) type SendFuture = Box<
     dyn Future<
             Output = Result<
                 (
